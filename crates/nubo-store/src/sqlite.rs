@@ -1,0 +1,339 @@
+//! The embedded default: SQLite in WAL mode with full synchronous commits.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::Mutex;
+
+use crate::{Key, Record, Store, StoreError, Write, now_rfc3339};
+
+/// Schema migrations, applied in order; the applied version is kept in `nubo_schema`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE documents (
+    tenant_id  INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    body       TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    created_at TEXT    NOT NULL,
+    updated_at TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, kind, id)
+);
+CREATE TABLE document_refs (
+    tenant_id INTEGER NOT NULL,
+    from_kind TEXT    NOT NULL,
+    from_id   TEXT    NOT NULL,
+    to_kind   TEXT    NOT NULL,
+    to_id     TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, from_kind, from_id, to_kind, to_id)
+);
+CREATE INDEX document_refs_to ON document_refs (tenant_id, to_kind, to_id);
+"#];
+
+/// SQLite store under a file.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Serializes writers of this process, so that read-then-write transactions never race.
+    write: Mutex<()>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        let store = SqliteStore {
+            pool,
+            write: Mutex::new(()),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS nubo_schema (version INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM nubo_schema")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= current {
+                continue;
+            }
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO nubo_schema (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version, "store migration applied");
+        }
+        if current > MIGRATIONS.len() as i64 {
+            return Err(StoreError::Unavailable(format!(
+                "the database schema is version {current}, newer than this binary knows ({}): upgrade nubo",
+                MIGRATIONS.len()
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the pool (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn record(tenant: i64, row: &sqlx::sqlite::SqliteRow) -> Result<Record, StoreError> {
+    let body: String = row.try_get("body")?;
+    Ok(Record {
+        tenant,
+        key: Key::new(row.try_get::<String, _>("kind")?, row.try_get::<String, _>("id")?),
+        body: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+async fn check_refs(
+    tx: &mut sqlx::SqliteConnection,
+    w: &Write,
+) -> Result<(), StoreError> {
+    for r in &w.refs {
+        let found = sqlx::query("SELECT 1 FROM documents WHERE tenant_id = ? AND kind = ? AND id = ?")
+            .bind(w.tenant)
+            .bind(&r.kind)
+            .bind(&r.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if found.is_none() {
+            return Err(StoreError::MissingReference(r.clone()));
+        }
+    }
+    Ok(())
+}
+
+async fn write_refs(tx: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM document_refs WHERE tenant_id = ? AND from_kind = ? AND from_id = ?")
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .execute(&mut *tx)
+        .await?;
+    for r in &w.refs {
+        sqlx::query(
+            "INSERT OR IGNORE INTO document_refs (tenant_id, from_kind, from_id, to_kind, to_id) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .bind(&r.kind)
+        .bind(&r.id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn fetch(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: i64,
+    key: &Key,
+) -> Result<Option<Record>, StoreError> {
+    let row = sqlx::query(
+        "SELECT kind, id, body, version, created_at, updated_at FROM documents WHERE tenant_id = ? AND kind = ? AND id = ?",
+    )
+    .bind(tenant)
+    .bind(&key.kind)
+    .bind(&key.id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| record(tenant, &r)).transpose()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, tenant: i64, key: &Key) -> Result<Option<Record>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch(&mut conn, tenant, key).await
+    }
+
+    async fn list(&self, tenant: i64, kind: &str) -> Result<Vec<Record>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, id, body, version, created_at, updated_at FROM documents WHERE tenant_id = ? AND kind = ? ORDER BY id",
+        )
+        .bind(tenant)
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| record(tenant, r)).collect()
+    }
+
+    async fn create(&self, w: Write) -> Result<Record, StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        if fetch(&mut tx, w.tenant, &w.key).await?.is_some() {
+            return Err(StoreError::Conflict(w.key));
+        }
+        check_refs(&mut tx, &w).await?;
+        let now = now_rfc3339();
+        sqlx::query(
+            "INSERT INTO documents (tenant_id, kind, id, body, version, created_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
+        )
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .bind(w.body.to_string())
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        write_refs(&mut tx, &w).await?;
+        tx.commit().await?;
+        Ok(Record {
+            tenant: w.tenant,
+            key: w.key,
+            body: w.body,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        })
+    }
+
+    async fn update(&self, w: Write) -> Result<Record, StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let Some(old) = fetch(&mut tx, w.tenant, &w.key).await? else {
+            return Err(StoreError::NotFound(w.key));
+        };
+        check_refs(&mut tx, &w).await?;
+        let now = now_rfc3339();
+        sqlx::query(
+            "UPDATE documents SET body = ?, version = version + 1, updated_at = ? WHERE tenant_id = ? AND kind = ? AND id = ?",
+        )
+        .bind(w.body.to_string())
+        .bind(&now)
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .execute(&mut *tx)
+        .await?;
+        write_refs(&mut tx, &w).await?;
+        tx.commit().await?;
+        Ok(Record {
+            tenant: w.tenant,
+            key: w.key,
+            body: w.body,
+            version: old.version + 1,
+            created_at: old.created_at,
+            updated_at: now,
+        })
+    }
+
+    async fn delete(&self, tenant: i64, key: &Key) -> Result<(), StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        if fetch(&mut tx, tenant, key).await?.is_none() {
+            return Err(StoreError::NotFound(key.clone()));
+        }
+        let by = referrers_in(&mut tx, tenant, key).await?;
+        if !by.is_empty() {
+            return Err(StoreError::InUse {
+                key: key.clone(),
+                by,
+            });
+        }
+        sqlx::query("DELETE FROM documents WHERE tenant_id = ? AND kind = ? AND id = ?")
+            .bind(tenant)
+            .bind(&key.kind)
+            .bind(&key.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM document_refs WHERE tenant_id = ? AND from_kind = ? AND from_id = ?")
+            .bind(tenant)
+            .bind(&key.kind)
+            .bind(&key.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Key>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        referrers_in(&mut conn, tenant, key).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+async fn referrers_in(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: i64,
+    key: &Key,
+) -> Result<Vec<Key>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT from_kind, from_id FROM document_refs WHERE tenant_id = ? AND to_kind = ? AND to_id = ? ORDER BY from_kind, from_id",
+    )
+    .bind(tenant)
+    .bind(&key.kind)
+    .bind(&key.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok(Key::new(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("nubo.db")).await.unwrap();
+        crate::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_documents_and_does_not_remigrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nubo.db");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store
+                .create(Write {
+                    tenant: 1,
+                    key: Key::new("k", "a"),
+                    body: serde_json::json!({"x": 1}),
+                    refs: vec![],
+                })
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let got = store.get(1, &Key::new("k", "a")).await.unwrap().unwrap();
+        assert_eq!(got.body, serde_json::json!({"x": 1}));
+    }
+}
