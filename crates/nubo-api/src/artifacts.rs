@@ -1,0 +1,162 @@
+//! The artifact endpoints of Stratos v4.1 (§2): one set of generic handlers, one route set per kind.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, OriginalUri, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http::{StatusCode, header};
+use nubo_manager::Principal;
+use nubo_model::{
+    Application, ApplicationPolicy, Artifact, AutoscalingPolicy, Cartridge, CartridgeGroup,
+    DeploymentPolicy, Kind, KubernetesCluster, NetworkPartition,
+};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::{ApiError, Message};
+
+/// The REST collection name of each kind served here.
+pub const ENDPOINTS: [(Kind, &str); 8] = [
+    (Kind::NetworkPartition, "networkPartitions"),
+    (Kind::DeploymentPolicy, "deploymentPolicies"),
+    (Kind::AutoscalingPolicy, "autoscalingPolicies"),
+    (Kind::ApplicationPolicy, "applicationPolicies"),
+    (Kind::Cartridge, "cartridges"),
+    (Kind::CartridgeGroup, "cartridgeGroups"),
+    (Kind::Application, "applications"),
+    (Kind::KubernetesCluster, "kubernetesClusters"),
+];
+
+type S = State<Arc<AppState>>;
+type Body = Result<Bytes, BytesRejection>;
+
+fn capitalized(kind: Kind) -> String {
+    let label = kind.label();
+    let mut c = label.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+async fn add<T: Artifact>(State(s): S, Extension(p): Extension<Principal>, OriginalUri(uri): OriginalUri, body: Body) -> Result<Response, ApiError> {
+    let body = body?;
+    let a = s.manager.add::<T>(p.tenant_id, &body).await?;
+    let location = format!("{}/{}", uri.path().trim_end_matches('/'), a.id());
+    let msg = Message::success(format!("{} added successfully: [{}] {}", capitalized(T::KIND), T::ID_FIELD, a.id()));
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(msg)).into_response())
+}
+
+async fn update<T: Artifact>(State(s): S, Extension(p): Extension<Principal>, body: Body) -> Result<Json<Message>, ApiError> {
+    let body = body?;
+    let a = s.manager.update::<T>(p.tenant_id, &body).await?;
+    Ok(Json(Message::success(format!("{} updated successfully: [{}] {}", capitalized(T::KIND), T::ID_FIELD, a.id()))))
+}
+
+async fn list<T: Artifact>(State(s): S, Extension(p): Extension<Principal>) -> Result<Json<Vec<T>>, ApiError> {
+    Ok(Json(s.manager.list::<T>(p.tenant_id).await?))
+}
+
+async fn get_one<T: Artifact>(State(s): S, Extension(p): Extension<Principal>, Path(id): Path<String>) -> Result<Json<T>, ApiError> {
+    Ok(Json(s.manager.get::<T>(p.tenant_id, &id).await?))
+}
+
+async fn remove<T: Artifact>(State(s): S, Extension(p): Extension<Principal>, Path(id): Path<String>) -> Result<Json<Message>, ApiError> {
+    s.manager.remove::<T>(p.tenant_id, &id).await?;
+    Ok(Json(Message::success(format!("{} removed successfully: [{}] {id}", capitalized(T::KIND), T::ID_FIELD))))
+}
+
+async fn list_applications(State(s): S, Extension(p): Extension<Principal>) -> Result<Json<Vec<Application>>, ApiError> {
+    Ok(Json(s.manager.applications(p.tenant_id).await?))
+}
+
+async fn get_application(State(s): S, Extension(p): Extension<Principal>, Path(id): Path<String>) -> Result<Json<Application>, ApiError> {
+    Ok(Json(s.manager.application(p.tenant_id, &id).await?))
+}
+
+/// `?criteria=` of the cartridge filters.
+#[derive(Debug, Deserialize)]
+pub struct Criteria {
+    criteria: Option<String>,
+}
+
+/// The cartridge filters: name and description.
+pub const CARTRIDGE_FILTERS: [(&str, &str); 5] = [
+    ("multi-tenant", "multi-tenant cartridges"),
+    ("single-tenant", "single-tenant cartridges"),
+    ("load-balancer", "cartridges of category load-balancer"),
+    ("provider", "cartridges whose provider is ?criteria="),
+    ("category", "cartridges whose category is ?criteria="),
+];
+
+fn cartridge_matches(c: &Cartridge, filter: &str, criteria: Option<&str>) -> Result<bool, ApiError> {
+    let need = |name: &str| {
+        criteria.filter(|c| !c.is_empty()).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("the `{name}` filter needs ?criteria=VALUE"))
+        })
+    };
+    Ok(match filter {
+        "multi-tenant" | "multiTenant" => c.multi_tenant == Some(true),
+        "single-tenant" | "singleTenant" => c.multi_tenant != Some(true),
+        "load-balancer" | "loadBalancer" => c.category == "load-balancer",
+        "provider" => c.provider.as_deref() == Some(need("provider")?),
+        "category" => c.category == need("category")?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown cartridge filter `{other}`; known filters: {}",
+                    CARTRIDGE_FILTERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    })
+}
+
+async fn filter_cartridges(State(s): S, Extension(p): Extension<Principal>, Path(filter): Path<String>, Query(q): Query<Criteria>) -> Result<Json<Vec<Cartridge>>, ApiError> {
+    let mut out = Vec::new();
+    for c in s.manager.list::<Cartridge>(p.tenant_id).await? {
+        if cartridge_matches(&c, &filter, q.criteria.as_deref())? {
+            out.push(c);
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn filter_cartridge(State(s): S, Extension(p): Extension<Principal>, Path((id, filter)): Path<(String, String)>, Query(q): Query<Criteria>) -> Result<Json<Cartridge>, ApiError> {
+    let c = s.manager.get::<Cartridge>(p.tenant_id, &id).await?;
+    if cartridge_matches(&c, &filter, q.criteria.as_deref())? {
+        Ok(Json(c))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, format!("cartridge `{id}` does not match the filter `{filter}`")))
+    }
+}
+
+fn crud<T: Artifact>(router: Router<Arc<AppState>>, collection: &str) -> Router<Arc<AppState>> {
+    router
+        .route(&format!("/{collection}"), post(add::<T>).put(update::<T>).get(list::<T>))
+        .route(&format!("/{collection}/{{id}}"), get(get_one::<T>).delete(remove::<T>))
+}
+
+/// The artifact routes, relative to `/api` (and `/api/v4.1`).
+pub fn routes() -> Router<Arc<AppState>> {
+    let r = Router::new();
+    let r = crud::<NetworkPartition>(r, "networkPartitions");
+    let r = crud::<DeploymentPolicy>(r, "deploymentPolicies");
+    let r = crud::<AutoscalingPolicy>(r, "autoscalingPolicies");
+    let r = crud::<ApplicationPolicy>(r, "applicationPolicies");
+    let r = crud::<Cartridge>(r, "cartridges");
+    let r = crud::<CartridgeGroup>(r, "cartridgeGroups");
+    let r = crud::<KubernetesCluster>(r, "kubernetesClusters");
+    r.route(
+        "/applications",
+        post(add::<Application>).put(update::<Application>).get(list_applications),
+    )
+    .route("/applications/{id}", get(get_application).delete(remove::<Application>))
+    .route("/cartridges/filter/{filter}", get(filter_cartridges))
+    .route("/cartridges/{id}/filter/{filter}", get(filter_cartridge))
+}

@@ -1,0 +1,43 @@
+//! HTTP Basic authentication in front of every route but the health check.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use base64::Engine;
+use http::{StatusCode, header};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Checks the `Authorization: Basic …` header and puts the [`nubo_manager::Principal`] into the
+/// request's extensions.
+pub async fn require_basic(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: send HTTP Basic credentials (user `admin`, password from NUBO_ADMIN_PASSWORD or printed at first start)",
+        )
+    };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(missing)?;
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))
+        .ok_or_else(missing)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "malformed Basic credentials"))?;
+    let (user, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "malformed Basic credentials"))?;
+    let principal = state.manager.authenticate(user, password).await?;
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}

@@ -1,0 +1,109 @@
+//! The one place where errors become HTTP responses: `{"status":"error","message":…,"errors":[…]}`.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use nubo_manager::ManagerError;
+use nubo_model::FieldError;
+use serde::Serialize;
+
+/// Stratos' `ResponseMessageBean`, plus the field errors.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Message {
+    /// `success` or `error`.
+    pub status: &'static str,
+    /// What happened, or what is wrong and what to do.
+    pub message: String,
+    /// For validation errors: each field and what is wrong with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl Message {
+    /// A success message.
+    pub fn success(message: impl Into<String>) -> Self {
+        Message {
+            status: "success",
+            message: message.into(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// An error answered by the API.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Message.
+    pub message: String,
+    /// Field errors.
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        let status = match &e {
+            ManagerError::Parse { .. } | ManagerError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ManagerError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ManagerError::Conflict { .. } | ManagerError::InUse { .. } => StatusCode::CONFLICT,
+            ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ManagerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ManagerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError {
+            status,
+            errors: e.field_errors(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body is larger than the limit of {} bytes", crate::BODY_LIMIT)
+        } else {
+            format!("cannot read the request body: {}", r.body_text())
+        };
+        ApiError::new(status, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut resp = (
+            self.status,
+            Json(Message {
+                status: "error",
+                message: self.message,
+                errors: self.errors,
+            }),
+        )
+            .into_response();
+        if unauthorized {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"nubo\""),
+            );
+        }
+        resp
+    }
+}

@@ -1,0 +1,243 @@
+//! The OpenAPI document, built from the model's schemas and the route table. A test compares it
+//! with the checked-in `openapi.json`, so any change to the contract is deliberate.
+
+use std::sync::OnceLock;
+
+use nubo_model::{
+    Application, ApplicationPolicy, AutoscalingPolicy, Cartridge, CartridgeGroup, DeploymentPolicy,
+    FieldError, Kind, KubernetesCluster, NetworkPartition,
+};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ArrayBuilder, ComponentsBuilder, ContentBuilder, InfoBuilder, ObjectBuilder, OpenApi, OpenApiBuilder,
+    Paths, Ref, RefOr, Required, ResponseBuilder, Schema, Type,
+};
+use utoipa::{PartialSchema, ToSchema};
+
+use crate::artifacts::ENDPOINTS;
+use crate::error::Message;
+
+fn schema_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::NetworkPartition => "NetworkPartition",
+        Kind::DeploymentPolicy => "DeploymentPolicy",
+        Kind::AutoscalingPolicy => "AutoscalingPolicy",
+        Kind::ApplicationPolicy => "ApplicationPolicy",
+        Kind::Cartridge => "Cartridge",
+        Kind::CartridgeGroup => "CartridgeGroup",
+        Kind::Application => "Application",
+        Kind::KubernetesCluster => "KubernetesCluster",
+        Kind::Tenant => "Tenant",
+        Kind::User => "User",
+        Kind::ApplicationSignup => "ApplicationSignup",
+        Kind::DomainMapping => "DomainMappings",
+    }
+}
+
+fn json_content(schema: impl Into<RefOr<Schema>>) -> utoipa::openapi::Content {
+    ContentBuilder::new().schema(Some(schema)).build()
+}
+
+fn message(desc: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(desc)
+        .content("application/json", json_content(Ref::from_schema_name("Message")))
+        .build()
+}
+
+fn op(id: String, summary: String, tag: &str) -> OperationBuilder {
+    OperationBuilder::new()
+        .operation_id(Some(id))
+        .summary(Some(summary))
+        .tag(tag)
+        .response("401", message("Missing or wrong credentials"))
+}
+
+fn id_param(name: &str) -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
+}
+
+fn artifact_paths(paths: &mut Paths, kind: Kind, collection: &str) {
+    let schema = schema_name(kind);
+    let label = kind.label();
+    let body = RequestBodyBuilder::new()
+        .content("application/json", json_content(Ref::from_schema_name(schema)))
+        .required(Some(Required::True))
+        .build();
+    let base = format!("/api/{collection}");
+    let item = format!("/api/{collection}/{{id}}");
+    paths.add_path_operation(
+        &base,
+        vec![HttpMethod::Post],
+        op(format!("add_{}", kind.as_str()), format!("Add a {label}"), collection)
+            .request_body(Some(body.clone()))
+            .response("201", message("Added; `Location` names the new resource"))
+            .response("400", message("Invalid: malformed JSON, a repeated key, a missing or wrong field, an unknown reference; `errors` names each field"))
+            .response("409", message("An artifact with this id exists"))
+            .response("413", message("Body larger than 1 MiB"))
+            .build(),
+    );
+    paths.add_path_operation(
+        &base,
+        vec![HttpMethod::Put],
+        op(format!("update_{}", kind.as_str()), format!("Replace a {label} (id from the body)"), collection)
+            .request_body(Some(body))
+            .response("200", message("Updated"))
+            .response("400", message("Invalid"))
+            .response("404", message("No such artifact"))
+            .response("409", message("Artifacts using it would become invalid; the message names them"))
+            .build(),
+    );
+    paths.add_path_operation(
+        &base,
+        vec![HttpMethod::Get],
+        op(format!("list_{}", kind.as_str()), format!("List every {label} (an empty list is `[]`)"), collection)
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("The artifacts, ordered by id")
+                    .content("application/json", json_content(ArrayBuilder::new().items(Ref::from_schema_name(schema))))
+                    .build(),
+            )
+            .build(),
+    );
+    paths.add_path_operation(
+        &item,
+        vec![HttpMethod::Get],
+        op(format!("get_{}", kind.as_str()), format!("Get a {label}"), collection)
+            .parameter(id_param("id"))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description(format!("The {label}"))
+                    .content("application/json", json_content(Ref::from_schema_name(schema)))
+                    .build(),
+            )
+            .response("404", message("No such artifact"))
+            .build(),
+    );
+    paths.add_path_operation(
+        &item,
+        vec![HttpMethod::Delete],
+        op(format!("remove_{}", kind.as_str()), format!("Remove a {label}"), collection)
+            .parameter(id_param("id"))
+            .response("200", message("Removed"))
+            .response("404", message("No such artifact"))
+            .response("409", message("Still in use; the message names the users"))
+            .build(),
+    );
+}
+
+fn collect<T: ToSchema>(c: ComponentsBuilder) -> ComponentsBuilder {
+    let mut nested = Vec::new();
+    T::schemas(&mut nested);
+    c.schema(T::name(), T::schema()).schemas_from_iter(nested)
+}
+
+/// The document.
+pub fn document() -> OpenApi {
+    let mut paths = Paths::new();
+    for (kind, collection) in ENDPOINTS {
+        artifact_paths(&mut paths, kind, collection);
+    }
+    paths.add_path_operation(
+        "/api/cartridges/filter/{filter}",
+        vec![HttpMethod::Get],
+        op("filter_cartridges".into(), "Cartridges matching a filter: multi-tenant, single-tenant, load-balancer, provider (?criteria=), category (?criteria=)".into(), "cartridges")
+            .parameter(id_param("filter"))
+            .response("200", ResponseBuilder::new().description("Matching cartridges").content("application/json", json_content(ArrayBuilder::new().items(Ref::from_schema_name("Cartridge")))).build())
+            .response("400", message("Unknown filter"))
+            .build(),
+    );
+    paths.add_path_operation(
+        "/api/init",
+        vec![HttpMethod::Get],
+        op("init".into(), "Check credentials".into(), "platform").response("200", message("Authenticated")).build(),
+    );
+    paths.add_path_operation(
+        "/api/iaasProviders",
+        vec![HttpMethod::Get],
+        op("iaas_providers".into(), "The IaaS providers network partitions may use".into(), "platform")
+            .response("200", ResponseBuilder::new().description("`{\"iaasProviders\": [...]}`").build())
+            .build(),
+    );
+    paths.add_path_operation(
+        "/health",
+        vec![HttpMethod::Get],
+        OperationBuilder::new()
+            .operation_id(Some("health"))
+            .summary(Some("Liveness and store health (no authentication)"))
+            .tag("platform")
+            .response("200", ResponseBuilder::new().description("Healthy").build())
+            .response("503", ResponseBuilder::new().description("The store is unavailable").build())
+            .build(),
+    );
+    paths.add_path_operation(
+        "/metrics",
+        vec![HttpMethod::Get],
+        op("metrics".into(), "Prometheus metrics (OpenMetrics text)".into(), "platform")
+            .response("200", ResponseBuilder::new().description("Metrics").build())
+            .build(),
+    );
+    let mut components = ComponentsBuilder::new()
+        .schema("Message", Message::schema())
+        .schema("FieldError", FieldError::schema())
+        .security_scheme("basic", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)));
+    components = collect::<NetworkPartition>(components);
+    components = collect::<DeploymentPolicy>(components);
+    components = collect::<AutoscalingPolicy>(components);
+    components = collect::<ApplicationPolicy>(components);
+    components = collect::<Cartridge>(components);
+    components = collect::<CartridgeGroup>(components);
+    components = collect::<Application>(components);
+    components = collect::<KubernetesCluster>(components);
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Nubo API")
+                .version("4.1")
+                .description(Some(
+                    "The Stratos 4.1 REST API as served by Nubo, under /api and /api/v4.1. Every route but /health needs HTTP Basic credentials.",
+                ))
+                .build(),
+        )
+        .paths(paths)
+        .components(Some(components.build()))
+        .security(Some(vec![SecurityRequirement::new("basic", Vec::<String>::new())]))
+        .build()
+}
+
+/// The document as pretty JSON (computed once).
+pub fn document_json() -> String {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        serde_json::to_string_pretty(&document()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    })
+    .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The checked-in contract. Regenerate with `NUBO_BLESS=1 cargo test -p nubo-api openapi`.
+    const CHECKED_IN: &str = include_str!("../openapi.json");
+
+    #[test]
+    fn openapi_document_matches_the_checked_in_copy() {
+        let current = super::document_json() + "\n";
+        if std::env::var_os("NUBO_BLESS").is_some() {
+            std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"), &current).unwrap();
+            return;
+        }
+        assert!(
+            current == CHECKED_IN,
+            "the OpenAPI document changed; review the difference and run `NUBO_BLESS=1 cargo test -p nubo-api openapi` to accept it"
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! The `nubo` client commands: a REST client of the API with the Stratos CLI's command set
+//! (`stratos.md` §3) in a resource-first shape: `nubo cartridge list`, `nubo application describe APP`.
+//!
+//! Connection settings come from flags, then `NUBO_*` environment variables, then the config file
+//! (`~/.config/nubo/cli.toml`, written by `nubo login`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+mod client;
+mod render;
+
+pub use client::{ApiClient, ApiFailure};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// Human-readable tables.
+    #[default]
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+/// Connection and output options shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// API base URL [default: https://127.0.0.1:9443]
+    #[arg(long, global = true, env = "NUBO_URL", value_name = "URL")]
+    pub server: Option<String>,
+    /// User name (`admin`, or `user@tenant.domain`) [default: admin]
+    #[arg(long, short = 'u', global = true, env = "NUBO_USER")]
+    pub user: Option<String>,
+    /// Password
+    #[arg(long, short = 'p', global = true, env = "NUBO_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) to trust, e.g. `<data-dir>/tls/cert.pem` of a self-signed server
+    #[arg(long, global = true, env = "NUBO_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Do not verify the server's certificate (for throwaway set-ups only)
+    #[arg(long, global = true, env = "NUBO_INSECURE")]
+    pub insecure: bool,
+    /// Output format
+    #[arg(long, short = 'o', global = true, env = "NUBO_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// The saved connection settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// API base URL.
+    pub url: Option<String>,
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// CA certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// Skip certificate checks.
+    pub insecure: Option<bool>,
+}
+
+impl ConfigFile {
+    /// `$NUBO_CONFIG`, else `$XDG_CONFIG_HOME/nubo/cli.toml`, else `~/.config/nubo/cli.toml`.
+    pub fn path() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("NUBO_CONFIG").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(p));
+        }
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(base.join("nubo/cli.toml"))
+    }
+
+    fn load() -> anyhow::Result<Self> {
+        let Some(path) = Self::path() else { return Ok(Self::default()) };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("cannot read the config file {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read the config file {}", path.display())),
+        }
+    }
+}
+
+/// One kind of artifact managed with add / update / list / describe / remove.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ArtifactCommand {
+    /// Add from a JSON file (`-` for standard input)
+    Add {
+        /// The artifact's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Replace from a JSON file (the id is read from the file)
+    Update {
+        /// The artifact's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List them all
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one
+    #[command(visible_alias = "show")]
+    Describe {
+        /// Its id
+        id: String,
+    },
+    /// Remove one (refused while something uses it)
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// Its id
+        id: String,
+    },
+}
+
+/// Cartridge commands: the artifact commands plus filters.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CartridgeCommand {
+    #[command(flatten)]
+    Artifact(ArtifactCommand),
+    /// List cartridges matching a filter: multi-tenant, single-tenant, load-balancer, provider, category
+    Filter {
+        /// The filter
+        filter: String,
+        /// The value for `provider` and `category`
+        #[arg(long)]
+        criteria: Option<String>,
+    },
+}
+
+/// The client commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Network partitions and their partitions
+    #[command(subcommand, name = "network-partition", visible_alias = "np")]
+    NetworkPartition(ArtifactCommand),
+    /// Deployment policies
+    #[command(subcommand, name = "deployment-policy", visible_alias = "dp")]
+    DeploymentPolicy(ArtifactCommand),
+    /// Autoscaling policies
+    #[command(subcommand, name = "autoscaling-policy", visible_alias = "asp")]
+    AutoscalingPolicy(ArtifactCommand),
+    /// Application policies
+    #[command(subcommand, name = "application-policy", visible_alias = "ap")]
+    ApplicationPolicy(ArtifactCommand),
+    /// Cartridges
+    #[command(subcommand)]
+    Cartridge(CartridgeCommand),
+    /// Cartridge groups
+    #[command(subcommand, name = "cartridge-group", visible_alias = "group")]
+    CartridgeGroup(ArtifactCommand),
+    /// Applications
+    #[command(subcommand, visible_alias = "app")]
+    Application(ArtifactCommand),
+    /// Kubernetes clusters
+    #[command(subcommand, name = "kubernetes-cluster", visible_alias = "k8s")]
+    KubernetesCluster(ArtifactCommand),
+    /// The IaaS providers network partitions may use
+    #[command(name = "iaas-providers")]
+    IaasProviders,
+    /// Check the connection settings and save them to the config file
+    Login,
+}
+
+/// Resolved connection settings.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Base URL.
+    pub url: String,
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: Option<String>,
+    /// CA certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// Skip certificate checks.
+    pub insecure: bool,
+}
+
+impl Connection {
+    /// Flags and environment first, then the config file, then defaults.
+    pub fn resolve(g: &Global) -> anyhow::Result<Self> {
+        let file = ConfigFile::load()?;
+        let url = g
+            .server
+            .clone()
+            .or(file.url)
+            .unwrap_or_else(|| "https://127.0.0.1:9443".to_owned());
+        let mut ca_cert = g.ca_cert.clone().or(file.ca_cert);
+        if ca_cert.is_none() && url.starts_with("https://") && is_loopback(&url) {
+            // A server on this machine with the default data directory: trust its certificate.
+            let candidate = default_data_dir().join("tls/cert.pem");
+            if candidate.exists() {
+                ca_cert = Some(candidate);
+            }
+        }
+        Ok(Connection {
+            url: url.trim_end_matches('/').to_owned(),
+            user: g.user.clone().or(file.user).unwrap_or_else(|| "admin".to_owned()),
+            password: g.password.clone().or(file.password),
+            ca_cert,
+            insecure: g.insecure || file.insecure.unwrap_or(false),
+        })
+    }
+}
+
+fn is_loopback(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    matches!(host, "127.0.0.1" | "localhost" | "[" | "") || url.contains("://[::1]")
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("NUBO_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("nubo");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".local/share/nubo"))
+        .unwrap_or_else(|| PathBuf::from("nubo-data"))
+}
+
+fn read_file(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        return Ok(buf);
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+async fn artifact(client: &ApiClient, out: Output, collection: &str, cmd: &ArtifactCommand) -> anyhow::Result<()> {
+    match cmd {
+        ArtifactCommand::Add { file } => {
+            let v = client.send("POST", &format!("/api/{collection}"), Some(read_file(file)?)).await?;
+            render::message(out, &v);
+        }
+        ArtifactCommand::Update { file } => {
+            let v = client.send("PUT", &format!("/api/{collection}"), Some(read_file(file)?)).await?;
+            render::message(out, &v);
+        }
+        ArtifactCommand::List => {
+            let v = client.send("GET", &format!("/api/{collection}"), None).await?;
+            render::list(out, collection, &v);
+        }
+        ArtifactCommand::Describe { id } => {
+            let v = client.send("GET", &format!("/api/{collection}/{}", client::escape(id)), None).await?;
+            render::describe(out, &v);
+        }
+        ArtifactCommand::Remove { id } => {
+            let v = client.send("DELETE", &format!("/api/{collection}/{}", client::escape(id)), None).await?;
+            render::message(out, &v);
+        }
+    }
+    Ok(())
+}
+
+/// Runs one client command.
+pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
+    let conn = Connection::resolve(g)?;
+    let client = ApiClient::new(&conn)?;
+    let out = g.output;
+    match cmd {
+        Command::NetworkPartition(c) => artifact(&client, out, "networkPartitions", c).await,
+        Command::DeploymentPolicy(c) => artifact(&client, out, "deploymentPolicies", c).await,
+        Command::AutoscalingPolicy(c) => artifact(&client, out, "autoscalingPolicies", c).await,
+        Command::ApplicationPolicy(c) => artifact(&client, out, "applicationPolicies", c).await,
+        Command::CartridgeGroup(c) => artifact(&client, out, "cartridgeGroups", c).await,
+        Command::Application(c) => artifact(&client, out, "applications", c).await,
+        Command::KubernetesCluster(c) => artifact(&client, out, "kubernetesClusters", c).await,
+        Command::Cartridge(CartridgeCommand::Artifact(c)) => artifact(&client, out, "cartridges", c).await,
+        Command::Cartridge(CartridgeCommand::Filter { filter, criteria }) => {
+            let mut path = format!("/api/cartridges/filter/{}", client::escape(filter));
+            if let Some(c) = criteria {
+                path.push_str(&format!("?criteria={}", client::escape(c)));
+            }
+            let v = client.send("GET", &path, None).await?;
+            render::list(out, "cartridges", &v);
+            Ok(())
+        }
+        Command::IaasProviders => {
+            let v = client.send("GET", "/api/iaasProviders", None).await?;
+            match out {
+                Output::Json => render::json(&v),
+                Output::Table => {
+                    for p in v.get("iaasProviders").and_then(Value::as_array).into_iter().flatten() {
+                        println!("{}", p.as_str().unwrap_or_default());
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Login => {
+            let v = client.send("GET", "/api/init", None).await?;
+            let Some(path) = ConfigFile::path() else {
+                bail!("cannot tell where to save the config: set HOME or NUBO_CONFIG");
+            };
+            let file = ConfigFile {
+                url: Some(conn.url.clone()),
+                user: Some(conn.user.clone()),
+                password: conn.password.clone(),
+                ca_cert: conn.ca_cert.clone(),
+                insecure: conn.insecure.then_some(true),
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            write_private(&path, toml::to_string(&file)?.as_bytes())?;
+            render::message(out, &v);
+            eprintln!("saved the connection settings to {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn write_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}

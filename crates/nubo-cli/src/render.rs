@@ -1,0 +1,151 @@
+//! Tables and JSON for each kind of answer.
+
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{ContentArrangement, Table};
+use serde_json::Value;
+
+use crate::Output;
+
+/// Prints pretty JSON.
+pub fn json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Prints a `{"status","message"}` answer.
+pub fn message(out: Output, v: &Value) {
+    match out {
+        Output::Json => json(v),
+        Output::Table => println!("{}", v.get("message").and_then(Value::as_str).unwrap_or("done")),
+    }
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn arr<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+type Column = (&'static str, fn(&Value) -> String);
+
+fn columns(collection: &str) -> Vec<Column> {
+    match collection {
+        "networkPartitions" => vec![
+            ("ID", |v| s(v, "id")),
+            ("PROVIDER", |v| s(v, "provider")),
+            ("PARTITIONS", |v| join(arr(v, "partitions").map(|p| s(p, "id")))),
+        ],
+        "deploymentPolicies" => vec![
+            ("ID", |v| s(v, "id")),
+            ("NETWORK PARTITIONS", |v| {
+                join(arr(v, "networkPartitions").map(|np| {
+                    format!(
+                        "{} ({}: {})",
+                        s(np, "id"),
+                        s(np, "partitionAlgo"),
+                        join(arr(np, "partitions").map(|p| match p.get("partitionMax") {
+                            Some(m) => format!("{} max {m}", s(p, "id")),
+                            None => s(p, "id"),
+                        }))
+                    )
+                }))
+            }),
+        ],
+        "autoscalingPolicies" => vec![
+            ("ID", |v| s(v, "id")),
+            ("REQUESTS IN FLIGHT", |v| threshold(v, "requestsInFlight")),
+            ("MEMORY %", |v| threshold(v, "memoryConsumption")),
+            ("LOAD %", |v| threshold(v, "loadAverage")),
+        ],
+        "applicationPolicies" => vec![
+            ("ID", |v| s(v, "id")),
+            ("ALGORITHM", |v| s(v, "algorithm")),
+            ("NETWORK PARTITIONS", |v| join(arr(v, "networkPartitions").map(|n| n.as_str().unwrap_or_default().to_owned()))),
+        ],
+        "cartridges" => vec![
+            ("TYPE", |v| s(v, "type")),
+            ("CATEGORY", |v| s(v, "category")),
+            ("PROVIDER", |v| s(v, "provider")),
+            ("HOST", |v| s(v, "host")),
+            ("PORTS", |v| {
+                join(arr(v, "portMapping").map(|p| match p.get("proxyPort") {
+                    Some(px) => format!("{}/{}->{px}", s(p, "port"), s(p, "protocol")),
+                    None => format!("{}/{}", s(p, "port"), s(p, "protocol")),
+                }))
+            }),
+            ("IAAS", |v| join(arr(v, "iaasProvider").map(|i| s(i, "type")))),
+        ],
+        "cartridgeGroups" => vec![
+            ("NAME", |v| s(v, "name")),
+            ("CARTRIDGES", |v| join(arr(v, "cartridges").map(|c| c.as_str().unwrap_or_default().to_owned()))),
+            ("GROUPS", |v| join(arr(v, "groups").map(|g| s(g, "name")))),
+        ],
+        "applications" => vec![
+            ("ID", |v| s(v, "applicationId")),
+            ("NAME", |v| s(v, "name")),
+            ("STATUS", |v| s(v, "status")),
+            ("MULTI-TENANT", |v| s(v, "multiTenant")),
+        ],
+        "kubernetesClusters" => vec![
+            ("ID", |v| s(v, "clusterId")),
+            ("MASTER", |v| v.get("kubernetesMaster").map(|m| s(m, "hostname")).unwrap_or_default()),
+            ("HOSTS", |v| join(arr(v, "kubernetesHosts").map(|h| s(h, "hostname")))),
+        ],
+        _ => vec![("VALUE", |v| v.to_string())],
+    }
+}
+
+fn threshold(v: &Value, factor: &str) -> String {
+    v.get("loadThresholds")
+        .and_then(|t| t.get(factor))
+        .and_then(|t| t.get("threshold"))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// Prints a list answer.
+pub fn list(out: Output, collection: &str, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let items = v.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        eprintln!("(none)");
+        return;
+    }
+    let cols = columns(collection);
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(cols.iter().map(|(h, _)| *h));
+    for item in &items {
+        t.add_row(cols.iter().map(|(_, f)| f(item)));
+    }
+    println!("{t}");
+}
+
+/// Prints one artifact: its top-level fields, nested values as compact JSON.
+pub fn describe(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let Some(obj) = v.as_object() else { return json(v) };
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    for (k, val) in obj {
+        let shown = match val {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        t.add_row(vec![k.clone(), shown]);
+    }
+    println!("{t}");
+}

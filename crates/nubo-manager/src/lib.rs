@@ -1,0 +1,370 @@
+//! The manager: the artifact catalogue of the platform (Stratos' SM, with the artifact halves of the
+//! autoscaler and cloud controller). Every write goes parse → validate → check references → store,
+//! and every error names the artifact, the field and the reason.
+//!
+//! The manager knows nothing of HTTP: the API crate maps [`ManagerError`] to status codes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use nubo_model::json;
+use nubo_model::{
+    Application, ApplicationPolicy, Artifact, AutoscalingPolicy, Cartridge, CartridgeGroup, Catalog,
+    DeploymentPolicy, FieldError, Kind, KubernetesCluster, NetworkPartition, ParseError, Problems,
+    SUPER_TENANT_ID,
+};
+use nubo_store::{Key, Store, StoreError, Write};
+use serde_json::Value;
+
+mod auth;
+
+pub use auth::{Principal, Role};
+
+/// The IaaS providers this build of the platform can place members on.
+pub const DEFAULT_PROVIDERS: [&str; 2] = ["local", "mock"];
+
+/// What can go wrong; the API maps each variant to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The body is not valid JSON or not of the artifact's shape.
+    #[error("invalid {}: {error}", kind.label())]
+    Parse {
+        /// Artifact kind.
+        kind: Kind,
+        /// What is wrong.
+        error: ParseError,
+    },
+    /// The artifact breaks one or more rules.
+    #[error("invalid {}: {}", kind.label(), errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        /// Artifact kind.
+        kind: Kind,
+        /// Every problem found.
+        errors: Vec<FieldError>,
+    },
+    /// No such artifact.
+    #[error("{} `{id}` does not exist", kind.label())]
+    NotFound {
+        /// Artifact kind.
+        kind: Kind,
+        /// Its id.
+        id: String,
+    },
+    /// An artifact with this id exists already.
+    #[error("{} `{id}` already exists", kind.label())]
+    Conflict {
+        /// Artifact kind.
+        kind: Kind,
+        /// Its id.
+        id: String,
+    },
+    /// The change would break artifacts that use this one.
+    #[error("{} `{id}` is used by {}{}", kind.label(), fmt_users(by), detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    InUse {
+        /// Artifact kind.
+        kind: Kind,
+        /// Its id.
+        id: String,
+        /// Who uses it.
+        by: Vec<(Kind, String)>,
+        /// What would break, for updates.
+        detail: Option<String>,
+    },
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Credentials are missing or wrong.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The store is unavailable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn fmt_users(by: &[(Kind, String)]) -> String {
+    by.iter()
+        .map(|(k, id)| format!("{} `{id}`", k.label()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ManagerError {
+    /// The field errors to report (one for a parse error; empty for the others).
+    pub fn field_errors(&self) -> Vec<FieldError> {
+        match self {
+            ManagerError::Parse { error, .. } => vec![FieldError {
+                field: error.field(),
+                reason: error.to_string(),
+            }],
+            ManagerError::Invalid { errors, .. } => errors.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn store_err(kind: Kind, e: StoreError) -> ManagerError {
+    match e {
+        StoreError::NotFound(k) => ManagerError::NotFound {
+            kind: Kind::parse(&k.kind).unwrap_or(kind),
+            id: k.id,
+        },
+        StoreError::Conflict(k) => ManagerError::Conflict {
+            kind: Kind::parse(&k.kind).unwrap_or(kind),
+            id: k.id,
+        },
+        StoreError::InUse { key, by } => ManagerError::InUse {
+            kind: Kind::parse(&key.kind).unwrap_or(kind),
+            id: key.id,
+            by: users(by),
+            detail: None,
+        },
+        StoreError::MissingReference(k) => ManagerError::Invalid {
+            kind,
+            errors: vec![FieldError {
+                field: String::new(),
+                reason: format!(
+                    "{} `{}` does not exist (it was removed meanwhile): add it first",
+                    Kind::parse(&k.kind).map_or(k.kind.clone(), |x| x.label().to_owned()),
+                    k.id
+                ),
+            }],
+        },
+        StoreError::Unavailable(m) | StoreError::Corrupt(m) => ManagerError::Unavailable(m),
+    }
+}
+
+fn users(keys: Vec<Key>) -> Vec<(Kind, String)> {
+    keys.into_iter()
+        .filter_map(|k| Kind::parse(&k.kind).map(|kind| (kind, k.id)))
+        .collect()
+}
+
+fn key<T: Artifact>(id: &str) -> Key {
+    Key::new(T::KIND.as_str(), id)
+}
+
+/// The manager.
+pub struct Manager {
+    store: Arc<dyn Store>,
+    providers: Vec<String>,
+    auth_cache: Mutex<HashMap<(i64, String), [u8; 32]>>,
+}
+
+impl Manager {
+    /// A manager over `store`, placing members on `providers`.
+    pub fn new(store: Arc<dyn Store>, providers: Vec<String>) -> Self {
+        Manager {
+            store,
+            providers,
+            auth_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The IaaS providers available.
+    pub fn providers(&self) -> &[String] {
+        &self.providers
+    }
+
+    /// The store (for health checks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Parses and validates `body` as a `T` without storing it.
+    pub fn parse<T: Artifact>(body: &[u8]) -> Result<T, ManagerError> {
+        let value = json::parse_strict(body).map_err(|error| ManagerError::Parse { kind: T::KIND, error })?;
+        if !value.is_object() {
+            return Err(ManagerError::Parse {
+                kind: T::KIND,
+                error: ParseError::Shape {
+                    field: String::new(),
+                    reason: format!("expected a JSON object describing a {}", T::KIND.label()),
+                },
+            });
+        }
+        let artifact: T = json::from_value(value).map_err(|error| ManagerError::Parse { kind: T::KIND, error })?;
+        let mut p = Problems::default();
+        artifact.validate(&mut p);
+        p.into_result().map_err(|errors| ManagerError::Invalid { kind: T::KIND, errors })?;
+        Ok(artifact)
+    }
+
+    async fn catalog_for<T: Artifact>(&self, tenant: i64, artifact: &T) -> Result<Catalog, ManagerError> {
+        let mut catalog = Catalog::new(self.providers.clone());
+        for r in artifact.references() {
+            if catalog.contains(r.kind, &r.id) {
+                continue;
+            }
+            if let Some(rec) = self
+                .store
+                .get(tenant, &Key::new(r.kind.as_str(), &r.id))
+                .await
+                .map_err(|e| store_err(T::KIND, e))?
+            {
+                catalog.insert(r.kind, &r.id, rec.body);
+            }
+        }
+        Ok(catalog)
+    }
+
+    async fn checked<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<(T, Write), ManagerError> {
+        let artifact = Self::parse::<T>(body)?;
+        let catalog = self.catalog_for(tenant, &artifact).await?;
+        let mut p = Problems::default();
+        artifact.check_references(&catalog, &mut p);
+        p.into_result().map_err(|errors| ManagerError::Invalid { kind: T::KIND, errors })?;
+        let write = Write {
+            tenant,
+            key: key::<T>(artifact.id()),
+            body: serde_json::to_value(&artifact).map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+            refs: artifact
+                .references()
+                .into_iter()
+                .map(|r| Key::new(r.kind.as_str(), r.id))
+                .collect(),
+        };
+        Ok((artifact, write))
+    }
+
+    /// Adds a new artifact.
+    pub async fn add<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
+        let (artifact, write) = self.checked::<T>(tenant, body).await?;
+        if self.store.get(tenant, &write.key).await.map_err(|e| store_err(T::KIND, e))?.is_some() {
+            return Err(ManagerError::Conflict { kind: T::KIND, id: artifact.id().to_owned() });
+        }
+        self.store.create(write).await.map_err(|e| store_err(T::KIND, e))?;
+        tracing::info!(kind = T::KIND.as_str(), id = artifact.id(), tenant, "artifact added");
+        Ok(artifact)
+    }
+
+    /// Replaces an existing artifact. Refused with `InUse` when an artifact using it would become invalid.
+    pub async fn update<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
+        let (artifact, write) = self.checked::<T>(tenant, body).await?;
+        if self.store.get(tenant, &write.key).await.map_err(|e| store_err(T::KIND, e))?.is_none() {
+            return Err(ManagerError::NotFound { kind: T::KIND, id: artifact.id().to_owned() });
+        }
+        self.check_users_still_valid::<T>(tenant, &write).await?;
+        self.store.update(write).await.map_err(|e| store_err(T::KIND, e))?;
+        tracing::info!(kind = T::KIND.as_str(), id = artifact.id(), tenant, "artifact updated");
+        Ok(artifact)
+    }
+
+    /// Re-checks every artifact that references the one being replaced against its new version.
+    async fn check_users_still_valid<T: Artifact>(&self, tenant: i64, write: &Write) -> Result<(), ManagerError> {
+        let by = self.store.referrers(tenant, &write.key).await.map_err(|e| store_err(T::KIND, e))?;
+        let mut broken = Vec::new();
+        let mut details = Vec::new();
+        for user in by {
+            let Some(kind) = Kind::parse(&user.kind) else { continue };
+            let Some(rec) = self.store.get(tenant, &user).await.map_err(|e| store_err(T::KIND, e))? else {
+                continue;
+            };
+            let problems = self.recheck(tenant, kind, rec.body, (T::KIND, &write.key.id, &write.body)).await?;
+            if !problems.is_empty() {
+                details.extend(problems.iter().map(|p| format!("{} `{}`: {p}", kind.label(), user.id)));
+                broken.push((kind, user.id));
+            }
+        }
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            Err(ManagerError::InUse {
+                kind: T::KIND,
+                id: write.key.id.clone(),
+                by: broken,
+                detail: Some(details.join("; ")),
+            })
+        }
+    }
+
+    async fn recheck(&self, tenant: i64, kind: Kind, body: Value, replaced: (Kind, &str, &Value)) -> Result<Vec<FieldError>, ManagerError> {
+        macro_rules! dispatch {
+            ($($k:ident => $t:ty),* $(,)?) => {
+                match kind {
+                    $(Kind::$k => self.recheck_as::<$t>(tenant, body, replaced).await,)*
+                    _ => Ok(Vec::new()),
+                }
+            };
+        }
+        dispatch!(
+            NetworkPartition => NetworkPartition,
+            DeploymentPolicy => DeploymentPolicy,
+            AutoscalingPolicy => AutoscalingPolicy,
+            ApplicationPolicy => ApplicationPolicy,
+            Cartridge => Cartridge,
+            CartridgeGroup => CartridgeGroup,
+            Application => Application,
+            KubernetesCluster => KubernetesCluster,
+        )
+    }
+
+    async fn recheck_as<T: Artifact>(&self, tenant: i64, body: Value, replaced: (Kind, &str, &Value)) -> Result<Vec<FieldError>, ManagerError> {
+        let Ok(artifact) = serde_json::from_value::<T>(body) else {
+            return Ok(Vec::new());
+        };
+        let mut catalog = self.catalog_for(tenant, &artifact).await?;
+        catalog.insert(replaced.0, replaced.1, replaced.2.clone());
+        let mut p = Problems::default();
+        artifact.check_references(&catalog, &mut p);
+        Ok(p.0)
+    }
+
+    /// One artifact.
+    pub async fn get<T: Artifact>(&self, tenant: i64, id: &str) -> Result<T, ManagerError> {
+        let rec = self
+            .store
+            .get(tenant, &key::<T>(id))
+            .await
+            .map_err(|e| store_err(T::KIND, e))?
+            .ok_or_else(|| ManagerError::NotFound { kind: T::KIND, id: id.to_owned() })?;
+        serde_json::from_value(rec.body).map_err(|e| ManagerError::Unavailable(format!("stored {} `{id}` is unreadable: {e}", T::KIND.label())))
+    }
+
+    /// Every artifact of a kind, ordered by id.
+    pub async fn list<T: Artifact>(&self, tenant: i64) -> Result<Vec<T>, ManagerError> {
+        let recs = self.store.list(tenant, T::KIND.as_str()).await.map_err(|e| store_err(T::KIND, e))?;
+        recs.into_iter()
+            .map(|r| {
+                serde_json::from_value(r.body).map_err(|e| ManagerError::Unavailable(format!("stored {} `{}` is unreadable: {e}", T::KIND.label(), r.key.id)))
+            })
+            .collect()
+    }
+
+    /// Removes an artifact; refused with `InUse` naming its users.
+    pub async fn remove<T: Artifact>(&self, tenant: i64, id: &str) -> Result<(), ManagerError> {
+        self.store.delete(tenant, &key::<T>(id)).await.map_err(|e| store_err(T::KIND, e))?;
+        tracing::info!(kind = T::KIND.as_str(), id, tenant, "artifact removed");
+        Ok(())
+    }
+
+    /// An application as the API shows it: with its status.
+    pub async fn application(&self, tenant: i64, id: &str) -> Result<Application, ManagerError> {
+        let mut app: Application = self.get(tenant, id).await?;
+        decorate(&mut app);
+        Ok(app)
+    }
+
+    /// Every application, with status.
+    pub async fn applications(&self, tenant: i64) -> Result<Vec<Application>, ManagerError> {
+        let mut apps: Vec<Application> = self.list(tenant).await?;
+        apps.iter_mut().for_each(decorate);
+        Ok(apps)
+    }
+}
+
+fn decorate(app: &mut Application) {
+    // Deployment (and with it the other statuses) lands with the runtime; until then every
+    // application is `Created`.
+    app.status = Some("Created".to_owned());
+    app.sign_ups_exist = Some(false);
+}
+
+/// Checks that keep tenants and users in order (used by the API for super-tenant-only calls).
+pub fn require_super_tenant(p: &Principal) -> Result<(), ManagerError> {
+    if p.tenant_id == SUPER_TENANT_ID {
+        Ok(())
+    } else {
+        Err(ManagerError::Forbidden("only the super tenant may do this".into()))
+    }
+}
+

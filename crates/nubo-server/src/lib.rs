@@ -1,0 +1,213 @@
+//! The all-in-one server: opens the data directory (one server per directory, enforced by a lock),
+//! the SQLite store, the manager and the API, and serves HTTPS with a self-signed certificate
+//! generated on first start (or a configured one, or plain HTTP when asked). Stops gracefully on
+//! SIGINT and SIGTERM. Later components (bus, controller, autoscaler, load balancer) start here too.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use nubo_api::AppState;
+use nubo_manager::Manager;
+use nubo_store::SqliteStore;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+mod lock;
+pub mod tls;
+
+/// How the API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// HTTPS with a certificate generated into `<data-dir>/tls/` on first start.
+    SelfSigned,
+    /// HTTPS with the given PEM files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Plain HTTP (for loopback-only set-ups and tests).
+    Insecure,
+}
+
+/// The server's configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// Where the API listens (port 0: any free port).
+    pub api_addr: SocketAddr,
+    /// HTTPS or HTTP.
+    pub tls: TlsMode,
+    /// The admin password to set at first start (else one is generated and printed once).
+    pub admin_password: Option<String>,
+    /// IaaS providers to offer.
+    pub providers: Vec<String>,
+}
+
+/// A running server's facts, given to `on_ready`.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The API's base URL (`https://127.0.0.1:9443`).
+    pub api_url: String,
+    /// The CA certificate a client should trust, when self-signed.
+    pub ca_cert: Option<PathBuf>,
+    /// The admin password, when it was generated at this start.
+    pub generated_password: Option<String>,
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(
+    config: ServerConfig,
+    on_ready: impl FnOnce(&Ready),
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let _lock = lock::DirLock::acquire(&config.data_dir.join("nubo.lock")).with_context(|| {
+        format!(
+            "another nubo server is using {}; stop it or pass another --data-dir",
+            config.data_dir.display()
+        )
+    })?;
+    let db = config.data_dir.join("nubo.db");
+    let store = Arc::new(
+        SqliteStore::open(&db)
+            .await
+            .with_context(|| format!("cannot open the store {}", db.display()))?,
+    );
+    let manager = Arc::new(Manager::new(store.clone(), config.providers.clone()));
+    let generated_password = manager
+        .ensure_admin(config.admin_password.as_deref())
+        .await
+        .context("cannot create the admin user")?;
+    let registry = Registry::default();
+    let state = AppState::new(manager, registry);
+    let app = nubo_api::router(state);
+
+    let (acceptor, ca_cert) = match &config.tls {
+        TlsMode::Insecure => (None, None),
+        TlsMode::SelfSigned => {
+            let (cert, key) = tls::ensure_self_signed(&config.data_dir.join("tls"))?;
+            (Some(tls::acceptor(&cert, &key)?), Some(cert))
+        }
+        TlsMode::Files { cert, key } => (Some(tls::acceptor(cert, key)?), None),
+    };
+    let listener = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another server running? pass --api-addr", config.api_addr))?;
+    let local = listener.local_addr()?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let ready = Ready {
+        api_url: format!("{scheme}://{local}"),
+        ca_cert,
+        generated_password,
+    };
+    tracing::info!(url = %ready.api_url, data_dir = %config.data_dir.display(), store = "sqlite", "nubo server ready");
+    on_ready(&ready);
+
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        match &acceptor {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!("shutting down: finishing open requests");
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("open connections did not finish within 10 s; closing them");
+    }
+    store.close().await;
+    tracing::info!("nubo server stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The default data directory: `$NUBO_DATA_DIR`, else `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&d).join("nubo");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Path::new(&h).join(".local/share/nubo"),
+        None => PathBuf::from("nubo-data"),
+    }
+}
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`.
+pub fn install_crypto_provider() -> anyhow::Result<()> {
+    if rustls::crypto::CryptoProvider::get_default().is_none()
+        && rustls::crypto::aws_lc_rs::default_provider().install_default().is_err()
+        && rustls::crypto::CryptoProvider::get_default().is_none()
+    {
+        bail!("cannot install the TLS crypto provider");
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `nubo`: the thin binary. `nubo server` runs the platform; every other command is a client of
+//! its REST API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nubo_server::{ServerConfig, TlsMode};
+
+#[derive(Parser)]
+#[command(
+    name = "nubo",
+    version,
+    about = "Nubo: a platform-as-a-service framework (the Apache Stratos model) in one binary",
+    long_about = "Nubo runs a whole PaaS from one binary.\n\n  nubo server                      start the platform (HTTPS API on 127.0.0.1:9443)\n  nubo cartridge add -f php.json   talk to it (every command but `server` is an API client)\n\nClient commands read NUBO_URL, NUBO_USER, NUBO_PASSWORD and NUBO_CA_CERT, or the file written by `nubo login`.",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    global: nubo_cli::Global,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Start the platform: store, API (and, as they land, bus, controller, autoscaler, load balancer)
+    Server(ServerArgs),
+    #[command(flatten)]
+    Client(nubo_cli::Command),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Where the platform keeps its state [default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo]
+    #[arg(long, env = "NUBO_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the REST API (port 0 picks a free port)
+    #[arg(long, env = "NUBO_API_ADDR", default_value = "127.0.0.1:9443")]
+    api_addr: SocketAddr,
+    /// Serve plain HTTP instead of HTTPS
+    #[arg(long, env = "NUBO_INSECURE_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_http: bool,
+    /// TLS certificate chain (PEM); without it a self-signed certificate is generated into the data directory
+    #[arg(long, env = "NUBO_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, env = "NUBO_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Log format
+    #[arg(long, env = "NUBO_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NUBO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let tls = match (args.insecure_http, args.tls_cert, args.tls_key) {
+        (true, _, _) => TlsMode::Insecure,
+        (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+        _ => TlsMode::SelfSigned,
+    };
+    let config = ServerConfig {
+        data_dir: args.data_dir.unwrap_or_else(nubo_server::default_data_dir),
+        api_addr: args.api_addr,
+        tls,
+        admin_password: std::env::var("NUBO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()),
+        providers: nubo_manager_providers(),
+    };
+    let data_dir = config.data_dir.clone();
+    nubo_server::run(
+        config,
+        |ready| {
+            println!("nubo: API listening on {}", ready.api_url);
+            if let Some(ca) = &ready.ca_cert {
+                println!("nubo: self-signed certificate: {} (clients: --ca-cert or NUBO_CA_CERT)", ca.display());
+            }
+            if let Some(p) = &ready.generated_password {
+                println!("nubo: generated the admin password (shown once): {p}");
+                println!("nubo: set NUBO_ADMIN_PASSWORD before the first start to choose it instead");
+            }
+            println!("nubo: data directory: {}", data_dir.display());
+        },
+        nubo_server::shutdown_signal(),
+    )
+    .await
+}
+
+fn nubo_manager_providers() -> Vec<String> {
+    ["local", "mock"].iter().map(|s| s.to_string()).collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = nubo_server::install_crypto_provider() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Top::Server(args) => server(args).await,
+            Top::Client(cmd) => nubo_cli::run(&cli.global, &cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

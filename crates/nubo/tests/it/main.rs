@@ -1,0 +1,3 @@
+//! Nubo's integration tests: one binary, a module per area.
+
+mod support;
