@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, OriginalUri, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use http::{StatusCode, header};
 use nubo_manager::Principal;
 use nubo_model::{
@@ -43,38 +43,84 @@ fn capitalized(kind: Kind) -> String {
         .unwrap_or_default()
 }
 
-async fn add<T: Artifact>(State(s): S, Extension(p): Extension<Principal>, OriginalUri(uri): OriginalUri, body: Body) -> Result<Response, ApiError> {
+async fn add<T: Artifact>(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    OriginalUri(uri): OriginalUri,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = body?;
     let a = s.manager.add::<T>(p.tenant_id, &body).await?;
     let location = format!("{}/{}", uri.path().trim_end_matches('/'), a.id());
-    let msg = Message::success(format!("{} added successfully: [{}] {}", capitalized(T::KIND), T::ID_FIELD, a.id()));
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(msg)).into_response())
+    let msg = Message::success(format!(
+        "{} added successfully: [{}] {}",
+        capitalized(T::KIND),
+        T::ID_FIELD,
+        a.id()
+    ));
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(msg),
+    )
+        .into_response())
 }
 
-async fn update<T: Artifact>(State(s): S, Extension(p): Extension<Principal>, body: Body) -> Result<Json<Message>, ApiError> {
+async fn update<T: Artifact>(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    body: Body,
+) -> Result<Json<Message>, ApiError> {
     let body = body?;
     let a = s.manager.update::<T>(p.tenant_id, &body).await?;
-    Ok(Json(Message::success(format!("{} updated successfully: [{}] {}", capitalized(T::KIND), T::ID_FIELD, a.id()))))
+    Ok(Json(Message::success(format!(
+        "{} updated successfully: [{}] {}",
+        capitalized(T::KIND),
+        T::ID_FIELD,
+        a.id()
+    ))))
 }
 
-async fn list<T: Artifact>(State(s): S, Extension(p): Extension<Principal>) -> Result<Json<Vec<T>>, ApiError> {
+async fn list<T: Artifact>(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Vec<T>>, ApiError> {
     Ok(Json(s.manager.list::<T>(p.tenant_id).await?))
 }
 
-async fn get_one<T: Artifact>(State(s): S, Extension(p): Extension<Principal>, Path(id): Path<String>) -> Result<Json<T>, ApiError> {
+async fn get_one<T: Artifact>(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<T>, ApiError> {
     Ok(Json(s.manager.get::<T>(p.tenant_id, &id).await?))
 }
 
-async fn remove<T: Artifact>(State(s): S, Extension(p): Extension<Principal>, Path(id): Path<String>) -> Result<Json<Message>, ApiError> {
+async fn remove<T: Artifact>(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Message>, ApiError> {
     s.manager.remove::<T>(p.tenant_id, &id).await?;
-    Ok(Json(Message::success(format!("{} removed successfully: [{}] {id}", capitalized(T::KIND), T::ID_FIELD))))
+    Ok(Json(Message::success(format!(
+        "{} removed successfully: [{}] {id}",
+        capitalized(T::KIND),
+        T::ID_FIELD
+    ))))
 }
 
-async fn list_applications(State(s): S, Extension(p): Extension<Principal>) -> Result<Json<Vec<Application>>, ApiError> {
+async fn list_applications(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Vec<Application>>, ApiError> {
     Ok(Json(s.manager.applications(p.tenant_id).await?))
 }
 
-async fn get_application(State(s): S, Extension(p): Extension<Principal>, Path(id): Path<String>) -> Result<Json<Application>, ApiError> {
+async fn get_application(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Application>, ApiError> {
     Ok(Json(s.manager.application(p.tenant_id, &id).await?))
 }
 
@@ -93,10 +139,17 @@ pub const CARTRIDGE_FILTERS: [(&str, &str); 5] = [
     ("category", "cartridges whose category is ?criteria="),
 ];
 
-fn cartridge_matches(c: &Cartridge, filter: &str, criteria: Option<&str>) -> Result<bool, ApiError> {
+fn cartridge_matches(
+    c: &Cartridge,
+    filter: &str,
+    criteria: Option<&str>,
+) -> Result<bool, ApiError> {
     let need = |name: &str| {
         criteria.filter(|c| !c.is_empty()).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("the `{name}` filter needs ?criteria=VALUE"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the `{name}` filter needs ?criteria=VALUE"),
+            )
         })
     };
     Ok(match filter {
@@ -110,14 +163,23 @@ fn cartridge_matches(c: &Cartridge, filter: &str, criteria: Option<&str>) -> Res
                 StatusCode::BAD_REQUEST,
                 format!(
                     "unknown cartridge filter `{other}`; known filters: {}",
-                    CARTRIDGE_FILTERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    CARTRIDGE_FILTERS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
     })
 }
 
-async fn filter_cartridges(State(s): S, Extension(p): Extension<Principal>, Path(filter): Path<String>, Query(q): Query<Criteria>) -> Result<Json<Vec<Cartridge>>, ApiError> {
+async fn filter_cartridges(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(filter): Path<String>,
+    Query(q): Query<Criteria>,
+) -> Result<Json<Vec<Cartridge>>, ApiError> {
     let mut out = Vec::new();
     for c in s.manager.list::<Cartridge>(p.tenant_id).await? {
         if cartridge_matches(&c, &filter, q.criteria.as_deref())? {
@@ -127,19 +189,33 @@ async fn filter_cartridges(State(s): S, Extension(p): Extension<Principal>, Path
     Ok(Json(out))
 }
 
-async fn filter_cartridge(State(s): S, Extension(p): Extension<Principal>, Path((id, filter)): Path<(String, String)>, Query(q): Query<Criteria>) -> Result<Json<Cartridge>, ApiError> {
+async fn filter_cartridge(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path((id, filter)): Path<(String, String)>,
+    Query(q): Query<Criteria>,
+) -> Result<Json<Cartridge>, ApiError> {
     let c = s.manager.get::<Cartridge>(p.tenant_id, &id).await?;
     if cartridge_matches(&c, &filter, q.criteria.as_deref())? {
         Ok(Json(c))
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, format!("cartridge `{id}` does not match the filter `{filter}`")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("cartridge `{id}` does not match the filter `{filter}`"),
+        ))
     }
 }
 
 fn crud<T: Artifact>(router: Router<Arc<AppState>>, collection: &str) -> Router<Arc<AppState>> {
     router
-        .route(&format!("/{collection}"), post(add::<T>).put(update::<T>).get(list::<T>))
-        .route(&format!("/{collection}/{{id}}"), get(get_one::<T>).delete(remove::<T>))
+        .route(
+            &format!("/{collection}"),
+            post(add::<T>).put(update::<T>).get(list::<T>),
+        )
+        .route(
+            &format!("/{collection}/{{id}}"),
+            get(get_one::<T>).delete(remove::<T>),
+        )
 }
 
 /// The artifact routes, relative to `/api` (and `/api/v4.1`).
@@ -154,9 +230,14 @@ pub fn routes() -> Router<Arc<AppState>> {
     let r = crud::<KubernetesCluster>(r, "kubernetesClusters");
     r.route(
         "/applications",
-        post(add::<Application>).put(update::<Application>).get(list_applications),
+        post(add::<Application>)
+            .put(update::<Application>)
+            .get(list_applications),
     )
-    .route("/applications/{id}", get(get_application).delete(remove::<Application>))
+    .route(
+        "/applications/{id}",
+        get(get_application).delete(remove::<Application>),
+    )
     .route("/cartridges/filter/{filter}", get(filter_cartridges))
     .route("/cartridges/{id}/filter/{filter}", get(filter_cartridge))
 }

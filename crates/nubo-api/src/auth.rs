@@ -13,7 +13,11 @@ use crate::error::ApiError;
 
 /// Checks the `Authorization: Basic …` header and puts the [`nubo_manager::Principal`] into the
 /// request's extensions.
-pub async fn require_basic(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_basic(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let missing = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

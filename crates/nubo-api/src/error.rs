@@ -78,7 +78,10 @@ impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         let status = r.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("the request body is larger than the limit of {} bytes", crate::BODY_LIMIT)
+            format!(
+                "the request body is larger than the limit of {} bytes",
+                crate::BODY_LIMIT
+            )
         } else {
             format!("cannot read the request body: {}", r.body_text())
         };

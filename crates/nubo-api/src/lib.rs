@@ -3,10 +3,16 @@
 //!
 //! Deliberate deviations from Stratos are listed in `docs/api.md`.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
 use std::sync::Arc;
 
-use axum::extract::{Extension, State};
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -74,7 +80,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn init(Extension(p): Extension<Principal>) -> Json<Message> {
-    Json(Message::success(format!("Successfully authenticated as {}", p.user)))
+    Json(Message::success(format!(
+        "Successfully authenticated as {}",
+        p.user
+    )))
 }
 
 async fn iaas_providers(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -82,8 +91,15 @@ async fn iaas_providers(State(s): State<Arc<AppState>>) -> Json<serde_json::Valu
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {
-    match s.manager.store().list(nubo_model::SUPER_TENANT_ID, "health-probe").await {
-        Ok(_) => Json(json!({"status": "ok", "store": s.manager.store().backend()})).into_response(),
+    match s
+        .manager
+        .store()
+        .list(nubo_model::SUPER_TENANT_ID, "health-probe")
+        .await
+    {
+        Ok(_) => {
+            Json(json!({"status": "ok", "store": s.manager.store().backend()})).into_response()
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "error", "message": format!("store unavailable: {e}")})),
@@ -102,10 +118,17 @@ async fn openapi_json() -> Response {
 
 async fn metrics_text(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &s.registry)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")))?;
+    prometheus_client::encoding::text::encode(&mut out, &s.registry).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}"),
+        )
+    })?;
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         out,
     )
         .into_response())
@@ -114,13 +137,19 @@ async fn metrics_text(State(s): State<Arc<AppState>>) -> Result<Response, ApiErr
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("no such endpoint: {}; the API is described at /api/openapi.json", uri.path()),
+        format!(
+            "no such endpoint: {}; the API is described at /api/openapi.json",
+            uri.path()
+        ),
     )
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {}; see /api/openapi.json", uri.path()),
+        format!(
+            "{method} is not allowed on {}; see /api/openapi.json",
+            uri.path()
+        ),
     )
 }

@@ -39,7 +39,11 @@ impl ApiMetrics {
         let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 14))
         });
-        registry.register("nubo_http_requests", "HTTP requests answered by the API", requests.clone());
+        registry.register(
+            "nubo_http_requests",
+            "HTTP requests answered by the API",
+            requests.clone(),
+        );
         registry.register(
             "nubo_http_request_duration_seconds",
             "Time to answer an API request",

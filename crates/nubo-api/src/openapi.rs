@@ -11,8 +11,8 @@ use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, Para
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ArrayBuilder, ComponentsBuilder, ContentBuilder, InfoBuilder, ObjectBuilder, OpenApi, OpenApiBuilder,
-    Paths, Ref, RefOr, Required, ResponseBuilder, Schema, Type,
+    ArrayBuilder, ComponentsBuilder, ContentBuilder, InfoBuilder, ObjectBuilder, OpenApi,
+    OpenApiBuilder, Paths, Ref, RefOr, Required, ResponseBuilder, Schema, Type,
 };
 use utoipa::{PartialSchema, ToSchema};
 
@@ -43,7 +43,10 @@ fn json_content(schema: impl Into<RefOr<Schema>>) -> utoipa::openapi::Content {
 fn message(desc: &str) -> utoipa::openapi::Response {
     ResponseBuilder::new()
         .description(desc)
-        .content("application/json", json_content(Ref::from_schema_name("Message")))
+        .content(
+            "application/json",
+            json_content(Ref::from_schema_name("Message")),
+        )
         .build()
 }
 
@@ -68,7 +71,10 @@ fn artifact_paths(paths: &mut Paths, kind: Kind, collection: &str) {
     let schema = schema_name(kind);
     let label = kind.label();
     let body = RequestBodyBuilder::new()
-        .content("application/json", json_content(Ref::from_schema_name(schema)))
+        .content(
+            "application/json",
+            json_content(Ref::from_schema_name(schema)),
+        )
         .required(Some(Required::True))
         .build();
     let base = format!("/api/{collection}");
@@ -87,51 +93,76 @@ fn artifact_paths(paths: &mut Paths, kind: Kind, collection: &str) {
     paths.add_path_operation(
         &base,
         vec![HttpMethod::Put],
-        op(format!("update_{}", kind.as_str()), format!("Replace a {label} (id from the body)"), collection)
-            .request_body(Some(body))
-            .response("200", message("Updated"))
-            .response("400", message("Invalid"))
-            .response("404", message("No such artifact"))
-            .response("409", message("Artifacts using it would become invalid; the message names them"))
-            .build(),
+        op(
+            format!("update_{}", kind.as_str()),
+            format!("Replace a {label} (id from the body)"),
+            collection,
+        )
+        .request_body(Some(body))
+        .response("200", message("Updated"))
+        .response("400", message("Invalid"))
+        .response("404", message("No such artifact"))
+        .response(
+            "409",
+            message("Artifacts using it would become invalid; the message names them"),
+        )
+        .build(),
     );
     paths.add_path_operation(
         &base,
         vec![HttpMethod::Get],
-        op(format!("list_{}", kind.as_str()), format!("List every {label} (an empty list is `[]`)"), collection)
-            .response(
-                "200",
-                ResponseBuilder::new()
-                    .description("The artifacts, ordered by id")
-                    .content("application/json", json_content(ArrayBuilder::new().items(Ref::from_schema_name(schema))))
-                    .build(),
-            )
-            .build(),
+        op(
+            format!("list_{}", kind.as_str()),
+            format!("List every {label} (an empty list is `[]`)"),
+            collection,
+        )
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("The artifacts, ordered by id")
+                .content(
+                    "application/json",
+                    json_content(ArrayBuilder::new().items(Ref::from_schema_name(schema))),
+                )
+                .build(),
+        )
+        .build(),
     );
     paths.add_path_operation(
         &item,
         vec![HttpMethod::Get],
-        op(format!("get_{}", kind.as_str()), format!("Get a {label}"), collection)
-            .parameter(id_param("id"))
-            .response(
-                "200",
-                ResponseBuilder::new()
-                    .description(format!("The {label}"))
-                    .content("application/json", json_content(Ref::from_schema_name(schema)))
-                    .build(),
-            )
-            .response("404", message("No such artifact"))
-            .build(),
+        op(
+            format!("get_{}", kind.as_str()),
+            format!("Get a {label}"),
+            collection,
+        )
+        .parameter(id_param("id"))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description(format!("The {label}"))
+                .content(
+                    "application/json",
+                    json_content(Ref::from_schema_name(schema)),
+                )
+                .build(),
+        )
+        .response("404", message("No such artifact"))
+        .build(),
     );
     paths.add_path_operation(
         &item,
         vec![HttpMethod::Delete],
-        op(format!("remove_{}", kind.as_str()), format!("Remove a {label}"), collection)
-            .parameter(id_param("id"))
-            .response("200", message("Removed"))
-            .response("404", message("No such artifact"))
-            .response("409", message("Still in use; the message names the users"))
-            .build(),
+        op(
+            format!("remove_{}", kind.as_str()),
+            format!("Remove a {label}"),
+            collection,
+        )
+        .parameter(id_param("id"))
+        .response("200", message("Removed"))
+        .response("404", message("No such artifact"))
+        .response("409", message("Still in use; the message names the users"))
+        .build(),
     );
 }
 
@@ -159,14 +190,25 @@ pub fn document() -> OpenApi {
     paths.add_path_operation(
         "/api/init",
         vec![HttpMethod::Get],
-        op("init".into(), "Check credentials".into(), "platform").response("200", message("Authenticated")).build(),
+        op("init".into(), "Check credentials".into(), "platform")
+            .response("200", message("Authenticated"))
+            .build(),
     );
     paths.add_path_operation(
         "/api/iaasProviders",
         vec![HttpMethod::Get],
-        op("iaas_providers".into(), "The IaaS providers network partitions may use".into(), "platform")
-            .response("200", ResponseBuilder::new().description("`{\"iaasProviders\": [...]}`").build())
-            .build(),
+        op(
+            "iaas_providers".into(),
+            "The IaaS providers network partitions may use".into(),
+            "platform",
+        )
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("`{\"iaasProviders\": [...]}`")
+                .build(),
+        )
+        .build(),
     );
     paths.add_path_operation(
         "/health",
@@ -176,20 +218,32 @@ pub fn document() -> OpenApi {
             .summary(Some("Liveness and store health (no authentication)"))
             .tag("platform")
             .response("200", ResponseBuilder::new().description("Healthy").build())
-            .response("503", ResponseBuilder::new().description("The store is unavailable").build())
+            .response(
+                "503",
+                ResponseBuilder::new()
+                    .description("The store is unavailable")
+                    .build(),
+            )
             .build(),
     );
     paths.add_path_operation(
         "/metrics",
         vec![HttpMethod::Get],
-        op("metrics".into(), "Prometheus metrics (OpenMetrics text)".into(), "platform")
-            .response("200", ResponseBuilder::new().description("Metrics").build())
-            .build(),
+        op(
+            "metrics".into(),
+            "Prometheus metrics (OpenMetrics text)".into(),
+            "platform",
+        )
+        .response("200", ResponseBuilder::new().description("Metrics").build())
+        .build(),
     );
     let mut components = ComponentsBuilder::new()
         .schema("Message", Message::schema())
         .schema("FieldError", FieldError::schema())
-        .security_scheme("basic", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)));
+        .security_scheme(
+            "basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
     components = collect::<NetworkPartition>(components);
     components = collect::<DeploymentPolicy>(components);
     components = collect::<AutoscalingPolicy>(components);
@@ -218,7 +272,8 @@ pub fn document() -> OpenApi {
 pub fn document_json() -> String {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        serde_json::to_string_pretty(&document()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        serde_json::to_string_pretty(&document())
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     })
     .clone()
 }
@@ -232,7 +287,11 @@ mod tests {
     fn openapi_document_matches_the_checked_in_copy() {
         let current = super::document_json() + "\n";
         if std::env::var_os("NUBO_BLESS").is_some() {
-            std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"), &current).unwrap();
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"),
+                &current,
+            )
+            .unwrap();
             return;
         }
         assert!(

@@ -67,8 +67,10 @@ impl ApiClient {
             .timeout(std::time::Duration::from_secs(60))
             .user_agent(concat!("nubo-cli/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &conn.ca_cert {
-            let pem = std::fs::read(ca).with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem).with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
             b = b.add_root_certificate(cert);
         }
         if conn.insecure {
@@ -81,10 +83,18 @@ impl ApiClient {
     }
 
     /// Sends a request and returns the JSON body of a successful answer.
-    pub async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Value> {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.conn.url);
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut req = self.http.request(method, &url).basic_auth(&self.conn.user, self.conn.password.as_deref());
+        let mut req = self
+            .http
+            .request(method, &url)
+            .basic_auth(&self.conn.user, self.conn.password.as_deref());
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
         }
@@ -93,7 +103,10 @@ impl ApiClient {
             Err(e) => return Err(self.transport_error(e)),
         };
         let status = resp.status();
-        let text = resp.text().await.context("the server closed the connection mid-answer")?;
+        let text = resp
+            .text()
+            .await
+            .context("the server closed the connection mid-answer")?;
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(json);
@@ -110,8 +123,14 @@ impl ApiClient {
             .flatten()
             .map(|e| {
                 (
-                    e.get("field").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    e.get("reason").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    e.get("field")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    e.get("reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
                 )
             })
             .filter(|(_, r)| !message.contains(r.as_str()))
@@ -124,17 +143,28 @@ impl ApiClient {
             StatusCode::NOT_FOUND => Some("list what exists with the `list` command".to_owned()),
             _ => None,
         };
-        Err(ApiFailure { status, message, errors, hint }.into())
+        Err(ApiFailure {
+            status,
+            message,
+            errors,
+            hint,
+        }
+        .into())
     }
 
     fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
         let text = format!("{e:?}");
-        let hint = if text.contains("Connection refused") || e.is_connect() && !text.contains("certificate") && !text.contains("Certificate") {
+        let hint = if text.contains("Connection refused")
+            || e.is_connect() && !text.contains("certificate") && !text.contains("Certificate")
+        {
             format!(
                 "nothing answers at {}: start the platform with `nubo server`, or point --server (NUBO_URL) at it",
                 self.conn.url
             )
-        } else if text.contains("certificate") || text.contains("Certificate") || text.contains("UnknownIssuer") {
+        } else if text.contains("certificate")
+            || text.contains("Certificate")
+            || text.contains("UnknownIssuer")
+        {
             "the server's certificate is not trusted: pass --ca-cert <data-dir>/tls/cert.pem (NUBO_CA_CERT), or --insecure for a throwaway set-up".to_owned()
         } else if e.is_timeout() {
             "the server did not answer in time".to_owned()

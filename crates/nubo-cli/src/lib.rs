@@ -4,6 +4,12 @@
 //! Connection settings come from flags, then `NUBO_*` environment variables, then the config file
 //! (`~/.config/nubo/cli.toml`, written by `nubo login`).
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -36,7 +42,13 @@ pub struct Global {
     #[arg(long, short = 'u', global = true, env = "NUBO_USER")]
     pub user: Option<String>,
     /// Password
-    #[arg(long, short = 'p', global = true, env = "NUBO_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        env = "NUBO_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
     /// CA certificate (PEM) to trust, e.g. `<data-dir>/tls/cert.pem` of a self-signed server
     #[arg(long, global = true, env = "NUBO_CA_CERT", value_name = "FILE")]
@@ -78,11 +90,16 @@ impl ConfigFile {
     }
 
     fn load() -> anyhow::Result<Self> {
-        let Some(path) = Self::path() else { return Ok(Self::default()) };
+        let Some(path) = Self::path() else {
+            return Ok(Self::default());
+        };
         match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).with_context(|| format!("cannot read the config file {}", path.display())),
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("cannot read the config file {}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read the config file {}", path.display())),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot read the config file {}", path.display()))
+            }
         }
     }
 }
@@ -122,6 +139,7 @@ pub enum ArtifactCommand {
 /// Cartridge commands: the artifact commands plus filters.
 #[derive(Debug, Clone, Subcommand)]
 pub enum CartridgeCommand {
+    #[allow(missing_docs)]
     #[command(flatten)]
     Artifact(ArtifactCommand),
     /// List cartridges matching a filter: multi-tenant, single-tenant, load-balancer, provider, category
@@ -202,7 +220,11 @@ impl Connection {
         }
         Ok(Connection {
             url: url.trim_end_matches('/').to_owned(),
-            user: g.user.clone().or(file.user).unwrap_or_else(|| "admin".to_owned()),
+            user: g
+                .user
+                .clone()
+                .or(file.user)
+                .unwrap_or_else(|| "admin".to_owned()),
             password: g.password.clone().or(file.password),
             ca_cert,
             insecure: g.insecure || file.insecure.unwrap_or(false),
@@ -211,7 +233,13 @@ impl Connection {
 }
 
 fn is_loopback(url: &str) -> bool {
-    let host = url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
     matches!(host, "127.0.0.1" | "localhost" | "[" | "") || url.contains("://[::1]")
 }
 
@@ -236,26 +264,53 @@ fn read_file(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-async fn artifact(client: &ApiClient, out: Output, collection: &str, cmd: &ArtifactCommand) -> anyhow::Result<()> {
+async fn artifact(
+    client: &ApiClient,
+    out: Output,
+    collection: &str,
+    cmd: &ArtifactCommand,
+) -> anyhow::Result<()> {
     match cmd {
         ArtifactCommand::Add { file } => {
-            let v = client.send("POST", &format!("/api/{collection}"), Some(read_file(file)?)).await?;
+            let v = client
+                .send(
+                    "POST",
+                    &format!("/api/{collection}"),
+                    Some(read_file(file)?),
+                )
+                .await?;
             render::message(out, &v);
         }
         ArtifactCommand::Update { file } => {
-            let v = client.send("PUT", &format!("/api/{collection}"), Some(read_file(file)?)).await?;
+            let v = client
+                .send("PUT", &format!("/api/{collection}"), Some(read_file(file)?))
+                .await?;
             render::message(out, &v);
         }
         ArtifactCommand::List => {
-            let v = client.send("GET", &format!("/api/{collection}"), None).await?;
+            let v = client
+                .send("GET", &format!("/api/{collection}"), None)
+                .await?;
             render::list(out, collection, &v);
         }
         ArtifactCommand::Describe { id } => {
-            let v = client.send("GET", &format!("/api/{collection}/{}", client::escape(id)), None).await?;
+            let v = client
+                .send(
+                    "GET",
+                    &format!("/api/{collection}/{}", client::escape(id)),
+                    None,
+                )
+                .await?;
             render::describe(out, &v);
         }
         ArtifactCommand::Remove { id } => {
-            let v = client.send("DELETE", &format!("/api/{collection}/{}", client::escape(id)), None).await?;
+            let v = client
+                .send(
+                    "DELETE",
+                    &format!("/api/{collection}/{}", client::escape(id)),
+                    None,
+                )
+                .await?;
             render::message(out, &v);
         }
     }
@@ -275,7 +330,9 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
         Command::CartridgeGroup(c) => artifact(&client, out, "cartridgeGroups", c).await,
         Command::Application(c) => artifact(&client, out, "applications", c).await,
         Command::KubernetesCluster(c) => artifact(&client, out, "kubernetesClusters", c).await,
-        Command::Cartridge(CartridgeCommand::Artifact(c)) => artifact(&client, out, "cartridges", c).await,
+        Command::Cartridge(CartridgeCommand::Artifact(c)) => {
+            artifact(&client, out, "cartridges", c).await
+        }
         Command::Cartridge(CartridgeCommand::Filter { filter, criteria }) => {
             let mut path = format!("/api/cartridges/filter/{}", client::escape(filter));
             if let Some(c) = criteria {
@@ -290,7 +347,12 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             match out {
                 Output::Json => render::json(&v),
                 Output::Table => {
-                    for p in v.get("iaasProviders").and_then(Value::as_array).into_iter().flatten() {
+                    for p in v
+                        .get("iaasProviders")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
                         println!("{}", p.as_str().unwrap_or_default());
                     }
                 }
@@ -310,7 +372,8 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
                 insecure: conn.insecure.then_some(true),
             };
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             write_private(&path, toml::to_string(&file)?.as_bytes())?;
             render::message(out, &v);

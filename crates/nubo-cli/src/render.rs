@@ -15,7 +15,10 @@ pub fn json(v: &Value) {
 pub fn message(out: Output, v: &Value) {
     match out {
         Output::Json => json(v),
-        Output::Table => println!("{}", v.get("message").and_then(Value::as_str).unwrap_or("done")),
+        Output::Table => println!(
+            "{}",
+            v.get("message").and_then(Value::as_str).unwrap_or("done")
+        ),
     }
 }
 
@@ -42,7 +45,9 @@ fn columns(collection: &str) -> Vec<Column> {
         "networkPartitions" => vec![
             ("ID", |v| s(v, "id")),
             ("PROVIDER", |v| s(v, "provider")),
-            ("PARTITIONS", |v| join(arr(v, "partitions").map(|p| s(p, "id")))),
+            ("PARTITIONS", |v| {
+                join(arr(v, "partitions").map(|p| s(p, "id")))
+            }),
         ],
         "deploymentPolicies" => vec![
             ("ID", |v| s(v, "id")),
@@ -69,7 +74,9 @@ fn columns(collection: &str) -> Vec<Column> {
         "applicationPolicies" => vec![
             ("ID", |v| s(v, "id")),
             ("ALGORITHM", |v| s(v, "algorithm")),
-            ("NETWORK PARTITIONS", |v| join(arr(v, "networkPartitions").map(|n| n.as_str().unwrap_or_default().to_owned()))),
+            ("NETWORK PARTITIONS", |v| {
+                join(arr(v, "networkPartitions").map(|n| n.as_str().unwrap_or_default().to_owned()))
+            }),
         ],
         "cartridges" => vec![
             ("TYPE", |v| s(v, "type")),
@@ -82,11 +89,15 @@ fn columns(collection: &str) -> Vec<Column> {
                     None => format!("{}/{}", s(p, "port"), s(p, "protocol")),
                 }))
             }),
-            ("IAAS", |v| join(arr(v, "iaasProvider").map(|i| s(i, "type")))),
+            ("IAAS", |v| {
+                join(arr(v, "iaasProvider").map(|i| s(i, "type")))
+            }),
         ],
         "cartridgeGroups" => vec![
             ("NAME", |v| s(v, "name")),
-            ("CARTRIDGES", |v| join(arr(v, "cartridges").map(|c| c.as_str().unwrap_or_default().to_owned()))),
+            ("CARTRIDGES", |v| {
+                join(arr(v, "cartridges").map(|c| c.as_str().unwrap_or_default().to_owned()))
+            }),
             ("GROUPS", |v| join(arr(v, "groups").map(|g| s(g, "name")))),
         ],
         "applications" => vec![
@@ -97,8 +108,14 @@ fn columns(collection: &str) -> Vec<Column> {
         ],
         "kubernetesClusters" => vec![
             ("ID", |v| s(v, "clusterId")),
-            ("MASTER", |v| v.get("kubernetesMaster").map(|m| s(m, "hostname")).unwrap_or_default()),
-            ("HOSTS", |v| join(arr(v, "kubernetesHosts").map(|h| s(h, "hostname")))),
+            ("MASTER", |v| {
+                v.get("kubernetesMaster")
+                    .map(|m| s(m, "hostname"))
+                    .unwrap_or_default()
+            }),
+            ("HOSTS", |v| {
+                join(arr(v, "kubernetesHosts").map(|h| s(h, "hostname")))
+            }),
         ],
         _ => vec![("VALUE", |v| v.to_string())],
     }
@@ -124,7 +141,8 @@ pub fn list(out: Output, collection: &str, v: &Value) {
     }
     let cols = columns(collection);
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic);
     t.set_header(cols.iter().map(|(h, _)| *h));
     for item in &items {
         t.add_row(cols.iter().map(|(_, f)| f(item)));
@@ -137,9 +155,12 @@ pub fn describe(out: Output, v: &Value) {
     if out == Output::Json {
         return json(v);
     }
-    let Some(obj) = v.as_object() else { return json(v) };
+    let Some(obj) = v.as_object() else {
+        return json(v);
+    };
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic);
     for (k, val) in obj {
         let shown = match val {
             Value::String(s) => s.clone(),

@@ -1,7 +1,7 @@
 //! Users and authentication: HTTP Basic credentials checked against argon2 hashes in the store.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use nubo_model::{Kind, SUPER_TENANT_ID, User};
 use nubo_store::{Key, Write};
 use rand::Rng;
@@ -40,10 +40,19 @@ fn digest(password: &str) -> [u8; 32] {
 impl Manager {
     /// Makes sure the super tenant's `admin` user exists. On first start it takes `password`, or
     /// generates one and returns it so the caller can print it once.
-    pub async fn ensure_admin(&self, password: Option<&str>) -> Result<Option<String>, ManagerError> {
+    pub async fn ensure_admin(
+        &self,
+        password: Option<&str>,
+    ) -> Result<Option<String>, ManagerError> {
         let tenant = SUPER_TENANT_ID;
         let cred_key = Key::new(CREDENTIAL, "admin");
-        if self.store.get(tenant, &cred_key).await.map_err(|e| store_err(Kind::User, e))?.is_some() {
+        if self
+            .store
+            .get(tenant, &cred_key)
+            .await
+            .map_err(|e| store_err(Kind::User, e))?
+            .is_some()
+        {
             return Ok(None);
         }
         let (password, generated) = match password {
@@ -68,12 +77,19 @@ impl Manager {
             profile_name: None,
             extra: Default::default(),
         };
-        if self.store.get(tenant, &Key::new(Kind::User.as_str(), "admin")).await.map_err(|e| store_err(Kind::User, e))?.is_none() {
+        if self
+            .store
+            .get(tenant, &Key::new(Kind::User.as_str(), "admin"))
+            .await
+            .map_err(|e| store_err(Kind::User, e))?
+            .is_none()
+        {
             self.store
                 .create(Write {
                     tenant,
                     key: Key::new(Kind::User.as_str(), "admin"),
-                    body: serde_json::to_value(&user).map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+                    body: serde_json::to_value(&user)
+                        .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
                     refs: vec![],
                 })
                 .await
@@ -93,7 +109,11 @@ impl Manager {
     }
 
     /// Checks a user name (`admin`, or `user@tenant.domain` once tenants exist) and password.
-    pub async fn authenticate(&self, user: &str, password: &str) -> Result<Principal, ManagerError> {
+    pub async fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Principal, ManagerError> {
         let denied = || ManagerError::Unauthenticated("wrong user name or password".into());
         let (name, tenant) = match user.rsplit_once('@') {
             None => (user, SUPER_TENANT_ID),
@@ -102,7 +122,11 @@ impl Manager {
         };
         let cache_key = (tenant, name.to_owned());
         let d = digest(password);
-        let cached = self.auth_cache.lock().map(|c| c.get(&cache_key) == Some(&d)).unwrap_or(false);
+        let cached = self
+            .auth_cache
+            .lock()
+            .map(|c| c.get(&cache_key) == Some(&d))
+            .unwrap_or(false);
         if !cached {
             let Some(rec) = self
                 .store
@@ -112,7 +136,12 @@ impl Manager {
             else {
                 return Err(denied());
             };
-            let hash = rec.body.get("passwordHash").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let hash = rec
+                .body
+                .get("passwordHash")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
             if !verify_password(password.to_owned(), hash).await? {
                 return Err(denied());
             }
@@ -147,7 +176,11 @@ async fn hash_password(password: String) -> Result<String, ManagerError> {
 async fn verify_password(password: String, hash: String) -> Result<bool, ManagerError> {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -167,13 +200,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let m = Manager::new(store, vec!["local".into()]);
-        let generated = m.ensure_admin(None).await.unwrap().expect("a generated password");
+        let generated = m
+            .ensure_admin(None)
+            .await
+            .unwrap()
+            .expect("a generated password");
         assert_eq!(generated.len(), 24);
-        assert_eq!(m.ensure_admin(Some("other")).await.unwrap(), None, "second start keeps the first password");
+        assert_eq!(
+            m.ensure_admin(Some("other")).await.unwrap(),
+            None,
+            "second start keeps the first password"
+        );
         let p = m.authenticate("admin", &generated).await.unwrap();
         assert_eq!((p.tenant_id, p.role), (SUPER_TENANT_ID, Role::Admin));
-        assert!(m.authenticate("admin@carbon.super", &generated).await.is_ok());
-        assert!(matches!(m.authenticate("admin", "other").await, Err(ManagerError::Unauthenticated(_))));
-        assert!(matches!(m.authenticate("nobody", "x").await, Err(ManagerError::Unauthenticated(_))));
+        assert!(
+            m.authenticate("admin@carbon.super", &generated)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            m.authenticate("admin", "other").await,
+            Err(ManagerError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            m.authenticate("nobody", "x").await,
+            Err(ManagerError::Unauthenticated(_))
+        ));
     }
 }

@@ -4,14 +4,20 @@
 //!
 //! The manager knows nothing of HTTP: the API crate maps [`ManagerError`] to status codes.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use nubo_model::json;
 use nubo_model::{
-    Application, ApplicationPolicy, Artifact, AutoscalingPolicy, Cartridge, CartridgeGroup, Catalog,
-    DeploymentPolicy, FieldError, Kind, KubernetesCluster, NetworkPartition, ParseError, Problems,
-    SUPER_TENANT_ID,
+    Application, ApplicationPolicy, Artifact, AutoscalingPolicy, Cartridge, CartridgeGroup,
+    Catalog, DeploymentPolicy, FieldError, Kind, KubernetesCluster, NetworkPartition, ParseError,
+    Problems, SUPER_TENANT_ID,
 };
 use nubo_store::{Key, Store, StoreError, Write};
 use serde_json::Value;
@@ -172,7 +178,10 @@ impl Manager {
 
     /// Parses and validates `body` as a `T` without storing it.
     pub fn parse<T: Artifact>(body: &[u8]) -> Result<T, ManagerError> {
-        let value = json::parse_strict(body).map_err(|error| ManagerError::Parse { kind: T::KIND, error })?;
+        let value = json::parse_strict(body).map_err(|error| ManagerError::Parse {
+            kind: T::KIND,
+            error,
+        })?;
         if !value.is_object() {
             return Err(ManagerError::Parse {
                 kind: T::KIND,
@@ -182,14 +191,24 @@ impl Manager {
                 },
             });
         }
-        let artifact: T = json::from_value(value).map_err(|error| ManagerError::Parse { kind: T::KIND, error })?;
+        let artifact: T = json::from_value(value).map_err(|error| ManagerError::Parse {
+            kind: T::KIND,
+            error,
+        })?;
         let mut p = Problems::default();
         artifact.validate(&mut p);
-        p.into_result().map_err(|errors| ManagerError::Invalid { kind: T::KIND, errors })?;
+        p.into_result().map_err(|errors| ManagerError::Invalid {
+            kind: T::KIND,
+            errors,
+        })?;
         Ok(artifact)
     }
 
-    async fn catalog_for<T: Artifact>(&self, tenant: i64, artifact: &T) -> Result<Catalog, ManagerError> {
+    async fn catalog_for<T: Artifact>(
+        &self,
+        tenant: i64,
+        artifact: &T,
+    ) -> Result<Catalog, ManagerError> {
         let mut catalog = Catalog::new(self.providers.clone());
         for r in artifact.references() {
             if catalog.contains(r.kind, &r.id) {
@@ -207,16 +226,24 @@ impl Manager {
         Ok(catalog)
     }
 
-    async fn checked<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<(T, Write), ManagerError> {
+    async fn checked<T: Artifact>(
+        &self,
+        tenant: i64,
+        body: &[u8],
+    ) -> Result<(T, Write), ManagerError> {
         let artifact = Self::parse::<T>(body)?;
         let catalog = self.catalog_for(tenant, &artifact).await?;
         let mut p = Problems::default();
         artifact.check_references(&catalog, &mut p);
-        p.into_result().map_err(|errors| ManagerError::Invalid { kind: T::KIND, errors })?;
+        p.into_result().map_err(|errors| ManagerError::Invalid {
+            kind: T::KIND,
+            errors,
+        })?;
         let write = Write {
             tenant,
             key: key::<T>(artifact.id()),
-            body: serde_json::to_value(&artifact).map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+            body: serde_json::to_value(&artifact)
+                .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
             refs: artifact
                 .references()
                 .into_iter()
@@ -229,39 +256,99 @@ impl Manager {
     /// Adds a new artifact.
     pub async fn add<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
         let (artifact, write) = self.checked::<T>(tenant, body).await?;
-        if self.store.get(tenant, &write.key).await.map_err(|e| store_err(T::KIND, e))?.is_some() {
-            return Err(ManagerError::Conflict { kind: T::KIND, id: artifact.id().to_owned() });
+        if self
+            .store
+            .get(tenant, &write.key)
+            .await
+            .map_err(|e| store_err(T::KIND, e))?
+            .is_some()
+        {
+            return Err(ManagerError::Conflict {
+                kind: T::KIND,
+                id: artifact.id().to_owned(),
+            });
         }
-        self.store.create(write).await.map_err(|e| store_err(T::KIND, e))?;
-        tracing::info!(kind = T::KIND.as_str(), id = artifact.id(), tenant, "artifact added");
+        self.store
+            .create(write)
+            .await
+            .map_err(|e| store_err(T::KIND, e))?;
+        tracing::info!(
+            kind = T::KIND.as_str(),
+            id = artifact.id(),
+            tenant,
+            "artifact added"
+        );
         Ok(artifact)
     }
 
     /// Replaces an existing artifact. Refused with `InUse` when an artifact using it would become invalid.
     pub async fn update<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
         let (artifact, write) = self.checked::<T>(tenant, body).await?;
-        if self.store.get(tenant, &write.key).await.map_err(|e| store_err(T::KIND, e))?.is_none() {
-            return Err(ManagerError::NotFound { kind: T::KIND, id: artifact.id().to_owned() });
+        if self
+            .store
+            .get(tenant, &write.key)
+            .await
+            .map_err(|e| store_err(T::KIND, e))?
+            .is_none()
+        {
+            return Err(ManagerError::NotFound {
+                kind: T::KIND,
+                id: artifact.id().to_owned(),
+            });
         }
         self.check_users_still_valid::<T>(tenant, &write).await?;
-        self.store.update(write).await.map_err(|e| store_err(T::KIND, e))?;
-        tracing::info!(kind = T::KIND.as_str(), id = artifact.id(), tenant, "artifact updated");
+        self.store
+            .update(write)
+            .await
+            .map_err(|e| store_err(T::KIND, e))?;
+        tracing::info!(
+            kind = T::KIND.as_str(),
+            id = artifact.id(),
+            tenant,
+            "artifact updated"
+        );
         Ok(artifact)
     }
 
     /// Re-checks every artifact that references the one being replaced against its new version.
-    async fn check_users_still_valid<T: Artifact>(&self, tenant: i64, write: &Write) -> Result<(), ManagerError> {
-        let by = self.store.referrers(tenant, &write.key).await.map_err(|e| store_err(T::KIND, e))?;
+    async fn check_users_still_valid<T: Artifact>(
+        &self,
+        tenant: i64,
+        write: &Write,
+    ) -> Result<(), ManagerError> {
+        let by = self
+            .store
+            .referrers(tenant, &write.key)
+            .await
+            .map_err(|e| store_err(T::KIND, e))?;
         let mut broken = Vec::new();
         let mut details = Vec::new();
         for user in by {
-            let Some(kind) = Kind::parse(&user.kind) else { continue };
-            let Some(rec) = self.store.get(tenant, &user).await.map_err(|e| store_err(T::KIND, e))? else {
+            let Some(kind) = Kind::parse(&user.kind) else {
                 continue;
             };
-            let problems = self.recheck(tenant, kind, rec.body, (T::KIND, &write.key.id, &write.body)).await?;
+            let Some(rec) = self
+                .store
+                .get(tenant, &user)
+                .await
+                .map_err(|e| store_err(T::KIND, e))?
+            else {
+                continue;
+            };
+            let problems = self
+                .recheck(
+                    tenant,
+                    kind,
+                    rec.body,
+                    (T::KIND, &write.key.id, &write.body),
+                )
+                .await?;
             if !problems.is_empty() {
-                details.extend(problems.iter().map(|p| format!("{} `{}`: {p}", kind.label(), user.id)));
+                details.extend(
+                    problems
+                        .iter()
+                        .map(|p| format!("{} `{}`: {p}", kind.label(), user.id)),
+                );
                 broken.push((kind, user.id));
             }
         }
@@ -277,7 +364,13 @@ impl Manager {
         }
     }
 
-    async fn recheck(&self, tenant: i64, kind: Kind, body: Value, replaced: (Kind, &str, &Value)) -> Result<Vec<FieldError>, ManagerError> {
+    async fn recheck(
+        &self,
+        tenant: i64,
+        kind: Kind,
+        body: Value,
+        replaced: (Kind, &str, &Value),
+    ) -> Result<Vec<FieldError>, ManagerError> {
         macro_rules! dispatch {
             ($($k:ident => $t:ty),* $(,)?) => {
                 match kind {
@@ -298,7 +391,12 @@ impl Manager {
         )
     }
 
-    async fn recheck_as<T: Artifact>(&self, tenant: i64, body: Value, replaced: (Kind, &str, &Value)) -> Result<Vec<FieldError>, ManagerError> {
+    async fn recheck_as<T: Artifact>(
+        &self,
+        tenant: i64,
+        body: Value,
+        replaced: (Kind, &str, &Value),
+    ) -> Result<Vec<FieldError>, ManagerError> {
         let Ok(artifact) = serde_json::from_value::<T>(body) else {
             return Ok(Vec::new());
         };
@@ -316,23 +414,44 @@ impl Manager {
             .get(tenant, &key::<T>(id))
             .await
             .map_err(|e| store_err(T::KIND, e))?
-            .ok_or_else(|| ManagerError::NotFound { kind: T::KIND, id: id.to_owned() })?;
-        serde_json::from_value(rec.body).map_err(|e| ManagerError::Unavailable(format!("stored {} `{id}` is unreadable: {e}", T::KIND.label())))
+            .ok_or_else(|| ManagerError::NotFound {
+                kind: T::KIND,
+                id: id.to_owned(),
+            })?;
+        serde_json::from_value(rec.body).map_err(|e| {
+            ManagerError::Unavailable(format!(
+                "stored {} `{id}` is unreadable: {e}",
+                T::KIND.label()
+            ))
+        })
     }
 
     /// Every artifact of a kind, ordered by id.
     pub async fn list<T: Artifact>(&self, tenant: i64) -> Result<Vec<T>, ManagerError> {
-        let recs = self.store.list(tenant, T::KIND.as_str()).await.map_err(|e| store_err(T::KIND, e))?;
+        let recs = self
+            .store
+            .list(tenant, T::KIND.as_str())
+            .await
+            .map_err(|e| store_err(T::KIND, e))?;
         recs.into_iter()
             .map(|r| {
-                serde_json::from_value(r.body).map_err(|e| ManagerError::Unavailable(format!("stored {} `{}` is unreadable: {e}", T::KIND.label(), r.key.id)))
+                serde_json::from_value(r.body).map_err(|e| {
+                    ManagerError::Unavailable(format!(
+                        "stored {} `{}` is unreadable: {e}",
+                        T::KIND.label(),
+                        r.key.id
+                    ))
+                })
             })
             .collect()
     }
 
     /// Removes an artifact; refused with `InUse` naming its users.
     pub async fn remove<T: Artifact>(&self, tenant: i64, id: &str) -> Result<(), ManagerError> {
-        self.store.delete(tenant, &key::<T>(id)).await.map_err(|e| store_err(T::KIND, e))?;
+        self.store
+            .delete(tenant, &key::<T>(id))
+            .await
+            .map_err(|e| store_err(T::KIND, e))?;
         tracing::info!(kind = T::KIND.as_str(), id, tenant, "artifact removed");
         Ok(())
     }
@@ -364,7 +483,8 @@ pub fn require_super_tenant(p: &Principal) -> Result<(), ManagerError> {
     if p.tenant_id == SUPER_TENANT_ID {
         Ok(())
     } else {
-        Err(ManagerError::Forbidden("only the super tenant may do this".into()))
+        Err(ManagerError::Forbidden(
+            "only the super tenant may do this".into(),
+        ))
     }
 }
-

@@ -15,7 +15,9 @@ use crate::refs::{Catalog, Reference};
 pub type Extra = BTreeMap<String, Value>;
 
 /// Every kind of stored artifact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum Kind {
     /// A network partition with its partitions (cloud controller).
@@ -303,14 +305,20 @@ impl Artifact for DeploymentPolicy {
     fn validate(&self, p: &mut Problems) {
         p.require_id("id", &self.id);
         if self.network_partitions.is_empty() {
-            p.add("networkPartitions", "at least one network partition is required");
+            p.add(
+                "networkPartitions",
+                "at least one network partition is required",
+            );
         }
         let mut seen = HashSet::new();
         for (i, np) in self.network_partitions.iter().enumerate() {
             let f = format!("networkPartitions[{i}]");
             p.require_id(&format!("{f}.id"), &np.id);
             if !seen.insert(np.id.as_str()) {
-                p.add(format!("{f}.id"), format!("network partition `{}` appears twice", np.id));
+                p.add(
+                    format!("{f}.id"),
+                    format!("network partition `{}` appears twice", np.id),
+                );
             }
             p.require_one_of(
                 &format!("{f}.partitionAlgo"),
@@ -318,7 +326,10 @@ impl Artifact for DeploymentPolicy {
                 &PARTITION_ALGORITHMS,
             );
             if np.partitions.is_empty() {
-                p.add(format!("{f}.partitions"), "at least one partition is required");
+                p.add(
+                    format!("{f}.partitions"),
+                    "at least one partition is required",
+                );
             }
             let mut parts = HashSet::new();
             for (j, part) in np.partitions.iter().enumerate() {
@@ -343,7 +354,11 @@ impl Artifact for DeploymentPolicy {
             .iter()
             .enumerate()
             .map(|(i, np)| {
-                Reference::new(Kind::NetworkPartition, &np.id, format!("networkPartitions[{i}].id"))
+                Reference::new(
+                    Kind::NetworkPartition,
+                    &np.id,
+                    format!("networkPartitions[{i}].id"),
+                )
             })
             .collect()
     }
@@ -361,7 +376,11 @@ impl Artifact for DeploymentPolicy {
                             "network partition `{}` has no partition `{}` (it has: {})",
                             np.id,
                             part.id,
-                            def.partitions.iter().map(|x| x.id.as_str()).collect::<Vec<_>>().join(", ")
+                            def.partitions
+                                .iter()
+                                .map(|x| x.id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     );
                 }
@@ -432,26 +451,37 @@ impl Artifact for AutoscalingPolicy {
     fn validate(&self, p: &mut Problems) {
         p.require_id("id", &self.id);
         let t = &self.load_thresholds;
-        if t.requests_in_flight.is_none() && t.memory_consumption.is_none() && t.load_average.is_none()
+        if t.requests_in_flight.is_none()
+            && t.memory_consumption.is_none()
+            && t.load_average.is_none()
         {
             p.add(
                 "loadThresholds",
                 "at least one of requestsInFlight, memoryConsumption, loadAverage is required",
             );
         }
-        if let Some(r) = &t.requests_in_flight {
-            if r.threshold.is_nan() || r.threshold <= 0.0 {
-                p.add("loadThresholds.requestsInFlight.threshold", "must be greater than 0");
-            }
+        if let Some(r) = &t.requests_in_flight
+            && (r.threshold.is_nan() || r.threshold <= 0.0)
+        {
+            p.add(
+                "loadThresholds.requestsInFlight.threshold",
+                "must be greater than 0",
+            );
         }
-        for (name, th) in [("memoryConsumption", &t.memory_consumption), ("loadAverage", &t.load_average)] {
-            if let Some(th) = th {
-                if !(th.threshold > 0.0 && th.threshold <= 100.0) {
-                    p.add(
-                        format!("loadThresholds.{name}.threshold"),
-                        format!("is a percentage: must be above 0 and at most 100, not {}", th.threshold),
-                    );
-                }
+        for (name, th) in [
+            ("memoryConsumption", &t.memory_consumption),
+            ("loadAverage", &t.load_average),
+        ] {
+            if let Some(th) = th
+                && !(th.threshold > 0.0 && th.threshold <= 100.0)
+            {
+                p.add(
+                    format!("loadThresholds.{name}.threshold"),
+                    format!(
+                        "is a percentage: must be above 0 and at most 100, not {}",
+                        th.threshold
+                    ),
+                );
             }
         }
     }
@@ -490,10 +520,19 @@ impl ApplicationPolicy {
         match raw {
             Some(raw) if !raw.trim().is_empty() => raw
                 .split(',')
-                .map(|g| g.split('|').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+                .map(|g| {
+                    g.split('|')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
                 .filter(|g: &Vec<String>| !g.is_empty())
                 .collect(),
-            _ => self.network_partitions.iter().map(|n| vec![n.clone()]).collect(),
+            _ => self
+                .network_partitions
+                .iter()
+                .map(|n| vec![n.clone()])
+                .collect(),
         }
     }
 }
@@ -508,13 +547,19 @@ impl Artifact for ApplicationPolicy {
         p.require_id("id", &self.id);
         p.require_one_of("algorithm", &self.algorithm, &APPLICATION_ALGORITHMS);
         if self.network_partitions.is_empty() {
-            p.add("networkPartitions", "at least one network partition is required");
+            p.add(
+                "networkPartitions",
+                "at least one network partition is required",
+            );
         }
         let mut seen = HashSet::new();
         for (i, np) in self.network_partitions.iter().enumerate() {
             p.require_id(&format!("networkPartitions[{i}]"), np);
             if !seen.insert(np.as_str()) {
-                p.add(format!("networkPartitions[{i}]"), format!("`{np}` appears twice"));
+                p.add(
+                    format!("networkPartitions[{i}]"),
+                    format!("`{np}` appears twice"),
+                );
             }
         }
         check_properties(p, "properties", &self.properties);
@@ -523,10 +568,15 @@ impl Artifact for ApplicationPolicy {
             if !seen.contains(g.as_str()) {
                 p.add(
                     "properties",
-                    format!("networkPartitionGroups names `{g}`, which is not in networkPartitions"),
+                    format!(
+                        "networkPartitionGroups names `{g}`, which is not in networkPartitions"
+                    ),
                 );
             } else if !grouped.insert(g.clone()) {
-                p.add("properties", format!("networkPartitionGroups names `{g}` twice"));
+                p.add(
+                    "properties",
+                    format!("networkPartitionGroups names `{g}` twice"),
+                );
             }
         }
     }
@@ -534,7 +584,13 @@ impl Artifact for ApplicationPolicy {
         self.network_partitions
             .iter()
             .enumerate()
-            .map(|(i, np)| Reference::new(Kind::NetworkPartition, np, format!("networkPartitions[{i}]")))
+            .map(|(i, np)| {
+                Reference::new(
+                    Kind::NetworkPartition,
+                    np,
+                    format!("networkPartitions[{i}]"),
+                )
+            })
             .collect()
     }
 }
@@ -576,7 +632,11 @@ pub struct Cartridge {
     )]
     pub multi_tenant: Option<bool>,
     /// `private` or `public`: which member address the load balancer uses.
-    #[serde(rename = "loadBalancingIPType", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "loadBalancingIPType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancing_ip_type: Option<String>,
     /// Where the artifact is deployed inside an instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -716,7 +776,11 @@ pub struct FloatingNetwork {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_uuid: Option<String>,
     /// Floating IP.
-    #[serde(rename = "floatingIP", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "floatingIP",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub floating_ip: Option<String>,
     /// Unknown fields, kept verbatim.
     #[serde(flatten)]
@@ -792,10 +856,13 @@ impl Artifact for Cartridge {
     fn validate(&self, p: &mut Problems) {
         p.require_id("type", &self.cartridge_type);
         p.require_text("category", &self.category);
-        if let Some(host) = &self.host {
-            if host.is_empty() || host.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '.' || c == '-')) {
-                p.add("host", format!("`{host}` is not a valid host name"));
-            }
+        if let Some(host) = &self.host
+            && (host.is_empty()
+                || host
+                    .chars()
+                    .any(|c| !(c.is_ascii_alphanumeric() || c == '.' || c == '-')))
+        {
+            p.add("host", format!("`{host}` is not a valid host name"));
         }
         if let Some(t) = &self.load_balancing_ip_type {
             p.require_one_of("loadBalancingIPType", t, &["private", "public"]);
@@ -811,23 +878,35 @@ impl Artifact for Cartridge {
             if pm.proxy_port == Some(0) {
                 p.add(format!("{f}.proxyPort"), "must be between 1 and 65535");
             }
-            if let Some(proxy) = pm.proxy_port {
-                if !proxies.insert(proxy) {
-                    p.add(format!("{f}.proxyPort"), format!("proxy port {proxy} is used twice"));
-                }
+            if let Some(proxy) = pm.proxy_port
+                && !proxies.insert(proxy)
+            {
+                p.add(
+                    format!("{f}.proxyPort"),
+                    format!("proxy port {proxy} is used twice"),
+                );
             }
-            if let Some(name) = &pm.name {
-                if !names.insert(name.as_str()) {
-                    p.add(format!("{f}.name"), format!("port mapping name `{name}` is used twice"));
-                }
+            if let Some(name) = &pm.name
+                && !names.insert(name.as_str())
+            {
+                p.add(
+                    format!("{f}.name"),
+                    format!("port mapping name `{name}` is used twice"),
+                );
             }
             if let Some(t) = &pm.kubernetes_port_type {
-                p.require_one_of(&format!("{f}.kubernetesPortType"), t, &["NodePort", "ClusterIP"]);
+                p.require_one_of(
+                    &format!("{f}.kubernetesPortType"),
+                    t,
+                    &["NodePort", "ClusterIP"],
+                );
             }
         }
         for (i, iaas) in self.iaas_provider.iter().flatten().enumerate() {
             p.require_text(&format!("iaasProvider[{i}].type"), &iaas.iaas_type);
-            if iaas.iaas_type == "local" && iaas.image_id.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            if iaas.iaas_type == "local"
+                && iaas.image_id.as_deref().is_none_or(|s| s.trim().is_empty())
+            {
                 p.add(
                     format!("iaasProvider[{i}].imageId"),
                     "the `local` provider needs the workload's command line in imageId",
@@ -838,7 +917,10 @@ impl Artifact for Cartridge {
         if let Some(persistence) = &self.persistence {
             for (i, v) in persistence.volumes.iter().flatten().enumerate() {
                 if v.size == Some(0) {
-                    p.add(format!("persistence.volumes[{i}].size"), "must be at least 1 (GB)");
+                    p.add(
+                        format!("persistence.volumes[{i}].size"),
+                        "must be at least 1 (GB)",
+                    );
                 }
             }
         }
@@ -849,7 +931,8 @@ impl Artifact for Cartridge {
 // === Cartridge groups (§6.6) ===
 
 /// The termination behaviours of a group.
-pub const TERMINATION_BEHAVIOURS: [&str; 3] = ["terminate-all", "terminate-dependents", "terminate-none"];
+pub const TERMINATION_BEHAVIOURS: [&str; 3] =
+    ["terminate-all", "terminate-dependents", "terminate-none"];
 
 /// A reusable group of cartridges and nested groups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -970,7 +1053,10 @@ impl AliasList {
 impl Dependencies {
     /// Checks the form of every entry (not whether the aliases exist).
     pub fn validate(&self, field: &str, p: &mut Problems) {
-        for (list_name, lists) in [("startupOrders", &self.startup_orders), ("scalingDependents", &self.scaling_dependents)] {
+        for (list_name, lists) in [
+            ("startupOrders", &self.startup_orders),
+            ("scalingDependents", &self.scaling_dependents),
+        ] {
             for (i, list) in lists.iter().flatten().enumerate() {
                 let f = format!("{field}.{list_name}[{i}].aliases");
                 match list.parse() {
@@ -988,25 +1074,37 @@ impl Dependencies {
             }
         }
         if let Some(t) = &self.termination_behaviour {
-            p.require_one_of(&format!("{field}.terminationBehaviour"), t, &TERMINATION_BEHAVIOURS);
+            p.require_one_of(
+                &format!("{field}.terminationBehaviour"),
+                t,
+                &TERMINATION_BEHAVIOURS,
+            );
         }
     }
 
     /// Checks that every alias names a child at this level, and that the startup orders have no cycle.
     pub fn check_children(&self, field: &str, children: &HashSet<ChildRef>, p: &mut Problems) {
         let mut edges: Vec<(ChildRef, ChildRef)> = Vec::new();
-        for (list_name, lists) in [("startupOrders", &self.startup_orders), ("scalingDependents", &self.scaling_dependents)] {
+        for (list_name, lists) in [
+            ("startupOrders", &self.startup_orders),
+            ("scalingDependents", &self.scaling_dependents),
+        ] {
             for (i, list) in lists.iter().flatten().enumerate() {
                 let Ok(entries) = list.parse() else { continue };
                 for e in &entries {
                     if !children.contains(e) {
-                        let mut known: Vec<String> = children.iter().map(|c| c.to_string()).collect();
+                        let mut known: Vec<String> =
+                            children.iter().map(|c| c.to_string()).collect();
                         known.sort();
                         p.add(
                             format!("{field}.{list_name}[{i}].aliases"),
                             format!(
                                 "`{e}` is not a child here (children: {})",
-                                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                                if known.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
                             ),
                         );
                     }
@@ -1021,7 +1119,11 @@ impl Dependencies {
                 format!("{field}.startupOrders"),
                 format!(
                     "the startup orders form a cycle: {}",
-                    cycle.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" -> ")
+                    cycle
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" -> ")
                 ),
             );
         }
@@ -1068,10 +1170,10 @@ pub fn find_cycle<T: Clone + Eq + std::hash::Hash + Ord>(edges: &[(T, T)]) -> Op
     }
     let nodes: Vec<&T> = adj.keys().copied().collect();
     for n in nodes {
-        if state.get(n).copied().unwrap_or(0) == 0 {
-            if let Some(c) = dfs(n, &adj, &mut state, &mut stack) {
-                return Some(c);
-            }
+        if state.get(n).copied().unwrap_or(0) == 0
+            && let Some(c) = dfs(n, &adj, &mut state, &mut stack)
+        {
+            return Some(c);
         }
     }
     None
@@ -1079,7 +1181,11 @@ pub fn find_cycle<T: Clone + Eq + std::hash::Hash + Ord>(edges: &[(T, T)]) -> Op
 
 impl CartridgeGroup {
     fn validate_at(&self, field: &str, ancestors: &mut Vec<String>, p: &mut Problems) {
-        let name_field = if field.is_empty() { "name".to_owned() } else { format!("{field}.name") };
+        let name_field = if field.is_empty() {
+            "name".to_owned()
+        } else {
+            format!("{field}.name")
+        };
         p.require_id(&name_field, &self.name);
         if ancestors.contains(&self.name) {
             p.add(
@@ -1093,19 +1199,31 @@ impl CartridgeGroup {
             );
             return;
         }
-        let prefix = |s: &str| if field.is_empty() { s.to_owned() } else { format!("{field}.{s}") };
+        let prefix = |s: &str| {
+            if field.is_empty() {
+                s.to_owned()
+            } else {
+                format!("{field}.{s}")
+            }
+        };
         let mut seen = HashSet::new();
         for (i, c) in self.cartridges.iter().flatten().enumerate() {
             p.require_id(&prefix(&format!("cartridges[{i}]")), c);
             if !seen.insert(c.as_str()) {
-                p.add(prefix(&format!("cartridges[{i}]")), format!("cartridge `{c}` appears twice in group `{}`", self.name));
+                p.add(
+                    prefix(&format!("cartridges[{i}]")),
+                    format!("cartridge `{c}` appears twice in group `{}`", self.name),
+                );
             }
         }
         let mut groups = HashSet::new();
         ancestors.push(self.name.clone());
         for (i, g) in self.groups.iter().flatten().enumerate() {
             if !groups.insert(g.name.as_str()) {
-                p.add(prefix(&format!("groups[{i}].name")), format!("group `{}` appears twice in group `{}`", g.name, self.name));
+                p.add(
+                    prefix(&format!("groups[{i}].name")),
+                    format!("group `{}` appears twice in group `{}`", g.name, self.name),
+                );
             }
             g.validate_at(&prefix(&format!("groups[{i}]")), ancestors, p);
         }
@@ -1123,7 +1241,13 @@ impl CartridgeGroup {
     }
 
     fn collect_cartridges(&self, field: &str, out: &mut Vec<(String, String)>) {
-        let prefix = |s: &str| if field.is_empty() { s.to_owned() } else { format!("{field}.{s}") };
+        let prefix = |s: &str| {
+            if field.is_empty() {
+                s.to_owned()
+            } else {
+                format!("{field}.{s}")
+            }
+        };
         for (i, c) in self.cartridges.iter().flatten().enumerate() {
             out.push((c.clone(), prefix(&format!("cartridges[{i}]"))));
         }
@@ -1272,7 +1396,11 @@ pub struct SubscribableInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence: Option<Persistence>,
     /// LVS virtual IP.
-    #[serde(rename = "lvsVirtualIP", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "lvsVirtualIP",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub lvs_virtual_ip: Option<String>,
     /// Unknown fields, kept verbatim.
     #[serde(flatten)]
@@ -1380,7 +1508,13 @@ impl Application {
             });
         }
         for (i, g) in self.components.groups.iter().flatten().enumerate() {
-            walk_group(g, &format!("components.groups[{i}]"), None, &mut Vec::new(), &mut out);
+            walk_group(
+                g,
+                &format!("components.groups[{i}]"),
+                None,
+                &mut Vec::new(),
+                &mut out,
+            );
         }
         out
     }
@@ -1424,12 +1558,20 @@ fn walk_group<'a>(
     path.pop();
 }
 
-fn children_of(cartridges: &Option<Vec<CartridgeRef>>, groups: &Option<Vec<GroupRef>>) -> HashSet<ChildRef> {
+fn children_of(
+    cartridges: &Option<Vec<CartridgeRef>>,
+    groups: &Option<Vec<GroupRef>>,
+) -> HashSet<ChildRef> {
     cartridges
         .iter()
         .flatten()
         .map(|c| ChildRef::Cartridge(c.subscribable_info.alias.clone()))
-        .chain(groups.iter().flatten().map(|g| ChildRef::Group(g.alias.clone())))
+        .chain(
+            groups
+                .iter()
+                .flatten()
+                .map(|g| ChildRef::Group(g.alias.clone())),
+        )
         .collect()
 }
 
@@ -1444,24 +1586,36 @@ impl Artifact for Application {
         if self.components.cartridges.iter().flatten().next().is_none()
             && self.components.groups.iter().flatten().next().is_none()
         {
-            p.add("components", "an application needs at least one cartridge or group");
+            p.add(
+                "components",
+                "an application needs at least one cartridge or group",
+            );
         }
         let mut aliases: HashMap<&str, String> = HashMap::new();
         for spec in self.clusters() {
             let c = spec.cartridge;
             let f = &spec.field;
             p.require_id(&format!("{f}.type"), &c.cartridge_type);
-            p.require_id(&format!("{f}.subscribableInfo.alias"), &c.subscribable_info.alias);
+            p.require_id(
+                &format!("{f}.subscribableInfo.alias"),
+                &c.subscribable_info.alias,
+            );
             if let Some(prev) = aliases.insert(&c.subscribable_info.alias, f.clone()) {
                 p.add(
                     format!("{f}.subscribableInfo.alias"),
-                    format!("alias `{}` is already used at `{prev}`", c.subscribable_info.alias),
+                    format!(
+                        "alias `{}` is already used at `{prev}`",
+                        c.subscribable_info.alias
+                    ),
                 );
             }
             if c.cartridge_min > c.cartridge_max {
                 p.add(
                     format!("{f}.cartridgeMin"),
-                    format!("cartridgeMin ({}) is greater than cartridgeMax ({})", c.cartridge_min, c.cartridge_max),
+                    format!(
+                        "cartridgeMin ({}) is greater than cartridgeMax ({})",
+                        c.cartridge_min, c.cartridge_max
+                    ),
                 );
             }
             if c.cartridge_max == 0 {
@@ -1473,24 +1627,38 @@ impl Artifact for Application {
                     "no deployment policy: set one here or on an enclosing group",
                 );
             }
-            if c.subscribable_info.autoscaling_policy.as_deref().is_none_or(str::is_empty) {
-                p.add(format!("{f}.subscribableInfo.autoscalingPolicy"), "an autoscaling policy is required");
+            if c.subscribable_info
+                .autoscaling_policy
+                .as_deref()
+                .is_none_or(str::is_empty)
+            {
+                p.add(
+                    format!("{f}.subscribableInfo.autoscalingPolicy"),
+                    "an autoscaling policy is required",
+                );
             }
-            check_properties(p, &format!("{f}.subscribableInfo.property"), &c.subscribable_info.property);
+            check_properties(
+                p,
+                &format!("{f}.subscribableInfo.property"),
+                &c.subscribable_info.property,
+            );
         }
         for (g, f) in self.groups() {
             p.require_id(&format!("{f}.name"), &g.name);
             p.require_id(&format!("{f}.alias"), &g.alias);
             if let Some(prev) = aliases.insert(&g.alias, f.clone()) {
-                p.add(format!("{f}.alias"), format!("alias `{}` is already used at `{prev}`", g.alias));
+                p.add(
+                    format!("{f}.alias"),
+                    format!("alias `{}` is already used at `{prev}`", g.alias),
+                );
             }
-            if let (Some(min), Some(max)) = (g.group_min_instances, g.group_max_instances) {
-                if min > max {
-                    p.add(
-                        format!("{f}.groupMinInstances"),
-                        format!("groupMinInstances ({min}) is greater than groupMaxInstances ({max})"),
-                    );
-                }
+            if let (Some(min), Some(max)) = (g.group_min_instances, g.group_max_instances)
+                && min > max
+            {
+                p.add(
+                    format!("{f}.groupMinInstances"),
+                    format!("groupMinInstances ({min}) is greater than groupMaxInstances ({max})"),
+                );
             }
             if g.group_max_instances == Some(0) {
                 p.add(format!("{f}.groupMaxInstances"), "must be at least 1");
@@ -1516,16 +1684,32 @@ impl Artifact for Application {
         };
         for spec in self.clusters() {
             let c = spec.cartridge;
-            push(Kind::Cartridge, &c.cartridge_type, format!("{}.type", spec.field));
+            push(
+                Kind::Cartridge,
+                &c.cartridge_type,
+                format!("{}.type", spec.field),
+            );
             if let Some(dp) = &c.subscribable_info.deployment_policy {
-                push(Kind::DeploymentPolicy, dp, format!("{}.subscribableInfo.deploymentPolicy", spec.field));
+                push(
+                    Kind::DeploymentPolicy,
+                    dp,
+                    format!("{}.subscribableInfo.deploymentPolicy", spec.field),
+                );
             }
             if let Some(ap) = &c.subscribable_info.autoscaling_policy {
-                push(Kind::AutoscalingPolicy, ap, format!("{}.subscribableInfo.autoscalingPolicy", spec.field));
+                push(
+                    Kind::AutoscalingPolicy,
+                    ap,
+                    format!("{}.subscribableInfo.autoscalingPolicy", spec.field),
+                );
             }
         }
         for (i, g) in self.components.groups.iter().flatten().enumerate() {
-            push(Kind::CartridgeGroup, &g.name, format!("components.groups[{i}].name"));
+            push(
+                Kind::CartridgeGroup,
+                &g.name,
+                format!("components.groups[{i}].name"),
+            );
         }
         for (g, f) in self.groups() {
             if let Some(dp) = &g.deployment_policy {
@@ -1549,7 +1733,10 @@ impl Artifact for Application {
 /// that the application gives.
 fn check_group_against(g: &GroupRef, def: &CartridgeGroup, field: &str, p: &mut Problems) {
     if g.name != def.name {
-        p.add(format!("{field}.name"), format!("expected group `{}` here, found `{}`", def.name, g.name));
+        p.add(
+            format!("{field}.name"),
+            format!("expected group `{}` here, found `{}`", def.name, g.name),
+        );
         return;
     }
     let def_carts: Vec<&String> = def.cartridges.iter().flatten().collect();
@@ -1561,7 +1748,15 @@ fn check_group_against(g: &GroupRef, def: &CartridgeGroup, field: &str, p: &mut 
                     "cartridge group `{}` has no cartridge `{}` at this level (it has: {})",
                     def.name,
                     c.cartridge_type,
-                    if def_carts.is_empty() { "none".to_owned() } else { def_carts.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
+                    if def_carts.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        def_carts
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
                 ),
             );
         }
@@ -1577,14 +1772,26 @@ fn check_group_against(g: &GroupRef, def: &CartridgeGroup, field: &str, p: &mut 
                     "cartridge group `{}` has no nested group `{}` (it has: {})",
                     def.name,
                     child.name,
-                    if def_groups.is_empty() { "none".to_owned() } else { def_groups.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ") }
+                    if def_groups.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        def_groups
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
                 ),
             ),
         }
     }
     if let Some(d) = &def.dependencies {
         let mut q = Problems::default();
-        d.check_children("dependencies", &children_of(&g.cartridges, &g.groups), &mut q);
+        d.check_children(
+            "dependencies",
+            &children_of(&g.cartridges, &g.groups),
+            &mut q,
+        );
         for e in q.0 {
             p.add(
                 field,
@@ -1631,10 +1838,18 @@ pub struct KubernetesHost {
     /// Host name.
     pub hostname: String,
     /// Private IP.
-    #[serde(rename = "privateIPAddress", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "privateIPAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub private_ip_address: Option<String>,
     /// Public IP.
-    #[serde(rename = "publicIPAddress", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "publicIPAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub public_ip_address: Option<String>,
     /// Properties.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1669,19 +1884,28 @@ impl Artifact for KubernetesCluster {
     fn validate(&self, p: &mut Problems) {
         p.require_id("clusterId", &self.cluster_id);
         p.require_id("kubernetesMaster.hostId", &self.kubernetes_master.host_id);
-        p.require_text("kubernetesMaster.hostname", &self.kubernetes_master.hostname);
+        p.require_text(
+            "kubernetesMaster.hostname",
+            &self.kubernetes_master.hostname,
+        );
         let mut ids = HashSet::from([self.kubernetes_master.host_id.as_str()]);
         for (i, h) in self.kubernetes_hosts.iter().flatten().enumerate() {
             p.require_id(&format!("kubernetesHosts[{i}].hostId"), &h.host_id);
             p.require_text(&format!("kubernetesHosts[{i}].hostname"), &h.hostname);
             if !ids.insert(h.host_id.as_str()) {
-                p.add(format!("kubernetesHosts[{i}].hostId"), format!("host id `{}` is used twice", h.host_id));
+                p.add(
+                    format!("kubernetesHosts[{i}].hostId"),
+                    format!("host id `{}` is used twice", h.host_id),
+                );
             }
         }
-        if let Some(r) = &self.port_range {
-            if r.lower > r.upper {
-                p.add("portRange.lower", format!("lower ({}) is greater than upper ({})", r.lower, r.upper));
-            }
+        if let Some(r) = &self.port_range
+            && r.lower > r.upper
+        {
+            p.add(
+                "portRange.lower",
+                format!("lower ({}) is greater than upper ({})", r.lower, r.upper),
+            );
         }
         check_properties(p, "property", &self.property);
     }
@@ -1696,7 +1920,11 @@ pub struct Tenant {
     /// Domain: the tenant's unique name.
     pub tenant_domain: String,
     /// Numeric id (assigned by the platform).
-    #[serde(default, deserialize_with = "lenient::opt_i64", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_i64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tenant_id: Option<i64>,
     /// Admin user name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1714,7 +1942,11 @@ pub struct Tenant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// Active.
-    #[serde(default, deserialize_with = "lenient::opt_bool", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub active: Option<bool>,
     /// Success key (Carbon leftover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1743,12 +1975,18 @@ impl Artifact for Tenant {
     fn validate(&self, p: &mut Problems) {
         p.require_id("tenantDomain", &self.tenant_domain);
         if !self.tenant_domain.contains('.') {
-            p.add("tenantDomain", format!("`{}` is not a domain name (e.g. example.com)", self.tenant_domain));
+            p.add(
+                "tenantDomain",
+                format!(
+                    "`{}` is not a domain name (e.g. example.com)",
+                    self.tenant_domain
+                ),
+            );
         }
-        if let Some(email) = &self.email {
-            if !email.contains('@') {
-                p.add("email", format!("`{email}` is not an email address"));
-            }
+        if let Some(email) = &self.email
+            && !email.contains('@')
+        {
+            p.add("email", format!("`{email}` is not an email address"));
         }
     }
 }
@@ -1804,7 +2042,11 @@ pub struct ApplicationSignup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_id: Option<String>,
     /// Tenant id (from the caller).
-    #[serde(default, deserialize_with = "lenient::opt_i64", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_i64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tenant_id: Option<i64>,
     /// Artifact repositories, one per cartridge alias.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1847,12 +2089,19 @@ pub struct DomainMapping {
 impl DomainMappings {
     /// Checks the mappings against the application they are for.
     pub fn validate_for(&self, app: &Application, p: &mut Problems) {
-        let aliases: HashSet<&str> = app.clusters().iter().map(|c| c.cartridge.subscribable_info.alias.as_str()).collect();
+        let aliases: HashSet<&str> = app
+            .clusters()
+            .iter()
+            .map(|c| c.cartridge.subscribable_info.alias.as_str())
+            .collect();
         for (i, m) in self.domain_mappings.iter().enumerate() {
             if !aliases.contains(m.cartridge_alias.as_str()) {
                 p.add(
                     format!("domainMappings[{i}].cartridgeAlias"),
-                    format!("alias `{}` does not exist in application `{}`", m.cartridge_alias, app.application_id),
+                    format!(
+                        "alias `{}` does not exist in application `{}`",
+                        m.cartridge_alias, app.application_id
+                    ),
                 );
             }
             p.require_text(&format!("domainMappings[{i}].domainName"), &m.domain_name);
@@ -1869,16 +2118,117 @@ impl ApplicationSignup {
                 format!("application `{}` is not multi-tenant: signups are for multi-tenant applications", app.application_id),
             );
         }
-        let aliases: HashSet<&str> = app.clusters().iter().map(|c| c.cartridge.subscribable_info.alias.as_str()).collect();
+        let aliases: HashSet<&str> = app
+            .clusters()
+            .iter()
+            .map(|c| c.cartridge.subscribable_info.alias.as_str())
+            .collect();
         for (i, r) in self.artifact_repositories.iter().flatten().enumerate() {
             match &r.alias {
                 Some(a) if aliases.contains(a.as_str()) => {}
                 Some(a) => p.add(
                     format!("artifactRepositories[{i}].alias"),
-                    format!("alias `{a}` does not exist in application `{}`", app.application_id),
+                    format!(
+                        "alias `{a}` does not exist in application `{}`",
+                        app.application_id
+                    ),
                 ),
-                None => p.add(format!("artifactRepositories[{i}].alias"), "an alias is required"),
+                None => p.add(
+                    format!("artifactRepositories[{i}].alias"),
+                    "an alias is required",
+                ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Edges that all go forward in some order never form a cycle; one edge back always does.
+        #[test]
+        fn cycles_are_found_exactly(n in 2usize..12, raw in proptest::collection::vec((0usize..12, 0usize..12), 0..40), back in (0usize..12, 0usize..12)) {
+            let forward: Vec<(usize, usize)> = raw.into_iter().map(|(a, b)| (a % n, b % n)).filter(|(a, b)| a < b).collect();
+            prop_assert!(find_cycle(&forward).is_none());
+            let (a, b) = (back.0 % n, back.1 % n);
+            if a < b {
+                let mut with_back = forward.clone();
+                with_back.push((a, b));
+                // Close a path b -> a explicitly, then a -> b exists: a cycle.
+                with_back.push((b, a));
+                let cycle = find_cycle(&with_back).expect("a cycle");
+                prop_assert_eq!(cycle.first(), cycle.last());
+                for w in cycle.windows(2) {
+                    prop_assert!(with_back.contains(&(w[0], w[1])), "the cycle follows real edges");
+                }
+            }
+        }
+
+        /// A number written as a string or as a number reads the same, and writes back as a number.
+        #[test]
+        fn lenient_ports_round_trip(port in 1u16..=65535, as_string in any::<bool>()) {
+            let v = if as_string { serde_json::json!(port.to_string()) } else { serde_json::json!(port) };
+            let pm: PortMapping = serde_json::from_value(serde_json::json!({"protocol": "http", "port": v})).unwrap();
+            prop_assert_eq!(pm.port, port);
+            prop_assert_eq!(serde_json::to_value(&pm).unwrap()["port"].clone(), serde_json::json!(port));
+        }
+
+        /// Thresholds keep their value through a write and a read.
+        #[test]
+        fn thresholds_round_trip(x in 0.0f64..1e6) {
+            let t = Threshold { threshold: x, extra: Extra::new() };
+            let back: Threshold = serde_json::from_value(serde_json::to_value(&t).unwrap()).unwrap();
+            prop_assert_eq!(back.threshold, x);
+        }
+    }
+
+    #[test]
+    fn alias_lists_split_on_commas_as_stratos_does() {
+        let l = AliasList {
+            aliases: vec![
+                "group.my-appgroup, cartridge.my-esb".into(),
+                "cartridge.x".into(),
+            ],
+            extra: Extra::new(),
+        };
+        assert_eq!(
+            l.parse().unwrap(),
+            vec![
+                ChildRef::Group("my-appgroup".into()),
+                ChildRef::Cartridge("my-esb".into()),
+                ChildRef::Cartridge("x".into())
+            ]
+        );
+        let bad = AliasList {
+            aliases: vec!["cartridge.".into()],
+            extra: Extra::new(),
+        };
+        assert!(bad.parse().is_err());
+    }
+
+    #[test]
+    fn network_partition_groups_accept_both_spellings() {
+        let mut p: ApplicationPolicy = serde_json::from_value(serde_json::json!({
+            "id": "a", "algorithm": "one-after-another", "networkPartitions": ["n1", "n2", "n3"],
+            "properties": [{"name": "network-partition-groups", "value": "n1|n2,n3"}]
+        }))
+        .unwrap();
+        assert_eq!(
+            p.network_partition_groups(),
+            vec![
+                vec!["n1".to_owned(), "n2".to_owned()],
+                vec!["n3".to_owned()]
+            ]
+        );
+        p.properties = None;
+        assert_eq!(
+            p.network_partition_groups().len(),
+            3,
+            "one group per network partition by default"
+        );
     }
 }

@@ -54,7 +54,10 @@ impl Problems {
             self.add(field, "must not be empty");
         } else if value.len() > 255 {
             self.add(field, "must be at most 255 characters long");
-        } else if value.chars().any(|c| c.is_whitespace() || c == '/' || c.is_control()) {
+        } else if value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '/' || c.is_control())
+        {
             self.add(
                 field,
                 format!("`{value}` must not contain whitespace, control characters or `/`"),
@@ -67,14 +70,21 @@ impl Problems {
         if !allowed.contains(&value) {
             self.add(
                 field,
-                format!("unknown value `{value}`; expected one of: {}", allowed.join(", ")),
+                format!(
+                    "unknown value `{value}`; expected one of: {}",
+                    allowed.join(", ")
+                ),
             );
         }
     }
 
     /// Converts into a result: `Ok(())` when empty.
     pub fn into_result(self) -> Result<(), Vec<FieldError>> {
-        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
     }
 }
 
@@ -92,7 +102,9 @@ pub enum ParseError {
         column: usize,
     },
     /// The same key appears twice in one object.
-    #[error("the key `{key}` appears twice in the same object (`{path}`) at line {line} column {column}")]
+    #[error(
+        "the key `{key}` appears twice in the same object (`{path}`) at line {line} column {column}"
+    )]
     DuplicateKey {
         /// The repeated key.
         key: String,

@@ -137,7 +137,8 @@ mod tests {
 
     #[test]
     fn repeated_key_is_named_with_its_object() {
-        let e = parse_strict(b"{\"components\": {\"cartridges\": [], \n \"cartridges\": []}}").unwrap_err();
+        let e = parse_strict(b"{\"components\": {\"cartridges\": [], \n \"cartridges\": []}}")
+            .unwrap_err();
         match e {
             ParseError::DuplicateKey {
                 key, path, line, ..
@@ -149,7 +150,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let e = parse_strict(br#"{"id":"a","id":"b"}"#).unwrap_err();
-        assert!(matches!(e, ParseError::DuplicateKey { ref path, .. } if path == "$"), "{e:?}");
+        assert!(
+            matches!(e, ParseError::DuplicateKey { ref path, .. } if path == "$"),
+            "{e:?}"
+        );
         assert_eq!(e.field(), "id");
     }
 
@@ -166,7 +170,10 @@ mod tests {
             ParseError::Syntax { line, column, .. } => assert_eq!((line, column), (3, 1)),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_strict(b"{} x"), Err(ParseError::Syntax { .. })));
+        assert!(matches!(
+            parse_strict(b"{} x"),
+            Err(ParseError::Syntax { .. })
+        ));
         assert!(matches!(parse_strict(b""), Err(ParseError::Syntax { .. })));
     }
 

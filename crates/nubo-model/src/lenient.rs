@@ -36,7 +36,9 @@ impl<'de> Visitor<'de> for NumVisitor {
         }
         match t.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(Num::Float(f)),
-            _ => Err(E::custom(format!("expected a number, found the string `{v}`"))),
+            _ => Err(E::custom(format!(
+                "expected a number, found the string `{v}`"
+            ))),
         }
     }
 }
@@ -200,9 +202,25 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        assert!(parse(r#"{"port":"eighty","f":1}"#).unwrap_err().contains("`eighty`"));
-        assert!(parse(r#"{"port":70000,"f":1}"#).unwrap_err().contains("out of range"));
-        assert!(parse(r#"{"port":80.5,"f":1}"#).unwrap_err().contains("fraction"));
-        assert!(parse(r#"{"port":80,"mt":"yes","f":1}"#).unwrap_err().contains("`yes`"));
+        assert!(
+            parse(r#"{"port":"eighty","f":1}"#)
+                .unwrap_err()
+                .contains("`eighty`")
+        );
+        assert!(
+            parse(r#"{"port":70000,"f":1}"#)
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            parse(r#"{"port":80.5,"f":1}"#)
+                .unwrap_err()
+                .contains("fraction")
+        );
+        assert!(
+            parse(r#"{"port":80,"mt":"yes","f":1}"#)
+                .unwrap_err()
+                .contains("`yes`")
+        );
     }
 }

@@ -8,6 +8,12 @@
 //! This crate is pure: no I/O, no clock. Validation of a single artifact is
 //! [`Artifact::validate`]; checks that need other artifacts go through [`refs::Catalog`].
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
 pub mod artifacts;
 pub mod error;
 pub mod json;

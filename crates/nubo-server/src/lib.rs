@@ -3,6 +3,12 @@
 //! generated on first start (or a configured one, or plain HTTP when asked). Stops gracefully on
 //! SIGINT and SIGTERM. Later components (bus, controller, autoscaler, load balancer) start here too.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,8 +77,12 @@ pub async fn run(
     on_ready: impl FnOnce(&Ready),
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let _lock = lock::DirLock::acquire(&config.data_dir.join("nubo.lock")).with_context(|| {
         format!(
             "another nubo server is using {}; stop it or pass another --data-dir",
@@ -102,9 +112,12 @@ pub async fn run(
         }
         TlsMode::Files { cert, key } => (Some(tls::acceptor(cert, key)?), None),
     };
-    let listener = TcpListener::bind(config.api_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}: is another server running? pass --api-addr", config.api_addr))?;
+    let listener = TcpListener::bind(config.api_addr).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another server running? pass --api-addr",
+            config.api_addr
+        )
+    })?;
     let local = listener.local_addr()?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     let ready = Ready {
@@ -147,14 +160,17 @@ pub async fn run(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                    let tls =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -165,7 +181,10 @@ pub async fn run(
     }
     tracing::info!("shutting down: finishing open requests");
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("open connections did not finish within 10 s; closing them");
     }
     store.close().await;
@@ -204,7 +223,9 @@ pub fn default_data_dir() -> PathBuf {
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`.
 pub fn install_crypto_provider() -> anyhow::Result<()> {
     if rustls::crypto::CryptoProvider::get_default().is_none()
-        && rustls::crypto::aws_lc_rs::default_provider().install_default().is_err()
+        && rustls::crypto::aws_lc_rs::default_provider()
+            .install_default()
+            .is_err()
         && rustls::crypto::CryptoProvider::get_default().is_none()
     {
         bail!("cannot install the TLS crypto provider");

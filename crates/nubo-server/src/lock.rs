@@ -12,7 +12,11 @@ pub struct DirLock {
 impl DirLock {
     /// Takes the lock or fails at once if another process holds it.
     pub fn acquire(path: &Path) -> std::io::Result<Self> {
-        let file = File::options().create(true).truncate(false).write(true).open(path)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
         // SAFETY: flock on a file descriptor we own; no memory is shared.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {

@@ -17,10 +17,16 @@ pub fn ensure_self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         return Ok((cert, key));
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    let certified = rcgen::generate_simple_self_signed(names).context("cannot generate a certificate")?;
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let certified =
+        rcgen::generate_simple_self_signed(names).context("cannot generate a certificate")?;
     write_private(&key, certified.key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, certified.cert.pem()).with_context(|| format!("cannot write {}", cert.display()))?;
+    std::fs::write(&cert, certified.cert.pem())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
     tracing::info!(cert = %cert.display(), "generated a self-signed certificate");
     Ok((cert, key))
 }
@@ -40,12 +46,14 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 /// A TLS acceptor from PEM files.
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("cannot open the certificate {}", cert.display()))?,
+        std::fs::File::open(cert)
+            .with_context(|| format!("cannot open the certificate {}", cert.display()))?,
     ))
     .collect::<Result<Vec<_>, _>>()
     .with_context(|| format!("cannot read the certificate {}", cert.display()))?;
     let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("cannot open the key {}", key.display()))?,
+        std::fs::File::open(key)
+            .with_context(|| format!("cannot open the key {}", key.display()))?,
     ))
     .with_context(|| format!("cannot read the key {}", key.display()))?
     .ok_or_else(|| anyhow!("no private key in {}", key.display()))?;

@@ -7,11 +7,18 @@
 //! document cannot be deleted. A crash in the middle of a call leaves the old state or the new
 //! one, never a mix.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 
 #[cfg(feature = "conformance")]
+#[allow(clippy::unwrap_used, clippy::panic)]
 pub mod conformance;
 mod sqlite;
 

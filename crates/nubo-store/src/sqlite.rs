@@ -104,7 +104,10 @@ fn record(tenant: i64, row: &sqlx::sqlite::SqliteRow) -> Result<Record, StoreErr
     let body: String = row.try_get("body")?;
     Ok(Record {
         tenant,
-        key: Key::new(row.try_get::<String, _>("kind")?, row.try_get::<String, _>("id")?),
+        key: Key::new(
+            row.try_get::<String, _>("kind")?,
+            row.try_get::<String, _>("id")?,
+        ),
         body: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
@@ -112,17 +115,15 @@ fn record(tenant: i64, row: &sqlx::sqlite::SqliteRow) -> Result<Record, StoreErr
     })
 }
 
-async fn check_refs(
-    tx: &mut sqlx::SqliteConnection,
-    w: &Write,
-) -> Result<(), StoreError> {
+async fn check_refs(tx: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), StoreError> {
     for r in &w.refs {
-        let found = sqlx::query("SELECT 1 FROM documents WHERE tenant_id = ? AND kind = ? AND id = ?")
-            .bind(w.tenant)
-            .bind(&r.kind)
-            .bind(&r.id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let found =
+            sqlx::query("SELECT 1 FROM documents WHERE tenant_id = ? AND kind = ? AND id = ?")
+                .bind(w.tenant)
+                .bind(&r.kind)
+                .bind(&r.id)
+                .fetch_optional(&mut *tx)
+                .await?;
         if found.is_none() {
             return Err(StoreError::MissingReference(r.clone()));
         }
@@ -266,12 +267,14 @@ impl Store for SqliteStore {
             .bind(&key.id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM document_refs WHERE tenant_id = ? AND from_kind = ? AND from_id = ?")
-            .bind(tenant)
-            .bind(&key.kind)
-            .bind(&key.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM document_refs WHERE tenant_id = ? AND from_kind = ? AND from_id = ?",
+        )
+        .bind(tenant)
+        .bind(&key.kind)
+        .bind(&key.id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -300,7 +303,12 @@ async fn referrers_in(
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
-        .map(|r| Ok(Key::new(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .map(|r| {
+            Ok(Key::new(
+                r.try_get::<String, _>(0)?,
+                r.try_get::<String, _>(1)?,
+            ))
+        })
         .collect()
 }
 
@@ -311,7 +319,9 @@ mod tests {
     #[tokio::test]
     async fn sqlite_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("nubo.db")).await.unwrap();
+        let store = SqliteStore::open(&dir.path().join("nubo.db"))
+            .await
+            .unwrap();
         crate::conformance::run_all(&store).await;
     }
 

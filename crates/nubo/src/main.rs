@@ -62,7 +62,9 @@ struct ServerArgs {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NUBO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),
@@ -80,7 +82,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.unwrap_or_else(nubo_server::default_data_dir),
         api_addr: args.api_addr,
         tls,
-        admin_password: std::env::var("NUBO_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()),
+        admin_password: std::env::var("NUBO_ADMIN_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()),
         providers: nubo_manager_providers(),
     };
     let data_dir = config.data_dir.clone();
@@ -89,11 +93,16 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         |ready| {
             println!("nubo: API listening on {}", ready.api_url);
             if let Some(ca) = &ready.ca_cert {
-                println!("nubo: self-signed certificate: {} (clients: --ca-cert or NUBO_CA_CERT)", ca.display());
+                println!(
+                    "nubo: self-signed certificate: {} (clients: --ca-cert or NUBO_CA_CERT)",
+                    ca.display()
+                );
             }
             if let Some(p) = &ready.generated_password {
                 println!("nubo: generated the admin password (shown once): {p}");
-                println!("nubo: set NUBO_ADMIN_PASSWORD before the first start to choose it instead");
+                println!(
+                    "nubo: set NUBO_ADMIN_PASSWORD before the first start to choose it instead"
+                );
             }
             println!("nubo: data directory: {}", data_dir.display());
         },
@@ -112,7 +121,10 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -1,3 +1,7 @@
 //! Nubo's integration tests: one binary, a module per area.
 
+mod api;
+mod cli;
+mod samples;
+mod server;
 mod support;

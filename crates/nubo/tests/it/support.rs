@@ -1,1 +1,261 @@
-//! Shared helpers.
+//! Shared helpers: an in-process API on a temporary store, a real server process, JSON comparison.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use base64::Engine;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const PASSWORD: &str = "test-password";
+
+/// The Stratos samples shipped beside the repository.
+pub fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/stratos-samples")
+}
+
+pub fn read_sample(rel: &str) -> Vec<u8> {
+    std::fs::read(samples().join(rel)).unwrap_or_else(|e| panic!("cannot read sample {rel}: {e}"))
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// The whole HTTP application in process, on a fresh SQLite store in a temporary directory.
+pub struct TestApi {
+    pub app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl TestApi {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            nubo_store::SqliteStore::open(&dir.path().join("nubo.db"))
+                .await
+                .unwrap(),
+        );
+        let manager = Arc::new(nubo_manager::Manager::new(
+            store,
+            vec!["local".into(), "mock".into()],
+        ));
+        manager.ensure_admin(Some(PASSWORD)).await.unwrap();
+        let state =
+            nubo_api::AppState::new(manager, prometheus_client::registry::Registry::default());
+        TestApi {
+            app: nubo_api::router(state),
+            _dir: dir,
+        }
+    }
+
+    pub async fn call_as(
+        &self,
+        auth: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let req = req
+            .header("content-type", "application/json")
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Answer {
+        self.call_as(Some(&basic("admin", PASSWORD)), method, path, body)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: &[u8]) -> Answer {
+        self.call(Method::POST, path, Some(body.to_vec())).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None).await
+    }
+}
+
+/// The id field of each collection.
+pub fn id_field(collection: &str) -> &'static str {
+    match collection {
+        "cartridges" => "type",
+        "cartridgeGroups" => "name",
+        "applications" => "applicationId",
+        "kubernetesClusters" => "clusterId",
+        _ => "id",
+    }
+}
+
+/// Whether `got` reads back as `sent`: same keys and values, where a string holding a number or
+/// boolean equals that value, and numbers compare by value. `got` may carry the keys in `extra_ok`.
+pub fn equivalent(sent: &Value, got: &Value, path: &str, extra_ok: &[&str]) -> Result<(), String> {
+    match (sent, got) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = format!("{path}.{k}");
+                let g = b
+                    .get(k)
+                    .ok_or_else(|| format!("{p} is missing from the answer"))?;
+                equivalent(v, g, &p, extra_ok)?;
+            }
+            for k in b.keys() {
+                if !a.contains_key(k) && !extra_ok.contains(&k.as_str()) {
+                    return Err(format!("{path}.{k} was not sent but came back"));
+                }
+            }
+            Ok(())
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            if a.len() != b.len() {
+                return Err(format!(
+                    "{path}: {} elements sent, {} came back",
+                    a.len(),
+                    b.len()
+                ));
+            }
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                equivalent(x, y, &format!("{path}[{i}]"), extra_ok)?;
+            }
+            Ok(())
+        }
+        (Value::String(s), Value::Number(n)) | (Value::Number(n), Value::String(s)) => {
+            match (s.trim().parse::<f64>(), n.as_f64()) {
+                (Ok(x), Some(y)) if x == y => Ok(()),
+                _ => Err(format!("{path}: `{s}` vs {n}")),
+            }
+        }
+        (Value::String(s), Value::Bool(b)) | (Value::Bool(b), Value::String(s)) => {
+            if s.trim().eq_ignore_ascii_case(&b.to_string()) {
+                Ok(())
+            } else {
+                Err(format!("{path}: `{s}` vs {b}"))
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => Ok(()),
+        (a, b) if a == b => Ok(()),
+        (a, b) => Err(format!("{path}: sent {a}, got {b}")),
+    }
+}
+
+/// A real `nubo server` process on a free loopback port, in its own process group; killed (with
+/// its group) when dropped, whatever happens.
+pub struct ServerProcess {
+    pub child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &["--insecure-http"])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nubo"));
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--api-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("NUBO_ADMIN_PASSWORD", PASSWORD)
+            .env("NUBO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = cmd.spawn().expect("spawn nubo server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("nubo: API listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let mut server = ServerProcess {
+            child: Some(child),
+            url: String::new(),
+            data_dir: data_dir.to_owned(),
+        };
+        server.url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not report its address within 30 s");
+        server
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::killpg(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait up to 15 s for a clean exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                unsafe { libc::killpg(c.id() as i32, libc::SIGKILL) };
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP client for a server process (installs the TLS crypto provider first).
+pub fn client() -> reqwest::Client {
+    let _ = nubo_server::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .use_rustls_tls()
+        .build()
+        .unwrap()
+}

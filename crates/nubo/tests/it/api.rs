@@ -1,0 +1,831 @@
+//! The REST API in process: the validation suite (every bad input gets a 4xx naming the problem
+//! and changes nothing), CRUD semantics, authentication, the OpenAPI document and metrics.
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{TestApi, basic};
+
+const COLLECTIONS: [&str; 8] = [
+    "networkPartitions",
+    "deploymentPolicies",
+    "autoscalingPolicies",
+    "applicationPolicies",
+    "cartridges",
+    "cartridgeGroups",
+    "applications",
+    "kubernetesClusters",
+];
+
+/// A platform holding one of everything.
+async fn fixture() -> TestApi {
+    let api = TestApi::new().await;
+    let setup: [(&str, Value); 9] = [
+        (
+            "networkPartitions",
+            json!({"id": "np1", "provider": "mock", "partitions": [{"id": "p1"}, {"id": "p2"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "dp1", "networkPartitions": [{"id": "np1", "partitionAlgo": "round-robin", "partitions": [{"id": "p1", "partitionMax": 3}, {"id": "p2", "partitionMax": 3}]}]}),
+        ),
+        (
+            "autoscalingPolicies",
+            json!({"id": "asp1", "loadThresholds": {"requestsInFlight": {"threshold": 20}}}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "ap1", "algorithm": "one-after-another", "networkPartitions": ["np1"]}),
+        ),
+        (
+            "cartridges",
+            json!({"type": "c1", "category": "framework", "provider": "nubo", "host": "nubo.local", "portMapping": [{"protocol": "http", "port": "8080", "proxyPort": "8280"}], "iaasProvider": [{"type": "mock", "imageId": "x"}]}),
+        ),
+        (
+            "cartridges",
+            json!({"type": "c2", "category": "data", "iaasProvider": [{"type": "local", "imageId": "python3 -m http.server $PORT"}]}),
+        ),
+        (
+            "cartridgeGroups",
+            json!({"name": "g1", "cartridges": ["c1", "c2"], "dependencies": {"startupOrders": [{"aliases": ["cartridge.a1", "cartridge.a2"]}], "terminationBehaviour": "terminate-all"}}),
+        ),
+        (
+            "applications",
+            json!({"applicationId": "app1", "components": {"groups": [{"name": "g1", "alias": "grp", "groupMinInstances": 1, "groupMaxInstances": 1, "deploymentPolicy": "dp1", "cartridges": [
+            {"type": "c1", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "a1", "autoscalingPolicy": "asp1"}},
+            {"type": "c2", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "a2", "autoscalingPolicy": "asp1"}}]}]}}),
+        ),
+        (
+            "kubernetesClusters",
+            json!({"clusterId": "k1", "kubernetesMaster": {"hostId": "m", "hostname": "m.local"}, "portRange": {"upper": "32767", "lower": "30000"}}),
+        ),
+    ];
+    for (collection, body) in setup {
+        let a = api
+            .post(&format!("/api/{collection}"), body.to_string().as_bytes())
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::CREATED,
+            "fixture {collection}: {}",
+            a.body
+        );
+    }
+    api
+}
+
+async fn snapshot(api: &TestApi) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in COLLECTIONS {
+        out.push(api.get(&format!("/api/{c}")).await.body);
+    }
+    out
+}
+
+/// One bad input: where it goes, the body, the status, and words the answer must contain.
+struct Bad {
+    collection: &'static str,
+    body: Vec<u8>,
+    status: u16,
+    words: &'static [&'static str],
+}
+
+fn bad(collection: &'static str, body: Value, status: u16, words: &'static [&'static str]) -> Bad {
+    Bad {
+        collection,
+        body: body.to_string().into_bytes(),
+        status,
+        words,
+    }
+}
+
+fn raw(collection: &'static str, body: &str, status: u16, words: &'static [&'static str]) -> Bad {
+    Bad {
+        collection,
+        body: body.as_bytes().to_vec(),
+        status,
+        words,
+    }
+}
+
+fn app(components: Value) -> Value {
+    json!({"applicationId": "bad-app", "components": components})
+}
+
+fn cart(ty: &str, alias: &str, min: u32, max: u32) -> Value {
+    json!({"type": ty, "cartridgeMin": min, "cartridgeMax": max, "subscribableInfo": {"alias": alias, "autoscalingPolicy": "asp1", "deploymentPolicy": "dp1"}})
+}
+
+fn cases() -> Vec<Bad> {
+    vec![
+        // Network partitions.
+        bad(
+            "networkPartitions",
+            json!({"id": "np9", "partitions": [{"id": "p"}]}),
+            400,
+            &["provider", "missing"],
+        ),
+        bad(
+            "networkPartitions",
+            json!({"id": "np9", "provider": "mock", "partitions": "p"}),
+            400,
+            &["partitions", "invalid type"],
+        ),
+        bad(
+            "networkPartitions",
+            json!({"id": "np9", "provider": "ec2", "partitions": [{"id": "p"}]}),
+            400,
+            &["`ec2`", "available providers: local, mock"],
+        ),
+        bad(
+            "networkPartitions",
+            json!({"id": "np1", "provider": "mock", "partitions": [{"id": "p"}]}),
+            409,
+            &["network partition `np1` already exists"],
+        ),
+        bad(
+            "networkPartitions",
+            json!({"id": "np9", "provider": "mock", "partitions": [{"id": "p"}, {"id": "p"}]}),
+            400,
+            &["partitions[1].id", "twice"],
+        ),
+        bad(
+            "networkPartitions",
+            json!({"id": "np9", "provider": "mock", "partitions": []}),
+            400,
+            &["at least one partition"],
+        ),
+        bad(
+            "networkPartitions",
+            json!({"id": "has space", "provider": "mock", "partitions": [{"id": "p"}]}),
+            400,
+            &["`id`", "whitespace"],
+        ),
+        // Deployment policies.
+        bad(
+            "deploymentPolicies",
+            json!({"id": "dp9", "networkPartitions": [{"id": "nope", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]}),
+            400,
+            &[
+                "networkPartitions[0].id",
+                "network partition `nope` does not exist",
+            ],
+        ),
+        bad(
+            "deploymentPolicies",
+            json!({"id": "dp9", "networkPartitions": [{"id": "np1", "partitionAlgo": "round-robin", "partitions": [{"id": "p7"}]}]}),
+            400,
+            &["partitions[0].id", "has no partition `p7`"],
+        ),
+        bad(
+            "deploymentPolicies",
+            json!({"id": "dp9", "networkPartitions": [{"id": "np1", "partitionAlgo": "weighted-round-robin", "partitions": [{"id": "p1"}]}]}),
+            400,
+            &[
+                "partitionAlgo",
+                "weighted-round-robin",
+                "one-after-another, round-robin",
+            ],
+        ),
+        bad(
+            "deploymentPolicies",
+            json!({"id": "dp9", "networkPartitions": [{"id": "np1", "partitionAlgo": "round-robin", "partitions": [{"id": "p1", "partitionMax": "many"}]}]}),
+            400,
+            &["partitionMax", "`many`"],
+        ),
+        bad(
+            "deploymentPolicies",
+            json!({"id": "dp9", "networkPartition": [], "max": 3}),
+            400,
+            &["missing field `networkPartitions`"],
+        ),
+        bad(
+            "deploymentPolicies",
+            json!({"id": "dp1", "networkPartitions": [{"id": "np1", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]}),
+            409,
+            &["already exists"],
+        ),
+        // Autoscaling policies.
+        bad(
+            "autoscalingPolicies",
+            json!({"id": "asp9", "loadThresholds": {"memoryConsumption": {"threshold": "high"}}}),
+            400,
+            &["memoryConsumption.threshold", "`high`"],
+        ),
+        bad(
+            "autoscalingPolicies",
+            json!({"id": "asp9", "loadThresholds": {"memoryConsumption": {"threshold": 150}}}),
+            400,
+            &["memoryConsumption.threshold", "percentage"],
+        ),
+        bad(
+            "autoscalingPolicies",
+            json!({"id": "asp9"}),
+            400,
+            &["loadThresholds"],
+        ),
+        bad(
+            "autoscalingPolicies",
+            json!({"id": "asp9", "loadThresholds": {}}),
+            400,
+            &["at least one of"],
+        ),
+        bad(
+            "autoscalingPolicies",
+            json!({"id": "asp1", "loadThresholds": {"loadAverage": {"threshold": 50}}}),
+            409,
+            &["already exists"],
+        ),
+        // Application policies.
+        bad(
+            "applicationPolicies",
+            json!({"id": "ap9", "algorithm": "random", "networkPartitions": ["np1"]}),
+            400,
+            &["algorithm", "`random`"],
+        ),
+        bad(
+            "applicationPolicies",
+            json!({"id": "ap9", "algorithm": "all-at-once", "networkPartitions": ["np1", "np7"]}),
+            400,
+            &["networkPartitions[1]", "`np7` does not exist"],
+        ),
+        bad(
+            "applicationPolicies",
+            json!({"id": "ap9", "algorithm": "all-at-once", "networkPartitions": []}),
+            400,
+            &["at least one network partition"],
+        ),
+        bad(
+            "applicationPolicies",
+            json!({"id": "ap9", "algorithm": "one-after-another", "networkPartitions": ["np1"], "properties": [{"name": "networkPartitionGroups", "value": "np1|np2"}]}),
+            400,
+            &["networkPartitionGroups", "`np2`"],
+        ),
+        // Cartridges.
+        bad(
+            "cartridges",
+            json!({"category": "framework"}),
+            400,
+            &["missing field `type`"],
+        ),
+        bad(
+            "cartridges",
+            json!({"type": "c9", "category": "framework", "portMapping": [{"protocol": "http", "port": "eighty"}]}),
+            400,
+            &["portMapping[0].port", "`eighty`"],
+        ),
+        bad(
+            "cartridges",
+            json!({"type": "c9", "category": "framework", "portMapping": [{"protocol": "http", "port": 70000}]}),
+            400,
+            &["portMapping[0].port", "out of range"],
+        ),
+        bad(
+            "cartridges",
+            json!({"type": "c9", "category": "framework", "portMapping": [{"protocol": "ftp", "port": 21}]}),
+            400,
+            &["portMapping[0].protocol", "`ftp`"],
+        ),
+        bad(
+            "cartridges",
+            json!({"type": "c9", "category": "framework", "multiTenant": "maybe"}),
+            400,
+            &["multiTenant", "`maybe`"],
+        ),
+        bad(
+            "cartridges",
+            json!({"type": "c9", "category": "framework", "iaasProvider": [{"type": "local"}]}),
+            400,
+            &["iaasProvider[0].imageId", "command line"],
+        ),
+        bad(
+            "cartridges",
+            json!({"type": "c1", "category": "framework"}),
+            409,
+            &["cartridge `c1` already exists"],
+        ),
+        // Cartridge groups.
+        bad(
+            "cartridgeGroups",
+            json!({"name": "g9", "cartridges": ["c1", "c7"]}),
+            400,
+            &["cartridges[1]", "cartridge `c7` does not exist"],
+        ),
+        bad(
+            "cartridgeGroups",
+            json!({"name": "g9", "groups": [{"name": "g9", "cartridges": ["c1"]}]}),
+            400,
+            &["groups[0].name", "nested inside itself"],
+        ),
+        bad(
+            "cartridgeGroups",
+            json!({"name": "g9", "cartridges": ["c1", "c1"]}),
+            400,
+            &["cartridges[1]", "twice"],
+        ),
+        bad(
+            "cartridgeGroups",
+            json!({"name": "g9", "cartridges": ["c1"], "dependencies": {"startupOrders": [{"aliases": ["c1-alias"]}]}}),
+            400,
+            &["startupOrders[0].aliases", "cartridge.<alias>"],
+        ),
+        bad(
+            "cartridgeGroups",
+            json!({"name": "g9", "cartridges": ["c1"], "dependencies": {"terminationBehaviour": "terminate-some"}}),
+            400,
+            &["terminationBehaviour", "`terminate-some`"],
+        ),
+        bad(
+            "cartridgeGroups",
+            json!({"name": "g1", "cartridges": ["c1"]}),
+            409,
+            &["already exists"],
+        ),
+        // Applications.
+        bad(
+            "applications",
+            app(json!({"cartridges": [cart("c7", "x", 1, 1)]})),
+            400,
+            &[
+                "components.cartridges[0].type",
+                "cartridge `c7` does not exist",
+            ],
+        ),
+        bad(
+            "applications",
+            app(json!({"cartridges": [cart("c1", "x", 3, 2)]})),
+            400,
+            &["cartridgeMin", "greater than cartridgeMax"],
+        ),
+        bad(
+            "applications",
+            app(json!({"cartridges": [cart("c1", "x", 1, 1), cart("c2", "x", 1, 1)]})),
+            400,
+            &["alias `x` is already used"],
+        ),
+        bad(
+            "applications",
+            app(
+                json!({"cartridges": [cart("c1", "x", 1, 1), cart("c2", "y", 1, 1)], "dependencies": {"startupOrders": [{"aliases": ["cartridge.x", "cartridge.y"]}, {"aliases": ["cartridge.y", "cartridge.x"]}]}}),
+            ),
+            400,
+            &[
+                "startupOrders",
+                "cycle",
+                "cartridge.x -> cartridge.y -> cartridge.x",
+            ],
+        ),
+        bad(
+            "applications",
+            app(
+                json!({"cartridges": [cart("c1", "x", 1, 1)], "dependencies": {"startupOrders": [{"aliases": ["cartridge.x", "group.ghost"]}]}}),
+            ),
+            400,
+            &["`group.ghost` is not a child"],
+        ),
+        bad(
+            "applications",
+            app(
+                json!({"cartridges": [{"type": "c1", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "x", "autoscalingPolicy": "asp1"}}]}),
+            ),
+            400,
+            &["deploymentPolicy", "no deployment policy"],
+        ),
+        bad(
+            "applications",
+            app(
+                json!({"cartridges": [{"type": "c1", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "x", "autoscalingPolicy": "asp7", "deploymentPolicy": "dp1"}}]}),
+            ),
+            400,
+            &["autoscaling policy `asp7` does not exist"],
+        ),
+        bad(
+            "applications",
+            app(
+                json!({"groups": [{"name": "g7", "alias": "g", "deploymentPolicy": "dp1", "cartridges": [cart("c1", "x", 1, 1)]}]}),
+            ),
+            400,
+            &[
+                "components.groups[0].name",
+                "cartridge group `g7` does not exist",
+            ],
+        ),
+        bad(
+            "applications",
+            app(
+                json!({"groups": [{"name": "g1", "alias": "g", "groupMinInstances": 3, "groupMaxInstances": 1, "deploymentPolicy": "dp1", "cartridges": [cart("c1", "a1", 1, 1), cart("c2", "a2", 1, 1)]}]}),
+            ),
+            400,
+            &["groupMinInstances", "greater than groupMaxInstances"],
+        ),
+        bad(
+            "applications",
+            app(
+                json!({"groups": [{"name": "g1", "alias": "g", "deploymentPolicy": "dp1", "cartridges": [cart("c1", "a1", 1, 1), cart("c2", "other", 1, 1)]}]}),
+            ),
+            400,
+            &["cartridge group `g1`", "`cartridge.a2` is not a child"],
+        ),
+        bad(
+            "applications",
+            app(json!({})),
+            400,
+            &["at least one cartridge or group"],
+        ),
+        bad(
+            "applications",
+            json!({"applicationId": "app1", "components": {"cartridges": [cart("c1", "x", 1, 1)]}}),
+            409,
+            &["application `app1` already exists"],
+        ),
+        // Kubernetes clusters.
+        bad(
+            "kubernetesClusters",
+            json!({"clusterId": "k9"}),
+            400,
+            &["missing field `kubernetesMaster`"],
+        ),
+        bad(
+            "kubernetesClusters",
+            json!({"clusterId": "k9", "kubernetesMaster": {"hostId": "m", "hostname": "m"}, "portRange": {"upper": 100, "lower": 200}}),
+            400,
+            &["portRange.lower", "greater than upper"],
+        ),
+        bad(
+            "kubernetesClusters",
+            json!({"clusterId": "k9", "kubernetesMaster": {"hostId": "m", "hostname": "m"}, "kubernetesHosts": [{"hostId": "m", "hostname": "h"}]}),
+            400,
+            &["kubernetesHosts[0].hostId", "used twice"],
+        ),
+        // Whatever the kind: malformed JSON, a repeated key, not an object, empty.
+        raw(
+            "cartridges",
+            "{\"type\": \"c9\",\n \"category\": \"x\",\n}",
+            400,
+            &["malformed JSON", "line 3 column 1"],
+        ),
+        raw(
+            "networkPartitions",
+            r#"{"id": "np9", "id": "np8", "provider": "mock", "partitions": [{"id": "p"}]}"#,
+            400,
+            &["the key `id` appears twice"],
+        ),
+        raw(
+            "applications",
+            r#"{"applicationId": "a", "components": {"cartridges": [], "cartridges": []}}"#,
+            400,
+            &["`cartridges` appears twice", "(`components`)"],
+        ),
+        raw(
+            "deploymentPolicies",
+            "[1, 2]",
+            400,
+            &["expected a JSON object"],
+        ),
+        raw("autoscalingPolicies", "", 400, &["malformed JSON"]),
+        raw(
+            "applicationPolicies",
+            "{\"id\": \"x\"} trailing",
+            400,
+            &["malformed JSON"],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_bad_input_is_refused_naming_the_problem_and_changes_nothing() {
+    let api = fixture().await;
+    let before = snapshot(&api).await;
+    let cases = cases();
+    for kind in COLLECTIONS {
+        assert!(
+            cases.iter().any(|c| c.collection == kind),
+            "no bad-input case for {kind}"
+        );
+    }
+    for (i, case) in cases.iter().enumerate() {
+        for method in [Method::POST, Method::PUT] {
+            if method == Method::PUT && case.status == 409 {
+                // PUT of an existing id is an update: covered by the CRUD test.
+                continue;
+            }
+            let a = api
+                .call(
+                    method.clone(),
+                    &format!("/api/{}", case.collection),
+                    Some(case.body.clone()),
+                )
+                .await;
+            // A valid-looking PUT of an id that does not exist is a 404 before anything else.
+            let expected =
+                if method == Method::PUT && a.status == StatusCode::NOT_FOUND && case.status == 400
+                {
+                    404
+                } else {
+                    case.status
+                };
+            assert_eq!(
+                a.status.as_u16(),
+                expected,
+                "case {i} ({method} {}): {}",
+                case.collection,
+                a.body
+            );
+            assert_eq!(a.body["status"], "error", "case {i}: {}", a.body);
+            let message = a.body["message"].as_str().unwrap_or_default();
+            if expected != 404 {
+                for w in case.words {
+                    assert!(
+                        message.contains(w),
+                        "case {i} ({method} {}): the message must mention `{w}`: {message}",
+                        case.collection
+                    );
+                }
+            }
+            if expected == 400 {
+                let errors = a.body["errors"].as_array().cloned().unwrap_or_default();
+                assert!(
+                    !errors.is_empty(),
+                    "case {i}: a 400 lists the field errors: {}",
+                    a.body
+                );
+            }
+        }
+    }
+    assert_eq!(
+        snapshot(&api).await,
+        before,
+        "refused requests changed the store"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_413_as_json() {
+    let api = fixture().await;
+    let big = format!(
+        "{{\"id\": \"x\", \"pad\": \"{}\"}}",
+        "a".repeat(nubo_api::BODY_LIMIT + 10)
+    );
+    let a = api.post("/api/autoscalingPolicies", big.as_bytes()).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the limit"),
+        "{}",
+        a.body
+    );
+    assert!(api.get("/api/autoscalingPolicies/x").await.status == StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn crud_semantics() {
+    let api = fixture().await;
+    // Unknown fields are kept verbatim; numbers written as strings come back as numbers.
+    let a = api.post("/api/autoscalingPolicies", br#"{"id": "asp2", "loadThresholds": {"loadAverage": {"threshold": "55", "note": "x"}}, "customField": {"a": [1, "b"]}}"#).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.headers["location"], "/api/autoscalingPolicies/asp2");
+    let got = api.get("/api/autoscalingPolicies/asp2").await.body;
+    assert_eq!(
+        got,
+        json!({"id": "asp2", "loadThresholds": {"loadAverage": {"threshold": 55, "note": "x"}}, "customField": {"a": [1, "b"]}})
+    );
+    // Update.
+    let a = api
+        .call(
+            Method::PUT,
+            "/api/autoscalingPolicies",
+            Some(
+                br#"{"id": "asp2", "loadThresholds": {"loadAverage": {"threshold": 60}}}"#.to_vec(),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        api.get("/api/autoscalingPolicies/asp2").await.body["loadThresholds"]["loadAverage"]["threshold"],
+        60
+    );
+    let a = api
+        .call(
+            Method::PUT,
+            "/api/autoscalingPolicies",
+            Some(
+                br#"{"id": "nope", "loadThresholds": {"loadAverage": {"threshold": 60}}}"#.to_vec(),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    // Missing resources.
+    let a = api.get("/api/cartridges/nope").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.body["message"], "cartridge `nope` does not exist");
+    assert_eq!(
+        api.call(Method::DELETE, "/api/cartridges/nope", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // In use: 409 naming the users; nothing removed.
+    let a = api
+        .call(Method::DELETE, "/api/networkPartitions/np1", None)
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    let m = a.body["message"].as_str().unwrap();
+    assert!(
+        m.contains("deployment policy `dp1`") && m.contains("application policy `ap1`"),
+        "{m}"
+    );
+    let a = api.call(Method::DELETE, "/api/cartridges/c1", None).await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    let m = a.body["message"].as_str().unwrap();
+    assert!(
+        m.contains("cartridge group `g1`") && m.contains("application `app1`"),
+        "{m}"
+    );
+    // An update that would break a user is refused, naming it and why.
+    let a = api
+        .call(
+            Method::PUT,
+            "/api/networkPartitions",
+            Some(
+                json!({"id": "np1", "provider": "mock", "partitions": [{"id": "p1"}]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    let m = a.body["message"].as_str().unwrap();
+    assert!(
+        m.contains("deployment policy `dp1`") && m.contains("no partition `p2`"),
+        "{m}"
+    );
+    let a = api
+        .call(
+            Method::PUT,
+            "/api/cartridgeGroups",
+            Some(
+                json!({"name": "g1", "cartridges": ["c1"]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("application `app1`")
+    );
+    // Removing in dependency order works; empty lists are [].
+    for path in [
+        "applications/app1",
+        "applicationPolicies/ap1",
+        "cartridgeGroups/g1",
+        "deploymentPolicies/dp1",
+        "networkPartitions/np1",
+    ] {
+        let a = api
+            .call(Method::DELETE, &format!("/api/{path}"), None)
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+        assert_eq!(a.body["status"], "success");
+        assert_eq!(
+            api.get(&format!("/api/{path}")).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(api.get("/api/applications").await.body, json!([]));
+    assert_eq!(api.get("/api/v4.1/networkPartitions").await.body, json!([]));
+}
+
+#[tokio::test]
+async fn applications_show_their_status_and_cartridge_filters_work() {
+    let api = fixture().await;
+    let a = api.get("/api/applications/app1").await;
+    assert_eq!(a.body["status"], "Created");
+    assert_eq!(
+        api.get("/api/applications").await.body[0]["applicationId"],
+        "app1"
+    );
+    let a = api
+        .get("/api/cartridges/filter/category?criteria=data")
+        .await;
+    assert_eq!(a.body.as_array().unwrap().len(), 1, "{}", a.body);
+    assert_eq!(a.body[0]["type"], "c2");
+    assert_eq!(
+        api.get("/api/cartridges/filter/single-tenant")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        api.get("/api/cartridges/filter/multi-tenant").await.body,
+        json!([])
+    );
+    let a = api.get("/api/cartridges/filter/colour").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("known filters")
+    );
+    assert_eq!(
+        api.get("/api/cartridges/c2/filter/category?criteria=data")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/api/cartridges/c1/filter/category?criteria=data")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/api/iaasProviders").await.body,
+        json!({"iaasProviders": ["local", "mock"]})
+    );
+}
+
+#[tokio::test]
+async fn authentication_is_required_everywhere_but_health() {
+    let api = TestApi::new().await;
+    for path in [
+        "/api/cartridges",
+        "/api/v4.1/cartridges",
+        "/api/init",
+        "/api/openapi.json",
+        "/metrics",
+        "/api/nope",
+    ] {
+        let a = api.call_as(None, Method::GET, path, None).await;
+        if path == "/api/nope" {
+            // Unknown routes answer 404 without revealing anything else.
+            assert_eq!(a.status, StatusCode::NOT_FOUND);
+            continue;
+        }
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(a.headers["www-authenticate"], "Basic realm=\"nubo\"");
+        assert!(
+            a.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("authentication required")
+        );
+        let a = api
+            .call_as(Some(&basic("admin", "wrong")), Method::GET, path, None)
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
+        let a = api
+            .call_as(Some("Basic !!!"), Method::GET, path, None)
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let a = api.call_as(None, Method::GET, "/health", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, json!({"status": "ok", "store": "sqlite"}));
+    let a = api.get("/api/init").await;
+    assert_eq!(a.body["status"], "success");
+    let a = api.call(Method::PATCH, "/api/cartridges", None).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(a.body["message"].as_str().unwrap().contains("PATCH"));
+}
+
+#[tokio::test]
+async fn openapi_and_metrics_are_served() {
+    let api = fixture().await;
+    let a = api.get("/api/openapi.json").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.body,
+        serde_json::from_str::<Value>(&nubo_api::openapi::document_json()).unwrap()
+    );
+    for c in COLLECTIONS {
+        assert!(
+            a.body["paths"][format!("/api/{c}")]["post"].is_object(),
+            "{c} is documented"
+        );
+        assert!(
+            a.body["paths"][format!("/api/{c}/{{id}}")]["delete"].is_object(),
+            "{c} is documented"
+        );
+    }
+    assert!(a.body["components"]["schemas"]["Cartridge"].is_object());
+    assert!(a.body["components"]["schemas"]["PortMapping"].is_object());
+    let m = api.get("/metrics").await;
+    let text = m.body.as_str().unwrap();
+    assert!(
+        text.contains(
+            "nubo_http_requests_total{method=\"POST\",route=\"/api/cartridges\",status=\"201\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("nubo_http_request_duration_seconds_bucket"));
+}

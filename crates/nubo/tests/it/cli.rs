@@ -1,0 +1,188 @@
+//! The `nubo` client against a real server: add, list, describe, remove, JSON output, and errors
+//! that say what to do next.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::{PASSWORD, ServerProcess, samples};
+
+fn nubo(server: &ServerProcess, args: &[&str]) -> Output {
+    let cfg = server.data_dir.join("no-cli-config.toml");
+    Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args(args)
+        .env("NUBO_URL", &server.url)
+        .env("NUBO_PASSWORD", PASSWORD)
+        .env("NUBO_CA_CERT", server.data_dir.join("tls/cert.pem"))
+        .env("NUBO_CONFIG", cfg)
+        .env_remove("NUBO_USER")
+        .env_remove("NUBO_OUTPUT")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_manages_artifacts_and_explains_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start_with(dir.path(), &[]);
+    let np = samples().join("network-partitions/mock/network-partition-1.json");
+    let np = np.to_str().unwrap();
+    let o = nubo(&s, &["network-partition", "add", "-f", np]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("added successfully"));
+
+    let o = nubo(&s, &["np", "list"]);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("network-partition-1") && out.contains("PROVIDER") && out.contains("mock"),
+        "{out}"
+    );
+
+    let o = nubo(&s, &["np", "list", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["id"], "network-partition-1");
+
+    let o = nubo(
+        &s,
+        &["np", "describe", "network-partition-1", "--output", "json"],
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["partitions"][0]["id"], "partition-1");
+
+    // A refused artifact: exit 1, the message, the field.
+    let bad = samples().join("network-partitions/multi/openstack-nw-partition.json");
+    let o = nubo(&s, &["np", "add", "-f", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("provider `openstack` is not available") && err.contains("400"),
+        "{err}"
+    );
+
+    // Not found: a hint.
+    let o = nubo(&s, &["cartridge", "describe", "nope"]);
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("does not exist") && err.contains("hint:"),
+        "{err}"
+    );
+
+    // Wrong password: what to do.
+    let o = Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args([
+            "cartridge",
+            "list",
+            "--password",
+            "wrong",
+            "--server",
+            &s.url,
+            "--ca-cert",
+        ])
+        .arg(s.data_dir.join("tls/cert.pem"))
+        .env("NUBO_CONFIG", s.data_dir.join("none.toml"))
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("401") && err.contains("NUBO_PASSWORD"),
+        "{err}"
+    );
+
+    // Untrusted certificate: what to do.
+    let o = Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args(["cartridge", "list", "--server", &s.url])
+        .env("NUBO_PASSWORD", PASSWORD)
+        .env("NUBO_CONFIG", s.data_dir.join("none.toml"))
+        .env("HOME", s.data_dir.join("home"))
+        .env_remove("NUBO_CA_CERT")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert!(err.contains("--ca-cert"), "{err}");
+
+    let o = nubo(&s, &["np", "remove", "network-partition-1"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = nubo(&s, &["np", "list", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&o.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
+    // `login` saves the settings; later commands need no flags.
+    let cfg = s.data_dir.join("cli.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args([
+            "login",
+            "--server",
+            &s.url,
+            "--password",
+            PASSWORD,
+            "--ca-cert",
+        ])
+        .arg(s.data_dir.join("tls/cert.pem"))
+        .env("NUBO_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args(["iaas-providers"])
+        .env("NUBO_CONFIG", &cfg)
+        .env_remove("NUBO_URL")
+        .env_remove("NUBO_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(text(&o).0, "local\nmock\n", "{:?}", text(&o));
+}
+
+#[test]
+fn nothing_listening_says_how_to_start_the_platform() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args([
+            "cartridge",
+            "list",
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .env("NUBO_CONFIG", "/nonexistent/cli.toml")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nubo server"), "{err}");
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let o = Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    for cmd in [
+        "server",
+        "network-partition",
+        "deployment-policy",
+        "autoscaling-policy",
+        "application-policy",
+        "cartridge",
+        "cartridge-group",
+        "application",
+        "kubernetes-cluster",
+        "login",
+    ] {
+        assert!(out.contains(cmd), "--help lacks {cmd}: {out}");
+    }
+}
