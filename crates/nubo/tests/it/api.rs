@@ -829,3 +829,25 @@ async fn openapi_and_metrics_are_served() {
     );
     assert!(text.contains("nubo_http_request_duration_seconds_bucket"));
 }
+
+#[tokio::test]
+async fn the_quickstart_example_loads() {
+    let api = TestApi::new().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    for (collection, file) in [
+        ("autoscalingPolicies", "autoscaling-policy.json"),
+        ("networkPartitions", "network-partition.json"),
+        ("deploymentPolicies", "deployment-policy.json"),
+        ("cartridges", "cartridge.json"),
+        ("applicationPolicies", "application-policy.json"),
+        ("applications", "application.json"),
+    ] {
+        let a = api
+            .post(
+                &format!("/api/{collection}"),
+                &std::fs::read(dir.join(file)).unwrap(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{file}: {}", a.body);
+    }
+}

@@ -17,7 +17,17 @@ pub const PASSWORD: &str = "test-password";
 
 /// The Stratos samples shipped beside the repository.
 pub fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/stratos-samples")
+    let dir = std::env::var_os("NUBO_SAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/stratos-samples")
+        });
+    assert!(
+        dir.join("scenarios.json").exists(),
+        "the Stratos samples are expected in {} (the shared/ folder beside the repository); set NUBO_SAMPLES to their folder",
+        dir.display()
+    );
+    dir
 }
 
 pub fn read_sample(rel: &str) -> Vec<u8> {
