@@ -8,6 +8,14 @@ use serde_json::{Map, Value};
 use crate::error::ParseError;
 
 /// Parses `bytes` into a JSON value, refusing a key repeated in one object.
+///
+/// ```
+/// use nubo_model::{ParseError, json::parse_strict};
+///
+/// assert!(parse_strict(br#"{"id": "a"}"#).is_ok());
+/// let err = parse_strict(br#"{"components": {"cartridges": [], "cartridges": []}}"#).unwrap_err();
+/// assert!(matches!(err, ParseError::DuplicateKey { ref key, ref path, .. } if key == "cartridges" && path == "components"));
+/// ```
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, ParseError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Seed { path: "$".into() }
