@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nubo_server::{ServerConfig, TlsMode};
 
@@ -31,7 +32,8 @@ enum Top {
     Client(nubo_cli::Command),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum LogFormat {
     Text,
     Json,
@@ -39,12 +41,15 @@ enum LogFormat {
 
 #[derive(Args)]
 struct ServerArgs {
+    /// Configuration file (TOML) with any of: data_dir, api_addr, insecure_http, tls_cert, tls_key, log_format; flags and environment win over it
+    #[arg(long, env = "NUBO_SERVER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Where the platform keeps its state [default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo]
     #[arg(long, env = "NUBO_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Address of the REST API (port 0 picks a free port)
-    #[arg(long, env = "NUBO_API_ADDR", default_value = "127.0.0.1:9443")]
-    api_addr: SocketAddr,
+    /// Address of the REST API; port 0 picks a free port [default: 127.0.0.1:9443]
+    #[arg(long, env = "NUBO_API_ADDR")]
+    api_addr: Option<SocketAddr>,
     /// Serve plain HTTP instead of HTTPS
     #[arg(long, env = "NUBO_INSECURE_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
     insecure_http: bool,
@@ -54,9 +59,21 @@ struct ServerArgs {
     /// TLS private key (PEM)
     #[arg(long, env = "NUBO_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
-    /// Log format
-    #[arg(long, env = "NUBO_LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log format [default: text]
+    #[arg(long, env = "NUBO_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// The server's configuration file; every key optional.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    data_dir: Option<PathBuf>,
+    api_addr: Option<SocketAddr>,
+    insecure_http: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    log_format: Option<LogFormat>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -72,15 +89,39 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
-    let tls = match (args.insecure_http, args.tls_cert, args.tls_key) {
+    let file: ServerFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text).with_context(|| {
+                format!("{} is not a valid server configuration", path.display())
+            })?
+        }
+        None => ServerFile::default(),
+    };
+    init_logging(
+        args.log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+    );
+    let insecure = args.insecure_http || file.insecure_http.unwrap_or(false);
+    let tls = match (
+        insecure,
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
         (true, _, _) => TlsMode::Insecure,
         (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
-        _ => TlsMode::SelfSigned,
+        (false, None, None) => TlsMode::SelfSigned,
+        _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
     };
+    let default_addr: SocketAddr = ([127, 0, 0, 1], 9443).into();
     let config = ServerConfig {
-        data_dir: args.data_dir.unwrap_or_else(nubo_server::default_data_dir),
-        api_addr: args.api_addr,
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(nubo_server::default_data_dir),
+        api_addr: args.api_addr.or(file.api_addr).unwrap_or(default_addr),
         tls,
         admin_password: std::env::var("NUBO_ADMIN_PASSWORD")
             .ok()

@@ -244,3 +244,24 @@ async fn https_with_the_generated_certificate() {
         "the private key is readable by its owner only"
     );
 }
+
+#[tokio::test]
+async fn the_server_reads_a_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, "insecure_http = true\nlog_format = \"json\"\n").unwrap();
+    let s = ServerProcess::start_with(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    assert!(
+        s.url.starts_with("http://"),
+        "insecure_http from the file: {}",
+        s.url
+    );
+    assert_eq!(get(&client(), &s.url, "/api/init").await.0, 200);
+    std::fs::write(&cfg, "no_such_key = 1\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args(["server", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid server configuration"));
+}
