@@ -1,0 +1,85 @@
+//! The in-process bus: subscribers are channels; publishing fans out to the matching ones.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::{
+    Bus, BusError, Message, SUBSCRIPTION_BUFFER, Subscription, topic_matches, valid_filter,
+    valid_topic,
+};
+
+/// A bus inside one process.
+#[derive(Default)]
+pub struct MemoryBus {
+    subscribers: Mutex<Vec<(String, mpsc::Sender<Message>)>>,
+    dropped: AtomicU64,
+}
+
+impl MemoryBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Messages dropped because a subscriber lagged by more than [`SUBSCRIPTION_BUFFER`].
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        if !valid_topic(topic) {
+            return Err(BusError::InvalidTopic(topic.to_owned()));
+        }
+        let mut subs = self
+            .subscribers
+            .lock()
+            .map_err(|_| BusError::Unavailable("poisoned".into()))?;
+        subs.retain(|(_, tx)| !tx.is_closed());
+        for (filter, tx) in subs.iter() {
+            if topic_matches(filter, topic) {
+                let msg = Message {
+                    topic: topic.to_owned(),
+                    payload: payload.clone(),
+                };
+                if tx.try_send(msg).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic, filter = %filter, "a subscriber lags: message dropped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, filter: &str) -> Result<Subscription, BusError> {
+        if !valid_filter(filter) {
+            return Err(BusError::InvalidTopic(filter.to_owned()));
+        }
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        self.subscribers
+            .lock()
+            .map_err(|_| BusError::Unavailable("poisoned".into()))?
+            .push((filter.to_owned(), tx));
+        Ok(Subscription { rx })
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn memory_bus_passes_the_conformance_suite() {
+        let bus = std::sync::Arc::new(super::MemoryBus::new());
+        crate::conformance::run_all(bus.as_ref(), bus.as_ref()).await;
+        let events = crate::EventBus::new(bus);
+        crate::conformance::events(events.clone(), events).await;
+    }
+}

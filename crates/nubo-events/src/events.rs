@@ -1,0 +1,428 @@
+//! Every event on the bus, its category and topic, and its encoding.
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::{Cluster, ClusterInstance, InstanceStatus, Member, Topology};
+use crate::{EVENT_VERSION, TOPIC_PREFIX};
+
+/// The topic families (`stratos.md` §4.1), each a topic prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Category {
+    /// Topology changes (publisher: cloud controller).
+    Topology,
+    /// Application, group and application-instance statuses (publisher: autoscaler / controller).
+    Application,
+    /// Cluster status decisions (publisher: autoscaler; consumer: cloud controller).
+    ClusterStatus,
+    /// Agent lifecycle reports (publisher: agent; consumer: cloud controller).
+    InstanceStatus,
+    /// Commands to agents (publisher: controller / autoscaler).
+    InstanceNotifier,
+    /// Health statistics and requests in flight (publishers: agents, load balancers).
+    HealthStats,
+    /// Complete-state requests (anyone → the state owners).
+    Initializer,
+    /// Node supervisor reports (publisher: node supervisor).
+    Supervisor,
+}
+
+impl Category {
+    /// The topic segment.
+    pub const fn segment(self) -> &'static str {
+        match self {
+            Category::Topology => "topology",
+            Category::Application => "application",
+            Category::ClusterStatus => "cluster/status",
+            Category::InstanceStatus => "instance/status",
+            Category::InstanceNotifier => "instance/notifier",
+            Category::HealthStats => "health",
+            Category::Initializer => "initializer",
+            Category::Supervisor => "supervisor",
+        }
+    }
+
+    /// The MQTT-style filter matching every topic of this category.
+    pub fn filter(self) -> String {
+        format!("{TOPIC_PREFIX}/{}/#", self.segment())
+    }
+}
+
+/// Ids of one member, as an agent reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRef {
+    /// Application.
+    pub application_id: String,
+    /// Cartridge type.
+    pub service_name: String,
+    /// Cluster.
+    pub cluster_id: String,
+    /// Cluster instance.
+    pub cluster_instance_id: String,
+    /// Member.
+    pub member_id: String,
+    /// Network partition.
+    pub network_partition_id: String,
+    /// Partition.
+    pub partition_id: String,
+}
+
+/// A member-level change: the member as it now is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberChange {
+    /// The member after the change.
+    pub member: Member,
+}
+
+/// One member's health, measured by its agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberHealth {
+    /// Who.
+    pub instance: InstanceRef,
+    /// Resident memory as a percentage of the member's limit.
+    pub memory_consumption: f64,
+    /// CPU use as a percentage of the cores the member may use.
+    pub load_average: f64,
+    /// Whether every port of the member accepts connections.
+    pub ports_open: bool,
+    /// Measurement time, milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+/// Requests in flight at one load balancer for one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestsInFlight {
+    /// Cluster.
+    pub cluster_id: String,
+    /// Network partition of the load balancer.
+    pub network_partition_id: String,
+    /// Cluster instance, when the load balancer serves one.
+    pub cluster_instance_id: Option<String>,
+    /// Requests in flight now.
+    pub count: f64,
+    /// Requests served since the last report.
+    pub served: u64,
+    /// Which load balancer.
+    pub load_balancer_id: String,
+    /// Measurement time, milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+/// Every event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "body")]
+pub enum Event {
+    // === topology (cloud controller) ===
+    /// The whole topology (periodic, and in answer to `CompleteTopologyRequest`).
+    CompleteTopology {
+        /// The topology.
+        topology: Topology,
+    },
+    /// Clusters of an application were created.
+    ApplicationClustersCreated {
+        /// Application.
+        #[serde(rename = "applicationId")]
+        application_id: String,
+        /// The new clusters.
+        clusters: Vec<Cluster>,
+    },
+    /// Clusters of an application were removed.
+    ApplicationClustersRemoved {
+        /// Application.
+        #[serde(rename = "applicationId")]
+        application_id: String,
+        /// Their ids.
+        #[serde(rename = "clusterIds")]
+        cluster_ids: Vec<String>,
+    },
+    /// A cluster instance was created.
+    ClusterInstanceCreated {
+        /// Cluster.
+        #[serde(rename = "clusterId")]
+        cluster_id: String,
+        /// The instance.
+        instance: ClusterInstance,
+    },
+    /// A cluster instance changed status (Activated, Inactivate, Terminating, Terminated in Stratos).
+    ClusterInstanceStatusChanged {
+        /// Cluster.
+        #[serde(rename = "clusterId")]
+        cluster_id: String,
+        /// Instance.
+        #[serde(rename = "instanceId")]
+        instance_id: String,
+        /// New status.
+        status: InstanceStatus,
+    },
+    /// A member was asked of the IaaS.
+    MemberCreated(MemberChange),
+    /// The IaaS started it.
+    MemberInitialized(MemberChange),
+    /// Its agent started the workload.
+    MemberStarted(MemberChange),
+    /// It is active: route to it.
+    MemberActivated(MemberChange),
+    /// It is draining: route no more to it.
+    MemberMaintenanceMode(MemberChange),
+    /// It may be terminated.
+    MemberReadyToShutdown(MemberChange),
+    /// It is gone.
+    MemberTerminated(MemberChange),
+
+    // === application (autoscaler / controller) ===
+    /// An application instance or group instance changed status.
+    ApplicationInstanceStatusChanged {
+        /// Application.
+        #[serde(rename = "applicationId")]
+        application_id: String,
+        /// Application instance (`<appId>-<n>`) or group instance id.
+        #[serde(rename = "instanceId")]
+        instance_id: String,
+        /// Group alias for a group instance; `None` for the application instance.
+        #[serde(rename = "groupAlias")]
+        group_alias: Option<String>,
+        /// New status.
+        status: InstanceStatus,
+    },
+
+    // === instance status (agent) ===
+    /// The agent started the workload.
+    InstanceStarted(InstanceRef),
+    /// The workload's ports answer.
+    InstanceActivated(InstanceRef),
+    /// The agent is draining the member.
+    InstanceMaintenanceMode(InstanceRef),
+    /// Clean-up is done.
+    InstanceReadyToShutdown(InstanceRef),
+    /// The workload failed (did not start, or exited); Nubo addition.
+    InstanceFailed {
+        /// Who.
+        instance: InstanceRef,
+        /// Why.
+        reason: String,
+    },
+
+    // === instance notifier (to agents) ===
+    /// Clean up one member before it is terminated.
+    InstanceCleanupMember {
+        /// Member.
+        #[serde(rename = "memberId")]
+        member_id: String,
+    },
+    /// Clean up every member of a cluster instance.
+    InstanceCleanupCluster {
+        /// Cluster.
+        #[serde(rename = "clusterId")]
+        cluster_id: String,
+        /// Instance.
+        #[serde(rename = "clusterInstanceId")]
+        cluster_instance_id: String,
+    },
+
+    // === health statistics ===
+    /// One member's health.
+    MemberHealthStat(MemberHealth),
+    /// Requests in flight at a load balancer.
+    InFlightRequests(RequestsInFlight),
+
+    // === initializer ===
+    /// Ask the controller for the whole topology.
+    CompleteTopologyRequest {},
+
+    // === node supervisor ===
+    /// A member's process exited (or could not be started).
+    MemberProcessExited {
+        /// Member.
+        #[serde(rename = "memberId")]
+        member_id: String,
+        /// Exit code, when it exited.
+        code: Option<i32>,
+        /// Signal, when it was killed.
+        signal: Option<i32>,
+        /// What happened, in words.
+        reason: String,
+    },
+}
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not an event of this format.
+    #[error("malformed event: {0}")]
+    Malformed(String),
+    /// An event of another version.
+    #[error("event version {0} is not supported (this build speaks {EVENT_VERSION})")]
+    Version(u32),
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    v: u32,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    v: u32,
+    #[serde(flatten)]
+    event: serde_json::Value,
+}
+
+impl Event {
+    /// The event's name (its variant), the last segment of its topic.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::CompleteTopology { .. } => "CompleteTopology",
+            Event::ApplicationClustersCreated { .. } => "ApplicationClustersCreated",
+            Event::ApplicationClustersRemoved { .. } => "ApplicationClustersRemoved",
+            Event::ClusterInstanceCreated { .. } => "ClusterInstanceCreated",
+            Event::ClusterInstanceStatusChanged { .. } => "ClusterInstanceStatusChanged",
+            Event::MemberCreated(_) => "MemberCreated",
+            Event::MemberInitialized(_) => "MemberInitialized",
+            Event::MemberStarted(_) => "MemberStarted",
+            Event::MemberActivated(_) => "MemberActivated",
+            Event::MemberMaintenanceMode(_) => "MemberMaintenanceMode",
+            Event::MemberReadyToShutdown(_) => "MemberReadyToShutdown",
+            Event::MemberTerminated(_) => "MemberTerminated",
+            Event::ApplicationInstanceStatusChanged { .. } => "ApplicationInstanceStatusChanged",
+            Event::InstanceStarted(_) => "InstanceStarted",
+            Event::InstanceActivated(_) => "InstanceActivated",
+            Event::InstanceMaintenanceMode(_) => "InstanceMaintenanceMode",
+            Event::InstanceReadyToShutdown(_) => "InstanceReadyToShutdown",
+            Event::InstanceFailed { .. } => "InstanceFailed",
+            Event::InstanceCleanupMember { .. } => "InstanceCleanupMember",
+            Event::InstanceCleanupCluster { .. } => "InstanceCleanupCluster",
+            Event::MemberHealthStat(_) => "MemberHealthStat",
+            Event::InFlightRequests(_) => "InFlightRequests",
+            Event::CompleteTopologyRequest {} => "CompleteTopologyRequest",
+            Event::MemberProcessExited { .. } => "MemberProcessExited",
+        }
+    }
+
+    /// The event's category.
+    pub fn category(&self) -> Category {
+        match self {
+            Event::CompleteTopology { .. }
+            | Event::ApplicationClustersCreated { .. }
+            | Event::ApplicationClustersRemoved { .. }
+            | Event::ClusterInstanceCreated { .. }
+            | Event::ClusterInstanceStatusChanged { .. }
+            | Event::MemberCreated(_)
+            | Event::MemberInitialized(_)
+            | Event::MemberStarted(_)
+            | Event::MemberActivated(_)
+            | Event::MemberMaintenanceMode(_)
+            | Event::MemberReadyToShutdown(_)
+            | Event::MemberTerminated(_) => Category::Topology,
+            Event::ApplicationInstanceStatusChanged { .. } => Category::Application,
+            Event::InstanceStarted(_)
+            | Event::InstanceActivated(_)
+            | Event::InstanceMaintenanceMode(_)
+            | Event::InstanceReadyToShutdown(_)
+            | Event::InstanceFailed { .. } => Category::InstanceStatus,
+            Event::InstanceCleanupMember { .. } | Event::InstanceCleanupCluster { .. } => {
+                Category::InstanceNotifier
+            }
+            Event::MemberHealthStat(_) | Event::InFlightRequests(_) => Category::HealthStats,
+            Event::CompleteTopologyRequest {} => Category::Initializer,
+            Event::MemberProcessExited { .. } => Category::Supervisor,
+        }
+    }
+
+    /// The topic it is published on: `nubo/v1/<category>/<Name>`.
+    pub fn topic(&self) -> String {
+        format!(
+            "{TOPIC_PREFIX}/{}/{}",
+            self.category().segment(),
+            self.name()
+        )
+    }
+
+    /// The wire form: `{"v":1,"event":"Name","body":{…}}`.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&EnvelopeOut {
+            v: EVENT_VERSION,
+            event: self,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Reads the wire form; a malformed or unknown message is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        let env: EnvelopeIn =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if env.v != EVENT_VERSION {
+            return Err(DecodeError::Version(env.v));
+        }
+        serde_json::from_value(env.event).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::MemberStatus;
+
+    fn member() -> Member {
+        Member {
+            member_id: "app.web.php.domain-1".into(),
+            cluster_id: "app.web.php.domain".into(),
+            cluster_instance_id: "app-1".into(),
+            service_name: "php".into(),
+            application_id: "app".into(),
+            network_partition_id: "np1".into(),
+            partition_id: "p1".into(),
+            status: MemberStatus::Active,
+            default_private_ip: Some("127.0.0.1".into()),
+            default_public_ip: None,
+            ports: vec![],
+            init_time: 1,
+            failure: None,
+            properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn events_round_trip_with_their_topic() {
+        let e = Event::MemberActivated(MemberChange { member: member() });
+        assert_eq!(e.topic(), "nubo/v1/topology/MemberActivated");
+        let wire = e.encode();
+        let text = String::from_utf8(wire.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"v":1,"event":"MemberActivated","body":{"member":"#),
+            "{text}"
+        );
+        assert_eq!(Event::decode(&wire).unwrap(), e);
+        let r = Event::CompleteTopologyRequest {};
+        assert_eq!(Event::decode(&r.encode()).unwrap(), r);
+        assert_eq!(r.topic(), "nubo/v1/initializer/CompleteTopologyRequest");
+        assert_eq!(
+            Category::InstanceStatus.filter(),
+            "nubo/v1/instance/status/#"
+        );
+    }
+
+    #[test]
+    fn bad_messages_are_errors() {
+        assert!(matches!(
+            Event::decode(b"not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Event::decode(br#"{"v":1,"event":"NoSuchEvent","body":{}}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Event::decode(br#"{"v":2,"event":"CompleteTopologyRequest","body":{}}"#),
+            Err(DecodeError::Version(2))
+        ));
+        assert!(matches!(
+            Event::decode(br#"{"v":1,"event":"MemberActivated","body":{"member":{}}}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

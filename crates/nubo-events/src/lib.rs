@@ -1,0 +1,22 @@
+//! The contract between Nubo's components on the bus (`stratos.md` §4, §5): the topology domain
+//! (services → clusters → cluster instances → members) with the member state machine, and every
+//! event, defined once, serialized as `{"v":1,"event":"Name","body":{…}}` under the topic
+//! `nubo/v1/<category>/<Name>`. Wire compatibility with Stratos' agents is not a goal.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
+mod events;
+mod topology;
+
+pub use events::*;
+pub use topology::*;
+
+/// The version of the event format; bumped on any incompatible change.
+pub const EVENT_VERSION: u32 = 1;
+
+/// The prefix of every Nubo topic.
+pub const TOPIC_PREFIX: &str = "nubo/v1";
