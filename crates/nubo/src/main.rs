@@ -77,8 +77,11 @@ struct ServerFile {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NUBO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn,rumqttd=warn,rumqttc=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NUBO_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,sqlx=warn,tower_http=warn,rumqttd=warn,rumqttc=warn",
+        )
+    });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
