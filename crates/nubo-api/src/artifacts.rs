@@ -10,6 +10,7 @@ use axum::extract::{Extension, OriginalUri, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{StatusCode, header};
+use nubo_controller::DeploymentStatus;
 use nubo_manager::Principal;
 use nubo_model::{
     Application, ApplicationPolicy, Artifact, AutoscalingPolicy, Cartridge, CartridgeGroup,
@@ -109,11 +110,29 @@ async fn remove<T: Artifact>(
     ))))
 }
 
+fn decorate(s: &AppState, app: &mut Application) {
+    let status = s
+        .controller
+        .as_ref()
+        .and_then(|c| c.status(&app.application_id));
+    app.status = Some(
+        match status {
+            None => "Created",
+            Some(DeploymentStatus::Deployed) => "Deployed",
+            Some(DeploymentStatus::Undeploying) => "Undeploying",
+        }
+        .to_owned(),
+    );
+    app.sign_ups_exist = Some(false);
+}
+
 async fn list_applications(
     State(s): S,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<Vec<Application>>, ApiError> {
-    Ok(Json(s.manager.applications(p.tenant_id).await?))
+    let mut apps = s.manager.list::<Application>(p.tenant_id).await?;
+    apps.iter_mut().for_each(|a| decorate(&s, a));
+    Ok(Json(apps))
 }
 
 async fn get_application(
@@ -121,7 +140,101 @@ async fn get_application(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Application>, ApiError> {
-    Ok(Json(s.manager.application(p.tenant_id, &id).await?))
+    let mut app = s.manager.get::<Application>(p.tenant_id, &id).await?;
+    decorate(&s, &mut app);
+    Ok(Json(app))
+}
+
+fn controller(s: &AppState) -> Result<&nubo_controller::ControllerHandle, ApiError> {
+    s.controller.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no cloud controller runs in this server: deployment is not available here",
+        )
+    })
+}
+
+async fn remove_application(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Message>, ApiError> {
+    if s.controller.as_ref().and_then(|c| c.status(&id)).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("application `{id}` is deployed: undeploy it first"),
+        ));
+    }
+    remove::<Application>(State(s), Extension(p), Path(id)).await
+}
+
+async fn deploy(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path((id, policy)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    // What is wrong with the request is said first (404, 400), then whether this server can deploy.
+    let plan = s.manager.deployment_plan(p.tenant_id, &id, &policy).await?;
+    let c = controller(&s)?;
+    if c.status(&id).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("application `{id}` is already deployed"),
+        ));
+    }
+    c.deploy(plan)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+    let msg = Message::success(format!(
+        "Application deployed successfully: [application-id] {id}"
+    ));
+    Ok((StatusCode::ACCEPTED, Json(msg)).into_response())
+}
+
+/// `?force=` of undeploy.
+#[derive(Debug, Deserialize)]
+pub struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn undeploy(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<Force>,
+) -> Result<Response, ApiError> {
+    let c = controller(&s)?;
+    s.manager.get::<Application>(p.tenant_id, &id).await?;
+    if c.status(&id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("application `{id}` is not deployed"),
+        ));
+    }
+    c.undeploy(&id, q.force)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let msg = Message::success(format!(
+        "Application undeployed successfully: [application-id] {id}"
+    ));
+    Ok((StatusCode::ACCEPTED, Json(msg)).into_response())
+}
+
+async fn runtime(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let app = s.manager.get::<Application>(p.tenant_id, &id).await?;
+    let c = controller(&s)?;
+    let mut view = nubo_controller::view::runtime_view(&c.snapshot(), &id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("application `{id}` is not deployed: deploy it first"),
+        )
+    })?;
+    view["name"] = serde_json::json!(app.name);
+    view["description"] = serde_json::json!(app.description);
+    Ok(Json(view))
 }
 
 /// `?criteria=` of the cartridge filters.
@@ -236,8 +349,11 @@ pub fn routes() -> Router<Arc<AppState>> {
     )
     .route(
         "/applications/{id}",
-        get(get_application).delete(remove::<Application>),
+        get(get_application).delete(remove_application),
     )
+    .route("/applications/{id}/deploy/{policy}", post(deploy))
+    .route("/applications/{id}/undeploy", post(undeploy))
+    .route("/applications/{id}/runtime", get(runtime))
     .route("/cartridges/filter/{filter}", get(filter_cartridges))
     .route("/cartridges/{id}/filter/{filter}", get(filter_cartridge))
 }

@@ -39,6 +39,8 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     /// The manager.
     pub manager: Arc<Manager>,
+    /// The cloud controller (absent in API-only set-ups: deploy answers 503).
+    pub controller: Option<nubo_controller::ControllerHandle>,
     /// All metrics of the process, served on `/metrics`.
     pub registry: Registry,
     metrics: metrics::ApiMetrics,
@@ -46,10 +48,15 @@ pub struct AppState {
 
 impl AppState {
     /// State over `manager`; the API registers its metrics in `registry`, which `/metrics` serves.
-    pub fn new(manager: Arc<Manager>, mut registry: Registry) -> Arc<Self> {
+    pub fn new(
+        manager: Arc<Manager>,
+        controller: Option<nubo_controller::ControllerHandle>,
+        mut registry: Registry,
+    ) -> Arc<Self> {
         let metrics = metrics::ApiMetrics::register(&mut registry);
         Arc::new(AppState {
             manager,
+            controller,
             registry,
             metrics,
         })

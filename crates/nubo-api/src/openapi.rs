@@ -188,6 +188,59 @@ pub fn document() -> OpenApi {
             .build(),
     );
     paths.add_path_operation(
+        "/api/applications/{id}/deploy/{policy}",
+        vec![HttpMethod::Post],
+        op(
+            "deploy_application".into(),
+            "Deploy an application under an application policy".into(),
+            "applications",
+        )
+        .parameter(id_param("id"))
+        .parameter(id_param("policy"))
+        .response(
+            "202",
+            message("Deployment started; follow it with the runtime view"),
+        )
+        .response(
+            "400",
+            message("The application cannot be deployed under this policy; the message says why"),
+        )
+        .response("404", message("No such application"))
+        .response("409", message("Already deployed"))
+        .build(),
+    );
+    paths.add_path_operation(
+        "/api/applications/{id}/undeploy",
+        vec![HttpMethod::Post],
+        op(
+            "undeploy_application".into(),
+            "Undeploy an application: drain every member (`?force=true`: terminate at once)".into(),
+            "applications",
+        )
+        .parameter(id_param("id"))
+        .parameter(
+            ParameterBuilder::new()
+                .name("force")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Boolean)))
+                .build(),
+        )
+        .response("202", message("Undeployment started"))
+        .response("404", message("No such application"))
+        .response("409", message("Not deployed"))
+        .build(),
+    );
+    paths.add_path_operation(
+        "/api/applications/{id}/runtime",
+        vec![HttpMethod::Get],
+        op("application_runtime".into(), "The runtime tree: application instances, group instances, cluster instances, members".into(), "applications")
+            .parameter(id_param("id"))
+            .response("200", ResponseBuilder::new().description("Stratos' ApplicationInfoBean: statuses, addresses, ports, host names, access URLs").build())
+            .response("404", message("No such application, or not deployed"))
+            .build(),
+    );
+    paths.add_path_operation(
         "/api/init",
         vec![HttpMethod::Get],
         op("init".into(), "Check credentials".into(), "platform")

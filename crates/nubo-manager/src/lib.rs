@@ -455,27 +455,6 @@ impl Manager {
         tracing::info!(kind = T::KIND.as_str(), id, tenant, "artifact removed");
         Ok(())
     }
-
-    /// An application as the API shows it: with its status.
-    pub async fn application(&self, tenant: i64, id: &str) -> Result<Application, ManagerError> {
-        let mut app: Application = self.get(tenant, id).await?;
-        decorate(&mut app);
-        Ok(app)
-    }
-
-    /// Every application, with status.
-    pub async fn applications(&self, tenant: i64) -> Result<Vec<Application>, ManagerError> {
-        let mut apps: Vec<Application> = self.list(tenant).await?;
-        apps.iter_mut().for_each(decorate);
-        Ok(apps)
-    }
-}
-
-fn decorate(app: &mut Application) {
-    // Deployment (and with it the other statuses) lands with the runtime; until then every
-    // application is `Created`.
-    app.status = Some("Created".to_owned());
-    app.sign_ups_exist = Some(false);
 }
 
 /// Checks that keep tenants and users in order (used by the API for super-tenant-only calls).
@@ -486,5 +465,70 @@ pub fn require_super_tenant(p: &Principal) -> Result<(), ManagerError> {
         Err(ManagerError::Forbidden(
             "only the super tenant may do this".into(),
         ))
+    }
+}
+
+impl Manager {
+    /// The deployment plan of an application under an application policy: loads every artifact
+    /// it names and checks what only deployment can check.
+    pub async fn deployment_plan(
+        &self,
+        tenant: i64,
+        application_id: &str,
+        policy_id: &str,
+    ) -> Result<nubo_controller::DeploymentPlan, ManagerError> {
+        let app: Application = self.get(tenant, application_id).await?;
+        let policy: ApplicationPolicy = self.get(tenant, policy_id).await.map_err(|e| match e {
+            ManagerError::NotFound { .. } => ManagerError::Invalid {
+                kind: Kind::Application,
+                errors: vec![FieldError {
+                    field: "applicationPolicyId".into(),
+                    reason: format!(
+                        "application policy `{policy_id}` does not exist: add it first"
+                    ),
+                }],
+            },
+            other => other,
+        })?;
+        let mut inputs = nubo_controller::PlanInputs::default();
+        for spec in app.clusters() {
+            let ty = &spec.cartridge.cartridge_type;
+            if !inputs.cartridges.contains_key(ty) {
+                inputs
+                    .cartridges
+                    .insert(ty.clone(), self.get::<Cartridge>(tenant, ty).await?);
+            }
+            if let Some(dp) = spec.deployment_policy
+                && !inputs.deployment_policies.contains_key(dp)
+            {
+                let policy: DeploymentPolicy = self.get(tenant, dp).await?;
+                for np in &policy.network_partitions {
+                    if !inputs.network_partitions.contains_key(&np.id) {
+                        inputs.network_partitions.insert(
+                            np.id.clone(),
+                            self.get::<NetworkPartition>(tenant, &np.id).await?,
+                        );
+                    }
+                }
+                inputs.deployment_policies.insert(dp.to_owned(), policy);
+            }
+        }
+        for g in app.components.groups.iter().flatten() {
+            if !inputs.groups.contains_key(&g.name) {
+                inputs.groups.insert(
+                    g.name.clone(),
+                    self.get::<CartridgeGroup>(tenant, &g.name).await?,
+                );
+            }
+        }
+        nubo_controller::plan::plan(&app, &policy, tenant, &inputs).map_err(|e| {
+            ManagerError::Invalid {
+                kind: Kind::Application,
+                errors: vec![FieldError {
+                    field: "applicationPolicyId".into(),
+                    reason: e.0,
+                }],
+            }
+        })
     }
 }

@@ -58,6 +58,19 @@ pub struct ServerConfig {
     pub admin_password: Option<String>,
     /// IaaS providers to offer.
     pub providers: Vec<String>,
+    /// The message bus.
+    pub bus: BusMode,
+    /// The program (and arguments) the node supervisor runs as each member's agent.
+    pub agent: nubo_node::AgentCommand,
+}
+
+/// Where the bus is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMode {
+    /// The embedded MQTT broker, listening here (loopback by default).
+    Embedded(SocketAddr),
+    /// An external MQTT broker (`mqtt://host:port`).
+    External(String),
 }
 
 /// A running server's facts, given to `on_ready`.
@@ -69,6 +82,8 @@ pub struct Ready {
     pub ca_cert: Option<PathBuf>,
     /// The admin password, when it was generated at this start.
     pub generated_password: Option<String>,
+    /// The bus URL (agents connect to it).
+    pub bus_url: String,
 }
 
 /// Runs the server until `shutdown` completes.
@@ -100,8 +115,41 @@ pub async fn run(
         .ensure_admin(config.admin_password.as_deref())
         .await
         .context("cannot create the admin user")?;
+    let bus_url = match &config.bus {
+        BusMode::Embedded(addr) => nubo_broker::start(embedded_bus_addr(&config.data_dir, *addr))
+            .with_context(|| format!("cannot start the embedded MQTT broker on {addr}: pass --bus-addr with a free port, or --bus-url for an external broker"))?
+            .url(),
+        BusMode::External(url) => url.clone(),
+    };
+    let mqtt = Arc::new(nubo_bus::MqttBus::connect(nubo_bus::MqttConfig::from_url(
+        &bus_url,
+        "nubo-server",
+    )?));
+    mqtt.wait_connected(Duration::from_secs(15))
+        .await
+        .with_context(|| format!("cannot reach the bus at {bus_url}"))?;
+    let events = nubo_bus::EventBus::new(mqtt);
+    let supervisor = nubo_node::NodeSupervisor::new(
+        config.data_dir.join("members"),
+        config.agent.clone(),
+        events.clone(),
+    )
+    .context("cannot start the node supervisor")?;
+    let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_controller::IaasProvider>> =
+        Default::default();
+    providers.insert("local".into(), supervisor);
+    let controller = nubo_controller::Controller::start(
+        store.clone(),
+        events.clone(),
+        nubo_controller::ControllerConfig {
+            providers,
+            bus_url: bus_url.clone(),
+        },
+    )
+    .await
+    .context("cannot start the cloud controller")?;
     let registry = Registry::default();
-    let state = AppState::new(manager, registry);
+    let state = AppState::new(manager, Some(controller), registry);
     let app = nubo_api::router(state);
 
     let (acceptor, ca_cert) = match &config.tls {
@@ -124,6 +172,7 @@ pub async fn run(
         api_url: format!("{scheme}://{local}"),
         ca_cert,
         generated_password,
+        bus_url,
     };
     tracing::info!(url = %ready.api_url, data_dir = %config.data_dir.display(), store = "sqlite", "nubo server ready");
     on_ready(&ready);
@@ -190,6 +239,26 @@ pub async fn run(
     store.close().await;
     tracing::info!("nubo server stopped");
     Ok(())
+}
+
+/// The embedded broker's address: with port 0, the port chosen at the first start is kept in the
+/// data directory and reused, so that running agents find the bus again after a restart.
+fn embedded_bus_addr(data_dir: &Path, addr: SocketAddr) -> SocketAddr {
+    if addr.port() != 0 {
+        return addr;
+    }
+    let file = data_dir.join("bus-port");
+    if let Some(port) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u16>().ok())
+    {
+        return SocketAddr::new(addr.ip(), port);
+    }
+    let chosen = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.local_addr())
+        .unwrap_or(addr);
+    let _ = std::fs::write(&file, chosen.port().to_string());
+    chosen
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -26,8 +26,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Start the platform: store, API (and, as they land, bus, controller, autoscaler, load balancer)
+    /// Start the platform: store, API, message bus, cloud controller, node supervisor
     Server(ServerArgs),
+    /// Run a member's cartridge agent (started by the node supervisor, not by hand)
+    #[command(hide = true)]
+    Agent {
+        /// The member's payload file
+        #[arg(long, value_name = "FILE")]
+        payload: PathBuf,
+    },
+    /// Stop every member the platform runs on this machine (the server itself keeps running)
+    Down {
+        /// The platform's data directory [default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo]
+        #[arg(long, env = "NUBO_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     #[command(flatten)]
     Client(nubo_cli::Command),
 }
@@ -62,6 +75,12 @@ struct ServerArgs {
     /// Log format [default: text]
     #[arg(long, env = "NUBO_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Address of the embedded MQTT broker that agents connect to [default: 127.0.0.1:1883]
+    #[arg(long, env = "NUBO_BUS_ADDR", conflicts_with = "bus_url")]
+    bus_addr: Option<SocketAddr>,
+    /// Use an external MQTT broker instead of the embedded one (mqtt://host:port)
+    #[arg(long, env = "NUBO_BUS_URL", value_name = "URL")]
+    bus_url: Option<String>,
 }
 
 /// The server's configuration file; every key optional.
@@ -74,6 +93,8 @@ struct ServerFile {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     log_format: Option<LogFormat>,
+    bus_addr: Option<SocketAddr>,
+    bus_url: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -130,6 +151,19 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|p| !p.is_empty()),
         providers: nubo_manager_providers(),
+        bus: match (
+            args.bus_url.or(file.bus_url),
+            args.bus_addr.or(file.bus_addr),
+        ) {
+            (Some(url), _) => nubo_server::BusMode::External(url),
+            (None, addr) => {
+                nubo_server::BusMode::Embedded(addr.unwrap_or(([127, 0, 0, 1], 1883).into()))
+            }
+        },
+        agent: nubo_node::AgentCommand {
+            program: std::env::current_exe().context("cannot tell where the nubo binary is")?,
+            args: vec!["agent".into()],
+        },
     };
     let data_dir = config.data_dir.clone();
     nubo_server::run(
@@ -148,11 +182,56 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                     "nubo: set NUBO_ADMIN_PASSWORD before the first start to choose it instead"
                 );
             }
+            println!("nubo: bus: {}", ready.bus_url);
             println!("nubo: data directory: {}", data_dir.display());
         },
         nubo_server::shutdown_signal(),
     )
     .await
+}
+
+/// The agent: a small single-threaded runtime, logs to standard error (the member's agent.log).
+fn agent(payload: &std::path::Path) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NUBO_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(nubo_agent::run(payload)) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn down(data_dir: PathBuf) -> anyhow::Result<()> {
+    let dir = data_dir.join("members");
+    let n = nubo_node::stop_all(&dir);
+    println!("stopping {n} member(s) under {}", dir.display());
+    for _ in 0..100 {
+        if nubo_node::stop_all_pending(&dir) == 0 {
+            println!("all members stopped");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    nubo_node::kill_all(&dir);
+    println!("killed the members that did not stop within 10 s");
+    Ok(())
 }
 
 fn nubo_manager_providers() -> Vec<String> {
@@ -175,10 +254,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Top::Agent { payload } = &cli.command {
+        return agent(payload);
+    }
     let result = rt.block_on(async {
         match cli.command {
             Top::Server(args) => server(args).await,
             Top::Client(cmd) => nubo_cli::run(&cli.global, &cmd).await,
+            Top::Down { data_dir } => {
+                down(data_dir.unwrap_or_else(nubo_server::default_data_dir)).await
+            }
+            Top::Agent { .. } => Ok(()),
         }
     });
     match result {

@@ -66,8 +66,11 @@ impl TestApi {
             vec!["local".into(), "mock".into()],
         ));
         manager.ensure_admin(Some(PASSWORD)).await.unwrap();
-        let state =
-            nubo_api::AppState::new(manager, prometheus_client::registry::Registry::default());
+        let state = nubo_api::AppState::new(
+            manager,
+            None,
+            prometheus_client::registry::Registry::default(),
+        );
         TestApi {
             app: nubo_api::router(state),
             _dir: dir,
@@ -197,7 +200,7 @@ impl ServerProcess {
         cmd.arg("server")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--api-addr", "127.0.0.1:0"])
+            .args(["--api-addr", "127.0.0.1:0", "--bus-addr", "127.0.0.1:0"])
             .args(extra)
             .env("NUBO_ADMIN_PASSWORD", PASSWORD)
             .env("NUBO_LOG", "warn")
@@ -257,7 +260,161 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill9();
+        // Members outlive the server by design: stop them too, whatever happened.
+        nubo_node::kill_all(&self.data_dir.join("members"));
     }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client of one server process, with the admin's credentials.
+pub struct Api {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(server: &ServerProcess) -> Self {
+        Api {
+            url: server.url.clone(),
+            http: client(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .basic_auth("admin", Some(PASSWORD));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// Adds artifacts in order, asserting each is created.
+    pub async fn add_all(&self, artifacts: &[(&str, Value)]) {
+        for (collection, body) in artifacts {
+            let (status, answer) = self.post(&format!("/api/{collection}"), body.clone()).await;
+            assert_eq!(status, 201, "{collection}: {answer}");
+        }
+    }
+
+    /// Every member of an application's runtime view: (cluster alias, member).
+    pub async fn members(&self, app: &str) -> Vec<(String, Value)> {
+        let (status, view) = self.get(&format!("/api/applications/{app}/runtime")).await;
+        if status != 200 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        fn walk(v: &Value, out: &mut Vec<(String, Value)>) {
+            for ci in v["clusterInstances"].as_array().into_iter().flatten() {
+                for m in ci["member"].as_array().into_iter().flatten() {
+                    out.push((
+                        ci["alias"].as_str().unwrap_or_default().to_owned(),
+                        m.clone(),
+                    ));
+                }
+            }
+            for g in v["groupInstances"].as_array().into_iter().flatten() {
+                walk(g, out);
+            }
+        }
+        for inst in view["applicationInstances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            walk(inst, &mut out);
+        }
+        out
+    }
+
+    /// Active members of a cluster alias.
+    pub async fn active(&self, app: &str, alias: &str) -> Vec<Value> {
+        self.members(app)
+            .await
+            .into_iter()
+            .filter(|(a, m)| a == alias && m["status"] == "Active")
+            .map(|(_, m)| m)
+            .collect()
+    }
+}
+
+/// Pid of the agent of a member (from the supervisor's record).
+pub fn agent_pid(data_dir: &Path, member_id: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(
+        data_dir
+            .join("members")
+            .join(member_id)
+            .join("supervisor.json"),
+    )
+    .ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["pid"]
+        .as_i64()
+        .map(|p| p as i32)
+}
+
+/// Pids of every process in the session led by `sid`.
+pub fn session_pids(sid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|t| {
+                    t.rfind(')')
+                        .map(|i| t[i + 1..].split_whitespace().nth(3).map(str::to_owned))
+                })
+                .flatten()
+                .and_then(|s| s.parse::<i32>().ok())
+                == Some(sid)
+        })
+        .collect()
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|t| {
+        !t.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 /// An HTTP client for a server process (installs the TLS crypto provider first).

@@ -1,0 +1,340 @@
+//! The cartridge agent (`stratos.md` §9), `nubo agent --payload FILE`: reads its payload,
+//! connects to the bus (reconnecting by itself), reports InstanceStarted, starts the workload
+//! (`sh -c <command>` with `PORT`, `PORT_<NAME>`, `PORT_<N>` set), waits until its ports accept
+//! connections, reports InstanceActivated, then publishes health statistics every second. On a
+//! clean-up request it drains (maintenance → stop the workload → ready to shut down) and exits.
+//! If the workload dies, it reports the failure and exits, so that the member is replaced.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use nubo_bus::{EventBus, MqttBus, MqttConfig};
+use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberStatus};
+use nubo_node::AgentPayload;
+use nubo_node::proc;
+use tokio::process::Child;
+
+/// How long the workload has to stop after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often health statistics are published.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The environment variable name for a port mapping name: upper-cased, other characters as `_`.
+pub fn port_env_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        s.push('_');
+    }
+    format!("PORT_{s}")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the agent until the member is stopped. Returns the process exit code.
+pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
+    let text = std::fs::read(payload_file)
+        .with_context(|| format!("cannot read the payload {}", payload_file.display()))?;
+    let p: AgentPayload = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not an agent payload", payload_file.display()))?;
+    let workdir = payload_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let me = InstanceRef {
+        application_id: p.application_id.clone(),
+        service_name: p.service_name.clone(),
+        cluster_id: p.cluster_id.clone(),
+        cluster_instance_id: p.cluster_instance_id.clone(),
+        member_id: p.member_id.clone(),
+        network_partition_id: p.network_partition_id.clone(),
+        partition_id: p.partition_id.clone(),
+    };
+    let bus = Arc::new(MqttBus::connect(MqttConfig::from_url(&p.bus_url, "agent")?));
+    let events = EventBus::new(bus.clone());
+    // Subscriptions are made now (and renewed on every reconnection).
+    let mut notifier = events.subscribe(Category::InstanceNotifier).await?;
+    let mut topology = events.subscribe(Category::Topology).await?;
+    if bus.wait_connected(Duration::from_secs(30)).await.is_err() {
+        tracing::warn!(bus = %p.bus_url, "the bus is not reachable yet; starting anyway and reporting once it is");
+    }
+    wait_for_member(&events, &mut topology, &p.member_id).await;
+    publish(&events, Event::InstanceStarted(me.clone())).await;
+
+    let mut workload = start_workload(&p, &workdir)?;
+    let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
+    tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
+
+    // Wait for the ports, or the workload's early death.
+    let started = Instant::now();
+    loop {
+        if ports_open(&p).await {
+            break;
+        }
+        if let Ok(Some(status)) = workload.try_wait() {
+            let reason = format!(
+                "the workload exited ({status}) before its ports opened; last output: {}",
+                tail(&workdir.join("workload.log"))
+            );
+            publish(
+                &events,
+                Event::InstanceFailed {
+                    instance: me.clone(),
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            tracing::error!(member = %p.member_id, %reason, "workload failed");
+            linger().await;
+            return Ok(2);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let reason = "the workload's ports did not open within 120 s".to_owned();
+            publish(
+                &events,
+                Event::InstanceFailed {
+                    instance: me.clone(),
+                    reason,
+                },
+            )
+            .await;
+            stop_workload(&mut workload, pgid).await;
+            linger().await;
+            return Ok(2);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish(&events, Event::InstanceActivated(me.clone())).await;
+    tracing::info!(member = %p.member_id, after_ms = started.elapsed().as_millis() as u64, "member active");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    let mut meter = Meter::new(pgid);
+    loop {
+        tokio::select! {
+            status = workload.wait() => {
+                let reason = match status {
+                    Ok(s) => format!("the workload exited ({s}); last output: {}", tail(&workdir.join("workload.log"))),
+                    Err(e) => format!("lost the workload: {e}"),
+                };
+                tracing::error!(member = %p.member_id, %reason, "workload ended");
+                publish(&events, Event::InstanceFailed { instance: me.clone(), reason }).await;
+                proc::kill_session(pgid, libc::SIGKILL);
+                linger().await;
+                return Ok(3);
+            }
+            Some(e) = notifier.recv() => {
+                let mine = match &e {
+                    Event::InstanceCleanupMember { member_id } => *member_id == p.member_id,
+                    Event::InstanceCleanupCluster { cluster_id, cluster_instance_id } => *cluster_id == p.cluster_id && *cluster_instance_id == p.cluster_instance_id,
+                    _ => false,
+                };
+                if mine {
+                    publish(&events, Event::InstanceMaintenanceMode(me.clone())).await;
+                    stop_workload(&mut workload, pgid).await;
+                    publish(&events, Event::InstanceReadyToShutdown(me.clone())).await;
+                    tracing::info!(member = %p.member_id, "drained and stopped");
+                    linger().await;
+                    return Ok(0);
+                }
+            }
+            _ = term.recv() => {
+                tracing::info!(member = %p.member_id, "SIGTERM: stopping the workload");
+                stop_workload(&mut workload, pgid).await;
+                return Ok(0);
+            }
+            _ = health.tick() => {
+                let (memory, load) = meter.sample();
+                let stat = MemberHealth { instance: me.clone(), memory_consumption: memory, load_average: load, ports_open: ports_open(&p).await, at_ms: now_ms() };
+                publish(&events, Event::MemberHealthStat(stat)).await;
+            }
+        }
+    }
+}
+
+/// Gives the MQTT connection a moment to send what was published before the process exits.
+async fn linger() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn publish(events: &EventBus, e: Event) {
+    if let Err(err) = events.publish(&e).await {
+        tracing::warn!(event = e.name(), error = %err, "cannot publish");
+    }
+}
+
+/// Waits (briefly) until the controller shows this member in the topology, as Stratos' agent does.
+async fn wait_for_member(events: &EventBus, topology: &mut nubo_bus::EventStream, member_id: &str) {
+    publish(events, Event::CompleteTopologyRequest {}).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let next = tokio::time::timeout_at(deadline, topology.recv()).await;
+        let Ok(Some(e)) = next else { return };
+        let found = match &e {
+            Event::CompleteTopology { topology } => topology
+                .member(member_id)
+                .is_some_and(|m| m.status != MemberStatus::Created),
+            Event::MemberInitialized(c) => c.member.member_id == member_id,
+            _ => false,
+        };
+        if found {
+            return;
+        }
+    }
+}
+
+fn start_workload(p: &AgentPayload, workdir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(workdir.join("workload.log"))?;
+    let log2 = log.try_clone()?;
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(&p.command)
+        .current_dir(workdir.join("app"))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    for (k, v) in &p.parameters {
+        cmd.env(k, v);
+    }
+    if let Some(first) = p.ports.first() {
+        cmd.env("PORT", first.port.to_string());
+    }
+    for (i, port) in p.ports.iter().enumerate() {
+        cmd.env(format!("PORT_{i}"), port.port.to_string());
+        cmd.env(port_env_name(&port.name), port.port.to_string());
+    }
+    cmd.env("NUBO_MEMBER_ID", &p.member_id)
+        .env("HOST", "127.0.0.1");
+    // Its own process group, so that it (with its children) can be stopped as one.
+    cmd.process_group(0);
+    cmd.spawn()
+        .with_context(|| format!("cannot start the workload `{}`", p.command))
+}
+
+async fn stop_workload(child: &mut Child, pgid: i32) {
+    if pgid > 0 {
+        // SAFETY: plain kill(2) on the workload's process group.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pid = pgid,
+            "the workload did not stop within the grace period: killing it"
+        );
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait().await;
+    }
+    // Children that left the group are still in our session.
+    let _ = pgid;
+}
+
+async fn ports_open(p: &AgentPayload) -> bool {
+    for port in &p.ports {
+        if port.protocol == "udp" {
+            continue;
+        }
+        let ok = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(("127.0.0.1", port.port)),
+        )
+        .await;
+        if !matches!(ok, Ok(Ok(_))) {
+            return false;
+        }
+    }
+    true
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    let out: Vec<&str> = lines.into_iter().rev().collect();
+    if out.is_empty() {
+        "(none)".into()
+    } else {
+        out.join(" | ")
+    }
+}
+
+/// Measures the workload's process group: memory as a percentage of the host's, CPU as a
+/// percentage of the cores.
+struct Meter {
+    pgid: i32,
+    last: Option<(Instant, u64)>,
+    memory: u64,
+    cores: f64,
+}
+
+impl Meter {
+    fn new(pgid: i32) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        Meter {
+            pgid,
+            last: None,
+            memory: proc::host_memory(),
+            cores,
+        }
+    }
+
+    fn sample(&mut self) -> (f64, f64) {
+        let (mut cpu, mut rss) = (0u64, 0u64);
+        for pid in proc::group_members(self.pgid) {
+            if let Some((c, r)) = proc::usage(pid) {
+                cpu += c;
+                rss += r;
+            }
+        }
+        let now = Instant::now();
+        let load = match self.last {
+            Some((t, prev)) => {
+                let secs = now.duration_since(t).as_secs_f64().max(1e-3);
+                let used = cpu.saturating_sub(prev) as f64 / proc::ticks_per_second() as f64;
+                (used / secs / self.cores * 100.0).clamp(0.0, 100.0)
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, cpu));
+        (rss as f64 / self.memory as f64 * 100.0, load)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn port_names_become_environment_names() {
+        assert_eq!(super::port_env_name("http-80"), "PORT_HTTP_80");
+        assert_eq!(super::port_env_name("admin"), "PORT_ADMIN");
+        assert_eq!(super::port_env_name(""), "PORT__");
+    }
+}

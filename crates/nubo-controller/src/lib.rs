@@ -1,0 +1,21 @@
+//! The cloud controller: the only writer of the topology. [`plan`] turns an application into the
+//! clusters to create; [`state`] is the pure state machine that keeps members at their minimum,
+//! follows agents' lifecycle reports and undeploys; [`runtime`] runs it against the bus, the store
+//! and the IaaS providers.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
+pub mod iaas;
+pub mod plan;
+pub mod runtime;
+pub mod state;
+pub mod view;
+
+pub use iaas::{IaasError, IaasProvider, StartRequest, StartedMember};
+pub use plan::{DeploymentPlan, PlanError, PlanInputs};
+pub use runtime::{Controller, ControllerConfig, ControllerHandle};
+pub use state::{Action, ControllerState, DeploymentStatus, Input};

@@ -1,0 +1,401 @@
+//! Deployment plans: from an application and the artifacts it names to the clusters to create,
+//! with their host names, ports, placement and startup dependencies. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nubo_events::ClusterPort;
+use nubo_model::{
+    Application, ApplicationPolicy, Cartridge, CartridgeGroup, ChildRef, DeploymentPolicy,
+    GroupRef, NetworkPartition,
+};
+use serde::{Deserialize, Serialize};
+
+/// A partition a cluster may place members in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementPartition {
+    /// Partition id.
+    pub id: String,
+    /// Cap on members in it (`None`: no cap).
+    pub max: Option<u32>,
+}
+
+/// Where a cluster's members go in one network partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Network partition.
+    pub network_partition_id: String,
+    /// IaaS provider of the network partition.
+    pub provider: String,
+    /// `round-robin` or `one-after-another`.
+    pub algorithm: String,
+    /// Partitions in order.
+    pub partitions: Vec<PlacementPartition>,
+}
+
+/// One cluster to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPlan {
+    /// `<appId>.<alias>.<type>.domain`.
+    pub cluster_id: String,
+    /// Alias.
+    pub alias: String,
+    /// Cartridge type.
+    pub service_name: String,
+    /// Host names.
+    pub host_names: Vec<String>,
+    /// Ports.
+    pub ports: Vec<ClusterPort>,
+    /// Minimum members per cluster instance.
+    pub min: u32,
+    /// Maximum members per cluster instance.
+    pub max: u32,
+    /// Deployment policy id.
+    pub deployment_policy: String,
+    /// Autoscaling policy id.
+    pub autoscaling_policy: String,
+    /// Placement per network partition.
+    pub placements: Vec<Placement>,
+    /// Clusters that must be Active before this one starts.
+    pub depends_on: Vec<String>,
+    /// The `iaasProvider` entries of the cartridge: type → image id (for `local`, the command line).
+    pub images: BTreeMap<String, String>,
+    /// Cartridge and subscription properties (`payload_parameter.*` and the rest).
+    pub properties: BTreeMap<String, String>,
+    /// Enclosing group aliases, outermost first.
+    pub group_path: Vec<String>,
+}
+
+/// An application instance: the application in one network partition (or group of them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstancePlan {
+    /// `<appId>-<n>`.
+    pub instance_id: String,
+    /// The network partition of this instance.
+    pub network_partition_id: String,
+}
+
+/// Everything needed to deploy an application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentPlan {
+    /// Application.
+    pub application_id: String,
+    /// Owning tenant.
+    pub tenant_id: i64,
+    /// Application policy.
+    pub application_policy: String,
+    /// Application instances started now.
+    pub instances: Vec<InstancePlan>,
+    /// Clusters.
+    pub clusters: Vec<ClusterPlan>,
+}
+
+/// What the planner needs besides the application.
+#[derive(Debug, Default, Clone)]
+pub struct PlanInputs {
+    /// Cartridges by type.
+    pub cartridges: BTreeMap<String, Cartridge>,
+    /// Cartridge groups by name.
+    pub groups: BTreeMap<String, CartridgeGroup>,
+    /// Deployment policies by id.
+    pub deployment_policies: BTreeMap<String, DeploymentPolicy>,
+    /// Network partitions by id.
+    pub network_partitions: BTreeMap<String, NetworkPartition>,
+}
+
+/// Why an application cannot be deployed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(pub String);
+
+fn cluster_id(app: &str, alias: &str, ty: &str) -> String {
+    format!("{app}.{alias}.{ty}.domain")
+}
+
+/// Builds the plan. Checks what only deployment can check: the application policy's network
+/// partitions appear in every deployment policy the application uses (Stratos' rule).
+pub fn plan(
+    app: &Application,
+    policy: &ApplicationPolicy,
+    tenant_id: i64,
+    inputs: &PlanInputs,
+) -> Result<DeploymentPlan, PlanError> {
+    let app_id = &app.application_id;
+    let mut clusters = Vec::new();
+    for spec in app.clusters() {
+        let c = spec.cartridge;
+        let alias = &c.subscribable_info.alias;
+        let cartridge = inputs
+            .cartridges
+            .get(&c.cartridge_type)
+            .ok_or_else(|| PlanError(format!("cartridge `{}` does not exist", c.cartridge_type)))?;
+        let dp_id = spec
+            .deployment_policy
+            .ok_or_else(|| PlanError(format!("cluster `{alias}` has no deployment policy")))?;
+        let dp = inputs
+            .deployment_policies
+            .get(dp_id)
+            .ok_or_else(|| PlanError(format!("deployment policy `{dp_id}` does not exist")))?;
+        for np in &policy.network_partitions {
+            if !dp.network_partitions.iter().any(|r| &r.id == np) {
+                return Err(PlanError(format!(
+                    "application policy `{}` names network partition `{np}`, which deployment policy `{dp_id}` (used by `{alias}`) does not: add it there or remove it from the application policy",
+                    policy.id
+                )));
+            }
+        }
+        let mut placements = Vec::new();
+        for r in &dp.network_partitions {
+            let np = inputs
+                .network_partitions
+                .get(&r.id)
+                .ok_or_else(|| PlanError(format!("network partition `{}` does not exist", r.id)))?;
+            placements.push(Placement {
+                network_partition_id: r.id.clone(),
+                provider: np.provider.clone(),
+                algorithm: r.partition_algo.clone(),
+                partitions: r
+                    .partitions
+                    .iter()
+                    .map(|p| PlacementPartition {
+                        id: p.id.clone(),
+                        max: p.partition_max,
+                    })
+                    .collect(),
+            });
+        }
+        let multi_tenant = cartridge.multi_tenant == Some(true);
+        let host_names = match &cartridge.host {
+            Some(h) if multi_tenant => vec![format!("{app_id}.{h}")],
+            Some(h) => vec![format!("{app_id}.{alias}.{h}")],
+            None => Vec::new(),
+        };
+        let ports = cartridge
+            .port_mapping
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, pm)| ClusterPort {
+                name: pm.name.clone().unwrap_or_else(|| format!("port-{}", i + 1)),
+                protocol: pm.protocol.clone(),
+                port: pm.port,
+                proxy_port: pm.proxy_port,
+            })
+            .collect();
+        let images = cartridge
+            .iaas_provider
+            .iter()
+            .flatten()
+            .map(|i| (i.iaas_type.clone(), i.image_id.clone().unwrap_or_default()))
+            .collect();
+        let mut properties: BTreeMap<String, String> = cartridge
+            .property
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        properties.extend(
+            c.subscribable_info
+                .property
+                .iter()
+                .flatten()
+                .map(|p| (p.name.clone(), p.value.clone())),
+        );
+        clusters.push(ClusterPlan {
+            cluster_id: cluster_id(app_id, alias, &c.cartridge_type),
+            alias: alias.clone(),
+            service_name: c.cartridge_type.clone(),
+            host_names,
+            ports,
+            min: c.cartridge_min,
+            max: c.cartridge_max,
+            deployment_policy: dp_id.to_owned(),
+            autoscaling_policy: c
+                .subscribable_info
+                .autoscaling_policy
+                .clone()
+                .unwrap_or_default(),
+            placements,
+            depends_on: Vec::new(),
+            images,
+            properties,
+            group_path: spec.group_path.iter().map(|s| s.to_string()).collect(),
+        });
+    }
+    add_dependencies(app, inputs, &mut clusters);
+    let instances = match policy.algorithm.as_str() {
+        "all-at-once" => policy.network_partitions.clone(),
+        _ => policy
+            .network_partition_groups()
+            .into_iter()
+            .next()
+            .unwrap_or_default(),
+    }
+    .into_iter()
+    .enumerate()
+    .map(|(i, np)| InstancePlan {
+        instance_id: format!("{app_id}-{}", i + 1),
+        network_partition_id: np,
+    })
+    .collect::<Vec<_>>();
+    if instances.is_empty() {
+        return Err(PlanError(format!(
+            "application policy `{}` names no network partition",
+            policy.id
+        )));
+    }
+    Ok(DeploymentPlan {
+        application_id: app_id.clone(),
+        tenant_id,
+        application_policy: policy.id.clone(),
+        instances,
+        clusters,
+    })
+}
+
+/// Every cluster id under a child (a cartridge alias, or all clusters inside a group alias).
+fn clusters_under(child: &ChildRef, clusters: &[ClusterPlan], scope: &[String]) -> Vec<String> {
+    clusters
+        .iter()
+        .filter(|c| c.group_path.starts_with(scope))
+        .filter(|c| match child {
+            ChildRef::Cartridge(a) => c.alias == *a && c.group_path.len() == scope.len(),
+            ChildRef::Group(g) => c.group_path.get(scope.len()) == Some(g),
+        })
+        .map(|c| c.cluster_id.clone())
+        .collect()
+}
+
+/// Startup orders at every level: every cluster under an entry depends on every cluster under
+/// the entry before it. Group orders come from the group definitions.
+fn add_dependencies(app: &Application, inputs: &PlanInputs, clusters: &mut [ClusterPlan]) {
+    let mut edges: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut levels: Vec<(Vec<String>, Option<nubo_model::Dependencies>)> =
+        vec![(Vec::new(), app.components.dependencies.clone())];
+    fn walk(
+        g: &GroupRef,
+        def: Option<&CartridgeGroup>,
+        scope: &mut Vec<String>,
+        out: &mut Vec<(Vec<String>, Option<nubo_model::Dependencies>)>,
+    ) {
+        scope.push(g.alias.clone());
+        out.push((scope.clone(), def.and_then(|d| d.dependencies.clone())));
+        for child in g.groups.iter().flatten() {
+            let child_def =
+                def.and_then(|d| d.groups.iter().flatten().find(|x| x.name == child.name));
+            walk(child, child_def, scope, out);
+        }
+        scope.pop();
+    }
+    for g in app.components.groups.iter().flatten() {
+        walk(g, inputs.groups.get(&g.name), &mut Vec::new(), &mut levels);
+    }
+    for (scope, deps) in levels {
+        for order in deps.iter().flat_map(|d| d.startup_orders.iter().flatten()) {
+            let Ok(entries) = order.parse() else { continue };
+            for w in entries.windows(2) {
+                for before in clusters_under(&w[0], clusters, &scope) {
+                    for after in clusters_under(&w[1], clusters, &scope) {
+                        edges.insert((after, before.clone()));
+                    }
+                }
+            }
+        }
+    }
+    for c in clusters.iter_mut() {
+        c.depends_on = edges
+            .iter()
+            .filter(|(a, _)| *a == c.cluster_id)
+            .map(|(_, b)| b.clone())
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn inputs() -> PlanInputs {
+        let mut i = PlanInputs::default();
+        for ty in ["php", "mysql"] {
+            let c: Cartridge = serde_json::from_value(json!({"type": ty, "category": "x", "host": "example.com",
+                "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": 8280}],
+                "iaasProvider": [{"type": "local", "imageId": format!("run-{ty}")}]})).unwrap();
+            i.cartridges.insert(ty.into(), c);
+        }
+        i.groups.insert(
+            "g".into(),
+            serde_json::from_value(json!({"name": "g", "cartridges": ["php", "mysql"],
+            "dependencies": {"startupOrders": [{"aliases": ["cartridge.db", "cartridge.web"]}]}}))
+            .unwrap(),
+        );
+        i.deployment_policies.insert("dp".into(), serde_json::from_value(json!({"id": "dp", "networkPartitions": [
+            {"id": "np1", "partitionAlgo": "round-robin", "partitions": [{"id": "p1", "partitionMax": 3}]}]})).unwrap());
+        i.network_partitions.insert(
+            "np1".into(),
+            serde_json::from_value(
+                json!({"id": "np1", "provider": "local", "partitions": [{"id": "p1"}]}),
+            )
+            .unwrap(),
+        );
+        i
+    }
+
+    fn app() -> Application {
+        serde_json::from_value(json!({"applicationId": "shop", "components": {
+            "groups": [{"name": "g", "alias": "grp", "deploymentPolicy": "dp", "cartridges": [
+                {"type": "mysql", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "db", "autoscalingPolicy": "a"}},
+                {"type": "php", "cartridgeMin": 2, "cartridgeMax": 4, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "a"}}]}],
+            "cartridges": [{"type": "php", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "front", "autoscalingPolicy": "a", "deploymentPolicy": "dp"}}],
+            "dependencies": {"startupOrders": [{"aliases": ["group.grp", "cartridge.front"]}]}}})).unwrap()
+    }
+
+    fn policy(nps: &[&str]) -> ApplicationPolicy {
+        serde_json::from_value(
+            json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": nps}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn clusters_host_names_ports_and_startup_dependencies() {
+        let p = plan(&app(), &policy(&["np1"]), -1234, &inputs()).unwrap();
+        let by_alias = |a: &str| p.clusters.iter().find(|c| c.alias == a).unwrap();
+        let web = by_alias("web");
+        assert_eq!(web.cluster_id, "shop.web.php.domain");
+        assert_eq!(web.host_names, ["shop.web.example.com"]);
+        assert_eq!((web.min, web.max), (2, 4));
+        assert_eq!(web.ports[0].proxy_port, Some(8280));
+        assert_eq!(web.images["local"], "run-php");
+        assert_eq!(web.placements[0].partitions[0].max, Some(3));
+        // web after db (group order); front after the whole group (application order).
+        assert_eq!(web.depends_on, ["shop.db.mysql.domain"]);
+        assert!(by_alias("db").depends_on.is_empty());
+        assert_eq!(
+            by_alias("front").depends_on,
+            ["shop.db.mysql.domain", "shop.web.php.domain"]
+        );
+        assert_eq!(
+            p.instances,
+            [InstancePlan {
+                instance_id: "shop-1".into(),
+                network_partition_id: "np1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_application_policy_partition_missing_from_a_deployment_policy_is_refused() {
+        let e = plan(&app(), &policy(&["np1", "np2"]), -1234, &inputs()).unwrap_err();
+        assert!(
+            e.0.contains("`np2`") && e.0.contains("deployment policy `dp`"),
+            "{e}"
+        );
+    }
+}

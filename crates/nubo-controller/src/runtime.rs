@@ -1,0 +1,370 @@
+//! The controller's runtime: feeds bus events, API commands and ticks into the state machine,
+//! executes its actions (publish, start and stop members through IaaS providers), persists the
+//! state after every change, and re-publishes the complete topology periodically.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nubo_bus::EventBus;
+use nubo_events::{Category, Event};
+use nubo_store::{Key, Store, StoreError, Write};
+use tokio::sync::mpsc;
+
+use crate::iaas::{IaasProvider, StartRequest};
+use crate::plan::{ClusterPlan, DeploymentPlan};
+use crate::state::{Action, ControllerState, DeploymentStatus, Input};
+
+/// The store document holding the controller's state.
+const STATE_KIND: &str = "controllerState";
+const STATE_ID: &str = "state";
+const STATE_TENANT: i64 = nubo_model::SUPER_TENANT_ID;
+
+/// How often time advances in the state machine.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How often the complete topology is re-published (Stratos: 60 s).
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Settings of the controller.
+#[derive(Clone)]
+pub struct ControllerConfig {
+    /// Providers by name (`local`, `mock`).
+    pub providers: BTreeMap<String, Arc<dyn IaasProvider>>,
+    /// The bus URL given to agents.
+    pub bus_url: String,
+}
+
+/// A handle to the running controller (cheap to clone).
+#[derive(Clone)]
+pub struct ControllerHandle {
+    tx: mpsc::UnboundedSender<Input>,
+    state: Arc<Mutex<ControllerState>>,
+}
+
+impl ControllerHandle {
+    /// Deploys an application (refused when it is already deployed).
+    pub fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+        if self.status(&plan.application_id).is_some() {
+            return Err(format!(
+                "application `{}` is already deployed",
+                plan.application_id
+            ));
+        }
+        self.tx
+            .send(Input::Deploy(plan))
+            .map_err(|_| "the controller has stopped".to_owned())
+    }
+
+    /// Undeploys an application.
+    pub fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String> {
+        self.tx
+            .send(Input::Undeploy {
+                application_id: application_id.to_owned(),
+                force,
+            })
+            .map_err(|_| "the controller has stopped".to_owned())
+    }
+
+    /// The deployment status of an application (`None`: not deployed).
+    pub fn status(&self, application_id: &str) -> Option<DeploymentStatus> {
+        self.state
+            .lock()
+            .ok()?
+            .deployments
+            .get(application_id)
+            .map(|d| d.status)
+    }
+
+    /// A copy of the whole state.
+    pub fn snapshot(&self) -> ControllerState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// The controller.
+pub struct Controller;
+
+impl Controller {
+    /// Loads the persisted state, reconciles it with what the providers run, and starts the loop.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        events: EventBus,
+        config: ControllerConfig,
+    ) -> Result<ControllerHandle, StoreError> {
+        let key = Key::new(STATE_KIND, STATE_ID);
+        let mut state: ControllerState = match store.get(STATE_TENANT, &key).await? {
+            Some(rec) => {
+                serde_json::from_value(rec.body).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            None => ControllerState::default(),
+        };
+        // What runs now, per provider.
+        let mut running = std::collections::BTreeSet::new();
+        for p in config.providers.values() {
+            running.extend(p.running().await);
+        }
+        let known = state.member_ids();
+        let mut pending = Vec::new();
+        for m in known.iter().filter(|m| !running.contains(*m)) {
+            tracing::info!(member = %m, "member not running after restart: it will be replaced");
+            pending.push(Input::Event(Event::MemberProcessExited {
+                member_id: m.clone(),
+                code: None,
+                signal: None,
+                reason: "not running when the controller started".into(),
+            }));
+        }
+        for orphan in running.iter().filter(|m| !known.contains(*m)) {
+            tracing::warn!(member = %orphan, "a running member the topology does not know: terminating it");
+            for p in config.providers.values() {
+                let _ = p.terminate(orphan).await;
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Mutex::new(std::mem::take(&mut state)));
+        let handle = ControllerHandle {
+            tx: tx.clone(),
+            state: shared.clone(),
+        };
+        let mut agents = events
+            .subscribe(Category::InstanceStatus)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut supervisors = events
+            .subscribe(Category::Supervisor)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut requests = events
+            .subscribe(Category::Initializer)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        for p in pending {
+            let _ = tx.send(p);
+        }
+        let runner = Runner {
+            state: shared,
+            events,
+            store,
+            config,
+            tx,
+        };
+        tokio::spawn(async move {
+            let mut rx = rx;
+            let mut tick = tokio::time::interval(TICK);
+            let mut resync = tokio::time::interval(RESYNC);
+            loop {
+                let input = tokio::select! {
+                    i = rx.recv() => match i { Some(i) => i, None => return },
+                    Some(e) = agents.recv() => Input::Event(e),
+                    Some(e) = supervisors.recv() => Input::Event(e),
+                    Some(e) = requests.recv() => {
+                        if matches!(e, Event::CompleteTopologyRequest {}) {
+                            runner.publish_topology().await;
+                        }
+                        continue;
+                    }
+                    _ = tick.tick() => Input::Tick,
+                    _ = resync.tick() => {
+                        runner.publish_topology().await;
+                        continue;
+                    }
+                };
+                runner.handle(input).await;
+            }
+        });
+        Ok(handle)
+    }
+}
+
+struct Runner {
+    state: Arc<Mutex<ControllerState>>,
+    events: EventBus,
+    store: Arc<dyn Store>,
+    config: ControllerConfig,
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+impl Runner {
+    async fn publish_topology(&self) {
+        let topology = match self.state.lock() {
+            Ok(s) => s.topology.clone(),
+            Err(_) => return,
+        };
+        if let Err(e) = self
+            .events
+            .publish(&Event::CompleteTopology { topology })
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish the complete topology");
+        }
+    }
+
+    async fn handle(&self, input: Input) {
+        let (actions, snapshot) = {
+            let Ok(mut s) = self.state.lock() else { return };
+            let actions = s.step(now_ms(), input);
+            let persist = actions.iter().any(|a| matches!(a, Action::Persist));
+            (actions, persist.then(|| s.clone()))
+        };
+        if let Some(s) = snapshot {
+            self.persist(&s).await;
+        }
+        for a in actions {
+            match a {
+                Action::Publish(e) => {
+                    if let Err(err) = self.events.publish(&e).await {
+                        tracing::warn!(event = e.name(), error = %err, "cannot publish");
+                    }
+                }
+                Action::Start {
+                    member,
+                    provider,
+                    image,
+                    cluster,
+                } => self.start(member, provider, image, *cluster),
+                Action::Terminate {
+                    member_id,
+                    provider,
+                } => self.terminate(member_id, provider),
+                Action::ApplicationStatus {
+                    application_id,
+                    status,
+                } => {
+                    tracing::info!(application = %application_id, %status, "application status");
+                }
+                Action::Persist => {}
+            }
+        }
+    }
+
+    async fn persist(&self, s: &ControllerState) {
+        let body = match serde_json::to_value(s) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize the controller state");
+                return;
+            }
+        };
+        let w = Write {
+            tenant: STATE_TENANT,
+            key: Key::new(STATE_KIND, STATE_ID),
+            body,
+            refs: vec![],
+        };
+        let r = match self.store.update(w.clone()).await {
+            Err(StoreError::NotFound(_)) => self.store.create(w).await,
+            other => other,
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot persist the controller state");
+        }
+    }
+
+    fn start(
+        &self,
+        member: nubo_events::Member,
+        provider: String,
+        image: String,
+        cluster: ClusterPlan,
+    ) {
+        let Some(p) = self.config.providers.get(&provider).cloned() else {
+            let _ = self.tx.send(Input::StartFailed {
+                member_id: member.member_id.clone(),
+                reason: format!("no IaaS provider `{provider}` on this platform"),
+            });
+            return;
+        };
+        let tx = self.tx.clone();
+        let payload = payload(&member, &cluster, &self.config.bus_url);
+        let req = StartRequest {
+            member: member.clone(),
+            image,
+            ports: cluster.ports.clone(),
+            payload,
+        };
+        tokio::spawn(async move {
+            let input = match p.start(req).await {
+                Ok(started) => Input::Started {
+                    member_id: member.member_id,
+                    ip: started.ip,
+                    ports: started.ports,
+                },
+                Err(e) => Input::StartFailed {
+                    member_id: member.member_id,
+                    reason: e.to_string(),
+                },
+            };
+            let _ = tx.send(input);
+        });
+    }
+
+    fn terminate(&self, member_id: String, provider: String) {
+        let p = self.config.providers.get(&provider).cloned();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let gone = match p {
+                Some(p) => matches!(
+                    p.terminate(&member_id).await,
+                    Err(crate::IaasError::NotFound(_))
+                ),
+                None => true,
+            };
+            if gone {
+                let _ = tx.send(Input::Event(Event::MemberProcessExited {
+                    member_id,
+                    code: None,
+                    signal: None,
+                    reason: "not running".into(),
+                }));
+            }
+        });
+    }
+}
+
+/// The agent's payload: Stratos' launch parameters (§6.13) plus Nubo's own.
+pub fn payload(
+    member: &nubo_events::Member,
+    cluster: &ClusterPlan,
+    bus_url: &str,
+) -> BTreeMap<String, String> {
+    let mut p = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        p.insert(k.to_owned(), v);
+    };
+    put("APPLICATION_ID", member.application_id.clone());
+    put("SERVICE_NAME", member.service_name.clone());
+    put("CLUSTER_ID", member.cluster_id.clone());
+    put("CLUSTER_INSTANCE_ID", member.cluster_instance_id.clone());
+    put("MEMBER_ID", member.member_id.clone());
+    put("NETWORK_PARTITION_ID", member.network_partition_id.clone());
+    put("PARTITION_ID", member.partition_id.clone());
+    put("CARTRIDGE_ALIAS", cluster.alias.clone());
+    put(
+        "HOST_NAME",
+        cluster.host_names.first().cloned().unwrap_or_default(),
+    );
+    put(
+        "PORTS",
+        cluster
+            .ports
+            .iter()
+            .map(|p| p.port.to_string())
+            .collect::<Vec<_>>()
+            .join("|"),
+    );
+    put("MIN_COUNT", cluster.min.to_string());
+    put("NUBO_BUS_URL", bus_url.to_owned());
+    for (k, v) in &cluster.properties {
+        if let Some(key) = k.strip_prefix("payload_parameter.") {
+            put(key, v.clone());
+        }
+    }
+    p
+}

@@ -1,0 +1,1207 @@
+//! The controller's state machine: `step(now, input) -> actions`, with time passed in. It owns the
+//! topology and the deployments, decides which members to start and stop, and follows the
+//! lifecycle reports of agents and node supervisors. No I/O: the runtime executes the actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nubo_events::{
+    Cluster, ClusterInstance, Event, InstanceRef, InstanceStatus, Member, MemberChange, MemberPort,
+    MemberStatus, Topology,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{ClusterPlan, DeploymentPlan, Placement};
+
+/// How long a member may drain (maintenance → ready to shut down) before it is terminated anyway.
+pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// How long a member may take from creation to Active before it is replaced.
+pub const ACTIVATION_TIMEOUT_MS: u64 = 120_000;
+/// First retry delay after a member failed before becoming Active; doubles up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: u64 = 500;
+/// Longest retry delay.
+pub const MAX_BACKOFF_MS: u64 = 30_000;
+
+/// A deployment's status (§5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeploymentStatus {
+    /// Deployed: members are kept at their minimum.
+    Deployed,
+    /// Being undeployed.
+    Undeploying,
+}
+
+/// An application instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppInstance {
+    /// `<appId>-<n>`.
+    pub instance_id: String,
+    /// Network partition.
+    pub network_partition_id: String,
+    /// Status.
+    pub status: InstanceStatus,
+}
+
+/// Retry state of a cluster instance whose members keep failing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backoff {
+    /// Failures in a row (members that never became Active).
+    pub failures: u32,
+    /// No new member before this time (ms).
+    pub not_before_ms: u64,
+    /// The last failure's reason.
+    pub last_reason: Option<String>,
+}
+
+/// A deployed application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    /// The plan it was deployed with.
+    pub plan: DeploymentPlan,
+    /// Status.
+    pub status: DeploymentStatus,
+    /// Forced undeploy.
+    pub force: bool,
+    /// Application instances.
+    pub instances: Vec<AppInstance>,
+    /// Retry state per `(cluster id, instance id)` joined by `|`.
+    pub backoff: BTreeMap<String, Backoff>,
+}
+
+/// Inputs to the state machine.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Input {
+    /// Deploy an application.
+    Deploy(DeploymentPlan),
+    /// Undeploy an application.
+    Undeploy {
+        /// Application.
+        application_id: String,
+        /// Terminate at once instead of draining.
+        force: bool,
+    },
+    /// An event from the bus (agents, node supervisors).
+    Event(Event),
+    /// The IaaS started a member.
+    Started {
+        /// Member.
+        member_id: String,
+        /// Its address.
+        ip: String,
+        /// Its ports.
+        ports: Vec<MemberPort>,
+    },
+    /// The IaaS could not start a member.
+    StartFailed {
+        /// Member.
+        member_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Time passed.
+    Tick,
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Publish an event.
+    Publish(Event),
+    /// Ask the IaaS provider to start a member.
+    Start {
+        /// The member (status Created).
+        member: Member,
+        /// IaaS provider (`local`, `mock`, …).
+        provider: String,
+        /// Image id for that provider (for `local`, the command line).
+        image: String,
+        /// Cluster plan (ports, properties).
+        cluster: Box<ClusterPlan>,
+    },
+    /// Ask the IaaS provider to terminate a member.
+    Terminate {
+        /// Member.
+        member_id: String,
+        /// IaaS provider.
+        provider: String,
+    },
+    /// The state changed: persist it.
+    Persist,
+    /// An application's definition status changed (`Deployed`, `Undeploying`, `Created`).
+    ApplicationStatus {
+        /// Application.
+        application_id: String,
+        /// New status.
+        status: String,
+    },
+}
+
+/// The controller's whole state; serializable so that a restart resumes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerState {
+    /// The topology.
+    pub topology: Topology,
+    /// Deployments by application id.
+    pub deployments: BTreeMap<String, Deployment>,
+    /// Next member sequence number.
+    pub next_member: u64,
+    /// When each member entered its current status (ms), for timeouts.
+    pub since_ms: BTreeMap<String, u64>,
+}
+
+fn backoff_key(cluster: &str, instance: &str) -> String {
+    format!("{cluster}|{instance}")
+}
+
+fn is_live(s: MemberStatus) -> bool {
+    matches!(
+        s,
+        MemberStatus::Created
+            | MemberStatus::Initialized
+            | MemberStatus::Starting
+            | MemberStatus::Active
+    )
+}
+
+impl ControllerState {
+    /// Applies one input at `now_ms` and returns what to do.
+    pub fn step(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Deploy(plan) => self.deploy(plan, &mut out),
+            Input::Undeploy {
+                application_id,
+                force,
+            } => self.undeploy(now_ms, &application_id, force, &mut out),
+            Input::Started {
+                member_id,
+                ip,
+                ports,
+            } => {
+                let provider = self.provider_of(&member_id);
+                if let Some(m) = self.member_mut(&member_id) {
+                    if m.status == MemberStatus::Created {
+                        m.default_private_ip = Some(ip);
+                        m.ports = ports;
+                        m.status = MemberStatus::Initialized;
+                        let m = m.clone();
+                        self.since_ms.insert(member_id, now_ms);
+                        out.push(Action::Publish(Event::MemberInitialized(MemberChange {
+                            member: m,
+                        })));
+                        out.push(Action::Persist);
+                    }
+                } else if let Some(provider) = provider {
+                    // Started after it was dropped: stop it.
+                    out.push(Action::Terminate {
+                        member_id,
+                        provider,
+                    });
+                }
+            }
+            Input::StartFailed { member_id, reason } => {
+                self.member_gone(now_ms, &member_id, Some(reason), &mut out)
+            }
+            Input::Event(e) => self.event(now_ms, e, &mut out),
+            Input::Tick => {}
+        }
+        self.converge(now_ms, &mut out);
+        out
+    }
+
+    fn provider_of(&self, member_id: &str) -> Option<String> {
+        let m = self.topology.member(member_id)?;
+        let d = self.deployments.get(&m.application_id)?;
+        let plan = d
+            .plan
+            .clusters
+            .iter()
+            .find(|c| c.cluster_id == m.cluster_id)?;
+        plan.placements
+            .iter()
+            .find(|p| p.network_partition_id == m.network_partition_id)
+            .map(|p| p.provider.clone())
+    }
+
+    fn member_mut(&mut self, member_id: &str) -> Option<&mut Member> {
+        self.topology
+            .clusters
+            .values_mut()
+            .find_map(|c| c.members.get_mut(member_id))
+    }
+
+    fn deploy(&mut self, plan: DeploymentPlan, out: &mut Vec<Action>) {
+        let app_id = plan.application_id.clone();
+        if self.deployments.contains_key(&app_id) {
+            return;
+        }
+        let mut clusters = Vec::new();
+        for c in &plan.clusters {
+            let cluster = Cluster {
+                cluster_id: c.cluster_id.clone(),
+                service_name: c.service_name.clone(),
+                application_id: app_id.clone(),
+                alias: c.alias.clone(),
+                host_names: c.host_names.clone(),
+                tenant_id: plan.tenant_id,
+                ports: c.ports.clone(),
+                deployment_policy: c.deployment_policy.clone(),
+                autoscaling_policy: c.autoscaling_policy.clone(),
+                instances: BTreeMap::new(),
+                members: BTreeMap::new(),
+            };
+            self.topology
+                .clusters
+                .insert(c.cluster_id.clone(), cluster.clone());
+            clusters.push(cluster);
+        }
+        let instances: Vec<AppInstance> = plan
+            .instances
+            .iter()
+            .map(|i| AppInstance {
+                instance_id: i.instance_id.clone(),
+                network_partition_id: i.network_partition_id.clone(),
+                status: InstanceStatus::Created,
+            })
+            .collect();
+        for i in &instances {
+            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                application_id: app_id.clone(),
+                instance_id: i.instance_id.clone(),
+                group_alias: None,
+                status: InstanceStatus::Created,
+            }));
+        }
+        out.push(Action::Publish(Event::ApplicationClustersCreated {
+            application_id: app_id.clone(),
+            clusters,
+        }));
+        self.deployments.insert(
+            app_id.clone(),
+            Deployment {
+                plan,
+                status: DeploymentStatus::Deployed,
+                force: false,
+                instances,
+                backoff: BTreeMap::new(),
+            },
+        );
+        out.push(Action::ApplicationStatus {
+            application_id: app_id,
+            status: "Deployed".into(),
+        });
+        out.push(Action::Persist);
+    }
+
+    fn undeploy(&mut self, now_ms: u64, app_id: &str, force: bool, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get_mut(app_id) else {
+            return;
+        };
+        let again = d.status == DeploymentStatus::Undeploying;
+        d.status = DeploymentStatus::Undeploying;
+        d.force = d.force || force;
+        let force = d.force;
+        if !again {
+            for i in d.instances.iter_mut() {
+                i.status = InstanceStatus::Terminating;
+                out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                    application_id: app_id.to_owned(),
+                    instance_id: i.instance_id.clone(),
+                    group_alias: None,
+                    status: InstanceStatus::Terminating,
+                }));
+            }
+            out.push(Action::ApplicationStatus {
+                application_id: app_id.to_owned(),
+                status: "Undeploying".into(),
+            });
+        }
+        let cluster_ids: Vec<String> = d
+            .plan
+            .clusters
+            .iter()
+            .map(|c| c.cluster_id.clone())
+            .collect();
+        for cid in cluster_ids {
+            let Some(cluster) = self.topology.clusters.get_mut(&cid) else {
+                continue;
+            };
+            for inst in cluster.instances.values_mut() {
+                if inst.status != InstanceStatus::Terminating
+                    && inst.status != InstanceStatus::Terminated
+                {
+                    inst.status = InstanceStatus::Terminating;
+                    out.push(Action::Publish(Event::ClusterInstanceStatusChanged {
+                        cluster_id: cid.clone(),
+                        instance_id: inst.instance_id.clone(),
+                        status: InstanceStatus::Terminating,
+                    }));
+                }
+            }
+            let members: Vec<Member> = cluster.members.values().cloned().collect();
+            for m in members {
+                self.retire(now_ms, &m, force, out);
+            }
+        }
+        out.push(Action::Persist);
+    }
+
+    /// Starts taking a member out: gracefully (clean-up through its agent) when it is Active and
+    /// `force` is false, else at once.
+    fn retire(&mut self, now_ms: u64, m: &Member, force: bool, out: &mut Vec<Action>) {
+        let provider = self.provider_of(&m.member_id).unwrap_or_default();
+        match m.status {
+            MemberStatus::Active if !force => {
+                out.push(Action::Publish(Event::InstanceCleanupMember {
+                    member_id: m.member_id.clone(),
+                }));
+                self.since_ms.insert(m.member_id.clone(), now_ms);
+            }
+            MemberStatus::Terminated => {}
+            MemberStatus::InMaintenance | MemberStatus::ReadyToShutdown if !force => {}
+            _ => out.push(Action::Terminate {
+                member_id: m.member_id.clone(),
+                provider,
+            }),
+        }
+    }
+
+    fn event(&mut self, now_ms: u64, e: Event, out: &mut Vec<Action>) {
+        match e {
+            Event::InstanceStarted(r) => self.advance(now_ms, &r, MemberStatus::Starting, out),
+            Event::InstanceActivated(r) => self.advance(now_ms, &r, MemberStatus::Active, out),
+            Event::InstanceMaintenanceMode(r) => {
+                self.advance(now_ms, &r, MemberStatus::InMaintenance, out)
+            }
+            Event::InstanceReadyToShutdown(r) => {
+                self.advance(now_ms, &r, MemberStatus::ReadyToShutdown, out);
+                if let Some(provider) = self.provider_of(&r.member_id) {
+                    out.push(Action::Terminate {
+                        member_id: r.member_id,
+                        provider,
+                    });
+                }
+            }
+            Event::InstanceFailed { instance, reason } => {
+                if let Some(m) = self.member_mut(&instance.member_id) {
+                    m.failure = Some(reason.clone());
+                }
+                if let Some(provider) = self.provider_of(&instance.member_id) {
+                    out.push(Action::Terminate {
+                        member_id: instance.member_id,
+                        provider,
+                    });
+                }
+            }
+            Event::MemberProcessExited {
+                member_id,
+                code,
+                signal,
+                reason,
+            } => {
+                let detail = match (code, signal) {
+                    (Some(c), _) => format!("{reason} (exit code {c})"),
+                    (None, Some(s)) => format!("{reason} (signal {s})"),
+                    _ => reason,
+                };
+                self.member_gone(now_ms, &member_id, Some(detail), out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves a member forward to `target`, through the statuses in between; refuses (and logs)
+    /// transitions the lifecycle does not allow.
+    fn advance(
+        &mut self,
+        now_ms: u64,
+        r: &InstanceRef,
+        target: MemberStatus,
+        out: &mut Vec<Action>,
+    ) {
+        use MemberStatus::*;
+        let Some(m) = self.member_mut(&r.member_id) else {
+            tracing::debug!(member = %r.member_id, "status report for an unknown member: ignored");
+            return;
+        };
+        let path: &[MemberStatus] = match (m.status, target) {
+            (Created, Starting) => &[Initialized, Starting],
+            (Created, Active) => &[Initialized, Starting, Active],
+            (Initialized, Active) => &[Starting, Active],
+            _ => std::slice::from_ref(match target {
+                Starting => &Starting,
+                Active => &Active,
+                InMaintenance => &InMaintenance,
+                ReadyToShutdown => &ReadyToShutdown,
+                _ => return,
+            }),
+        };
+        let mut changed = false;
+        for next in path {
+            if m.status == *next {
+                continue;
+            }
+            if !m.status.can_become(*next) {
+                tracing::warn!(member = %m.member_id, from = m.status.as_str(), to = next.as_str(), "illegal member transition refused");
+                return;
+            }
+            m.status = *next;
+            changed = true;
+            let change = MemberChange { member: m.clone() };
+            out.push(Action::Publish(match next {
+                Initialized => Event::MemberInitialized(change),
+                Starting => Event::MemberStarted(change),
+                Active => Event::MemberActivated(change),
+                InMaintenance => Event::MemberMaintenanceMode(change),
+                _ => Event::MemberReadyToShutdown(change),
+            }));
+        }
+        if changed {
+            if target == Active {
+                m.failure = None;
+                let key = backoff_key(&m.cluster_id, &m.cluster_instance_id);
+                let app = m.application_id.clone();
+                if let Some(d) = self.deployments.get_mut(&app) {
+                    d.backoff.remove(&key);
+                }
+            }
+            self.since_ms.insert(r.member_id.clone(), now_ms);
+            out.push(Action::Persist);
+        }
+    }
+
+    /// A member's process is gone (or never started): it is Terminated and leaves the topology.
+    fn member_gone(
+        &mut self,
+        now_ms: u64,
+        member_id: &str,
+        reason: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(cluster) = self
+            .topology
+            .clusters
+            .values_mut()
+            .find(|c| c.members.contains_key(member_id))
+        else {
+            return;
+        };
+        let Some(mut m) = cluster.members.remove(member_id) else {
+            return;
+        };
+        let prev = m.status;
+        let was_active = matches!(
+            prev,
+            MemberStatus::Active | MemberStatus::InMaintenance | MemberStatus::ReadyToShutdown
+        );
+        m.status = MemberStatus::Terminated;
+        if m.failure.is_none() && prev != MemberStatus::ReadyToShutdown {
+            m.failure = reason.clone();
+        }
+        self.since_ms.remove(member_id);
+        let undeploying = self
+            .deployments
+            .get(&m.application_id)
+            .is_some_and(|d| d.status == DeploymentStatus::Undeploying);
+        if !was_active
+            && !undeploying
+            && let Some(d) = self.deployments.get_mut(&m.application_id)
+        {
+            let b = d
+                .backoff
+                .entry(backoff_key(&m.cluster_id, &m.cluster_instance_id))
+                .or_default();
+            b.failures += 1;
+            let delay = FIRST_BACKOFF_MS
+                .saturating_mul(1 << (b.failures - 1).min(16))
+                .min(MAX_BACKOFF_MS);
+            b.not_before_ms = now_ms + delay;
+            b.last_reason = m.failure.clone().or(reason);
+            tracing::warn!(member = %member_id, failures = b.failures, retry_in_ms = delay, reason = ?b.last_reason, "member failed before becoming active");
+        }
+        out.push(Action::Publish(Event::MemberTerminated(MemberChange {
+            member: m,
+        })));
+        out.push(Action::Persist);
+    }
+
+    /// Brings every deployment towards its goal: minimum members, startup order, statuses,
+    /// timeouts, and the end of undeployments.
+    fn converge(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let app_ids: Vec<String> = self.deployments.keys().cloned().collect();
+        for app_id in app_ids {
+            self.timeouts(now_ms, &app_id, out);
+            let Some(d) = self.deployments.get(&app_id).cloned() else {
+                continue;
+            };
+            match d.status {
+                DeploymentStatus::Deployed => {
+                    for inst in &d.instances {
+                        for c in &d.plan.clusters {
+                            self.converge_cluster(now_ms, &d, inst, c, out);
+                        }
+                    }
+                    self.update_app_instances(&app_id, out);
+                }
+                DeploymentStatus::Undeploying => self.finish_undeploy(&app_id, out),
+            }
+        }
+    }
+
+    fn timeouts(&mut self, now_ms: u64, app_id: &str, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get(app_id) else {
+            return;
+        };
+        let undeploying = d.status == DeploymentStatus::Undeploying;
+        let members: Vec<Member> = d
+            .plan
+            .clusters
+            .iter()
+            .filter_map(|c| self.topology.clusters.get(&c.cluster_id))
+            .flat_map(|c| c.members.values().cloned())
+            .collect();
+        for m in members {
+            let since = self.since_ms.get(&m.member_id).copied().unwrap_or(now_ms);
+            let late = match m.status {
+                MemberStatus::InMaintenance | MemberStatus::ReadyToShutdown => {
+                    now_ms.saturating_sub(since) > DRAIN_TIMEOUT_MS
+                }
+                MemberStatus::Created | MemberStatus::Initialized | MemberStatus::Starting => {
+                    now_ms.saturating_sub(since) > ACTIVATION_TIMEOUT_MS
+                }
+                // A graceful clean-up that got no answer from the agent.
+                MemberStatus::Active => {
+                    undeploying && now_ms.saturating_sub(since) > DRAIN_TIMEOUT_MS
+                }
+                MemberStatus::Terminated => false,
+            };
+            if late && let Some(provider) = self.provider_of(&m.member_id) {
+                tracing::warn!(member = %m.member_id, status = m.status.as_str(), "member timed out in its status: terminating it");
+                if let Some(mm) = self.member_mut(&m.member_id) {
+                    mm.failure.get_or_insert_with(|| {
+                        format!("timed out in status {}", m.status.as_str())
+                    });
+                }
+                self.since_ms.insert(m.member_id.clone(), now_ms);
+                out.push(Action::Terminate {
+                    member_id: m.member_id.clone(),
+                    provider,
+                });
+            }
+        }
+    }
+
+    fn instance_active(&self, cluster_id: &str, instance_id: &str) -> bool {
+        self.topology
+            .clusters
+            .get(cluster_id)
+            .and_then(|c| c.instances.get(instance_id))
+            .is_some_and(|i| i.status == InstanceStatus::Active)
+    }
+
+    fn converge_cluster(
+        &mut self,
+        now_ms: u64,
+        d: &Deployment,
+        inst: &crate::state::AppInstance,
+        plan: &ClusterPlan,
+        out: &mut Vec<Action>,
+    ) {
+        let ready = plan
+            .depends_on
+            .iter()
+            .all(|dep| self.instance_active(dep, &inst.instance_id));
+        let Some(cluster) = self.topology.clusters.get_mut(&plan.cluster_id) else {
+            return;
+        };
+        if !cluster.instances.contains_key(&inst.instance_id) {
+            if !ready {
+                return;
+            }
+            let ci = ClusterInstance {
+                instance_id: inst.instance_id.clone(),
+                network_partition_id: inst.network_partition_id.clone(),
+                status: InstanceStatus::Created,
+                min_members: plan.min,
+                max_members: plan.max,
+            };
+            cluster
+                .instances
+                .insert(inst.instance_id.clone(), ci.clone());
+            out.push(Action::Publish(Event::ClusterInstanceCreated {
+                cluster_id: plan.cluster_id.clone(),
+                instance: ci,
+            }));
+            out.push(Action::Persist);
+        }
+        // Statuses from the members.
+        let active = cluster
+            .members
+            .values()
+            .filter(|m| {
+                m.cluster_instance_id == inst.instance_id && m.status == MemberStatus::Active
+            })
+            .count() as u32;
+        let live: Vec<&Member> = cluster
+            .members
+            .values()
+            .filter(|m| m.cluster_instance_id == inst.instance_id && is_live(m.status))
+            .collect();
+        let live_count = live.len() as u32;
+        let mut per_partition: BTreeMap<String, u32> = BTreeMap::new();
+        for m in &live {
+            *per_partition.entry(m.partition_id.clone()).or_default() += 1;
+        }
+        if let Some(ci) = cluster.instances.get_mut(&inst.instance_id) {
+            let next = match ci.status {
+                InstanceStatus::Created | InstanceStatus::Inactive if active >= ci.min_members => {
+                    Some(InstanceStatus::Active)
+                }
+                InstanceStatus::Active if active < ci.min_members => Some(InstanceStatus::Inactive),
+                _ => None,
+            };
+            if let Some(next) = next {
+                ci.status = next;
+                out.push(Action::Publish(Event::ClusterInstanceStatusChanged {
+                    cluster_id: plan.cluster_id.clone(),
+                    instance_id: inst.instance_id.clone(),
+                    status: next,
+                }));
+                out.push(Action::Persist);
+            }
+        }
+        // Minimum check.
+        if live_count >= plan.min {
+            return;
+        }
+        let key = backoff_key(&plan.cluster_id, &inst.instance_id);
+        if d.backoff
+            .get(&key)
+            .is_some_and(|b| b.not_before_ms > now_ms)
+        {
+            return;
+        }
+        let Some(placement) = plan
+            .placements
+            .iter()
+            .find(|p| p.network_partition_id == inst.network_partition_id)
+        else {
+            tracing::warn!(cluster = %plan.cluster_id, network_partition = %inst.network_partition_id, "the deployment policy does not cover this network partition");
+            return;
+        };
+        let Some(image) = plan.images.get(&placement.provider).cloned() else {
+            tracing::warn!(cluster = %plan.cluster_id, provider = %placement.provider, "the cartridge has no iaasProvider entry for this provider");
+            return;
+        };
+        for _ in live_count..plan.min {
+            let Some(partition) = choose_partition(placement, &per_partition) else {
+                tracing::warn!(cluster = %plan.cluster_id, "no partition has room for another member: raise partitionMax in the deployment policy");
+                break;
+            };
+            *per_partition.entry(partition.clone()).or_default() += 1;
+            self.next_member += 1;
+            let member = Member {
+                member_id: format!(
+                    "{}-{}",
+                    plan.cluster_id.trim_end_matches(".domain"),
+                    self.next_member
+                ),
+                cluster_id: plan.cluster_id.clone(),
+                cluster_instance_id: inst.instance_id.clone(),
+                service_name: plan.service_name.clone(),
+                application_id: d.plan.application_id.clone(),
+                network_partition_id: inst.network_partition_id.clone(),
+                partition_id: partition,
+                status: MemberStatus::Created,
+                default_private_ip: None,
+                default_public_ip: None,
+                ports: Vec::new(),
+                init_time: now_ms,
+                failure: None,
+                properties: BTreeMap::new(),
+            };
+            if let Some(c) = self.topology.clusters.get_mut(&plan.cluster_id) {
+                c.members.insert(member.member_id.clone(), member.clone());
+            }
+            self.since_ms.insert(member.member_id.clone(), now_ms);
+            out.push(Action::Publish(Event::MemberCreated(MemberChange {
+                member: member.clone(),
+            })));
+            out.push(Action::Start {
+                member,
+                provider: placement.provider.clone(),
+                image: image.clone(),
+                cluster: Box::new(plan.clone()),
+            });
+            out.push(Action::Persist);
+        }
+    }
+
+    fn update_app_instances(&mut self, app_id: &str, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get(app_id) else {
+            return;
+        };
+        let cluster_ids: Vec<String> = d
+            .plan
+            .clusters
+            .iter()
+            .map(|c| c.cluster_id.clone())
+            .collect();
+        let mut updates = Vec::new();
+        for (idx, inst) in d.instances.iter().enumerate() {
+            let statuses: Vec<Option<InstanceStatus>> = cluster_ids
+                .iter()
+                .map(|c| {
+                    self.topology
+                        .clusters
+                        .get(c)
+                        .and_then(|c| c.instances.get(&inst.instance_id))
+                        .map(|i| i.status)
+                })
+                .collect();
+            let all_active = statuses.iter().all(|s| *s == Some(InstanceStatus::Active));
+            let any_inactive = statuses.contains(&Some(InstanceStatus::Inactive));
+            let next = match inst.status {
+                InstanceStatus::Created | InstanceStatus::Inactive if all_active => {
+                    Some(InstanceStatus::Active)
+                }
+                InstanceStatus::Active if any_inactive => Some(InstanceStatus::Inactive),
+                _ => None,
+            };
+            if let Some(n) = next {
+                updates.push((idx, n));
+            }
+        }
+        if let Some(d) = self.deployments.get_mut(app_id) {
+            for (idx, n) in updates {
+                d.instances[idx].status = n;
+                out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                    application_id: app_id.to_owned(),
+                    instance_id: d.instances[idx].instance_id.clone(),
+                    group_alias: None,
+                    status: n,
+                }));
+                out.push(Action::Persist);
+            }
+        }
+    }
+
+    fn finish_undeploy(&mut self, app_id: &str, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get(app_id) else {
+            return;
+        };
+        let cluster_ids: Vec<String> = d
+            .plan
+            .clusters
+            .iter()
+            .map(|c| c.cluster_id.clone())
+            .collect();
+        let remaining = cluster_ids
+            .iter()
+            .filter_map(|c| self.topology.clusters.get(c))
+            .any(|c| !c.members.is_empty());
+        if remaining {
+            return;
+        }
+        for cid in &cluster_ids {
+            if let Some(c) = self.topology.clusters.get_mut(cid) {
+                for inst in c.instances.values_mut() {
+                    inst.status = InstanceStatus::Terminated;
+                    out.push(Action::Publish(Event::ClusterInstanceStatusChanged {
+                        cluster_id: cid.clone(),
+                        instance_id: inst.instance_id.clone(),
+                        status: InstanceStatus::Terminated,
+                    }));
+                }
+            }
+            self.topology.clusters.remove(cid);
+        }
+        if let Some(d) = self.deployments.remove(app_id) {
+            for i in d.instances {
+                out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                    application_id: app_id.to_owned(),
+                    instance_id: i.instance_id,
+                    group_alias: None,
+                    status: InstanceStatus::Terminated,
+                }));
+            }
+        }
+        out.push(Action::Publish(Event::ApplicationClustersRemoved {
+            application_id: app_id.to_owned(),
+            cluster_ids,
+        }));
+        out.push(Action::ApplicationStatus {
+            application_id: app_id.to_owned(),
+            status: "Created".into(),
+        });
+        out.push(Action::Persist);
+    }
+
+    /// Member ids of every member the state believes exists.
+    pub fn member_ids(&self) -> BTreeSet<String> {
+        self.topology
+            .clusters
+            .values()
+            .flat_map(|c| c.members.keys().cloned())
+            .collect()
+    }
+}
+
+/// The partition for the next member: `one-after-another` fills partitions in order;
+/// `round-robin` picks the partition with the fewest members (the first on a tie). Partitions
+/// at their `partitionMax` are skipped; `None` when every partition is full.
+pub fn choose_partition(
+    placement: &Placement,
+    per_partition: &BTreeMap<String, u32>,
+) -> Option<String> {
+    let room = |p: &crate::plan::PlacementPartition| {
+        let n = per_partition.get(&p.id).copied().unwrap_or(0);
+        p.max.is_none_or(|m| n < m)
+    };
+    let candidates = placement.partitions.iter().filter(|p| room(p));
+    if placement.algorithm == "one-after-another" {
+        candidates.map(|p| p.id.clone()).next()
+    } else {
+        candidates
+            .enumerate()
+            .min_by_key(|(i, p)| (per_partition.get(&p.id).copied().unwrap_or(0), *i))
+            .map(|(_, p)| p.id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::{PlanInputs, plan};
+
+    fn deployment(min: u32, algo: &str, partition_max: Option<u32>) -> DeploymentPlan {
+        let mut i = PlanInputs::default();
+        for ty in ["db", "web"] {
+            i.cartridges.insert(
+                ty.into(),
+                serde_json::from_value(json!({"type": ty, "category": "x", "host": "localhost",
+                "portMapping": [{"protocol": "http", "port": 80, "proxyPort": 8280}],
+                "iaasProvider": [{"type": "local", "imageId": format!("run {ty}")}]}))
+                .unwrap(),
+            );
+        }
+        let mut parts = vec![json!({"id": "p1"}), json!({"id": "p2"})];
+        if let Some(m) = partition_max {
+            parts = vec![
+                json!({"id": "p1", "partitionMax": m}),
+                json!({"id": "p2", "partitionMax": m}),
+            ];
+        }
+        i.deployment_policies.insert(
+            "dp".into(),
+            serde_json::from_value(json!({"id": "dp", "networkPartitions": [
+            {"id": "np", "partitionAlgo": algo, "partitions": parts}]}))
+            .unwrap(),
+        );
+        i.network_partitions.insert("np".into(), serde_json::from_value(json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}, {"id": "p2"}]})).unwrap());
+        let app = serde_json::from_value(json!({"applicationId": "app", "components": {"cartridges": [
+            {"type": "db", "cartridgeMin": min, "cartridgeMax": 10, "subscribableInfo": {"alias": "db", "autoscalingPolicy": "a", "deploymentPolicy": "dp"}},
+            {"type": "web", "cartridgeMin": min, "cartridgeMax": 10, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "a", "deploymentPolicy": "dp"}}],
+            "dependencies": {"startupOrders": [{"aliases": ["cartridge.db", "cartridge.web"]}]}}})).unwrap();
+        let policy = serde_json::from_value(
+            json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]}),
+        )
+        .unwrap();
+        plan(&app, &policy, -1234, &i).unwrap()
+    }
+
+    fn starts(actions: &[Action]) -> Vec<Member> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { member, .. } => Some(member.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn terminates(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Terminate { member_id, .. } => Some(member_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn published(actions: &[Action]) -> Vec<&'static str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(e) => Some(e.name()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn r(m: &Member) -> InstanceRef {
+        InstanceRef {
+            application_id: m.application_id.clone(),
+            service_name: m.service_name.clone(),
+            cluster_id: m.cluster_id.clone(),
+            cluster_instance_id: m.cluster_instance_id.clone(),
+            member_id: m.member_id.clone(),
+            network_partition_id: m.network_partition_id.clone(),
+            partition_id: m.partition_id.clone(),
+        }
+    }
+
+    /// Drives a member from Created to Active as the IaaS and its agent would.
+    fn activate(s: &mut ControllerState, now: u64, m: &Member) -> Vec<Action> {
+        let mut out = s.step(
+            now,
+            Input::Started {
+                member_id: m.member_id.clone(),
+                ip: "127.0.0.1".into(),
+                ports: vec![],
+            },
+        );
+        out.extend(s.step(now, Input::Event(Event::InstanceStarted(r(m)))));
+        out.extend(s.step(now, Input::Event(Event::InstanceActivated(r(m)))));
+        out
+    }
+
+    #[test]
+    fn deploy_starts_the_minimum_in_startup_order_and_statuses_follow() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(2, "round-robin", None)));
+        let db = starts(&out);
+        assert_eq!(
+            db.len(),
+            2,
+            "only the first cluster of the startup order starts"
+        );
+        assert!(db.iter().all(|m| m.cluster_id == "app.db.db.domain"));
+        let parts: Vec<&str> = db.iter().map(|m| m.partition_id.as_str()).collect();
+        assert_eq!(parts, ["p1", "p2"], "round-robin spreads over partitions");
+        assert!(published(&out).contains(&"ApplicationClustersCreated"));
+        assert!(out.contains(&Action::ApplicationStatus {
+            application_id: "app".into(),
+            status: "Deployed".into()
+        }));
+        // One member active is not enough for min 2; nothing else starts.
+        let out = activate(&mut s, 10, &db[0]);
+        assert!(starts(&out).is_empty());
+        assert_eq!(
+            published(&out),
+            ["MemberInitialized", "MemberStarted", "MemberActivated"]
+        );
+        // The second activation makes the db instance Active, and web starts.
+        let out = activate(&mut s, 20, &db[1]);
+        assert!(published(&out).contains(&"ClusterInstanceStatusChanged"));
+        let web = starts(&out);
+        assert_eq!(web.len(), 2);
+        assert!(web.iter().all(|m| m.cluster_id == "app.web.web.domain"));
+        activate(&mut s, 30, &web[0]);
+        let out = activate(&mut s, 30, &web[1]);
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Publish(Event::ApplicationInstanceStatusChanged {
+                status: InstanceStatus::Active,
+                ..
+            })
+        )));
+        assert_eq!(
+            s.deployments["app"].instances[0].status,
+            InstanceStatus::Active
+        );
+    }
+
+    #[test]
+    fn a_dead_active_member_is_replaced_at_once_and_a_failing_one_with_backoff() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "one-after-another", None)));
+        let db = starts(&out)[0].clone();
+        assert_eq!(db.partition_id, "p1");
+        activate(&mut s, 1, &db);
+        let out = s.step(
+            2,
+            Input::Event(Event::MemberProcessExited {
+                member_id: db.member_id.clone(),
+                code: None,
+                signal: Some(9),
+                reason: "killed".into(),
+            }),
+        );
+        assert!(published(&out).contains(&"MemberTerminated"));
+        let replacement = starts(&out);
+        assert_eq!(
+            replacement.len(),
+            1,
+            "an active member that dies is replaced in the same step"
+        );
+        // The replacement fails before becoming active: retried only after the backoff.
+        let out = s.step(
+            3,
+            Input::StartFailed {
+                member_id: replacement[0].member_id.clone(),
+                reason: "no such command".into(),
+            },
+        );
+        assert!(starts(&out).is_empty(), "no tight loop");
+        assert!(starts(&s.step(3 + FIRST_BACKOFF_MS - 1, Input::Tick)).is_empty());
+        let out = s.step(3 + FIRST_BACKOFF_MS, Input::Tick);
+        let again = starts(&out);
+        assert_eq!(again.len(), 1);
+        s.step(
+            4 + FIRST_BACKOFF_MS,
+            Input::StartFailed {
+                member_id: again[0].member_id.clone(),
+                reason: "no such command".into(),
+            },
+        );
+        let b = &s.deployments["app"].backoff["app.db.db.domain|app-1"];
+        assert_eq!(b.failures, 2);
+        assert_eq!(
+            b.not_before_ms,
+            4 + 3 * FIRST_BACKOFF_MS,
+            "the delay doubles"
+        );
+        assert_eq!(b.last_reason.as_deref(), Some("no such command"));
+    }
+
+    #[test]
+    fn partition_max_caps_placement() {
+        let mut s = ControllerState::default();
+        let out = s.step(
+            0,
+            Input::Deploy(deployment(3, "one-after-another", Some(1))),
+        );
+        let parts: Vec<String> = starts(&out).into_iter().map(|m| m.partition_id).collect();
+        assert_eq!(
+            parts,
+            ["p1", "p2"],
+            "two partitions of max 1: only two members"
+        );
+    }
+
+    #[test]
+    fn graceful_and_forced_undeploy() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
+        let db = starts(&out)[0].clone();
+        let out = activate(&mut s, 1, &db);
+        let web = starts(&out)[0].clone();
+        // web is still starting when the undeploy comes.
+        s.step(
+            2,
+            Input::Started {
+                member_id: web.member_id.clone(),
+                ip: "127.0.0.1".into(),
+                ports: vec![],
+            },
+        );
+        let out = s.step(
+            3,
+            Input::Undeploy {
+                application_id: "app".into(),
+                force: false,
+            },
+        );
+        assert!(
+            published(&out).contains(&"InstanceCleanupMember"),
+            "the active member is cleaned up by its agent"
+        );
+        assert_eq!(
+            terminates(&out),
+            vec![web.member_id.clone()],
+            "the starting one is terminated at once"
+        );
+        assert!(starts(&out).is_empty(), "no replacements while undeploying");
+        s.step(
+            4,
+            Input::Event(Event::MemberProcessExited {
+                member_id: web.member_id.clone(),
+                code: Some(0),
+                signal: None,
+                reason: "terminated".into(),
+            }),
+        );
+        s.step(5, Input::Event(Event::InstanceMaintenanceMode(r(&db))));
+        let out = s.step(6, Input::Event(Event::InstanceReadyToShutdown(r(&db))));
+        assert_eq!(terminates(&out), vec![db.member_id.clone()]);
+        let out = s.step(
+            7,
+            Input::Event(Event::MemberProcessExited {
+                member_id: db.member_id.clone(),
+                code: Some(0),
+                signal: None,
+                reason: "terminated".into(),
+            }),
+        );
+        assert!(published(&out).contains(&"ApplicationClustersRemoved"));
+        assert!(out.contains(&Action::ApplicationStatus {
+            application_id: "app".into(),
+            status: "Created".into()
+        }));
+        assert!(s.topology.clusters.is_empty() && s.deployments.is_empty());
+        // Forced: everything terminated at once.
+        let out = s.step(10, Input::Deploy(deployment(1, "round-robin", None)));
+        let db = starts(&out)[0].clone();
+        activate(&mut s, 11, &db);
+        let out = s.step(
+            12,
+            Input::Undeploy {
+                application_id: "app".into(),
+                force: true,
+            },
+        );
+        assert!(terminates(&out).contains(&db.member_id));
+        assert!(!published(&out).contains(&"InstanceCleanupMember"));
+    }
+
+    #[test]
+    fn a_drain_that_never_ends_is_cut_short() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
+        let db = starts(&out)[0].clone();
+        activate(&mut s, 1, &db);
+        s.step(
+            2,
+            Input::Undeploy {
+                application_id: "app".into(),
+                force: false,
+            },
+        );
+        assert!(terminates(&s.step(2 + DRAIN_TIMEOUT_MS, Input::Tick)).is_empty());
+        assert_eq!(
+            terminates(&s.step(3 + DRAIN_TIMEOUT_MS, Input::Tick)),
+            vec![db.member_id.clone()]
+        );
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
+        let db = starts(&out)[0].clone();
+        // Ready to shut down straight from Created is not a lifecycle step.
+        let out = s.step(1, Input::Event(Event::InstanceMaintenanceMode(r(&db))));
+        assert!(published(&out).is_empty());
+        assert_eq!(
+            s.topology.member(&db.member_id).unwrap().status,
+            MemberStatus::Created
+        );
+    }
+
+    #[test]
+    fn the_state_survives_serialization() {
+        let mut s = ControllerState::default();
+        s.step(0, Input::Deploy(deployment(2, "round-robin", None)));
+        let back: ControllerState =
+            serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,379 @@
+//! The node supervisor (the role of Cloud Foundry's DEA): the `local` IaaS provider. Each member
+//! runs as `nubo agent` in its own working directory and its own session; the supervisor watches
+//! it, stops it, reports its exit on the bus, and keeps a record of it on disk so that, after a
+//! restart, it re-adopts running members (watching processes that are no longer its children)
+//! instead of starting duplicates. Whatever is left of a member's session when its agent exits
+//! is killed, so no workload lingers holding the member's ports.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nubo_bus::EventBus;
+use nubo_controller::{IaasError, IaasProvider, StartRequest, StartedMember};
+use nubo_events::{Event, MemberPort};
+use serde::{Deserialize, Serialize};
+
+pub mod proc;
+
+/// What the agent reads at start: `<workdir>/payload.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPayload {
+    /// Member id.
+    pub member_id: String,
+    /// Cluster.
+    pub cluster_id: String,
+    /// Cluster instance.
+    pub cluster_instance_id: String,
+    /// Application.
+    pub application_id: String,
+    /// Cartridge type.
+    pub service_name: String,
+    /// Network partition.
+    pub network_partition_id: String,
+    /// Partition.
+    pub partition_id: String,
+    /// The workload's command line (run with `sh -c`).
+    pub command: String,
+    /// The member's ports (the first is `$PORT`).
+    pub ports: Vec<MemberPort>,
+    /// The bus to report on.
+    pub bus_url: String,
+    /// Stratos' launch parameters and the rest, exported to the workload's environment.
+    pub parameters: std::collections::BTreeMap<String, String>,
+}
+
+/// The on-disk record of a running member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    member_id: String,
+    pid: i32,
+    start_time: u64,
+    ports: Vec<MemberPort>,
+}
+
+struct Tracked {
+    pid: i32,
+}
+
+/// How the supervisor starts agents.
+#[derive(Debug, Clone)]
+pub struct AgentCommand {
+    /// The executable (the `nubo` binary).
+    pub program: PathBuf,
+    /// Arguments before `--payload FILE` (`["agent"]`).
+    pub args: Vec<String>,
+}
+
+/// The node supervisor.
+pub struct NodeSupervisor {
+    dir: PathBuf,
+    agent: AgentCommand,
+    events: EventBus,
+    members: Arc<Mutex<HashMap<String, Tracked>>>,
+    /// Address members listen on.
+    host: String,
+}
+
+fn record_path(dir: &Path, member_id: &str) -> PathBuf {
+    dir.join(member_id).join("supervisor.json")
+}
+
+impl NodeSupervisor {
+    /// A supervisor keeping its members under `dir`; re-adopts the members recorded there whose
+    /// agents still run, and cleans up after the others.
+    pub fn new(dir: PathBuf, agent: AgentCommand, events: EventBus) -> std::io::Result<Arc<Self>> {
+        std::fs::create_dir_all(&dir)?;
+        let sup = Arc::new(NodeSupervisor {
+            dir: dir.clone(),
+            agent,
+            events,
+            members: Arc::new(Mutex::new(HashMap::new())),
+            host: "127.0.0.1".into(),
+        });
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path().join("supervisor.json");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_str::<Record>(&text) else {
+                continue;
+            };
+            if proc::start_time(rec.pid) == Some(rec.start_time) {
+                tracing::info!(member = %rec.member_id, pid = rec.pid, "re-adopted a running member");
+                sup.track(rec.member_id.clone(), rec.pid);
+                sup.watch_foreign(rec.member_id, rec.pid, rec.start_time);
+            } else {
+                tracing::info!(member = %rec.member_id, pid = rec.pid, "a recorded member is no longer running: cleaning up");
+                proc::kill_session(rec.pid, libc::SIGKILL);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(sup)
+    }
+
+    fn track(&self, member_id: String, pid: i32) {
+        if let Ok(mut m) = self.members.lock() {
+            m.insert(member_id, Tracked { pid });
+        }
+    }
+
+    fn exited(members: &Mutex<HashMap<String, Tracked>>, dir: &Path, member_id: &str, pid: i32) {
+        // Whatever the agent left in its session goes with it.
+        proc::kill_session(pid, libc::SIGKILL);
+        if let Ok(mut m) = members.lock() {
+            m.remove(member_id);
+        }
+        let _ = std::fs::remove_file(record_path(dir, member_id));
+    }
+
+    /// Watches an adopted member (not our child) by polling `/proc`.
+    fn watch_foreign(&self, member_id: String, pid: i32, start_time: u64) {
+        let members = self.members.clone();
+        let dir = self.dir.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            while proc::start_time(pid) == Some(start_time) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Self::exited(&members, &dir, &member_id, pid);
+            let e = Event::MemberProcessExited {
+                member_id,
+                code: None,
+                signal: None,
+                reason: "the agent exited".into(),
+            };
+            let _ = events.publish(&e).await;
+        });
+    }
+
+    fn allocate_ports(&self, req: &StartRequest) -> Result<Vec<MemberPort>, IaasError> {
+        let mut out = Vec::new();
+        let mut held = Vec::new();
+        for p in &req.ports {
+            let l = std::net::TcpListener::bind((self.host.as_str(), 0))
+                .map_err(|e| IaasError::Failed(format!("cannot find a free port: {e}")))?;
+            let port = l
+                .local_addr()
+                .map_err(|e| IaasError::Failed(e.to_string()))?
+                .port();
+            held.push(l);
+            out.push(MemberPort {
+                name: p.name.clone(),
+                protocol: p.protocol.clone(),
+                port,
+                proxy_port: p.proxy_port,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl IaasProvider for NodeSupervisor {
+    async fn start(&self, req: StartRequest) -> Result<StartedMember, IaasError> {
+        let m = &req.member;
+        if req.image.trim().is_empty() {
+            return Err(IaasError::Failed(
+                "the cartridge's `local` iaasProvider has no imageId (the command line to run)"
+                    .into(),
+            ));
+        }
+        let ports = self.allocate_ports(&req)?;
+        let workdir = self.dir.join(&m.member_id);
+        let fail = |what: &str, e: std::io::Error| {
+            IaasError::Failed(format!("{what} {}: {e}", workdir.display()))
+        };
+        std::fs::create_dir_all(workdir.join("app")).map_err(|e| fail("cannot create", e))?;
+        let payload = AgentPayload {
+            member_id: m.member_id.clone(),
+            cluster_id: m.cluster_id.clone(),
+            cluster_instance_id: m.cluster_instance_id.clone(),
+            application_id: m.application_id.clone(),
+            service_name: m.service_name.clone(),
+            network_partition_id: m.network_partition_id.clone(),
+            partition_id: m.partition_id.clone(),
+            command: req.image.clone(),
+            ports: ports.clone(),
+            bus_url: req.payload.get("NUBO_BUS_URL").cloned().unwrap_or_default(),
+            parameters: req.payload.clone(),
+        };
+        let payload_file = workdir.join("payload.json");
+        let text =
+            serde_json::to_vec_pretty(&payload).map_err(|e| IaasError::Failed(e.to_string()))?;
+        std::fs::write(&payload_file, text).map_err(|e| fail("cannot write the payload in", e))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(workdir.join("agent.log"))
+            .map_err(|e| fail("cannot open the agent log in", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| fail("cannot open the agent log in", e))?;
+        let mut cmd = tokio::process::Command::new(&self.agent.program);
+        cmd.args(&self.agent.args)
+            .arg("--payload")
+            .arg(&payload_file)
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe; the child gets its own session (and process group),
+        // so that stopping the server never stops it, and its whole session can be cleaned up.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            IaasError::Failed(format!(
+                "cannot start the agent {}: {e}",
+                self.agent.program.display()
+            ))
+        })?;
+        let pid = child
+            .id()
+            .map(|p| p as i32)
+            .ok_or_else(|| IaasError::Failed("the agent exited at once".into()))?;
+        let start_time = proc::start_time(pid).unwrap_or(0);
+        let rec = Record {
+            member_id: m.member_id.clone(),
+            pid,
+            start_time,
+            ports: ports.clone(),
+        };
+        if let Ok(text) = serde_json::to_vec(&rec) {
+            let tmp = workdir.join("supervisor.json.tmp");
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, record_path(&self.dir, &m.member_id));
+            }
+        }
+        self.track(m.member_id.clone(), pid);
+        tracing::info!(member = %m.member_id, pid, ports = ?ports.iter().map(|p| p.port).collect::<Vec<_>>(), "member started");
+        let members = self.members.clone();
+        let dir = self.dir.clone();
+        let events = self.events.clone();
+        let member_id = m.member_id.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            Self::exited(&members, &dir, &member_id, pid);
+            use std::os::unix::process::ExitStatusExt;
+            let (code, signal) = match &status {
+                Ok(s) => (s.code(), s.signal()),
+                Err(_) => (None, None),
+            };
+            let reason = match (code, signal) {
+                (Some(0), _) => "the agent exited".to_owned(),
+                (Some(c), _) => format!(
+                    "the agent exited with code {c}; see {}",
+                    dir.join(&member_id).join("agent.log").display()
+                ),
+                (None, Some(s)) => format!("the agent was killed by signal {s}"),
+                _ => "the agent exited".to_owned(),
+            };
+            tracing::info!(member = %member_id, ?code, ?signal, "member exited");
+            let _ = events
+                .publish(&Event::MemberProcessExited {
+                    member_id,
+                    code,
+                    signal,
+                    reason,
+                })
+                .await;
+        });
+        Ok(StartedMember {
+            ip: self.host.clone(),
+            ports,
+        })
+    }
+
+    async fn terminate(&self, member_id: &str) -> Result<(), IaasError> {
+        let pid = self
+            .members
+            .lock()
+            .ok()
+            .and_then(|m| m.get(member_id).map(|t| t.pid))
+            .ok_or_else(|| IaasError::NotFound(member_id.to_owned()))?;
+        // The agent stops its workload on SIGTERM; anything still there after the grace period is killed.
+        // SAFETY: plain kill(2) on a pid we started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let members = self.members.clone();
+        let id = member_id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let still = members
+                .lock()
+                .map(|m| m.get(&id).is_some_and(|t| t.pid == pid))
+                .unwrap_or(false);
+            if still {
+                tracing::warn!(member = %id, pid, "the agent did not stop within 15 s: killing its session");
+                proc::kill_session(pid, libc::SIGKILL);
+            }
+        });
+        Ok(())
+    }
+
+    async fn running(&self) -> Vec<String> {
+        self.members
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn live_records(dir: &Path) -> Vec<Record> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("supervisor.json")).ok())
+        .filter_map(|t| serde_json::from_str::<Record>(&t).ok())
+        .filter(|r| proc::start_time(r.pid) == Some(r.start_time))
+        .collect()
+}
+
+/// Asks every member recorded under `dir` to stop (SIGTERM to its session); returns how many.
+pub fn stop_all(dir: &Path) -> usize {
+    let live = live_records(dir);
+    for r in &live {
+        proc::kill_session(r.pid, libc::SIGTERM);
+    }
+    live.len()
+}
+
+/// How many members recorded under `dir` still run.
+pub fn stop_all_pending(dir: &Path) -> usize {
+    live_records(dir).len()
+}
+
+/// Kills every member recorded under `dir` (SIGKILL to its session), and what its session left.
+pub fn kill_all(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = std::fs::read_to_string(e.path().join("supervisor.json")) else {
+            continue;
+        };
+        let Ok(r) = serde_json::from_str::<Record>(&t) else {
+            continue;
+        };
+        proc::kill_session(r.pid, libc::SIGKILL);
+    }
+}

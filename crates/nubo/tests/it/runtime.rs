@@ -1,0 +1,355 @@
+//! Applications running for real: members are processes with an agent each, on loopback.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Api, ServerProcess, agent_pid, alive, eventually, session_pids};
+
+/// A cartridge running a Python HTTP server on its port.
+fn http_cartridge(ty: &str) -> Value {
+    json!({"type": ty, "category": "framework", "provider": "nubo", "host": "localhost",
+        "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": "8280"}],
+        "iaasProvider": [{"type": "local", "imageId": "exec python3 -m http.server $PORT --bind 127.0.0.1"}]})
+}
+
+fn base_artifacts() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "autoscalingPolicies",
+            json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 20}}}),
+        ),
+        (
+            "networkPartitions",
+            json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}, {"id": "p2"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1", "partitionMax": 5}, {"id": "p2", "partitionMax": 5}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]}),
+        ),
+    ]
+}
+
+/// Two cartridges in a group, `db` before `web`.
+async fn deploy_grouped(api: &Api) {
+    let mut arts = base_artifacts();
+    arts.push(("cartridges", http_cartridge("db")));
+    arts.push(("cartridges", http_cartridge("web")));
+    arts.push(("cartridgeGroups", json!({"name": "stack", "cartridges": ["db", "web"], "dependencies": {"startupOrders": [{"aliases": ["cartridge.db", "cartridge.web"]}], "terminationBehaviour": "terminate-all"}})));
+    arts.push(("applications", json!({"applicationId": "shop", "components": {"groups": [{"name": "stack", "alias": "s", "deploymentPolicy": "dp", "cartridges": [
+        {"type": "db", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "db", "autoscalingPolicy": "asp"}},
+        {"type": "web", "cartridgeMin": 2, "cartridgeMax": 4, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp"}}]}]}})));
+    api.add_all(&arts).await;
+    let (status, body) = api
+        .post("/api/applications/shop/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+}
+
+async fn http_get(port: u64) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port as u16)).await else {
+        return false;
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200")
+}
+
+#[tokio::test]
+async fn a_grouped_application_starts_in_order_and_undeploys_completely() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    deploy_grouped(&api).await;
+    // While db is not Active, web has no member at all.
+    let db = eventually(30, "db active", || async {
+        let members = api.members("shop").await;
+        let web_started = members.iter().any(|(a, _)| a == "web");
+        let db_active: Vec<Value> = members
+            .iter()
+            .filter(|(a, m)| a == "db" && m["status"] == "Active")
+            .map(|(_, m)| m.clone())
+            .collect();
+        assert!(
+            !web_started || !db_active.is_empty(),
+            "web started before db was active: {members:?}"
+        );
+        (!db_active.is_empty()).then_some(db_active)
+    })
+    .await;
+    assert_eq!(db.len(), 1);
+    let web = eventually(30, "two web members active", || async {
+        let a = api.active("shop", "web").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    // Each member answers on its own port, in its own partition (round robin).
+    let mut partitions: Vec<String> = web
+        .iter()
+        .map(|m| m["partitionId"].as_str().unwrap().to_owned())
+        .collect();
+    partitions.sort();
+    assert_eq!(partitions, ["p1", "p2"]);
+    for m in db.iter().chain(&web) {
+        assert!(
+            http_get(m["ports"][0]["port"].as_u64().unwrap()).await,
+            "member {} answers",
+            m["memberId"]
+        );
+    }
+    let (_, view) = api.get("/api/applications/shop/runtime").await;
+    assert_eq!(
+        view["applicationInstances"][0]["status"], "Active",
+        "{view}"
+    );
+    let group = &view["applicationInstances"][0]["groupInstances"][0];
+    assert_eq!(group["groupId"], "s");
+    assert_eq!(group["status"], "Active");
+    assert_eq!(
+        group["clusterInstances"][1]["hostNames"][0],
+        "shop.web.localhost"
+    );
+    assert_eq!(
+        group["clusterInstances"][1]["accessUrls"][0],
+        "http://shop.web.localhost:8280"
+    );
+    let (_, app) = api.get("/api/applications/shop").await;
+    assert_eq!(app["status"], "Deployed");
+    assert_eq!(
+        api.post("/api/applications/shop/deploy/ap", json!({}))
+            .await
+            .0,
+        409,
+        "deployed twice"
+    );
+    assert_eq!(
+        api.send(reqwest::Method::DELETE, "/api/applications/shop", None)
+            .await
+            .0,
+        409,
+        "deleted while deployed"
+    );
+
+    // Undeploy: every process goes, the runtime view empties, the status is Created again.
+    let sessions: Vec<i32> = db
+        .iter()
+        .chain(&web)
+        .map(|m| agent_pid(dir.path(), m["memberId"].as_str().unwrap()).unwrap())
+        .collect();
+    let pids: Vec<i32> = sessions.iter().flat_map(|s| session_pids(*s)).collect();
+    assert!(pids.len() >= 6, "agent and workload per member: {pids:?}");
+    let (status, _) = api.post("/api/applications/shop/undeploy", json!({})).await;
+    assert_eq!(status, 202);
+    eventually(30, "every member process gone", || async {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    eventually(10, "the application back to Created", || async {
+        let (_, app) = api.get("/api/applications/shop").await;
+        (app["status"] == "Created").then_some(())
+    })
+    .await;
+    assert_eq!(api.get("/api/applications/shop/runtime").await.0, 404);
+    assert_eq!(
+        api.post("/api/applications/shop/undeploy", json!({}))
+            .await
+            .0,
+        409,
+        "not deployed any more"
+    );
+    // The drain was graceful: the agents logged it.
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join("members")
+            .join(web[0]["memberId"].as_str().unwrap())
+            .join("agent.log"),
+    )
+    .unwrap_or_default();
+    assert!(log.contains("drained and stopped"), "{log}");
+}
+
+#[tokio::test]
+async fn killed_workloads_and_agents_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    deploy_grouped(&api).await;
+    let web = eventually(30, "two web members active", || async {
+        let a = api.active("shop", "web").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    let victim = web[0]["memberId"].as_str().unwrap().to_owned();
+    let agent = agent_pid(dir.path(), &victim).unwrap();
+    let workload: Vec<i32> = session_pids(agent)
+        .into_iter()
+        .filter(|p| *p != agent)
+        .collect();
+    for p in &workload {
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let replaced = eventually(30, "a replacement for the killed workload", || async {
+        let a = api.active("shop", "web").await;
+        (a.len() == 2 && a.iter().all(|m| m["memberId"] != victim.as_str())).then_some(a)
+    })
+    .await;
+    eventually(10, "the agent of the killed workload gone", || async {
+        (!alive(agent)).then_some(())
+    })
+    .await;
+    // Now kill an agent: its workload must not linger, and a replacement comes.
+    let victim = replaced[0]["memberId"].as_str().unwrap().to_owned();
+    let agent = agent_pid(dir.path(), &victim).unwrap();
+    let session = session_pids(agent);
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    eventually(30, "a replacement for the killed agent", || async {
+        let a = api.active("shop", "web").await;
+        (a.len() == 2 && a.iter().all(|m| m["memberId"] != victim.as_str())).then_some(())
+    })
+    .await;
+    eventually(10, "nothing left of the killed agent's session", || async {
+        session.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_workload_that_cannot_start_is_retried_with_backoff_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let mut arts = base_artifacts();
+    arts.push((
+        "cartridges",
+        json!({"type": "broken", "category": "x", "portMapping": [{"protocol": "http", "port": 80}],
+        "iaasProvider": [{"type": "local", "imageId": "echo starting; exit 7"}]}),
+    ));
+    arts.push(("applications", json!({"applicationId": "bad", "components": {"cartridges": [
+        {"type": "broken", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "b", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})));
+    api.add_all(&arts).await;
+    assert_eq!(
+        api.post("/api/applications/bad/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // With backoff (0.5 s, 1 s, 2 s, ...) only a handful of attempts fit in 4 s, not dozens.
+    let attempts = std::fs::read_dir(dir.path().join("members"))
+        .unwrap()
+        .count();
+    assert!((2..=6).contains(&attempts), "{attempts} attempts in 4 s");
+    let agent_log = std::fs::read_dir(dir.path().join("members"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("agent.log")).ok())
+        .collect::<String>();
+    assert!(
+        agent_log.contains("exited") && agent_log.contains("starting"),
+        "the failure and the workload's output are logged: {agent_log}"
+    );
+    let (_, view) = api.get("/api/applications/bad/runtime").await;
+    assert_eq!(view["applicationInstances"][0]["status"], "Created");
+    assert_eq!(
+        api.post("/api/applications/bad/undeploy?force=true", json!({}))
+            .await
+            .0,
+        202
+    );
+    eventually(20, "the failing application undeployed", || async {
+        let (_, app) = api.get("/api/applications/bad").await;
+        (app["status"] == "Created").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn members_survive_a_server_kill_and_are_re_adopted_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    deploy_grouped(&api).await;
+    let web = eventually(30, "two web members active", || async {
+        let a = api.active("shop", "web").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    let db = api.active("shop", "db").await;
+    let before: Vec<(String, i32)> = db
+        .iter()
+        .chain(&web)
+        .map(|m| {
+            let id = m["memberId"].as_str().unwrap().to_owned();
+            let pid = agent_pid(dir.path(), &id).unwrap();
+            (id, pid)
+        })
+        .collect();
+    server.kill9();
+    // The members keep running without the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        before.iter().all(|(_, p)| alive(*p)),
+        "members outlive the server"
+    );
+    // One member dies while the server is down.
+    let (dead_id, dead_pid) = before[1].clone();
+    let dead_session = session_pids(dead_pid);
+    unsafe { libc::kill(dead_pid, libc::SIGKILL) };
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let web_after = eventually(30, "web back to two active members", || async {
+        let a = api.active("shop", "web").await;
+        (a.len() == 2 && a.iter().all(|m| m["memberId"] != dead_id.as_str())).then_some(a)
+    })
+    .await;
+    // The survivors are the same processes, re-adopted, not duplicates.
+    for (id, pid) in before.iter().filter(|(id, _)| *id != dead_id) {
+        assert!(alive(*pid), "{id} still runs");
+        assert_eq!(
+            agent_pid(dir.path(), id),
+            Some(*pid),
+            "{id} was re-adopted, not restarted"
+        );
+    }
+    assert!(
+        web_after
+            .iter()
+            .any(|m| m["memberId"] == before[2].0.as_str()),
+        "the surviving web member is still in the topology"
+    );
+    assert_eq!(
+        api.active("shop", "db").await.len(),
+        1,
+        "no duplicate db member"
+    );
+    let agents = std::fs::read_dir(dir.path().join("members"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("supervisor.json").exists())
+        .count();
+    assert_eq!(agents, 3, "exactly three members run");
+    assert!(
+        dead_session.iter().all(|p| !alive(*p)),
+        "what the dead agent left was cleaned up"
+    );
+    // Stopping the server does not stop the application; undeploy does.
+    assert_eq!(
+        api.post("/api/applications/shop/undeploy?force=true", json!({}))
+            .await
+            .0,
+        202
+    );
+    eventually(20, "undeployed", || async {
+        let (_, app) = api.get("/api/applications/shop").await;
+        (app["status"] == "Created").then_some(())
+    })
+    .await;
+}
