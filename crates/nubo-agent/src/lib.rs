@@ -25,6 +25,9 @@ use tokio::process::Child;
 
 /// How long the workload has to stop after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a draining member keeps serving after announcing maintenance, so that load balancers
+/// stop routing to it before its workload stops.
+pub const DRAIN_DELAY: Duration = Duration::from_millis(500);
 /// How often health statistics are published.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -153,6 +156,8 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 };
                 if mine {
                     publish(&events, Event::InstanceMaintenanceMode(me.clone())).await;
+                    // Load balancers drop the member on this event; let them, before the workload goes.
+                    tokio::time::sleep(DRAIN_DELAY).await;
                     stop_workload(&mut workload, pgid).await;
                     publish(&events, Event::InstanceReadyToShutdown(me.clone())).await;
                     tracing::info!(member = %p.member_id, "drained and stopped");

@@ -41,9 +41,16 @@ impl Category {
         }
     }
 
-    /// The MQTT-style filter matching every topic of this category.
+    /// The one topic of this category. Every event of a category goes on the same topic, because
+    /// MQTT orders messages per topic only: a member's `MemberInitialized` must never overtake its
+    /// `MemberActivated` on the way to a load balancer.
+    pub fn topic(self) -> String {
+        format!("{TOPIC_PREFIX}/{}", self.segment())
+    }
+
+    /// The filter to subscribe to this category with (its topic).
     pub fn filter(self) -> String {
-        format!("{TOPIC_PREFIX}/{}/#", self.segment())
+        self.topic()
     }
 }
 
@@ -333,13 +340,10 @@ impl Event {
         }
     }
 
-    /// The topic it is published on: `nubo/v1/<category>/<Name>`.
+    /// The topic it is published on: its category's (`nubo/v1/<category>`); the event's name is in
+    /// the payload.
     pub fn topic(&self) -> String {
-        format!(
-            "{TOPIC_PREFIX}/{}/{}",
-            self.category().segment(),
-            self.name()
-        )
+        self.category().topic()
     }
 
     /// The wire form: `{"v":1,"event":"Name","body":{…}}`.
@@ -389,7 +393,7 @@ mod tests {
     #[test]
     fn events_round_trip_with_their_topic() {
         let e = Event::MemberActivated(MemberChange { member: member() });
-        assert_eq!(e.topic(), "nubo/v1/topology/MemberActivated");
+        assert_eq!(e.topic(), "nubo/v1/topology");
         let wire = e.encode();
         let text = String::from_utf8(wire.clone()).unwrap();
         assert!(
@@ -399,11 +403,8 @@ mod tests {
         assert_eq!(Event::decode(&wire).unwrap(), e);
         let r = Event::CompleteTopologyRequest {};
         assert_eq!(Event::decode(&r.encode()).unwrap(), r);
-        assert_eq!(r.topic(), "nubo/v1/initializer/CompleteTopologyRequest");
-        assert_eq!(
-            Category::InstanceStatus.filter(),
-            "nubo/v1/instance/status/#"
-        );
+        assert_eq!(r.topic(), "nubo/v1/initializer");
+        assert_eq!(Category::InstanceStatus.filter(), "nubo/v1/instance/status");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The contract between Nubo's components on the bus (`stratos.md` §4, §5): the topology domain
 //! (services → clusters → cluster instances → members) with the member state machine, and every
-//! event, defined once, serialized as `{"v":1,"event":"Name","body":{…}}` under the topic
-//! `nubo/v1/<category>/<Name>`. Wire compatibility with Stratos' agents is not a goal.
+//! event, defined once, serialized as `{"v":1,"event":"Name","body":{…}}` on its category's topic
+//! `nubo/v1/<category>` (one topic per category keeps events in order). Wire compatibility with
+//! Stratos' agents is not a goal.
 
 #![cfg_attr(
     not(test),

@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub bus: BusMode,
     /// The program (and arguments) the node supervisor runs as each member's agent.
     pub agent: nubo_node::AgentCommand,
+    /// The built-in load balancer (`None`: none in this process).
+    pub lb: Option<nubo_lb::LbConfig>,
 }
 
 /// Where the bus is.
@@ -148,6 +150,12 @@ pub async fn run(
     )
     .await
     .context("cannot start the cloud controller")?;
+    if let Some(lb) = &config.lb {
+        nubo_lb::LoadBalancer::new(lb.clone())
+            .follow(events.clone())
+            .await
+            .context("cannot start the load balancer")?;
+    }
     let registry = Registry::default();
     let state = AppState::new(manager, Some(controller), registry);
     let app = nubo_api::router(state);

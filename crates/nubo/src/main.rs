@@ -35,6 +35,8 @@ enum Top {
         #[arg(long, value_name = "FILE")]
         payload: PathBuf,
     },
+    /// Run a load balancer on its own, following the topology on the bus
+    Lb(LbArgs),
     /// Stop every member the platform runs on this machine (the server itself keeps running)
     Down {
         /// The platform's data directory [default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo]
@@ -81,6 +83,54 @@ struct ServerArgs {
     /// Use an external MQTT broker instead of the embedded one (mqtt://host:port)
     #[arg(long, env = "NUBO_BUS_URL", value_name = "URL")]
     bus_url: Option<String>,
+    /// Address the load balancer's proxy ports bind to [default: 127.0.0.1]
+    #[arg(long, env = "NUBO_LB_BIND")]
+    lb_bind: Option<std::net::IpAddr>,
+    /// How the load balancer picks a member
+    #[arg(long, env = "NUBO_LB_STRATEGY", value_enum)]
+    lb_strategy: Option<LbStrategy>,
+    /// Do not run the built-in load balancer
+    #[arg(long, env = "NUBO_NO_LB")]
+    no_lb: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum LbStrategy {
+    /// In turn
+    RoundRobin,
+    /// The member with the fewest requests in flight
+    LeastOutstanding,
+}
+
+impl From<LbStrategy> for nubo_lb::Strategy {
+    fn from(s: LbStrategy) -> Self {
+        match s {
+            LbStrategy::RoundRobin => nubo_lb::Strategy::RoundRobin,
+            LbStrategy::LeastOutstanding => nubo_lb::Strategy::LeastOutstanding,
+        }
+    }
+}
+
+#[derive(Args)]
+struct LbArgs {
+    /// The bus to follow the topology on (mqtt://host:port), e.g. the server's embedded broker
+    #[arg(long, env = "NUBO_BUS_URL", value_name = "URL")]
+    bus_url: String,
+    /// Address the proxy ports bind to
+    #[arg(long, env = "NUBO_LB_BIND", default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// How to pick a member
+    #[arg(
+        long,
+        env = "NUBO_LB_STRATEGY",
+        value_enum,
+        default_value = "round-robin"
+    )]
+    strategy: LbStrategy,
+    /// This load balancer's id in statistics [default: lb-<bind address>]
+    #[arg(long)]
+    id: Option<String>,
 }
 
 /// The server's configuration file; every key optional.
@@ -95,6 +145,9 @@ struct ServerFile {
     log_format: Option<LogFormat>,
     bus_addr: Option<SocketAddr>,
     bus_url: Option<String>,
+    lb_bind: Option<std::net::IpAddr>,
+    lb_strategy: Option<LbStrategy>,
+    no_lb: Option<bool>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -164,6 +217,18 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             program: std::env::current_exe().context("cannot tell where the nubo binary is")?,
             args: vec!["agent".into()],
         },
+        lb: (!(args.no_lb || file.no_lb.unwrap_or(false))).then(|| nubo_lb::LbConfig {
+            bind: args
+                .lb_bind
+                .or(file.lb_bind)
+                .unwrap_or([127, 0, 0, 1].into()),
+            strategy: args
+                .lb_strategy
+                .or(file.lb_strategy)
+                .map(Into::into)
+                .unwrap_or_default(),
+            ..Default::default()
+        }),
     };
     let data_dir = config.data_dir.clone();
     nubo_server::run(
@@ -218,6 +283,32 @@ fn agent(payload: &std::path::Path) -> ExitCode {
     }
 }
 
+async fn lb(args: LbArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text);
+    let bus = std::sync::Arc::new(nubo_bus::MqttBus::connect(nubo_bus::MqttConfig::from_url(
+        &args.bus_url,
+        "nubo-lb",
+    )?));
+    bus.wait_connected(std::time::Duration::from_secs(15))
+        .await
+        .with_context(|| format!("cannot reach the bus at {}", args.bus_url))?;
+    let config = nubo_lb::LbConfig {
+        bind: args.bind,
+        strategy: args.strategy.into(),
+        id: args.id.unwrap_or_else(|| format!("lb-{}", args.bind)),
+        ..Default::default()
+    };
+    nubo_lb::LoadBalancer::new(config)
+        .follow(nubo_bus::EventBus::new(bus))
+        .await?;
+    println!(
+        "nubo: load balancer following {} (proxy ports bind to {})",
+        args.bus_url, args.bind
+    );
+    nubo_server::shutdown_signal().await;
+    Ok(())
+}
+
 async fn down(data_dir: PathBuf) -> anyhow::Result<()> {
     let dir = data_dir.join("members");
     let n = nubo_node::stop_all(&dir);
@@ -265,6 +356,7 @@ fn main() -> ExitCode {
                 down(data_dir.unwrap_or_else(nubo_server::default_data_dir)).await
             }
             Top::Agent { .. } => Ok(()),
+            Top::Lb(args) => lb(args).await,
         }
     });
     match result {

@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod lb;
 mod runtime;
 mod samples;
 mod server;

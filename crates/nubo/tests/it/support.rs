@@ -203,9 +203,17 @@ impl ServerProcess {
             .args(["--api-addr", "127.0.0.1:0", "--bus-addr", "127.0.0.1:0"])
             .args(extra)
             .env("NUBO_ADMIN_PASSWORD", PASSWORD)
-            .env("NUBO_LOG", "warn")
+            .env(
+                "NUBO_LOG",
+                std::env::var("NUBO_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("NUBO_TEST_SERVER_LOG_FILE") {
+                Some(f) => std::fs::File::create(f)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+                None => Stdio::null(),
+            })
             .process_group(0);
         let mut child = cmd.spawn().expect("spawn nubo server");
         let stdout = child.stdout.take().unwrap();

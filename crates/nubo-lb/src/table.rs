@@ -1,0 +1,346 @@
+//! The routing table: (host name, proxy port) → the cluster's active members on the matching port.
+//! Built from the topology, updated by topology events. Pure.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use nubo_events::{Event, MemberStatus, Topology};
+
+/// One member that can take traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Member id.
+    pub member_id: String,
+    /// Where to send requests.
+    pub addr: SocketAddr,
+}
+
+/// Where one host name and port go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Cluster.
+    pub cluster_id: String,
+    /// Network partition of the members (for statistics).
+    pub network_partition_id: String,
+    /// Active members, ordered by id.
+    pub backends: Vec<Backend>,
+}
+
+/// The table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routes {
+    /// By (lower-case host, proxy port).
+    pub by_host: HashMap<(String, u16), Route>,
+}
+
+impl Routes {
+    /// Builds the table from a topology: only Active members get traffic.
+    pub fn from_topology(t: &Topology) -> Self {
+        let mut by_host = HashMap::new();
+        for c in t.clusters.values() {
+            for port in &c.ports {
+                let Some(proxy) = port.proxy_port else {
+                    continue;
+                };
+                if port.protocol != "http" && port.protocol != "https" {
+                    continue;
+                }
+                let mut backends: Vec<Backend> = c
+                    .members
+                    .values()
+                    .filter(|m| m.status == MemberStatus::Active)
+                    .filter_map(|m| {
+                        let ip = m.default_private_ip.as_deref()?.parse().ok()?;
+                        let mp = m.ports.iter().find(|p| p.name == port.name)?;
+                        Some(Backend {
+                            member_id: m.member_id.clone(),
+                            addr: SocketAddr::new(ip, mp.port),
+                        })
+                    })
+                    .collect();
+                backends.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+                let np = c
+                    .instances
+                    .values()
+                    .next()
+                    .map(|i| i.network_partition_id.clone())
+                    .unwrap_or_default();
+                for h in &c.host_names {
+                    by_host.insert(
+                        (h.to_ascii_lowercase(), proxy),
+                        Route {
+                            cluster_id: c.cluster_id.clone(),
+                            network_partition_id: np.clone(),
+                            backends: backends.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        Routes { by_host }
+    }
+
+    /// The route for a `Host` header value (port stripped) on a proxy port.
+    pub fn lookup(&self, host: &str, port: u16) -> Option<&Route> {
+        let name = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        self.by_host
+            .get(&(name.trim_end_matches('.').to_ascii_lowercase(), port))
+    }
+
+    /// Every proxy port in use.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.by_host.keys().map(|(_, p)| *p).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+}
+
+/// Applies a topology event to the load balancer's copy of the topology; returns whether it changed.
+pub fn apply(t: &mut Topology, e: &Event) -> bool {
+    match e {
+        Event::CompleteTopology { topology } => {
+            if t != topology {
+                *t = topology.clone();
+                return true;
+            }
+            false
+        }
+        Event::ApplicationClustersCreated { clusters, .. } => {
+            for c in clusters {
+                t.clusters
+                    .entry(c.cluster_id.clone())
+                    .or_insert_with(|| c.clone());
+            }
+            true
+        }
+        Event::ApplicationClustersRemoved { cluster_ids, .. } => {
+            for c in cluster_ids {
+                t.clusters.remove(c);
+            }
+            true
+        }
+        Event::ClusterInstanceCreated {
+            cluster_id,
+            instance,
+        } => {
+            if let Some(c) = t.clusters.get_mut(cluster_id) {
+                c.instances
+                    .insert(instance.instance_id.clone(), instance.clone());
+            }
+            true
+        }
+        Event::MemberCreated(m)
+        | Event::MemberInitialized(m)
+        | Event::MemberStarted(m)
+        | Event::MemberActivated(m)
+        | Event::MemberMaintenanceMode(m)
+        | Event::MemberReadyToShutdown(m)
+        | Event::MemberTerminated(m) => {
+            let Some(c) = t.clusters.get_mut(&m.member.cluster_id) else {
+                return false;
+            };
+            if m.member.status == MemberStatus::Terminated {
+                c.members.remove(&m.member.member_id);
+            } else {
+                c.members
+                    .insert(m.member.member_id.clone(), m.member.clone());
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// How to pick a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The member with the fewest requests in flight (round robin among equals).
+    LeastOutstanding,
+}
+
+/// Picks the index of the next backend, skipping `excluded` ones; `outstanding[i]` is backend i's
+/// requests in flight. `None` when every backend is excluded.
+pub fn choose(
+    strategy: Strategy,
+    turn: usize,
+    outstanding: &[i64],
+    excluded: &[bool],
+) -> Option<usize> {
+    let n = outstanding.len();
+    let order = (0..n)
+        .map(|k| (turn + k) % n)
+        .filter(|i| !excluded.get(*i).copied().unwrap_or(false));
+    match strategy {
+        Strategy::RoundRobin => order.into_iter().next(),
+        Strategy::LeastOutstanding => order.min_by_key(|i| outstanding[*i]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use nubo_events::{Cluster, ClusterPort, Member, MemberChange, MemberPort};
+
+    use super::*;
+
+    fn member(id: &str, status: MemberStatus, port: u16) -> Member {
+        Member {
+            member_id: id.into(),
+            cluster_id: "c".into(),
+            cluster_instance_id: "a-1".into(),
+            service_name: "s".into(),
+            application_id: "a".into(),
+            network_partition_id: "np".into(),
+            partition_id: "p".into(),
+            status,
+            default_private_ip: Some("127.0.0.1".into()),
+            default_public_ip: None,
+            ports: vec![MemberPort {
+                name: "http".into(),
+                protocol: "http".into(),
+                port,
+                proxy_port: Some(8280),
+            }],
+            init_time: 0,
+            failure: None,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    fn topology() -> Topology {
+        let mut members = BTreeMap::new();
+        for (id, st, port) in [
+            ("m1", MemberStatus::Active, 1001),
+            ("m2", MemberStatus::Starting, 1002),
+            ("m3", MemberStatus::Active, 1003),
+        ] {
+            members.insert(id.to_owned(), member(id, st, port));
+        }
+        let c = Cluster {
+            cluster_id: "c".into(),
+            service_name: "s".into(),
+            application_id: "a".into(),
+            alias: "web".into(),
+            host_names: vec!["a.web.localhost".into()],
+            tenant_id: -1234,
+            ports: vec![ClusterPort {
+                name: "http".into(),
+                protocol: "http".into(),
+                port: 80,
+                proxy_port: Some(8280),
+            }],
+            deployment_policy: "d".into(),
+            autoscaling_policy: "x".into(),
+            instances: BTreeMap::new(),
+            members,
+        };
+        Topology {
+            clusters: BTreeMap::from([("c".to_owned(), c)]),
+        }
+    }
+
+    #[test]
+    fn only_active_members_are_routed_and_hosts_match_loosely() {
+        let r = Routes::from_topology(&topology());
+        let route = r.lookup("A.Web.Localhost:8280", 8280).unwrap();
+        let ports: Vec<u16> = route.backends.iter().map(|b| b.addr.port()).collect();
+        assert_eq!(ports, [1001, 1003]);
+        assert!(r.lookup("a.web.localhost", 9999).is_none());
+        assert!(r.lookup("other", 8280).is_none());
+        assert_eq!(r.ports(), [8280]);
+    }
+
+    #[test]
+    fn member_events_move_members_in_and_out() {
+        let mut t = topology();
+        assert!(apply(
+            &mut t,
+            &Event::MemberActivated(MemberChange {
+                member: member("m2", MemberStatus::Active, 1002)
+            })
+        ));
+        assert_eq!(
+            Routes::from_topology(&t)
+                .lookup("a.web.localhost", 8280)
+                .unwrap()
+                .backends
+                .len(),
+            3
+        );
+        apply(
+            &mut t,
+            &Event::MemberMaintenanceMode(MemberChange {
+                member: member("m1", MemberStatus::InMaintenance, 1001),
+            }),
+        );
+        apply(
+            &mut t,
+            &Event::MemberTerminated(MemberChange {
+                member: member("m3", MemberStatus::Terminated, 1003),
+            }),
+        );
+        let r = Routes::from_topology(&t);
+        let ids: Vec<&str> = r
+            .lookup("a.web.localhost", 8280)
+            .unwrap()
+            .backends
+            .iter()
+            .map(|b| b.member_id.as_str())
+            .collect();
+        assert_eq!(ids, ["m2"], "a member leaving Active gets no more traffic");
+        apply(
+            &mut t,
+            &Event::ApplicationClustersRemoved {
+                application_id: "a".into(),
+                cluster_ids: vec!["c".into()],
+            },
+        );
+        assert!(
+            Routes::from_topology(&t)
+                .lookup("a.web.localhost", 8280)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn choosing_members() {
+        assert_eq!(choose(Strategy::RoundRobin, 0, &[0, 0, 0], &[]), Some(0));
+        assert_eq!(choose(Strategy::RoundRobin, 4, &[0, 0, 0], &[]), Some(1));
+        assert_eq!(
+            choose(Strategy::RoundRobin, 1, &[0, 0, 0], &[false, true, false]),
+            Some(2),
+            "skips the excluded"
+        );
+        assert_eq!(
+            choose(Strategy::RoundRobin, 0, &[0, 0], &[true, true]),
+            None
+        );
+        assert_eq!(
+            choose(Strategy::LeastOutstanding, 0, &[3, 1, 2], &[]),
+            Some(1)
+        );
+        assert_eq!(
+            choose(Strategy::LeastOutstanding, 2, &[1, 1, 1], &[]),
+            Some(2),
+            "ties go round robin"
+        );
+        assert_eq!(
+            choose(
+                Strategy::LeastOutstanding,
+                0,
+                &[3, 1, 2],
+                &[false, true, false]
+            ),
+            Some(2)
+        );
+        assert_eq!(choose(Strategy::LeastOutstanding, 0, &[], &[]), None);
+    }
+}
