@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod client;
+mod deploy;
 mod render;
 
 pub use client::{ApiClient, ApiFailure};
@@ -152,6 +153,55 @@ pub enum CartridgeCommand {
     },
 }
 
+/// Application commands: the artifact commands plus deployment.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ApplicationCommand {
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    Artifact(ArtifactCommand),
+    /// Show the runtime tree: instances, clusters, members, addresses, access URLs
+    Runtime {
+        /// Application id
+        id: String,
+    },
+    /// Deploy under an application policy and wait until the application is Active
+    Deploy(DeployArgs),
+    /// Undeploy (drain every member) and wait until it is done
+    Undeploy(UndeployArgs),
+}
+
+/// Arguments of `deploy`.
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    /// Application id
+    pub id: String,
+    /// Application policy id
+    #[arg(long, short = 'P')]
+    pub policy: String,
+    /// Return once the deployment is accepted, without waiting
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this many seconds
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+/// Arguments of `undeploy`.
+#[derive(Debug, Clone, Args)]
+pub struct UndeployArgs {
+    /// Application id
+    pub id: String,
+    /// Terminate every member at once instead of draining
+    #[arg(long)]
+    pub force: bool,
+    /// Return once the undeployment is accepted, without waiting
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this many seconds
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
 /// The client commands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
@@ -175,7 +225,16 @@ pub enum Command {
     CartridgeGroup(ArtifactCommand),
     /// Applications
     #[command(subcommand, visible_alias = "app")]
-    Application(ArtifactCommand),
+    Application(ApplicationCommand),
+    /// Deploy an application and wait until it is Active (same as `application deploy`)
+    Deploy(DeployArgs),
+    /// Undeploy an application and wait until it is gone (same as `application undeploy`)
+    Undeploy(UndeployArgs),
+    /// List the members of an application (or of every deployed application)
+    Members {
+        /// Application id
+        id: Option<String>,
+    },
     /// Kubernetes clusters
     #[command(subcommand, name = "kubernetes-cluster", visible_alias = "k8s")]
     KubernetesCluster(ArtifactCommand),
@@ -328,7 +387,30 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
         Command::AutoscalingPolicy(c) => artifact(&client, out, "autoscalingPolicies", c).await,
         Command::ApplicationPolicy(c) => artifact(&client, out, "applicationPolicies", c).await,
         Command::CartridgeGroup(c) => artifact(&client, out, "cartridgeGroups", c).await,
-        Command::Application(c) => artifact(&client, out, "applications", c).await,
+        Command::Application(ApplicationCommand::Artifact(c)) => {
+            artifact(&client, out, "applications", c).await
+        }
+        Command::Application(ApplicationCommand::Runtime { id }) => {
+            let v = client
+                .send(
+                    "GET",
+                    &format!("/api/applications/{}/runtime", client::escape(id)),
+                    None,
+                )
+                .await?;
+            match out {
+                Output::Json => render::json(&v),
+                Output::Table => print!("{}", render::runtime_tree(&v)),
+            }
+            Ok(())
+        }
+        Command::Application(ApplicationCommand::Deploy(a)) | Command::Deploy(a) => {
+            deploy::deploy(&client, out, a).await
+        }
+        Command::Application(ApplicationCommand::Undeploy(a)) | Command::Undeploy(a) => {
+            deploy::undeploy(&client, out, a).await
+        }
+        Command::Members { id } => deploy::members(&client, out, id.as_deref()).await,
         Command::KubernetesCluster(c) => artifact(&client, out, "kubernetesClusters", c).await,
         Command::Cartridge(CartridgeCommand::Artifact(c)) => {
             artifact(&client, out, "cartridges", c).await

@@ -170,3 +170,157 @@ pub fn describe(out: Output, v: &Value) {
     }
     println!("{t}");
 }
+
+fn member_line(m: &Value) -> String {
+    let ports: Vec<String> = m["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                m["defaultPrivateIP"].as_str().unwrap_or("?"),
+                p["port"]
+            )
+        })
+        .collect();
+    let mut line = format!(
+        "{}  {}  {}  {}",
+        s(m, "memberId"),
+        s(m, "status"),
+        if ports.is_empty() {
+            "-".to_owned()
+        } else {
+            ports.join(",")
+        },
+        s(m, "partitionId")
+    );
+    if let Some(f) = m["failure"].as_str() {
+        line.push_str(&format!("  failed: {f}"));
+    }
+    line
+}
+
+fn cluster_lines(ci: &Value, prefix: &str, out: &mut Vec<String>) {
+    let urls = arr(ci, "accessUrls")
+        .map(|u| u.as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut head = format!(
+        "{prefix}{} ({}) {} min {} max {}  {}",
+        s(ci, "alias"),
+        s(ci, "serviceName"),
+        s(ci, "status"),
+        s(ci, "minMembers"),
+        s(ci, "maxMembers"),
+        urls
+    );
+    if let Some(f) = ci["lastFailure"].as_str() {
+        head.push_str(&format!("\n{prefix}  last failure: {f}"));
+    }
+    out.push(head);
+    for m in arr(ci, "member") {
+        out.push(format!("{prefix}  - {}", member_line(m)));
+    }
+}
+
+fn group_lines(g: &Value, prefix: &str, out: &mut Vec<String>) {
+    out.push(format!(
+        "{prefix}group {} ({}) {}",
+        s(g, "groupId"),
+        s(g, "instanceId"),
+        s(g, "status")
+    ));
+    let inner = format!("{prefix}  ");
+    for ci in arr(g, "clusterInstances") {
+        cluster_lines(ci, &inner, out);
+    }
+    for child in arr(g, "groupInstances") {
+        group_lines(child, &inner, out);
+    }
+}
+
+/// The runtime view as an indented tree.
+pub fn runtime_tree(v: &Value) -> String {
+    let mut out = vec![format!("{} ({})", s(v, "id"), s(v, "status"))];
+    for inst in arr(v, "applicationInstances") {
+        out.push(format!(
+            "  instance {} [{}] {}",
+            s(inst, "instanceId"),
+            s(inst, "networkPartitionId"),
+            s(inst, "status")
+        ));
+        for ci in arr(inst, "clusterInstances") {
+            cluster_lines(ci, "    ", &mut out);
+        }
+        for g in arr(inst, "groupInstances") {
+            group_lines(g, "    ", &mut out);
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// Every failure reason in a runtime view.
+pub fn failures(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for (alias, m) in crate::deploy::members_of(v) {
+        if let Some(f) = m["failure"].as_str() {
+            out.push(format!("{alias}: {} failed: {f}", s(&m, "memberId")));
+        }
+    }
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        for ci in arr(v, "clusterInstances") {
+            if let Some(f) = ci["lastFailure"].as_str() {
+                out.push(format!("{}: {f}", s(ci, "alias")));
+            }
+        }
+        for g in arr(v, "groupInstances") {
+            walk(g, out);
+        }
+    }
+    for inst in arr(v, "applicationInstances") {
+        walk(inst, &mut out);
+    }
+    out
+}
+
+/// Members as a table.
+pub fn members_table(rows: &[(String, String, Value)]) {
+    if rows.is_empty() {
+        eprintln!("(no members)");
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header([
+        "APPLICATION",
+        "ALIAS",
+        "MEMBER",
+        "STATUS",
+        "ADDRESS",
+        "PARTITION",
+        "FAILURE",
+    ]);
+    for (app, alias, m) in rows {
+        let ports: Vec<String> = arr(m, "ports")
+            .map(|p| {
+                format!(
+                    "{}:{}",
+                    m["defaultPrivateIP"].as_str().unwrap_or("?"),
+                    p["port"]
+                )
+            })
+            .collect();
+        t.add_row(vec![
+            app.clone(),
+            alias.clone(),
+            s(m, "memberId"),
+            s(m, "status"),
+            ports.join(","),
+            s(m, "partitionId"),
+            s(m, "failure"),
+        ]);
+    }
+    println!("{t}");
+}

@@ -14,6 +14,10 @@ fn cluster_instance_view(
 ) -> Option<Value> {
     let c = state.topology.clusters.get(cluster_id)?;
     let inst = c.instances.get(instance_id);
+    let backoff = state
+        .deployments
+        .get(&c.application_id)
+        .and_then(|d| d.backoff.get(&format!("{cluster_id}|{instance_id}")));
     let access_urls: Vec<String> = c
         .ports
         .iter()
@@ -52,6 +56,8 @@ fn cluster_instance_view(
         "hostNames": c.host_names,
         "accessUrls": access_urls,
         "member": members,
+        "lastFailure": backoff.and_then(|b| b.last_reason.clone()),
+        "failuresInARow": backoff.map(|b| b.failures),
     }))
 }
 

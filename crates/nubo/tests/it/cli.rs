@@ -186,3 +186,72 @@ fn help_lists_the_commands() {
         assert!(out.contains(cmd), "--help lacks {cmd}: {out}");
     }
 }
+
+#[test]
+fn deploy_runtime_members_and_undeploy_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start_with(dir.path(), &[]);
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let examples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    for (cmd, file) in [
+        ("autoscaling-policy", "autoscaling-policy.json"),
+        ("network-partition", "network-partition.json"),
+        ("deployment-policy", "deployment-policy.json"),
+        ("cartridge", "cartridge.json"),
+        ("application-policy", "application-policy.json"),
+        ("application", "application.json"),
+    ] {
+        // The example with a free proxy port, so that tests can run side by side.
+        let body = std::fs::read_to_string(examples.join(file))
+            .unwrap()
+            .replace("\"8280\"", &format!("\"{proxy}\""));
+        let path = dir.path().join(file);
+        std::fs::write(&path, body).unwrap();
+        let o = nubo(&s, &[cmd, "add", "-f", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{cmd}: {:?}", text(&o));
+    }
+    let o = nubo(
+        &s,
+        &[
+            "deploy",
+            "hello",
+            "--policy",
+            "quickstart-policy",
+            "--timeout",
+            "60",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("hello is Active after"), "{out}");
+    assert!(
+        out.contains(&format!("http://hello.web.localhost:{proxy}")),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches(" Active  127.0.0.1:").count(),
+        2,
+        "two members drawn in the tree: {out}"
+    );
+    let o = nubo(&s, &["members", "-o", "json"]);
+    let members: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+    assert_eq!(members[0]["applicationId"], "hello");
+    let o = nubo(&s, &["application", "runtime", "hello"]);
+    assert!(
+        text(&o).0.contains("instance hello-1 [this-host] Active"),
+        "{:?}",
+        text(&o)
+    );
+    let o = nubo(&s, &["undeploy", "hello"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("hello is undeployed"));
+    let o = nubo(&s, &["members", "hello"]);
+    assert!(!o.status.success(), "not deployed any more");
+    assert!(text(&o).1.contains("not deployed"), "{:?}", text(&o));
+}

@@ -353,3 +353,36 @@ async fn members_survive_a_server_kill_and_are_re_adopted_after_restart() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_platform_runs_on_an_external_mosquitto() {
+    let Ok(url) = std::env::var("NUBO_TEST_MQTT_URL") else {
+        use std::io::Write;
+        if let Ok(mut err) = std::fs::OpenOptions::new().append(true).open("/dev/stderr") {
+            let _ = writeln!(
+                err,
+                "SKIPPED the platform on Mosquitto: NUBO_TEST_MQTT_URL is not set (scripts/test starts Mosquitto and sets it)"
+            );
+        }
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--bus-url", &url]);
+    let api = Api::new(&server);
+    deploy_grouped(&api).await;
+    eventually(30, "two web members active over Mosquitto", || async {
+        (api.active("shop", "web").await.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        api.post("/api/applications/shop/undeploy", json!({}))
+            .await
+            .0,
+        202
+    );
+    eventually(30, "undeployed over Mosquitto", || async {
+        let (_, app) = api.get("/api/applications/shop").await;
+        (app["status"] == "Created").then_some(())
+    })
+    .await;
+}

@@ -200,7 +200,12 @@ impl ServerProcess {
         cmd.arg("server")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--api-addr", "127.0.0.1:0", "--bus-addr", "127.0.0.1:0"])
+            .args(["--api-addr", "127.0.0.1:0"])
+            .args(if extra.contains(&"--bus-url") {
+                &[][..]
+            } else {
+                &["--bus-addr", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .env("NUBO_ADMIN_PASSWORD", PASSWORD)
             .env(
