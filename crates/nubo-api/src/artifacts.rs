@@ -183,6 +183,7 @@ async fn deploy(
         ));
     }
     c.deploy(plan)
+        .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
     let msg = Message::success(format!(
         "Application deployed successfully: [application-id] {id}"
@@ -212,6 +213,7 @@ async fn undeploy(
         ));
     }
     c.undeploy(&id, q.force)
+        .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     let msg = Message::success(format!(
         "Application undeployed successfully: [application-id] {id}"

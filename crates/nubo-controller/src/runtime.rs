@@ -44,31 +44,38 @@ pub struct ControllerConfig {
 /// A handle to the running controller (cheap to clone).
 #[derive(Clone)]
 pub struct ControllerHandle {
-    tx: mpsc::UnboundedSender<Input>,
+    commands: mpsc::UnboundedSender<(Input, tokio::sync::oneshot::Sender<()>)>,
     state: Arc<Mutex<ControllerState>>,
 }
 
 impl ControllerHandle {
-    /// Deploys an application (refused when it is already deployed).
-    pub fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+    /// Deploys an application (refused when it is already deployed). Returns once the controller
+    /// has taken it in: the runtime view shows it from then on.
+    pub async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
         if self.status(&plan.application_id).is_some() {
             return Err(format!(
                 "application `{}` is already deployed",
                 plan.application_id
             ));
         }
-        self.tx
-            .send(Input::Deploy(plan))
-            .map_err(|_| "the controller has stopped".to_owned())
+        self.command(Input::Deploy(plan)).await
     }
 
-    /// Undeploys an application.
-    pub fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String> {
-        self.tx
-            .send(Input::Undeploy {
-                application_id: application_id.to_owned(),
-                force,
-            })
+    /// Undeploys an application; returns once the controller has taken it in.
+    pub async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String> {
+        self.command(Input::Undeploy {
+            application_id: application_id.to_owned(),
+            force,
+        })
+        .await
+    }
+
+    async fn command(&self, input: Input) -> Result<(), String> {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.commands
+            .send((input, ack))
+            .map_err(|_| "the controller has stopped".to_owned())?;
+        done.await
             .map_err(|_| "the controller has stopped".to_owned())
     }
 
@@ -128,9 +135,11 @@ impl Controller {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (commands, mut command_rx) =
+            mpsc::unbounded_channel::<(Input, tokio::sync::oneshot::Sender<()>)>();
         let shared = Arc::new(Mutex::new(std::mem::take(&mut state)));
         let handle = ControllerHandle {
-            tx: tx.clone(),
+            commands,
             state: shared.clone(),
         };
         let mut agents = events
@@ -162,6 +171,11 @@ impl Controller {
             loop {
                 let input = tokio::select! {
                     i = rx.recv() => match i { Some(i) => i, None => return },
+                    Some((input, ack)) = command_rx.recv() => {
+                        runner.handle(input).await;
+                        let _ = ack.send(());
+                        continue;
+                    }
                     Some(e) = agents.recv() => Input::Event(e),
                     Some(e) = supervisors.recv() => Input::Event(e),
                     Some(e) = requests.recv() => {

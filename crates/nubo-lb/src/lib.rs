@@ -25,21 +25,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use nubo_bus::EventBus;
 use nubo_events::{Category, Event, RequestsInFlight, Topology};
 
 pub mod table;
 
-pub use table::{Routes, Strategy};
+pub use table::{Routes, Strategy, static_topology};
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// What goes to a member: the client's body, or nothing (on a replay).
+type UpBody = Either<Incoming, Empty<Bytes>>;
+/// What goes back to the client: a member's body (counted), or the load balancer's own answer.
+type DownBody = Either<Counted, Full<Bytes>>;
 
 /// How long a request that no member can take now waits for one (a member becoming Active, or a
 /// replacement) before it is answered 502 or 503.
@@ -86,16 +86,147 @@ struct ClusterCounters {
     network_partition_id: Mutex<String>,
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// Why a request to a member failed.
+#[derive(Debug)]
+enum UpstreamError {
+    /// No connection could be made (nothing was sent).
+    Connect(String),
+    /// The connection failed after the request was (perhaps partly) sent.
+    Request(hyper::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "connect: {e}"),
+            UpstreamError::Request(e) => write!(f, "request: {e}"),
+        }
+    }
+}
+
+/// The upstream connections of one client connection: one kept-alive HTTP/1.1 connection per
+/// member, reused by the client's next requests (an HTTP/1.1 client sends one at a time), so
+/// requests never wait on a shared pool.
+#[derive(Default)]
+struct Upstreams {
+    conns: Mutex<
+        Vec<(
+            http::uri::Authority,
+            hyper::client::conn::http1::SendRequest<UpBody>,
+        )>,
+    >,
+}
+
+impl Upstreams {
+    async fn connect(
+        to: &http::uri::Authority,
+        connect_timeout: Duration,
+    ) -> Result<hyper::client::conn::http1::SendRequest<UpBody>, UpstreamError> {
+        let stream =
+            tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(to.as_str()))
+                .await
+                .map_err(|_| {
+                    UpstreamError::Connect(format!(
+                        "no connection to {to} within {connect_timeout:?}"
+                    ))
+                })?
+                .map_err(|e| UpstreamError::Connect(format!("{to}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("{to}: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn send(
+        &self,
+        to: &http::uri::Authority,
+        connect_timeout: Duration,
+        mut req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut cached = self.conns.lock().ok().and_then(|mut c| {
+            let i = c.iter().position(|(a, _)| a == to)?;
+            Some(c.swap_remove(i).1)
+        });
+        loop {
+            let reused = cached.is_some();
+            let mut sender = match cached.take() {
+                Some(mut s) => match s.ready().await {
+                    Ok(()) => s,
+                    // A kept-alive connection the member closed: a fresh one.
+                    Err(_) => Self::connect(to, connect_timeout).await?,
+                },
+                None => Self::connect(to, connect_timeout).await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    if let Ok(mut c) = self.conns.lock() {
+                        c.push((to.clone(), sender));
+                    }
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent at all on a reused connection (it was closing): once more, on a new one.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// A member as the proxy uses it.
+struct Target {
+    member_id: String,
+    authority: http::uri::Authority,
+    outstanding: Arc<AtomicI64>,
+}
+
+/// A route with its counters attached.
+struct CompiledRoute {
+    cluster_id: String,
+    counters: Arc<ClusterCounters>,
+    targets: Vec<Target>,
+}
+
+/// The table as the proxy reads it: by port, then host name.
+#[derive(Default)]
+struct Compiled {
+    routes: Arc<Routes>,
+    by_port: HashMap<u16, HashMap<String, Arc<CompiledRoute>>>,
+}
+
+impl Compiled {
+    fn lookup(&self, host: &str, port: u16) -> Option<&Arc<CompiledRoute>> {
+        let hosts = self.by_port.get(&port)?;
+        let name = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        let name = name.strip_suffix('.').unwrap_or(name);
+        hosts
+            .get(name)
+            .or_else(|| hosts.get(&name.to_ascii_lowercase()))
+    }
+}
+
 /// The load balancer.
 pub struct LoadBalancer {
     config: LbConfig,
-    routes: tokio::sync::watch::Sender<Arc<Routes>>,
+    routes: tokio::sync::watch::Sender<Arc<Compiled>>,
     held: AtomicUsize,
     clusters: Mutex<HashMap<String, Arc<ClusterCounters>>>,
     outstanding: Mutex<HashMap<String, Arc<AtomicI64>>>,
     listening: Mutex<HashSet<u16>>,
     turn: AtomicUsize,
-    client: Client<HttpConnector, ProxyBody>,
 }
 
 /// Keeps the counters of one request until its response body is done.
@@ -142,12 +273,8 @@ impl Body for Counted {
     }
 }
 
-fn text(status: StatusCode, msg: String) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(msg + "\n"))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+fn text(status: StatusCode, msg: String) -> Response<DownBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(msg + "\n"))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -204,29 +331,20 @@ fn now_ms() -> u64 {
 impl LoadBalancer {
     /// A load balancer with an empty table (fed with [`LoadBalancer::set_topology`] or [`LoadBalancer::follow`]).
     pub fn new(config: LbConfig) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Arc::new(LoadBalancer {
             config,
-            routes: tokio::sync::watch::Sender::new(Arc::new(Routes::default())),
+            routes: tokio::sync::watch::Sender::new(Arc::new(Compiled::default())),
             held: AtomicUsize::new(0),
             clusters: Mutex::new(HashMap::new()),
             outstanding: Mutex::new(HashMap::new()),
             listening: Mutex::new(HashSet::new()),
             turn: AtomicUsize::new(0),
-            client,
         })
     }
 
     /// The current table.
     pub fn routes(&self) -> Arc<Routes> {
-        self.routes.borrow().clone()
+        self.routes.borrow().routes.clone()
     }
 
     /// Replaces the table from a topology and opens any new proxy port.
@@ -239,7 +357,8 @@ impl LoadBalancer {
             }
         }
         let ports = routes.ports();
-        self.routes.send_replace(routes);
+        let compiled = self.compile(routes);
+        self.routes.send_replace(Arc::new(compiled));
         for port in ports {
             let new = self
                 .listening
@@ -250,6 +369,46 @@ impl LoadBalancer {
                 self.clone().listen(port).await;
             }
         }
+    }
+
+    /// Attaches the long-lived counters and the upstream authorities to the routes, once per
+    /// topology change, so that a request does no map lookups and no allocations to find them.
+    fn compile(&self, routes: Arc<Routes>) -> Compiled {
+        let mut by_port: HashMap<u16, HashMap<String, Arc<CompiledRoute>>> = HashMap::new();
+        let (Ok(mut clusters), Ok(mut outstanding)) =
+            (self.clusters.lock(), self.outstanding.lock())
+        else {
+            return Compiled::default();
+        };
+        for ((host, port), route) in &routes.by_host {
+            let counters = clusters
+                .entry(route.cluster_id.clone())
+                .or_default()
+                .clone();
+            if let Ok(mut np) = counters.network_partition_id.lock() {
+                np.clone_from(&route.network_partition_id);
+            }
+            let targets = route
+                .backends
+                .iter()
+                .filter_map(|b| {
+                    Some(Target {
+                        member_id: b.member_id.clone(),
+                        authority: http::uri::Authority::try_from(b.addr.to_string()).ok()?,
+                        outstanding: outstanding.entry(b.member_id.clone()).or_default().clone(),
+                    })
+                })
+                .collect();
+            by_port.entry(*port).or_default().insert(
+                host.clone(),
+                Arc::new(CompiledRoute {
+                    cluster_id: route.cluster_id.clone(),
+                    counters,
+                    targets,
+                }),
+            );
+        }
+        Compiled { routes, by_port }
     }
 
     /// Follows the topology on the bus (and asks for the complete topology first); publishes
@@ -323,11 +482,15 @@ impl LoadBalancer {
                 let _ = stream.set_nodelay(true);
                 let lb = self.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| lb.clone().handle(port, peer, req));
+                    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+                    let upstreams = Arc::new(Upstreams::default());
+                    let svc = service_fn(move |req| {
+                        lb.clone()
+                            .handle(port, peer, peer_ip.clone(), upstreams.clone(), req)
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
                         .max_buf_size(64 * 1024)
                         .serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = conn.await {
@@ -338,85 +501,69 @@ impl LoadBalancer {
         });
     }
 
-    fn counters(&self, route: &table::Route) -> Arc<ClusterCounters> {
-        let Ok(mut map) = self.clusters.lock() else {
-            return Arc::new(ClusterCounters::default());
-        };
-        let c = map.entry(route.cluster_id.clone()).or_default().clone();
-        if let Ok(mut np) = c.network_partition_id.lock()
-            && np.is_empty()
-        {
-            np.clone_from(&route.network_partition_id);
-        }
-        c
-    }
-
-    fn member_counter(&self, member_id: &str) -> Arc<AtomicI64> {
-        self.outstanding
-            .lock()
-            .map(|mut m| m.entry(member_id.to_owned()).or_default().clone())
-            .unwrap_or_default()
-    }
-
     async fn handle(
         self: Arc<Self>,
         port: u16,
         peer: SocketAddr,
+        peer_ip: HeaderValue,
+        upstreams: Arc<Upstreams>,
         req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().host().map(str::to_owned))
-            .unwrap_or_default();
+    ) -> Result<Response<DownBody>, Infallible> {
         let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
+        let host_header = parts.headers.get(header::HOST).cloned();
+        let host = match host_header.as_ref().and_then(|h| h.to_str().ok()) {
+            Some(h) => h.to_owned(),
+            None => parts.uri.host().unwrap_or_default().to_owned(),
+        };
         let retry_ok = idempotent(&parts.method) && body.is_end_stream();
+        let path = parts.uri.path_and_query().cloned();
         strip_hop_by_hop(&mut parts.headers);
-        let client_ip = peer.ip().to_string();
-        let xff = match parts
+        let forwarded_for = match parts
             .headers
-            .get("x-forwarded-for")
+            .get(X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
         {
-            Some(prev) => format!("{prev}, {client_ip}"),
-            None => client_ip,
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).ok(),
+            None => Some(peer_ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
+        if let Some(v) = forwarded_for {
+            parts.headers.insert(X_FORWARDED_FOR, v);
         }
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            parts.headers.insert("x-forwarded-host", v);
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(v) = host_header {
+            parts.headers.insert(X_FORWARDED_HOST, v);
         }
         parts
             .headers
-            .insert("x-forwarded-port", HeaderValue::from(port));
-        let mut body = Some(body.boxed());
-        let mut failed: HashSet<String> = HashSet::new();
+            .insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        let mut body = Some(body);
+        let mut failed: Vec<String> = Vec::new();
         let mut last_error = String::new();
-        let mut changes = self.routes.subscribe();
+        let mut changes: Option<tokio::sync::watch::Receiver<Arc<Compiled>>> = None;
         let deadline = tokio::time::Instant::now() + HOLD;
         let mut holding = false;
         let result = loop {
-            let routes = changes.borrow_and_update().clone();
-            let Some(route) = routes.lookup(&host, port) else {
+            let compiled = match &mut changes {
+                Some(rx) => rx.borrow_and_update().clone(),
+                None => self.routes.borrow().clone(),
+            };
+            let Some(route) = compiled.lookup(&host, port) else {
                 break text(
                     StatusCode::NOT_FOUND,
                     format!("nubo: no application is served at {host} on port {port}"),
                 );
             };
-            let candidates: Vec<usize> = (0..route.backends.len())
-                .filter(|i| !failed.contains(&route.backends[*i].member_id))
-                .collect();
+            let candidates: Vec<&Target> = if failed.is_empty() {
+                route.targets.iter().collect()
+            } else {
+                route
+                    .targets
+                    .iter()
+                    .filter(|t| !failed.contains(&t.member_id))
+                    .collect()
+            };
             if candidates.is_empty() || failed.len() >= MAX_ATTEMPTS {
                 // No member can take it now. A request that can be replayed waits (bounded) for the
                 // table to change: a member becoming Active, or a replacement.
@@ -430,15 +577,18 @@ impl LoadBalancer {
                         self.held.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
-                if can_wait
-                    && holding
-                    && tokio::time::timeout_at(deadline, changes.changed())
-                        .await
-                        .is_ok_and(|r| r.is_ok())
-                {
-                    continue;
+                if can_wait && holding {
+                    let rx = changes.get_or_insert_with(|| {
+                        let mut rx = self.routes.subscribe();
+                        rx.mark_unchanged();
+                        rx
+                    });
+                    let changed = tokio::time::timeout_at(deadline, rx.changed()).await;
+                    if changed.is_ok_and(|r| r.is_ok()) {
+                        continue;
+                    }
                 }
-                if route.backends.is_empty() {
+                if route.targets.is_empty() {
                     let mut r = text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!(
@@ -455,75 +605,90 @@ impl LoadBalancer {
                     format!(
                         "nubo: no member of cluster {} could serve the request (tried {}; last error: {last_error})",
                         route.cluster_id,
-                        failed.iter().cloned().collect::<Vec<_>>().join(", ")
+                        failed.join(", ")
                     ),
                 );
             }
-            let cluster = self.counters(route);
-            let counters: Vec<Arc<AtomicI64>> = candidates
-                .iter()
-                .map(|i| self.member_counter(&route.backends[*i].member_id))
-                .collect();
-            let outstanding: Vec<i64> =
-                counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-            let Some(k) = table::choose(self.config.strategy, turn, &outstanding, &[]) else {
-                continue;
+            let pick = match self.config.strategy {
+                Strategy::RoundRobin => {
+                    self.turn.fetch_add(1, Ordering::Relaxed) % candidates.len()
+                }
+                Strategy::LeastOutstanding => {
+                    let outstanding: Vec<i64> = candidates
+                        .iter()
+                        .map(|t| t.outstanding.load(Ordering::Relaxed))
+                        .collect();
+                    table::choose(
+                        Strategy::LeastOutstanding,
+                        self.turn.fetch_add(1, Ordering::Relaxed),
+                        &outstanding,
+                        &[],
+                    )
+                    .unwrap_or(0)
+                }
             };
-            let backend = route.backends[candidates[k]].clone();
-            let Ok(uri) = format!("http://{}{}", backend.addr, path).parse::<Uri>() else {
+            let target = candidates[pick];
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(target.authority.clone());
+            uri.path_and_query = Some(
+                path.clone()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+            let Ok(uri) = Uri::from_parts(uri) else {
                 break text(
                     StatusCode::BAD_REQUEST,
-                    format!("nubo: cannot forward the path {path}"),
+                    "nubo: cannot forward this request".into(),
                 );
             };
             let up_body = match body.take() {
-                Some(b) => b,
-                None => Empty::new().map_err(|never| match never {}).boxed(),
+                Some(b) => Either::Left(b),
+                None => Either::Right(Empty::new()),
             };
             let mut up = Request::new(up_body);
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = uri;
             *up.headers_mut() = parts.headers.clone();
-            cluster.in_flight.fetch_add(1, Ordering::Relaxed);
-            counters[k].fetch_add(1, Ordering::Relaxed);
+            route.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+            target.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight {
-                cluster: cluster.clone(),
-                member: counters[k].clone(),
+                cluster: route.counters.clone(),
+                member: target.outstanding.clone(),
             };
-            match tokio::time::timeout(self.config.request_timeout, self.client.request(up)).await {
+            let sent = tokio::time::timeout(
+                self.config.request_timeout,
+                upstreams.send(&target.authority, self.config.connect_timeout, up),
+            )
+            .await;
+            match sent {
                 Ok(Ok(resp)) => {
-                    cluster.served.fetch_add(1, Ordering::Relaxed);
+                    route.counters.served.fetch_add(1, Ordering::Relaxed);
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
                     let counted = Counted {
                         inner: rbody,
                         guard: Some(guard),
                     };
-                    break Response::from_parts(rparts, counted.boxed());
+                    break Response::from_parts(rparts, Either::Left(counted));
                 }
                 Ok(Err(e)) => {
                     drop(guard);
-                    last_error = format!("{e:?}");
-                    let refused = e.is_connect();
-                    tracing::debug!(member = %backend.member_id, error = %last_error, "upstream request failed");
-                    failed.insert(backend.member_id.clone());
-                    // A refused connection never sent the body; anything else may have.
-                    if refused && !retry_ok && body.is_none() {
+                    let refused = matches!(e, UpstreamError::Connect(_));
+                    last_error = e.to_string();
+                    tracing::debug!(member = %target.member_id, error = %last_error, "upstream request failed");
+                    failed.push(target.member_id.clone());
+                    if !retry_ok {
+                        // The body went with the failed attempt: it cannot be replayed.
+                        let what = if refused {
+                            "refused the connection".to_owned()
+                        } else {
+                            format!("failed mid-request ({last_error})")
+                        };
                         break text(
                             StatusCode::BAD_GATEWAY,
                             format!(
-                                "nubo: member {} of cluster {} refused the connection",
-                                backend.member_id, route.cluster_id
-                            ),
-                        );
-                    }
-                    if !refused && !retry_ok {
-                        break text(
-                            StatusCode::BAD_GATEWAY,
-                            format!(
-                                "nubo: member {} of cluster {} failed mid-request ({last_error})",
-                                backend.member_id, route.cluster_id
+                                "nubo: member {} of cluster {} {what}",
+                                target.member_id, route.cluster_id
                             ),
                         );
                     }
@@ -534,7 +699,7 @@ impl LoadBalancer {
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
                             "nubo: member {} of cluster {} did not answer within {:?}",
-                            backend.member_id, route.cluster_id, self.config.request_timeout
+                            target.member_id, route.cluster_id, self.config.request_timeout
                         ),
                     );
                 }

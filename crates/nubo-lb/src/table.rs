@@ -155,6 +155,71 @@ pub fn apply(t: &mut Topology, e: &Event) -> bool {
     }
 }
 
+/// A topology from static routes `HOST:PROXY_PORT=ADDR[,ADDR...]` (for `nubo lb --route`, and
+/// benchmarks): one cluster per route, every member Active.
+pub fn static_topology(routes: &[String]) -> Result<Topology, String> {
+    use nubo_events::{Cluster, ClusterPort, Member, MemberPort};
+    let mut t = Topology::default();
+    for (i, r) in routes.iter().enumerate() {
+        let bad = || format!("`{r}` is not HOST:PROXY_PORT=ADDR[,ADDR...]");
+        let (front, back) = r.split_once('=').ok_or_else(bad)?;
+        let (host, proxy) = front.rsplit_once(':').ok_or_else(bad)?;
+        let proxy: u16 = proxy.parse().map_err(|_| bad())?;
+        let cluster_id = format!("static-{i}");
+        let mut members = std::collections::BTreeMap::new();
+        for (j, addr) in back.split(',').enumerate() {
+            let addr: SocketAddr = addr.trim().parse().map_err(|_| bad())?;
+            let id = format!("{cluster_id}-{j}");
+            members.insert(
+                id.clone(),
+                Member {
+                    member_id: id,
+                    cluster_id: cluster_id.clone(),
+                    cluster_instance_id: "static".into(),
+                    service_name: "static".into(),
+                    application_id: "static".into(),
+                    network_partition_id: "static".into(),
+                    partition_id: "static".into(),
+                    status: MemberStatus::Active,
+                    default_private_ip: Some(addr.ip().to_string()),
+                    default_public_ip: None,
+                    ports: vec![MemberPort {
+                        name: "http".into(),
+                        protocol: "http".into(),
+                        port: addr.port(),
+                        proxy_port: Some(proxy),
+                    }],
+                    init_time: 0,
+                    failure: None,
+                    properties: Default::default(),
+                },
+            );
+        }
+        t.clusters.insert(
+            cluster_id.clone(),
+            Cluster {
+                cluster_id,
+                service_name: "static".into(),
+                application_id: "static".into(),
+                alias: "static".into(),
+                host_names: vec![host.to_owned()],
+                tenant_id: 0,
+                ports: vec![ClusterPort {
+                    name: "http".into(),
+                    protocol: "http".into(),
+                    port: 0,
+                    proxy_port: Some(proxy),
+                }],
+                deployment_policy: String::new(),
+                autoscaling_policy: String::new(),
+                instances: Default::default(),
+                members,
+            },
+        );
+    }
+    Ok(t)
+}
+
 /// How to pick a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
@@ -308,6 +373,15 @@ mod tests {
                 .lookup("a.web.localhost", 8280)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn static_routes() {
+        let t =
+            static_topology(&["example.com:8080=127.0.0.1:9000,127.0.0.1:9001".into()]).unwrap();
+        let r = Routes::from_topology(&t);
+        assert_eq!(r.lookup("example.com", 8080).unwrap().backends.len(), 2);
+        assert!(static_topology(&["nonsense".into()]).is_err());
     }
 
     #[test]

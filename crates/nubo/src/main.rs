@@ -115,8 +115,16 @@ impl From<LbStrategy> for nubo_lb::Strategy {
 #[derive(Args)]
 struct LbArgs {
     /// The bus to follow the topology on (mqtt://host:port), e.g. the server's embedded broker
-    #[arg(long, env = "NUBO_BUS_URL", value_name = "URL")]
-    bus_url: String,
+    #[arg(
+        long,
+        env = "NUBO_BUS_URL",
+        value_name = "URL",
+        required_unless_present = "route"
+    )]
+    bus_url: Option<String>,
+    /// A static route instead of the bus: HOST:PROXY_PORT=MEMBER_ADDR[,MEMBER_ADDR...] (repeatable)
+    #[arg(long, value_name = "ROUTE")]
+    route: Vec<String>,
     /// Address the proxy ports bind to
     #[arg(long, env = "NUBO_LB_BIND", default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
@@ -285,26 +293,35 @@ fn agent(payload: &std::path::Path) -> ExitCode {
 
 async fn lb(args: LbArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text);
-    let bus = std::sync::Arc::new(nubo_bus::MqttBus::connect(nubo_bus::MqttConfig::from_url(
-        &args.bus_url,
-        "nubo-lb",
-    )?));
-    bus.wait_connected(std::time::Duration::from_secs(15))
-        .await
-        .with_context(|| format!("cannot reach the bus at {}", args.bus_url))?;
     let config = nubo_lb::LbConfig {
         bind: args.bind,
         strategy: args.strategy.into(),
         id: args.id.unwrap_or_else(|| format!("lb-{}", args.bind)),
         ..Default::default()
     };
-    nubo_lb::LoadBalancer::new(config)
-        .follow(nubo_bus::EventBus::new(bus))
-        .await?;
-    println!(
-        "nubo: load balancer following {} (proxy ports bind to {})",
-        args.bus_url, args.bind
-    );
+    let lb = nubo_lb::LoadBalancer::new(config);
+    if !args.route.is_empty() {
+        let topology = nubo_lb::static_topology(&args.route).map_err(anyhow::Error::msg)?;
+        lb.set_topology(&topology).await;
+        println!(
+            "nubo: load balancer with {} static route(s) on {}",
+            args.route.len(),
+            args.bind
+        );
+    }
+    if let Some(url) = &args.bus_url {
+        let bus = std::sync::Arc::new(nubo_bus::MqttBus::connect(nubo_bus::MqttConfig::from_url(
+            url, "nubo-lb",
+        )?));
+        bus.wait_connected(std::time::Duration::from_secs(15))
+            .await
+            .with_context(|| format!("cannot reach the bus at {url}"))?;
+        lb.follow(nubo_bus::EventBus::new(bus)).await?;
+        println!(
+            "nubo: load balancer following {url} (proxy ports bind to {})",
+            args.bind
+        );
+    }
     nubo_server::shutdown_signal().await;
     Ok(())
 }
@@ -335,10 +352,15 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker asked for (`TOKIO_WORKER_THREADS=1`, as when a load balancer is pinned to a core):
+    // the single-threaded scheduler, which does less work per task switch.
+    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
