@@ -628,18 +628,11 @@ impl LoadBalancer {
                 }
             };
             let target = candidates[pick];
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(target.authority.clone());
-            uri.path_and_query = Some(
-                path.clone()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            );
-            let Ok(uri) = Uri::from_parts(uri) else {
-                break text(
-                    StatusCode::BAD_REQUEST,
-                    "nubo: cannot forward this request".into(),
-                );
+            // Origin form (`GET /path HTTP/1.1`), as a server expects from a client; the client's
+            // `Host` header goes along, and the member's address is only where we connect.
+            let uri = match &path {
+                Some(p) => Uri::from(p.clone()),
+                None => Uri::from_static("/"),
             };
             let up_body = match body.take() {
                 Some(b) => Either::Left(b),

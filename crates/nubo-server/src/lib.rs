@@ -269,6 +269,12 @@ fn embedded_bus_addr(data_dir: &Path, addr: SocketAddr) -> SocketAddr {
     chosen
 }
 
+/// Whether a server holds `data_dir` now.
+pub fn is_running(data_dir: &Path) -> bool {
+    data_dir.join("nubo.lock").exists()
+        && lock::DirLock::acquire(&data_dir.join("nubo.lock")).is_err()
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -37,7 +37,7 @@ enum Top {
     },
     /// Run a load balancer on its own, following the topology on the bus
     Lb(LbArgs),
-    /// Stop every member the platform runs on this machine (the server itself keeps running)
+    /// Stop every member of a stopped server's data directory (running applications outlive the server)
     Down {
         /// The platform's data directory [default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo]
         #[arg(long, env = "NUBO_DATA_DIR", value_name = "DIR")]
@@ -327,6 +327,12 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
 }
 
 async fn down(data_dir: PathBuf) -> anyhow::Result<()> {
+    if nubo_server::is_running(&data_dir) {
+        anyhow::bail!(
+            "a nubo server is running on {}: it would replace the members at once. Undeploy the applications (`nubo undeploy APP`), or stop the server first",
+            data_dir.display()
+        );
+    }
     let dir = data_dir.join("members");
     let n = nubo_node::stop_all(&dir);
     println!("stopping {n} member(s) under {}", dir.display());

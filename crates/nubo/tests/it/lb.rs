@@ -88,6 +88,11 @@ async fn requests_reach_active_members_by_host_name_without_failures_while_membe
             let mut parts = body.split(' ');
             seen.insert(parts.next().unwrap().to_owned());
             assert_eq!(parts.next(), Some("127.0.0.1"), "X-Forwarded-For is set");
+            assert_eq!(
+                parts.next(),
+                Some("/"),
+                "the member sees the request in origin form"
+            );
         } else {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
