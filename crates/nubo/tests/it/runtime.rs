@@ -6,11 +6,19 @@ use serde_json::{Value, json};
 
 use crate::support::{Api, ServerProcess, agent_pid, alive, eventually, session_pids};
 
-/// A cartridge running a Python HTTP server on its port.
-fn http_cartridge(ty: &str) -> Value {
+/// A cartridge running a Python HTTP server on its port, behind the load balancer on `proxy`.
+fn http_cartridge(ty: &str, proxy: u16) -> Value {
     json!({"type": ty, "category": "framework", "provider": "nubo", "host": "localhost",
-        "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": "8280"}],
+        "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": proxy}],
         "iaasProvider": [{"type": "local", "imageId": "exec python3 -m http.server $PORT --bind 127.0.0.1"}]})
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn base_artifacts() -> Vec<(&'static str, Value)> {
@@ -34,11 +42,12 @@ fn base_artifacts() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// Two cartridges in a group, `db` before `web`.
-async fn deploy_grouped(api: &Api) {
+/// Two cartridges in a group, `db` before `web`; returns the load balancer's port for both.
+async fn deploy_grouped(api: &Api) -> u16 {
+    let proxy = free_port();
     let mut arts = base_artifacts();
-    arts.push(("cartridges", http_cartridge("db")));
-    arts.push(("cartridges", http_cartridge("web")));
+    arts.push(("cartridges", http_cartridge("db", proxy)));
+    arts.push(("cartridges", http_cartridge("web", proxy)));
     arts.push(("cartridgeGroups", json!({"name": "stack", "cartridges": ["db", "web"], "dependencies": {"startupOrders": [{"aliases": ["cartridge.db", "cartridge.web"]}], "terminationBehaviour": "terminate-all"}})));
     arts.push(("applications", json!({"applicationId": "shop", "components": {"groups": [{"name": "stack", "alias": "s", "deploymentPolicy": "dp", "cartridges": [
         {"type": "db", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "db", "autoscalingPolicy": "asp"}},
@@ -48,6 +57,24 @@ async fn deploy_grouped(api: &Api) {
         .post("/api/applications/shop/deploy/ap", json!({}))
         .await;
     assert_eq!(status, 202, "{body}");
+    proxy
+}
+
+/// `GET /` through the load balancer with a host name; the status code.
+async fn through_lb(proxy: u16, host: &str) -> u16 {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    match client
+        .get(format!("http://127.0.0.1:{proxy}/"))
+        .header("host", host)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
 }
 
 async fn http_get(port: u64) -> bool {
@@ -68,7 +95,7 @@ async fn a_grouped_application_starts_in_order_and_undeploys_completely() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path());
     let api = Api::new(&server);
-    deploy_grouped(&api).await;
+    let proxy = deploy_grouped(&api).await;
     // While db is not Active, web has no member at all.
     let db = eventually(30, "db active", || async {
         let members = api.members("shop").await;
@@ -105,6 +132,13 @@ async fn a_grouped_application_starts_in_order_and_undeploys_completely() {
             m["memberId"]
         );
     }
+    // Both clusters answer through the load balancer by host name.
+    for host in ["shop.db.localhost", "shop.web.localhost"] {
+        eventually(10, host, || async {
+            (through_lb(proxy, host).await == 200).then_some(())
+        })
+        .await;
+    }
     let (_, view) = api.get("/api/applications/shop/runtime").await;
     assert_eq!(
         view["applicationInstances"][0]["status"], "Active",
@@ -119,7 +153,7 @@ async fn a_grouped_application_starts_in_order_and_undeploys_completely() {
     );
     assert_eq!(
         group["clusterInstances"][1]["accessUrls"][0],
-        "http://shop.web.localhost:8280"
+        format!("http://shop.web.localhost:{proxy}")
     );
     let (_, app) = api.get("/api/applications/shop").await;
     assert_eq!(app["status"], "Deployed");
