@@ -29,6 +29,7 @@ mod auth;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+mod platform;
 
 use error::{ApiError, Message};
 
@@ -66,6 +67,7 @@ impl AppState {
 /// The whole HTTP application.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = artifacts::routes()
+        .merge(platform::routes())
         .route("/init", get(init))
         .route("/iaasProviders", get(iaas_providers));
     let authed = Router::new()

@@ -240,6 +240,210 @@ pub fn document() -> OpenApi {
             .response("404", message("No such application, or not deployed"))
             .build(),
     );
+    let simple: [(&str, HttpMethod, &str, &str, &str, &[(&str, &str)]); 21] = [
+        (
+            "/api/tenants",
+            HttpMethod::Post,
+            "add_tenant",
+            "Add a tenant and its admin user (super tenant only)",
+            "tenants",
+            &[
+                ("201", "Added"),
+                ("400", "Invalid"),
+                ("403", "Not the super tenant"),
+                ("409", "Exists"),
+            ],
+        ),
+        (
+            "/api/tenants",
+            HttpMethod::Put,
+            "update_tenant",
+            "Update a tenant (super tenant only)",
+            "tenants",
+            &[("200", "Updated"), ("404", "No such tenant")],
+        ),
+        (
+            "/api/tenants",
+            HttpMethod::Get,
+            "list_tenants",
+            "List tenants (super tenant only)",
+            "tenants",
+            &[("200", "Tenants")],
+        ),
+        (
+            "/api/tenants/{domain}",
+            HttpMethod::Get,
+            "get_tenant",
+            "Get a tenant",
+            "tenants",
+            &[("200", "The tenant"), ("404", "No such tenant")],
+        ),
+        (
+            "/api/tenants/{domain}",
+            HttpMethod::Delete,
+            "delete_tenant",
+            "Always refused: deactivate instead",
+            "tenants",
+            &[("406", "Use deactivate")],
+        ),
+        (
+            "/api/tenants/search/{part}",
+            HttpMethod::Get,
+            "search_tenants",
+            "Tenants whose domain contains a string",
+            "tenants",
+            &[("200", "Tenants")],
+        ),
+        (
+            "/api/tenants/activate/{domain}",
+            HttpMethod::Put,
+            "activate_tenant",
+            "Activate a tenant",
+            "tenants",
+            &[("200", "Activated"), ("404", "No such tenant")],
+        ),
+        (
+            "/api/tenants/deactivate/{domain}",
+            HttpMethod::Put,
+            "deactivate_tenant",
+            "Deactivate a tenant: its users can no longer log in",
+            "tenants",
+            &[("200", "Deactivated"), ("404", "No such tenant")],
+        ),
+        (
+            "/api/users",
+            HttpMethod::Post,
+            "add_user",
+            "Add a user to the caller's tenant (admins only; `credential` is the password)",
+            "users",
+            &[
+                ("201", "Added"),
+                ("400", "Invalid"),
+                ("403", "Not an admin"),
+                ("409", "Exists"),
+            ],
+        ),
+        (
+            "/api/users",
+            HttpMethod::Put,
+            "update_user",
+            "Update a user of the caller's tenant",
+            "users",
+            &[("200", "Updated"), ("404", "No such user")],
+        ),
+        (
+            "/api/users",
+            HttpMethod::Get,
+            "list_users",
+            "Users of the caller's tenant (passwords are never shown)",
+            "users",
+            &[("200", "Users")],
+        ),
+        (
+            "/api/users/{name}",
+            HttpMethod::Delete,
+            "remove_user",
+            "Remove a user (not the tenant's last admin)",
+            "users",
+            &[
+                ("200", "Removed"),
+                ("404", "No such user"),
+                ("409", "The last admin"),
+            ],
+        ),
+        (
+            "/api/kubernetesClusters/{id}/minion",
+            HttpMethod::Post,
+            "add_kubernetes_host",
+            "Add a host to a Kubernetes cluster",
+            "kubernetesClusters",
+            &[
+                ("201", "Added"),
+                ("404", "No such cluster"),
+                ("409", "Host exists"),
+            ],
+        ),
+        (
+            "/api/kubernetesClusters/{id}/hosts",
+            HttpMethod::Get,
+            "list_kubernetes_hosts",
+            "Hosts of a Kubernetes cluster",
+            "kubernetesClusters",
+            &[("200", "Hosts"), ("404", "No such cluster")],
+        ),
+        (
+            "/api/kubernetesClusters/{id}/master",
+            HttpMethod::Get,
+            "get_kubernetes_master",
+            "The master of a Kubernetes cluster",
+            "kubernetesClusters",
+            &[("200", "The master"), ("404", "No such cluster")],
+        ),
+        (
+            "/api/kubernetesClusters/{id}/master",
+            HttpMethod::Put,
+            "update_kubernetes_master",
+            "Replace the master of a Kubernetes cluster",
+            "kubernetesClusters",
+            &[("200", "Updated"), ("404", "No such cluster")],
+        ),
+        (
+            "/api/kubernetesClusters/host",
+            HttpMethod::Put,
+            "update_kubernetes_host",
+            "Replace a host (found by hostId)",
+            "kubernetesClusters",
+            &[("200", "Updated"), ("404", "No such host")],
+        ),
+        (
+            "/api/kubernetesClusters/{id}/hosts/{host}",
+            HttpMethod::Delete,
+            "remove_kubernetes_host",
+            "Remove a host",
+            "kubernetesClusters",
+            &[("200", "Removed"), ("404", "No such host")],
+        ),
+        (
+            "/api/applications/{id}/networkPartitions",
+            HttpMethod::Get,
+            "application_network_partitions",
+            "The network partitions of an application's deployment policies",
+            "applications",
+            &[
+                ("200", "Network partitions"),
+                ("404", "No such application"),
+            ],
+        ),
+        (
+            "/api/cluster/{id}",
+            HttpMethod::Get,
+            "get_cluster",
+            "A cluster of the topology: members, host names, instances",
+            "applications",
+            &[("200", "The cluster"), ("404", "No such cluster")],
+        ),
+        (
+            "/api/cartridges/{id}/filter/{filter}",
+            HttpMethod::Get,
+            "filter_cartridge",
+            "A cartridge if it matches a filter",
+            "cartridges",
+            &[
+                ("200", "The cartridge"),
+                ("404", "No such cartridge, or no match"),
+            ],
+        ),
+    ];
+    for (path, method, id, summary, tag, responses) in simple {
+        let mut o = op(id.into(), summary.into(), tag);
+        for seg in path.split('/').filter(|s| s.starts_with('{')) {
+            o = o.parameter(id_param(seg.trim_matches(|c| c == '{' || c == '}')));
+        }
+        for (code, desc) in responses {
+            o = o.response(*code, message(desc));
+        }
+        paths.add_path_operation(path, vec![method], o.build());
+    }
     paths.add_path_operation(
         "/api/init",
         vec![HttpMethod::Get],

@@ -153,6 +153,93 @@ pub enum CartridgeCommand {
     },
 }
 
+/// Tenant commands (super tenant only).
+#[derive(Debug, Clone, Subcommand)]
+pub enum TenantCommand {
+    /// Add a tenant and its admin user, from flags or a JSON file
+    Add(TenantArgs),
+    /// Update a tenant from a JSON file
+    Update {
+        /// The tenant's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List tenants (optionally those whose domain contains a string)
+    #[command(visible_alias = "ls")]
+    List {
+        /// Part of the domain to look for
+        #[arg(short = 'd', long)]
+        domain: Option<String>,
+    },
+    /// Show a tenant
+    Describe {
+        /// Tenant domain
+        domain: String,
+    },
+    /// Let a tenant's users log in again
+    Activate {
+        /// Tenant domain
+        domain: String,
+    },
+    /// Stop a tenant's users from logging in
+    Deactivate {
+        /// Tenant domain
+        domain: String,
+    },
+}
+
+/// `tenant add`: Stratos' flags, or a file.
+#[derive(Debug, Clone, Args)]
+pub struct TenantArgs {
+    /// The tenant's JSON file (instead of the flags)
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with_all = ["domain", "admin"])]
+    pub file: Option<PathBuf>,
+    /// Admin user name
+    #[arg(short = 'a', long, requires = "domain")]
+    pub admin: Option<String>,
+    /// Admin first name
+    #[arg(long)]
+    pub first_name: Option<String>,
+    /// Admin last name
+    #[arg(short = 'l', long)]
+    pub last_name: Option<String>,
+    /// Tenant domain
+    #[arg(short = 'd', long, requires = "admin")]
+    pub domain: Option<String>,
+    /// Admin email
+    #[arg(short = 'e', long)]
+    pub email: Option<String>,
+    /// Admin password
+    #[arg(long)]
+    pub admin_password: Option<String>,
+}
+
+/// User commands (the caller's tenant).
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserCommand {
+    /// Add a user from a JSON file (`credential` is the password)
+    Add {
+        /// The user's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Update a user from a JSON file
+    Update {
+        /// The user's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List the users of your tenant
+    #[command(visible_alias = "ls")]
+    List,
+    /// Remove a user
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// User name
+        name: String,
+    },
+}
+
 /// Application commands: the artifact commands plus deployment.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ApplicationCommand {
@@ -238,6 +325,12 @@ pub enum Command {
     /// Kubernetes clusters
     #[command(subcommand, name = "kubernetes-cluster", visible_alias = "k8s")]
     KubernetesCluster(ArtifactCommand),
+    /// Tenants (super tenant only)
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Users of your tenant
+    #[command(subcommand)]
+    User(UserCommand),
     /// The IaaS providers network partitions may use
     #[command(name = "iaas-providers")]
     IaasProviders,
@@ -424,6 +517,8 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             render::list(out, "cartridges", &v);
             Ok(())
         }
+        Command::Tenant(c) => tenant(&client, out, c).await,
+        Command::User(c) => user(&client, out, c).await,
         Command::IaasProviders => {
             let v = client.send("GET", "/api/iaasProviders", None).await?;
             match out {
@@ -463,6 +558,96 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn tenant(client: &ApiClient, out: Output, c: &TenantCommand) -> anyhow::Result<()> {
+    match c {
+        TenantCommand::Add(a) => {
+            let body = match &a.file {
+                Some(f) => read_file(f)?,
+                None => serde_json::to_vec(&serde_json::json!({
+                    "admin": a.admin, "firstName": a.first_name, "lastName": a.last_name,
+                    "tenantDomain": a.domain, "email": a.email, "adminPassword": a.admin_password,
+                }))?,
+            };
+            render::message(out, &client.send("POST", "/api/tenants", Some(body)).await?);
+        }
+        TenantCommand::Update { file } => render::message(
+            out,
+            &client
+                .send("PUT", "/api/tenants", Some(read_file(file)?))
+                .await?,
+        ),
+        TenantCommand::List { domain } => {
+            let path = match domain {
+                Some(d) => format!("/api/tenants/search/{}", client::escape(d)),
+                None => "/api/tenants".to_owned(),
+            };
+            render::list(out, "tenants", &client.send("GET", &path, None).await?);
+        }
+        TenantCommand::Describe { domain } => render::describe(
+            out,
+            &client
+                .send(
+                    "GET",
+                    &format!("/api/tenants/{}", client::escape(domain)),
+                    None,
+                )
+                .await?,
+        ),
+        TenantCommand::Activate { domain } => render::message(
+            out,
+            &client
+                .send(
+                    "PUT",
+                    &format!("/api/tenants/activate/{}", client::escape(domain)),
+                    None,
+                )
+                .await?,
+        ),
+        TenantCommand::Deactivate { domain } => render::message(
+            out,
+            &client
+                .send(
+                    "PUT",
+                    &format!("/api/tenants/deactivate/{}", client::escape(domain)),
+                    None,
+                )
+                .await?,
+        ),
+    }
+    Ok(())
+}
+
+async fn user(client: &ApiClient, out: Output, c: &UserCommand) -> anyhow::Result<()> {
+    match c {
+        UserCommand::Add { file } => render::message(
+            out,
+            &client
+                .send("POST", "/api/users", Some(read_file(file)?))
+                .await?,
+        ),
+        UserCommand::Update { file } => render::message(
+            out,
+            &client
+                .send("PUT", "/api/users", Some(read_file(file)?))
+                .await?,
+        ),
+        UserCommand::List => {
+            render::list(out, "users", &client.send("GET", "/api/users", None).await?)
+        }
+        UserCommand::Remove { name } => render::message(
+            out,
+            &client
+                .send(
+                    "DELETE",
+                    &format!("/api/users/{}", client::escape(name)),
+                    None,
+                )
+                .await?,
+        ),
+    }
+    Ok(())
 }
 
 fn write_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {

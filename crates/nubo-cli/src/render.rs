@@ -117,6 +117,18 @@ fn columns(collection: &str) -> Vec<Column> {
                 join(arr(v, "kubernetesHosts").map(|h| s(h, "hostname")))
             }),
         ],
+        "tenants" => vec![
+            ("DOMAIN", |v| s(v, "tenantDomain")),
+            ("ID", |v| s(v, "tenantId")),
+            ("ADMIN", |v| s(v, "admin")),
+            ("EMAIL", |v| s(v, "email")),
+            ("ACTIVE", |v| s(v, "active")),
+        ],
+        "users" => vec![
+            ("USER", |v| s(v, "userName")),
+            ("ROLE", |v| s(v, "role")),
+            ("EMAIL", |v| s(v, "email")),
+        ],
         _ => vec![("VALUE", |v| v.to_string())],
     }
 }

@@ -118,7 +118,18 @@ impl Manager {
         let (name, tenant) = match user.rsplit_once('@') {
             None => (user, SUPER_TENANT_ID),
             Some((name, "carbon.super")) => (name, SUPER_TENANT_ID),
-            Some(_) => return Err(denied()),
+            Some((name, domain)) => match self
+                .get::<nubo_model::Tenant>(SUPER_TENANT_ID, domain)
+                .await
+            {
+                Ok(t) if t.active != Some(false) => (name, t.tenant_id.unwrap_or(0)),
+                Ok(_) => {
+                    return Err(ManagerError::Unauthenticated(format!(
+                        "tenant `{domain}` is deactivated: ask the platform administrator to activate it"
+                    )));
+                }
+                Err(_) => return Err(denied()),
+            },
         };
         let cache_key = (tenant, name.to_owned());
         let d = digest(password);
@@ -158,6 +169,45 @@ impl Manager {
             user: name.to_owned(),
             role,
         })
+    }
+}
+
+impl Manager {
+    /// Stores (or replaces) a user's password hash and forgets cached logins of that user.
+    pub(crate) async fn set_password(
+        &self,
+        tenant: i64,
+        user: &str,
+        password: &str,
+    ) -> Result<(), ManagerError> {
+        let hash = hash_password(password.to_owned()).await?;
+        let w = Write {
+            tenant,
+            key: Key::new(CREDENTIAL, user),
+            body: json!({ "passwordHash": hash }),
+            refs: vec![Key::new(Kind::User.as_str(), user)],
+        };
+        let r = match self.store.update(w.clone()).await {
+            Err(nubo_store::StoreError::NotFound(_)) => self.store.create(w).await,
+            other => other,
+        };
+        r.map_err(|e| store_err(Kind::User, e))?;
+        if let Ok(mut c) = self.auth_cache.lock() {
+            c.retain(|(t, u), _| !(*t == tenant && u == user));
+        }
+        Ok(())
+    }
+
+    /// Forgets a user's password.
+    pub(crate) async fn drop_password(&self, tenant: i64, user: &str) -> Result<(), ManagerError> {
+        match self.store.delete(tenant, &Key::new(CREDENTIAL, user)).await {
+            Ok(()) | Err(nubo_store::StoreError::NotFound(_)) => {}
+            Err(e) => return Err(store_err(Kind::User, e)),
+        }
+        if let Ok(mut c) = self.auth_cache.lock() {
+            c.retain(|(t, u), _| !(*t == tenant && u == user));
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ use nubo_store::{Key, Store, StoreError, Write};
 use serde_json::Value;
 
 mod auth;
+mod tenants;
 
 pub use auth::{Principal, Role};
 

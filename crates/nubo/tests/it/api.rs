@@ -851,3 +851,349 @@ async fn the_quickstart_example_loads() {
         assert_eq!(a.status, StatusCode::CREATED, "{file}: {}", a.body);
     }
 }
+
+#[tokio::test]
+async fn tenants_users_and_their_separate_spaces() {
+    let api = TestApi::new().await;
+    let tenant = json!({"admin": "boss", "firstName": "Frank", "lastName": "Myers", "adminPassword": "s3cret!", "tenantDomain": "test1.com", "email": "foo1@bar.com", "active": "true"});
+    let a = api
+        .post("/api/tenants", tenant.to_string().as_bytes())
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.headers["location"], "/api/tenants/test1.com");
+    assert_eq!(
+        api.post("/api/tenants", tenant.to_string().as_bytes())
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    let bad = json!({"admin": "x", "adminPassword": "s3cret!", "tenantDomain": "test2.com", "email": "not-an-email"});
+    let a = api.post("/api/tenants", bad.to_string().as_bytes()).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.body["message"].as_str().unwrap().contains("email"),
+        "{}",
+        a.body
+    );
+    let got = api.get("/api/tenants/test1.com").await.body;
+    assert_eq!(got["tenantId"], 1);
+    assert_eq!(got["active"], true);
+    assert!(
+        got.get("adminPassword").is_none(),
+        "the password is never shown: {got}"
+    );
+    assert_eq!(
+        api.get("/api/tenants/search/test")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        api.call(Method::DELETE, "/api/tenants/test1.com", None)
+            .await
+            .status,
+        StatusCode::NOT_ACCEPTABLE
+    );
+
+    // The tenant's admin logs in as boss@test1.com and works in its own space.
+    let boss = basic("boss@test1.com", "s3cret!");
+    let a = api
+        .call_as(Some(&boss), Method::GET, "/api/init", None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let np = json!({"id": "np-t", "provider": "mock", "partitions": [{"id": "p"}]});
+    assert_eq!(
+        api.call_as(
+            Some(&boss),
+            Method::POST,
+            "/api/networkPartitions",
+            Some(np.to_string().into_bytes())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.get("/api/networkPartitions").await.body,
+        json!([]),
+        "the super tenant does not see it"
+    );
+    assert_eq!(
+        api.call_as(Some(&boss), Method::GET, "/api/networkPartitions", None)
+            .await
+            .body[0]["id"],
+        "np-t"
+    );
+    assert_eq!(
+        api.call_as(Some(&boss), Method::GET, "/api/tenants", None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN,
+        "tenants are the super tenant's"
+    );
+
+    // Users of the tenant.
+    let user = json!({"userName": "dev", "credential": "devpass1", "role": "Internal/user", "email": "dev@test1.com"});
+    let a = api
+        .call_as(
+            Some(&boss),
+            Method::POST,
+            "/api/users",
+            Some(user.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let users = api
+        .call_as(Some(&boss), Method::GET, "/api/users", None)
+        .await
+        .body;
+    assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u.get("credential").is_none()),
+        "{users}"
+    );
+    let dev = basic("dev@test1.com", "devpass1");
+    assert_eq!(
+        api.call_as(Some(&dev), Method::GET, "/api/networkPartitions", None)
+            .await
+            .body[0]["id"],
+        "np-t"
+    );
+    let other = json!({"userName": "x", "credential": "xxxxxxx"});
+    assert_eq!(
+        api.call_as(
+            Some(&dev),
+            Method::POST,
+            "/api/users",
+            Some(other.to_string().into_bytes())
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    let weak = json!({"userName": "y", "credential": "123"});
+    assert_eq!(
+        api.call_as(
+            Some(&boss),
+            Method::POST,
+            "/api/users",
+            Some(weak.to_string().into_bytes())
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+    // A password change takes effect at once.
+    let changed = json!({"userName": "dev", "credential": "newpass9", "role": "Internal/user"});
+    assert_eq!(
+        api.call_as(
+            Some(&boss),
+            Method::PUT,
+            "/api/users",
+            Some(changed.to_string().into_bytes())
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call_as(Some(&dev), Method::GET, "/api/init", None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.call_as(
+            Some(&basic("dev@test1.com", "newpass9")),
+            Method::GET,
+            "/api/init",
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call_as(Some(&boss), Method::DELETE, "/api/users/dev", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call_as(
+            Some(&basic("dev@test1.com", "newpass9")),
+            Method::GET,
+            "/api/init",
+            None
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.call_as(Some(&boss), Method::DELETE, "/api/users/boss", None)
+            .await
+            .status,
+        StatusCode::CONFLICT,
+        "the last admin stays"
+    );
+
+    // Deactivated tenants cannot log in; activated again, they can.
+    assert_eq!(
+        api.call(Method::PUT, "/api/tenants/deactivate/test1.com", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let a = api
+        .call_as(Some(&boss), Method::GET, "/api/init", None)
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        a.body["message"].as_str().unwrap().contains("deactivated"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        api.call(Method::PUT, "/api/tenants/activate/test1.com", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call_as(Some(&boss), Method::GET, "/api/init", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call_as(
+            Some(&basic("boss@nowhere.com", "s3cret!")),
+            Method::GET,
+            "/api/init",
+            None
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn kubernetes_cluster_hosts_and_runtime_lookups() {
+    let api = fixture().await;
+    let minion = json!({"hostId": "h1", "hostname": "h1.local", "privateIPAddress": "10.0.0.5"});
+    let a = api
+        .post(
+            "/api/kubernetesClusters/k1/minion",
+            minion.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(
+        api.post(
+            "/api/kubernetesClusters/k1/minion",
+            minion.to_string().as_bytes()
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        api.get("/api/kubernetesClusters/k1/hosts").await.body[0]["hostname"],
+        "h1.local"
+    );
+    assert_eq!(
+        api.get("/api/kubernetesClusters/k1/master").await.body["hostId"],
+        "m"
+    );
+    let master = json!({"hostId": "m", "hostname": "master.local"});
+    assert_eq!(
+        api.call(
+            Method::PUT,
+            "/api/kubernetesClusters/k1/master",
+            Some(master.to_string().into_bytes())
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/api/kubernetesClusters/k1").await.body["kubernetesMaster"]["hostname"],
+        "master.local"
+    );
+    let host = json!({"hostId": "h1", "hostname": "h1.example"});
+    assert_eq!(
+        api.call(
+            Method::PUT,
+            "/api/kubernetesClusters/host",
+            Some(host.to_string().into_bytes())
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/api/kubernetesClusters/k1/hosts").await.body[0]["hostname"],
+        "h1.example"
+    );
+    let ghost = json!({"hostId": "h9", "hostname": "x"});
+    assert_eq!(
+        api.call(
+            Method::PUT,
+            "/api/kubernetesClusters/host",
+            Some(ghost.to_string().into_bytes())
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call(Method::DELETE, "/api/kubernetesClusters/k1/hosts/h1", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Method::DELETE, "/api/kubernetesClusters/k1/hosts/h1", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/api/kubernetesClusters/k9/hosts").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let bad = api
+        .post("/api/kubernetesClusters/k1/minion", br#"{"hostId": ""}"#)
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // Runtime lookups.
+    let nps = api
+        .get("/api/applications/app1/networkPartitions")
+        .await
+        .body;
+    assert_eq!(nps.as_array().unwrap().len(), 1);
+    assert_eq!(nps[0]["id"], "np1");
+    assert_eq!(
+        api.get("/api/cluster/app1.a1.c1.domain").await.status,
+        StatusCode::NOT_FOUND,
+        "not deployed"
+    );
+    // Deploy needs a controller, and says so after checking the request.
+    assert_eq!(
+        api.post("/api/applications/app1/deploy/nope", b"")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    let a = api.post("/api/applications/app1/deploy/ap1", b"").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+}

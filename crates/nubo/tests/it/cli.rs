@@ -116,6 +116,51 @@ fn the_cli_manages_artifacts_and_explains_errors() {
         serde_json::json!([])
     );
 
+    // Tenants with Stratos' flags, and their users.
+    let o = nubo(
+        &s,
+        &[
+            "tenant",
+            "add",
+            "-a",
+            "boss",
+            "-d",
+            "acme.com",
+            "-e",
+            "boss@acme.com",
+            "--admin-password",
+            "s3cret!",
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = nubo(&s, &["tenant", "list", "-d", "acme"]);
+    assert!(
+        text(&o).0.contains("acme.com") && text(&o).0.contains("boss"),
+        "{:?}",
+        text(&o)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args([
+            "user",
+            "list",
+            "--server",
+            &s.url,
+            "-u",
+            "boss@acme.com",
+            "-p",
+            "s3cret!",
+            "--ca-cert",
+        ])
+        .arg(s.data_dir.join("tls/cert.pem"))
+        .env("NUBO_CONFIG", s.data_dir.join("none.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        text(&o).0.contains("boss") && text(&o).0.contains("admin"),
+        "{:?}",
+        text(&o)
+    );
+
     // `login` saves the settings; later commands need no flags.
     let cfg = s.data_dir.join("cli.toml");
     let o = Command::new(env!("CARGO_BIN_EXE_nubo"))

@@ -1,0 +1,419 @@
+//! Tenants, users, Kubernetes cluster hosts, and runtime lookups (`stratos.md` §2).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, OriginalUri, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use http::{StatusCode, header};
+use nubo_manager::{ManagerError, Principal, Role, require_super_tenant};
+use nubo_model::{Application, DeploymentPolicy, KubernetesCluster, KubernetesHost, Tenant, User};
+
+use crate::AppState;
+use crate::error::{ApiError, Message};
+
+type S = State<Arc<AppState>>;
+type Body = Result<Bytes, BytesRejection>;
+
+fn require_admin(p: &Principal) -> Result<(), ApiError> {
+    if p.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only an admin of the tenant may manage its users",
+        ))
+    }
+}
+
+// === tenants (super tenant only) ===
+
+async fn add_tenant(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    OriginalUri(uri): OriginalUri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_super_tenant(&p)?;
+    let t = s.manager.add_tenant(&body?).await?;
+    let location = format!("{}/{}", uri.path().trim_end_matches('/'), t.tenant_domain);
+    let msg = Message::success(format!(
+        "Tenant added successfully: [tenant-domain] {} [tenant-id] {}",
+        t.tenant_domain,
+        t.tenant_id.unwrap_or(0)
+    ));
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(msg),
+    )
+        .into_response())
+}
+
+async fn update_tenant(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    body: Body,
+) -> Result<Json<Message>, ApiError> {
+    require_super_tenant(&p)?;
+    let t = s.manager.update_tenant(&body?).await?;
+    Ok(Json(Message::success(format!(
+        "Tenant updated successfully: [tenant-domain] {}",
+        t.tenant_domain
+    ))))
+}
+
+async fn list_tenants(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Vec<Tenant>>, ApiError> {
+    require_super_tenant(&p)?;
+    Ok(Json(
+        s.manager
+            .list::<Tenant>(nubo_model::SUPER_TENANT_ID)
+            .await?,
+    ))
+}
+
+async fn get_tenant(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(domain): Path<String>,
+) -> Result<Json<Tenant>, ApiError> {
+    require_super_tenant(&p)?;
+    Ok(Json(
+        s.manager
+            .get::<Tenant>(nubo_model::SUPER_TENANT_ID, &domain)
+            .await?,
+    ))
+}
+
+async fn search_tenants(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(part): Path<String>,
+) -> Result<Json<Vec<Tenant>>, ApiError> {
+    require_super_tenant(&p)?;
+    let all = s
+        .manager
+        .list::<Tenant>(nubo_model::SUPER_TENANT_ID)
+        .await?;
+    let needle = part.to_ascii_lowercase();
+    Ok(Json(
+        all.into_iter()
+            .filter(|t| t.tenant_domain.to_ascii_lowercase().contains(&needle))
+            .collect(),
+    ))
+}
+
+async fn activate(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(domain): Path<String>,
+) -> Result<Json<Message>, ApiError> {
+    require_super_tenant(&p)?;
+    s.manager.set_tenant_active(&domain, true).await?;
+    Ok(Json(Message::success(format!(
+        "Tenant activated successfully: [tenant-domain] {domain}"
+    ))))
+}
+
+async fn deactivate(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(domain): Path<String>,
+) -> Result<Json<Message>, ApiError> {
+    require_super_tenant(&p)?;
+    s.manager.set_tenant_active(&domain, false).await?;
+    Ok(Json(Message::success(format!(
+        "Tenant deactivated successfully: [tenant-domain] {domain}"
+    ))))
+}
+
+async fn delete_tenant(
+    Extension(p): Extension<Principal>,
+    Path(domain): Path<String>,
+) -> Result<Response, ApiError> {
+    require_super_tenant(&p)?;
+    Err(ApiError::new(
+        StatusCode::NOT_ACCEPTABLE,
+        format!(
+            "tenants are not deleted: deactivate it instead (PUT /api/tenants/deactivate/{domain})"
+        ),
+    ))
+}
+
+// === users (the caller's tenant) ===
+
+async fn add_user(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    OriginalUri(uri): OriginalUri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let u = s.manager.add_user(p.tenant_id, &body?).await?;
+    let location = format!("{}/{}", uri.path().trim_end_matches('/'), u.user_name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(Message::success(format!(
+            "User added successfully: [user] {}",
+            u.user_name
+        ))),
+    )
+        .into_response())
+}
+
+async fn update_user(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    body: Body,
+) -> Result<Json<Message>, ApiError> {
+    require_admin(&p)?;
+    let u = s.manager.update_user(p.tenant_id, &body?).await?;
+    Ok(Json(Message::success(format!(
+        "User updated successfully: [user] {}",
+        u.user_name
+    ))))
+}
+
+async fn list_users(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Vec<User>>, ApiError> {
+    Ok(Json(s.manager.list::<User>(p.tenant_id).await?))
+}
+
+async fn remove_user(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<Message>, ApiError> {
+    require_admin(&p)?;
+    s.manager.remove_user(p.tenant_id, &name).await?;
+    Ok(Json(Message::success(format!(
+        "User removed successfully: [user] {name}"
+    ))))
+}
+
+// === Kubernetes cluster hosts ===
+
+fn host_body(body: &[u8]) -> Result<KubernetesHost, ApiError> {
+    let host: KubernetesHost =
+        nubo_model::json::from_slice(body).map_err(|error| ManagerError::Parse {
+            kind: nubo_model::Kind::KubernetesCluster,
+            error,
+        })?;
+    let mut p = nubo_model::Problems::default();
+    p.require_id("hostId", &host.host_id);
+    p.require_text("hostname", &host.hostname);
+    p.into_result().map_err(|errors| ManagerError::Invalid {
+        kind: nubo_model::Kind::KubernetesCluster,
+        errors,
+    })?;
+    Ok(host)
+}
+
+async fn save_cluster(s: &AppState, tenant: i64, c: &KubernetesCluster) -> Result<(), ApiError> {
+    let body = serde_json::to_vec(c)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    s.manager.update::<KubernetesCluster>(tenant, &body).await?;
+    Ok(())
+}
+
+async fn add_minion(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let host = host_body(&body?)?;
+    let mut c = s.manager.get::<KubernetesCluster>(p.tenant_id, &id).await?;
+    if c.kubernetes_master.host_id == host.host_id
+        || c.kubernetes_hosts
+            .iter()
+            .flatten()
+            .any(|h| h.host_id == host.host_id)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "kubernetes cluster `{id}` already has a host `{}`",
+                host.host_id
+            ),
+        ));
+    }
+    c.kubernetes_hosts
+        .get_or_insert_with(Vec::new)
+        .push(host.clone());
+    save_cluster(&s, p.tenant_id, &c).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Message::success(format!(
+            "Kubernetes host added successfully: [kub-host] {}",
+            host.host_id
+        ))),
+    )
+        .into_response())
+}
+
+async fn list_hosts(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<KubernetesHost>>, ApiError> {
+    let c = s.manager.get::<KubernetesCluster>(p.tenant_id, &id).await?;
+    Ok(Json(c.kubernetes_hosts.unwrap_or_default()))
+}
+
+async fn get_master(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<KubernetesHost>, ApiError> {
+    Ok(Json(
+        s.manager
+            .get::<KubernetesCluster>(p.tenant_id, &id)
+            .await?
+            .kubernetes_master,
+    ))
+}
+
+async fn update_master(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Message>, ApiError> {
+    let host = host_body(&body?)?;
+    let mut c = s.manager.get::<KubernetesCluster>(p.tenant_id, &id).await?;
+    c.kubernetes_master = host;
+    save_cluster(&s, p.tenant_id, &c).await?;
+    Ok(Json(Message::success(format!(
+        "Kubernetes master updated successfully: [kub-cluster] {id}"
+    ))))
+}
+
+async fn update_host(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    body: Body,
+) -> Result<Json<Message>, ApiError> {
+    let host = host_body(&body?)?;
+    for mut c in s.manager.list::<KubernetesCluster>(p.tenant_id).await? {
+        if let Some(h) = c
+            .kubernetes_hosts
+            .iter_mut()
+            .flatten()
+            .find(|h| h.host_id == host.host_id)
+        {
+            *h = host.clone();
+            save_cluster(&s, p.tenant_id, &c).await?;
+            return Ok(Json(Message::success(format!(
+                "Kubernetes host updated successfully: [kub-host] {}",
+                host.host_id
+            ))));
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no kubernetes cluster has a host `{}`", host.host_id),
+    ))
+}
+
+async fn remove_host(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path((id, host_id)): Path<(String, String)>,
+) -> Result<Json<Message>, ApiError> {
+    let mut c = s.manager.get::<KubernetesCluster>(p.tenant_id, &id).await?;
+    let hosts = c.kubernetes_hosts.get_or_insert_with(Vec::new);
+    let before = hosts.len();
+    hosts.retain(|h| h.host_id != host_id);
+    if hosts.len() == before {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("kubernetes cluster `{id}` has no host `{host_id}`"),
+        ));
+    }
+    save_cluster(&s, p.tenant_id, &c).await?;
+    Ok(Json(Message::success(format!(
+        "Kubernetes host removed successfully: [kub-host] {host_id}"
+    ))))
+}
+
+// === runtime lookups ===
+
+async fn app_network_partitions(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let app = s.manager.get::<Application>(p.tenant_id, &id).await?;
+    let mut ids = std::collections::BTreeSet::new();
+    for spec in app.clusters() {
+        if let Some(dp) = spec.deployment_policy {
+            if let Ok(policy) = s.manager.get::<DeploymentPolicy>(p.tenant_id, dp).await {
+                ids.extend(policy.network_partitions.into_iter().map(|n| n.id));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for np in ids {
+        if let Ok(n) = s
+            .manager
+            .get::<nubo_model::NetworkPartition>(p.tenant_id, &np)
+            .await
+        {
+            out.push(serde_json::to_value(&n).unwrap_or_default());
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn cluster(State(s): S, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = s
+        .controller
+        .as_ref()
+        .and_then(|c| c.snapshot().topology.clusters.get(&id).cloned())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("cluster `{id}` does not exist (is its application deployed?)"),
+            )
+        })?;
+    Ok(Json(serde_json::to_value(&c).unwrap_or_default()))
+}
+
+/// The routes, relative to `/api` (and `/api/v4.1`).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/tenants",
+            post(add_tenant).put(update_tenant).get(list_tenants),
+        )
+        .route("/tenants/{domain}", get(get_tenant).delete(delete_tenant))
+        .route("/tenants/search/{part}", get(search_tenants))
+        .route("/tenants/activate/{domain}", put(activate))
+        .route("/tenants/deactivate/{domain}", put(deactivate))
+        .route("/users", post(add_user).put(update_user).get(list_users))
+        .route("/users/{name}", delete(remove_user))
+        .route("/kubernetesClusters/{id}/minion", post(add_minion))
+        .route("/kubernetesClusters/{id}/hosts", get(list_hosts))
+        .route(
+            "/kubernetesClusters/{id}/master",
+            get(get_master).put(update_master),
+        )
+        .route("/kubernetesClusters/host", put(update_host))
+        .route("/kubernetesClusters/{id}/hosts/{host}", delete(remove_host))
+        .route(
+            "/applications/{id}/networkPartitions",
+            get(app_network_partitions),
+        )
+        .route("/cluster/{id}", get(cluster))
+}
