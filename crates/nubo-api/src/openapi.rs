@@ -172,6 +172,16 @@ fn collect<T: ToSchema>(c: ComponentsBuilder) -> ComponentsBuilder {
     c.schema(T::name(), T::schema()).schemas_from_iter(nested)
 }
 
+/// A simple operation: path, method, id, summary, tag, responses.
+type SimpleOp = (
+    &'static str,
+    HttpMethod,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// The document.
 pub fn document() -> OpenApi {
     let mut paths = Paths::new();
@@ -240,7 +250,7 @@ pub fn document() -> OpenApi {
             .response("404", message("No such application, or not deployed"))
             .build(),
     );
-    let simple: [(&str, HttpMethod, &str, &str, &str, &[(&str, &str)]); 21] = [
+    let simple: [SimpleOp; 21] = [
         (
             "/api/tenants",
             HttpMethod::Post,

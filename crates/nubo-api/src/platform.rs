@@ -357,10 +357,10 @@ async fn app_network_partitions(
     let app = s.manager.get::<Application>(p.tenant_id, &id).await?;
     let mut ids = std::collections::BTreeSet::new();
     for spec in app.clusters() {
-        if let Some(dp) = spec.deployment_policy {
-            if let Ok(policy) = s.manager.get::<DeploymentPolicy>(p.tenant_id, dp).await {
-                ids.extend(policy.network_partitions.into_iter().map(|n| n.id));
-            }
+        if let Some(dp) = spec.deployment_policy
+            && let Ok(policy) = s.manager.get::<DeploymentPolicy>(p.tenant_id, dp).await
+        {
+            ids.extend(policy.network_partitions.into_iter().map(|n| n.id));
         }
     }
     let mut out = Vec::new();
