@@ -25,7 +25,7 @@ from datetime import datetime
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/nubo-target"))
 NUBO = os.path.join(TARGET, "release", "nubo")
-WHOAMI = os.path.join(ROOT, "bench", "whoami.py")
+WHOAMI = os.path.join(ROOT, "crates", "nubo", "tests", "it", "fixtures", "whoami.py")
 PASSWORD = "bench"
 
 
