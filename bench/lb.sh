@@ -7,15 +7,16 @@
 # percentiles and the ratio nubo/nginx. Everything binds loopback ports chosen at random, and every
 # process started here is stopped on exit.
 #
-# The two proxies alternate over ROUNDS rounds (the machine is a shared virtual one, so single runs are
-# noisy) and the table shows, per proxy, the round with the median throughput.
+# The two proxies alternate over ROUNDS short rounds (the machine is a shared virtual one whose speed
+# drifts, so single runs are noisy): the table shows, per proxy, the round with the median throughput,
+# and the median of the per-round ratios nubo/nginx (each ratio compares two runs made back to back).
 #
 #   bench/lb.sh [DURATION_SECONDS] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${1:-10}
+DURATION=${1:-4}
 CONNECTIONS=${2:-64}
-ROUNDS=${3:-3}
+ROUNDS=${3:-7}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nubo-target}"
 for tool in nginx wrk taskset; do
   command -v "$tool" >/dev/null || { apt-get update -qq >/dev/null; apt-get install -y -qq nginx wrk util-linux >/dev/null; break; }
@@ -90,16 +91,18 @@ done
 median() { sort -n -k1 "$1" | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)'; }
 read -r N_RPS N_P50 N_P90 N_P99 N_ERR < <(median "$WORK/nginx.rounds")
 read -r B_RPS B_P50 B_P90 B_P99 B_ERR < <(median "$WORK/nubo.rounds")
-echo "rounds (requests/s p50 p90 p99): nginx: $(cut -d' ' -f1 "$WORK/nginx.rounds" | tr '\n' ' ')/ nubo: $(cut -d' ' -f1 "$WORK/nubo.rounds" | tr '\n' ' ')" >&2
-python3 - "$N_RPS" "$N_P50" "$N_P90" "$N_P99" "$N_ERR" "$B_RPS" "$B_P50" "$B_P90" "$B_P99" "$B_ERR" "$DURATION" "$CONNECTIONS" <<'PY'
+RATIO=$(paste -d' ' "$WORK/nubo.rounds" "$WORK/nginx.rounds" | awk '{print $1 / $6}' | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')
+echo "rounds, requests/s: nginx: $(cut -d' ' -f1 "$WORK/nginx.rounds" | tr '\n' ' ')/ nubo: $(cut -d' ' -f1 "$WORK/nubo.rounds" | tr '\n' ' ')" >&2
+python3 - "$N_RPS" "$N_P50" "$N_P90" "$N_P99" "$N_ERR" "$B_RPS" "$B_P50" "$B_P90" "$B_P99" "$B_ERR" "$DURATION" "$CONNECTIONS" "$RATIO" "$ROUNDS" <<'PY'
 import sys
 n = list(map(float, sys.argv[1:5])); ne = sys.argv[5]
 b = list(map(float, sys.argv[6:10])); be = sys.argv[10]
-d, c = sys.argv[11], sys.argv[12]
-print(f"wrk -t1 -c{c} -d{d}s, proxy pinned to CPU 0 with 1 worker, backend and wrk on CPU 1, upstream keep-alive; median round of each\n")
+d, c, ratio, rounds = sys.argv[11], sys.argv[12], float(sys.argv[13]), sys.argv[14]
+print(f"wrk -t1 -c{c} -d{d}s x {rounds} alternating rounds, proxy pinned to CPU 0 with 1 worker, backend and wrk on CPU 1, upstream keep-alive; median round of each\n")
 print("| proxy | requests/s | p50 ms | p90 ms | p99 ms | errors |")
 print("| --- | ---: | ---: | ---: | ---: | --- |")
 print(f"| nginx | {n[0]:.0f} | {n[1]:.3f} | {n[2]:.3f} | {n[3]:.3f} | {ne} |")
 print(f"| nubo lb | {b[0]:.0f} | {b[1]:.3f} | {b[2]:.3f} | {b[3]:.3f} | {be} |")
 print(f"| nubo / nginx | {b[0]/n[0]:.2f} | {b[1]/n[1]:.2f} | {b[2]/n[2]:.2f} | {b[3]/n[3]:.2f} | |")
+print(f"\nmedian of the per-round throughput ratios nubo/nginx: {ratio:.2f}")
 PY
