@@ -112,6 +112,7 @@ impl std::fmt::Display for UpstreamError {
 /// The upstream connections of one client connection: one kept-alive HTTP/1.1 connection per
 /// member, reused by the client's next requests (an HTTP/1.1 client sends one at a time), so
 /// requests never wait on a shared pool.
+#[derive(Default)]
 struct Upstreams {
     conns: Mutex<
         Vec<(
@@ -119,17 +120,10 @@ struct Upstreams {
             hyper::client::conn::http1::SendRequest<UpBody>,
         )>,
     >,
-    /// Hands new upstream connections to the client connection's own task, which drives them
-    /// beside the client connection: no task switch between a request and its upstream exchange.
-    drivers: tokio::sync::mpsc::UnboundedSender<Driver>,
 }
-
-/// An upstream connection's I/O future.
-type Driver = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Upstreams {
     async fn connect(
-        &self,
         to: &http::uri::Authority,
         connect_timeout: Duration,
     ) -> Result<hyper::client::conn::http1::SendRequest<UpBody>, UpstreamError> {
@@ -146,13 +140,9 @@ impl Upstreams {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(format!("{to}: {e}")))?;
-        let driver: Driver = Box::pin(async move {
+        tokio::spawn(async move {
             let _ = conn.await;
         });
-        if let Err(unsent) = self.drivers.send(driver) {
-            // The client connection is closing: drive it on its own.
-            tokio::spawn(unsent.0);
-        }
         Ok(sender)
     }
 
@@ -172,9 +162,9 @@ impl Upstreams {
                 Some(mut s) => match s.ready().await {
                     Ok(()) => s,
                     // A kept-alive connection the member closed: a fresh one.
-                    Err(_) => self.connect(to, connect_timeout).await?,
+                    Err(_) => Self::connect(to, connect_timeout).await?,
                 },
-                None => self.connect(to, connect_timeout).await?,
+                None => Self::connect(to, connect_timeout).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -494,8 +484,7 @@ impl LoadBalancer {
                 tokio::spawn(async move {
                     let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
                         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-                    let (drivers_tx, mut drivers_rx) = tokio::sync::mpsc::unbounded_channel::<Driver>();
-                    let upstreams = Arc::new(Upstreams { conns: Mutex::new(Vec::new()), drivers: drivers_tx });
+                    let upstreams = Arc::new(Upstreams::default());
                     let svc = service_fn(move |req| {
                         lb.clone()
                             .handle(port, peer, peer_ip.clone(), upstreams.clone(), req)
@@ -504,23 +493,9 @@ impl LoadBalancer {
                         .keep_alive(true)
                         .max_buf_size(64 * 1024)
                         .serve_connection(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    let mut driving = futures_util::stream::FuturesUnordered::new();
-                    loop {
-                        tokio::select! {
-                            biased;
-                            Some(()) = futures_util::StreamExt::next(&mut driving), if !driving.is_empty() => {}
-                            Some(d) = drivers_rx.recv() => driving.push(d),
-                            r = &mut conn => {
-                                if let Err(e) = r {
-                                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                                }
-                                break;
-                            }
-                        }
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
                     }
-                    // Upstream connections end with their client connection.
-                    drop(driving);
                 });
             }
         });
