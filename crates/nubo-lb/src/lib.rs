@@ -46,6 +46,8 @@ type DownBody = Either<Counted, Full<Bytes>>;
 pub const HOLD: Duration = Duration::from_secs(5);
 /// Most requests held at once; beyond it they are answered at once.
 pub const MAX_HELD: usize = 10_000;
+/// How long a client may take to send a request's headers (slow clients do not hold connections).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most members one request is tried on.
 pub const MAX_ATTEMPTS: usize = 3;
 
@@ -491,6 +493,8 @@ impl LoadBalancer {
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
                         .max_buf_size(64 * 1024)
                         .serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = conn.await {
