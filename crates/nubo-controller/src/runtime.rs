@@ -382,3 +382,87 @@ pub fn payload(
     }
     p
 }
+
+/// Exposes the topology to Prometheus: members by status, clusters, deployments.
+struct ControllerCollector(Arc<Mutex<ControllerState>>);
+
+impl std::fmt::Debug for ControllerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControllerCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for ControllerCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let (by_status, clusters, deployments, failing) = match self.0.lock() {
+            Ok(s) => {
+                let mut by_status: BTreeMap<&'static str, i64> = BTreeMap::new();
+                for m in s
+                    .topology
+                    .clusters
+                    .values()
+                    .flat_map(|c| c.members.values())
+                {
+                    *by_status.entry(m.status.as_str()).or_default() += 1;
+                }
+                let failing = s
+                    .deployments
+                    .values()
+                    .flat_map(|d| d.backoff.values())
+                    .filter(|b| b.failures > 0)
+                    .count();
+                (
+                    by_status,
+                    s.topology.clusters.len(),
+                    s.deployments.len(),
+                    failing,
+                )
+            }
+            Err(_) => return Ok(()),
+        };
+        let mut members = encoder.encode_descriptor(
+            "nubo_members",
+            "Members in the topology, by status",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (status, n) in &by_status {
+            ConstGauge::new(*n).encode(members.encode_family(&[("status", *status)])?)?;
+        }
+        let c = encoder.encode_descriptor(
+            "nubo_clusters",
+            "Clusters in the topology",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(clusters as i64).encode(c)?;
+        let d = encoder.encode_descriptor(
+            "nubo_deployed_applications",
+            "Deployed applications",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(deployments as i64).encode(d)?;
+        let f = encoder.encode_descriptor(
+            "nubo_failing_cluster_instances",
+            "Cluster instances whose members keep failing before becoming active (retried with backoff)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(failing as i64).encode(f)?;
+        Ok(())
+    }
+}
+
+impl ControllerHandle {
+    /// Registers the controller's metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(ControllerCollector(self.state.clone())));
+    }
+}

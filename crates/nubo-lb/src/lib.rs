@@ -85,6 +85,7 @@ impl Default for LbConfig {
 struct ClusterCounters {
     in_flight: AtomicI64,
     served: AtomicU64,
+    total: AtomicU64,
     network_partition_id: Mutex<String>,
 }
 
@@ -660,6 +661,7 @@ impl LoadBalancer {
             match sent {
                 Ok(Ok(resp)) => {
                     route.counters.served.fetch_add(1, Ordering::Relaxed);
+                    route.counters.total.fetch_add(1, Ordering::Relaxed);
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
                     let counted = Counted {
@@ -706,5 +708,88 @@ impl LoadBalancer {
             self.held.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(result)
+    }
+}
+
+/// Exposes the load balancer's counters to Prometheus (read at scrape time; nothing is added to
+/// the request path).
+struct LbCollector(Arc<LoadBalancer>);
+
+impl std::fmt::Debug for LbCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LbCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for LbCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let clusters: Vec<(String, Arc<ClusterCounters>)> = self
+            .0
+            .clusters
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let mut requests = encoder.encode_descriptor(
+            "nubo_lb_requests",
+            "Requests answered by a member, per cluster",
+            None,
+            MetricType::Counter,
+        )?;
+        for (cluster, c) in &clusters {
+            let labels = [("cluster", cluster.as_str())];
+            ConstCounter::new(c.total.load(Ordering::Relaxed))
+                .encode(requests.encode_family(&labels)?)?;
+        }
+        let mut in_flight = encoder.encode_descriptor(
+            "nubo_lb_requests_in_flight",
+            "Requests in flight, per cluster",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (cluster, c) in &clusters {
+            let labels = [("cluster", cluster.as_str())];
+            ConstGauge::new(c.in_flight.load(Ordering::Relaxed))
+                .encode(in_flight.encode_family(&labels)?)?;
+        }
+        let compiled = self.0.routes.borrow().clone();
+        let mut members = encoder.encode_descriptor(
+            "nubo_lb_routed_members",
+            "Members a host name is routed to",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (port, hosts) in &compiled.by_port {
+            for (host, route) in hosts {
+                let port = port.to_string();
+                let labels = [("host", host.as_str()), ("port", port.as_str())];
+                ConstGauge::new(route.targets.len() as i64)
+                    .encode(members.encode_family(&labels)?)?;
+            }
+        }
+        let held = encoder.encode_descriptor(
+            "nubo_lb_held_requests",
+            "Requests waiting for a member to serve them",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.held.load(Ordering::Relaxed) as i64).encode(held)?;
+        Ok(())
+    }
+}
+
+impl LoadBalancer {
+    /// Registers the load balancer's metrics.
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        registry.register_collector(Box::new(LbCollector(self.clone())));
     }
 }

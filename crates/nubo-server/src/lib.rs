@@ -150,13 +150,15 @@ pub async fn run(
     )
     .await
     .context("cannot start the cloud controller")?;
+    let mut registry = Registry::default();
+    controller.register_metrics(&mut registry);
     if let Some(lb) = &config.lb {
-        nubo_lb::LoadBalancer::new(lb.clone())
-            .follow(events.clone())
+        let lb = nubo_lb::LoadBalancer::new(lb.clone());
+        lb.register_metrics(&mut registry);
+        lb.follow(events.clone())
             .await
             .context("cannot start the load balancer")?;
     }
-    let registry = Registry::default();
     let state = AppState::new(manager, Some(controller), registry);
     let app = nubo_api::router(state);
 

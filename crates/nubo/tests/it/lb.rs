@@ -166,6 +166,30 @@ async fn requests_reach_active_members_by_host_name_without_failures_while_membe
         "replacement took {replaced_in:?}"
     );
 
+    // The load balancer's and the controller's metrics.
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .basic_auth("admin", Some(crate::support::PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nubo_lb_requests_total{cluster=\"site.www.web.domain\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nubo_members{status=\"Active\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nubo_lb_routed_members{host=\"site.www.localhost\""),
+        "{metrics}"
+    );
+
     // Undeploy: the host name is no longer routed.
     assert_eq!(
         api.post("/api/applications/site/undeploy", json!({}))
