@@ -46,6 +46,9 @@ type DownBody = Either<Counted, Full<Bytes>>;
 pub const HOLD: Duration = Duration::from_secs(5);
 /// Most requests held at once; beyond it they are answered at once.
 pub const MAX_HELD: usize = 10_000;
+/// Responses to replayable requests up to this size are received whole before they are passed on,
+/// so that a member dying mid-response means a replay, not a truncated body.
+pub const BUFFERED_RESPONSE: u64 = 64 * 1024;
 /// How long a client may take to send a request's headers (slow clients do not hold connections).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most members one request is tried on.
@@ -660,10 +663,39 @@ impl LoadBalancer {
             .await;
             match sent {
                 Ok(Ok(resp)) => {
-                    route.counters.served.fetch_add(1, Ordering::Relaxed);
-                    route.counters.total.fetch_add(1, Ordering::Relaxed);
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
+                    // A small response to a replayable request is received whole before anything
+                    // goes to the client: if the member dies mid-response, the request is replayed
+                    // on another member instead of the client getting a truncated body.
+                    let small = rparts
+                        .headers
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_some_and(|n| n <= BUFFERED_RESPONSE);
+                    if retry_ok && small {
+                        match http_body_util::BodyExt::collect(rbody).await {
+                            Ok(whole) => {
+                                drop(guard);
+                                route.counters.served.fetch_add(1, Ordering::Relaxed);
+                                route.counters.total.fetch_add(1, Ordering::Relaxed);
+                                break Response::from_parts(
+                                    rparts,
+                                    Either::Right(Full::new(whole.to_bytes())),
+                                );
+                            }
+                            Err(e) => {
+                                drop(guard);
+                                last_error = format!("the response broke off: {e}");
+                                tracing::debug!(member = %target.member_id, error = %last_error, "upstream response failed");
+                                failed.push(target.member_id.clone());
+                                continue;
+                            }
+                        }
+                    }
+                    route.counters.served.fetch_add(1, Ordering::Relaxed);
+                    route.counters.total.fetch_add(1, Ordering::Relaxed);
                     let counted = Counted {
                         inner: rbody,
                         guard: Some(guard),
