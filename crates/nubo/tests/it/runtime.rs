@@ -374,14 +374,16 @@ async fn members_survive_a_server_kill_and_are_re_adopted_after_restart() {
         dead_session.iter().all(|p| !alive(*p)),
         "what the dead agent left was cleaned up"
     );
-    // Stopping the server does not stop the application; undeploy does.
+    // Stopping the server does not stop the application; undeploy does. A graceful one: the
+    // re-adopted agents reconnected to the bus, so they get the clean-up request and drain
+    // (a silent agent would only be stopped after the 30 s drain timeout).
     assert_eq!(
-        api.post("/api/applications/shop/undeploy?force=true", json!({}))
+        api.post("/api/applications/shop/undeploy", json!({}))
             .await
             .0,
         202
     );
-    eventually(20, "undeployed", || async {
+    eventually(20, "undeployed gracefully", || async {
         let (_, app) = api.get("/api/applications/shop").await;
         (app["status"] == "Created").then_some(())
     })
