@@ -205,3 +205,61 @@ async fn requests_reach_active_members_by_host_name_without_failures_while_membe
     })
     .await;
 }
+
+/// A load balancer of its own (`nubo lb`), following the server's bus and bound to another
+/// loopback address, routes the same host names.
+#[tokio::test]
+async fn a_standalone_load_balancer_follows_the_bus() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    deploy(&api, proxy).await;
+    let mut lb = std::process::Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args([
+            "lb",
+            "--bus-url",
+            &server.bus_url,
+            "--bind",
+            "127.0.0.2",
+            "--id",
+            "lb-test",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::killpg(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _guard = Kill(lb.id());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let body = eventually(
+        30,
+        "the standalone load balancer routes the application",
+        || async {
+            let r = client
+                .get(format!("http://127.0.0.2:{proxy}/"))
+                .header("host", "site.api.localhost")
+                .send()
+                .await
+                .ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            r.text().await.ok()
+        },
+    )
+    .await;
+    assert!(body.starts_with("site.api.api-"), "{body}");
+    unsafe { libc::killpg(lb.id() as i32, libc::SIGTERM) };
+    let _ = lb.wait();
+}

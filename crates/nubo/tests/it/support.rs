@@ -186,6 +186,7 @@ pub fn equivalent(sent: &Value, got: &Value, path: &str, extra_ok: &[&str]) -> R
 pub struct ServerProcess {
     pub child: Option<Child>,
     pub url: String,
+    pub bus_url: String,
     pub data_dir: PathBuf,
 }
 
@@ -228,16 +229,23 @@ impl ServerProcess {
                 if let Some(url) = line.strip_prefix("nubo: API listening on ") {
                     let _ = tx.send(url.to_owned());
                 }
+                if let Some(bus) = line.strip_prefix("nubo: bus: ") {
+                    let _ = tx.send(bus.to_owned());
+                }
             }
         });
         let mut server = ServerProcess {
             child: Some(child),
             url: String::new(),
+            bus_url: String::new(),
             data_dir: data_dir.to_owned(),
         };
         server.url = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the server did not report its address within 30 s");
+        server.bus_url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not report its bus within 30 s");
         server
     }
 
