@@ -427,3 +427,191 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod catalogue {
+    //! The event catalogue as a checked-in contract: one example of every event, encoded.
+    //! Regenerate deliberately with `NUBO_BLESS=1 cargo test -p nubo-events catalogue`.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::topology::{ClusterPort, MemberPort, MemberStatus};
+
+    fn member(status: MemberStatus) -> Member {
+        Member {
+            member_id: "shop.web.php-1".into(),
+            cluster_id: "shop.web.php.domain".into(),
+            cluster_instance_id: "shop-1".into(),
+            service_name: "php".into(),
+            application_id: "shop".into(),
+            network_partition_id: "np1".into(),
+            partition_id: "p1".into(),
+            status,
+            default_private_ip: Some("127.0.0.1".into()),
+            default_public_ip: None,
+            ports: vec![MemberPort {
+                name: "http".into(),
+                protocol: "http".into(),
+                port: 41234,
+                proxy_port: Some(8280),
+            }],
+            init_time: 1_763_769_600_000,
+            failure: None,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    fn cluster() -> Cluster {
+        let instance = ClusterInstance {
+            instance_id: "shop-1".into(),
+            network_partition_id: "np1".into(),
+            status: InstanceStatus::Active,
+            min_members: 1,
+            max_members: 3,
+        };
+        Cluster {
+            cluster_id: "shop.web.php.domain".into(),
+            service_name: "php".into(),
+            application_id: "shop".into(),
+            alias: "web".into(),
+            host_names: vec!["shop.web.localhost".into()],
+            tenant_id: -1234,
+            ports: vec![ClusterPort {
+                name: "http".into(),
+                protocol: "http".into(),
+                port: 80,
+                proxy_port: Some(8280),
+            }],
+            deployment_policy: "dp".into(),
+            autoscaling_policy: "asp".into(),
+            instances: BTreeMap::from([("shop-1".to_owned(), instance)]),
+            members: BTreeMap::from([("shop.web.php-1".to_owned(), member(MemberStatus::Active))]),
+        }
+    }
+
+    fn instance() -> InstanceRef {
+        InstanceRef {
+            application_id: "shop".into(),
+            service_name: "php".into(),
+            cluster_id: "shop.web.php.domain".into(),
+            cluster_instance_id: "shop-1".into(),
+            member_id: "shop.web.php-1".into(),
+            network_partition_id: "np1".into(),
+            partition_id: "p1".into(),
+        }
+    }
+
+    fn examples() -> Vec<Event> {
+        let change = |s| MemberChange { member: member(s) };
+        vec![
+            Event::CompleteTopology {
+                topology: Topology {
+                    clusters: BTreeMap::from([("shop.web.php.domain".to_owned(), cluster())]),
+                },
+            },
+            Event::ApplicationClustersCreated {
+                application_id: "shop".into(),
+                clusters: vec![cluster()],
+            },
+            Event::ApplicationClustersRemoved {
+                application_id: "shop".into(),
+                cluster_ids: vec!["shop.web.php.domain".into()],
+            },
+            Event::ClusterInstanceCreated {
+                cluster_id: "shop.web.php.domain".into(),
+                instance: cluster().instances["shop-1"].clone(),
+            },
+            Event::ClusterInstanceStatusChanged {
+                cluster_id: "shop.web.php.domain".into(),
+                instance_id: "shop-1".into(),
+                status: InstanceStatus::Active,
+            },
+            Event::MemberCreated(change(MemberStatus::Created)),
+            Event::MemberInitialized(change(MemberStatus::Initialized)),
+            Event::MemberStarted(change(MemberStatus::Starting)),
+            Event::MemberActivated(change(MemberStatus::Active)),
+            Event::MemberMaintenanceMode(change(MemberStatus::InMaintenance)),
+            Event::MemberReadyToShutdown(change(MemberStatus::ReadyToShutdown)),
+            Event::MemberTerminated(change(MemberStatus::Terminated)),
+            Event::ApplicationInstanceStatusChanged {
+                application_id: "shop".into(),
+                instance_id: "shop-1".into(),
+                group_alias: None,
+                status: InstanceStatus::Active,
+            },
+            Event::InstanceStarted(instance()),
+            Event::InstanceActivated(instance()),
+            Event::InstanceMaintenanceMode(instance()),
+            Event::InstanceReadyToShutdown(instance()),
+            Event::InstanceFailed {
+                instance: instance(),
+                reason: "the workload exited (exit status: 7)".into(),
+            },
+            Event::InstanceCleanupMember {
+                member_id: "shop.web.php-1".into(),
+            },
+            Event::InstanceCleanupCluster {
+                cluster_id: "shop.web.php.domain".into(),
+                cluster_instance_id: "shop-1".into(),
+            },
+            Event::MemberHealthStat(MemberHealth {
+                instance: instance(),
+                memory_consumption: 1.5,
+                load_average: 12.25,
+                ports_open: true,
+                at_ms: 1_763_769_600_000,
+            }),
+            Event::InFlightRequests(RequestsInFlight {
+                cluster_id: "shop.web.php.domain".into(),
+                network_partition_id: "np1".into(),
+                cluster_instance_id: None,
+                count: 3.0,
+                served: 120,
+                load_balancer_id: "lb-1".into(),
+                at_ms: 1_763_769_600_000,
+            }),
+            Event::CompleteTopologyRequest {},
+            Event::MemberProcessExited {
+                member_id: "shop.web.php-1".into(),
+                code: None,
+                signal: Some(9),
+                reason: "the agent was killed by signal 9".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn catalogue_matches_the_checked_in_copy() {
+        let mut out = String::from(
+            "# Nubo event catalogue (v1): topic, then one example payload per event.\n",
+        );
+        for e in examples() {
+            let wire = e.encode();
+            assert_eq!(Event::decode(&wire).unwrap(), e, "{} round-trips", e.name());
+            let pretty: serde_json::Value = serde_json::from_slice(&wire).unwrap();
+            out.push_str(&format!(
+                "\n## {} on `{}`\n{}\n",
+                e.name(),
+                e.topic(),
+                serde_json::to_string(&pretty).unwrap()
+            ));
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/catalogue.md");
+        if std::env::var_os("NUBO_BLESS").is_some() {
+            std::fs::write(path, &out).unwrap();
+            return;
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            out == checked_in,
+            "the event catalogue changed: review it and run `NUBO_BLESS=1 cargo test -p nubo-events catalogue` to accept (a change is a protocol change: bump EVENT_VERSION when it is incompatible)"
+        );
+    }
+
+    #[test]
+    fn every_event_has_an_example() {
+        let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
+        assert_eq!(names.len(), 24, "one example per event variant: {names:?}");
+    }
+}

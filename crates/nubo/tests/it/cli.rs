@@ -300,3 +300,57 @@ fn deploy_runtime_members_and_undeploy_from_the_cli() {
     assert!(!o.status.success(), "not deployed any more");
     assert!(text(&o).1.contains("not deployed"), "{:?}", text(&o));
 }
+
+/// The command line is a contract too: every command's help, checked in. Regenerate deliberately
+/// with `NUBO_BLESS=1 cargo nextest run -p nubo cli_help`.
+#[test]
+fn cli_help_matches_the_checked_in_copy() {
+    let help = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_nubo"))
+            .args(args)
+            .arg("--help")
+            // No NUBO_* variable of the caller may show up in the help text.
+            .env_clear()
+            .env("COLUMNS", "100")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mut out = format!("$ nubo --help\n{}", help(&[]));
+    let commands = [
+        vec!["server"],
+        vec!["lb"],
+        vec!["down"],
+        vec!["deploy"],
+        vec!["undeploy"],
+        vec!["members"],
+        vec!["login"],
+        vec!["network-partition"],
+        vec!["deployment-policy"],
+        vec!["autoscaling-policy"],
+        vec!["application-policy"],
+        vec!["cartridge"],
+        vec!["cartridge", "filter"],
+        vec!["cartridge-group"],
+        vec!["application"],
+        vec!["application", "runtime"],
+        vec!["kubernetes-cluster"],
+        vec!["tenant"],
+        vec!["tenant", "add"],
+        vec!["user"],
+        vec!["iaas-providers"],
+    ];
+    for c in &commands {
+        out.push_str(&format!("\n$ nubo {} --help\n{}", c.join(" "), help(c)));
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/cli-help.txt");
+    if std::env::var_os("NUBO_BLESS").is_some() {
+        std::fs::write(path, &out).unwrap();
+        return;
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        out == checked_in,
+        "the CLI's help changed: review it and run `NUBO_BLESS=1 cargo nextest run -p nubo cli_help` to accept"
+    );
+}
