@@ -650,6 +650,10 @@ impl ControllerState {
             .members
             .values()
             .filter(|m| m.cluster_instance_id == inst.instance_id && is_live(m.status))
+            // An Active member whose agent reported its workload dead is replaced at once, without
+            // waiting for its process to exit. (One that failed before becoming Active waits for
+            // its exit and the backoff, so that a broken workload is not retried in a tight loop.)
+            .filter(|m| !(m.status == MemberStatus::Active && m.failure.is_some()))
             .collect();
         let live_count = live.len() as u32;
         let mut per_partition: BTreeMap<String, u32> = BTreeMap::new();
@@ -1070,6 +1074,38 @@ mod tests {
             "the delay doubles"
         );
         assert_eq!(b.last_reason.as_deref(), Some("no such command"));
+    }
+
+    #[test]
+    fn an_active_member_reported_failed_is_replaced_before_its_process_exits() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
+        let db = starts(&out)[0].clone();
+        activate(&mut s, 1, &db);
+        let out = s.step(
+            2,
+            Input::Event(Event::InstanceFailed {
+                instance: r(&db),
+                reason: "the workload exited".into(),
+            }),
+        );
+        assert_eq!(terminates(&out), vec![db.member_id.clone()]);
+        assert_eq!(
+            starts(&out).len(),
+            1,
+            "the replacement starts with the failure report"
+        );
+        // Its exit then adds no second replacement.
+        let out = s.step(
+            3,
+            Input::Event(Event::MemberProcessExited {
+                member_id: db.member_id.clone(),
+                code: Some(3),
+                signal: None,
+                reason: "exited".into(),
+            }),
+        );
+        assert!(starts(&out).is_empty(), "{out:?}");
     }
 
     #[test]
