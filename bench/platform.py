@@ -176,14 +176,20 @@ def main():
 
         # kill -9 of a workload, then of an agent: replacement Active.
         for what in ("workload", "agent"):
-            before = {m["memberId"] for m in server.members("bench")}
-            victim = sorted(before)[0]
+            current = server.members("bench")
+            before = {m["memberId"] for m in current}
+            # A healthy member (the previous victim may still be on its way out).
+            victim = sorted(m["memberId"] for m in current if m["status"] == "Active" and not m.get("failure"))[0]
             apid = agent_pid(server, victim)
             pids = [apid] if what == "agent" else [int(p) for p in subprocess.run(["pgrep", "-s", str(apid)], capture_output=True, text=True).stdout.split() if int(p) != apid]
             t0 = time.time()
             for p in pids:
                 os.kill(p, signal.SIGKILL)
-            new = wait(lambda: [m for m in server.members("bench") if m["memberId"] not in before and m["status"] == "Active"], timeout=30)
+            try:
+                new = wait(lambda: [m for m in server.members("bench") if m["memberId"] not in before and m["status"] == "Active"], timeout=30)
+            except TimeoutError:
+                now = [(m["memberId"], m["status"], m.get("failure")) for m in server.members("bench")]
+                raise TimeoutError(f"no replacement for {victim} after kill -9 of its {what} (pids {pids}); members: {now}")
             t_active = active_time(server, new[0]["memberId"])
             results.append((f"kill -9 of a member's {what} → replacement Active", f"{(t_active - t0)*1000:.0f} ms", "target ≤ 1 s"))
             # Active → first routed request, for that replacement.
