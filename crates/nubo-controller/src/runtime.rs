@@ -70,6 +70,36 @@ impl ControllerHandle {
         .await
     }
 
+    /// Scales a cluster instance to `count` members (between its minimum and maximum).
+    pub async fn scale_to(
+        &self,
+        cluster_id: &str,
+        instance_id: &str,
+        count: u32,
+    ) -> Result<(), String> {
+        self.command(Input::ScaleTo {
+            cluster_id: cluster_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            count,
+        })
+        .await
+    }
+
+    /// Drains and removes one member of a cluster instance (the newest when `member_id` is `None`).
+    pub async fn scale_down(
+        &self,
+        cluster_id: &str,
+        instance_id: &str,
+        member_id: Option<&str>,
+    ) -> Result<(), String> {
+        self.command(Input::ScaleDown {
+            cluster_id: cluster_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            member_id: member_id.map(str::to_owned),
+        })
+        .await
+    }
+
     async fn command(&self, input: Input) -> Result<(), String> {
         let (ack, done) = tokio::sync::oneshot::channel();
         self.commands

@@ -68,6 +68,10 @@ pub struct Deployment {
     pub instances: Vec<AppInstance>,
     /// Retry state per `(cluster id, instance id)` joined by `|`.
     pub backoff: BTreeMap<String, Backoff>,
+    /// Members wanted per `(cluster id, instance id)` joined by `|`, set by scaling; the minimum
+    /// when absent, always kept between the cluster's minimum and maximum.
+    #[serde(default)]
+    pub desired: BTreeMap<String, u32>,
 }
 
 /// Inputs to the state machine.
@@ -100,6 +104,24 @@ pub enum Input {
         member_id: String,
         /// Why.
         reason: String,
+    },
+    /// Scale a cluster instance to `count` members (kept between its minimum and maximum).
+    ScaleTo {
+        /// Cluster.
+        cluster_id: String,
+        /// Cluster instance.
+        instance_id: String,
+        /// Members wanted.
+        count: u32,
+    },
+    /// Take one member out of a cluster instance (drained first), unless it is at its minimum.
+    ScaleDown {
+        /// Cluster.
+        cluster_id: String,
+        /// Cluster instance.
+        instance_id: String,
+        /// The member to remove (the autoscaler picks the least loaded); the newest when `None`.
+        member_id: Option<String>,
     },
     /// Time passed.
     Tick,
@@ -207,10 +229,107 @@ impl ControllerState {
                 self.member_gone(now_ms, &member_id, Some(reason), &mut out)
             }
             Input::Event(e) => self.event(now_ms, e, &mut out),
+            Input::ScaleTo {
+                cluster_id,
+                instance_id,
+                count,
+            } => self.scale_to(&cluster_id, &instance_id, count, &mut out),
+            Input::ScaleDown {
+                cluster_id,
+                instance_id,
+                member_id,
+            } => self.scale_down(
+                now_ms,
+                &cluster_id,
+                &instance_id,
+                member_id.as_deref(),
+                &mut out,
+            ),
             Input::Tick => {}
         }
         self.converge(now_ms, &mut out);
         out
+    }
+
+    fn cluster_plan(&self, cluster_id: &str) -> Option<(String, ClusterPlan)> {
+        self.deployments.iter().find_map(|(app, d)| {
+            d.plan
+                .clusters
+                .iter()
+                .find(|c| c.cluster_id == cluster_id)
+                .map(|c| (app.clone(), c.clone()))
+        })
+    }
+
+    fn scale_to(&mut self, cluster_id: &str, instance_id: &str, count: u32, out: &mut Vec<Action>) {
+        let Some((app, plan)) = self.cluster_plan(cluster_id) else {
+            return;
+        };
+        let Some(d) = self.deployments.get_mut(&app) else {
+            return;
+        };
+        if d.status != DeploymentStatus::Deployed {
+            return;
+        }
+        let target = count.clamp(plan.min, plan.max.max(plan.min));
+        d.desired
+            .insert(backoff_key(cluster_id, instance_id), target);
+        tracing::info!(
+            cluster = cluster_id,
+            instance = instance_id,
+            members = target,
+            "scaling"
+        );
+        out.push(Action::Persist);
+    }
+
+    fn scale_down(
+        &mut self,
+        now_ms: u64,
+        cluster_id: &str,
+        instance_id: &str,
+        member_id: Option<&str>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((app, plan)) = self.cluster_plan(cluster_id) else {
+            return;
+        };
+        let Some(cluster) = self.topology.clusters.get(cluster_id) else {
+            return;
+        };
+        let live: Vec<&Member> = cluster
+            .members
+            .values()
+            .filter(|m| {
+                m.cluster_instance_id == instance_id && is_live(m.status) && m.failure.is_none()
+            })
+            .collect();
+        if live.len() as u32 <= plan.min {
+            return;
+        }
+        let victim = match member_id {
+            Some(id) => live.iter().find(|m| m.member_id == id).copied(),
+            None => live
+                .iter()
+                .max_by_key(|m| (m.init_time, m.member_id.clone()))
+                .copied(),
+        };
+        let Some(victim) = victim.cloned() else {
+            return;
+        };
+        let remaining = live.len() as u32 - 1;
+        if let Some(d) = self.deployments.get_mut(&app) {
+            d.desired.insert(
+                backoff_key(cluster_id, instance_id),
+                remaining.max(plan.min),
+            );
+        }
+        if let Some(m) = self.member_mut(&victim.member_id) {
+            m.failure = Some("scaled down".into());
+        }
+        tracing::info!(cluster = cluster_id, instance = instance_id, member = %victim.member_id, "scaling down");
+        self.retire(now_ms, &victim, false, out);
+        out.push(Action::Persist);
     }
 
     fn provider_of(&self, member_id: &str) -> Option<String> {
@@ -288,6 +407,7 @@ impl ControllerState {
                 force: false,
                 instances,
                 backoff: BTreeMap::new(),
+                desired: BTreeMap::new(),
             },
         );
         out.push(Action::ApplicationStatus {
@@ -574,8 +694,10 @@ impl ControllerState {
                     now_ms.saturating_sub(since) > ACTIVATION_TIMEOUT_MS
                 }
                 // A graceful clean-up that got no answer from the agent.
+                // A graceful clean-up (undeploy or scale-down) that got no answer from the agent.
                 MemberStatus::Active => {
-                    undeploying && now_ms.saturating_sub(since) > DRAIN_TIMEOUT_MS
+                    (undeploying || m.failure.is_some())
+                        && now_ms.saturating_sub(since) > DRAIN_TIMEOUT_MS
                 }
                 MemberStatus::Terminated => false,
             };
@@ -678,11 +800,17 @@ impl ControllerState {
                 out.push(Action::Persist);
             }
         }
-        // Minimum check.
-        if live_count >= plan.min {
+        // Minimum check (and scale-up): the desired count, at least the minimum.
+        let key = backoff_key(&plan.cluster_id, &inst.instance_id);
+        let target = d
+            .desired
+            .get(&key)
+            .copied()
+            .unwrap_or(plan.min)
+            .clamp(plan.min, plan.max.max(plan.min));
+        if live_count >= target {
             return;
         }
-        let key = backoff_key(&plan.cluster_id, &inst.instance_id);
         if d.backoff
             .get(&key)
             .is_some_and(|b| b.not_before_ms > now_ms)
@@ -701,7 +829,7 @@ impl ControllerState {
             tracing::warn!(cluster = %plan.cluster_id, provider = %placement.provider, "the cartridge has no iaasProvider entry for this provider");
             return;
         };
-        for _ in live_count..plan.min {
+        for _ in live_count..target {
             let Some(partition) = choose_partition(placement, &per_partition) else {
                 tracing::warn!(cluster = %plan.cluster_id, "no partition has room for another member: raise partitionMax in the deployment policy");
                 break;
@@ -1106,6 +1234,64 @@ mod tests {
             }),
         );
         assert!(starts(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn scaling_up_and_down_between_the_minimum_and_the_maximum() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
+        let db = starts(&out)[0].clone();
+        activate(&mut s, 1, &db);
+        let scale = |count| Input::ScaleTo {
+            cluster_id: "app.db.db.domain".into(),
+            instance_id: "app-1".into(),
+            count,
+        };
+        let out = s.step(2, scale(3));
+        assert_eq!(starts(&out).len(), 2, "1 → 3");
+        let out = s.step(3, scale(50));
+        assert_eq!(starts(&out).len(), 7, "capped at the maximum of 10");
+        let out = s.step(4, scale(0));
+        assert!(
+            starts(&out).is_empty() && terminates(&out).is_empty(),
+            "ScaleTo never removes members"
+        );
+        // Scale down: the named member is drained (cleanup through its agent) and not replaced.
+        let down = |m: Option<String>| Input::ScaleDown {
+            cluster_id: "app.db.db.domain".into(),
+            instance_id: "app-1".into(),
+            member_id: m,
+        };
+        let out = s.step(5, down(Some(db.member_id.clone())));
+        assert!(
+            published(&out).contains(&"InstanceCleanupMember"),
+            "{out:?}"
+        );
+        s.step(6, Input::Event(Event::InstanceMaintenanceMode(r(&db))));
+        s.step(7, Input::Event(Event::InstanceReadyToShutdown(r(&db))));
+        let out = s.step(
+            8,
+            Input::Event(Event::MemberProcessExited {
+                member_id: db.member_id.clone(),
+                code: Some(0),
+                signal: None,
+                reason: "stopped".into(),
+            }),
+        );
+        assert!(
+            starts(&out).is_empty(),
+            "a member scaled down is not replaced"
+        );
+        assert_eq!(s.deployments["app"].desired["app.db.db.domain|app-1"], 9);
+        // Down to the minimum, never below.
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
+        activate(&mut s, 1, &starts(&out)[0]);
+        let out = s.step(2, down(None));
+        assert!(
+            published(&out).is_empty() && terminates(&out).is_empty(),
+            "at the minimum: nothing"
+        );
     }
 
     #[test]
