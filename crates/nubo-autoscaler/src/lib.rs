@@ -1,6 +1,7 @@
-//! The autoscaler's decisions and the event processor's windows (`stratos.md` §7, §8), as pure
-//! functions over plain numbers: no clock (time is passed in), no I/O. The runtime that feeds them
-//! statistics from the bus and acts on their decisions comes with the autoscaling issue.
+//! The autoscaler's decisions and the event processor's windows (`stratos.md` §7, §8): `cep` and
+//! `rules` are pure functions over plain numbers (no clock, no I/O); `monitor` is the runtime that
+//! feeds them the health statistics and requests in flight from the bus and asks the controller to
+//! scale.
 
 #![cfg_attr(
     not(test),
@@ -9,4 +10,5 @@
 #![warn(missing_docs)]
 
 pub mod cep;
+pub mod monitor;
 pub mod rules;

@@ -16,6 +16,6 @@ pub mod state;
 pub mod view;
 
 pub use iaas::{IaasError, IaasProvider, StartRequest, StartedMember};
-pub use plan::{DeploymentPlan, PlanError, PlanInputs};
+pub use plan::{DeploymentPlan, PlanError, PlanInputs, Thresholds};
 pub use runtime::{Controller, ControllerConfig, ControllerHandle};
 pub use state::{Action, ControllerState, DeploymentStatus, Input};

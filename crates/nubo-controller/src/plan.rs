@@ -66,6 +66,21 @@ pub struct ClusterPlan {
     pub properties: BTreeMap<String, String>,
     /// Enclosing group aliases, outermost first.
     pub group_path: Vec<String>,
+    /// The autoscaling policy's thresholds, as they were at deployment.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+}
+
+/// Load thresholds of an autoscaling policy (`None`: the factor is not used).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Thresholds {
+    /// Requests in flight one member should carry.
+    pub requests_in_flight: Option<f64>,
+    /// Memory consumption, percent.
+    pub memory_consumption: Option<f64>,
+    /// Load average, percent of the cores.
+    pub load_average: Option<f64>,
 }
 
 /// An application instance: the application in one network partition (or group of them).
@@ -105,6 +120,8 @@ pub struct PlanInputs {
     pub deployment_policies: BTreeMap<String, DeploymentPolicy>,
     /// Network partitions by id.
     pub network_partitions: BTreeMap<String, NetworkPartition>,
+    /// Autoscaling policies by id.
+    pub autoscaling_policies: BTreeMap<String, nubo_model::AutoscalingPolicy>,
 }
 
 /// Why an application cannot be deployed.
@@ -224,6 +241,25 @@ pub fn plan(
             images,
             properties,
             group_path: spec.group_path.iter().map(|s| s.to_string()).collect(),
+            thresholds: c
+                .subscribable_info
+                .autoscaling_policy
+                .as_ref()
+                .and_then(|id| inputs.autoscaling_policies.get(id))
+                .map(|p| Thresholds {
+                    requests_in_flight: p
+                        .load_thresholds
+                        .requests_in_flight
+                        .as_ref()
+                        .map(|t| t.threshold),
+                    memory_consumption: p
+                        .load_thresholds
+                        .memory_consumption
+                        .as_ref()
+                        .map(|t| t.threshold),
+                    load_average: p.load_thresholds.load_average.as_ref().map(|t| t.threshold),
+                })
+                .unwrap_or_default(),
         });
     }
     add_dependencies(app, inputs, &mut clusters);

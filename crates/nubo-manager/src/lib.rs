@@ -499,6 +499,14 @@ impl Manager {
                     .cartridges
                     .insert(ty.clone(), self.get::<Cartridge>(tenant, ty).await?);
             }
+            if let Some(asp) = &spec.cartridge.subscribable_info.autoscaling_policy
+                && !inputs.autoscaling_policies.contains_key(asp)
+            {
+                inputs.autoscaling_policies.insert(
+                    asp.clone(),
+                    self.get::<AutoscalingPolicy>(tenant, asp).await?,
+                );
+            }
             if let Some(dp) = spec.deployment_policy
                 && !inputs.deployment_policies.contains_key(dp)
             {

@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub agent: nubo_node::AgentCommand,
     /// The built-in load balancer (`None`: none in this process).
     pub lb: Option<nubo_lb::LbConfig>,
+    /// The autoscaler's tick, window and cool-downs.
+    pub autoscaler: nubo_autoscaler::monitor::MonitorConfig,
 }
 
 /// Where the bus is.
@@ -150,6 +152,9 @@ pub async fn run(
     )
     .await
     .context("cannot start the cloud controller")?;
+    nubo_autoscaler::monitor::start(events.clone(), controller.clone(), config.autoscaler)
+        .await
+        .context("cannot start the autoscaler")?;
     let mut registry = Registry::default();
     controller.register_metrics(&mut registry);
     if let Some(lb) = &config.lb {

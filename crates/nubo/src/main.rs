@@ -92,6 +92,15 @@ struct ServerArgs {
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
+    /// Seconds of statistics the autoscaler averages over (Stratos: 60) [default: 5]
+    #[arg(long, env = "NUBO_SCALE_WINDOW", value_name = "SECONDS")]
+    scale_window: Option<f64>,
+    /// Seconds between two scale-ups of a cluster [default: 3]
+    #[arg(long, env = "NUBO_SCALE_UP_COOLDOWN", value_name = "SECONDS")]
+    scale_up_cooldown: Option<f64>,
+    /// Seconds after any scaling before a cluster scales down [default: 15]
+    #[arg(long, env = "NUBO_SCALE_DOWN_COOLDOWN", value_name = "SECONDS")]
+    scale_down_cooldown: Option<f64>,
 }
 
 #[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
@@ -156,6 +165,9 @@ struct ServerFile {
     lb_bind: Option<std::net::IpAddr>,
     lb_strategy: Option<LbStrategy>,
     no_lb: Option<bool>,
+    scale_window: Option<f64>,
+    scale_up_cooldown: Option<f64>,
+    scale_down_cooldown: Option<f64>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -224,6 +236,26 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         agent: nubo_node::AgentCommand {
             program: std::env::current_exe().context("cannot tell where the nubo binary is")?,
             args: vec!["agent".into()],
+        },
+        autoscaler: {
+            let d = nubo_autoscaler::monitor::MonitorConfig::default();
+            let secs = |v: Option<f64>, default: std::time::Duration| {
+                v.filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(std::time::Duration::from_secs_f64)
+                    .unwrap_or(default)
+            };
+            nubo_autoscaler::monitor::MonitorConfig {
+                window: secs(args.scale_window.or(file.scale_window), d.window),
+                up_cooldown: secs(
+                    args.scale_up_cooldown.or(file.scale_up_cooldown),
+                    d.up_cooldown,
+                ),
+                down_cooldown: secs(
+                    args.scale_down_cooldown.or(file.scale_down_cooldown),
+                    d.down_cooldown,
+                ),
+                ..d
+            }
         },
         lb: (!(args.no_lb || file.no_lb.unwrap_or(false))).then(|| nubo_lb::LbConfig {
             bind: args

@@ -1,6 +1,7 @@
 //! Nubo's integration tests: one binary, a module per area.
 
 mod api;
+mod autoscale;
 mod cli;
 mod lb;
 mod runtime;

@@ -1,0 +1,273 @@
+//! The monitor: windows of statistics per cluster and per member, fed from the bus; every tick,
+//! for each cluster instance, the rules decide and the controller scales.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nubo_bus::EventBus;
+use nubo_controller::{ControllerHandle, ControllerState};
+use nubo_events::{Category, Event, MemberStatus};
+
+use crate::cep::{Sample, window};
+use crate::rules::{self, Cooldowns, Decision, Sizes};
+
+/// Settings of the monitor.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorConfig {
+    /// How often decisions are made (Stratos: 90 s).
+    pub tick: Duration,
+    /// The statistics window (Stratos' CEP: 60 s).
+    pub window: Duration,
+    /// No scale-up sooner than this after the last.
+    pub up_cooldown: Duration,
+    /// No scale-down sooner than this after the last scaling.
+    pub down_cooldown: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            tick: Duration::from_secs(1),
+            window: Duration::from_secs(5),
+            up_cooldown: Duration::from_secs(3),
+            down_cooldown: Duration::from_secs(15),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Windows {
+    /// Requests in flight per cluster (load balancers report per cluster), per load balancer.
+    rif: HashMap<String, BTreeMap<String, VecDeque<Sample>>>,
+    /// Memory and load per member.
+    memory: HashMap<String, VecDeque<Sample>>,
+    load: HashMap<String, VecDeque<Sample>>,
+    last_up: HashMap<String, u64>,
+    last_down: HashMap<String, u64>,
+}
+
+fn push(q: &mut VecDeque<Sample>, s: Sample, keep_ms: u64) {
+    q.push_back(s);
+    while q
+        .front()
+        .is_some_and(|f| s.at_ms.saturating_sub(f.at_ms) > keep_ms)
+    {
+        q.pop_front();
+    }
+}
+
+fn predicted(q: Option<&VecDeque<Sample>>, now: u64, window_ms: u64) -> Option<f64> {
+    let q = q?;
+    let recent: Vec<Sample> = q
+        .iter()
+        .filter(|s| now.saturating_sub(s.at_ms) <= window_ms)
+        .copied()
+        .collect();
+    window(&recent).map(|w| rules::predict(w, 1.0).max(0.0))
+}
+
+/// Starts the monitor in the background.
+pub async fn start(
+    events: EventBus,
+    controller: ControllerHandle,
+    config: MonitorConfig,
+) -> Result<(), nubo_bus::BusError> {
+    let mut stats = events.subscribe(Category::HealthStats).await?;
+    tokio::spawn(async move {
+        let mut w = Windows::default();
+        let keep = config.window.as_millis() as u64 * 2;
+        let mut tick = tokio::time::interval(config.tick);
+        loop {
+            tokio::select! {
+                e = stats.recv() => match e {
+                    Some(Event::InFlightRequests(r)) => {
+                        let q = w.rif.entry(r.cluster_id).or_default().entry(r.load_balancer_id).or_default();
+                        push(q, Sample { at_ms: r.at_ms, value: r.count }, keep);
+                    }
+                    Some(Event::MemberHealthStat(h)) => {
+                        push(w.memory.entry(h.instance.member_id.clone()).or_default(), Sample { at_ms: h.at_ms, value: h.memory_consumption }, keep);
+                        push(w.load.entry(h.instance.member_id).or_default(), Sample { at_ms: h.at_ms, value: h.load_average }, keep);
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let state = controller.snapshot();
+                    tracing::debug!(deployments = state.deployments.len(), clusters_with_rif = w.rif.len(), members_with_stats = w.memory.len(), "autoscaler tick");
+                    for (cluster, instance, decision) in evaluate(&state, &mut w, config, now_ms()) {
+                        act(&controller, &state, &mut w, &cluster, &instance, decision, &config).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Decides for every deployed cluster instance.
+fn evaluate(
+    state: &ControllerState,
+    w: &mut Windows,
+    config: MonitorConfig,
+    now: u64,
+) -> Vec<(String, String, Decision)> {
+    let window_ms = config.window.as_millis() as u64;
+    let mut out = Vec::new();
+    for d in state.deployments.values() {
+        if d.status != nubo_controller::DeploymentStatus::Deployed {
+            continue;
+        }
+        for plan in &d.plan.clusters {
+            let Some(cluster) = state.topology.clusters.get(&plan.cluster_id) else {
+                continue;
+            };
+            for inst in cluster.instances.values() {
+                let members: Vec<_> = cluster
+                    .members
+                    .values()
+                    .filter(|m| m.cluster_instance_id == inst.instance_id)
+                    .collect();
+                let active: Vec<_> = members
+                    .iter()
+                    .filter(|m| m.status == MemberStatus::Active && m.failure.is_none())
+                    .collect();
+                let starting = members
+                    .iter()
+                    .filter(|m| {
+                        matches!(
+                            m.status,
+                            MemberStatus::Created
+                                | MemberStatus::Initialized
+                                | MemberStatus::Starting
+                        )
+                    })
+                    .count() as u32;
+                let (min, max) = (inst.min_members, inst.max_members);
+                let t = plan.thresholds;
+                // Requests in flight: summed over the load balancers; a load balancer serving several
+                // instances of the cluster reports for all of them, shared by active members.
+                let rif = w.rif.get(&plan.cluster_id).and_then(|lbs| {
+                    let values: Vec<f64> = lbs
+                        .values()
+                        .filter_map(|q| predicted(Some(q), now, window_ms))
+                        .collect();
+                    (!values.is_empty()).then(|| values.iter().sum::<f64>())
+                });
+                let mean = |m: &HashMap<String, VecDeque<Sample>>| {
+                    let v: Vec<f64> = active
+                        .iter()
+                        .filter_map(|a| predicted(m.get(&a.member_id), now, window_ms))
+                        .collect();
+                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                };
+                let required = rules::combine(
+                    t.requests_in_flight
+                        .zip(rif)
+                        .map(|(th, p)| rules::required_for_requests(p, th)),
+                    t.memory_consumption
+                        .zip(mean(&w.memory))
+                        .map(|(th, p)| rules::required_for_memory(p, th, min, max)),
+                    t.load_average
+                        .zip(mean(&w.load))
+                        .map(|(th, p)| rules::required_for_load(p, th, min)),
+                );
+                let key = format!("{}|{}", plan.cluster_id, inst.instance_id);
+                let decision = rules::decide(
+                    required.count,
+                    Sizes {
+                        min,
+                        max,
+                        active: active.len() as u32,
+                        starting,
+                    },
+                    Cooldowns {
+                        now_ms: now,
+                        last_up_ms: w.last_up.get(&key).copied(),
+                        last_down_ms: w.last_down.get(&key).copied(),
+                        up_ms: config.up_cooldown.as_millis() as u64,
+                        down_ms: config.down_cooldown.as_millis() as u64,
+                    },
+                );
+                tracing::debug!(cluster = %plan.cluster_id, ?t, ?rif, ?required, active = active.len(), starting, ?decision, "evaluated");
+                if matches!(decision, Decision::ScaleUp { .. } | Decision::ScaleDown) {
+                    tracing::info!(cluster = %plan.cluster_id, instance = %inst.instance_id, ?required, active = active.len(), starting, ?decision, "scaling decision");
+                }
+                out.push((plan.cluster_id.clone(), inst.instance_id.clone(), decision));
+            }
+        }
+    }
+    out
+}
+
+async fn act(
+    controller: &ControllerHandle,
+    state: &ControllerState,
+    w: &mut Windows,
+    cluster: &str,
+    instance: &str,
+    decision: Decision,
+    config: &MonitorConfig,
+) {
+    let key = format!("{cluster}|{instance}");
+    let now = now_ms();
+    let window_ms = config.window.as_millis() as u64;
+    let Some(c) = state.topology.clusters.get(cluster) else {
+        return;
+    };
+    let live: Vec<_> = c
+        .members
+        .values()
+        .filter(|m| m.cluster_instance_id == instance && m.failure.is_none())
+        .filter(|m| {
+            matches!(
+                m.status,
+                MemberStatus::Created
+                    | MemberStatus::Initialized
+                    | MemberStatus::Starting
+                    | MemberStatus::Active
+            )
+        })
+        .collect();
+    match decision {
+        Decision::ScaleUp { add, .. }
+            if controller
+                .scale_to(cluster, instance, live.len() as u32 + add)
+                .await
+                .is_ok() =>
+        {
+            w.last_up.insert(key, now);
+        }
+        Decision::ScaleDown => {
+            // The least loaded active member: lowest predicted (load + memory) / 2.
+            let victim = live
+                .iter()
+                .filter(|m| m.status == MemberStatus::Active)
+                .min_by(|a, b| {
+                    let load = |id: &str| {
+                        (predicted(w.load.get(id), now, window_ms).unwrap_or(0.0)
+                            + predicted(w.memory.get(id), now, window_ms).unwrap_or(0.0))
+                            / 2.0
+                    };
+                    load(&a.member_id)
+                        .total_cmp(&load(&b.member_id))
+                        .then_with(|| b.member_id.cmp(&a.member_id))
+                })
+                .map(|m| m.member_id.clone());
+            if controller
+                .scale_down(cluster, instance, victim.as_deref())
+                .await
+                .is_ok()
+            {
+                w.last_down.insert(key, now);
+            }
+        }
+        _ => {}
+    }
+}
