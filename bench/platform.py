@@ -70,9 +70,10 @@ class Server:
         return out
 
     def stop(self):
-        subprocess.run([NUBO, "down", "--data-dir", self.dir], capture_output=True)
+        # The server first (members outlive it by design), then every member of its data directory.
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        subprocess.run([NUBO, "down", "--data-dir", self.dir], capture_output=True)
         subprocess.run(["rm", "-rf", self.dir])
 
 
