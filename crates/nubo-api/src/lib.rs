@@ -42,6 +42,8 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     /// The cloud controller (absent in API-only set-ups: deploy answers 503).
     pub controller: Option<nubo_controller::ControllerHandle>,
+    /// The autoscaler's recent decisions (absent without an autoscaler).
+    pub scaling: Option<nubo_autoscaler::monitor::ScalingLog>,
     /// All metrics of the process, served on `/metrics`.
     pub registry: Registry,
     metrics: metrics::ApiMetrics,
@@ -52,12 +54,14 @@ impl AppState {
     pub fn new(
         manager: Arc<Manager>,
         controller: Option<nubo_controller::ControllerHandle>,
+        scaling: Option<nubo_autoscaler::monitor::ScalingLog>,
         mut registry: Registry,
     ) -> Arc<Self> {
         let metrics = metrics::ApiMetrics::register(&mut registry);
         Arc::new(AppState {
             manager,
             controller,
+            scaling,
             registry,
             metrics,
         })

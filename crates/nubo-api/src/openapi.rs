@@ -250,7 +250,7 @@ pub fn document() -> OpenApi {
             .response("404", message("No such application, or not deployed"))
             .build(),
     );
-    let simple: [SimpleOp; 21] = [
+    let simple: [SimpleOp; 22] = [
         (
             "/api/tenants",
             HttpMethod::Post,
@@ -421,6 +421,17 @@ pub fn document() -> OpenApi {
             "applications",
             &[
                 ("200", "Network partitions"),
+                ("404", "No such application"),
+            ],
+        ),
+        (
+            "/api/applications/{id}/scalingEvents",
+            HttpMethod::Get,
+            "scaling_events",
+            "The autoscaler's recent decisions for an application, each with the factors' predictions, requirements and thresholds",
+            "applications",
+            &[
+                ("200", "Decisions, oldest first"),
                 ("404", "No such application"),
             ],
         ),

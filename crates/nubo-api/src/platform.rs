@@ -376,6 +376,20 @@ async fn app_network_partitions(
     Ok(Json(out))
 }
 
+async fn scaling_events(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<nubo_autoscaler::monitor::ScalingEvent>>, ApiError> {
+    s.manager.get::<Application>(p.tenant_id, &id).await?;
+    Ok(Json(
+        s.scaling
+            .as_ref()
+            .map(|l| l.for_application(&id))
+            .unwrap_or_default(),
+    ))
+}
+
 async fn cluster(State(s): S, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let c = s
         .controller
@@ -416,4 +430,5 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(app_network_partitions),
         )
         .route("/cluster/{id}", get(cluster))
+        .route("/applications/{id}/scalingEvents", get(scaling_events))
 }

@@ -2,7 +2,10 @@
 //! for each cluster instance, the rules decide and the controller scales.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
 
 use nubo_bus::EventBus;
 use nubo_controller::{ControllerHandle, ControllerState};
@@ -32,6 +35,79 @@ impl Default for MonitorConfig {
             up_cooldown: Duration::from_secs(3),
             down_cooldown: Duration::from_secs(15),
         }
+    }
+}
+
+/// The predictions a decision was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Predicted {
+    /// Requests in flight over the cluster instance.
+    pub requests_in_flight: Option<f64>,
+    /// Memory consumption, mean over the active members (percent).
+    pub memory_consumption: Option<f64>,
+    /// Load average, mean over the active members (percent).
+    pub load_average: Option<f64>,
+}
+
+/// One scaling decision, with everything it was made from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingEvent {
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// Application.
+    pub application_id: String,
+    /// Cluster.
+    pub cluster_id: String,
+    /// Cluster instance.
+    pub instance_id: String,
+    /// The decision.
+    pub decision: Decision,
+    /// What each factor required.
+    pub required: rules::Required,
+    /// The predicted values.
+    pub predicted: Predicted,
+    /// The policy's thresholds.
+    pub thresholds: nubo_controller::Thresholds,
+    /// Active members then.
+    pub active: u32,
+    /// Members starting then.
+    pub starting: u32,
+    /// Minimum members.
+    pub min: u32,
+    /// Maximum members.
+    pub max: u32,
+}
+
+/// The recent scaling decisions (the newest last), shared with the API.
+#[derive(Debug, Clone, Default)]
+pub struct ScalingLog(Arc<Mutex<VecDeque<ScalingEvent>>>);
+
+/// How many decisions the log keeps.
+pub const LOG_SIZE: usize = 10_000;
+
+impl ScalingLog {
+    fn push(&self, e: ScalingEvent) {
+        if let Ok(mut q) = self.0.lock() {
+            if q.len() >= LOG_SIZE {
+                q.pop_front();
+            }
+            q.push_back(e);
+        }
+    }
+
+    /// The decisions about an application, oldest first.
+    pub fn for_application(&self, application_id: &str) -> Vec<ScalingEvent> {
+        self.0
+            .lock()
+            .map(|q| {
+                q.iter()
+                    .filter(|e| e.application_id == application_id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -73,13 +149,15 @@ fn predicted(q: Option<&VecDeque<Sample>>, now: u64, window_ms: u64) -> Option<f
     window(&recent).map(|w| rules::predict(w, 1.0).max(0.0))
 }
 
-/// Starts the monitor in the background.
+/// Starts the monitor in the background; its decisions go to the returned log.
 pub async fn start(
     events: EventBus,
     controller: ControllerHandle,
     config: MonitorConfig,
-) -> Result<(), nubo_bus::BusError> {
+) -> Result<ScalingLog, nubo_bus::BusError> {
     let mut stats = events.subscribe(Category::HealthStats).await?;
+    let log = ScalingLog::default();
+    let log_out = log.clone();
     tokio::spawn(async move {
         let mut w = Windows::default();
         let keep = config.window.as_millis() as u64 * 2;
@@ -101,14 +179,17 @@ pub async fn start(
                 _ = tick.tick() => {
                     let state = controller.snapshot();
                     tracing::debug!(deployments = state.deployments.len(), clusters_with_rif = w.rif.len(), members_with_stats = w.memory.len(), "autoscaler tick");
-                    for (cluster, instance, decision) in evaluate(&state, &mut w, config, now_ms()) {
-                        act(&controller, &state, &mut w, &cluster, &instance, decision, &config).await;
+                    for e in evaluate(&state, &mut w, config, now_ms()) {
+                        if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown | Decision::AtMax) {
+                            log.push(e.clone());
+                        }
+                        act(&controller, &state, &mut w, &e.cluster_id, &e.instance_id, e.decision, &config).await;
                     }
                 }
             }
         }
     });
-    Ok(())
+    Ok(log_out)
 }
 
 /// Decides for every deployed cluster instance.
@@ -117,7 +198,7 @@ fn evaluate(
     w: &mut Windows,
     config: MonitorConfig,
     now: u64,
-) -> Vec<(String, String, Decision)> {
+) -> Vec<ScalingEvent> {
     let window_ms = config.window.as_millis() as u64;
     let mut out = Vec::new();
     for d in state.deployments.values() {
@@ -167,15 +248,20 @@ fn evaluate(
                         .collect();
                     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
                 };
+                let predicted = Predicted {
+                    requests_in_flight: rif,
+                    memory_consumption: mean(&w.memory),
+                    load_average: mean(&w.load),
+                };
                 let required = rules::combine(
                     t.requests_in_flight
                         .zip(rif)
                         .map(|(th, p)| rules::required_for_requests(p, th)),
                     t.memory_consumption
-                        .zip(mean(&w.memory))
+                        .zip(predicted.memory_consumption)
                         .map(|(th, p)| rules::required_for_memory(p, th, min, max)),
                     t.load_average
-                        .zip(mean(&w.load))
+                        .zip(predicted.load_average)
                         .map(|(th, p)| rules::required_for_load(p, th, min)),
                 );
                 let key = format!("{}|{}", plan.cluster_id, inst.instance_id);
@@ -199,7 +285,20 @@ fn evaluate(
                 if matches!(decision, Decision::ScaleUp { .. } | Decision::ScaleDown) {
                     tracing::info!(cluster = %plan.cluster_id, instance = %inst.instance_id, ?required, active = active.len(), starting, ?decision, "scaling decision");
                 }
-                out.push((plan.cluster_id.clone(), inst.instance_id.clone(), decision));
+                out.push(ScalingEvent {
+                    at_ms: now,
+                    application_id: d.plan.application_id.clone(),
+                    cluster_id: plan.cluster_id.clone(),
+                    instance_id: inst.instance_id.clone(),
+                    decision,
+                    required,
+                    predicted,
+                    thresholds: t,
+                    active: active.len() as u32,
+                    starting,
+                    min,
+                    max,
+                });
             }
         }
     }

@@ -55,6 +55,7 @@ pub enum Factor {
 
 /// What each factor requires, and the maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Required {
     /// Requests in flight (`None`: no threshold or no statistics).
     pub requests_in_flight: Option<u32>,
@@ -120,6 +121,7 @@ pub struct Cooldowns {
 
 /// The decision for one cluster instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
 pub enum Decision {
     /// Start this many members; `beyond_max` when more were required than `max` allows (the parent
     /// may add a group instance or burst into the next network partition).

@@ -322,6 +322,12 @@ pub enum Command {
         /// Application id
         id: Option<String>,
     },
+    /// Why the platform scaled an application: each decision with its factors
+    #[command(name = "scaling-events")]
+    ScalingEvents {
+        /// Application id
+        id: String,
+    },
     /// Kubernetes clusters
     #[command(subcommand, name = "kubernetes-cluster", visible_alias = "k8s")]
     KubernetesCluster(ArtifactCommand),
@@ -504,6 +510,17 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             deploy::undeploy(&client, out, a).await
         }
         Command::Members { id } => deploy::members(&client, out, id.as_deref()).await,
+        Command::ScalingEvents { id } => {
+            let v = client
+                .send(
+                    "GET",
+                    &format!("/api/applications/{}/scalingEvents", client::escape(id)),
+                    None,
+                )
+                .await?;
+            render::scaling_events(out, &v);
+            Ok(())
+        }
         Command::KubernetesCluster(c) => artifact(&client, out, "kubernetesClusters", c).await,
         Command::Cartridge(CartridgeCommand::Artifact(c)) => {
             artifact(&client, out, "cartridges", c).await

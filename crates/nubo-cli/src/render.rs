@@ -336,3 +336,81 @@ pub fn members_table(rows: &[(String, String, Value)]) {
     }
     println!("{t}");
 }
+
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
+        Some(f) => format!("{f:.1}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// Scaling decisions as a table.
+pub fn scaling_events(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let items = v.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        eprintln!("(no scaling decisions yet)");
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header([
+        "TIME (UTC)",
+        "CLUSTER",
+        "DECISION",
+        "REQUESTS IN FLIGHT",
+        "MEMORY %",
+        "LOAD %",
+        "REQUIRED",
+        "ACTIVE+STARTING",
+        "MIN..MAX",
+    ]);
+    for e in &items {
+        let at = e["atMs"].as_u64().unwrap_or(0);
+        let secs = at / 1000;
+        let time = format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            (secs / 3600) % 24,
+            (secs / 60) % 60,
+            secs % 60,
+            at % 1000
+        );
+        let factor = |pred: &str, thr: &str, req: &str| {
+            format!(
+                "{} / {} → {}",
+                num(&e["predicted"][pred]),
+                num(&e["thresholds"][thr]),
+                num(&e["required"][req])
+            )
+        };
+        let decision = match &e["decision"] {
+            Value::String(s) => s.clone(),
+            Value::Object(o) => o
+                .iter()
+                .map(|(k, v)| format!("{k} {}", v["add"]))
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => other.to_string(),
+        };
+        t.add_row(vec![
+            time,
+            s(e, "clusterId"),
+            decision,
+            factor("requestsInFlight", "requestsInFlight", "requestsInFlight"),
+            factor("memoryConsumption", "memoryConsumption", "memory"),
+            factor("loadAverage", "loadAverage", "load"),
+            format!(
+                "{} ({})",
+                num(&e["required"]["count"]),
+                e["required"]["reason"].as_str().unwrap_or("-")
+            ),
+            format!("{}+{}", e["active"], e["starting"]),
+            format!("{}..{}", e["min"], e["max"]),
+        ]);
+    }
+    println!("{t}");
+}

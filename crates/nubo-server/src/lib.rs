@@ -152,9 +152,10 @@ pub async fn run(
     )
     .await
     .context("cannot start the cloud controller")?;
-    nubo_autoscaler::monitor::start(events.clone(), controller.clone(), config.autoscaler)
-        .await
-        .context("cannot start the autoscaler")?;
+    let scaling =
+        nubo_autoscaler::monitor::start(events.clone(), controller.clone(), config.autoscaler)
+            .await
+            .context("cannot start the autoscaler")?;
     let mut registry = Registry::default();
     controller.register_metrics(&mut registry);
     if let Some(lb) = &config.lb {
@@ -164,7 +165,7 @@ pub async fn run(
             .await
             .context("cannot start the load balancer")?;
     }
-    let state = AppState::new(manager, Some(controller), registry);
+    let state = AppState::new(manager, Some(controller), Some(scaling), registry);
     let app = nubo_api::router(state);
 
     let (acceptor, ca_cert) = match &config.tls {

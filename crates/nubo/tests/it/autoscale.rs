@@ -99,6 +99,23 @@ async fn requests_in_flight_scale_a_cluster_up_and_back_down() {
         scaled_up_in < Duration::from_secs(15),
         "scale-up took {scaled_up_in:?}"
     );
+    // Every decision is recorded with what it was made from.
+    let (status, events) = api.get("/api/applications/busy/scalingEvents").await;
+    assert_eq!(status, 200);
+    let up = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["decision"].get("ScaleUp").is_some())
+        .cloned()
+        .unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(up["required"]["reason"], "RequestsInFlight", "{up}");
+    assert_eq!(up["thresholds"]["requestsInFlight"], 4.0);
+    assert!(
+        up["predicted"]["requestsInFlight"].as_f64().unwrap() > 4.0,
+        "{up}"
+    );
+    assert_eq!(up["clusterId"], "busy.web.slow.domain");
     // Without load, back to the minimum, one member at a time.
     let stopped = Instant::now();
     eventually(40, "scaled back down to 1", || async {

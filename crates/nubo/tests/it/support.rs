@@ -69,6 +69,7 @@ impl TestApi {
         let state = nubo_api::AppState::new(
             manager,
             None,
+            None,
             prometheus_client::registry::Registry::default(),
         );
         TestApi {
