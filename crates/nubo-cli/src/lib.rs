@@ -153,6 +153,53 @@ pub enum CartridgeCommand {
     },
 }
 
+/// Kubernetes cluster commands: the artifact commands plus hosts and master.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KubernetesCommand {
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    Artifact(ArtifactCommand),
+    /// Add a host (minion) to a cluster from a JSON file
+    AddHost {
+        /// Cluster id
+        cluster: String,
+        /// The host's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List a cluster's hosts
+    ListHosts {
+        /// Cluster id
+        cluster: String,
+    },
+    /// Show a cluster's master
+    Master {
+        /// Cluster id
+        cluster: String,
+    },
+    /// Replace a cluster's master from a JSON file
+    UpdateMaster {
+        /// Cluster id
+        cluster: String,
+        /// The master's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Replace a host (found by its hostId) from a JSON file
+    UpdateHost {
+        /// The host's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Remove a host from a cluster
+    RemoveHost {
+        /// Cluster id
+        cluster: String,
+        /// Host id
+        host: String,
+    },
+}
+
 /// Tenant commands (super tenant only).
 #[derive(Debug, Clone, Subcommand)]
 pub enum TenantCommand {
@@ -328,9 +375,9 @@ pub enum Command {
         /// Application id
         id: String,
     },
-    /// Kubernetes clusters
+    /// Kubernetes clusters and their hosts
     #[command(subcommand, name = "kubernetes-cluster", visible_alias = "k8s")]
-    KubernetesCluster(ArtifactCommand),
+    KubernetesCluster(KubernetesCommand),
     /// Tenants (super tenant only)
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -521,7 +568,10 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             render::scaling_events(out, &v);
             Ok(())
         }
-        Command::KubernetesCluster(c) => artifact(&client, out, "kubernetesClusters", c).await,
+        Command::KubernetesCluster(KubernetesCommand::Artifact(c)) => {
+            artifact(&client, out, "kubernetesClusters", c).await
+        }
+        Command::KubernetesCluster(c) => kubernetes(&client, out, c).await,
         Command::Cartridge(CartridgeCommand::Artifact(c)) => {
             artifact(&client, out, "cartridges", c).await
         }
@@ -575,6 +625,77 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn kubernetes(client: &ApiClient, out: Output, c: &KubernetesCommand) -> anyhow::Result<()> {
+    let e = client::escape;
+    match c {
+        KubernetesCommand::Artifact(a) => {
+            return artifact(client, out, "kubernetesClusters", a).await;
+        }
+        KubernetesCommand::AddHost { cluster, file } => render::message(
+            out,
+            &client
+                .send(
+                    "POST",
+                    &format!("/api/kubernetesClusters/{}/minion", e(cluster)),
+                    Some(read_file(file)?),
+                )
+                .await?,
+        ),
+        KubernetesCommand::ListHosts { cluster } => render::list(
+            out,
+            "kubernetesHosts",
+            &client
+                .send(
+                    "GET",
+                    &format!("/api/kubernetesClusters/{}/hosts", e(cluster)),
+                    None,
+                )
+                .await?,
+        ),
+        KubernetesCommand::Master { cluster } => render::describe(
+            out,
+            &client
+                .send(
+                    "GET",
+                    &format!("/api/kubernetesClusters/{}/master", e(cluster)),
+                    None,
+                )
+                .await?,
+        ),
+        KubernetesCommand::UpdateMaster { cluster, file } => render::message(
+            out,
+            &client
+                .send(
+                    "PUT",
+                    &format!("/api/kubernetesClusters/{}/master", e(cluster)),
+                    Some(read_file(file)?),
+                )
+                .await?,
+        ),
+        KubernetesCommand::UpdateHost { file } => render::message(
+            out,
+            &client
+                .send(
+                    "PUT",
+                    "/api/kubernetesClusters/host",
+                    Some(read_file(file)?),
+                )
+                .await?,
+        ),
+        KubernetesCommand::RemoveHost { cluster, host } => render::message(
+            out,
+            &client
+                .send(
+                    "DELETE",
+                    &format!("/api/kubernetesClusters/{}/hosts/{}", e(cluster), e(host)),
+                    None,
+                )
+                .await?,
+        ),
+    }
+    Ok(())
 }
 
 async fn tenant(client: &ApiClient, out: Output, c: &TenantCommand) -> anyhow::Result<()> {

@@ -124,6 +124,12 @@ fn columns(collection: &str) -> Vec<Column> {
             ("EMAIL", |v| s(v, "email")),
             ("ACTIVE", |v| s(v, "active")),
         ],
+        "kubernetesHosts" => vec![
+            ("HOST ID", |v| s(v, "hostId")),
+            ("HOSTNAME", |v| s(v, "hostname")),
+            ("PRIVATE IP", |v| s(v, "privateIPAddress")),
+            ("PUBLIC IP", |v| s(v, "publicIPAddress")),
+        ],
         "users" => vec![
             ("USER", |v| s(v, "userName")),
             ("ROLE", |v| s(v, "role")),

@@ -116,6 +116,50 @@ fn the_cli_manages_artifacts_and_explains_errors() {
         serde_json::json!([])
     );
 
+    // Kubernetes clusters and their hosts.
+    let k8s = samples().join("kubernetes-clusters/kubernetes-cluster-1.json");
+    assert!(
+        nubo(
+            &s,
+            &["kubernetes-cluster", "add", "-f", k8s.to_str().unwrap()]
+        )
+        .status
+        .success()
+    );
+    let host = s.data_dir.join("host.json");
+    std::fs::write(
+        &host,
+        r#"{"hostId": "extra", "hostname": "extra.local", "privateIPAddress": "10.0.0.9"}"#,
+    )
+    .unwrap();
+    let o = nubo(
+        &s,
+        &[
+            "k8s",
+            "add-host",
+            "kubernetes-cluster-1",
+            "-f",
+            host.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = nubo(&s, &["k8s", "list-hosts", "kubernetes-cluster-1"]);
+    assert!(
+        text(&o).0.contains("extra.local") && text(&o).0.contains("HOSTNAME"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(
+        nubo(&s, &["k8s", "remove-host", "kubernetes-cluster-1", "extra"])
+            .status
+            .success()
+    );
+    let o = nubo(&s, &["k8s", "master", "kubernetes-cluster-1", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["hostId"],
+        "master"
+    );
+
     // Tenants with Stratos' flags, and their users.
     let o = nubo(
         &s,
@@ -335,6 +379,7 @@ fn cli_help_matches_the_checked_in_copy() {
         vec!["application"],
         vec!["application", "runtime"],
         vec!["kubernetes-cluster"],
+        vec!["scaling-events"],
         vec!["tenant"],
         vec!["tenant", "add"],
         vec!["user"],
