@@ -302,10 +302,7 @@ impl Runner {
             body,
             refs: vec![],
         };
-        let r = match self.store.update(w.clone()).await {
-            Err(StoreError::NotFound(_)) => self.store.create(w).await,
-            other => other,
-        };
+        let r = self.store.upsert(w).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "cannot persist the controller state");
         }

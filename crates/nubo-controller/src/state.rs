@@ -74,6 +74,17 @@ pub struct Deployment {
     pub desired: BTreeMap<String, u32>,
 }
 
+impl Deployment {
+    /// The ids of the application's clusters.
+    pub fn cluster_ids(&self) -> Vec<String> {
+        self.plan
+            .clusters
+            .iter()
+            .map(|c| c.cluster_id.clone())
+            .collect()
+    }
+}
+
 /// Inputs to the state machine.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)]
@@ -440,12 +451,7 @@ impl ControllerState {
                 status: "Undeploying".into(),
             });
         }
-        let cluster_ids: Vec<String> = d
-            .plan
-            .clusters
-            .iter()
-            .map(|c| c.cluster_id.clone())
-            .collect();
+        let cluster_ids = d.cluster_ids();
         for cid in cluster_ids {
             let Some(cluster) = self.topology.clusters.get_mut(&cid) else {
                 continue;
@@ -877,12 +883,7 @@ impl ControllerState {
         let Some(d) = self.deployments.get(app_id) else {
             return;
         };
-        let cluster_ids: Vec<String> = d
-            .plan
-            .clusters
-            .iter()
-            .map(|c| c.cluster_id.clone())
-            .collect();
+        let cluster_ids = d.cluster_ids();
         let mut updates = Vec::new();
         for (idx, inst) in d.instances.iter().enumerate() {
             let statuses: Vec<Option<InstanceStatus>> = cluster_ids
@@ -926,12 +927,7 @@ impl ControllerState {
         let Some(d) = self.deployments.get(app_id) else {
             return;
         };
-        let cluster_ids: Vec<String> = d
-            .plan
-            .clusters
-            .iter()
-            .map(|c| c.cluster_id.clone())
-            .collect();
+        let cluster_ids = d.cluster_ids();
         let remaining = cluster_ids
             .iter()
             .filter_map(|c| self.topology.clusters.get(c))

@@ -187,10 +187,7 @@ impl Manager {
             body: json!({ "passwordHash": hash }),
             refs: vec![Key::new(Kind::User.as_str(), user)],
         };
-        let r = match self.store.update(w.clone()).await {
-            Err(nubo_store::StoreError::NotFound(_)) => self.store.create(w).await,
-            other => other,
-        };
+        let r = self.store.upsert(w).await;
         r.map_err(|e| store_err(Kind::User, e))?;
         if let Ok(mut c) = self.auth_cache.lock() {
             c.retain(|(t, u), _| !(*t == tenant && u == user));

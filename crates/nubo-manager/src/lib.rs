@@ -257,18 +257,7 @@ impl Manager {
     /// Adds a new artifact.
     pub async fn add<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
         let (artifact, write) = self.checked::<T>(tenant, body).await?;
-        if self
-            .store
-            .get(tenant, &write.key)
-            .await
-            .map_err(|e| store_err(T::KIND, e))?
-            .is_some()
-        {
-            return Err(ManagerError::Conflict {
-                kind: T::KIND,
-                id: artifact.id().to_owned(),
-            });
-        }
+        // The store refuses an existing id (Conflict) in the same transaction as the write.
         self.store
             .create(write)
             .await
@@ -285,18 +274,7 @@ impl Manager {
     /// Replaces an existing artifact. Refused with `InUse` when an artifact using it would become invalid.
     pub async fn update<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
         let (artifact, write) = self.checked::<T>(tenant, body).await?;
-        if self
-            .store
-            .get(tenant, &write.key)
-            .await
-            .map_err(|e| store_err(T::KIND, e))?
-            .is_none()
-        {
-            return Err(ManagerError::NotFound {
-                kind: T::KIND,
-                id: artifact.id().to_owned(),
-            });
-        }
+        // A missing artifact has no users; the store answers NotFound on the write itself.
         self.check_users_still_valid::<T>(tenant, &write).await?;
         self.store
             .update(write)

@@ -2,7 +2,7 @@
 //! Passwords are stored only as argon2 hashes, under a store kind the API never serves.
 
 use nubo_model::{FieldError, Kind, Problems, SUPER_TENANT_ID, Tenant, User};
-use nubo_store::{Key, StoreError, Write};
+use nubo_store::{Key, Write};
 
 use crate::{Manager, ManagerError, store_err};
 
@@ -34,10 +34,7 @@ impl Manager {
             body: serde_json::json!({ "next": current + 1 }),
             refs: vec![],
         };
-        let r = match self.store.update(w.clone()).await {
-            Err(StoreError::NotFound(_)) => self.store.create(w).await,
-            other => other,
-        };
+        let r = self.store.upsert(w).await;
         r.map_err(|e| store_err(Kind::Tenant, e))?;
         Ok(current)
     }

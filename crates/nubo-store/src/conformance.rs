@@ -70,6 +70,22 @@ async fn create_get_list(s: &dyn Store) {
         .unwrap();
     assert_eq!((got.version, got.body), (2, json!({"type": "php", "v": 2})));
     assert!(s.list(1, "nothing").await.unwrap().is_empty());
+    // upsert creates, then replaces.
+    assert_eq!(
+        s.upsert(w(1, "cartridge", "new", json!({"n": 1}), &[]))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        s.upsert(w(1, "cartridge", "new", json!({"n": 2}), &[]))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    s.delete(1, &Key::new("cartridge", "new")).await.unwrap();
     s.delete(1, &Key::new("cartridge", "apache")).await.unwrap();
     s.delete(1, &Key::new("cartridge", "php")).await.unwrap();
     assert!(

@@ -130,6 +130,13 @@ pub trait Store: Send + Sync + 'static {
     async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Key>, StoreError>;
     /// A short name for logs and metrics (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
+    /// Replaces a document, creating it when it does not exist yet.
+    async fn upsert(&self, write: Write) -> Result<Record, StoreError> {
+        match self.update(write.clone()).await {
+            Err(StoreError::NotFound(_)) => self.create(write).await,
+            other => other,
+        }
+    }
 }
 
 pub(crate) fn now_rfc3339() -> String {

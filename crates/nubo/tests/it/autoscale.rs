@@ -34,7 +34,7 @@ async fn requests_in_flight_scale_a_cluster_up_and_back_down() {
     );
     let api = Api::new(&server);
     let proxy = free_port();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/slow.py");
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
     api.add_all(&[
         ("autoscalingPolicies", json!({"id": "busy", "loadThresholds": {"requestsInFlight": {"threshold": 4}}})),
         ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}, {"id": "p2"}]})),
@@ -133,16 +133,7 @@ async fn requests_in_flight_scale_a_cluster_up_and_back_down() {
         stopped.elapsed() > Duration::from_secs(2),
         "scale-down waits for its cool-down"
     );
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .basic_auth("admin", Some(crate::support::PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics().await;
     assert!(
         metrics.contains("nubo_members{status=\"Active\"} 1"),
         "{metrics}"

@@ -8,8 +8,7 @@ use serde_json::{Value, json};
 use crate::support::{Api, ServerProcess, agent_pid, eventually, session_pids};
 
 fn whoami_cartridge(ty: &str, proxy: u16) -> Value {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/whoami.py");
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
     json!({"type": ty, "category": "framework", "host": "localhost",
         "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": proxy}],
         "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})
@@ -167,16 +166,7 @@ async fn requests_reach_active_members_by_host_name_without_failures_while_membe
     );
 
     // The load balancer's and the controller's metrics.
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .basic_auth("admin", Some(crate::support::PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics().await;
     assert!(
         metrics.contains("nubo_lb_requests_total{cluster=\"site.www.web.domain\"}"),
         "{metrics}"

@@ -15,13 +15,19 @@ use tower::ServiceExt;
 
 pub const PASSWORD: &str = "test-password";
 
+/// This crate's directory, as the test runner gives it at run time (a binary built in another
+/// checkout sharing the target directory must not point at that checkout's files).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The Stratos samples shipped beside the repository.
 pub fn samples() -> PathBuf {
     let dir = std::env::var_os("NUBO_SAMPLES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/stratos-samples")
-        });
+        .unwrap_or_else(|| manifest_dir().join("../../../shared/stratos-samples"));
     assert!(
         dir.join("scenarios.json").exists(),
         "the Stratos samples are expected in {} (the shared/ folder beside the repository); set NUBO_SAMPLES to their folder",
@@ -344,6 +350,18 @@ impl Api {
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
     }
 
     /// Adds artifacts in order, asserting each is created.
