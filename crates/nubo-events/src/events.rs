@@ -597,12 +597,15 @@ mod catalogue {
                 serde_json::to_string(&pretty).unwrap()
             ));
         }
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/catalogue.md");
+        // The directory at run time: a binary built in another checkout must not compare with that one's file.
+        let dir = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+        let path = std::path::Path::new(&dir).join("catalogue.md");
         if std::env::var_os("NUBO_BLESS").is_some() {
-            std::fs::write(path, &out).unwrap();
+            std::fs::write(&path, &out).unwrap();
             return;
         }
-        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             out == checked_in,
             "the event catalogue changed: review it and run `NUBO_BLESS=1 cargo test -p nubo-events catalogue` to accept (a change is a protocol change: bump EVENT_VERSION when it is incompatible)"

@@ -833,7 +833,7 @@ async fn openapi_and_metrics_are_served() {
 #[tokio::test]
 async fn the_quickstart_example_loads() {
     let api = TestApi::new().await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    let dir = crate::support::manifest_dir().join("../../examples/quickstart");
     for (collection, file) in [
         ("autoscalingPolicies", "autoscaling-policy.json"),
         ("networkPartitions", "network-partition.json"),

@@ -285,8 +285,7 @@ fn deploy_runtime_members_and_undeploy_from_the_cli() {
         .local_addr()
         .unwrap()
         .port();
-    let examples =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    let examples = crate::support::manifest_dir().join("../../examples/quickstart");
     for (cmd, file) in [
         ("autoscaling-policy", "autoscaling-policy.json"),
         ("network-partition", "network-partition.json"),
@@ -388,7 +387,7 @@ fn cli_help_matches_the_checked_in_copy() {
     for c in &commands {
         out.push_str(&format!("\n$ nubo {} --help\n{}", c.join(" "), help(c)));
     }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/cli-help.txt");
+    let path = crate::support::manifest_dir().join("tests/it/cli-help.txt");
     if std::env::var_os("NUBO_BLESS").is_some() {
         std::fs::write(path, &out).unwrap();
         return;
