@@ -64,14 +64,22 @@ nginx_conf proxy "upstream app { server 127.0.0.1:$BACKEND; keepalive 256; keepa
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
 taskset -c 0 nginx -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy/" &
 PIDS+=($!)
+NGINX_MASTER=$!
 TOKIO_WORKER_THREADS=1 NUBO_LOG=warn taskset -c 0 "$NUBO" lb --route "bench.local:$NUBO_PROXY=127.0.0.1:$BACKEND" >/dev/null &
 PIDS+=($!)
+NUBO_PID=$!
 wait_port "$BACKEND"; wait_port "$NGINX_PROXY"; wait_port "$NUBO_PROXY"
+NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
+TICK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-run() { # name, port -> "rps p50 p90 p99"
+run() { # name, port, pid of the proxy's worker -> "rps p50 p90 p99 cpu-us-per-request errors"
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s -H 'Host: bench.local' --latency "http://127.0.0.1:$2/" >/dev/null # warm-up
+  local before after
+  before=$(cpu_ticks "$3")
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H 'Host: bench.local' --latency "http://127.0.0.1:$2/" > "$WORK/$1.wrk"
-  python3 - "$WORK/$1.wrk" <<'PY'
+  after=$(cpu_ticks "$3")
+  python3 - "$WORK/$1.wrk" "$((after - before))" "$TICK" "$DURATION" <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
 def lat(p):
@@ -80,29 +88,33 @@ def lat(p):
     return v / 1000 if u == "us" else v * 1000 if u == "s" else v
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", t)
-print(rps, lat(50), lat(90), lat(99), "errors" if errors else "ok")
+cpu_us = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / (rps * float(sys.argv[4]))
+print(rps, lat(50), lat(90), lat(99), round(cpu_us, 2), "errors" if errors else "ok")
 PY
 }
 : > "$WORK/nginx.rounds"; : > "$WORK/nubo.rounds"
 for _ in $(seq "$ROUNDS"); do
-  run nginx "$NGINX_PROXY" >> "$WORK/nginx.rounds"
-  run nubo "$NUBO_PROXY" >> "$WORK/nubo.rounds"
+  run nginx "$NGINX_PROXY" "$NGINX_WORKER" >> "$WORK/nginx.rounds"
+  run nubo "$NUBO_PROXY" "$NUBO_PID" >> "$WORK/nubo.rounds"
 done
 median() { sort -n -k1 "$1" | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)'; }
-read -r N_RPS N_P50 N_P90 N_P99 N_ERR < <(median "$WORK/nginx.rounds")
-read -r B_RPS B_P50 B_P90 B_P99 B_ERR < <(median "$WORK/nubo.rounds")
-RATIO=$(paste -d' ' "$WORK/nubo.rounds" "$WORK/nginx.rounds" | awk '{print $1 / $6}' | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')
+read -r N_RPS N_P50 N_P90 N_P99 N_CPU N_ERR < <(median "$WORK/nginx.rounds")
+read -r B_RPS B_P50 B_P90 B_P99 B_CPU B_ERR < <(median "$WORK/nubo.rounds")
+RATIO=$(paste -d' ' "$WORK/nubo.rounds" "$WORK/nginx.rounds" | awk '{print $1 / $7}' | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')
+P99_RATIO=$(paste -d' ' "$WORK/nubo.rounds" "$WORK/nginx.rounds" | awk '{print $4 / $10}' | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')
+CPU_RATIO=$(paste -d' ' "$WORK/nubo.rounds" "$WORK/nginx.rounds" | awk '{print $5 / $11}' | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')
 echo "rounds, requests/s: nginx: $(cut -d' ' -f1 "$WORK/nginx.rounds" | tr '\n' ' ')/ nubo: $(cut -d' ' -f1 "$WORK/nubo.rounds" | tr '\n' ' ')" >&2
-python3 - "$N_RPS" "$N_P50" "$N_P90" "$N_P99" "$N_ERR" "$B_RPS" "$B_P50" "$B_P90" "$B_P99" "$B_ERR" "$DURATION" "$CONNECTIONS" "$RATIO" "$ROUNDS" <<'PY'
+python3 - "$N_RPS" "$N_P50" "$N_P90" "$N_P99" "$N_CPU" "$N_ERR" "$B_RPS" "$B_P50" "$B_P90" "$B_P99" "$B_CPU" "$B_ERR" "$DURATION" "$CONNECTIONS" "$RATIO" "$ROUNDS" "$P99_RATIO" "$CPU_RATIO" <<'PY'
 import sys
-n = list(map(float, sys.argv[1:5])); ne = sys.argv[5]
-b = list(map(float, sys.argv[6:10])); be = sys.argv[10]
-d, c, ratio, rounds = sys.argv[11], sys.argv[12], float(sys.argv[13]), sys.argv[14]
+n = list(map(float, sys.argv[1:6])); ne = sys.argv[6]
+b = list(map(float, sys.argv[7:12])); be = sys.argv[12]
+d, c, ratio, rounds = sys.argv[13], sys.argv[14], float(sys.argv[15]), sys.argv[16]
+p99_ratio, cpu_ratio = float(sys.argv[17]), float(sys.argv[18])
 print(f"wrk -t1 -c{c} -d{d}s x {rounds} alternating rounds, proxy pinned to CPU 0 with 1 worker, backend and wrk on CPU 1, upstream keep-alive; median round of each\n")
-print("| proxy | requests/s | p50 ms | p90 ms | p99 ms | errors |")
-print("| --- | ---: | ---: | ---: | ---: | --- |")
-print(f"| nginx | {n[0]:.0f} | {n[1]:.3f} | {n[2]:.3f} | {n[3]:.3f} | {ne} |")
-print(f"| nubo lb | {b[0]:.0f} | {b[1]:.3f} | {b[2]:.3f} | {b[3]:.3f} | {be} |")
-print(f"| nubo / nginx | {b[0]/n[0]:.2f} | {b[1]/n[1]:.2f} | {b[2]/n[2]:.2f} | {b[3]/n[3]:.2f} | |")
-print(f"\nmedian of the per-round throughput ratios nubo/nginx: {ratio:.2f}")
+print("| proxy | requests/s | p50 ms | p90 ms | p99 ms | proxy CPU µs/request | errors |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+print(f"| nginx | {n[0]:.0f} | {n[1]:.3f} | {n[2]:.3f} | {n[3]:.3f} | {n[4]:.2f} | {ne} |")
+print(f"| nubo lb | {b[0]:.0f} | {b[1]:.3f} | {b[2]:.3f} | {b[3]:.3f} | {b[4]:.2f} | {be} |")
+print(f"| nubo / nginx | {b[0]/n[0]:.2f} | {b[1]/n[1]:.2f} | {b[2]/n[2]:.2f} | {b[3]/n[3]:.2f} | {b[4]/n[4]:.2f} | |")
+print(f"\nmedians of the per-round ratios nubo/nginx: throughput {ratio:.2f}, p99 {p99_ratio:.2f}, proxy CPU per request {cpu_ratio:.2f}")
 PY
