@@ -172,7 +172,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
             _ = health.tick() => {
                 let (memory, load) = meter.sample();
-                let stat = MemberHealth { instance: me.clone(), memory_consumption: memory, load_average: load, ports_open: ports_open(&p).await, at_ms: now_ms() };
+                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: ports_open(&p).await, at_ms: now_ms() };
                 publish(&events, Event::MemberHealthStat(stat)).await;
             }
         }

@@ -28,6 +28,7 @@ pub mod artifacts;
 mod auth;
 pub mod error;
 pub mod metrics;
+mod mock;
 pub mod openapi;
 mod platform;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub scaling: Option<nubo_autoscaler::monitor::ScalingLog>,
     /// All metrics of the process, served on `/metrics`.
     pub registry: Registry,
+    /// The mock IaaS, when the server offers it.
+    pub mock: Option<Arc<nubo_mock::MockIaas>>,
     metrics: metrics::ApiMetrics,
 }
 
@@ -63,8 +66,20 @@ impl AppState {
             controller,
             scaling,
             registry,
+            mock: None,
             metrics,
         })
+    }
+
+    /// The same state with the mock IaaS's API enabled.
+    pub fn with_mock(self: Arc<Self>, mock: Arc<nubo_mock::MockIaas>) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut s) => {
+                s.mock = Some(mock);
+                Arc::new(s)
+            }
+            Err(shared) => shared,
+        }
     }
 }
 
@@ -72,6 +87,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let api = artifacts::routes()
         .merge(platform::routes())
+        .merge(mock::routes())
         .route("/init", get(init))
         .route("/iaasProviders", get(iaas_providers));
     let authed = Router::new()

@@ -250,7 +250,7 @@ pub fn document() -> OpenApi {
             .response("404", message("No such application, or not deployed"))
             .build(),
     );
-    let simple: [SimpleOp; 22] = [
+    let simple: [SimpleOp; 28] = [
         (
             "/api/tenants",
             HttpMethod::Post,
@@ -442,6 +442,57 @@ pub fn document() -> OpenApi {
             "A cluster of the topology: members, host names, instances",
             "applications",
             &[("200", "The cluster"), ("404", "No such cluster")],
+        ),
+        (
+            "/api/mock-iaas/status",
+            HttpMethod::Get,
+            "mock_status",
+            "The mock IaaS: instance count and its clock",
+            "mock-iaas",
+            &[("200", "Running"), ("404", "The mock IaaS is not enabled")],
+        ),
+        (
+            "/api/mock-iaas/instances",
+            HttpMethod::Get,
+            "list_mock_instances",
+            "Mock instances (Stratos' MockInstanceMetadata and context)",
+            "mock-iaas",
+            &[
+                ("200", "Instances"),
+                ("404", "The mock IaaS is not enabled"),
+            ],
+        ),
+        (
+            "/api/mock-iaas/instances/{id}",
+            HttpMethod::Get,
+            "get_mock_instance",
+            "One mock instance, with its payload",
+            "mock-iaas",
+            &[("200", "The instance"), ("404", "No such instance")],
+        ),
+        (
+            "/api/mock-iaas/instances/{id}",
+            HttpMethod::Delete,
+            "delete_mock_instance",
+            "Makes a mock instance vanish without a word (its member is then found faulty and replaced)",
+            "mock-iaas",
+            &[("200", "Gone"), ("404", "No such instance")],
+        ),
+        (
+            "/api/mock-iaas/clock",
+            HttpMethod::Post,
+            "advance_mock_clock",
+            "Moves the mock IaaS's clock forward: {\"advanceSeconds\": N}",
+            "mock-iaas",
+            &[("200", "The clock now"), ("400", "Not a forward move")],
+        ),
+        (
+            "/api/mock-iaas/failures",
+            HttpMethod::Post,
+            "inject_mock_failures",
+            "The next starts of a cartridge type fail: {\"cartridgeType\": T, \"failNextStarts\": N}",
+            "mock-iaas",
+            &[("200", "Armed"), ("404", "The mock IaaS is not enabled")],
         ),
         (
             "/api/cartridges/{id}/filter/{filter}",

@@ -10,5 +10,6 @@
 #![warn(missing_docs)]
 
 pub mod cep;
+pub mod faults;
 pub mod monitor;
 pub mod rules;

@@ -12,6 +12,7 @@ use nubo_controller::{ControllerHandle, ControllerState};
 use nubo_events::{Category, Event, MemberStatus};
 
 use crate::cep::{Sample, window};
+use crate::faults::Liveness;
 use crate::rules::{self, Cooldowns, Decision, Sizes};
 
 /// Settings of the monitor.
@@ -25,6 +26,8 @@ pub struct MonitorConfig {
     pub up_cooldown: Duration,
     /// No scale-down sooner than this after the last scaling.
     pub down_cooldown: Duration,
+    /// An Active member silent for longer than this is faulty and replaced (Stratos: 60 s).
+    pub fault_timeout: Duration,
 }
 
 impl Default for MonitorConfig {
@@ -34,6 +37,7 @@ impl Default for MonitorConfig {
             window: Duration::from_secs(5),
             up_cooldown: Duration::from_secs(3),
             down_cooldown: Duration::from_secs(15),
+            fault_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -160,6 +164,7 @@ pub async fn start(
     let log_out = log.clone();
     tokio::spawn(async move {
         let mut w = Windows::default();
+        let mut liveness = Liveness::default();
         let keep = config.window.as_millis() as u64 * 2;
         let mut tick = tokio::time::interval(config.tick);
         loop {
@@ -170,8 +175,13 @@ pub async fn start(
                         push(q, Sample { at_ms: r.at_ms, value: r.count }, keep);
                     }
                     Some(Event::MemberHealthStat(h)) => {
-                        push(w.memory.entry(h.instance.member_id.clone()).or_default(), Sample { at_ms: h.at_ms, value: h.memory_consumption }, keep);
-                        push(w.load.entry(h.instance.member_id).or_default(), Sample { at_ms: h.at_ms, value: h.load_average }, keep);
+                        liveness.stat(&h.instance.member_id, now_ms(), h.ports_open);
+                        if let Some(value) = h.memory_consumption {
+                            push(w.memory.entry(h.instance.member_id.clone()).or_default(), Sample { at_ms: h.at_ms, value }, keep);
+                        }
+                        if let Some(value) = h.load_average {
+                            push(w.load.entry(h.instance.member_id).or_default(), Sample { at_ms: h.at_ms, value }, keep);
+                        }
                     }
                     Some(_) => {}
                     None => return,
@@ -179,6 +189,11 @@ pub async fn start(
                 _ = tick.tick() => {
                     let state = controller.snapshot();
                     tracing::debug!(deployments = state.deployments.len(), clusters_with_rif = w.rif.len(), members_with_stats = w.memory.len(), "autoscaler tick");
+                    let now = now_ms();
+                    for (member, reason) in liveness.check(active_members(&state), now, config.fault_timeout.as_millis() as u64) {
+                        tracing::warn!(%member, %reason, "member fault");
+                        let _ = controller.member_fault(&member, reason).await;
+                    }
                     for e in evaluate(&state, &mut w, config, now_ms()) {
                         if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown | Decision::AtMax) {
                             log.push(e.clone());
@@ -190,6 +205,19 @@ pub async fn start(
         }
     });
     Ok(log_out)
+}
+
+/// The Active, not failed, members of deployed applications.
+fn active_members(state: &ControllerState) -> impl Iterator<Item = &str> {
+    state
+        .deployments
+        .values()
+        .filter(|d| d.status == nubo_controller::DeploymentStatus::Deployed)
+        .flat_map(|d| d.plan.clusters.iter())
+        .filter_map(|p| state.topology.clusters.get(&p.cluster_id))
+        .flat_map(|c| c.members.values())
+        .filter(|m| m.status == MemberStatus::Active && m.failure.is_none())
+        .map(|m| m.member_id.as_str())
 }
 
 /// Decides for every deployed cluster instance.

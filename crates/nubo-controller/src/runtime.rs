@@ -100,6 +100,15 @@ impl ControllerHandle {
         .await
     }
 
+    /// Reports a faulty Active member (the event processor's verdict): it is replaced.
+    pub async fn member_fault(&self, member_id: &str, reason: String) -> Result<(), String> {
+        self.command(Input::MemberFault {
+            member_id: member_id.to_owned(),
+            reason,
+        })
+        .await
+    }
+
     async fn command(&self, input: Input) -> Result<(), String> {
         let (ack, done) = tokio::sync::oneshot::channel();
         self.commands

@@ -134,6 +134,14 @@ pub enum Input {
         /// The member to remove (the autoscaler picks the least loaded); the newest when `None`.
         member_id: Option<String>,
     },
+    /// The event processor found an Active member faulty (its statistics stopped, or it reports
+    /// its ports closed): it is terminated and replaced.
+    MemberFault {
+        /// Member.
+        member_id: String,
+        /// Why, for the runtime view.
+        reason: String,
+    },
     /// Time passed.
     Tick,
 }
@@ -256,6 +264,22 @@ impl ControllerState {
                 member_id.as_deref(),
                 &mut out,
             ),
+            Input::MemberFault { member_id, reason } => {
+                let active = self
+                    .member_mut(&member_id)
+                    .filter(|m| m.status == MemberStatus::Active && m.failure.is_none())
+                    .map(|m| m.failure = Some(format!("member fault: {reason}")))
+                    .is_some();
+                if active {
+                    tracing::warn!(member = %member_id, %reason, "member fault: replacing it");
+                    if let Some(provider) = self.provider_of(&member_id) {
+                        out.push(Action::Terminate {
+                            member_id,
+                            provider,
+                        });
+                    }
+                }
+            }
             Input::Tick => {}
         }
         self.converge(now_ms, &mut out);
@@ -1230,6 +1254,36 @@ mod tests {
             }),
         );
         assert!(starts(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_member_fault_replaces_an_active_member_once_and_nothing_else() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
+        let db = starts(&out)[0].clone();
+        let fault = |id: &str| Input::MemberFault {
+            member_id: id.to_owned(),
+            reason: "no health statistics for 5 s".into(),
+        };
+        // Not Active yet: a fault is not this member's (the activation timeout covers it).
+        assert!(terminates(&s.step(1, fault(&db.member_id))).is_empty());
+        activate(&mut s, 2, &db);
+        let out = s.step(3, fault(&db.member_id));
+        assert_eq!(terminates(&out), vec![db.member_id.clone()]);
+        assert_eq!(starts(&out).len(), 1, "a replacement at once");
+        let failure = s.topology.clusters["app.db.db.domain"].members[&db.member_id]
+            .failure
+            .clone();
+        assert_eq!(
+            failure.as_deref(),
+            Some("member fault: no health statistics for 5 s")
+        );
+        // The same verdict again changes nothing.
+        let out = s.step(4, fault(&db.member_id));
+        assert!(
+            terminates(&out).is_empty() && starts(&out).is_empty(),
+            "{out:?}"
+        );
     }
 
     #[test]

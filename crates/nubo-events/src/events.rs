@@ -88,10 +88,13 @@ pub struct MemberChange {
 pub struct MemberHealth {
     /// Who.
     pub instance: InstanceRef,
-    /// Resident memory as a percentage of the member's limit.
-    pub memory_consumption: f64,
-    /// CPU use as a percentage of the cores the member may use.
-    pub load_average: f64,
+    /// Resident memory as a percentage of the member's limit (absent: not measured, as for a
+    /// mock member whose pattern has no memory factor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_consumption: Option<f64>,
+    /// CPU use as a percentage of the cores the member may use (absent: not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_average: Option<f64>,
     /// Whether every port of the member accepts connections.
     pub ports_open: bool,
     /// Measurement time, milliseconds since the epoch.
@@ -557,8 +560,8 @@ mod catalogue {
             },
             Event::MemberHealthStat(MemberHealth {
                 instance: instance(),
-                memory_consumption: 1.5,
-                load_average: 12.25,
+                memory_consumption: Some(1.5),
+                load_average: Some(12.25),
                 ports_open: true,
                 at_ms: 1_763_769_600_000,
             }),

@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub lb: Option<nubo_lb::LbConfig>,
     /// The autoscaler's tick, window and cool-downs.
     pub autoscaler: nubo_autoscaler::monitor::MonitorConfig,
+    /// The `mock` IaaS provider (`None`: not offered).
+    pub mock: Option<nubo_mock::MockConfig>,
 }
 
 /// Where the bus is.
@@ -142,6 +144,16 @@ pub async fn run(
     let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_controller::IaasProvider>> =
         Default::default();
     providers.insert("local".into(), supervisor);
+    let mock = match &config.mock {
+        Some(m) => {
+            let mock = nubo_mock::MockIaas::start(events.clone(), m.clone())
+                .await
+                .context("cannot start the mock IaaS")?;
+            providers.insert("mock".into(), mock.clone());
+            Some(mock)
+        }
+        None => None,
+    };
     let controller = nubo_controller::Controller::start(
         store.clone(),
         events.clone(),
@@ -165,7 +177,10 @@ pub async fn run(
             .await
             .context("cannot start the load balancer")?;
     }
-    let state = AppState::new(manager, Some(controller), Some(scaling), registry);
+    let mut state = AppState::new(manager, Some(controller), Some(scaling), registry);
+    if let Some(mock) = mock {
+        state = state.with_mock(mock);
+    }
     let app = nubo_api::router(state);
 
     let (acceptor, ca_cert) = match &config.tls {

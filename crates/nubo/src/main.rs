@@ -101,6 +101,21 @@ struct ServerArgs {
     /// Seconds after any scaling before a cluster scales down [default: 15]
     #[arg(long, env = "NUBO_SCALE_DOWN_COOLDOWN", value_name = "SECONDS")]
     scale_down_cooldown: Option<f64>,
+    /// Seconds an Active member may go without health statistics before it is replaced (Stratos: 60) [default: 5]
+    #[arg(long, env = "NUBO_FAULT_TIMEOUT", value_name = "SECONDS")]
+    fault_timeout: Option<f64>,
+    /// Offer the `mock` IaaS provider, with the health-statistics patterns of this Stratos mock-iaas.xml (`-` for the defaults: memory 20, load 20, requests 1)
+    #[arg(long, env = "NUBO_MOCK_IAAS", value_name = "FILE")]
+    mock_iaas: Option<PathBuf>,
+    /// How fast the mock IaaS's clock runs: pattern sample durations are divided by it [default: 1]
+    #[arg(long, env = "NUBO_MOCK_SPEED", value_name = "FACTOR")]
+    mock_speed: Option<f64>,
+    /// Seconds between two health statistics of a mock member (Stratos: 15) [default: 1]
+    #[arg(long, env = "NUBO_MOCK_STATS_INTERVAL", value_name = "SECONDS")]
+    mock_stats_interval: Option<f64>,
+    /// Seconds from a mock member's start to its activation [default: 0]
+    #[arg(long, env = "NUBO_MOCK_BOOT_DELAY", value_name = "SECONDS")]
+    mock_boot_delay: Option<f64>,
 }
 
 #[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
@@ -168,6 +183,11 @@ struct ServerFile {
     scale_window: Option<f64>,
     scale_up_cooldown: Option<f64>,
     scale_down_cooldown: Option<f64>,
+    fault_timeout: Option<f64>,
+    mock_iaas: Option<PathBuf>,
+    mock_speed: Option<f64>,
+    mock_stats_interval: Option<f64>,
+    mock_boot_delay: Option<f64>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -201,6 +221,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
     );
+    let mock = mock_config(&args, &file)?;
     let insecure = args.insecure_http || file.insecure_http.unwrap_or(false);
     let tls = match (
         insecure,
@@ -254,9 +275,11 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                     args.scale_down_cooldown.or(file.scale_down_cooldown),
                     d.down_cooldown,
                 ),
+                fault_timeout: secs(args.fault_timeout.or(file.fault_timeout), d.fault_timeout),
                 ..d
             }
         },
+        mock,
         lb: (!(args.no_lb || file.no_lb.unwrap_or(false))).then(|| nubo_lb::LbConfig {
             bind: args
                 .lb_bind
@@ -378,6 +401,48 @@ async fn down(data_dir: PathBuf) -> anyhow::Result<()> {
     nubo_node::kill_all(&dir);
     println!("killed the members that did not stop within 10 s");
     Ok(())
+}
+
+/// The mock IaaS's settings, when `--mock-iaas` (or `mock_iaas` in the config file) asks for it.
+fn mock_config(
+    args: &ServerArgs,
+    file: &ServerFile,
+) -> anyhow::Result<Option<nubo_mock::MockConfig>> {
+    let Some(path) = args.mock_iaas.clone().or(file.mock_iaas.clone()) else {
+        return Ok(None);
+    };
+    let d = nubo_mock::MockConfig::default();
+    let patterns = if path.as_os_str() == "-" {
+        nubo_mock::Patterns::default()
+    } else {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the mock IaaS patterns {}", path.display()))?;
+        nubo_mock::Patterns::from_xml(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} (the format is Stratos' mock-iaas.xml; see docs/mock-iaas.md)",
+                path.display()
+            )
+        })?
+    };
+    let secs = |v: Option<f64>, default: std::time::Duration| {
+        v.filter(|s| s.is_finite() && *s >= 0.0)
+            .map(std::time::Duration::from_secs_f64)
+            .unwrap_or(default)
+    };
+    Ok(Some(nubo_mock::MockConfig {
+        patterns,
+        speed: args
+            .mock_speed
+            .or(file.mock_speed)
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .unwrap_or(d.speed),
+        stats_interval: secs(
+            args.mock_stats_interval.or(file.mock_stats_interval),
+            d.stats_interval,
+        )
+        .max(std::time::Duration::from_millis(10)),
+        boot_delay: secs(args.mock_boot_delay.or(file.mock_boot_delay), d.boot_delay),
+    }))
 }
 
 fn nubo_manager_providers() -> Vec<String> {

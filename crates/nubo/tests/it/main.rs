@@ -4,6 +4,7 @@ mod api;
 mod autoscale;
 mod cli;
 mod lb;
+mod mock;
 mod runtime;
 mod samples;
 mod server;

@@ -1,0 +1,112 @@
+//! Member fault detection (Stratos' CEP `faultHandling`), pure: an Active member whose health
+//! statistics stop for longer than a timeout, or that reports its ports closed, is faulty.
+
+use std::collections::{HashMap, HashSet};
+
+/// What the event processor knows about each Active member's statistics.
+#[derive(Debug, Default, Clone)]
+pub struct Liveness {
+    /// When the member was first seen Active (ms).
+    active_since: HashMap<String, u64>,
+    /// When its last statistics arrived (ms).
+    last_stat: HashMap<String, u64>,
+    /// Members whose last statistics said a port is closed.
+    ports_closed: HashSet<String>,
+}
+
+impl Liveness {
+    /// Statistics from `member_id` arrived at `now_ms`.
+    pub fn stat(&mut self, member_id: &str, now_ms: u64, ports_open: bool) {
+        self.last_stat.insert(member_id.to_owned(), now_ms);
+        if ports_open {
+            self.ports_closed.remove(member_id);
+        } else {
+            self.ports_closed.insert(member_id.to_owned());
+        }
+    }
+
+    /// The faulty members among the `active` ones at `now_ms`, with the reason; forgets members
+    /// that are no longer Active, and the faulty ones (the controller replaces them).
+    pub fn check<'a>(
+        &mut self,
+        active: impl IntoIterator<Item = &'a str>,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> Vec<(String, String)> {
+        let active: HashSet<&str> = active.into_iter().collect();
+        self.active_since.retain(|m, _| active.contains(m.as_str()));
+        self.last_stat.retain(|m, _| active.contains(m.as_str()));
+        self.ports_closed.retain(|m| active.contains(m.as_str()));
+        let mut faults = Vec::new();
+        for m in active {
+            let since = *self.active_since.entry(m.to_owned()).or_insert(now_ms);
+            let last = self.last_stat.get(m).copied().unwrap_or(since).max(since);
+            if self.ports_closed.contains(m) {
+                faults.push((m.to_owned(), "it reports its ports closed".to_owned()));
+            } else if now_ms.saturating_sub(last) > timeout_ms {
+                faults.push((
+                    m.to_owned(),
+                    format!(
+                        "no health statistics for {:.1} s",
+                        now_ms.saturating_sub(last) as f64 / 1000.0
+                    ),
+                ));
+            }
+        }
+        for (m, _) in &faults {
+            self.active_since.remove(m);
+            self.last_stat.remove(m);
+            self.ports_closed.remove(m);
+        }
+        faults.sort();
+        faults
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_longer_than_the_timeout_is_a_fault() {
+        let mut l = Liveness::default();
+        // First seen Active at 1000: it has the timeout to report.
+        assert!(l.check(["m1", "m2"], 1_000, 5_000).is_empty());
+        l.stat("m1", 2_000, true);
+        l.stat("m2", 2_000, true);
+        l.stat("m1", 6_500, true);
+        assert!(
+            l.check(["m1", "m2"], 7_000, 5_000).is_empty(),
+            "m2 silent for exactly 5 s"
+        );
+        let faults = l.check(["m1", "m2"], 7_001, 5_000);
+        assert_eq!(faults.len(), 1);
+        assert_eq!(faults[0].0, "m2");
+        assert_eq!(faults[0].1, "no health statistics for 5.0 s");
+        // Reported once: the controller replaces it.
+        assert!(l.check(["m1", "m2"], 7_002, 5_000).is_empty());
+    }
+
+    #[test]
+    fn a_member_never_reporting_is_faulty_a_timeout_after_it_became_active() {
+        let mut l = Liveness::default();
+        assert!(l.check(["m"], 0, 5_000).is_empty());
+        assert!(l.check(["m"], 5_000, 5_000).is_empty());
+        assert_eq!(l.check(["m"], 5_001, 5_000).len(), 1);
+    }
+
+    #[test]
+    fn closed_ports_are_a_fault_at_once_and_leaving_active_forgets_the_member() {
+        let mut l = Liveness::default();
+        l.check(["m1"], 0, 5_000);
+        l.stat("m1", 100, false);
+        assert_eq!(
+            l.check(["m1"], 200, 5_000)[0].1,
+            "it reports its ports closed"
+        );
+        // A member that left Active is forgotten: seen Active again, it starts afresh.
+        l.check(["m3"], 300, 5_000);
+        l.check([], 400, 5_000);
+        assert!(l.check(["m3"], 9_000, 5_000).is_empty());
+    }
+}

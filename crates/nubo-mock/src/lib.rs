@@ -1,0 +1,469 @@
+//! The `mock` IaaS provider (`stratos-mock-iaas.md`): instances that exist only in this process,
+//! answer the agent handshake on the bus like a real agent (MemberInitialized → InstanceStarted,
+//! MemberStarted → InstanceActivated after a configurable boot delay, clean-up → maintenance →
+//! ready to shut down), and publish health statistics from `mock-iaas.xml` patterns on a
+//! controllable clock. Mock members go through the same bus, event processor and autoscaler as
+//! real ones. Beyond Stratos' mock: a boot delay, injected start failures, a clock that runs
+//! faster than real time and can be moved forward, and patterns that start over when a type's
+//! first instance starts (Stratos resumes mid-pattern on a redeploy).
+//!
+//! `DELETE` through the API ([`MockIaas::kill`]) makes an instance vanish without a word, as a
+//! lost virtual machine: its statistics stop, the event processor declares a member fault, and
+//! the controller replaces it.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use nubo_bus::EventBus;
+use nubo_controller::{IaasError, IaasProvider, StartRequest, StartedMember};
+use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberPort, RequestsInFlight};
+
+pub mod patterns;
+
+pub use patterns::Patterns;
+
+/// Settings of the mock IaaS.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Health-statistics patterns by cartridge type.
+    pub patterns: Patterns,
+    /// Mock seconds per real second (pattern sample durations pass this much faster).
+    pub speed: f64,
+    /// Real time between two health statistics of a member (Stratos: 15 s).
+    pub stats_interval: Duration,
+    /// Real time from a member's start to its activation.
+    pub boot_delay: Duration,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            patterns: Patterns::default(),
+            speed: 1.0,
+            stats_interval: Duration::from_secs(1),
+            boot_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// The mock IaaS's clock: real time times a speed, plus manual advances.
+#[derive(Debug)]
+pub struct MockClock {
+    origin: Instant,
+    speed: f64,
+    advanced_ms: AtomicU64,
+}
+
+impl MockClock {
+    /// A clock running `speed` times real time.
+    pub fn new(speed: f64) -> Self {
+        MockClock {
+            origin: Instant::now(),
+            speed: if speed.is_finite() && speed > 0.0 {
+                speed
+            } else {
+                1.0
+            },
+            advanced_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Mock seconds since the clock started.
+    pub fn now(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64() * self.speed
+            + self.advanced_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.advanced_ms
+            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Where a mock instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InstanceState {
+    /// Started; waiting for the controller's MemberInitialized / MemberStarted.
+    Starting,
+    /// Active: publishing statistics.
+    Active,
+    /// Cleaned up; about to be terminated.
+    Maintenance,
+}
+
+/// A mock instance, as the API shows it (Stratos' `MockInstanceMetadata` and context).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MockInstance {
+    /// Instance id (= member id, as in Stratos).
+    pub instance_id: String,
+    /// Member.
+    pub member_id: String,
+    /// Application.
+    pub application_id: String,
+    /// Cartridge type.
+    pub service_name: String,
+    /// Cluster.
+    pub cluster_id: String,
+    /// Cluster instance.
+    pub cluster_instance_id: String,
+    /// Network partition.
+    pub network_partition_id: String,
+    /// Partition.
+    pub partition_id: String,
+    /// Private address (10.0.x.y).
+    pub default_private_ip: String,
+    /// Public address (20.0.x.y).
+    pub default_public_ip: String,
+    /// Its payload.
+    pub payload: BTreeMap<String, String>,
+    /// Where it is in its life.
+    pub state: InstanceState,
+    /// When it was started (ms since the epoch).
+    pub started_at_ms: u64,
+}
+
+impl MockInstance {
+    fn instance_ref(&self) -> InstanceRef {
+        InstanceRef {
+            application_id: self.application_id.clone(),
+            service_name: self.service_name.clone(),
+            cluster_id: self.cluster_id.clone(),
+            cluster_instance_id: self.cluster_instance_id.clone(),
+            member_id: self.member_id.clone(),
+            network_partition_id: self.network_partition_id.clone(),
+            partition_id: self.partition_id.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    instances: BTreeMap<String, MockInstance>,
+    /// When each cartridge type's patterns started (mock seconds).
+    epochs: HashMap<String, f64>,
+    /// Injected failures: the next N starts of a type fail.
+    fail_next: HashMap<String, u32>,
+}
+
+/// The mock IaaS.
+pub struct MockIaas {
+    config: MockConfig,
+    clock: MockClock,
+    events: EventBus,
+    inner: Mutex<Inner>,
+    addresses: AtomicU32,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn address(prefix: u8, n: u32) -> String {
+    format!(
+        "{prefix}.{}.{}.{}",
+        (n >> 16) & 0xff,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
+}
+
+impl MockIaas {
+    /// Starts the mock IaaS: follows the topology and the instance notifier on the bus, and
+    /// publishes its Active instances' statistics.
+    pub async fn start(
+        events: EventBus,
+        config: MockConfig,
+    ) -> Result<Arc<Self>, nubo_bus::BusError> {
+        let mut topology = events.subscribe(Category::Topology).await?;
+        let mut notifier = events.subscribe(Category::InstanceNotifier).await?;
+        let mock = Arc::new(MockIaas {
+            clock: MockClock::new(config.speed),
+            config,
+            events,
+            inner: Mutex::new(Inner::default()),
+            addresses: AtomicU32::new(0),
+        });
+        let me = mock.clone();
+        tokio::spawn(async move {
+            loop {
+                let e = tokio::select! {
+                    e = topology.recv() => e,
+                    e = notifier.recv() => e,
+                };
+                match e {
+                    Some(e) => me.on_event(e).await,
+                    None => return,
+                }
+            }
+        });
+        let me = mock.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.config.stats_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.publish_statistics().await;
+            }
+        });
+        Ok(mock)
+    }
+
+    /// The clock patterns run on.
+    pub fn clock(&self) -> &MockClock {
+        &self.clock
+    }
+
+    /// Every instance.
+    pub fn list(&self) -> Vec<MockInstance> {
+        self.inner
+            .lock()
+            .map(|i| i.instances.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One instance.
+    pub fn get(&self, instance_id: &str) -> Option<MockInstance> {
+        self.inner.lock().ok()?.instances.get(instance_id).cloned()
+    }
+
+    /// Makes an instance vanish without a word, as a lost virtual machine (Stratos' `DELETE
+    /// /instances/{id}`): its statistics stop, and the event processor's fault detection has the
+    /// member replaced. `false`: no such instance.
+    pub fn kill(&self, instance_id: &str) -> bool {
+        self.remove(instance_id).is_some()
+    }
+
+    /// The next `count` starts of `cartridge_type` fail.
+    pub fn fail_next_starts(&self, cartridge_type: &str, count: u32) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.fail_next.insert(cartridge_type.to_owned(), count);
+        }
+    }
+
+    fn remove(&self, instance_id: &str) -> Option<MockInstance> {
+        let mut i = self.inner.lock().ok()?;
+        let gone = i.instances.remove(instance_id)?;
+        // The last instance of a type gone: its patterns start over with the next one.
+        if !i
+            .instances
+            .values()
+            .any(|m| m.service_name == gone.service_name)
+        {
+            i.epochs.remove(&gone.service_name);
+        }
+        Some(gone)
+    }
+
+    fn set_state(
+        &self,
+        member_id: &str,
+        from: &[InstanceState],
+        to: InstanceState,
+    ) -> Option<InstanceRef> {
+        let mut i = self.inner.lock().ok()?;
+        let m = i.instances.get_mut(member_id)?;
+        if !from.contains(&m.state) {
+            return None;
+        }
+        m.state = to;
+        Some(m.instance_ref())
+    }
+
+    async fn publish(&self, e: Event) {
+        if let Err(err) = self.events.publish(&e).await {
+            tracing::warn!(event = e.name(), error = %err, "mock IaaS cannot publish");
+        }
+    }
+
+    async fn on_event(self: &Arc<Self>, e: Event) {
+        match e {
+            Event::MemberInitialized(c) => {
+                // As an agent does once its member shows in the topology.
+                if let Some(r) = self
+                    .get(&c.member.member_id)
+                    .filter(|m| m.state == InstanceState::Starting)
+                {
+                    self.publish(Event::InstanceStarted(r.instance_ref())).await;
+                }
+            }
+            Event::MemberStarted(c) => {
+                let me = self.clone();
+                let id = c.member.member_id;
+                let delay = self.config.boot_delay;
+                tokio::spawn(async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if let Some(r) =
+                        me.set_state(&id, &[InstanceState::Starting], InstanceState::Active)
+                    {
+                        me.publish(Event::InstanceActivated(r)).await;
+                    }
+                });
+            }
+            Event::InstanceCleanupMember { member_id } => self.clean_up(&[member_id]).await,
+            Event::InstanceCleanupCluster {
+                cluster_id,
+                cluster_instance_id,
+            } => {
+                let ids: Vec<String> = self
+                    .list()
+                    .into_iter()
+                    .filter(|m| {
+                        m.cluster_id == cluster_id && m.cluster_instance_id == cluster_instance_id
+                    })
+                    .map(|m| m.member_id)
+                    .collect();
+                self.clean_up(&ids).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn clean_up(&self, ids: &[String]) {
+        for id in ids {
+            let from = [InstanceState::Starting, InstanceState::Active];
+            if let Some(r) = self.set_state(id, &from, InstanceState::Maintenance) {
+                self.publish(Event::InstanceMaintenanceMode(r.clone()))
+                    .await;
+                self.publish(Event::InstanceReadyToShutdown(r)).await;
+            }
+        }
+    }
+
+    /// One round of statistics: every Active instance its type's values now; requests in flight
+    /// once per cluster instance.
+    async fn publish_statistics(&self) {
+        let now = self.clock.now();
+        let at_ms = now_ms();
+        let mut stats = Vec::new();
+        let mut rif = BTreeMap::new();
+        if let Ok(i) = self.inner.lock() {
+            for m in i
+                .instances
+                .values()
+                .filter(|m| m.state == InstanceState::Active)
+            {
+                let since = i.epochs.get(&m.service_name).copied().unwrap_or(now);
+                let v = self.config.patterns.values(&m.service_name, now - since);
+                if v.memory_consumption.is_some() || v.load_average.is_some() {
+                    stats.push(MemberHealth {
+                        instance: m.instance_ref(),
+                        memory_consumption: v.memory_consumption,
+                        load_average: v.load_average,
+                        ports_open: true,
+                        at_ms,
+                    });
+                }
+                if let Some(count) = v.requests_in_flight {
+                    rif.entry((m.cluster_id.clone(), m.cluster_instance_id.clone()))
+                        .or_insert((m.network_partition_id.clone(), count));
+                }
+            }
+        }
+        for s in stats {
+            self.publish(Event::MemberHealthStat(s)).await;
+        }
+        for ((cluster_id, instance_id), (np, count)) in rif {
+            self.publish(Event::InFlightRequests(RequestsInFlight {
+                load_balancer_id: format!("mock-iaas/{instance_id}"),
+                cluster_id,
+                network_partition_id: np,
+                cluster_instance_id: Some(instance_id),
+                count,
+                served: 0,
+                at_ms,
+            }))
+            .await;
+        }
+    }
+}
+
+#[async_trait]
+impl IaasProvider for MockIaas {
+    async fn start(&self, req: StartRequest) -> Result<StartedMember, IaasError> {
+        let m = &req.member;
+        let n = self.addresses.fetch_add(1, Ordering::Relaxed) + 1;
+        let instance = MockInstance {
+            instance_id: m.member_id.clone(),
+            member_id: m.member_id.clone(),
+            application_id: m.application_id.clone(),
+            service_name: m.service_name.clone(),
+            cluster_id: m.cluster_id.clone(),
+            cluster_instance_id: m.cluster_instance_id.clone(),
+            network_partition_id: m.network_partition_id.clone(),
+            partition_id: m.partition_id.clone(),
+            default_private_ip: address(10, n),
+            default_public_ip: address(20, n),
+            payload: req.payload.clone(),
+            state: InstanceState::Starting,
+            started_at_ms: now_ms(),
+        };
+        let ip = instance.default_private_ip.clone();
+        {
+            let mut i = self
+                .inner
+                .lock()
+                .map_err(|_| IaasError::Failed("mock IaaS state poisoned".into()))?;
+            if let Some(left) = i.fail_next.get_mut(&m.service_name).filter(|n| **n > 0) {
+                *left -= 1;
+                return Err(IaasError::Failed(format!(
+                    "mock IaaS: injected start failure for cartridge type {}",
+                    m.service_name
+                )));
+            }
+            let now = self.clock.now();
+            i.epochs.entry(m.service_name.clone()).or_insert(now);
+            i.instances.insert(m.member_id.clone(), instance);
+        }
+        tracing::debug!(member = %m.member_id, %ip, "mock instance started");
+        Ok(StartedMember {
+            ip,
+            ports: req
+                .ports
+                .iter()
+                .map(|p| MemberPort {
+                    name: p.name.clone(),
+                    protocol: p.protocol.clone(),
+                    port: p.port,
+                    proxy_port: p.proxy_port,
+                })
+                .collect(),
+        })
+    }
+
+    async fn terminate(&self, member_id: &str) -> Result<(), IaasError> {
+        if self.remove(member_id).is_none() {
+            return Err(IaasError::NotFound(member_id.to_owned()));
+        }
+        self.publish(Event::MemberProcessExited {
+            member_id: member_id.to_owned(),
+            code: Some(0),
+            signal: None,
+            reason: "the mock instance was terminated".into(),
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn running(&self) -> Vec<String> {
+        self.list().into_iter().map(|m| m.member_id).collect()
+    }
+}

@@ -1,0 +1,197 @@
+//! The platform on the mock IaaS with an accelerated clock: Stratos' mock samples deploy
+//! unchanged, a statistics pattern scales a cluster up and back down as `stratos-mock-iaas.md` §4
+//! computes, and an instance that vanishes is found faulty and replaced.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Api, ServerProcess, eventually, manifest_dir, read_sample, samples};
+
+/// A server offering the mock IaaS with the repository's patterns, its clock `speed` times real
+/// time, statistics every 200 ms, a 2 s statistics window and a 1.5 s fault timeout.
+fn server(dir: &std::path::Path, speed: &str) -> ServerProcess {
+    let patterns = manifest_dir().join("tests/it/fixtures/mock-iaas.xml");
+    ServerProcess::start_with(
+        dir,
+        &[
+            "--insecure-http",
+            "--no-lb",
+            "--mock-iaas",
+            patterns.to_str().unwrap(),
+            "--mock-speed",
+            speed,
+            "--mock-stats-interval",
+            "0.2",
+            "--scale-window",
+            "2",
+            "--scale-up-cooldown",
+            "1",
+            "--scale-down-cooldown",
+            "1.5",
+            "--fault-timeout",
+            "1.5",
+        ],
+    )
+}
+
+/// Loads a scenario of the Stratos samples through the API (a 409 for an id a step shares with
+/// an earlier scenario is fine) and deploys it.
+async fn load_scenario(api: &Api, name: &str) -> String {
+    let all: Value =
+        serde_json::from_slice(&std::fs::read(samples().join("scenarios.json")).unwrap()).unwrap();
+    let sc = all["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scenario"] == name)
+        .unwrap_or_else(|| panic!("no scenario {name}"))
+        .clone();
+    for step in sc["steps"].as_array().unwrap() {
+        let body: Value =
+            serde_json::from_slice(&read_sample(step["file"].as_str().unwrap())).unwrap();
+        let (status, answer) = api
+            .post(
+                &format!("/api/{}", step["endpoint"].as_str().unwrap()),
+                body,
+            )
+            .await;
+        assert!(status == 201 || status == 409, "{step}: {status} {answer}");
+    }
+    let deploy = sc["deploy"][0].as_str().unwrap().to_owned();
+    let (status, answer) = api.post(&format!("/api/{deploy}"), json!({})).await;
+    assert_eq!(status, 202, "{deploy}: {answer}");
+    deploy.split('/').nth(1).unwrap().to_owned()
+}
+
+/// "Active" when every application instance is Active.
+async fn status(api: &Api, app: &str) -> String {
+    let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
+    let instances = view["applicationInstances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !instances.is_empty() && instances.iter().all(|i| i["status"] == "Active") {
+        "Active".into()
+    } else {
+        format!("{view}")
+    }
+}
+
+#[tokio::test]
+async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), "1");
+    let api = Api::new(&server);
+    let app = load_scenario(&api, "simple/single-cartridge-app").await;
+    eventually(30, "the single-cartridge application Active", || async {
+        (status(&api, &app).await == "Active").then_some(())
+    })
+    .await;
+    let (code, instances) = api.get("/api/mock-iaas/instances").await;
+    assert_eq!(code, 200);
+    let instances = instances.as_array().unwrap().clone();
+    assert!(!instances.is_empty());
+    let victim = instances[0]["instanceId"].as_str().unwrap().to_owned();
+    assert!(
+        instances[0]["defaultPrivateIp"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.")
+    );
+    assert_eq!(instances[0]["payload"]["MEMBER_ID"], victim.as_str());
+    let before = instances.len();
+
+    // The instance vanishes: its statistics stop, the event processor finds the member faulty,
+    // and the controller replaces it.
+    let (code, _) = api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/mock-iaas/instances/{victim}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, _) = api.get(&format!("/api/mock-iaas/instances/{victim}")).await;
+    assert_eq!(code, 404);
+    eventually(
+        30,
+        "a replacement Active and the vanished member gone",
+        || async {
+            let members = api.members(&app).await;
+            let gone = members
+                .iter()
+                .all(|(_, m)| m["memberId"] != victim.as_str());
+            let active = members
+                .iter()
+                .filter(|(_, m)| m["status"] == "Active")
+                .count();
+            (gone && active == before).then_some(())
+        },
+    )
+    .await;
+
+    // Nested groups deploy too.
+    let nested = load_scenario(&api, "nested/single-level-nested-group-app").await;
+    eventually(60, "the nested-group application Active", || async {
+        (status(&api, &nested).await == "Active").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
+    // stratos-mock-iaas.md §4, test 12: memory and load at 60 with thresholds 30 and 25, min 2,
+    // max 6 → 5 members; values falling to 10 → back to 2, one member at a time. Samples last
+    // 60 mock seconds; the clock runs 20 times faster (3 s each).
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), "20");
+    let api = Api::new(&server);
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "c7", "loadThresholds": {"memoryConsumption": {"threshold": 30}, "loadAverage": {"threshold": 25}}})),
+        ("networkPartitions", json!({"id": "mock-np", "provider": "mock", "partitions": [{"id": "p1"}, {"id": "p2"}]})),
+        ("deploymentPolicies", json!({"id": "c7-dp", "networkPartitions": [{"id": "mock-np", "partitionAlgo": "round-robin",
+            "partitions": [{"id": "p1", "partitionMax": 3}, {"id": "p2", "partitionMax": 3}]}]})),
+        ("applicationPolicies", json!({"id": "c7-ap", "algorithm": "one-after-another", "networkPartitions": ["mock-np"]})),
+        ("cartridges", json!({"type": "c7-single-cluster-scaling-test", "category": "framework", "host": "mock.local",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": 18280}],
+            "iaasProvider": [{"type": "mock", "imageId": "mock-image"}]})),
+        ("applications", json!({"applicationId": "c7", "components": {"cartridges": [
+            {"type": "c7-single-cluster-scaling-test", "cartridgeMin": 2, "cartridgeMax": 6,
+             "subscribableInfo": {"alias": "c7", "autoscalingPolicy": "c7", "deploymentPolicy": "c7-dp"}}]}})),
+    ])
+    .await;
+    assert_eq!(
+        api.post("/api/applications/c7/deploy/c7-ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let active = |n: usize| {
+        let api = &api;
+        async move { (api.active("c7", "c7").await.len() == n).then_some(()) }
+    };
+    eventually(20, "scaled up to 5 members", || active(5)).await;
+    // Not beyond what the factors require, while the values stay at 60.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(api.active("c7", "c7").await.len() <= 5);
+    eventually(40, "back down to the minimum of 2", || active(2)).await;
+
+    let (_, events) = api.get("/api/applications/c7/scalingEvents").await;
+    let events = events.as_array().unwrap();
+    let up = events
+        .iter()
+        .find(|e| e["decision"]["ScaleUp"].is_object())
+        .expect("a scale-up");
+    assert_eq!(up["required"]["count"], 5, "{up}");
+    assert_eq!(up["required"]["memory"], 4, "{up}");
+    assert_eq!(up["required"]["load"], 5, "{up}");
+    let downs = events
+        .iter()
+        .filter(|e| e["decision"] == "ScaleDown")
+        .count();
+    assert_eq!(downs, 3, "5 → 2, one member at a time: {events:?}");
+    // And it stays at the minimum.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(api.active("c7", "c7").await.len(), 2);
+}
