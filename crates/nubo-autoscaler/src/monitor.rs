@@ -1,15 +1,16 @@
 //! The monitor: windows of statistics per cluster and per member, fed from the bus; every tick,
 //! for each cluster instance, the rules decide and the controller scales.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use nubo_bus::EventBus;
 use nubo_controller::{ControllerHandle, ControllerState};
 use nubo_events::{Category, Event, MemberStatus};
+use nubo_store::{Key, Store, Write};
 
 use crate::cep::{Sample, window};
 use crate::faults::Liveness;
@@ -43,7 +44,7 @@ impl Default for MonitorConfig {
 }
 
 /// The predictions a decision was made from.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Predicted {
     /// Requests in flight over the cluster instance.
@@ -55,7 +56,7 @@ pub struct Predicted {
 }
 
 /// One scaling decision, with everything it was made from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingEvent {
     /// When (ms since the epoch).
@@ -84,16 +85,28 @@ pub struct ScalingEvent {
     pub max: u32,
 }
 
-/// The recent scaling decisions (the newest last), shared with the API.
+/// The recent scaling decisions (the newest last), shared with the API; persisted in the store per
+/// application (the last [`PERSISTED_PER_APP`]), so they survive a restart.
 #[derive(Debug, Clone, Default)]
-pub struct ScalingLog(Arc<Mutex<VecDeque<ScalingEvent>>>);
+pub struct ScalingLog {
+    events: Arc<Mutex<VecDeque<ScalingEvent>>>,
+    /// Applications with decisions not yet persisted.
+    dirty: Arc<Mutex<BTreeSet<String>>>,
+}
 
-/// How many decisions the log keeps.
+/// How many decisions the log keeps in memory.
 pub const LOG_SIZE: usize = 10_000;
+/// How many decisions per application the store keeps.
+pub const PERSISTED_PER_APP: usize = 1_000;
+/// The store's document kind for an application's decisions.
+const EVENTS_KIND: &str = "scalingEvents";
 
 impl ScalingLog {
     fn push(&self, e: ScalingEvent) {
-        if let Ok(mut q) = self.0.lock() {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(e.application_id.clone());
+        }
+        if let Ok(mut q) = self.events.lock() {
             if q.len() >= LOG_SIZE {
                 q.pop_front();
             }
@@ -103,7 +116,7 @@ impl ScalingLog {
 
     /// The decisions about an application, oldest first.
     pub fn for_application(&self, application_id: &str) -> Vec<ScalingEvent> {
-        self.0
+        self.events
             .lock()
             .map(|q| {
                 q.iter()
@@ -112,6 +125,61 @@ impl ScalingLog {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Loads the persisted decisions (at start).
+    async fn load(&self, store: &dyn Store) {
+        let records = match store.list(nubo_model::SUPER_TENANT_ID, EVENTS_KIND).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the recorded scaling decisions");
+                return;
+            }
+        };
+        let mut all: Vec<ScalingEvent> = records
+            .into_iter()
+            .filter_map(|r| serde_json::from_value::<Vec<ScalingEvent>>(r.body).ok())
+            .flatten()
+            .collect();
+        all.sort_by_key(|e| e.at_ms);
+        if let Ok(mut q) = self.events.lock() {
+            for e in all {
+                if q.len() >= LOG_SIZE {
+                    q.pop_front();
+                }
+                q.push_back(e);
+            }
+        }
+    }
+
+    /// Writes the decisions of the applications that have new ones.
+    async fn persist(&self, store: &dyn Store) {
+        let apps: Vec<String> = self
+            .dirty
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
+            .unwrap_or_default();
+        for app in apps {
+            let mut events = self.for_application(&app);
+            let skip = events.len().saturating_sub(PERSISTED_PER_APP);
+            events.drain(..skip);
+            let body = match serde_json::to_value(&events) {
+                Ok(b) => b,
+                Err(_) => continue,
+            };
+            let w = Write {
+                tenant: nubo_model::SUPER_TENANT_ID,
+                key: Key::new(EVENTS_KIND, app.clone()),
+                body,
+                refs: vec![],
+            };
+            if let Err(e) = store.upsert(w).await {
+                tracing::warn!(application = %app, error = %e, "cannot persist scaling decisions");
+                if let Ok(mut d) = self.dirty.lock() {
+                    d.insert(app);
+                }
+            }
+        }
     }
 }
 
@@ -158,9 +226,21 @@ pub async fn start(
     events: EventBus,
     controller: ControllerHandle,
     config: MonitorConfig,
+    store: Option<Arc<dyn Store>>,
 ) -> Result<ScalingLog, nubo_bus::BusError> {
     let mut stats = events.subscribe(Category::HealthStats).await?;
     let log = ScalingLog::default();
+    if let Some(store) = store {
+        log.load(store.as_ref()).await;
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                log.persist(store.as_ref()).await;
+            }
+        });
+    }
     let log_out = log.clone();
     tokio::spawn(async move {
         let mut w = Windows::default();

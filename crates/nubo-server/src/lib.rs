@@ -164,10 +164,14 @@ pub async fn run(
     )
     .await
     .context("cannot start the cloud controller")?;
-    let scaling =
-        nubo_autoscaler::monitor::start(events.clone(), controller.clone(), config.autoscaler)
-            .await
-            .context("cannot start the autoscaler")?;
+    let scaling = nubo_autoscaler::monitor::start(
+        events.clone(),
+        controller.clone(),
+        config.autoscaler,
+        Some(store.clone() as Arc<dyn nubo_store::Store>),
+    )
+    .await
+    .context("cannot start the autoscaler")?;
     let mut registry = Registry::default();
     controller.register_metrics(&mut registry);
     if let Some(lb) = &config.lb {

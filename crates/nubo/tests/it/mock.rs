@@ -194,4 +194,21 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
     // And it stays at the minimum.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(api.active("c7", "c7").await.len(), 2);
+
+    // The decisions are kept across a restart.
+    let mut server = server;
+    assert!(server.terminate());
+    let server = self::server(dir.path(), "20");
+    let api = Api::new(&server);
+    let (_, again) = api.get("/api/applications/c7/scalingEvents").await;
+    let again = again.as_array().unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .filter(|e| e["decision"] == "ScaleDown")
+            .count(),
+        3,
+        "{again:?}"
+    );
+    assert!(again.iter().any(|e| e["decision"]["ScaleUp"].is_object()));
 }
