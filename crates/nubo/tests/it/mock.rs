@@ -83,6 +83,14 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), "1");
     let api = Api::new(&server);
+    // The first start of a php instance fails: the controller retries after a backoff.
+    let (code, _) = api
+        .post(
+            "/api/mock-iaas/failures",
+            json!({"cartridgeType": "php", "failNextStarts": 1}),
+        )
+        .await;
+    assert_eq!(code, 200);
     let app = load_scenario(&api, "simple/single-cartridge-app").await;
     eventually(30, "the single-cartridge application Active", || async {
         (status(&api, &app).await == "Active").then_some(())
@@ -93,6 +101,10 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
     let instances = instances.as_array().unwrap().clone();
     assert!(!instances.is_empty());
     let victim = instances[0]["instanceId"].as_str().unwrap().to_owned();
+    assert!(
+        !victim.ends_with("-1"),
+        "the first start failed, so the running member is a later one: {victim}"
+    );
     assert!(
         instances[0]["defaultPrivateIp"]
             .as_str()
