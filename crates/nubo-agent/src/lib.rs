@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nubo_bus::{EventBus, MqttBus, MqttConfig};
@@ -47,13 +47,6 @@ pub fn port_env_name(name: &str) -> String {
         s.push('_');
     }
     format!("PORT_{s}")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Runs the agent until the member is stopped. Returns the process exit code.
@@ -172,7 +165,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
             _ = health.tick() => {
                 let (memory, load) = meter.sample();
-                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: ports_open(&p).await, at_ms: now_ms() };
+                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: ports_open(&p).await, at_ms: nubo_events::now_ms() };
                 publish(&events, Event::MemberHealthStat(stat)).await;
             }
         }

@@ -250,7 +250,7 @@ pub fn document() -> OpenApi {
             .response("404", message("No such application, or not deployed"))
             .build(),
     );
-    let simple: [SimpleOp; 28] = [
+    let simple: &[SimpleOp] = &[
         (
             "/api/tenants",
             HttpMethod::Post,
@@ -506,7 +506,7 @@ pub fn document() -> OpenApi {
             ],
         ),
     ];
-    for (path, method, id, summary, tag, responses) in simple {
+    for (path, method, id, summary, tag, responses) in simple.iter().cloned() {
         let mut o = op(id.into(), summary.into(), tag);
         for seg in path.split('/').filter(|s| s.starts_with('{')) {
             o = o.parameter(id_param(seg.trim_matches(|c| c == '{' || c == '}')));

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -183,13 +183,6 @@ impl ScalingLog {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[derive(Default)]
 struct Windows {
     /// Requests in flight per cluster (load balancers report per cluster), per load balancer.
@@ -255,7 +248,7 @@ pub async fn start(
                         push(q, Sample { at_ms: r.at_ms, value: r.count }, keep);
                     }
                     Some(Event::MemberHealthStat(h)) => {
-                        liveness.stat(&h.instance.member_id, now_ms(), h.ports_open);
+                        liveness.stat(&h.instance.member_id, nubo_events::now_ms(), h.ports_open);
                         if let Some(value) = h.memory_consumption {
                             push(w.memory.entry(h.instance.member_id.clone()).or_default(), Sample { at_ms: h.at_ms, value }, keep);
                         }
@@ -269,12 +262,12 @@ pub async fn start(
                 _ = tick.tick() => {
                     let state = controller.snapshot();
                     tracing::debug!(deployments = state.deployments.len(), clusters_with_rif = w.rif.len(), members_with_stats = w.memory.len(), "autoscaler tick");
-                    let now = now_ms();
+                    let now = nubo_events::now_ms();
                     for (member, reason) in liveness.check(active_members(&state), now, config.fault_timeout.as_millis() as u64) {
                         tracing::warn!(%member, %reason, "member fault");
                         let _ = controller.member_fault(&member, reason).await;
                     }
-                    for e in evaluate(&state, &mut w, config, now_ms()) {
+                    for e in evaluate(&state, &mut w, config, nubo_events::now_ms()) {
                         if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown | Decision::AtMax) {
                             log.push(e.clone());
                         }
@@ -327,17 +320,7 @@ fn evaluate(
                     .iter()
                     .filter(|m| m.status == MemberStatus::Active && m.failure.is_none())
                     .collect();
-                let starting = members
-                    .iter()
-                    .filter(|m| {
-                        matches!(
-                            m.status,
-                            MemberStatus::Created
-                                | MemberStatus::Initialized
-                                | MemberStatus::Starting
-                        )
-                    })
-                    .count() as u32;
+                let starting = members.iter().filter(|m| m.status.is_starting()).count() as u32;
                 let (min, max) = (inst.min_members, inst.max_members);
                 let t = plan.thresholds;
                 // Requests in flight: summed over the load balancers; a load balancer serving several
@@ -423,7 +406,7 @@ async fn act(
     config: &MonitorConfig,
 ) {
     let key = format!("{cluster}|{instance}");
-    let now = now_ms();
+    let now = nubo_events::now_ms();
     let window_ms = config.window.as_millis() as u64;
     let Some(c) = state.topology.clusters.get(cluster) else {
         return;
@@ -431,16 +414,7 @@ async fn act(
     let live: Vec<_> = c
         .members
         .values()
-        .filter(|m| m.cluster_instance_id == instance && m.failure.is_none())
-        .filter(|m| {
-            matches!(
-                m.status,
-                MemberStatus::Created
-                    | MemberStatus::Initialized
-                    | MemberStatus::Starting
-                    | MemberStatus::Active
-            )
-        })
+        .filter(|m| m.cluster_instance_id == instance && m.failure.is_none() && m.status.is_live())
         .collect();
     match decision {
         Decision::ScaleUp { add, .. }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nubo_bus::EventBus;
 use nubo_events::{Category, Event};
@@ -24,13 +24,6 @@ const STATE_TENANT: i64 = nubo_model::SUPER_TENANT_ID;
 pub const TICK: Duration = Duration::from_millis(200);
 /// How often the complete topology is re-published (Stratos: 60 s).
 pub const RESYNC: Duration = Duration::from_secs(10);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Settings of the controller.
 #[derive(Clone)]
@@ -262,7 +255,7 @@ impl Runner {
     async fn handle(&self, input: Input) {
         let (actions, snapshot) = {
             let Ok(mut s) = self.state.lock() else { return };
-            let actions = s.step(now_ms(), input);
+            let actions = s.step(nubo_events::now_ms(), input);
             let persist = actions.iter().any(|a| matches!(a, Action::Persist));
             (actions, persist.then(|| s.clone()))
         };

@@ -198,16 +198,6 @@ fn backoff_key(cluster: &str, instance: &str) -> String {
     format!("{cluster}|{instance}")
 }
 
-fn is_live(s: MemberStatus) -> bool {
-    matches!(
-        s,
-        MemberStatus::Created
-            | MemberStatus::Initialized
-            | MemberStatus::Starting
-            | MemberStatus::Active
-    )
-}
-
 impl ControllerState {
     /// Applies one input at `now_ms` and returns what to do.
     pub fn step(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
@@ -336,7 +326,7 @@ impl ControllerState {
             .members
             .values()
             .filter(|m| {
-                m.cluster_instance_id == instance_id && is_live(m.status) && m.failure.is_none()
+                m.cluster_instance_id == instance_id && m.status.is_live() && m.failure.is_none()
             })
             .collect();
         if live.len() as u32 <= plan.min {
@@ -801,7 +791,7 @@ impl ControllerState {
         let live: Vec<&Member> = cluster
             .members
             .values()
-            .filter(|m| m.cluster_instance_id == inst.instance_id && is_live(m.status))
+            .filter(|m| m.cluster_instance_id == inst.instance_id && m.status.is_live())
             // An Active member whose agent reported its workload dead is replaced at once, without
             // waiting for its process to exit. (One that failed before becoming Active waits for
             // its exit and the backoff, so that a broken workload is not retried in a tight loop.)

@@ -41,6 +41,19 @@ impl MemberStatus {
             )
     }
 
+    /// On its way to serving (Created, Initialized, Starting): capacity coming.
+    pub fn is_starting(self) -> bool {
+        matches!(
+            self,
+            MemberStatus::Created | MemberStatus::Initialized | MemberStatus::Starting
+        )
+    }
+
+    /// Starting or Active: counts towards the cluster's members.
+    pub fn is_live(self) -> bool {
+        self.is_starting() || self == MemberStatus::Active
+    }
+
     /// Stratos' spelling (`In_Maintenance`, `ReadyToShutDown`).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nubo_bus::EventBus;
 use nubo_events::{Category, Event, RequestsInFlight, Topology};
@@ -129,13 +129,6 @@ pub struct LoadBalancer {
     outstanding: Mutex<HashMap<String, Arc<AtomicI64>>>,
     listening: Mutex<HashSet<u16>>,
     turn: AtomicUsize,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl LoadBalancer {
@@ -255,7 +248,7 @@ impl LoadBalancer {
                         count: c.in_flight.load(Ordering::Relaxed).max(0) as f64,
                         served: c.served.swap(0, Ordering::Relaxed),
                         load_balancer_id: lb.config.id.clone(),
-                        at_ms: now_ms(),
+                        at_ms: nubo_events::now_ms(),
                     };
                     let _ = events.publish(&Event::InFlightRequests(stat)).await;
                 }

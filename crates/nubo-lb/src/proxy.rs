@@ -240,9 +240,8 @@ impl Conn {
                     }
                     Ok(_) => true,
                     Err(why) => {
-                        return self
-                            .answer(400, format!("nubo: bad request: {why}"), false, false, 1)
-                            .await;
+                        let msg = format!("nubo: bad request: {why}");
+                        return self.answer(400, msg, false, false, head.minor).await;
                     }
                 }
             }
@@ -268,12 +267,7 @@ impl Conn {
                     .answer(404, msg, false, keep_after_answer, head.minor)
                     .await;
             };
-            let candidates = route
-                .targets
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| !tried(&failed, t))
-                .count();
+            let candidates = route.targets.iter().filter(|t| !tried(&failed, t)).count();
             if candidates == 0 || failed.len() >= MAX_ATTEMPTS {
                 // No member can take it now. A request that can still be sent waits (bounded) for
                 // the table to change: a member becoming Active, or a replacement.
@@ -650,10 +644,11 @@ impl Exchange<'_> {
                     }
                 }
             }
+            // A kept-alive connection closing before any byte of an answer: most likely the member
+            // closed it while idle, and a replayable request goes again.
+            let stale = buf.is_empty() && !wrote && self.reused && self.retry_ok;
             match self.read_more(member, buf, wait.as_mut()).await {
-                Ok(0) if buf.is_empty() && !wrote && self.reused && self.retry_ok => {
-                    return Err(Failure::Stale);
-                }
+                Ok(0) | Err(Failure::BeforeResponse(_)) if stale => return Err(Failure::Stale),
                 Ok(0) => {
                     return Err(broken(
                         wrote,
@@ -661,12 +656,7 @@ impl Exchange<'_> {
                     ));
                 }
                 Ok(_) => {}
-                Err(Failure::BeforeResponse(e)) => {
-                    if buf.is_empty() && !wrote && self.reused && self.retry_ok {
-                        return Err(Failure::Stale);
-                    }
-                    return Err(broken(wrote, e));
-                }
+                Err(Failure::BeforeResponse(e)) => return Err(broken(wrote, e)),
                 Err(e) => return Err(if wrote { Failure::Broken } else { e }),
             }
         };
@@ -947,16 +937,19 @@ mod tests {
         (addr, conns)
     }
 
+    /// An address nothing listens on (connections are refused).
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    }
+
     /// A load balancer on a free port routing `app.localhost` to `members`.
     async fn balancer(members: &[SocketAddr]) -> (Arc<LoadBalancer>, u16) {
         balancer_holding(members, Duration::from_millis(200)).await
     }
 
     async fn balancer_holding(members: &[SocketAddr], hold: Duration) -> (Arc<LoadBalancer>, u16) {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
+        let port = closed_port().port();
         let lb = LoadBalancer::new(LbConfig {
             hold,
             ..LbConfig::default()
@@ -1110,10 +1103,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_or_reset_member_is_skipped_for_another() {
         let (good, _) = member().await;
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr")
-        };
+        let dead = closed_port();
         let (_lb, port) = balancer(&[dead, good]).await;
         let mut c = client(port).await;
         let mut buf = BytesMut::new();
@@ -1144,10 +1134,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_balancer_answers_clearly_when_it_cannot_pass_a_request_on() {
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr")
-        };
+        let dead = closed_port();
         let (lb, port) = balancer(&[dead]).await;
         let mut c = client(port).await;
         let mut buf = BytesMut::new();
@@ -1191,10 +1178,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_request_goes_to_a_member_that_appears_and_a_removed_host_is_404_at_once() {
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr")
-        };
+        let dead = closed_port();
         // A longer hold than the other tests: the replacement arrives during it.
         let (lb, port) = balancer_holding(&[dead], Duration::from_secs(5)).await;
         let mut c = client(port).await;

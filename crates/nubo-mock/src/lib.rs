@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -166,13 +166,6 @@ pub struct MockIaas {
     events: EventBus,
     inner: Mutex<Inner>,
     addresses: AtomicU32,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn address(prefix: u8, n: u32) -> String {
@@ -352,7 +345,7 @@ impl MockIaas {
     /// once per cluster instance.
     async fn publish_statistics(&self) {
         let now = self.clock.now();
-        let at_ms = now_ms();
+        let at_ms = nubo_events::now_ms();
         let mut stats = Vec::new();
         let mut rif = BTreeMap::new();
         if let Ok(i) = self.inner.lock() {
@@ -414,7 +407,7 @@ impl IaasProvider for MockIaas {
             default_public_ip: address(20, n),
             payload: req.payload.clone(),
             state: InstanceState::Starting,
-            started_at_ms: now_ms(),
+            started_at_ms: nubo_events::now_ms(),
         };
         let ip = instance.default_private_ip.clone();
         {

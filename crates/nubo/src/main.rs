@@ -260,11 +260,6 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         },
         autoscaler: {
             let d = nubo_autoscaler::monitor::MonitorConfig::default();
-            let secs = |v: Option<f64>, default: std::time::Duration| {
-                v.filter(|s| s.is_finite() && *s >= 0.0)
-                    .map(std::time::Duration::from_secs_f64)
-                    .unwrap_or(default)
-            };
             nubo_autoscaler::monitor::MonitorConfig {
                 window: secs(args.scale_window.or(file.scale_window), d.window),
                 up_cooldown: secs(
@@ -403,6 +398,13 @@ async fn down(data_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A setting in seconds (finite, ≥ 0), or `default`.
+fn secs(v: Option<f64>, default: std::time::Duration) -> std::time::Duration {
+    v.filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(default)
+}
+
 /// The mock IaaS's settings, when `--mock-iaas` (or `mock_iaas` in the config file) asks for it.
 fn mock_config(
     args: &ServerArgs,
@@ -423,11 +425,6 @@ fn mock_config(
                 path.display()
             )
         })?
-    };
-    let secs = |v: Option<f64>, default: std::time::Duration| {
-        v.filter(|s| s.is_finite() && *s >= 0.0)
-            .map(std::time::Duration::from_secs_f64)
-            .unwrap_or(default)
     };
     Ok(Some(nubo_mock::MockConfig {
         patterns,
