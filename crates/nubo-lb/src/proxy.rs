@@ -241,7 +241,7 @@ impl Conn {
                     Ok(_) => true,
                     Err(why) => {
                         let msg = format!("nubo: bad request: {why}");
-                        return self.answer(400, msg, false, false, head.minor).await;
+                        return self.answer(400, msg, false, false, 1).await;
                     }
                 }
             }
