@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use nubo_bus::EventBus;
+use nubo_controller::plan::scope_instance;
 use nubo_controller::{ControllerHandle, ControllerState};
-use nubo_events::{Category, Event, MemberStatus};
+use nubo_events::{Category, Event, InstanceStatus, MemberStatus};
 use nubo_store::{Key, Store, Write};
 
 use crate::cep::{Sample, window};
@@ -192,6 +193,8 @@ struct Windows {
     load: HashMap<String, VecDeque<Sample>>,
     last_up: HashMap<String, u64>,
     last_down: HashMap<String, u64>,
+    /// When each cluster instance was first evaluated (a new instance is not scaled in at once).
+    first_seen: HashMap<String, u64>,
 }
 
 fn push(q: &mut VecDeque<Sample>, s: Sample, keep_ms: u64) {
@@ -267,11 +270,16 @@ pub async fn start(
                         tracing::warn!(%member, %reason, "member fault");
                         let _ = controller.member_fault(&member, reason).await;
                     }
-                    for e in evaluate(&state, &mut w, config, nubo_events::now_ms()) {
+                    let events = evaluate(&state, &mut w, config, now);
+                    for e in &events {
                         if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown | Decision::AtMax) {
                             log.push(e.clone());
                         }
                         act(&controller, &state, &mut w, &e.cluster_id, &e.instance_id, e.decision, &config).await;
+                    }
+                    for (app, instance) in scale_ins(&state, &events, &w, config.down_cooldown.as_millis() as u64, now) {
+                        tracing::info!(application = %app, %instance, "every cluster of the instance is at its minimum: scaling it in");
+                        let _ = controller.scale_in(&app, &instance).await;
                     }
                 }
             }
@@ -293,7 +301,8 @@ fn active_members(state: &ControllerState) -> impl Iterator<Item = &str> {
         .map(|m| m.member_id.as_str())
 }
 
-/// Decides for every deployed cluster instance.
+/// Decides for every deployed cluster instance: each factor's requirement, the scaling
+/// dependents' (which replaces it), then the decision.
 fn evaluate(
     state: &ControllerState,
     w: &mut Windows,
@@ -306,11 +315,18 @@ fn evaluate(
         if d.status != nubo_controller::DeploymentStatus::Deployed {
             continue;
         }
+        let mut evs: Vec<ScalingEvent> = Vec::new();
         for plan in &d.plan.clusters {
             let Some(cluster) = state.topology.clusters.get(&plan.cluster_id) else {
                 continue;
             };
             for inst in cluster.instances.values() {
+                if matches!(
+                    inst.status,
+                    InstanceStatus::Terminating | InstanceStatus::Terminated
+                ) {
+                    continue;
+                }
                 let members: Vec<_> = cluster
                     .members
                     .values()
@@ -355,33 +371,15 @@ fn evaluate(
                         .zip(predicted.load_average)
                         .map(|(th, p)| rules::required_for_load(p, th, min)),
                 );
-                let key = format!("{}|{}", plan.cluster_id, inst.instance_id);
-                let decision = rules::decide(
-                    required.count,
-                    Sizes {
-                        min,
-                        max,
-                        active: active.len() as u32,
-                        starting,
-                    },
-                    Cooldowns {
-                        now_ms: now,
-                        last_up_ms: w.last_up.get(&key).copied(),
-                        last_down_ms: w.last_down.get(&key).copied(),
-                        up_ms: config.up_cooldown.as_millis() as u64,
-                        down_ms: config.down_cooldown.as_millis() as u64,
-                    },
-                );
-                tracing::debug!(cluster = %plan.cluster_id, ?t, ?rif, ?required, active = active.len(), starting, ?decision, "evaluated");
-                if matches!(decision, Decision::ScaleUp { .. } | Decision::ScaleDown) {
-                    tracing::info!(cluster = %plan.cluster_id, instance = %inst.instance_id, ?required, active = active.len(), starting, ?decision, "scaling decision");
-                }
-                out.push(ScalingEvent {
+                w.first_seen
+                    .entry(format!("{}|{}", plan.cluster_id, inst.instance_id))
+                    .or_insert(now);
+                evs.push(ScalingEvent {
                     at_ms: now,
                     application_id: d.plan.application_id.clone(),
                     cluster_id: plan.cluster_id.clone(),
                     instance_id: inst.instance_id.clone(),
-                    decision,
+                    decision: Decision::Hold,
                     required,
                     predicted,
                     thresholds: t,
@@ -392,8 +390,100 @@ fn evaluate(
                 });
             }
         }
+        // Scaling dependents: each list's clusters, per instance of the list's level, follow
+        // the list's highest factor.
+        for scope in &d.plan.scopes {
+            let depth = scope.path.len();
+            for list in &scope.scaling_dependents {
+                let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+                for (i, e) in evs.iter().enumerate() {
+                    if let Some(c) = d.plan.cluster(&e.cluster_id)
+                        && list.contains(&e.cluster_id)
+                    {
+                        groups
+                            .entry(scope_instance(&e.instance_id, &c.group_path, depth))
+                            .or_default()
+                            .push(i);
+                    }
+                }
+                for idx in groups.values() {
+                    let input: Vec<(Option<u32>, u32)> = idx
+                        .iter()
+                        .map(|&i| (evs[i].required.count, evs[i].min))
+                        .collect();
+                    if let Some(counts) = rules::dependent_counts(&input) {
+                        for (&i, count) in idx.iter().zip(counts) {
+                            evs[i].required = evs[i].required.with_dependents(count);
+                        }
+                    }
+                }
+            }
+        }
+        for mut e in evs {
+            let key = format!("{}|{}", e.cluster_id, e.instance_id);
+            e.decision = rules::decide(
+                e.required.count,
+                Sizes {
+                    min: e.min,
+                    max: e.max,
+                    active: e.active,
+                    starting: e.starting,
+                },
+                Cooldowns {
+                    now_ms: now,
+                    last_up_ms: w.last_up.get(&key).copied(),
+                    last_down_ms: w.last_down.get(&key).copied(),
+                    up_ms: config.up_cooldown.as_millis() as u64,
+                    down_ms: config.down_cooldown.as_millis() as u64,
+                },
+            );
+            tracing::debug!(cluster = %e.cluster_id, required = ?e.required, active = e.active, starting = e.starting, decision = ?e.decision, "evaluated");
+            if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown) {
+                tracing::info!(cluster = %e.cluster_id, instance = %e.instance_id, required = ?e.required, active = e.active, starting = e.starting, decision = ?e.decision, "scaling decision");
+            }
+            out.push(e);
+        }
     }
     out
+}
+
+/// The group instances and burst application instances to scale in: every cluster instance
+/// with that id sits at its minimum wanting fewer, with nothing starting, and has not scaled
+/// for the scale-down cool-down (nor been created more recently than that).
+fn scale_ins(
+    state: &ControllerState,
+    events: &[ScalingEvent],
+    w: &Windows,
+    down_ms: u64,
+    now: u64,
+) -> Vec<(String, String)> {
+    let mut all_idle: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for e in events {
+        let key = format!("{}|{}", e.cluster_id, e.instance_id);
+        let last = [&w.last_up, &w.last_down, &w.first_seen]
+            .iter()
+            .filter_map(|m| m.get(&key).copied())
+            .max()
+            .unwrap_or(now);
+        let idle =
+            e.decision == Decision::AtMin && e.starting == 0 && now.saturating_sub(last) >= down_ms;
+        *all_idle
+            .entry((e.application_id.clone(), e.instance_id.clone()))
+            .or_insert(true) &= idle;
+    }
+    all_idle
+        .into_iter()
+        .filter(|(_, idle)| *idle)
+        .map(|(k, _)| k)
+        .filter(|(app, instance)| {
+            // Never an application instance started at deployment.
+            state.deployments.get(app).is_some_and(|d| {
+                !d.instances
+                    .iter()
+                    .any(|i| i.instance_id == *instance && i.burst_group.is_none())
+            })
+        })
+        .collect()
 }
 
 async fn act(
@@ -448,6 +538,11 @@ async fn act(
             {
                 w.last_down.insert(key, now);
             }
+        }
+        Decision::AtMax => {
+            // Full: the group grows or the application bursts (the controller decides which,
+            // and does nothing while a new instance is still on its way).
+            let _ = controller.beyond_max(cluster, instance).await;
         }
         _ => {}
     }

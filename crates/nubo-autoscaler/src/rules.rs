@@ -51,6 +51,8 @@ pub enum Factor {
     MemoryConsumption,
     /// Load average.
     LoadAverage,
+    /// Another cluster of the same `scalingDependents` list.
+    ScalingDependents,
 }
 
 /// What each factor requires, and the maximum.
@@ -67,6 +69,38 @@ pub struct Required {
     pub count: Option<u32>,
     /// The first factor that requires `count` (Stratos' reasons `RIF`, `MC`, `LA`).
     pub reason: Option<Factor>,
+    /// What the cluster's `scalingDependents` list requires of it (it then replaces `count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependents: Option<u32>,
+}
+
+impl Required {
+    /// The count a scaling-dependents list requires replaces the cluster's own.
+    pub fn with_dependents(mut self, count: u32) -> Required {
+        self.dependents = Some(count);
+        if self.count != Some(count) {
+            self.count = Some(count);
+            self.reason = Some(Factor::ScalingDependents);
+        }
+        self
+    }
+}
+
+/// Dependent scaling (§7.8): the members each cluster of one `scalingDependents` list requires,
+/// given each cluster's own requirement (`None`: no statistics) and minimum. The list's factor is
+/// the highest `required / min`; each cluster requires `min · factor`, rounded up (Stratos rounds
+/// with its `instanceRoundingFactor`; rounding up never leaves a dependent short). `None` when no
+/// cluster of the list has statistics.
+pub fn dependent_counts(list: &[(Option<u32>, u32)]) -> Option<Vec<u32>> {
+    let factor = list
+        .iter()
+        .filter_map(|(r, min)| r.map(|r| f64::from(r) / f64::from((*min).max(1))))
+        .reduce(f64::max)?;
+    Some(
+        list.iter()
+            .map(|(_, min)| (f64::from((*min).max(1)) * factor - 1e-9).ceil().max(0.0) as u32)
+            .collect(),
+    )
 }
 
 /// Combines the factors: the maximum, and the first factor that requires it.
@@ -88,6 +122,7 @@ pub fn combine(
         load,
         count,
         reason,
+        dependents: None,
     }
 }
 
@@ -200,6 +235,38 @@ mod tests {
             up_ms: 0,
             down_ms: 0,
         }
+    }
+
+    #[test]
+    fn dependent_scaling_follows_the_highest_factor_of_the_list() {
+        // One cluster needs twice its minimum: every cluster of the list doubles.
+        assert_eq!(
+            dependent_counts(&[(Some(4), 2), (None, 1), (Some(1), 3)]),
+            Some(vec![4, 2, 6])
+        );
+        // 3/2 = 1.5 of a minimum of 3 is 4.5: rounded up.
+        assert_eq!(
+            dependent_counts(&[(Some(3), 2), (Some(3), 3)]),
+            Some(vec![3, 5])
+        );
+        assert_eq!(dependent_counts(&[(None, 2), (None, 3)]), None);
+        // The memory rule's "min − 1" below its threshold keeps the others at their minimum
+        // when the factor rounds back up.
+        assert_eq!(
+            dependent_counts(&[(Some(1), 2), (Some(2), 2)]),
+            Some(vec![2, 2])
+        );
+        let r = combine(Some(2), None, None).with_dependents(4);
+        assert_eq!(
+            (r.count, r.reason, r.dependents),
+            (Some(4), Some(Factor::ScalingDependents), Some(4))
+        );
+        let r = combine(Some(4), None, None).with_dependents(4);
+        assert_eq!(
+            r.reason,
+            Some(Factor::RequestsInFlight),
+            "its own factor when they agree"
+        );
     }
 
     #[test]

@@ -93,6 +93,50 @@ pub struct InstancePlan {
     pub network_partition_id: String,
 }
 
+/// What happens to the siblings of a child (cluster or group) that becomes Inactive (§7.8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Termination {
+    /// `terminate-all`: every child of the level is terminated, then everything restarts.
+    #[serde(rename = "terminate-all")]
+    All,
+    /// `terminate-dependents`: the inactive child and what starts after it are terminated, then
+    /// restarted in startup order.
+    #[serde(rename = "terminate-dependents")]
+    Dependents,
+    /// `terminate-none` (the default): nothing is terminated; the level itself becomes Inactive,
+    /// and the enclosing level's behaviour applies to it.
+    #[default]
+    #[serde(rename = "terminate-none")]
+    None,
+}
+
+impl Termination {
+    /// From the artifact's string (`None` when absent or unknown).
+    pub fn parse(s: Option<&str>) -> Termination {
+        match s.map(str::trim) {
+            Some("terminate-all") => Termination::All,
+            Some("terminate-dependents") => Termination::Dependents,
+            _ => Termination::None,
+        }
+    }
+}
+
+/// A level of the application tree: the application itself (empty path) or a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopePlan {
+    /// Group aliases from the outermost; empty for the application level.
+    pub path: Vec<String>,
+    /// Group instances per parent instance (`groupMinInstances`; 1 for the application).
+    pub min_instances: u32,
+    /// At most this many (`groupMaxInstances`); group scaling is on when it is above 1.
+    pub max_instances: u32,
+    /// Termination behaviour of the level's children.
+    pub termination: Termination,
+    /// `scalingDependents`: each list's clusters scale together.
+    pub scaling_dependents: Vec<Vec<String>>,
+}
+
 /// Everything needed to deploy an application.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -107,6 +151,25 @@ pub struct DeploymentPlan {
     pub instances: Vec<InstancePlan>,
     /// Clusters.
     pub clusters: Vec<ClusterPlan>,
+    /// The application and its groups, outermost first.
+    #[serde(default)]
+    pub scopes: Vec<ScopePlan>,
+    /// Network partitions to burst into, a group at a time, in order, when a cluster is full
+    /// (`one-after-another` with several network-partition groups).
+    #[serde(default)]
+    pub burst_groups: Vec<Vec<String>>,
+}
+
+impl DeploymentPlan {
+    /// The level with this group path.
+    pub fn scope(&self, path: &[String]) -> Option<&ScopePlan> {
+        self.scopes.iter().find(|s| s.path == path)
+    }
+
+    /// A cluster's plan.
+    pub fn cluster(&self, cluster_id: &str) -> Option<&ClusterPlan> {
+        self.clusters.iter().find(|c| c.cluster_id == cluster_id)
+    }
 }
 
 /// What the planner needs besides the application.
@@ -263,21 +326,22 @@ pub fn plan(
         });
     }
     add_dependencies(app, inputs, &mut clusters);
-    let instances = match policy.algorithm.as_str() {
-        "all-at-once" => policy.network_partitions.clone(),
-        _ => policy
-            .network_partition_groups()
-            .into_iter()
-            .next()
-            .unwrap_or_default(),
-    }
-    .into_iter()
-    .enumerate()
-    .map(|(i, np)| InstancePlan {
-        instance_id: format!("{app_id}-{}", i + 1),
-        network_partition_id: np,
-    })
-    .collect::<Vec<_>>();
+    let scopes = scopes(app, inputs, &clusters);
+    let (first, burst_groups) = match policy.algorithm.as_str() {
+        "all-at-once" => (policy.network_partitions.clone(), Vec::new()),
+        _ => {
+            let mut groups = policy.network_partition_groups().into_iter();
+            (groups.next().unwrap_or_default(), groups.collect())
+        }
+    };
+    let instances = first
+        .into_iter()
+        .enumerate()
+        .map(|(i, np)| InstancePlan {
+            instance_id: format!("{app_id}-{}", i + 1),
+            network_partition_id: np,
+        })
+        .collect::<Vec<_>>();
     if instances.is_empty() {
         return Err(PlanError(format!(
             "application policy `{}` names no network partition",
@@ -290,7 +354,100 @@ pub fn plan(
         application_policy: policy.id.clone(),
         instances,
         clusters,
+        scopes,
+        burst_groups,
     })
+}
+
+/// The id of a group instance: the first instance of a group shares its parent's id (so an
+/// application without group scaling has one instance id throughout); the others are
+/// `<parent>.<alias>-<n>`.
+pub fn group_instance_id(parent: &str, alias: &str, n: u32) -> String {
+    if n <= 1 {
+        parent.to_owned()
+    } else {
+        format!("{parent}.{alias}-{n}")
+    }
+}
+
+/// The instance id, at depth `depth` of the tree (0: the application instance), that a cluster
+/// instance `instance_id` of a cluster inside `group_path` belongs to.
+pub fn scope_instance(instance_id: &str, group_path: &[String], depth: usize) -> String {
+    let mut id = instance_id;
+    for alias in group_path.iter().skip(depth).rev() {
+        let marker = format!(".{alias}-");
+        if let Some(pos) = id.rfind(&marker) {
+            let n = &id[pos + marker.len()..];
+            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+                id = &id[..pos];
+            }
+        }
+    }
+    id.to_owned()
+}
+
+/// The application level and every group level, with their instance bounds, termination
+/// behaviour and scaling-dependent lists (expanded to cluster ids).
+fn scopes(app: &Application, inputs: &PlanInputs, clusters: &[ClusterPlan]) -> Vec<ScopePlan> {
+    fn dependents(
+        deps: Option<&nubo_model::Dependencies>,
+        clusters: &[ClusterPlan],
+        scope: &[String],
+    ) -> Vec<Vec<String>> {
+        deps.iter()
+            .flat_map(|d| d.scaling_dependents.iter().flatten())
+            .filter_map(|l| l.parse().ok())
+            .map(|entries: Vec<ChildRef>| {
+                entries
+                    .iter()
+                    .flat_map(|e| clusters_under(e, clusters, scope))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.len() > 1)
+            .collect()
+    }
+    fn walk(
+        g: &GroupRef,
+        def: Option<&CartridgeGroup>,
+        scope: &mut Vec<String>,
+        clusters: &[ClusterPlan],
+        out: &mut Vec<ScopePlan>,
+    ) {
+        scope.push(g.alias.clone());
+        let deps = def.and_then(|d| d.dependencies.as_ref());
+        let min = g.group_min_instances.unwrap_or(1).max(1);
+        out.push(ScopePlan {
+            path: scope.clone(),
+            min_instances: min,
+            max_instances: g.group_max_instances.unwrap_or(min).max(min),
+            termination: Termination::parse(deps.and_then(|d| d.termination_behaviour.as_deref())),
+            scaling_dependents: dependents(deps, clusters, scope),
+        });
+        for child in g.groups.iter().flatten() {
+            let child_def =
+                def.and_then(|d| d.groups.iter().flatten().find(|x| x.name == child.name));
+            walk(child, child_def, scope, clusters, out);
+        }
+        scope.pop();
+    }
+    let deps = app.components.dependencies.as_ref();
+    let mut out = vec![ScopePlan {
+        path: Vec::new(),
+        min_instances: 1,
+        max_instances: 1,
+        termination: Termination::parse(deps.and_then(|d| d.termination_behaviour.as_deref())),
+        scaling_dependents: dependents(deps, clusters, &[]),
+    }];
+    for g in app.components.groups.iter().flatten() {
+        walk(
+            g,
+            inputs.groups.get(&g.name),
+            &mut Vec::new(),
+            clusters,
+            &mut out,
+        );
+    }
+    out
 }
 
 /// Every cluster id under a child (a cartridge alias, or all clusters inside a group alias).

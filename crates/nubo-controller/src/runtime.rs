@@ -102,6 +102,25 @@ impl ControllerHandle {
         .await
     }
 
+    /// Reports a cluster instance full and needing more: group scaling or bursting.
+    pub async fn beyond_max(&self, cluster_id: &str, instance_id: &str) -> Result<(), String> {
+        self.command(Input::BeyondMax {
+            cluster_id: cluster_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+        })
+        .await
+    }
+
+    /// Asks to terminate a group instance or a burst application instance whose clusters all sit
+    /// at their minimum with less load than it carries.
+    pub async fn scale_in(&self, application_id: &str, instance_id: &str) -> Result<(), String> {
+        self.command(Input::ScaleIn {
+            application_id: application_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+        })
+        .await
+    }
+
     async fn command(&self, input: Input) -> Result<(), String> {
         let (ack, done) = tokio::sync::oneshot::channel();
         self.commands

@@ -10,7 +10,9 @@ use nubo_events::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{ClusterPlan, DeploymentPlan, Placement};
+use crate::plan::{
+    ClusterPlan, DeploymentPlan, Placement, Termination, group_instance_id, scope_instance,
+};
 
 /// How long a member may drain (maintenance → ready to shut down) before it is terminated anyway.
 pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
@@ -40,6 +42,10 @@ pub struct AppInstance {
     pub network_partition_id: String,
     /// Status.
     pub status: InstanceStatus,
+    /// The burst group it was opened in (an index into the plan's `burst_groups`); `None` for
+    /// the instances started at deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_group: Option<usize>,
 }
 
 /// Retry state of a cluster instance whose members keep failing.
@@ -72,9 +78,72 @@ pub struct Deployment {
     /// when absent, always kept between the cluster's minimum and maximum.
     #[serde(default)]
     pub desired: BTreeMap<String, u32>,
+    /// Group instance numbers per `(parent instance id, group path)` joined by `|` (the path by
+    /// `/`); `1..=groupMinInstances` when absent. Number 1 shares its parent's instance id.
+    #[serde(default)]
+    pub group_instances: BTreeMap<String, Vec<u32>>,
+    /// The next group instance number (never reused, so ids of terminating instances never clash).
+    #[serde(default)]
+    pub next_group_instance: u32,
+    /// Burst groups open (`plan.burst_groups[..burst_level]`).
+    #[serde(default)]
+    pub burst_level: usize,
+    /// The last application instance number given.
+    #[serde(default)]
+    pub next_instance: u32,
+}
+
+fn group_key(parent: &str, path: &[String]) -> String {
+    format!("{parent}|{}", path.join("/"))
 }
 
 impl Deployment {
+    /// The numbers of the group instances of `path` inside the parent instance `parent`.
+    pub fn group_numbers(&self, parent: &str, path: &[String]) -> Vec<u32> {
+        self.group_instances
+            .get(&group_key(parent, path))
+            .cloned()
+            .unwrap_or_else(|| {
+                let min = self.plan.scope(path).map_or(1, |s| s.min_instances);
+                (1..=min).collect()
+            })
+    }
+
+    /// The cluster instances the deployment wants for `cluster`: `(instance id, network
+    /// partition, application instance id)`, for every application instance not being
+    /// terminated and every instance of the groups around the cluster.
+    pub fn slots(&self, cluster: &ClusterPlan) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for inst in self.instances.iter().filter(|i| {
+            !matches!(
+                i.status,
+                InstanceStatus::Terminating | InstanceStatus::Terminated
+            )
+        }) {
+            let mut ids = vec![inst.instance_id.clone()];
+            for depth in 0..cluster.group_path.len() {
+                let path = &cluster.group_path[..=depth];
+                ids = ids
+                    .into_iter()
+                    .flat_map(|parent| {
+                        self.group_numbers(&parent, path)
+                            .into_iter()
+                            .map(move |n| group_instance_id(&parent, &path[depth], n))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+            }
+            out.extend(ids.into_iter().map(|id| {
+                (
+                    id,
+                    inst.network_partition_id.clone(),
+                    inst.instance_id.clone(),
+                )
+            }));
+        }
+        out
+    }
+
     /// The ids of the application's clusters.
     pub fn cluster_ids(&self) -> Vec<String> {
         self.plan
@@ -141,6 +210,24 @@ pub enum Input {
         member_id: String,
         /// Why, for the runtime view.
         reason: String,
+    },
+    /// A cluster instance is at its maximum and needs more: its group grows by an instance
+    /// (group scaling) or, when no group can, the application bursts into the next
+    /// network-partition group.
+    BeyondMax {
+        /// Cluster.
+        cluster_id: String,
+        /// Cluster instance.
+        instance_id: String,
+    },
+    /// Every cluster of a group instance or of a burst application instance is at its minimum
+    /// and wants fewer: that instance is terminated (never below `groupMinInstances`, never an
+    /// instance started at deployment).
+    ScaleIn {
+        /// Application.
+        application_id: String,
+        /// The group or application instance id.
+        instance_id: String,
     },
     /// Time passed.
     Tick,
@@ -270,6 +357,14 @@ impl ControllerState {
                     }
                 }
             }
+            Input::BeyondMax {
+                cluster_id,
+                instance_id,
+            } => self.beyond_max(&cluster_id, &instance_id, &mut out),
+            Input::ScaleIn {
+                application_id,
+                instance_id,
+            } => self.scale_in(now_ms, &application_id, &instance_id, &mut out),
             Input::Tick => {}
         }
         self.converge(now_ms, &mut out);
@@ -410,6 +505,7 @@ impl ControllerState {
                 instance_id: i.instance_id.clone(),
                 network_partition_id: i.network_partition_id.clone(),
                 status: InstanceStatus::Created,
+                burst_group: None,
             })
             .collect();
         for i in &instances {
@@ -430,9 +526,13 @@ impl ControllerState {
                 plan,
                 status: DeploymentStatus::Deployed,
                 force: false,
-                instances,
                 backoff: BTreeMap::new(),
                 desired: BTreeMap::new(),
+                group_instances: BTreeMap::new(),
+                next_group_instance: 0,
+                burst_level: 0,
+                next_instance: instances.len() as u32,
+                instances,
             },
         );
         out.push(Action::ApplicationStatus {
@@ -680,11 +780,35 @@ impl ControllerState {
             };
             match d.status {
                 DeploymentStatus::Deployed => {
-                    for inst in &d.instances {
+                    // Again while cluster instances change status, so that what waits for a
+                    // cluster that has just become Active starts in the same step.
+                    for _ in 0..=d.plan.clusters.len() {
+                        let before = out.len();
                         for c in &d.plan.clusters {
-                            self.converge_cluster(now_ms, &d, inst, c, out);
+                            for (instance_id, np, _) in d.slots(c) {
+                                if self.converge_cluster(now_ms, &d, &instance_id, &np, c, out) {
+                                    self.termination_behaviour(
+                                        now_ms,
+                                        &app_id,
+                                        &c.cluster_id,
+                                        &instance_id,
+                                        out,
+                                    );
+                                    self.converge_cluster(now_ms, &d, &instance_id, &np, c, out);
+                                }
+                            }
+                        }
+                        let changed = out[before..].iter().any(|a| {
+                            matches!(
+                                a,
+                                Action::Publish(Event::ClusterInstanceStatusChanged { .. })
+                            )
+                        });
+                        if !changed {
+                            break;
                         }
                     }
+                    self.finish_terminations(&app_id, out);
                     self.update_app_instances(&app_id, out);
                 }
                 DeploymentStatus::Undeploying => self.finish_undeploy(&app_id, out),
@@ -745,24 +869,40 @@ impl ControllerState {
             .is_some_and(|i| i.status == InstanceStatus::Active)
     }
 
+    /// Brings one cluster instance towards its goal; `true` when it has just become Inactive.
     fn converge_cluster(
         &mut self,
         now_ms: u64,
         d: &Deployment,
-        inst: &crate::state::AppInstance,
+        instance_id: &str,
+        network_partition_id: &str,
         plan: &ClusterPlan,
         out: &mut Vec<Action>,
-    ) {
-        let ready = plan
-            .depends_on
-            .iter()
-            .all(|dep| self.instance_active(dep, &inst.instance_id));
+    ) -> bool {
+        let ready = plan.depends_on.iter().all(|dep| {
+            let Some(dep_plan) = d.plan.cluster(dep) else {
+                return true;
+            };
+            let common = plan
+                .group_path
+                .iter()
+                .zip(&dep_plan.group_path)
+                .take_while(|(a, b)| a == b)
+                .count();
+            self.instance_active(dep, &scope_instance(instance_id, &plan.group_path, common))
+        });
         let Some(cluster) = self.topology.clusters.get_mut(&plan.cluster_id) else {
-            return;
+            return false;
+        };
+        let inst = AppInstance {
+            instance_id: instance_id.to_owned(),
+            network_partition_id: network_partition_id.to_owned(),
+            status: InstanceStatus::Created,
+            burst_group: None,
         };
         if !cluster.instances.contains_key(&inst.instance_id) {
             if !ready {
-                return;
+                return false;
             }
             let ci = ClusterInstance {
                 instance_id: inst.instance_id.clone(),
@@ -779,6 +919,14 @@ impl ControllerState {
                 instance: ci,
             }));
             out.push(Action::Persist);
+        }
+        if cluster.instances.get(&inst.instance_id).is_some_and(|ci| {
+            matches!(
+                ci.status,
+                InstanceStatus::Terminating | InstanceStatus::Terminated
+            )
+        }) {
+            return false;
         }
         // Statuses from the members.
         let active = cluster
@@ -818,6 +966,9 @@ impl ControllerState {
                     status: next,
                 }));
                 out.push(Action::Persist);
+                if next == InstanceStatus::Inactive {
+                    return true;
+                }
             }
         }
         // Minimum check (and scale-up): the desired count, at least the minimum.
@@ -829,13 +980,13 @@ impl ControllerState {
             .unwrap_or(plan.min)
             .clamp(plan.min, plan.max.max(plan.min));
         if live_count >= target {
-            return;
+            return false;
         }
         if d.backoff
             .get(&key)
             .is_some_and(|b| b.not_before_ms > now_ms)
         {
-            return;
+            return false;
         }
         let Some(placement) = plan
             .placements
@@ -843,11 +994,11 @@ impl ControllerState {
             .find(|p| p.network_partition_id == inst.network_partition_id)
         else {
             tracing::warn!(cluster = %plan.cluster_id, network_partition = %inst.network_partition_id, "the deployment policy does not cover this network partition");
-            return;
+            return false;
         };
         let Some(image) = plan.images.get(&placement.provider).cloned() else {
             tracing::warn!(cluster = %plan.cluster_id, provider = %placement.provider, "the cartridge has no iaasProvider entry for this provider");
-            return;
+            return false;
         };
         for _ in live_count..target {
             let Some(partition) = choose_partition(placement, &per_partition) else {
@@ -891,27 +1042,36 @@ impl ControllerState {
             });
             out.push(Action::Persist);
         }
+        false
     }
 
     fn update_app_instances(&mut self, app_id: &str, out: &mut Vec<Action>) {
         let Some(d) = self.deployments.get(app_id) else {
             return;
         };
-        let cluster_ids = d.cluster_ids();
+        // Every cluster instance each application instance wants (its groups' instances too).
+        let mut statuses: BTreeMap<String, Vec<Option<InstanceStatus>>> = BTreeMap::new();
+        for c in &d.plan.clusters {
+            for (id, _, app_instance) in d.slots(c) {
+                let status = self
+                    .topology
+                    .clusters
+                    .get(&c.cluster_id)
+                    .and_then(|c| c.instances.get(&id))
+                    .map(|i| i.status);
+                statuses.entry(app_instance).or_default().push(status);
+            }
+        }
         let mut updates = Vec::new();
         for (idx, inst) in d.instances.iter().enumerate() {
-            let statuses: Vec<Option<InstanceStatus>> = cluster_ids
-                .iter()
-                .map(|c| {
-                    self.topology
-                        .clusters
-                        .get(c)
-                        .and_then(|c| c.instances.get(&inst.instance_id))
-                        .map(|i| i.status)
-                })
-                .collect();
-            let all_active = statuses.iter().all(|s| *s == Some(InstanceStatus::Active));
-            let any_inactive = statuses.contains(&Some(InstanceStatus::Inactive));
+            let s = statuses.get(&inst.instance_id).cloned().unwrap_or_default();
+            let all_active = s.iter().all(|s| *s == Some(InstanceStatus::Active));
+            let any_inactive = s.iter().any(|s| {
+                matches!(
+                    s,
+                    Some(InstanceStatus::Inactive | InstanceStatus::Terminating)
+                )
+            });
             let next = match inst.status {
                 InstanceStatus::Created | InstanceStatus::Inactive if all_active => {
                     Some(InstanceStatus::Active)
@@ -935,6 +1095,435 @@ impl ControllerState {
                 out.push(Action::Persist);
             }
         }
+    }
+
+    /// Takes a cluster instance out: Terminating, its members retired gracefully. It is removed
+    /// once its members are gone ([`Self::finish_terminations`]); converge re-creates it if the
+    /// deployment still wants it (the restart after a termination behaviour).
+    fn terminate_cluster_instance(
+        &mut self,
+        now_ms: u64,
+        cluster_id: &str,
+        instance_id: &str,
+        reason: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(cluster) = self.topology.clusters.get_mut(cluster_id) else {
+            return;
+        };
+        let Some(ci) = cluster.instances.get_mut(instance_id) else {
+            return;
+        };
+        if matches!(
+            ci.status,
+            InstanceStatus::Terminating | InstanceStatus::Terminated
+        ) {
+            return;
+        }
+        ci.status = InstanceStatus::Terminating;
+        out.push(Action::Publish(Event::ClusterInstanceStatusChanged {
+            cluster_id: cluster_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            status: InstanceStatus::Terminating,
+        }));
+        let members: Vec<Member> = cluster
+            .members
+            .values_mut()
+            .filter(|m| m.cluster_instance_id == instance_id)
+            .map(|m| {
+                m.failure.get_or_insert_with(|| reason.to_owned());
+                m.clone()
+            })
+            .collect();
+        for m in members {
+            self.retire(now_ms, &m, false, out);
+        }
+        out.push(Action::Persist);
+    }
+
+    /// A cluster instance became Inactive: applies the termination behaviour of its level, from
+    /// the innermost outwards while levels say `terminate-none` (§7.8).
+    fn termination_behaviour(
+        &mut self,
+        now_ms: u64,
+        app_id: &str,
+        cluster_id: &str,
+        instance_id: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(d) = self.deployments.get(app_id) else {
+            return;
+        };
+        let Some(plan) = d.plan.cluster(cluster_id) else {
+            return;
+        };
+        let path = plan.group_path.clone();
+        let mut depth = path.len();
+        let mut child: Vec<String> = vec![cluster_id.to_owned()];
+        let (behaviour, targets) = loop {
+            let scope = &path[..depth];
+            let in_scope = |c: &&ClusterPlan| c.group_path.starts_with(scope);
+            match d
+                .plan
+                .scope(scope)
+                .map(|s| s.termination)
+                .unwrap_or_default()
+            {
+                Termination::None => {
+                    if depth == 0 {
+                        return;
+                    }
+                    depth -= 1;
+                    let group = &path[..=depth];
+                    child = d
+                        .plan
+                        .clusters
+                        .iter()
+                        .filter(|c| c.group_path.starts_with(group))
+                        .map(|c| c.cluster_id.clone())
+                        .collect();
+                }
+                Termination::All => {
+                    break (
+                        "terminate-all",
+                        d.plan
+                            .clusters
+                            .iter()
+                            .filter(in_scope)
+                            .map(|c| c.cluster_id.clone())
+                            .collect::<BTreeSet<_>>(),
+                    );
+                }
+                Termination::Dependents => {
+                    let mut set: BTreeSet<String> = child.iter().cloned().collect();
+                    loop {
+                        let more: Vec<String> = d
+                            .plan
+                            .clusters
+                            .iter()
+                            .filter(in_scope)
+                            .filter(|c| !set.contains(&c.cluster_id))
+                            .filter(|c| c.depends_on.iter().any(|x| set.contains(x)))
+                            .map(|c| c.cluster_id.clone())
+                            .collect();
+                        if more.is_empty() {
+                            break;
+                        }
+                        set.extend(more);
+                    }
+                    break ("terminate-dependents", set);
+                }
+            }
+        };
+        let level = scope_instance(instance_id, &path, depth);
+        let mut victims = Vec::new();
+        for t in &targets {
+            let (Some(tp), Some(c)) = (d.plan.cluster(t), self.topology.clusters.get(t)) else {
+                continue;
+            };
+            for id in c.instances.keys() {
+                if scope_instance(id, &tp.group_path, depth) == level {
+                    victims.push((t.clone(), id.clone()));
+                }
+            }
+        }
+        tracing::warn!(
+            cluster = cluster_id,
+            instance = instance_id,
+            behaviour,
+            terminating = victims.len(),
+            "a cluster instance became inactive: terminating, to restart in startup order"
+        );
+        let reason = format!("{behaviour}: {cluster_id} became inactive");
+        let app_instance = scope_instance(instance_id, &path, 0);
+        if let Some(d) = self.deployments.get_mut(app_id)
+            && let Some(i) = d
+                .instances
+                .iter_mut()
+                .find(|i| i.instance_id == app_instance && i.status == InstanceStatus::Active)
+        {
+            i.status = InstanceStatus::Inactive;
+            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                application_id: app_id.to_owned(),
+                instance_id: app_instance,
+                group_alias: None,
+                status: InstanceStatus::Inactive,
+            }));
+        }
+        for (c, i) in victims {
+            self.terminate_cluster_instance(now_ms, &c, &i, &reason, out);
+        }
+    }
+
+    /// Removes the terminating cluster instances whose members are gone, then the terminating
+    /// application instances whose cluster instances are gone.
+    fn finish_terminations(&mut self, app_id: &str, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get_mut(app_id) else {
+            return;
+        };
+        for cid in d.cluster_ids() {
+            let Some(c) = self.topology.clusters.get_mut(&cid) else {
+                continue;
+            };
+            let done: Vec<String> = c
+                .instances
+                .values()
+                .filter(|i| i.status == InstanceStatus::Terminating)
+                .filter(|i| {
+                    !c.members
+                        .values()
+                        .any(|m| m.cluster_instance_id == i.instance_id)
+                })
+                .map(|i| i.instance_id.clone())
+                .collect();
+            for id in done {
+                c.instances.remove(&id);
+                let key = backoff_key(&cid, &id);
+                d.desired.remove(&key);
+                d.backoff.remove(&key);
+                out.push(Action::Publish(Event::ClusterInstanceStatusChanged {
+                    cluster_id: cid.clone(),
+                    instance_id: id,
+                    status: InstanceStatus::Terminated,
+                }));
+                out.push(Action::Persist);
+            }
+        }
+        let clusters = &self.topology.clusters;
+        let gone: Vec<String> = d
+            .instances
+            .iter()
+            .filter(|i| i.status == InstanceStatus::Terminating)
+            .filter(|i| {
+                let prefix = format!("{}.", i.instance_id);
+                !d.plan.clusters.iter().any(|c| {
+                    clusters.get(&c.cluster_id).is_some_and(|c| {
+                        c.instances
+                            .keys()
+                            .any(|k| *k == i.instance_id || k.starts_with(&prefix))
+                    })
+                })
+            })
+            .map(|i| i.instance_id.clone())
+            .collect();
+        for id in gone {
+            d.instances.retain(|i| i.instance_id != id);
+            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                application_id: app_id.to_owned(),
+                instance_id: id,
+                group_alias: None,
+                status: InstanceStatus::Terminated,
+            }));
+            out.push(Action::Persist);
+        }
+        while d.burst_level > 0
+            && !d
+                .instances
+                .iter()
+                .any(|i| i.burst_group == Some(d.burst_level - 1))
+        {
+            d.burst_level -= 1;
+            tracing::info!(
+                application = app_id,
+                burst_level = d.burst_level,
+                "burst network partitions closed"
+            );
+        }
+    }
+
+    /// A cluster instance is full and needs more (§7.8): group scaling, innermost group first,
+    /// else application bursting; one new instance at a time (nothing while one is pending).
+    fn beyond_max(&mut self, cluster_id: &str, instance_id: &str, out: &mut Vec<Action>) {
+        let Some((app, plan)) = self.cluster_plan(cluster_id) else {
+            return;
+        };
+        let Some(d) = self.deployments.get(&app) else {
+            return;
+        };
+        if d.status != DeploymentStatus::Deployed {
+            return;
+        }
+        for depth in (1..=plan.group_path.len()).rev() {
+            let path = &plan.group_path[..depth];
+            let Some(scope) = d.plan.scope(path) else {
+                continue;
+            };
+            let parent = scope_instance(instance_id, &plan.group_path, depth - 1);
+            if self.group_pending(d, path, &parent) {
+                return;
+            }
+            let mut numbers = d.group_numbers(&parent, path);
+            if numbers.len() as u32 >= scope.max_instances {
+                continue;
+            }
+            let n = d
+                .next_group_instance
+                .max(numbers.iter().copied().max().unwrap_or(1) + 1)
+                .max(scope.min_instances + 1);
+            numbers.push(n);
+            let alias = path[depth - 1].clone();
+            let id = group_instance_id(&parent, &alias, n);
+            tracing::info!(application = %app, group = %alias, instance = %id, "group scaling: a new group instance");
+            if let Some(d) = self.deployments.get_mut(&app) {
+                d.next_group_instance = n + 1;
+                d.group_instances.insert(group_key(&parent, path), numbers);
+            }
+            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                application_id: app.clone(),
+                instance_id: id,
+                group_alias: Some(alias),
+                status: InstanceStatus::Created,
+            }));
+            out.push(Action::Persist);
+            return;
+        }
+        let pending = d
+            .instances
+            .iter()
+            .any(|i| i.status != InstanceStatus::Active)
+            || d.plan.clusters.iter().any(|c| {
+                d.slots(c)
+                    .iter()
+                    .any(|(id, _, _)| !self.instance_active(&c.cluster_id, id))
+            });
+        if pending {
+            return;
+        }
+        let Some(group) = d.plan.burst_groups.get(d.burst_level).cloned() else {
+            tracing::debug!(application = %app, "at the maximum everywhere: no network partition left to burst into");
+            return;
+        };
+        let Some(d) = self.deployments.get_mut(&app) else {
+            return;
+        };
+        let level = d.burst_level;
+        d.burst_level += 1;
+        for np in group {
+            d.next_instance = d.next_instance.max(d.instances.len() as u32) + 1;
+            let id = format!("{app}-{}", d.next_instance);
+            tracing::info!(application = %app, instance = %id, network_partition = %np, "bursting into the next network partition");
+            d.instances.push(AppInstance {
+                instance_id: id.clone(),
+                network_partition_id: np,
+                status: InstanceStatus::Created,
+                burst_group: Some(level),
+            });
+            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                application_id: app.clone(),
+                instance_id: id,
+                group_alias: None,
+                status: InstanceStatus::Created,
+            }));
+        }
+        out.push(Action::Persist);
+    }
+
+    /// Whether a group instance of `path` inside `parent` is not yet Active.
+    fn group_pending(&self, d: &Deployment, path: &[String], parent: &str) -> bool {
+        let depth = path.len() - 1;
+        d.plan
+            .clusters
+            .iter()
+            .filter(|c| c.group_path.starts_with(path))
+            .any(|c| {
+                d.slots(c).into_iter().any(|(id, _, _)| {
+                    scope_instance(&id, &c.group_path, depth) == parent
+                        && !self.instance_active(&c.cluster_id, &id)
+                })
+            })
+    }
+
+    /// Terminates a group instance above its group's minimum, or an application instance opened
+    /// by bursting (the newest burst group first).
+    fn scale_in(&mut self, now_ms: u64, app_id: &str, instance_id: &str, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get_mut(app_id) else {
+            return;
+        };
+        if d.status != DeploymentStatus::Deployed {
+            return;
+        }
+        let newest = d.burst_level.checked_sub(1);
+        let reason;
+        if let Some(ai) = d
+            .instances
+            .iter_mut()
+            .find(|i| i.instance_id == instance_id)
+        {
+            if ai.burst_group.is_none()
+                || ai.burst_group != newest
+                || ai.status != InstanceStatus::Active
+            {
+                return;
+            }
+            ai.status = InstanceStatus::Terminating;
+            tracing::info!(
+                application = app_id,
+                instance = instance_id,
+                "load fell: closing a burst application instance"
+            );
+            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                application_id: app_id.to_owned(),
+                instance_id: instance_id.to_owned(),
+                group_alias: None,
+                status: InstanceStatus::Terminating,
+            }));
+            reason = "scaled in: burst application instance closed";
+        } else {
+            let Some((parent, last)) = instance_id.rsplit_once('.') else {
+                return;
+            };
+            let Some((alias, n)) = last.rsplit_once('-') else {
+                return;
+            };
+            let Ok(n) = n.parse::<u32>() else {
+                return;
+            };
+            let Some(scope) = d
+                .plan
+                .scopes
+                .iter()
+                .find(|s| s.path.last().map(String::as_str) == Some(alias))
+                .cloned()
+            else {
+                return;
+            };
+            let mut numbers = d.group_numbers(parent, &scope.path);
+            if numbers.len() as u32 <= scope.min_instances || !numbers.contains(&n) {
+                return;
+            }
+            numbers.retain(|x| *x != n);
+            d.group_instances
+                .insert(group_key(parent, &scope.path), numbers);
+            tracing::info!(
+                application = app_id,
+                instance = instance_id,
+                "load fell: group instance scaled in"
+            );
+            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
+                application_id: app_id.to_owned(),
+                instance_id: instance_id.to_owned(),
+                group_alias: Some(alias.to_owned()),
+                status: InstanceStatus::Terminating,
+            }));
+            reason = "scaled in: group instance removed";
+        }
+        let prefix = format!("{instance_id}.");
+        let victims: Vec<(String, String)> = d
+            .cluster_ids()
+            .into_iter()
+            .filter_map(|c| self.topology.clusters.get(&c))
+            .flat_map(|c| {
+                c.instances
+                    .keys()
+                    .filter(|k| *k == instance_id || k.starts_with(&prefix))
+                    .map(|k| (c.cluster_id.clone(), k.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (c, i) in victims {
+            self.terminate_cluster_instance(now_ms, &c, &i, reason, out);
+        }
+        out.push(Action::Persist);
     }
 
     fn finish_undeploy(&mut self, app_id: &str, out: &mut Vec<Action>) {
@@ -1465,5 +2054,350 @@ mod tests {
         let back: ControllerState =
             serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    /// `front` (application level) starts after group `grp` (db, then web); `grp` has the given
+    /// termination behaviour and group instance bounds; the application policy's network
+    /// partitions come in the given groups.
+    fn tree(termination: &str, group_max: u32, np_groups: &str) -> DeploymentPlan {
+        let mut i = PlanInputs::default();
+        for ty in ["db", "web", "front"] {
+            i.cartridges.insert(
+                ty.into(),
+                serde_json::from_value(json!({"type": ty, "category": "x",
+                "iaasProvider": [{"type": "local", "imageId": format!("run {ty}")}]}))
+                .unwrap(),
+            );
+        }
+        i.groups.insert(
+            "g".into(),
+            serde_json::from_value(json!({"name": "g", "cartridges": ["db", "web"],
+            "dependencies": {"startupOrders": [{"aliases": ["cartridge.db", "cartridge.web"]}],
+                "terminationBehaviour": termination}}))
+            .unwrap(),
+        );
+        let nps: Vec<&str> = np_groups.split([',', '|']).collect();
+        i.deployment_policies.insert("dp".into(), serde_json::from_value(json!({"id": "dp",
+            "networkPartitions": nps.iter().map(|n| json!({"id": n, "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]})).collect::<Vec<_>>()})).unwrap());
+        for n in &nps {
+            i.network_partitions.insert(
+                (*n).into(),
+                serde_json::from_value(
+                    json!({"id": n, "provider": "local", "partitions": [{"id": "p1"}]}),
+                )
+                .unwrap(),
+            );
+        }
+        let app = serde_json::from_value(json!({"applicationId": "app", "components": {
+            "groups": [{"name": "g", "alias": "grp", "groupMinInstances": 1, "groupMaxInstances": group_max, "deploymentPolicy": "dp", "cartridges": [
+                {"type": "db", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "db", "autoscalingPolicy": "a"}},
+                {"type": "web", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "a"}}]}],
+            "cartridges": [{"type": "front", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "front", "autoscalingPolicy": "a", "deploymentPolicy": "dp"}}],
+            "dependencies": {"startupOrders": [{"aliases": ["group.grp", "cartridge.front"]}]}}})).unwrap();
+        let policy = serde_json::from_value(json!({"id": "ap", "algorithm": "one-after-another",
+            "networkPartitions": nps, "properties": [{"name": "networkPartitionGroups", "value": np_groups}]}))
+        .unwrap();
+        plan(&app, &policy, -1234, &i).unwrap()
+    }
+
+    /// Activates every member started by `out`, and the members those activations start, until
+    /// none is left; returns every member activated, in order.
+    fn run_up(s: &mut ControllerState, now: u64, out: Vec<Action>) -> Vec<Member> {
+        let mut todo = starts(&out);
+        let mut done = Vec::new();
+        while let Some(m) = todo.first().cloned() {
+            todo.remove(0);
+            todo.extend(starts(&activate(s, now, &m)));
+            done.push(m);
+        }
+        done
+    }
+
+    fn exit(s: &mut ControllerState, now: u64, m: &Member) -> Vec<Action> {
+        s.step(
+            now,
+            Input::Event(Event::MemberProcessExited {
+                member_id: m.member_id.clone(),
+                code: None,
+                signal: Some(9),
+                reason: "killed".into(),
+            }),
+        )
+    }
+
+    fn cleaned(out: &[Action]) -> BTreeSet<String> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Publish(Event::InstanceCleanupMember { member_id }) => {
+                    Some(member_id.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn instance_status(
+        s: &ControllerState,
+        cluster: &str,
+        instance: &str,
+    ) -> Option<InstanceStatus> {
+        s.topology.clusters[cluster]
+            .instances
+            .get(instance)
+            .map(|i| i.status)
+    }
+
+    fn alias(m: &Member) -> &str {
+        m.cluster_id.split('.').nth(1).unwrap()
+    }
+
+    #[test]
+    fn termination_behaviours_and_the_restart_in_startup_order() {
+        for (behaviour, fault_in, terminated) in [
+            ("terminate-none", "web", vec![]),
+            ("terminate-dependents", "db", vec!["web"]),
+            ("terminate-dependents", "web", vec![]),
+            ("terminate-all", "web", vec!["db"]),
+        ] {
+            let mut s = ControllerState::default();
+            let out = s.step(0, Input::Deploy(tree(behaviour, 1, "np")));
+            let up = run_up(&mut s, 1, out);
+            assert_eq!(
+                up.iter().map(alias).collect::<Vec<_>>(),
+                ["db", "web", "front"],
+                "startup order"
+            );
+            assert_eq!(
+                s.deployments["app"].instances[0].status,
+                InstanceStatus::Active
+            );
+            let victim = up.iter().find(|m| alias(m) == fault_in).unwrap();
+            let out = exit(&mut s, 2, victim);
+            let cleaned: Vec<String> = cleaned(&out)
+                .into_iter()
+                .map(|id| alias(s.topology.member(&id).unwrap()).to_owned())
+                .collect();
+            assert_eq!(
+                cleaned, terminated,
+                "{behaviour}, {fault_in} lost its member"
+            );
+            assert!(
+                !cleaned.contains(&"front".to_owned()),
+                "the application level is not touched"
+            );
+            let restarted = starts(&out);
+            if behaviour == "terminate-none" {
+                assert_eq!(
+                    restarted.len(),
+                    1,
+                    "{behaviour}: only the lost member is replaced"
+                );
+                continue;
+            }
+            // Every terminated cluster instance goes Terminating; nothing starts until the
+            // terminated members are gone.
+            let cluster = |a: &str| format!("app.{a}.{a}.domain");
+            let terminating: Vec<String> = out
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Publish(Event::ClusterInstanceStatusChanged {
+                        cluster_id,
+                        status: InstanceStatus::Terminating,
+                        ..
+                    }) => Some(cluster_id.clone()),
+                    _ => None,
+                })
+                .collect();
+            let mut want: Vec<String> = terminated
+                .iter()
+                .chain([&fault_in])
+                .map(|a| cluster(a))
+                .collect();
+            want.sort();
+            let mut got = terminating.clone();
+            got.sort();
+            assert_eq!(got, want, "{behaviour}");
+            assert!(restarted.is_empty(), "{behaviour}: {restarted:?}");
+            assert_eq!(
+                s.deployments["app"].instances[0].status,
+                InstanceStatus::Inactive
+            );
+            let mut out = s.step(3, Input::Tick);
+            for id in cleaned_ids(&s, &terminated) {
+                let m = s.topology.member(&id).unwrap().clone();
+                s.step(4, Input::Event(Event::InstanceReadyToShutdown(r(&m))));
+                out.extend(exit(&mut s, 5, &m));
+            }
+            out.extend(s.step(6, Input::Tick));
+            // The restart: in startup order, the first of the terminated clusters first.
+            let again = run_up(&mut s, 7, out);
+            let mut want: Vec<&str> = vec![fault_in];
+            want.extend(terminated.iter().copied());
+            want.sort_by_key(|a| ["db", "web"].iter().position(|x| x == a));
+            assert_eq!(
+                again.iter().map(alias).collect::<Vec<_>>(),
+                want,
+                "{behaviour}"
+            );
+            for a in ["db", "web", "front"] {
+                assert_eq!(
+                    instance_status(&s, &cluster(a), "app-1"),
+                    Some(InstanceStatus::Active)
+                );
+            }
+            assert_eq!(
+                s.deployments["app"].instances[0].status,
+                InstanceStatus::Active
+            );
+        }
+    }
+
+    fn cleaned_ids(s: &ControllerState, aliases: &[&str]) -> Vec<String> {
+        s.topology
+            .clusters
+            .values()
+            .flat_map(|c| c.members.values())
+            .filter(|m| aliases.contains(&alias(m)) && m.failure.is_some())
+            .map(|m| m.member_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn bursting_opens_the_next_network_partition_group_and_closes_it_when_load_falls() {
+        let mut s = ControllerState::default();
+        let out = s.step(
+            0,
+            Input::Deploy(tree("terminate-none", 1, "np1|np2,np3|np4")),
+        );
+        let up = run_up(&mut s, 1, out);
+        assert_eq!(
+            up.len(),
+            6,
+            "two application instances (np1, np2) of three clusters"
+        );
+        let full = Input::BeyondMax {
+            cluster_id: "app.front.front.domain".into(),
+            instance_id: "app-1".into(),
+        };
+        let out = s.step(2, full.clone());
+        let ids: Vec<(String, String)> = s.deployments["app"]
+            .instances
+            .iter()
+            .map(|i| (i.instance_id.clone(), i.network_partition_id.clone()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("app-1", "np1"),
+                ("app-2", "np2"),
+                ("app-3", "np3"),
+                ("app-4", "np4")
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        // The new instances start like the first ones: db first.
+        let started = starts(&out);
+        assert_eq!(started.iter().map(alias).collect::<Vec<_>>(), ["db", "db"]);
+        assert_eq!(started[0].network_partition_id, "np3");
+        // Nothing more while they are pending.
+        assert!(starts(&s.step(3, full.clone())).is_empty());
+        assert_eq!(s.deployments["app"].burst_level, 1);
+        run_up(&mut s, 4, out);
+        assert!(
+            s.deployments["app"]
+                .instances
+                .iter()
+                .all(|i| i.status == InstanceStatus::Active)
+        );
+        // No network partition left: nothing.
+        assert!(s.step(5, full).iter().all(|a| matches!(a, Action::Persist)));
+        // Load fell: an instance started at deployment stays; the burst ones close.
+        let scale_in = |id: &str| Input::ScaleIn {
+            application_id: "app".into(),
+            instance_id: id.into(),
+        };
+        assert!(cleaned(&s.step(6, scale_in("app-1"))).is_empty());
+        let out = s.step(7, scale_in("app-3"));
+        assert_eq!(cleaned(&out).len(), 3, "app-3's three members drain");
+        let members: Vec<Member> = s
+            .topology
+            .clusters
+            .values()
+            .flat_map(|c| c.members.values())
+            .filter(|m| m.cluster_instance_id == "app-3")
+            .cloned()
+            .collect();
+        for m in &members {
+            exit(&mut s, 8, m);
+        }
+        let ids: Vec<&str> = s.deployments["app"]
+            .instances
+            .iter()
+            .map(|i| i.instance_id.as_str())
+            .collect();
+        assert_eq!(ids, ["app-1", "app-2", "app-4"]);
+        assert_eq!(s.deployments["app"].burst_level, 1, "app-4 still open");
+        s.step(9, scale_in("app-4"));
+        let members: Vec<Member> = s
+            .topology
+            .clusters
+            .values()
+            .flat_map(|c| c.members.values())
+            .filter(|m| m.cluster_instance_id == "app-4")
+            .cloned()
+            .collect();
+        for m in &members {
+            exit(&mut s, 10, m);
+        }
+        assert_eq!(s.deployments["app"].instances.len(), 2);
+        assert_eq!(
+            s.deployments["app"].burst_level, 0,
+            "closed: the next burst reopens np3|np4"
+        );
+        assert!(
+            starts(&s.step(11, Input::Tick)).is_empty(),
+            "closed instances are not restarted"
+        );
+    }
+
+    #[test]
+    fn group_scaling_adds_a_group_instance_up_to_its_maximum_then_bursts() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(tree("terminate-none", 2, "np1,np2")));
+        run_up(&mut s, 1, out);
+        let full = Input::BeyondMax {
+            cluster_id: "app.web.web.domain".into(),
+            instance_id: "app-1".into(),
+        };
+        let out = s.step(2, full.clone());
+        let started = starts(&out);
+        assert_eq!(started.len(), 1, "{started:?}");
+        assert_eq!(
+            (alias(&started[0]), started[0].cluster_instance_id.as_str()),
+            ("db", "app-1.grp-2")
+        );
+        let again = starts(&s.step(3, full.clone()));
+        assert!(again.is_empty(), "one group instance at a time: {again:?}");
+        let up = run_up(&mut s, 4, out);
+        assert_eq!(
+            up.iter().map(alias).collect::<Vec<_>>(),
+            ["db", "web"],
+            "the group's startup order"
+        );
+        // The group is at its maximum (2): the application bursts into np2.
+        let out = s.step(5, full);
+        assert_eq!(starts(&out).len(), 1);
+        assert_eq!(starts(&out)[0].network_partition_id, "np2");
+        // The extra group instance scales in; the first never does.
+        let scale_in = |id: &str| Input::ScaleIn {
+            application_id: "app".into(),
+            instance_id: id.into(),
+        };
+        assert!(cleaned(&s.step(6, scale_in("app-1"))).is_empty());
+        assert_eq!(cleaned(&s.step(7, scale_in("app-1.grp-2"))).len(), 2);
+        assert_eq!(
+            s.deployments["app"].group_numbers("app-1", &["grp".to_owned()]),
+            [1]
+        );
     }
 }

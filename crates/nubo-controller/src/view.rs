@@ -1,11 +1,10 @@
 //! The runtime view of an application (`stratos.md` §6.12): application instances → group
 //! instances → cluster instances → members, with statuses, addresses, ports and access URLs.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 
-use crate::state::{ControllerState, DeploymentStatus};
+use crate::plan::group_instance_id;
+use crate::state::{ControllerState, Deployment, DeploymentStatus};
 
 fn cluster_instance_view(
     state: &ControllerState,
@@ -61,6 +60,64 @@ fn cluster_instance_view(
     }))
 }
 
+/// The clusters directly at `path` and the group instances below it, inside instance `instance`.
+fn level(
+    state: &ControllerState,
+    d: &Deployment,
+    path: &[String],
+    instance: &str,
+) -> (Vec<Value>, Vec<Value>) {
+    let clusters: Vec<Value> = d
+        .plan
+        .clusters
+        .iter()
+        .filter(|c| c.group_path == path)
+        .filter_map(|c| cluster_instance_view(state, &c.cluster_id, instance))
+        .collect();
+    let mut aliases: Vec<&String> = Vec::new();
+    for c in &d.plan.clusters {
+        if c.group_path.len() > path.len()
+            && c.group_path.starts_with(path)
+            && !aliases.contains(&&c.group_path[path.len()])
+        {
+            aliases.push(&c.group_path[path.len()]);
+        }
+    }
+    let mut groups = Vec::new();
+    for alias in aliases {
+        let mut child = path.to_vec();
+        child.push(alias.clone());
+        for n in d.group_numbers(instance, &child) {
+            let id = group_instance_id(instance, alias, n);
+            let (clusters, children) = level(state, d, &child, &id);
+            let statuses: Vec<&Value> = clusters
+                .iter()
+                .chain(children.iter())
+                .map(|v| &v["status"])
+                .collect();
+            let status = if statuses.iter().all(|s| *s == "Active") {
+                "Active"
+            } else if statuses
+                .iter()
+                .any(|s| *s == "Inactive" || *s == "Terminating")
+            {
+                "Inactive"
+            } else {
+                "Created"
+            };
+            groups.push(json!({
+                "groupId": alias,
+                "instanceId": id,
+                "parentInstanceId": instance,
+                "status": status,
+                "clusterInstances": clusters,
+                "groupInstances": children,
+            }));
+        }
+    }
+    (clusters, groups)
+}
+
 /// The runtime tree of `application_id`, or `None` when it is not deployed.
 pub fn runtime_view(state: &ControllerState, application_id: &str) -> Option<Value> {
     let d = state.deployments.get(application_id)?;
@@ -68,51 +125,13 @@ pub fn runtime_view(state: &ControllerState, application_id: &str) -> Option<Val
         .instances
         .iter()
         .map(|inst| {
-            // Groups nest by the clusters' group paths.
-            let mut groups: BTreeMap<Vec<String>, Vec<Value>> = BTreeMap::new();
-            let mut top = Vec::new();
-            for c in &d.plan.clusters {
-                let Some(v) = cluster_instance_view(state, &c.cluster_id, &inst.instance_id) else { continue };
-                if c.group_path.is_empty() {
-                    top.push(v);
-                } else {
-                    groups.entry(c.group_path.clone()).or_default().push(v);
-                }
-            }
-            let mut paths: Vec<Vec<String>> = groups.keys().cloned().collect();
-            for p in groups.keys() {
-                for n in 1..p.len() {
-                    paths.push(p[..n].to_vec());
-                }
-            }
-            paths.sort();
-            paths.dedup();
-            fn build(prefix: &[String], paths: &[Vec<String>], groups: &BTreeMap<Vec<String>, Vec<Value>>, instance: &str) -> Vec<Value> {
-                paths
-                    .iter()
-                    .filter(|p| p.len() == prefix.len() + 1 && p.starts_with(prefix))
-                    .map(|p| {
-                        let clusters = groups.get(p).cloned().unwrap_or_default();
-                        let all_active = clusters.iter().all(|c| c["status"] == "Active");
-                        let children = build(p, paths, groups, instance);
-                        let children_active = children.iter().all(|c| c["status"] == "Active");
-                        json!({
-                            "groupId": p.last(),
-                            "instanceId": format!("{}-{}", p.last().map(String::as_str).unwrap_or(""), instance.rsplit('-').next().unwrap_or("1")),
-                            "parentInstanceId": instance,
-                            "status": if all_active && children_active { "Active" } else { "Created" },
-                            "clusterInstances": clusters,
-                            "groupInstances": children,
-                        })
-                    })
-                    .collect()
-            }
+            let (clusters, groups) = level(state, d, &[], &inst.instance_id);
             json!({
                 "instanceId": inst.instance_id,
                 "networkPartitionId": inst.network_partition_id,
                 "status": format!("{:?}", inst.status),
-                "clusterInstances": top,
-                "groupInstances": build(&[], &paths, &groups, &inst.instance_id),
+                "clusterInstances": clusters,
+                "groupInstances": groups,
             })
         })
         .collect();

@@ -11,7 +11,12 @@ use crate::support::{Api, ServerProcess, eventually, manifest_dir, read_sample, 
 /// A server offering the mock IaaS with the repository's patterns, its clock `speed` times real
 /// time, statistics every 200 ms, a 2 s statistics window and a 1.5 s fault timeout.
 fn server(dir: &std::path::Path, speed: &str) -> ServerProcess {
-    let patterns = manifest_dir().join("tests/it/fixtures/mock-iaas.xml");
+    server_with(dir, speed, "mock-iaas.xml")
+}
+
+/// [`server`] with another patterns file of the fixtures.
+fn server_with(dir: &std::path::Path, speed: &str, patterns: &str) -> ServerProcess {
+    let patterns = manifest_dir().join("tests/it/fixtures").join(patterns);
     ServerProcess::start_with(
         dir,
         &[
@@ -223,4 +228,106 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
         "{again:?}"
     );
     assert!(again.iter().any(|e| e["decision"]["ScaleUp"].is_object()));
+}
+
+/// The runtime view's application instances: `(instance id, network partition, status)`.
+async fn app_instances(api: &Api, app: &str) -> Vec<(String, String, String)> {
+    let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
+    view["applicationInstances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            (
+                i["instanceId"].as_str().unwrap_or_default().to_owned(),
+                i["networkPartitionId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                i["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_bursting_sample_bursts_into_the_next_network_partition_group_and_back() {
+    // Stratos' app-bursting-pattern sample, unchanged: application policy one-after-another with
+    // groups network-partition-1|network-partition-2, network-partition-3|network-partition-4;
+    // php between 1 and 10 members, load-average threshold 70. The pattern holds the load at 800
+    // (12 members required, beyond the maximum of 10) for 30 s, then drops it to 10.
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), "20", "mock-iaas-bursting.xml");
+    let api = Api::new(&server);
+    let app = load_scenario(&api, "scaling/app-bursting-pattern").await;
+    eventually(20, "the first network-partition group started", || async {
+        let i = app_instances(&api, &app).await;
+        (i.len() >= 2).then_some(i)
+    })
+    .await;
+    let first = app_instances(&api, &app).await;
+    assert_eq!(
+        first
+            .iter()
+            .take(2)
+            .map(|i| i.1.as_str())
+            .collect::<Vec<_>>(),
+        ["network-partition-1", "network-partition-2"],
+        "partitions 1 and 2 start together: {first:?}"
+    );
+    // Full at 10 members: the application bursts into partitions 3 and 4.
+    let burst = eventually(30, "an instance in each of partitions 3 and 4", || async {
+        let i = app_instances(&api, &app).await;
+        let nps: Vec<&str> = i.iter().map(|i| i.1.as_str()).collect();
+        (nps == [
+            "network-partition-1",
+            "network-partition-2",
+            "network-partition-3",
+            "network-partition-4",
+        ])
+        .then_some(i)
+    })
+    .await;
+    assert_eq!(
+        burst.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(),
+        [
+            "app-bursting-pattern-app-1",
+            "app-bursting-pattern-app-2",
+            "app-bursting-pattern-app-3",
+            "app-bursting-pattern-app-4"
+        ]
+    );
+    let (_, events) = api
+        .get(&format!("/api/applications/{app}/scalingEvents"))
+        .await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["decision"] == "AtMax" && e["instanceId"] == "app-bursting-pattern-app-1"),
+        "the burst follows a cluster at its maximum: {events}"
+    );
+    let members = api.members(&app).await;
+    assert!(
+        members
+            .iter()
+            .any(|(_, m)| m["networkPartitionId"] == "network-partition-3"),
+        "{members:?}"
+    );
+    // The load falls: every instance scales down to its minimum, and the burst instances close.
+    eventually(
+        90,
+        "back to partitions 1 and 2, one member each",
+        || async {
+            let i = app_instances(&api, &app).await;
+            let nps: Vec<&str> = i.iter().map(|i| i.1.as_str()).collect();
+            let members = api.members(&app).await;
+            (nps == ["network-partition-1", "network-partition-2"] && members.len() == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    let (_, mock) = api.get("/api/mock-iaas/instances").await;
+    assert_eq!(mock.as_array().unwrap().len(), 2, "{mock}");
 }

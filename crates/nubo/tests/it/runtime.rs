@@ -48,7 +48,7 @@ async fn deploy_grouped(api: &Api) -> u16 {
     let mut arts = base_artifacts();
     arts.push(("cartridges", http_cartridge("db", proxy)));
     arts.push(("cartridges", http_cartridge("web", proxy)));
-    arts.push(("cartridgeGroups", json!({"name": "stack", "cartridges": ["db", "web"], "dependencies": {"startupOrders": [{"aliases": ["cartridge.db", "cartridge.web"]}], "terminationBehaviour": "terminate-all"}})));
+    arts.push(("cartridgeGroups", json!({"name": "stack", "cartridges": ["db", "web"], "dependencies": {"startupOrders": [{"aliases": ["cartridge.db", "cartridge.web"]}], "terminationBehaviour": "terminate-none"}})));
     arts.push(("applications", json!({"applicationId": "shop", "components": {"groups": [{"name": "stack", "alias": "s", "deploymentPolicy": "dp", "cartridges": [
         {"type": "db", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "db", "autoscalingPolicy": "asp"}},
         {"type": "web", "cartridgeMin": 2, "cartridgeMax": 4, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp"}}]}]}})));
