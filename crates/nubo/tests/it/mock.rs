@@ -331,3 +331,237 @@ async fn the_bursting_sample_bursts_into_the_next_network_partition_group_and_ba
     let (_, mock) = api.get("/api/mock-iaas/instances").await;
     assert_eq!(mock.as_array().unwrap().len(), 2, "{mock}");
 }
+
+/// The group instances of the runtime view, depth first: `(group alias, instance id, members)`.
+async fn group_instances(api: &Api, app: &str) -> Vec<(String, String, usize)> {
+    let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
+    fn walk(v: &Value, out: &mut Vec<(String, String, usize)>) {
+        for g in v["groupInstances"].as_array().into_iter().flatten() {
+            let members = g["clusterInstances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c["member"].as_array().map_or(0, Vec::len))
+                .sum();
+            out.push((
+                g["groupId"].as_str().unwrap_or_default().to_owned(),
+                g["instanceId"].as_str().unwrap_or_default().to_owned(),
+                members,
+            ));
+            walk(g, out);
+        }
+    }
+    let mut out = Vec::new();
+    for i in view["applicationInstances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        walk(i, &mut out);
+    }
+    out
+}
+
+#[tokio::test]
+async fn group_scaling_and_dependent_scaling_samples_scale_out_and_back_in() {
+    // Two Stratos samples, unchanged, on one platform; tomcat's load average is 800 for 30 s
+    // (threshold 70: 12 members required), then 10.
+    // - single-group-group-scaling: tomcat (1..4) in group my-group6 (1..3 group instances):
+    //   tomcat fills its 4 members, the group grows to 3 instances, then shrinks back to 1.
+    // - dependent-scaling/sample-cartridges: my-tomcat (1..2) and my-php (2..4) scale together;
+    //   php's own load is low, yet it follows tomcat's factor to its maximum, and back to 2.
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), "20", "mock-iaas-groups.xml");
+    let api = Api::new(&server);
+    let grouped = load_scenario(&api, "scaling/group-scaling/single-group-group-scaling").await;
+    let dependent = load_scenario(&api, "scaling/dependent-scaling/sample-cartridges").await;
+    let grown = eventually(40, "three group instances of 4 tomcat members", || async {
+        let g = group_instances(&api, &grouped).await;
+        (g.len() == 3 && g.iter().all(|(_, _, m)| *m == 4)).then_some(g)
+    })
+    .await;
+    assert_eq!(
+        grown.iter().map(|g| g.1.as_str()).collect::<Vec<_>>(),
+        [
+            "single-group-group-scaling-1",
+            "single-group-group-scaling-1.my-group6-2",
+            "single-group-group-scaling-1.my-group6-3"
+        ]
+    );
+    eventually(20, "php at its maximum of 4, following tomcat", || async {
+        (api.active(&dependent, "my-php").await.len() == 4).then_some(())
+    })
+    .await;
+    let (_, events) = api
+        .get(&format!("/api/applications/{dependent}/scalingEvents"))
+        .await;
+    let php_up = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["clusterId"].as_str().unwrap().contains("my-php")
+                && e["decision"]["ScaleUp"].is_object()
+        })
+        .cloned()
+        .expect("a php scale-up");
+    assert_eq!(
+        php_up["required"]["reason"], "ScalingDependents",
+        "{php_up}"
+    );
+    // php's own factors require its minimum at most; tomcat's factor (12 of a minimum of 1)
+    // requires 24 of php's minimum of 2, capped at its maximum.
+    for f in ["requestsInFlight", "memory", "load"] {
+        assert!(php_up["required"][f].as_u64().unwrap_or(0) <= 2, "{php_up}");
+    }
+    assert_eq!(php_up["required"]["dependents"], 24, "{php_up}");
+    // The load falls: the group shrinks to one instance of one member, php back to 2.
+    eventually(60, "one group instance with one member", || async {
+        let g = group_instances(&api, &grouped).await;
+        (g.len() == 1 && g[0].2 == 1).then_some(())
+    })
+    .await;
+    eventually(30, "php back to 2", || async {
+        (api.active(&dependent, "my-php").await.len() == 2
+            && api.active(&dependent, "my-tomcat").await.len() == 1)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Active member ids by cluster alias.
+async fn active_ids(api: &Api, app: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (alias, m) in api.members(app).await {
+        if m["status"] == "Active" {
+            out.entry(alias)
+                .or_default()
+                .push(m["memberId"].as_str().unwrap().to_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn group_startup_order_and_the_three_termination_behaviours() {
+    // Three applications, each a group (db, then web) and a front after the group; the groups
+    // differ only in their termination behaviour. A mock instance vanishes in each group; what
+    // is terminated and restarted follows the behaviour.
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), "1", "mock-iaas.xml");
+    let api = Api::new(&server);
+    let mut arts = vec![
+        (
+            "autoscalingPolicies",
+            json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 100}}}),
+        ),
+        (
+            "networkPartitions",
+            json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]}),
+        ),
+    ];
+    for ty in ["db", "web", "front"] {
+        arts.push((
+            "cartridges",
+            json!({"type": ty, "category": "framework",
+            "iaasProvider": [{"type": "mock", "imageId": "mock"}]}),
+        ));
+    }
+    let cases = [
+        ("none", "terminate-none", "web", vec!["web"]),
+        (
+            "dependents",
+            "terminate-dependents",
+            "db",
+            vec!["db", "web"],
+        ),
+        ("all", "terminate-all", "web", vec!["db", "web"]),
+    ];
+    for (name, behaviour, _, _) in &cases {
+        arts.push(("cartridgeGroups", json!({"name": format!("g-{name}"), "cartridges": ["db", "web"],
+            "dependencies": {"startupOrders": [{"aliases": ["cartridge.db", "cartridge.web"]}], "terminationBehaviour": behaviour}})));
+        arts.push(("applications", json!({"applicationId": format!("t-{name}"), "components": {
+            "groups": [{"name": format!("g-{name}"), "alias": "grp", "deploymentPolicy": "dp", "cartridges": [
+                {"type": "db", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "db", "autoscalingPolicy": "asp"}},
+                {"type": "web", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp"}}]}],
+            "cartridges": [{"type": "front", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "front", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}],
+            "dependencies": {"startupOrders": [{"aliases": ["group.grp", "cartridge.front"]}]}}})));
+    }
+    api.add_all(&arts).await;
+    for (name, ..) in &cases {
+        let (code, body) = api
+            .post(&format!("/api/applications/t-{name}/deploy/ap"), json!({}))
+            .await;
+        assert_eq!(code, 202, "{body}");
+    }
+    let mut before = Vec::new();
+    for (name, ..) in &cases {
+        let app = format!("t-{name}");
+        eventually(30, "Active", || async {
+            (status(&api, &app).await == "Active").then_some(())
+        })
+        .await;
+        before.push(active_ids(&api, &app).await);
+        // Startup order: db, then web, then front (member numbers follow creation).
+        let (_, mock) = api.get("/api/mock-iaas/instances").await;
+        let mut order: Vec<(u64, String)> = mock
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| {
+                i["instanceId"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{app}."))
+            })
+            .map(|i| {
+                (
+                    i["startedAtMs"].as_u64().unwrap(),
+                    i["instanceId"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        order.sort();
+        let aliases: Vec<&str> = order
+            .iter()
+            .map(|(_, id)| id.split('.').nth(1).unwrap())
+            .collect();
+        assert_eq!(aliases, ["db", "web", "front"], "{app}: {order:?}");
+    }
+    for ((name, _, victim, _), ids) in cases.iter().zip(&before) {
+        let id = &ids[*victim][0];
+        let (code, _) = api
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/api/mock-iaas/instances/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "t-{name}: {id}");
+    }
+    for ((name, behaviour, victim, replaced), ids) in cases.iter().zip(&before) {
+        let app = format!("t-{name}");
+        let after = eventually(40, "every cluster Active again", || async {
+            let now = active_ids(&api, &app).await;
+            let all = ["db", "web", "front"]
+                .iter()
+                .all(|a| now.get(*a).is_some_and(|v| v.len() == 1));
+            (all && status(&api, &app).await == "Active" && now[*victim] != ids[*victim])
+                .then_some(now)
+        })
+        .await;
+        let changed: Vec<&str> = ["db", "web", "front"]
+            .into_iter()
+            .filter(|a| after[*a] != ids[*a])
+            .collect();
+        assert_eq!(&changed, replaced, "{behaviour}: {victim} vanished");
+    }
+}
