@@ -74,12 +74,63 @@ async fn update<T: Artifact>(
 ) -> Result<Json<Message>, ApiError> {
     let body = body?;
     let a = s.manager.update::<T>(p.tenant_id, &body).await?;
-    Ok(Json(Message::success(format!(
+    let mut msg = format!(
         "{} updated successfully: [{}] {}",
         capitalized(T::KIND),
         T::ID_FIELD,
         a.id()
-    ))))
+    );
+    if matches!(
+        T::KIND,
+        Kind::AutoscalingPolicy
+            | Kind::DeploymentPolicy
+            | Kind::ApplicationPolicy
+            | Kind::Application
+            | Kind::CartridgeGroup
+    ) {
+        for note in apply_to_running(&s, p.tenant_id).await {
+            msg.push_str("; ");
+            msg.push_str(&note);
+        }
+    }
+    Ok(Json(Message::success(msg)))
+}
+
+/// Re-plans the tenant's running applications after an artifact they may use changed, so that
+/// thresholds, minimum and maximum members, placement and group bounds take effect at once.
+/// Returns what happened to each application whose plan changed, for the answer.
+async fn apply_to_running(s: &AppState, tenant: i64) -> Vec<String> {
+    let Some(c) = s.controller.as_ref() else {
+        return Vec::new();
+    };
+    let state = c.snapshot();
+    let mut notes = Vec::new();
+    for (app, d) in &state.deployments {
+        if d.plan.tenant_id != tenant || d.status != nubo_controller::DeploymentStatus::Deployed {
+            continue;
+        }
+        match s
+            .manager
+            .deployment_plan(tenant, app, &d.plan.application_policy)
+            .await
+        {
+            Ok(mut plan) => {
+                plan.instances = d.plan.instances.clone();
+                if plan == d.plan {
+                    continue;
+                }
+                if plan.cluster_ids() != d.plan.cluster_ids() {
+                    notes.push(format!("application `{app}` runs other clusters than its new definition: the change takes effect when it is deployed again"));
+                } else if c.update_plan(plan).await.is_ok() {
+                    notes.push(format!("applied to running application `{app}`"));
+                }
+            }
+            Err(e) => notes.push(format!(
+                "running application `{app}` keeps its current settings: {e}"
+            )),
+        }
+    }
+    notes
 }
 
 async fn list<T: Artifact>(

@@ -166,6 +166,11 @@ impl DeploymentPlan {
         self.scopes.iter().find(|s| s.path == path)
     }
 
+    /// The cluster ids, in plan order.
+    pub fn cluster_ids(&self) -> Vec<String> {
+        self.clusters.iter().map(|c| c.cluster_id.clone()).collect()
+    }
+
     /// A cluster's plan.
     pub fn cluster(&self, cluster_id: &str) -> Option<&ClusterPlan> {
         self.clusters.iter().find(|c| c.cluster_id == cluster_id)

@@ -121,6 +121,11 @@ impl ControllerHandle {
         .await
     }
 
+    /// Applies changed artifacts (policies, min / max) to a running application.
+    pub async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String> {
+        self.command(Input::UpdatePlan(plan)).await
+    }
+
     async fn command(&self, input: Input) -> Result<(), String> {
         let (ack, done) = tokio::sync::oneshot::channel();
         self.commands

@@ -229,6 +229,9 @@ pub enum Input {
         /// The group or application instance id.
         instance_id: String,
     },
+    /// The application's artifacts changed while it runs (a policy, its own min / max): the
+    /// new plan replaces the old one; the clusters must be the same.
+    UpdatePlan(DeploymentPlan),
     /// Time passed.
     Tick,
 }
@@ -365,6 +368,7 @@ impl ControllerState {
                 application_id,
                 instance_id,
             } => self.scale_in(now_ms, &application_id, &instance_id, &mut out),
+            Input::UpdatePlan(plan) => self.update_plan(plan, &mut out),
             Input::Tick => {}
         }
         self.converge(now_ms, &mut out);
@@ -971,6 +975,49 @@ impl ControllerState {
                 }
             }
         }
+        // Maximum check (a maximum or a partitionMax lowered while running): the newest members
+        // above it leave, drained.
+        let mut newest: Vec<&Member> = live.clone();
+        newest.sort_by_key(|m| std::cmp::Reverse((m.init_time, m.member_id.clone())));
+        let mut excess: Vec<Member> = newest
+            .iter()
+            .take(live_count.saturating_sub(plan.max.max(plan.min)) as usize)
+            .map(|m| (*m).clone())
+            .collect();
+        if let Some(placement) = plan
+            .placements
+            .iter()
+            .find(|p| p.network_partition_id == inst.network_partition_id)
+        {
+            for part in &placement.partitions {
+                let Some(cap) = part.max else { continue };
+                let over = newest
+                    .iter()
+                    .filter(|m| m.partition_id == part.id)
+                    .filter(|m| !excess.iter().any(|e| e.member_id == m.member_id))
+                    .count()
+                    .saturating_sub(cap as usize);
+                let more: Vec<Member> = newest
+                    .iter()
+                    .filter(|m| m.partition_id == part.id)
+                    .filter(|m| !excess.iter().any(|e| e.member_id == m.member_id))
+                    .take(over)
+                    .map(|m| (*m).clone())
+                    .collect();
+                excess.extend(more);
+            }
+        }
+        if !excess.is_empty() {
+            for m in &excess {
+                tracing::info!(member = %m.member_id, cluster = %plan.cluster_id, max = plan.max, "above the maximum: draining a member");
+                if let Some(mm) = self.member_mut(&m.member_id) {
+                    mm.failure = Some("above the cluster's or partition's maximum".into());
+                }
+                self.retire(now_ms, m, false, out);
+            }
+            out.push(Action::Persist);
+            return false;
+        }
         // Minimum check (and scale-up): the desired count, at least the minimum.
         let key = backoff_key(&plan.cluster_id, &inst.instance_id);
         let target = d
@@ -1415,6 +1462,31 @@ impl ControllerState {
                 status: InstanceStatus::Created,
             }));
         }
+        out.push(Action::Persist);
+    }
+
+    /// Applies a new plan to a running deployment: thresholds, minimum and maximum members
+    /// (cluster instances follow; converge then starts or drains members), placement, group
+    /// bounds, burst groups. Ignored when the clusters differ (that needs a redeployment).
+    fn update_plan(&mut self, plan: DeploymentPlan, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get_mut(&plan.application_id) else {
+            return;
+        };
+        if d.status != DeploymentStatus::Deployed || d.cluster_ids() != plan.cluster_ids() {
+            return;
+        }
+        for c in &plan.clusters {
+            if let Some(cluster) = self.topology.clusters.get_mut(&c.cluster_id) {
+                for i in cluster.instances.values_mut() {
+                    i.min_members = c.min;
+                    i.max_members = c.max;
+                }
+            }
+        }
+        tracing::info!(application = %plan.application_id, "running deployment updated");
+        let instances = std::mem::take(&mut d.plan.instances);
+        d.plan = plan;
+        d.plan.instances = instances;
         out.push(Action::Persist);
     }
 

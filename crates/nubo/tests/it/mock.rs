@@ -565,3 +565,75 @@ async fn group_startup_order_and_the_three_termination_behaviours() {
         assert_eq!(&changed, replaced, "{behaviour}: {victim} vanished");
     }
 }
+
+#[tokio::test]
+async fn policy_and_application_changes_take_effect_on_a_running_application() {
+    // A running application is changed through the API: its minimum, its autoscaling policy's
+    // threshold, then its maximum; each takes effect without a redeployment.
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), "1");
+    let api = Api::new(&server);
+    let app = |min: u32, max: u32| {
+        json!({"applicationId": "live", "components": {"cartridges": [
+            {"type": "live", "cartridgeMin": min, "cartridgeMax": max,
+             "subscribableInfo": {"alias": "live", "autoscalingPolicy": "live", "deploymentPolicy": "dp"}}]}})
+    };
+    let policy = |threshold: u32| json!({"id": "live", "loadThresholds": {"loadAverage": {"threshold": threshold}}});
+    api.add_all(&[
+        ("autoscalingPolicies", policy(95)),
+        ("networkPartitions", json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "live", "category": "framework", "iaasProvider": [{"type": "mock", "imageId": "mock"}]})),
+        ("applications", app(1, 4)),
+    ])
+    .await;
+    assert_eq!(
+        api.post("/api/applications/live/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let active = |n: usize| {
+        let api = &api;
+        async move { (api.active("live", "live").await.len() == n).then_some(()) }
+    };
+    eventually(20, "1 member", || active(1)).await;
+    // The minimum rises to 3.
+    let (code, answer) = api
+        .send(reqwest::Method::PUT, "/api/applications", Some(app(3, 4)))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("applied to running application `live`"),
+        "{answer}"
+    );
+    eventually(20, "3 members after the minimum rose", || active(3)).await;
+    // The threshold falls below the load every mock member reports (20): the cluster scales to
+    // its maximum.
+    let (code, answer) = api
+        .send(
+            reqwest::Method::PUT,
+            "/api/autoscalingPolicies",
+            Some(policy(5)),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    eventually(20, "4 members after the threshold fell", || active(4)).await;
+    // The maximum falls to 2: the newest members are drained.
+    let (code, answer) = api
+        .send(reqwest::Method::PUT, "/api/applications", Some(app(1, 2)))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    eventually(20, "2 members after the maximum fell", || active(2)).await;
+    let (_, view) = api.get("/api/applications/live/runtime").await;
+    let ci = &view["applicationInstances"][0]["clusterInstances"][0];
+    assert_eq!(
+        (ci["minMembers"].as_u64(), ci["maxMembers"].as_u64()),
+        (Some(1), Some(2)),
+        "{ci}"
+    );
+}
