@@ -1,63 +1,94 @@
 //! Member fault detection (Stratos' CEP `faultHandling`), pure: an Active member whose health
 //! statistics stop for longer than a timeout, or that reports its ports closed, is faulty.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+/// What is known of one member.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// When it was first seen Active (ms).
+    active_since: Option<u64>,
+    /// When its last statistics arrived (ms).
+    last_stat: Option<u64>,
+    /// Its last statistics said a port is closed.
+    ports_closed: bool,
+    /// The last check that saw it Active.
+    round: u64,
+}
 
 /// What the event processor knows about each Active member's statistics.
 #[derive(Debug, Default, Clone)]
 pub struct Liveness {
-    /// When the member was first seen Active (ms).
-    active_since: HashMap<String, u64>,
-    /// When its last statistics arrived (ms).
-    last_stat: HashMap<String, u64>,
-    /// Members whose last statistics said a port is closed.
-    ports_closed: HashSet<String>,
+    members: HashMap<String, Entry, foldhash::fast::RandomState>,
+    round: u64,
 }
 
 impl Liveness {
     /// Statistics from `member_id` arrived at `now_ms`.
     pub fn stat(&mut self, member_id: &str, now_ms: u64, ports_open: bool) {
-        self.last_stat.insert(member_id.to_owned(), now_ms);
-        if ports_open {
-            self.ports_closed.remove(member_id);
-        } else {
-            self.ports_closed.insert(member_id.to_owned());
+        match self.members.get_mut(member_id) {
+            Some(e) => {
+                e.last_stat = Some(now_ms);
+                e.ports_closed = !ports_open;
+            }
+            None => {
+                self.members.insert(
+                    member_id.to_owned(),
+                    Entry {
+                        active_since: None,
+                        last_stat: Some(now_ms),
+                        ports_closed: !ports_open,
+                        round: self.round,
+                    },
+                );
+            }
         }
     }
 
     /// The faulty members among the `active` ones at `now_ms`, with the reason; forgets members
-    /// that are no longer Active, and the faulty ones (the controller replaces them).
+    /// that are no longer Active, and starts afresh with the faulty ones (the controller replaces
+    /// them). One lookup per member, no allocation but for members new to it.
     pub fn check<'a>(
         &mut self,
         active: impl IntoIterator<Item = &'a str>,
         now_ms: u64,
         timeout_ms: u64,
     ) -> Vec<(String, String)> {
-        let active: HashSet<&str> = active.into_iter().collect();
-        self.active_since.retain(|m, _| active.contains(m.as_str()));
-        self.last_stat.retain(|m, _| active.contains(m.as_str()));
-        self.ports_closed.retain(|m| active.contains(m.as_str()));
+        self.round += 1;
+        let round = self.round;
         let mut faults = Vec::new();
         for m in active {
-            let since = *self.active_since.entry(m.to_owned()).or_insert(now_ms);
-            let last = self.last_stat.get(m).copied().unwrap_or(since).max(since);
-            if self.ports_closed.contains(m) {
-                faults.push((m.to_owned(), "it reports its ports closed".to_owned()));
+            let e = match self.members.get_mut(m) {
+                Some(e) => e,
+                None => self.members.entry(m.to_owned()).or_insert(Entry {
+                    active_since: None,
+                    last_stat: None,
+                    ports_closed: false,
+                    round,
+                }),
+            };
+            e.round = round;
+            let since = *e.active_since.get_or_insert(now_ms);
+            let last = e.last_stat.unwrap_or(since).max(since);
+            let fault = if e.ports_closed {
+                Some("it reports its ports closed".to_owned())
             } else if now_ms.saturating_sub(last) > timeout_ms {
-                faults.push((
-                    m.to_owned(),
-                    format!(
-                        "no health statistics for {:.1} s",
-                        now_ms.saturating_sub(last) as f64 / 1000.0
-                    ),
-                ));
+                Some(format!(
+                    "no health statistics for {:.1} s",
+                    now_ms.saturating_sub(last) as f64 / 1000.0
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = fault {
+                // Reported once: seen Active again, it starts afresh.
+                e.active_since = None;
+                e.last_stat = None;
+                e.ports_closed = false;
+                faults.push((m.to_owned(), reason));
             }
         }
-        for (m, _) in &faults {
-            self.active_since.remove(m);
-            self.last_stat.remove(m);
-            self.ports_closed.remove(m);
-        }
+        self.members.retain(|_, e| e.round == round);
         faults.sort();
         faults
     }

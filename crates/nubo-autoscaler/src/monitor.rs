@@ -184,17 +184,35 @@ impl ScalingLog {
     }
 }
 
+type Fast = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct Windows {
     /// Requests in flight per cluster (load balancers report per cluster), per load balancer.
-    rif: HashMap<String, BTreeMap<String, VecDeque<Sample>>>,
+    rif: HashMap<String, BTreeMap<String, VecDeque<Sample>>, Fast>,
     /// Memory and load per member.
-    memory: HashMap<String, VecDeque<Sample>>,
-    load: HashMap<String, VecDeque<Sample>>,
-    last_up: HashMap<String, u64>,
-    last_down: HashMap<String, u64>,
+    members: HashMap<String, MemberWindows, Fast>,
+    last_up: HashMap<String, u64, Fast>,
+    last_down: HashMap<String, u64, Fast>,
     /// When each cluster instance was first evaluated (a new instance is not scaled in at once).
-    first_seen: HashMap<String, u64>,
+    first_seen: HashMap<String, u64, Fast>,
+}
+
+/// Appends a sample, drops those older than `keep_ms`, and keeps the samples contiguous so that
+/// a window is a slice (no copy when predicting).
+/// A member's samples.
+#[derive(Default)]
+struct MemberWindows {
+    memory: VecDeque<Sample>,
+    load: VecDeque<Sample>,
+}
+
+impl MemberWindows {
+    /// When the newest sample was taken.
+    fn newest(&self) -> u64 {
+        let last = |q: &VecDeque<Sample>| q.back().map_or(0, |s| s.at_ms);
+        last(&self.memory).max(last(&self.load))
+    }
 }
 
 fn push(q: &mut VecDeque<Sample>, s: Sample, keep_ms: u64) {
@@ -205,16 +223,14 @@ fn push(q: &mut VecDeque<Sample>, s: Sample, keep_ms: u64) {
     {
         q.pop_front();
     }
+    q.make_contiguous();
 }
 
 fn predicted(q: Option<&VecDeque<Sample>>, now: u64, window_ms: u64) -> Option<f64> {
-    let q = q?;
-    let recent: Vec<Sample> = q
-        .iter()
-        .filter(|s| now.saturating_sub(s.at_ms) <= window_ms)
-        .copied()
-        .collect();
-    window(&recent).map(|w| rules::predict(w, 1.0).max(0.0))
+    // Contiguous (see `push`), and in time order: one publisher per member, on an ordered topic.
+    let (all, _) = q?.as_slices();
+    let start = all.partition_point(|s| now.saturating_sub(s.at_ms) > window_ms);
+    window(&all[start..]).map(|w| rules::predict(w, 1.0).max(0.0))
 }
 
 /// Starts the monitor in the background; its decisions go to the returned log.
@@ -239,53 +255,286 @@ pub async fn start(
     }
     let log_out = log.clone();
     tokio::spawn(async move {
-        let mut w = Windows::default();
-        let mut liveness = Liveness::default();
-        let keep = config.window.as_millis() as u64 * 2;
+        let mut engine = Engine::new(config);
         let mut tick = tokio::time::interval(config.tick);
         loop {
             tokio::select! {
                 e = stats.recv() => match e {
-                    Some(Event::InFlightRequests(r)) => {
-                        let q = w.rif.entry(r.cluster_id).or_default().entry(r.load_balancer_id).or_default();
-                        push(q, Sample { at_ms: r.at_ms, value: r.count }, keep);
-                    }
-                    Some(Event::MemberHealthStat(h)) => {
-                        liveness.stat(&h.instance.member_id, nubo_events::now_ms(), h.ports_open);
-                        if let Some(value) = h.memory_consumption {
-                            push(w.memory.entry(h.instance.member_id.clone()).or_default(), Sample { at_ms: h.at_ms, value }, keep);
-                        }
-                        if let Some(value) = h.load_average {
-                            push(w.load.entry(h.instance.member_id).or_default(), Sample { at_ms: h.at_ms, value }, keep);
-                        }
-                    }
-                    Some(_) => {}
+                    Some(e) => engine.feed(&e, nubo_events::now_ms()),
                     None => return,
                 },
                 _ = tick.tick() => {
-                    let state = controller.snapshot();
-                    tracing::debug!(deployments = state.deployments.len(), clusters_with_rif = w.rif.len(), members_with_stats = w.memory.len(), "autoscaler tick");
                     let now = nubo_events::now_ms();
-                    for (member, reason) in liveness.check(active_members(&state), now, config.fault_timeout.as_millis() as u64) {
-                        tracing::warn!(%member, %reason, "member fault");
-                        let _ = controller.member_fault(&member, reason).await;
-                    }
-                    let events = evaluate(&state, &mut w, config, now);
-                    for e in &events {
+                    // Decided under the controller's lock (no copy of the state), acted on after.
+                    let Some(round) = controller.read(|state| engine.round(state, now)) else {
+                        continue;
+                    };
+                    for e in round.events {
                         if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown | Decision::AtMax) {
-                            log.push(e.clone());
+                            log.push(e);
                         }
-                        act(&controller, &state, &mut w, &e.cluster_id, &e.instance_id, e.decision, &config).await;
                     }
-                    for (app, instance) in scale_ins(&state, &events, &w, config.down_cooldown.as_millis() as u64, now) {
-                        tracing::info!(application = %app, %instance, "every cluster of the instance is at its minimum: scaling it in");
-                        let _ = controller.scale_in(&app, &instance).await;
+                    for c in round.commands {
+                        let _ = match c {
+                            Command::Fault { member, reason } => {
+                                tracing::warn!(%member, %reason, "member fault");
+                                controller.member_fault(&member, reason).await
+                            }
+                            Command::ScaleTo { cluster, instance, count } => controller.scale_to(&cluster, &instance, count).await,
+                            Command::ScaleDown { cluster, instance, member } => controller.scale_down(&cluster, &instance, member.as_deref()).await,
+                            Command::BeyondMax { cluster, instance } => controller.beyond_max(&cluster, &instance).await,
+                            Command::ScaleIn { application, instance } => {
+                                tracing::info!(%application, %instance, "every cluster of the instance is at its minimum: scaling it in");
+                                controller.scale_in(&application, &instance).await
+                            }
+                        };
                     }
                 }
             }
         }
     });
     Ok(log_out)
+}
+
+/// What a decision round asks of the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// An Active member is faulty: replace it.
+    Fault {
+        /// Member.
+        member: String,
+        /// Why.
+        reason: String,
+    },
+    /// Scale a cluster instance up to `count` members.
+    ScaleTo {
+        /// Cluster.
+        cluster: String,
+        /// Cluster instance.
+        instance: String,
+        /// Members wanted.
+        count: u32,
+    },
+    /// Remove one member (the least loaded).
+    ScaleDown {
+        /// Cluster.
+        cluster: String,
+        /// Cluster instance.
+        instance: String,
+        /// The member.
+        member: Option<String>,
+    },
+    /// A cluster instance is full: grow its group or burst.
+    BeyondMax {
+        /// Cluster.
+        cluster: String,
+        /// Cluster instance.
+        instance: String,
+    },
+    /// Terminate an idle group instance or burst application instance.
+    ScaleIn {
+        /// Application.
+        application: String,
+        /// The group or application instance.
+        instance: String,
+    },
+}
+
+/// One decision round's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Round {
+    /// Every cluster instance's decision with its inputs.
+    pub events: Vec<ScalingEvent>,
+    /// What to ask of the controller, in order.
+    pub commands: Vec<Command>,
+}
+
+/// The event processor and the autoscaler without I/O: statistics in ([`Engine::feed`]),
+/// decisions out ([`Engine::round`]) over the controller's state. The monitor drives it from the
+/// bus; the scale benchmark feeds it directly.
+pub struct Engine {
+    config: MonitorConfig,
+    w: Windows,
+    liveness: Liveness,
+}
+
+impl Engine {
+    /// An engine with empty windows.
+    pub fn new(config: MonitorConfig) -> Engine {
+        Engine {
+            config,
+            w: Windows::default(),
+            liveness: Liveness::default(),
+        }
+    }
+
+    /// Takes in a health-statistics event (others are ignored) received at `now_ms`.
+    pub fn feed(&mut self, e: &Event, now_ms: u64) {
+        let keep = self.config.window.as_millis() as u64 * 2;
+        let w = &mut self.w;
+        match e {
+            Event::InFlightRequests(r) => {
+                let lbs = match w.rif.get_mut(&r.cluster_id) {
+                    Some(l) => l,
+                    None => w.rif.entry(r.cluster_id.clone()).or_default(),
+                };
+                let q = match lbs.get_mut(&r.load_balancer_id) {
+                    Some(q) => q,
+                    None => lbs.entry(r.load_balancer_id.clone()).or_default(),
+                };
+                push(
+                    q,
+                    Sample {
+                        at_ms: r.at_ms,
+                        value: r.count,
+                    },
+                    keep,
+                );
+            }
+            Event::MemberHealthStat(h) => {
+                let id = &h.instance.member_id;
+                self.liveness.stat(id, now_ms, h.ports_open);
+                if h.memory_consumption.is_none() && h.load_average.is_none() {
+                    return;
+                }
+                let m = match w.members.get_mut(id) {
+                    Some(m) => m,
+                    None => w.members.entry(id.clone()).or_default(),
+                };
+                if let Some(value) = h.memory_consumption {
+                    push(
+                        &mut m.memory,
+                        Sample {
+                            at_ms: h.at_ms,
+                            value,
+                        },
+                        keep,
+                    );
+                }
+                if let Some(value) = h.load_average {
+                    push(
+                        &mut m.load,
+                        Sample {
+                            at_ms: h.at_ms,
+                            value,
+                        },
+                        keep,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One decision round at `now`: faults, every cluster instance's decision, and the commands
+    /// that follow from them.
+    pub fn round(&mut self, state: &ControllerState, now: u64) -> Round {
+        let config = self.config;
+        let mut commands: Vec<Command> = self
+            .liveness
+            .check(
+                active_members(state),
+                now,
+                config.fault_timeout.as_millis() as u64,
+            )
+            .into_iter()
+            .map(|(member, reason)| Command::Fault { member, reason })
+            .collect();
+        let events = evaluate(state, &mut self.w, config, now);
+        for e in &events {
+            if let Some(c) = self.command(state, e, now) {
+                commands.push(c);
+            }
+        }
+        for (application, instance) in scale_ins(
+            state,
+            &events,
+            &self.w,
+            config.down_cooldown.as_millis() as u64,
+            now,
+        ) {
+            commands.push(Command::ScaleIn {
+                application,
+                instance,
+            });
+        }
+        // Forget the members and clusters whose statistics stopped.
+        let keep = config.window.as_millis() as u64 * 2;
+        self.w
+            .members
+            .retain(|_, m| now.saturating_sub(m.newest()) <= keep);
+        self.w.rif.retain(|_, lbs| {
+            lbs.retain(|_, q| {
+                q.back()
+                    .is_some_and(|s| now.saturating_sub(s.at_ms) <= keep)
+            });
+            !lbs.is_empty()
+        });
+        // Forget the cluster instances that are gone.
+        if self.w.first_seen.len() > events.len() {
+            let live: BTreeSet<String> = events
+                .iter()
+                .map(|e| format!("{}|{}", e.cluster_id, e.instance_id))
+                .collect();
+            self.w.first_seen.retain(|k, _| live.contains(k));
+        }
+        Round { events, commands }
+    }
+
+    /// The command a decision calls for (the victim of a scale-down chosen here), noting the
+    /// time of the scaling for the cool-downs.
+    fn command(&mut self, state: &ControllerState, e: &ScalingEvent, now: u64) -> Option<Command> {
+        let (cluster, instance) = (&e.cluster_id, &e.instance_id);
+        let key = format!("{cluster}|{instance}");
+        let window_ms = self.config.window.as_millis() as u64;
+        let c = state.topology.clusters.get(cluster)?;
+        let live = || {
+            c.members.values().filter(|m| {
+                m.cluster_instance_id == *instance && m.failure.is_none() && m.status.is_live()
+            })
+        };
+        match e.decision {
+            Decision::ScaleUp { add, .. } => {
+                self.w.last_up.insert(key, now);
+                Some(Command::ScaleTo {
+                    cluster: cluster.clone(),
+                    instance: instance.clone(),
+                    count: live().count() as u32 + add,
+                })
+            }
+            Decision::ScaleDown => {
+                // The least loaded active member: lowest predicted (load + memory) / 2.
+                let w = &self.w;
+                let load = |id: &str| {
+                    let m = w.members.get(id);
+                    (predicted(m.map(|m| &m.load), now, window_ms).unwrap_or(0.0)
+                        + predicted(m.map(|m| &m.memory), now, window_ms).unwrap_or(0.0))
+                        / 2.0
+                };
+                let victim = live()
+                    .filter(|m| m.status == MemberStatus::Active)
+                    .min_by(|a, b| {
+                        load(&a.member_id)
+                            .total_cmp(&load(&b.member_id))
+                            .then_with(|| b.member_id.cmp(&a.member_id))
+                    })
+                    .map(|m| m.member_id.clone());
+                self.w.last_down.insert(key, now);
+                Some(Command::ScaleDown {
+                    cluster: cluster.clone(),
+                    instance: instance.clone(),
+                    member: victim,
+                })
+            }
+            // Full: the group grows or the application bursts (the controller decides which,
+            // and does nothing while a new instance is still on its way).
+            Decision::AtMax => Some(Command::BeyondMax {
+                cluster: cluster.clone(),
+                instance: instance.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The Active, not failed, members of deployed applications.
@@ -327,16 +576,18 @@ fn evaluate(
                 ) {
                     continue;
                 }
-                let members: Vec<_> = cluster
-                    .members
-                    .values()
-                    .filter(|m| m.cluster_instance_id == inst.instance_id)
-                    .collect();
-                let active: Vec<_> = members
-                    .iter()
-                    .filter(|m| m.status == MemberStatus::Active && m.failure.is_none())
-                    .collect();
-                let starting = members.iter().filter(|m| m.status.is_starting()).count() as u32;
+                let mut active = Vec::new();
+                let mut starting = 0u32;
+                for m in cluster.members.values() {
+                    if m.cluster_instance_id != inst.instance_id {
+                        continue;
+                    }
+                    if m.status == MemberStatus::Active && m.failure.is_none() {
+                        active.push(m);
+                    } else if m.status.is_starting() {
+                        starting += 1;
+                    }
+                }
                 let (min, max) = (inst.min_members, inst.max_members);
                 let t = plan.thresholds;
                 // Requests in flight: summed over the load balancers; a load balancer serving several
@@ -348,17 +599,24 @@ fn evaluate(
                         .collect();
                     (!values.is_empty()).then(|| values.iter().sum::<f64>())
                 });
-                let mean = |m: &HashMap<String, VecDeque<Sample>>| {
-                    let v: Vec<f64> = active
-                        .iter()
-                        .filter_map(|a| predicted(m.get(&a.member_id), now, window_ms))
-                        .collect();
-                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-                };
+                // Memory and load: the mean over the active members of each one's prediction.
+                let (mut memory, mut load) = ((0.0, 0u32), (0.0, 0u32));
+                for a in &active {
+                    let Some(m) = w.members.get(&a.member_id) else {
+                        continue;
+                    };
+                    if let Some(p) = predicted(Some(&m.memory), now, window_ms) {
+                        memory = (memory.0 + p, memory.1 + 1);
+                    }
+                    if let Some(p) = predicted(Some(&m.load), now, window_ms) {
+                        load = (load.0 + p, load.1 + 1);
+                    }
+                }
+                let mean = |(sum, n): (f64, u32)| (n > 0).then(|| sum / f64::from(n));
                 let predicted = Predicted {
                     requests_in_flight: rif,
-                    memory_consumption: mean(&w.memory),
-                    load_average: mean(&w.load),
+                    memory_consumption: mean(memory),
+                    load_average: mean(load),
                 };
                 let required = rules::combine(
                     t.requests_in_flight
@@ -458,7 +716,23 @@ fn scale_ins(
     now: u64,
 ) -> Vec<(String, String)> {
     let mut all_idle: BTreeMap<(String, String), bool> = BTreeMap::new();
+    // Only applications with something to scale in: a burst instance or an extra group instance.
+    let mut candidate: Option<(&str, bool)> = None;
     for e in events {
+        let app = e.application_id.as_str();
+        let wanted = match candidate {
+            Some((a, w)) if a == app => w,
+            _ => {
+                let w = state.deployments.get(app).is_some_and(|d| {
+                    d.burst_level > 0 || d.group_instances.values().any(|n| n.len() > 1)
+                });
+                candidate = Some((app, w));
+                w
+            }
+        };
+        if !wanted {
+            continue;
+        }
         let key = format!("{}|{}", e.cluster_id, e.instance_id);
         let last = [&w.last_up, &w.last_down, &w.first_seen]
             .iter()
@@ -484,66 +758,4 @@ fn scale_ins(
             })
         })
         .collect()
-}
-
-async fn act(
-    controller: &ControllerHandle,
-    state: &ControllerState,
-    w: &mut Windows,
-    cluster: &str,
-    instance: &str,
-    decision: Decision,
-    config: &MonitorConfig,
-) {
-    let key = format!("{cluster}|{instance}");
-    let now = nubo_events::now_ms();
-    let window_ms = config.window.as_millis() as u64;
-    let Some(c) = state.topology.clusters.get(cluster) else {
-        return;
-    };
-    let live: Vec<_> = c
-        .members
-        .values()
-        .filter(|m| m.cluster_instance_id == instance && m.failure.is_none() && m.status.is_live())
-        .collect();
-    match decision {
-        Decision::ScaleUp { add, .. }
-            if controller
-                .scale_to(cluster, instance, live.len() as u32 + add)
-                .await
-                .is_ok() =>
-        {
-            w.last_up.insert(key, now);
-        }
-        Decision::ScaleDown => {
-            // The least loaded active member: lowest predicted (load + memory) / 2.
-            let victim = live
-                .iter()
-                .filter(|m| m.status == MemberStatus::Active)
-                .min_by(|a, b| {
-                    let load = |id: &str| {
-                        (predicted(w.load.get(id), now, window_ms).unwrap_or(0.0)
-                            + predicted(w.memory.get(id), now, window_ms).unwrap_or(0.0))
-                            / 2.0
-                    };
-                    load(&a.member_id)
-                        .total_cmp(&load(&b.member_id))
-                        .then_with(|| b.member_id.cmp(&a.member_id))
-                })
-                .map(|m| m.member_id.clone());
-            if controller
-                .scale_down(cluster, instance, victim.as_deref())
-                .await
-                .is_ok()
-            {
-                w.last_down.insert(key, now);
-            }
-        }
-        Decision::AtMax => {
-            // Full: the group grows or the application bursts (the controller decides which,
-            // and does nothing while a new instance is still on its way).
-            let _ = controller.beyond_max(cluster, instance).await;
-        }
-        _ => {}
-    }
 }

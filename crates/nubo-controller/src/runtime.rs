@@ -145,6 +145,12 @@ impl ControllerHandle {
             .map(|d| d.status)
     }
 
+    /// Runs `f` over the state under the controller's lock (no copy): keep it short, the
+    /// controller waits meanwhile. `None` if the lock is poisoned.
+    pub fn read<R>(&self, f: impl FnOnce(&ControllerState) -> R) -> Option<R> {
+        self.state.lock().ok().map(|s| f(&s))
+    }
+
     /// A copy of the whole state.
     pub fn snapshot(&self) -> ControllerState {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
