@@ -642,7 +642,10 @@ mod tests {
             err.contains("not a valid PostgreSQL URL") && !err.contains("secret"),
             "{err}"
         );
-        let Some(db) = TempPostgres::create_or_skip("connection_failures_say_what_to_do").await
+        let Some(db) = TempPostgres::create_or_skip(
+            "the missing-database case of connection_failures_say_what_to_do",
+        )
+        .await
         else {
             return;
         };
