@@ -1,5 +1,6 @@
 //! The all-in-one server: opens the data directory (one server per directory, enforced by a lock),
-//! the SQLite store, the manager and the API, and serves HTTPS with a self-signed certificate
+//! the store (SQLite in the data directory, or the PostgreSQL database `--store` names), the
+//! manager and the API, and serves HTTPS with a self-signed certificate
 //! generated on first start (or a configured one, or plain HTTP when asked). Stops gracefully on
 //! SIGINT and SIGTERM. Later components (bus, controller, autoscaler, load balancer) start here too.
 
@@ -22,7 +23,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use nubo_api::AppState;
 use nubo_manager::Manager;
-use nubo_store::SqliteStore;
+pub use nubo_store::StoreLocation;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -50,6 +51,8 @@ pub enum TlsMode {
 pub struct ServerConfig {
     /// Where state lives.
     pub data_dir: PathBuf,
+    /// The store (`None`: SQLite at `<data-dir>/nubo.db`).
+    pub store: Option<StoreLocation>,
     /// Where the API listens (port 0: any free port).
     pub api_addr: SocketAddr,
     /// HTTPS or HTTP.
@@ -90,6 +93,8 @@ pub struct Ready {
     pub generated_password: Option<String>,
     /// The bus URL (agents connect to it).
     pub bus_url: String,
+    /// The store, without its password (`sqlite:///…/nubo.db`, `postgres://…`).
+    pub store: String,
 }
 
 /// Runs the server until `shutdown` completes.
@@ -110,12 +115,13 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
-    let db = config.data_dir.join("nubo.db");
-    let store = Arc::new(
-        SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("cannot open the store {}", db.display()))?,
-    );
+    let location = config
+        .store
+        .clone()
+        .unwrap_or_else(|| StoreLocation::Sqlite(config.data_dir.join("nubo.db")));
+    let store = nubo_store::open(&location)
+        .await
+        .with_context(|| format!("cannot open the store {location} (--store, NUBO_STORE or `store` in the configuration file)"))?;
     let manager = Arc::new(Manager::new(store.clone(), config.providers.clone()));
     let generated_password = manager
         .ensure_admin(config.admin_password.as_deref())
@@ -168,7 +174,7 @@ pub async fn run(
         events.clone(),
         controller.clone(),
         config.autoscaler,
-        Some(store.clone() as Arc<dyn nubo_store::Store>),
+        Some(store.clone()),
     )
     .await
     .context("cannot start the autoscaler")?;
@@ -208,8 +214,9 @@ pub async fn run(
         ca_cert,
         generated_password,
         bus_url,
+        store: location.to_string(),
     };
-    tracing::info!(url = %ready.api_url, data_dir = %config.data_dir.display(), store = "sqlite", "nubo server ready");
+    tracing::info!(url = %ready.api_url, data_dir = %config.data_dir.display(), store = store.backend(), store_location = %ready.store, "nubo server ready");
     on_ready(&ready);
 
     let graceful = GracefulShutdown::new();

@@ -6,6 +6,10 @@
 //! within a tenant and kind, a document can only reference existing documents, and a referenced
 //! document cannot be deleted. A crash in the middle of a call leaves the old state or the new
 //! one, never a mix.
+//!
+//! Two implementations pass the same [`conformance`] suite: [`SqliteStore`], embedded, for one
+//! server per data directory, and [`PostgresStore`] (feature `postgres`), which several processes
+//! may share. [`StoreLocation`] is the `--store` URL that chooses one; [`open`] opens it.
 
 #![cfg_attr(
     not(test),
@@ -13,15 +17,23 @@
 )]
 #![warn(missing_docs)]
 
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 
 #[cfg(feature = "conformance")]
-#[allow(clippy::unwrap_used, clippy::panic)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod conformance;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Identifies a document within a tenant.
@@ -130,6 +142,8 @@ pub trait Store: Send + Sync + 'static {
     async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Key>, StoreError>;
     /// A short name for logs and metrics (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
+    /// Closes the connections (the store is not used afterwards).
+    async fn close(&self) {}
     /// Replaces a document, creating it when it does not exist yet.
     async fn upsert(&self, write: Write) -> Result<Record, StoreError> {
         match self.update(write.clone()).await {
@@ -143,4 +157,159 @@ pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Where the state lives, as `--store` names it: `sqlite://PATH` or `postgres://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// An SQLite database file (created when missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database URL (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`).
+    Postgres(String),
+}
+
+/// A `--store` value that names no backend.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{0}` is not a store URL: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+)]
+pub struct InvalidLocation(String);
+
+impl FromStr for StoreLocation {
+    type Err = InvalidLocation;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(InvalidLocation(s.to_owned()));
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(s.to_owned()));
+        }
+        Err(InvalidLocation(redact_url(s)))
+    }
+}
+
+impl StoreLocation {
+    /// The backend's short name (`sqlite`, `postgres`), as [`Store::backend`] gives it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StoreLocation::Sqlite(_) => "sqlite",
+            StoreLocation::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// The location without its password, for logs and messages.
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            StoreLocation::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+/// Opens (creating and migrating as needed) the store at `location`.
+pub async fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+        #[cfg(feature = "postgres")]
+        StoreLocation::Postgres(url) => Ok(Arc::new(PostgresStore::connect(url).await?)),
+        #[cfg(not(feature = "postgres"))]
+        StoreLocation::Postgres(_) => Err(StoreError::Unavailable(
+            "this build has no PostgreSQL support (nubo-store's feature `postgres`)".into(),
+        )),
+    }
+}
+
+/// `url` with the password (in the user part or a `password=` parameter) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let authority = match authority.rsplit_once('@') {
+                Some((user_info, host)) => match user_info.split_once(':') {
+                    Some((user, _)) => format!("{user}:***@{host}"),
+                    None => authority.to_owned(),
+                },
+                None => authority.to_owned(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => head.to_owned(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_locations_parse_and_hide_passwords() {
+        let check = |input: &str, expect: Result<(&str, &str), ()>| {
+            let got = input
+                .parse::<StoreLocation>()
+                .map(|l| (l.backend(), l.to_string()));
+            match (got, expect) {
+                (Ok((b, shown)), Ok((eb, es))) => {
+                    assert_eq!((b, shown.as_str()), (eb, es), "{input}")
+                }
+                (Err(e), Err(())) => {
+                    assert!(e.to_string().contains("sqlite://PATH"), "{e}");
+                    assert!(!e.to_string().contains("secret"), "{e}");
+                }
+                (got, expect) => panic!("{input}: got {got:?}, expected {expect:?}"),
+            }
+        };
+        check(
+            "sqlite:///var/lib/nubo/nubo.db",
+            Ok(("sqlite", "sqlite:///var/lib/nubo/nubo.db")),
+        );
+        check("sqlite://state.db", Ok(("sqlite", "sqlite://state.db")));
+        check(
+            "postgres://nubo@db:5432/nubo",
+            Ok(("postgres", "postgres://nubo@db:5432/nubo")),
+        );
+        check(
+            "postgres://nubo:secret@db:5432/nubo?sslmode=disable",
+            Ok((
+                "postgres",
+                "postgres://nubo:***@db:5432/nubo?sslmode=disable",
+            )),
+        );
+        check(
+            "postgresql://db/nubo?user=nubo&password=secret",
+            Ok(("postgres", "postgresql://db/nubo?user=nubo&password=***")),
+        );
+        check(
+            "postgres://u:p@ss:secret@db/x",
+            Ok(("postgres", "postgres://u:***@db/x")),
+        );
+        check("sqlite://", Err(()));
+        check("mysql://root:secret@db/nubo", Err(()));
+        check("/var/lib/nubo/nubo.db", Err(()));
+    }
 }

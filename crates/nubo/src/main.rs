@@ -2,7 +2,7 @@
 //! its REST API.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Top {
     /// Start the platform: store, API, message bus, cloud controller, node supervisor
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a member's cartridge agent (started by the node supervisor, not by hand)
     #[command(hide = true)]
     Agent {
@@ -56,12 +56,15 @@ enum LogFormat {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// Configuration file (TOML) with any of: data_dir, api_addr, insecure_http, tls_cert, tls_key, log_format; flags and environment win over it
+    /// Configuration file (TOML) with any of: data_dir, store, api_addr, insecure_http, tls_cert, tls_key, log_format; flags and environment win over it
     #[arg(long, env = "NUBO_SERVER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where the platform keeps its state [default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo]
     #[arg(long, env = "NUBO_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Where artifacts and state are stored: sqlite://PATH, or postgres://USER:PASSWORD@HOST:PORT/DATABASE (an existing database; tables are created) [default: sqlite://<data-dir>/nubo.db]
+    #[arg(long, env = "NUBO_STORE", value_name = "URL")]
+    store: Option<nubo_server::StoreLocation>,
     /// Address of the REST API; port 0 picks a free port [default: 127.0.0.1:9443]
     #[arg(long, env = "NUBO_API_ADDR")]
     api_addr: Option<SocketAddr>,
@@ -170,6 +173,7 @@ struct LbArgs {
 #[serde(deny_unknown_fields)]
 struct ServerFile {
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     api_addr: Option<SocketAddr>,
     insecure_http: Option<bool>,
     tls_cert: Option<PathBuf>,
@@ -233,12 +237,23 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         (false, None, None) => TlsMode::SelfSigned,
         _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
     };
+    let store = match (args.store, &file.store) {
+        (Some(store), _) => Some(store),
+        (None, Some(url)) => Some(url.parse().with_context(|| {
+            format!(
+                "`store` in {}",
+                args.config.as_deref().unwrap_or(Path::new("")).display()
+            )
+        })?),
+        (None, None) => None,
+    };
     let default_addr: SocketAddr = ([127, 0, 0, 1], 9443).into();
     let config = ServerConfig {
         data_dir: args
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(nubo_server::default_data_dir),
+        store,
         api_addr: args.api_addr.or(file.api_addr).unwrap_or(default_addr),
         tls,
         admin_password: std::env::var("NUBO_ADMIN_PASSWORD")
@@ -306,6 +321,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 );
             }
             println!("nubo: bus: {}", ready.bus_url);
+            println!("nubo: store: {}", ready.store);
             println!("nubo: data directory: {}", data_dir.display());
         },
         nubo_server::shutdown_signal(),
@@ -472,7 +488,7 @@ fn main() -> ExitCode {
     }
     let result = rt.block_on(async {
         match cli.command {
-            Top::Server(args) => server(args).await,
+            Top::Server(args) => server(*args).await,
             Top::Client(cmd) => nubo_cli::run(&cli.global, &cmd).await,
             Top::Down { data_dir } => {
                 down(data_dir.unwrap_or_else(nubo_server::default_data_dir)).await

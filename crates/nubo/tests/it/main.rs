@@ -8,4 +8,5 @@ mod mock;
 mod runtime;
 mod samples;
 mod server;
+mod store;
 mod support;

@@ -1,0 +1,664 @@
+//! PostgreSQL: the store several servers can share (`--store postgres://…`).
+//!
+//! # Concurrent writers
+//!
+//! Other processes may write the same database at any moment, so nothing here relies on an
+//! in-process lock (as [`SqliteStore`](crate::SqliteStore) does). Each call is one transaction at
+//! READ COMMITTED (each statement sees everything committed before it started) that takes row
+//! locks in a fixed pattern, with constraints as the last word:
+//!
+//! - **create** inserts with `ON CONFLICT DO NOTHING`: of two creates of one key, the second waits
+//!   for the first to commit, then inserts nothing and reports `Conflict`.
+//! - every **referenced** document is locked `FOR KEY SHARE` before the references are written; a
+//!   missing one is `MissingReference`. That lock conflicts only with a delete's `FOR UPDATE`, so
+//!   creates and updates that reference one document never wait for each other.
+//! - **update** locks its document `FOR NO KEY UPDATE` (concurrent updates of one document run one
+//!   after the other, none is lost; referencing it stays possible meanwhile).
+//! - **delete** locks its document `FOR UPDATE`, then reads the referrers: whoever had locked the
+//!   document to reference it has committed by then, and nobody can start referencing it
+//!   until the delete commits, so `InUse` is exact and a reference never dangles.
+//! - foreign keys from `document_refs` to `documents` (both ends, tenant included) make a dangling
+//!   or cross-tenant reference impossible to commit, whatever the code above does.
+//!
+//! Why row locks and not SERIALIZABLE: both are correct, but serializable transactions abort on
+//! conflicts PostgreSQL only suspects (its predicate locks are coarse under load), so every call
+//! would need retrying as a matter of course; row locks make the waits explicit and leave retries
+//! for the rare real deadlock. Deadlocks (`40P01`), serialization failures (`40001`, should the
+//! database force a stricter isolation) and a foreign key firing (`23503`) re-run the whole call,
+//! a few times with backoff, so it reports what it then finds as a typed error.
+//!
+//! Bodies are stored as `json` (the text as written: key order and numbers kept, as in SQLite,
+//! unlike `jsonb`); times as RFC 3339 text; lists and referrers are ordered bytewise
+//! (`COLLATE "C"`), as SQLite orders, whatever the database's collation.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+
+use crate::{Key, Record, Store, StoreError, Write, now_rfc3339};
+
+/// Schema migrations, applied in order; the applied version is kept in `nubo_schema`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE documents (
+    tenant_id  BIGINT NOT NULL,
+    kind       TEXT   NOT NULL,
+    id         TEXT   NOT NULL,
+    body       JSON   NOT NULL,
+    version    BIGINT NOT NULL,
+    created_at TEXT   NOT NULL,
+    updated_at TEXT   NOT NULL,
+    PRIMARY KEY (tenant_id, kind, id)
+);
+CREATE TABLE document_refs (
+    tenant_id BIGINT NOT NULL,
+    from_kind TEXT   NOT NULL,
+    from_id   TEXT   NOT NULL,
+    to_kind   TEXT   NOT NULL,
+    to_id     TEXT   NOT NULL,
+    PRIMARY KEY (tenant_id, from_kind, from_id, to_kind, to_id),
+    FOREIGN KEY (tenant_id, from_kind, from_id) REFERENCES documents (tenant_id, kind, id) ON DELETE CASCADE,
+    FOREIGN KEY (tenant_id, to_kind, to_id) REFERENCES documents (tenant_id, kind, id)
+);
+CREATE INDEX document_refs_to ON document_refs (tenant_id, to_kind, to_id);
+"#];
+
+/// The advisory lock that serializes migrations of servers starting at once on one database.
+const MIGRATION_LOCK: i64 = 0x6e75_626f_5f73_6368; // "nubo_sch"
+
+/// How long connecting may take before the server gives up with an explanation.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often one call runs at most when it meets a deadlock or a serialization failure.
+const ATTEMPTS: u32 = 8;
+
+/// Connections per process.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// PostgreSQL store.
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+/// Why one attempt of a call failed: an answer for the caller, or a database error that may be
+/// worth another attempt.
+enum Fail {
+    Store(StoreError),
+    Sql(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Fail {
+    fn from(e: sqlx::Error) -> Self {
+        Fail::Sql(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`) and
+    /// applies migrations. Errors say what to do next (start PostgreSQL, create the database, …).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "{} is not a valid PostgreSQL URL ({e}): the form is postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+                    crate::redact_url(url)
+                ))
+            })?
+            .application_name("nubo");
+        // One connection first, so that a failure is reported as what it is rather than as the
+        // pool's timeout, and so that migrations run once before the pool opens.
+        let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, opts.connect()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(explain_connect(&opts, e)),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "PostgreSQL at {} did not answer within {} s: check the host and port, and that a firewall lets the connection through",
+                    where_(&opts),
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        migrate(&mut conn).await?;
+        let _ = conn.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(opts.clone())
+            .await
+            .map_err(|e| explain_connect(&opts, e))?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+    }
+
+    /// Runs `op` (one transaction) until it succeeds, gives a typed answer, or fails in a way
+    /// another attempt cannot fix.
+    async fn retrying<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = Result<T, Fail>> + Send,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Fail::Store(e)) => return Err(e),
+                Err(Fail::Sql(e)) if attempt < ATTEMPTS && retryable(&e) => {
+                    tracing::debug!(call = what, attempt, error = %e, "store transaction retried");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(Fail::Sql(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn create_once(&self, w: &Write) -> Result<Record, Fail> {
+        let mut tx = self.begin().await?;
+        if exists(&mut tx, w.tenant, &w.key).await? {
+            return Err(StoreError::Conflict(w.key.clone()).into());
+        }
+        lock_refs(&mut tx, w).await?;
+        let now = now_rfc3339();
+        let inserted = sqlx::query(
+            "INSERT INTO documents (tenant_id, kind, id, body, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4::json, 1, $5, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .bind(w.body.to_string())
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // Created by another writer since the check above.
+            return Err(StoreError::Conflict(w.key.clone()).into());
+        }
+        write_refs(&mut tx, w).await?;
+        tx.commit().await?;
+        Ok(Record {
+            tenant: w.tenant,
+            key: w.key.clone(),
+            body: w.body.clone(),
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        })
+    }
+
+    async fn update_once(&self, w: &Write) -> Result<Record, Fail> {
+        let mut tx = self.begin().await?;
+        let locked = sqlx::query(
+            "SELECT 1 FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3 FOR NO KEY UPDATE",
+        )
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if locked.is_none() {
+            return Err(StoreError::NotFound(w.key.clone()).into());
+        }
+        lock_refs(&mut tx, w).await?;
+        let now = now_rfc3339();
+        let row = sqlx::query(
+            "UPDATE documents SET body = $1::json, version = version + 1, updated_at = $2 \
+             WHERE tenant_id = $3 AND kind = $4 AND id = $5 RETURNING version, created_at",
+        )
+        .bind(w.body.to_string())
+        .bind(&now)
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        write_refs(&mut tx, w).await?;
+        tx.commit().await?;
+        Ok(Record {
+            tenant: w.tenant,
+            key: w.key.clone(),
+            body: w.body.clone(),
+            version: row.try_get("version")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: now,
+        })
+    }
+
+    async fn delete_once(&self, tenant: i64, key: &Key) -> Result<(), Fail> {
+        let mut tx = self.begin().await?;
+        let locked = sqlx::query(
+            "SELECT 1 FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3 FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(&key.kind)
+        .bind(&key.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if locked.is_none() {
+            return Err(StoreError::NotFound(key.clone()).into());
+        }
+        let by = referrers_in(&mut tx, tenant, key).await?;
+        if !by.is_empty() {
+            return Err(StoreError::InUse {
+                key: key.clone(),
+                by,
+            }
+            .into());
+        }
+        sqlx::query(
+            "DELETE FROM document_refs WHERE tenant_id = $1 AND from_kind = $2 AND from_id = $3",
+        )
+        .bind(tenant)
+        .bind(&key.kind)
+        .bind(&key.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3")
+            .bind(tenant)
+            .bind(&key.kind)
+            .bind(&key.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Applies the migrations this database lacks, under an advisory lock so that servers starting
+/// together on a fresh database do not both create the tables.
+async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS nubo_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0)::BIGINT FROM nubo_schema")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    if current > MIGRATIONS.len() as i64 {
+        return Err(StoreError::Unavailable(format!(
+            "the database schema is version {current}, newer than this binary knows ({}): upgrade nubo",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO nubo_schema (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version, backend = "postgres", "store migration applied");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deadlocks, serialization failures and a foreign key that fired under a race: another attempt
+/// sees the committed state and answers properly.
+fn retryable(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| matches!(code.as_ref(), "40001" | "40P01" | "23503"))
+}
+
+/// 5, 10, 20, … ms, capped at 320 ms, spread by the clock's nanoseconds so that writers that
+/// collided do not collide again in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = 5u64 << attempt.min(6);
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) % (base + 1))
+        .unwrap_or(0);
+    Duration::from_millis(base / 2 + jitter / 2)
+}
+
+/// `host:port/database` (never the password), for messages.
+fn where_(opts: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or(opts.get_username())
+    )
+}
+
+/// A connection failure as the operator's next step.
+fn explain_connect(opts: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    let at = where_(opts);
+    let db = opts.get_database().unwrap_or(opts.get_username());
+    let user = opts.get_username();
+    let code = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned());
+    let msg = match (&e, code.as_deref()) {
+        (_, Some("3D000")) => format!(
+            "the database `{db}` does not exist on {}:{}: create it (`createdb -h {} -p {} -U {user} {db}`, or CREATE DATABASE \"{db}\"), or name another one in the store URL",
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_host(),
+            opts.get_port()
+        ),
+        (_, Some("28P01" | "28000")) => format!(
+            "PostgreSQL at {at} refused user `{user}` ({e}): check the user and password in the store URL, and pg_hba.conf"
+        ),
+        (_, Some("53300")) => format!(
+            "PostgreSQL at {at} has no connection slot left ({e}): raise max_connections or stop other clients (each nubo server opens up to {MAX_CONNECTIONS})"
+        ),
+        (sqlx::Error::Io(io), _) if io.kind() == std::io::ErrorKind::ConnectionRefused => format!(
+            "nothing accepts connections at {}:{} (connection refused): start PostgreSQL there, or fix the host and port in the store URL",
+            opts.get_host(),
+            opts.get_port()
+        ),
+        (sqlx::Error::Io(io), _) => format!(
+            "cannot reach PostgreSQL at {at} ({io}): check the host and port in the store URL"
+        ),
+        (sqlx::Error::Tls(_), _) => format!(
+            "cannot connect to PostgreSQL at {at} ({e}): this build of nubo talks to PostgreSQL without TLS; use sslmode=disable or sslmode=prefer, or a TLS-terminating proxy"
+        ),
+        (sqlx::Error::PoolTimedOut, _) => format!(
+            "PostgreSQL at {at} did not give a connection within {} s: check that it is up and not overloaded",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+        _ => format!("cannot connect to PostgreSQL at {at}: {e}"),
+    };
+    StoreError::Unavailable(msg)
+}
+
+fn record(tenant: i64, row: &PgRow) -> Result<Record, StoreError> {
+    let body: String = row.try_get("body")?;
+    Ok(Record {
+        tenant,
+        key: Key::new(
+            row.try_get::<String, _>("kind")?,
+            row.try_get::<String, _>("id")?,
+        ),
+        body: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+async fn exists(tx: &mut PgConnection, tenant: i64, key: &Key) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("SELECT 1 FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3")
+            .bind(tenant)
+            .bind(&key.kind)
+            .bind(&key.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Locks every referenced document against deletion until commit; the first missing one (in the
+/// order given) is the error, as in SQLite.
+async fn lock_refs(tx: &mut PgConnection, w: &Write) -> Result<(), Fail> {
+    for r in &w.refs {
+        let found = sqlx::query(
+            "SELECT 1 FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3 FOR KEY SHARE",
+        )
+        .bind(w.tenant)
+        .bind(&r.kind)
+        .bind(&r.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_none() {
+            return Err(StoreError::MissingReference(r.clone()).into());
+        }
+    }
+    Ok(())
+}
+
+async fn write_refs(tx: &mut PgConnection, w: &Write) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM document_refs WHERE tenant_id = $1 AND from_kind = $2 AND from_id = $3",
+    )
+    .bind(w.tenant)
+    .bind(&w.key.kind)
+    .bind(&w.key.id)
+    .execute(&mut *tx)
+    .await?;
+    for r in &w.refs {
+        sqlx::query(
+            "INSERT INTO document_refs (tenant_id, from_kind, from_id, to_kind, to_id) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .bind(&r.kind)
+        .bind(&r.id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn referrers_in(
+    conn: &mut PgConnection,
+    tenant: i64,
+    key: &Key,
+) -> Result<Vec<Key>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT from_kind, from_id FROM document_refs WHERE tenant_id = $1 AND to_kind = $2 AND to_id = $3 \
+         ORDER BY from_kind COLLATE \"C\", from_id COLLATE \"C\"",
+    )
+    .bind(tenant)
+    .bind(&key.kind)
+    .bind(&key.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Key::new(
+                r.try_get::<String, _>(0)?,
+                r.try_get::<String, _>(1)?,
+            ))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn get(&self, tenant: i64, key: &Key) -> Result<Option<Record>, StoreError> {
+        let row = sqlx::query(
+            "SELECT kind, id, body::text AS body, version, created_at, updated_at FROM documents \
+             WHERE tenant_id = $1 AND kind = $2 AND id = $3",
+        )
+        .bind(tenant)
+        .bind(&key.kind)
+        .bind(&key.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| record(tenant, &r)).transpose()
+    }
+
+    async fn list(&self, tenant: i64, kind: &str) -> Result<Vec<Record>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, id, body::text AS body, version, created_at, updated_at FROM documents \
+             WHERE tenant_id = $1 AND kind = $2 ORDER BY id COLLATE \"C\"",
+        )
+        .bind(tenant)
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| record(tenant, r)).collect()
+    }
+
+    async fn create(&self, w: Write) -> Result<Record, StoreError> {
+        self.retrying("create", || self.create_once(&w)).await
+    }
+
+    async fn update(&self, w: Write) -> Result<Record, StoreError> {
+        self.retrying("update", || self.update_once(&w)).await
+    }
+
+    async fn delete(&self, tenant: i64, key: &Key) -> Result<(), StoreError> {
+        self.retrying("delete", || self.delete_once(tenant, key))
+            .await
+    }
+
+    async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Key>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        referrers_in(&mut conn, tenant, key).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::TempPostgres;
+
+    #[tokio::test]
+    async fn postgres_passes_the_conformance_suite() {
+        let Some(db) = TempPostgres::create_or_skip("postgres_passes_the_conformance_suite").await
+        else {
+            return;
+        };
+        let store = PostgresStore::connect(db.url()).await.unwrap();
+        crate::conformance::run_all(&store).await;
+        store.close().await;
+    }
+
+    /// Two stores on one database are two processes as far as PostgreSQL is concerned.
+    #[tokio::test]
+    async fn two_writers_on_one_database_pass_the_shared_suite() {
+        let Some(db) =
+            TempPostgres::create_or_skip("two_writers_on_one_database_pass_the_shared_suite").await
+        else {
+            return;
+        };
+        let (a, b) = tokio::join!(
+            PostgresStore::connect(db.url()),
+            PostgresStore::connect(db.url())
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        crate::conformance::run_shared(&a, &b).await;
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn reconnecting_keeps_documents_and_does_not_remigrate() {
+        let Some(db) =
+            TempPostgres::create_or_skip("reconnecting_keeps_documents_and_does_not_remigrate")
+                .await
+        else {
+            return;
+        };
+        let store = PostgresStore::connect(db.url()).await.unwrap();
+        store
+            .create(Write {
+                tenant: 1,
+                key: Key::new("k", "a"),
+                body: serde_json::json!({"x": 1}),
+                refs: vec![],
+            })
+            .await
+            .unwrap();
+        store.close().await;
+        let store = PostgresStore::connect(db.url()).await.unwrap();
+        let got = store.get(1, &Key::new("k", "a")).await.unwrap().unwrap();
+        assert_eq!(got.body, serde_json::json!({"x": 1}));
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM nubo_schema")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(versions, vec![MIGRATIONS.len() as i64]);
+        // A schema newer than this binary is refused, with what to do.
+        sqlx::query("INSERT INTO nubo_schema (version) VALUES (999)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.close().await;
+        let err = PostgresStore::connect(db.url()).await.err().unwrap();
+        assert!(err.to_string().contains("upgrade nubo"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connection_failures_say_what_to_do() {
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = PostgresStore::connect(&format!("postgres://nubo:secret@127.0.0.1:{port}/nubo"))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("connection refused") && err.contains("start PostgreSQL"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+        let err = PostgresStore::connect("postgres://nubo:secret@127.0.0.1:notaport/nubo")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("not a valid PostgreSQL URL") && !err.contains("secret"),
+            "{err}"
+        );
+        let Some(db) = TempPostgres::create_or_skip(
+            "the missing-database case of connection_failures_say_what_to_do",
+        )
+        .await
+        else {
+            return;
+        };
+        let missing = format!("{}_missing", db.name());
+        let url = db.url().replace(db.name(), &missing);
+        let err = PostgresStore::connect(&url)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&format!("`{missing}` does not exist")) && err.contains("createdb"),
+            "{err}"
+        );
+    }
+}
