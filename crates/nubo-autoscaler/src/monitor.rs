@@ -256,7 +256,7 @@ pub async fn start(
     let log_out = log.clone();
     tokio::spawn(async move {
         let mut engine = Engine::new(config);
-        let mut tick = tokio::time::interval(config.tick);
+        let mut tick = tokio::time::interval(config.tick.max(Duration::from_millis(10)));
         loop {
             tokio::select! {
                 e = stats.recv() => match e {

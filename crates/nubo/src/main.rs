@@ -95,6 +95,9 @@ struct ServerArgs {
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
+    /// Seconds between two autoscaling decision rounds (Stratos: 90) [default: 1]
+    #[arg(long, env = "NUBO_SCALE_TICK", value_name = "SECONDS")]
+    scale_tick: Option<f64>,
     /// Seconds of statistics the autoscaler averages over (Stratos: 60) [default: 5]
     #[arg(long, env = "NUBO_SCALE_WINDOW", value_name = "SECONDS")]
     scale_window: Option<f64>,
@@ -185,6 +188,7 @@ struct ServerFile {
     lb_strategy: Option<LbStrategy>,
     no_lb: Option<bool>,
     scale_window: Option<f64>,
+    scale_tick: Option<f64>,
     scale_up_cooldown: Option<f64>,
     scale_down_cooldown: Option<f64>,
     fault_timeout: Option<f64>,
@@ -276,6 +280,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         autoscaler: {
             let d = nubo_autoscaler::monitor::MonitorConfig::default();
             nubo_autoscaler::monitor::MonitorConfig {
+                tick: secs(
+                    args.scale_tick.or(file.scale_tick).filter(|t| *t > 0.0),
+                    d.tick,
+                ),
                 window: secs(args.scale_window.or(file.scale_window), d.window),
                 up_cooldown: secs(
                     args.scale_up_cooldown.or(file.scale_up_cooldown),
@@ -286,7 +294,6 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                     d.down_cooldown,
                 ),
                 fault_timeout: secs(args.fault_timeout.or(file.fault_timeout), d.fault_timeout),
-                ..d
             }
         },
         mock,
