@@ -44,6 +44,9 @@ pub struct MockConfig {
     pub stats_interval: Duration,
     /// Real time from a member's start to its activation.
     pub boot_delay: Duration,
+    /// Where the instances are kept, so that they outlive a restart of the server as virtual
+    /// machines outlive a restart of Stratos (`None`: in memory only).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MockConfig {
@@ -53,6 +56,7 @@ impl Default for MockConfig {
             speed: 1.0,
             stats_interval: Duration::from_secs(1),
             boot_delay: Duration::ZERO,
+            state_file: None,
         }
     }
 }
@@ -93,7 +97,7 @@ impl MockClock {
 }
 
 /// Where a mock instance is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum InstanceState {
     /// Started; waiting for the controller's MemberInitialized / MemberStarted.
@@ -105,7 +109,7 @@ pub enum InstanceState {
 }
 
 /// A mock instance, as the API shows it (Stratos' `MockInstanceMetadata` and context).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MockInstance {
     /// Instance id (= member id, as in Stratos).
@@ -166,6 +170,8 @@ pub struct MockIaas {
     events: EventBus,
     inner: Mutex<Inner>,
     addresses: AtomicU32,
+    /// Serializes writes of the state file.
+    file_lock: Mutex<()>,
 }
 
 fn address(prefix: u8, n: u32) -> String {
@@ -186,12 +192,37 @@ impl MockIaas {
     ) -> Result<Arc<Self>, nubo_bus::BusError> {
         let mut topology = events.subscribe(Category::Topology).await?;
         let mut notifier = events.subscribe(Category::InstanceNotifier).await?;
+        let mut inner = Inner::default();
+        let mut addresses = 0;
+        if let Some(file) = &config.state_file {
+            match std::fs::read(file) {
+                Ok(bytes) => match serde_json::from_slice::<Vec<MockInstance>>(&bytes) {
+                    Ok(list) => {
+                        // Patterns start over: the mock clock restarts with the server.
+                        for m in list {
+                            inner.epochs.entry(m.service_name.clone()).or_insert(0.0);
+                            addresses += 1;
+                            inner.instances.insert(m.instance_id.clone(), m);
+                        }
+                        tracing::info!(instances = inner.instances.len(), file = %file.display(), "mock IaaS instances restored");
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "unreadable mock IaaS state: starting without instances")
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot read the mock IaaS state")
+                }
+            }
+        }
         let mock = Arc::new(MockIaas {
             clock: MockClock::new(config.speed),
             config,
             events,
-            inner: Mutex::new(Inner::default()),
-            addresses: AtomicU32::new(0),
+            inner: Mutex::new(inner),
+            addresses: AtomicU32::new(addresses),
+            file_lock: Mutex::new(()),
         });
         let me = mock.clone();
         tokio::spawn(async move {
@@ -250,7 +281,34 @@ impl MockIaas {
         }
     }
 
+    /// Writes the instances to the state file (a temporary file renamed over it).
+    fn persist(&self) {
+        let Some(file) = &self.config.state_file else {
+            return;
+        };
+        let Ok(_guard) = self.file_lock.lock() else {
+            return;
+        };
+        let list = self.list();
+        let result = serde_json::to_vec(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let tmp = file.with_extension("json.tmp");
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, file)
+            });
+        if let Err(e) = result {
+            tracing::warn!(file = %file.display(), error = %e, "cannot write the mock IaaS state");
+        }
+    }
+
     fn remove(&self, instance_id: &str) -> Option<MockInstance> {
+        let gone = self.remove_inner(instance_id)?;
+        self.persist();
+        Some(gone)
+    }
+
+    fn remove_inner(&self, instance_id: &str) -> Option<MockInstance> {
         let mut i = self.inner.lock().ok()?;
         let gone = i.instances.remove(instance_id)?;
         // The last instance of a type gone: its patterns start over with the next one.
@@ -276,7 +334,10 @@ impl MockIaas {
             return None;
         }
         m.state = to;
-        Some(m.instance_ref())
+        let r = m.instance_ref();
+        drop(i);
+        self.persist();
+        Some(r)
     }
 
     async fn publish(&self, e: Event) {
@@ -426,6 +487,7 @@ impl IaasProvider for MockIaas {
             i.epochs.entry(m.service_name.clone()).or_insert(now);
             i.instances.insert(m.member_id.clone(), instance);
         }
+        self.persist();
         tracing::debug!(member = %m.member_id, %ip, "mock instance started");
         Ok(StartedMember {
             ip,

@@ -152,7 +152,10 @@ pub async fn run(
     providers.insert("local".into(), supervisor);
     let mock = match &config.mock {
         Some(m) => {
-            let mock = nubo_mock::MockIaas::start(events.clone(), m.clone())
+            let mut m = m.clone();
+            m.state_file
+                .get_or_insert_with(|| config.data_dir.join("mock-iaas.json"));
+            let mock = nubo_mock::MockIaas::start(events.clone(), m)
                 .await
                 .context("cannot start the mock IaaS")?;
             providers.insert("mock".into(), mock.clone());

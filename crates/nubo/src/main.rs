@@ -462,6 +462,7 @@ fn mock_config(
         )
         .max(std::time::Duration::from_millis(10)),
         boot_delay: secs(args.mock_boot_delay.or(file.mock_boot_delay), d.boot_delay),
+        state_file: None,
     }))
 }
 

@@ -637,3 +637,52 @@ async fn policy_and_application_changes_take_effect_on_a_running_application() {
         "{ci}"
     );
 }
+
+#[tokio::test]
+async fn mock_instances_outlive_a_server_restart() {
+    // Like virtual machines, mock instances survive a restart of the platform: the controller
+    // finds them running and keeps their members; none is replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server(dir.path(), "1");
+    let api = Api::new(&server);
+    let app = load_scenario(&api, "simple/single-cartridge-app").await;
+    eventually(30, "Active", || async {
+        (status(&api, &app).await == "Active").then_some(())
+    })
+    .await;
+    let ids = |members: Vec<(String, Value)>| {
+        let mut v: Vec<String> = members
+            .iter()
+            .map(|(_, m)| m["memberId"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = ids(api.members(&app).await);
+    let (_, mock_before) = api.get("/api/mock-iaas/instances").await;
+    assert!(server.terminate());
+    let server = self::server(dir.path(), "1");
+    let api = Api::new(&server);
+    let (_, mock_after) = api.get("/api/mock-iaas/instances").await;
+    let instance_ids = |v: &Value| {
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["instanceId"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(instance_ids(&mock_after), instance_ids(&mock_before));
+    eventually(30, "Active again with the same members", || async {
+        (status(&api, &app).await == "Active" && ids(api.members(&app).await) == before)
+            .then_some(())
+    })
+    .await;
+    // Still the same a few fault timeouts later: their statistics resumed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ids(api.members(&app).await), before);
+    let (_, mock_later) = api.get("/api/mock-iaas/instances").await;
+    assert_eq!(instance_ids(&mock_later), instance_ids(&mock_before));
+}
