@@ -686,3 +686,45 @@ async fn mock_instances_outlive_a_server_restart() {
     let (_, mock_later) = api.get("/api/mock-iaas/instances").await;
     assert_eq!(instance_ids(&mock_later), instance_ids(&mock_before));
 }
+
+#[tokio::test]
+async fn a_member_whose_statistics_stop_is_replaced() {
+    // Stratos' c7-partition-round-robin-test pattern is in `stop` mode: four samples of 30 mock
+    // seconds (6 s at 20×), then nothing. The silent member is found faulty and replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), "20");
+    let api = Api::new(&server);
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "rr", "loadThresholds": {"memoryConsumption": {"threshold": 80}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "c7-partition-round-robin-test", "category": "framework",
+            "iaasProvider": [{"type": "mock", "imageId": "mock"}]})),
+        ("applications", json!({"applicationId": "rr", "components": {"cartridges": [
+            {"type": "c7-partition-round-robin-test", "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "rr", "autoscalingPolicy": "rr", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    assert_eq!(
+        api.post("/api/applications/rr/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let first = eventually(20, "one member Active", || async {
+        api.active("rr", "rr")
+            .await
+            .first()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+    })
+    .await;
+    // Still there while its pattern runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(api.active("rr", "rr").await[0]["memberId"], first.as_str());
+    eventually(20, "replaced after its statistics stopped", || async {
+        let a = api.active("rr", "rr").await;
+        (a.len() == 1 && a[0]["memberId"] != first.as_str()).then_some(())
+    })
+    .await;
+}
