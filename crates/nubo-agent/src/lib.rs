@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nubo_bus::{EventBus, MqttBus, MqttConfig};
+use nubo_bus::{Bus, EventBus, MqttBus, MqttConfig};
 use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberStatus};
 use nubo_node::AgentPayload;
 use nubo_node::proc;

@@ -117,7 +117,7 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
 mod tests {
     use std::time::Duration;
 
-    use nubo_bus::{MqttBus, MqttConfig};
+    use nubo_bus::{Bus, MqttBus, MqttConfig};
 
     #[tokio::test]
     async fn the_embedded_broker_passes_the_bus_conformance_suite() {

@@ -1,7 +1,8 @@
 //! The message bus: topics with MQTT-style filters (`+`, `#`) behind the small [`Bus`] trait, an
-//! in-process implementation ([`MemoryBus`]) and an MQTT one ([`MqttBus`], for the embedded broker or
-//! an external one such as Mosquitto), and [`EventBus`], which speaks [`nubo_events::Event`]s and
-//! skips (and logs) anything malformed. Every implementation passes the same conformance suite.
+//! in-process implementation ([`MemoryBus`]), an MQTT one ([`MqttBus`], for the embedded broker or
+//! an external one such as Mosquitto) and a NATS one ([`NatsBus`]), chosen by URL with
+//! [`connect_url`]; and [`EventBus`], which speaks [`nubo_events::Event`]s and skips (and logs)
+//! anything malformed. Every implementation passes the same conformance suite.
 
 #![cfg_attr(
     not(test),
@@ -10,6 +11,7 @@
 #![warn(missing_docs)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use nubo_events::{Category, Event};
@@ -20,9 +22,13 @@ use tokio::sync::mpsc;
 pub mod conformance;
 mod memory;
 mod mqtt;
+pub mod nats;
+#[cfg(test)]
+mod testing;
 
 pub use memory::MemoryBus;
 pub use mqtt::{MqttBus, MqttConfig};
+pub use nats::{NatsBus, NatsConfig};
 
 /// A message on a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +48,17 @@ pub enum BusError {
     /// The bus is closed or the broker cannot be reached.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// A bus URL that names no bus Nubo can connect to.
+    #[error("invalid bus URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The payload is larger than the broker accepts.
+    #[error("message too large: {0}")]
+    TooLarge(String),
 }
 
 /// Messages matching one filter, in publication order per publisher.
@@ -67,8 +84,70 @@ pub trait Bus: Send + Sync + 'static {
     /// Receives every message whose topic matches `filter` (`+` one level, `#` the rest),
     /// published after this call returns.
     async fn subscribe(&self, filter: &str) -> Result<Subscription, BusError>;
-    /// A short name for logs (`memory`, `mqtt`).
+    /// A short name for logs (`memory`, `mqtt`, `nats`).
     fn kind(&self) -> &'static str;
+    /// Waits until the connection to the broker is up, up to `timeout` (at once in process).
+    async fn wait_connected(&self, timeout: Duration) -> Result<(), BusError> {
+        let _ = timeout;
+        Ok(())
+    }
+    /// Whether the connection to the broker is up now.
+    fn is_connected(&self) -> bool {
+        true
+    }
+}
+
+/// A bus as a URL names it (`--bus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusUrl {
+    /// `embedded`: the MQTT broker inside `nubo server`, which resolves it to `mqtt://…` for
+    /// everything else (agents, `nubo lb`).
+    Embedded,
+    /// `mqtt://[user:password@]host[:port]` (also `tcp://`): an MQTT 3.1.1 broker.
+    Mqtt(String),
+    /// `nats://[user:password@]host[:port]`: a NATS server.
+    Nats(String),
+}
+
+impl std::str::FromStr for BusUrl {
+    type Err = BusError;
+
+    fn from_str(url: &str) -> Result<Self, BusError> {
+        let url = url.trim();
+        if url == "embedded" {
+            Ok(BusUrl::Embedded)
+        } else if url.starts_with("mqtt://") || url.starts_with("tcp://") {
+            MqttConfig::from_url(url, "check")?;
+            Ok(BusUrl::Mqtt(url.to_owned()))
+        } else if url.starts_with("nats://") {
+            NatsConfig::from_url(url, "check")?;
+            Ok(BusUrl::Nats(url.to_owned()))
+        } else {
+            Err(BusError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "expected `embedded`, `mqtt://host:port` or `nats://host:port`".into(),
+            })
+        }
+    }
+}
+
+/// Connects to the bus `url` names (`mqtt://…` or `nats://…`), as `client_id` (a prefix: a
+/// random suffix keeps ids unique). The connection is made in the background and kept up; use
+/// [`Bus::wait_connected`] to wait for it. `embedded` is refused: only the server runs that
+/// broker, and it hands its `mqtt://` URL to everyone else.
+pub async fn connect_url(url: &str, client_id: &str) -> Result<Arc<dyn Bus>, BusError> {
+    match url.parse::<BusUrl>()? {
+        BusUrl::Embedded => Err(BusError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "only `nubo server` runs the embedded broker; give the URL it prints (`nubo: bus: mqtt://…`)".into(),
+        }),
+        BusUrl::Mqtt(u) => Ok(Arc::new(MqttBus::connect(MqttConfig::from_url(
+            &u, client_id,
+        )?))),
+        BusUrl::Nats(u) => Ok(Arc::new(
+            NatsBus::connect(NatsConfig::from_url(&u, client_id)?).await?,
+        )),
+    }
 }
 
 /// Whether an MQTT-style `filter` matches `topic`.
@@ -179,5 +258,30 @@ mod tests {
                 && !valid_filter("")
         );
         assert!(valid_topic("a/b") && !valid_topic("a/+") && !valid_topic(""));
+    }
+
+    #[test]
+    fn bus_urls() {
+        assert_eq!("embedded".parse::<BusUrl>().unwrap(), BusUrl::Embedded);
+        assert_eq!(
+            "mqtt://127.0.0.1:1883".parse::<BusUrl>().unwrap(),
+            BusUrl::Mqtt("mqtt://127.0.0.1:1883".into())
+        );
+        assert_eq!(
+            "nats://127.0.0.1:4222".parse::<BusUrl>().unwrap(),
+            BusUrl::Nats("nats://127.0.0.1:4222".into())
+        );
+        for bad in ["", "memory", "http://x", "mqtt://x:port", "nats://x:port"] {
+            assert!(
+                matches!(bad.parse::<BusUrl>(), Err(BusError::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_url_refuses_embedded() {
+        let err = connect_url("embedded", "x").await.err().unwrap();
+        assert!(err.to_string().contains("nubo server"), "{err}");
     }
 }

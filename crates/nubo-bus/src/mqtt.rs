@@ -32,7 +32,10 @@ impl MqttConfig {
         let rest = url
             .strip_prefix("mqtt://")
             .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| BusError::Unavailable(format!("`{url}` is not an mqtt:// URL")))?;
+            .ok_or_else(|| BusError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "an MQTT URL starts with mqtt://".into(),
+            })?;
         let rest = rest.trim_end_matches('/');
         let (creds, hostport) = match rest.rsplit_once('@') {
             Some((c, h)) => (Some(c), h),
@@ -41,8 +44,10 @@ impl MqttConfig {
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (
                 h,
-                p.parse()
-                    .map_err(|_| BusError::Unavailable(format!("bad port in `{url}`")))?,
+                p.parse().map_err(|_| BusError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: format!("`{p}` is not a port"),
+                })?,
             ),
             None => (hostport, 1883),
         };
@@ -163,21 +168,6 @@ impl MqttBus {
             task,
         }
     }
-
-    /// Waits until connected, up to `timeout`.
-    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), BusError> {
-        let mut rx = self.connected.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
-            .await
-            .map_err(|_| BusError::Unavailable("the MQTT broker did not answer in time".into()))?
-            .map_err(|_| BusError::Unavailable("the bus is closed".into()))?;
-        Ok(())
-    }
-
-    /// Whether the connection is up now.
-    pub fn is_connected(&self) -> bool {
-        *self.connected.borrow()
-    }
 }
 
 #[async_trait]
@@ -220,6 +210,19 @@ impl Bus for MqttBus {
     fn kind(&self) -> &'static str {
         "mqtt"
     }
+
+    async fn wait_connected(&self, timeout: Duration) -> Result<(), BusError> {
+        let mut rx = self.connected.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .map_err(|_| BusError::Unavailable("the MQTT broker did not answer in time".into()))?
+            .map_err(|_| BusError::Unavailable("the bus is closed".into()))?;
+        Ok(())
+    }
+
+    fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
 }
 
 #[cfg(test)]
@@ -243,15 +246,9 @@ mod tests {
     #[tokio::test]
     async fn mqtt_bus_passes_the_conformance_suite_on_an_external_broker() {
         let Ok(url) = std::env::var("NUBO_TEST_MQTT_URL") else {
-            // Written to the process's stderr, past the test harness's capture, so that a plain
-            // `cargo test` says what it skipped.
-            use std::io::Write;
-            if let Ok(mut err) = std::fs::OpenOptions::new().append(true).open("/dev/stderr") {
-                let _ = writeln!(
-                    err,
-                    "SKIPPED mqtt_bus on Mosquitto: NUBO_TEST_MQTT_URL is not set (scripts/test starts Mosquitto and sets it)"
-                );
-            }
+            crate::testing::skipped(
+                "mqtt_bus on Mosquitto: NUBO_TEST_MQTT_URL is not set (scripts/test starts Mosquitto and sets it)",
+            );
             return;
         };
         let a = MqttBus::connect(MqttConfig::from_url(&url, "conf-pub").unwrap());
@@ -263,6 +260,27 @@ mod tests {
             crate::EventBus::new(Arc::new(a)),
             crate::EventBus::new(Arc::new(b)),
         )
+        .await;
+    }
+
+    /// Mosquitto killed and started again on the same port: the bus resumes by itself. A
+    /// Mosquitto of the test's own (the shared one of `NUBO_TEST_MQTT_URL` is left alone).
+    #[tokio::test]
+    async fn mqtt_bus_resumes_after_the_broker_restarts() {
+        let Some(mut broker) = crate::testing::BrokerProcess::mosquitto() else {
+            crate::testing::skipped(
+                "mqtt_bus broker restart: `mosquitto` is not on PATH (scripts/test installs it)",
+            );
+            return;
+        };
+        let url = broker.url("mqtt");
+        let a = crate::connect_url(&url, "restart-pub").await.unwrap();
+        let b = crate::connect_url(&url, "restart-sub").await.unwrap();
+        a.wait_connected(Duration::from_secs(10)).await.unwrap();
+        b.wait_connected(Duration::from_secs(10)).await.unwrap();
+        crate::conformance::survives_restart(a.as_ref(), b.as_ref(), || async {
+            broker.restart();
+        })
         .await;
     }
 }

@@ -137,7 +137,7 @@ pub async fn run(
         &bus_url,
         "nubo-server",
     )?));
-    mqtt.wait_connected(Duration::from_secs(15))
+    nubo_bus::Bus::wait_connected(mqtt.as_ref(), Duration::from_secs(15))
         .await
         .with_context(|| format!("cannot reach the bus at {bus_url}"))?;
     let events = nubo_bus::EventBus::new(mqtt);

@@ -386,7 +386,7 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
         let bus = std::sync::Arc::new(nubo_bus::MqttBus::connect(nubo_bus::MqttConfig::from_url(
             url, "nubo-lb",
         )?));
-        bus.wait_connected(std::time::Duration::from_secs(15))
+        nubo_bus::Bus::wait_connected(bus.as_ref(), std::time::Duration::from_secs(15))
             .await
             .with_context(|| format!("cannot reach the bus at {url}"))?;
         lb.follow(nubo_bus::EventBus::new(bus)).await?;
