@@ -13,11 +13,10 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nubo_bus::{Bus, EventBus, MqttBus, MqttConfig};
+use nubo_bus::EventBus;
 use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberStatus};
 use nubo_node::AgentPayload;
 use nubo_node::proc;
@@ -68,7 +67,10 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         network_partition_id: p.network_partition_id.clone(),
         partition_id: p.partition_id.clone(),
     };
-    let bus = Arc::new(MqttBus::connect(MqttConfig::from_url(&p.bus_url, "agent")?));
+    // MQTT or NATS, as the server's URL says.
+    let bus = nubo_bus::connect_url(&p.bus_url, "agent")
+        .await
+        .with_context(|| format!("cannot use the bus {}", p.bus_url))?;
     let events = EventBus::new(bus.clone());
     // Subscriptions are made now (and renewed on every reconnection).
     let mut notifier = events.subscribe(Category::InstanceNotifier).await?;

@@ -2,7 +2,8 @@
 //! the store (SQLite in the data directory, or the PostgreSQL database `--store` names), the
 //! manager and the API, and serves HTTPS with a self-signed certificate
 //! generated on first start (or a configured one, or plain HTTP when asked). Stops gracefully on
-//! SIGINT and SIGTERM. Later components (bus, controller, autoscaler, load balancer) start here too.
+//! SIGINT and SIGTERM. The bus (the embedded MQTT broker, or an external MQTT or NATS broker), the
+//! node supervisor, the controller, the autoscaler and the load balancer start here too.
 
 #![cfg_attr(
     not(test),
@@ -78,7 +79,8 @@ pub struct ServerConfig {
 pub enum BusMode {
     /// The embedded MQTT broker, listening here (loopback by default).
     Embedded(SocketAddr),
-    /// An external MQTT broker (`mqtt://host:port`).
+    /// An external broker: `mqtt://host:port` (MQTT 3.1.1, e.g. Mosquitto) or `nats://host:port`
+    /// (a NATS server). Agents get the same URL.
     External(String),
 }
 
@@ -129,18 +131,18 @@ pub async fn run(
         .context("cannot create the admin user")?;
     let bus_url = match &config.bus {
         BusMode::Embedded(addr) => nubo_broker::start(embedded_bus_addr(&config.data_dir, *addr))
-            .with_context(|| format!("cannot start the embedded MQTT broker on {addr}: pass --bus-addr with a free port, or --bus-url for an external broker"))?
+            .with_context(|| format!("cannot start the embedded MQTT broker on {addr}: pass --bus-addr with a free port, or --bus mqtt://… or nats://… for an external broker"))?
             .url(),
         BusMode::External(url) => url.clone(),
     };
-    let mqtt = Arc::new(nubo_bus::MqttBus::connect(nubo_bus::MqttConfig::from_url(
-        &bus_url,
-        "nubo-server",
-    )?));
-    nubo_bus::Bus::wait_connected(mqtt.as_ref(), Duration::from_secs(15))
+    let bus = nubo_bus::connect_url(&bus_url, "nubo-server")
+        .await
+        .with_context(|| format!("cannot use the bus {bus_url}"))?;
+    bus.wait_connected(Duration::from_secs(15))
         .await
         .with_context(|| format!("cannot reach the bus at {bus_url}"))?;
-    let events = nubo_bus::EventBus::new(mqtt);
+    tracing::info!(bus = %bus_url, kind = bus.kind(), "bus ready");
+    let events = nubo_bus::EventBus::new(bus);
     let supervisor = nubo_node::NodeSupervisor::new(
         config.data_dir.join("members"),
         config.agent.clone(),

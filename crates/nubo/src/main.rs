@@ -56,7 +56,7 @@ enum LogFormat {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// Configuration file (TOML) with any of: data_dir, store, api_addr, insecure_http, tls_cert, tls_key, log_format; flags and environment win over it
+    /// Configuration file (TOML) with any of: data_dir, store, bus, api_addr, insecure_http, tls_cert, tls_key, log_format, …; flags and environment win over it
     #[arg(long, env = "NUBO_SERVER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where the platform keeps its state [default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo]
@@ -80,12 +80,21 @@ struct ServerArgs {
     /// Log format [default: text]
     #[arg(long, env = "NUBO_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
-    /// Address of the embedded MQTT broker that agents connect to [default: 127.0.0.1:1883]
-    #[arg(long, env = "NUBO_BUS_ADDR", conflicts_with = "bus_url")]
-    bus_addr: Option<SocketAddr>,
-    /// Use an external MQTT broker instead of the embedded one (mqtt://host:port)
-    #[arg(long, env = "NUBO_BUS_URL", value_name = "URL")]
+    /// The message bus, which agents and load balancers connect to too: `embedded` (the MQTT broker built into the server), `mqtt://host:port` (an MQTT broker, e.g. Mosquitto) or `nats://host:port` (a NATS server) [default: embedded]
+    #[arg(long, env = "NUBO_BUS", value_name = "URL")]
+    bus: Option<String>,
+    /// The former name of --bus
+    #[arg(
+        long,
+        env = "NUBO_BUS_URL",
+        value_name = "URL",
+        hide = true,
+        conflicts_with = "bus"
+    )]
     bus_url: Option<String>,
+    /// Address of the embedded MQTT broker (with `--bus embedded`) [default: 127.0.0.1:1883]
+    #[arg(long, env = "NUBO_BUS_ADDR")]
+    bus_addr: Option<SocketAddr>,
     /// Address the load balancer's proxy ports bind to [default: 127.0.0.1]
     #[arg(long, env = "NUBO_LB_BIND")]
     lb_bind: Option<std::net::IpAddr>,
@@ -144,12 +153,21 @@ impl From<LbStrategy> for nubo_lb::Strategy {
 
 #[derive(Args)]
 struct LbArgs {
-    /// The bus to follow the topology on (mqtt://host:port), e.g. the server's embedded broker
+    /// The bus to follow the topology on: the server's (it prints `nubo: bus: URL` at start), mqtt://host:port or nats://host:port
+    #[arg(
+        long,
+        env = "NUBO_BUS",
+        value_name = "URL",
+        required_unless_present_any = ["route", "bus_url"]
+    )]
+    bus: Option<String>,
+    /// The former name of --bus
     #[arg(
         long,
         env = "NUBO_BUS_URL",
         value_name = "URL",
-        required_unless_present = "route"
+        hide = true,
+        conflicts_with = "bus"
     )]
     bus_url: Option<String>,
     /// A static route instead of the bus: HOST:PROXY_PORT=MEMBER_ADDR[,MEMBER_ADDR...] (repeatable)
@@ -183,7 +201,8 @@ struct ServerFile {
     tls_key: Option<PathBuf>,
     log_format: Option<LogFormat>,
     bus_addr: Option<SocketAddr>,
-    bus_url: Option<String>,
+    #[serde(alias = "bus_url")]
+    bus: Option<String>,
     lb_bind: Option<std::net::IpAddr>,
     lb_strategy: Option<LbStrategy>,
     no_lb: Option<bool>,
@@ -264,15 +283,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|p| !p.is_empty()),
         providers: nubo_manager_providers(),
-        bus: match (
-            args.bus_url.or(file.bus_url),
+        bus: bus_mode(
+            args.bus.or(args.bus_url).or(file.bus),
             args.bus_addr.or(file.bus_addr),
-        ) {
-            (Some(url), _) => nubo_server::BusMode::External(url),
-            (None, addr) => {
-                nubo_server::BusMode::Embedded(addr.unwrap_or(([127, 0, 0, 1], 1883).into()))
-            }
-        },
+        )?,
         agent: nubo_node::AgentCommand {
             program: std::env::current_exe().context("cannot tell where the nubo binary is")?,
             args: vec!["agent".into()],
@@ -382,11 +396,11 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
             args.bind
         );
     }
-    if let Some(url) = &args.bus_url {
-        let bus = std::sync::Arc::new(nubo_bus::MqttBus::connect(nubo_bus::MqttConfig::from_url(
-            url, "nubo-lb",
-        )?));
-        nubo_bus::Bus::wait_connected(bus.as_ref(), std::time::Duration::from_secs(15))
+    if let Some(url) = args.bus.or(args.bus_url) {
+        let bus = nubo_bus::connect_url(&url, "nubo-lb")
+            .await
+            .with_context(|| format!("cannot use the bus {url}"))?;
+        bus.wait_connected(std::time::Duration::from_secs(15))
             .await
             .with_context(|| format!("cannot reach the bus at {url}"))?;
         lb.follow(nubo_bus::EventBus::new(bus)).await?;
@@ -419,6 +433,21 @@ async fn down(data_dir: PathBuf) -> anyhow::Result<()> {
     nubo_node::kill_all(&dir);
     println!("killed the members that did not stop within 10 s");
     Ok(())
+}
+
+/// Where the server's bus is: `--bus` (`embedded` by default) and, for the embedded broker, `--bus-addr`.
+fn bus_mode(bus: Option<String>, addr: Option<SocketAddr>) -> anyhow::Result<nubo_server::BusMode> {
+    let url = bus.unwrap_or_else(|| "embedded".into());
+    match url.parse::<nubo_bus::BusUrl>() {
+        Ok(nubo_bus::BusUrl::Embedded) => Ok(nubo_server::BusMode::Embedded(
+            addr.unwrap_or(([127, 0, 0, 1], 1883).into()),
+        )),
+        Ok(_) if addr.is_some() => anyhow::bail!(
+            "--bus-addr is the embedded broker's address: it does not go with --bus {url}"
+        ),
+        Ok(_) => Ok(nubo_server::BusMode::External(url)),
+        Err(e) => Err(anyhow::Error::new(e).context("--bus")),
+    }
 }
 
 /// A setting in seconds (finite, ≥ 0), or `default`.
@@ -521,5 +550,41 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bus_urls_choose_the_bus() {
+        use nubo_server::BusMode;
+        let addr = |s: &str| Some(s.parse().unwrap());
+        let mode = |bus: Option<&str>, a| super::bus_mode(bus.map(str::to_owned), a);
+        assert_eq!(
+            mode(None, None).unwrap(),
+            BusMode::Embedded(([127, 0, 0, 1], 1883).into())
+        );
+        assert_eq!(
+            mode(Some("embedded"), addr("127.0.0.1:0")).unwrap(),
+            BusMode::Embedded(([127, 0, 0, 1], 0).into())
+        );
+        assert_eq!(
+            mode(Some("nats://127.0.0.1:4222"), None).unwrap(),
+            BusMode::External("nats://127.0.0.1:4222".into())
+        );
+        assert_eq!(
+            mode(Some("mqtt://broker:1883"), None).unwrap(),
+            BusMode::External("mqtt://broker:1883".into())
+        );
+        let err = mode(Some("nats://x:1"), addr("127.0.0.1:1")).unwrap_err();
+        assert!(err.to_string().contains("--bus-addr"), "{err}");
+        let err = format!("{:#}", mode(Some("amqp://x"), None).unwrap_err());
+        assert!(err.contains("--bus") && err.contains("nats://"), "{err}");
+    }
+
+    #[test]
+    fn the_config_file_names_the_bus() {
+        for key in ["bus", "bus_url"] {
+            let f: super::ServerFile =
+                toml::from_str(&format!("{key} = \"nats://n:4222\"")).unwrap();
+            assert_eq!(f.bus.as_deref(), Some("nats://n:4222"));
+        }
     }
 }

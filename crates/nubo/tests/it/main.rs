@@ -2,6 +2,7 @@
 
 mod api;
 mod autoscale;
+mod bus;
 mod cli;
 mod lb;
 mod mock;

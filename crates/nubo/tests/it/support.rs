@@ -209,11 +209,13 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--api-addr", "127.0.0.1:0"])
-            .args(if extra.contains(&"--bus-url") {
-                &[][..]
-            } else {
-                &["--bus-addr", "127.0.0.1:0"][..]
-            })
+            .args(
+                if extra.contains(&"--bus-url") || extra.contains(&"--bus") {
+                    &[][..]
+                } else {
+                    &["--bus-addr", "127.0.0.1:0"][..]
+                },
+            )
             .args(extra)
             .env("NUBO_ADMIN_PASSWORD", PASSWORD)
             .env(

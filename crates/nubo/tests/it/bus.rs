@@ -1,0 +1,141 @@
+//! The platform on a NATS server (`nubo server --bus nats://…`): the controller, the agents the
+//! local provider starts and the load balancers (built in, and `nubo lb --bus nats://…`) all meet
+//! there. Needs `NUBO_TEST_NATS_URL` (set by `scripts/test`); skipped with a message otherwise.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Api, ServerProcess, eventually};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /` through a load balancer: the body, when the answer is 200.
+async fn through(client: &reqwest::Client, addr: &str, proxy: u16, host: &str) -> Option<String> {
+    let r = client
+        .get(format!("http://{addr}:{proxy}/"))
+        .header("host", host)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    r.text().await.ok()
+}
+
+#[tokio::test]
+async fn an_application_runs_with_its_agents_on_a_nats_bus() {
+    use std::os::unix::process::CommandExt;
+    let Ok(url) = std::env::var("NUBO_TEST_NATS_URL") else {
+        use std::io::Write;
+        if let Ok(mut err) = std::fs::OpenOptions::new().append(true).open("/dev/stderr") {
+            let _ = writeln!(
+                err,
+                "SKIPPED the platform on NATS: NUBO_TEST_NATS_URL is not set (scripts/test starts nats-server and sets it)"
+            );
+        }
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--bus", &url]);
+    assert_eq!(server.bus_url, url, "the server reports the NATS bus");
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 20}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "natsy", "components": {"cartridges": [
+            {"type": "web", "cartridgeMin": 2, "cartridgeMax": 3, "subscribableInfo": {"alias": "www", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/natsy/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // Active means each agent reported InstanceStarted and InstanceActivated: over NATS, the
+    // only bus this server has.
+    let members = eventually(60, "two members active over NATS", || async {
+        let a = api.active("natsy", "www").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    for m in &members {
+        let id = m["memberId"].as_str().unwrap();
+        let workdir = dir.path().join("members").join(id);
+        let payload: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(workdir.join("payload.json")).unwrap()).unwrap();
+        assert_eq!(payload["busUrl"].as_str(), Some(url.as_str()), "{payload}");
+        let log = std::fs::read_to_string(workdir.join("agent.log")).unwrap_or_default();
+        assert!(
+            log.contains("bus connected (NATS)"),
+            "agent {id}'s log: {log}"
+        );
+    }
+    // The built-in load balancer learnt the routes from the topology on NATS.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let body = eventually(
+        30,
+        "the application answers through the load balancer",
+        || through(&client, "127.0.0.1", proxy, "natsy.www.localhost"),
+    )
+    .await;
+    assert!(body.starts_with("natsy.www.web-"), "{body}");
+    // So does a load balancer of its own, following the same NATS bus.
+    let mut lb = std::process::Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args([
+            "lb",
+            "--bus",
+            &url,
+            "--bind",
+            "127.0.0.3",
+            "--id",
+            "lb-nats",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::killpg(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _guard = Kill(lb.id());
+    eventually(
+        30,
+        "the standalone load balancer on NATS routes the application",
+        || through(&client, "127.0.0.3", proxy, "natsy.www.localhost"),
+    )
+    .await;
+    unsafe { libc::killpg(lb.id() as i32, libc::SIGTERM) };
+    let _ = lb.wait();
+    assert_eq!(
+        api.post("/api/applications/natsy/undeploy", json!({}))
+            .await
+            .0,
+        202
+    );
+    eventually(30, "undeployed over NATS", || async {
+        let (_, app) = api.get("/api/applications/natsy").await;
+        (app["status"] == "Created").then_some(())
+    })
+    .await;
+}
