@@ -28,6 +28,10 @@ pub struct NatsConfig {
     pub servers: Vec<ServerAddr>,
     /// The connection's name, as the server shows it (a random suffix keeps names unique).
     pub name: String,
+    /// `user:password@` of the first URL.
+    pub user_password: Option<(String, String)>,
+    /// `token@` of the first URL (a user name without a password, as NATS clients read it).
+    pub token: Option<String>,
 }
 
 impl NatsConfig {
@@ -45,9 +49,17 @@ impl NatsConfig {
             let addr: ServerAddr = part.parse().map_err(|e| invalid(format!("{e}")))?;
             servers.push(addr);
         }
+        let first = servers.first().ok_or_else(|| invalid("no server".into()))?;
+        let (user_password, token) = match (first.username(), first.password()) {
+            (Some(u), Some(p)) => (Some((u.to_owned(), p.to_owned())), None),
+            (Some(t), None) => (None, Some(t.to_owned())),
+            _ => (None, None),
+        };
         Ok(NatsConfig {
             servers,
             name: name.to_owned(),
+            user_password,
+            token,
         })
     }
 }
@@ -76,7 +88,14 @@ impl NatsBus {
             .collect::<Vec<_>>()
             .join(",");
         let log_addr = addr.clone();
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new();
+        if let Some((u, p)) = config.user_password {
+            options = options.user_and_password(u, p);
+        }
+        if let Some(t) = config.token {
+            options = options.token(t);
+        }
+        let options = options
             .name(&name)
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -374,7 +393,12 @@ mod tests {
         let c = NatsConfig::from_url("nats://u:p@a:1,nats://b", "x").unwrap();
         assert_eq!(c.servers.len(), 2);
         assert_eq!(c.servers[1].port(), 4222);
-        assert!(c.servers[0].has_user_pass());
+        assert_eq!(c.user_password, Some(("u".into(), "p".into())));
+        let c = NatsConfig::from_url("nats://s3cret@a", "x").unwrap();
+        assert_eq!(
+            (c.token.as_deref(), c.user_password),
+            (Some("s3cret"), None)
+        );
         for bad in ["mqtt://x:1", "nats://x:notaport", "x"] {
             assert!(
                 matches!(
@@ -466,6 +490,30 @@ mod tests {
             server.restart();
         })
         .await;
+    }
+
+    /// The URL's user and password reach the server.
+    #[tokio::test]
+    async fn nats_bus_authenticates_with_the_url_credentials() {
+        let Some(server) =
+            crate::testing::BrokerProcess::nats_with(&["--user", "nubo", "--pass", "s3cret"])
+        else {
+            crate::testing::skipped(
+                "nats_bus credentials: `nats-server` is not on PATH (scripts/test installs it)",
+            );
+            return;
+        };
+        let url = server.url("nats");
+        let with = url.replace("nats://", "nats://nubo:s3cret@");
+        let bus = crate::connect_url(&with, "auth").await.unwrap();
+        bus.wait_connected(Duration::from_secs(10)).await.unwrap();
+        let wrong = url.replace("nats://", "nats://nubo:wrong@");
+        let bus = crate::connect_url(&wrong, "auth").await.unwrap();
+        assert!(
+            bus.wait_connected(Duration::from_millis(500))
+                .await
+                .is_err()
+        );
     }
 
     /// A bus whose server is not there yet returns at once, and connects (with the subscriptions

@@ -56,13 +56,25 @@ impl BrokerProcess {
         Self::nats_at(free_addr())
     }
 
+    /// nats-server on a free port with more arguments, if `nats-server` is on `PATH`.
+    pub fn nats_with(extra: &[&str]) -> Option<Self> {
+        Self::nats_args(free_addr(), extra)
+    }
+
     /// nats-server on `addr`, if `nats-server` is on `PATH`.
     pub fn nats_at(addr: SocketAddr) -> Option<Self> {
+        Self::nats_args(addr, &[])
+    }
+
+    fn nats_args(addr: SocketAddr, extra: &[&str]) -> Option<Self> {
         let program = on_path("nats-server")?;
         let dir = tempfile::tempdir().ok()?;
-        let args = ["-a", "127.0.0.1", "-p", &addr.port().to_string()]
-            .map(str::to_owned)
-            .to_vec();
+        let port = addr.port().to_string();
+        let args = ["-a", "127.0.0.1", "-p", &port]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
         Some(Self::start(program, args, addr, dir))
     }
 
