@@ -46,6 +46,7 @@ pub trait IaasProvider: Send + Sync + 'static {
     async fn start(&self, req: StartRequest) -> Result<StartedMember, IaasError>;
     /// Stops a member (its exit is then reported on the bus).
     async fn terminate(&self, member_id: &str) -> Result<(), IaasError>;
-    /// Member ids this provider runs now (to reconcile after a restart).
-    async fn running(&self) -> Vec<String>;
+    /// Member ids this provider runs now (to reconcile after a restart); an error when it cannot
+    /// tell (a remote node that has not answered): its members are then left as they are.
+    async fn running(&self) -> Result<Vec<String>, IaasError>;
 }

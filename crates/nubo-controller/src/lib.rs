@@ -11,11 +11,13 @@
 
 pub mod iaas;
 pub mod plan;
+pub mod remote;
 pub mod runtime;
 pub mod state;
 pub mod view;
 
 pub use iaas::{IaasError, IaasProvider, StartRequest, StartedMember};
 pub use plan::{DeploymentPlan, PlanError, PlanInputs, Thresholds};
+pub use remote::NodeProvider;
 pub use runtime::{Controller, ControllerConfig, ControllerHandle};
 pub use state::{Action, ControllerState, DeploymentStatus, Input};

@@ -174,14 +174,25 @@ impl Controller {
             }
             None => ControllerState::default(),
         };
-        // What runs now, per provider.
+        // What runs now, per provider; the members of a provider that cannot tell are left alone.
         let mut running = std::collections::BTreeSet::new();
-        for p in config.providers.values() {
-            running.extend(p.running().await);
+        let mut unknown = std::collections::BTreeSet::new();
+        for (name, p) in &config.providers {
+            match p.running().await {
+                Ok(r) => running.extend(r),
+                Err(e) => {
+                    tracing::warn!(provider = %name, error = %e, "cannot tell which members run: leaving its members as they are");
+                    unknown.insert(name.clone());
+                }
+            }
         }
         let known = state.member_ids();
         let mut pending = Vec::new();
-        for m in known.iter().filter(|m| !running.contains(*m)) {
+        for m in known
+            .iter()
+            .filter(|m| !running.contains(*m))
+            .filter(|m| state.provider_of(m).is_none_or(|p| !unknown.contains(&p)))
+        {
             tracing::info!(member = %m, "member not running after restart: it will be replaced");
             pending.push(Input::Event(Event::MemberProcessExited {
                 member_id: m.clone(),

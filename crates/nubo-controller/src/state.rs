@@ -456,7 +456,8 @@ impl ControllerState {
         out.push(Action::Persist);
     }
 
-    fn provider_of(&self, member_id: &str) -> Option<String> {
+    /// The IaaS provider a member runs on (its network partition's).
+    pub fn provider_of(&self, member_id: &str) -> Option<String> {
         let m = self.topology.member(member_id)?;
         let d = self.deployments.get(&m.application_id)?;
         let plan = d

@@ -2,7 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::topology::{Cluster, ClusterInstance, InstanceStatus, Member, Topology};
+use std::collections::BTreeMap;
+
+use crate::topology::{
+    Cluster, ClusterInstance, ClusterPort, InstanceStatus, Member, MemberPort, Topology,
+};
 use crate::{EVENT_VERSION, TOPIC_PREFIX};
 
 /// The topic families (`stratos.md` §4.1), each a topic prefix.
@@ -24,6 +28,8 @@ pub enum Category {
     Initializer,
     /// Node supervisor reports (publisher: node supervisor).
     Supervisor,
+    /// Commands to node supervisors (publisher: cloud controller; consumer: the node named).
+    Node,
 }
 
 impl Category {
@@ -38,6 +44,7 @@ impl Category {
             Category::HealthStats => "health",
             Category::Initializer => "initializer",
             Category::Supervisor => "supervisor",
+            Category::Node => "node",
         }
     }
 
@@ -255,6 +262,63 @@ pub enum Event {
         /// What happened, in words.
         reason: String,
     },
+    /// A node supervisor started a member (the answer to `NodeStartMember`).
+    NodeMemberStarted {
+        /// The node.
+        node: String,
+        /// Member.
+        #[serde(rename = "memberId")]
+        member_id: String,
+        /// Its address.
+        ip: String,
+        /// Its ports.
+        ports: Vec<MemberPort>,
+    },
+    /// A node supervisor could not start a member (the answer to `NodeStartMember`).
+    NodeMemberStartFailed {
+        /// The node.
+        node: String,
+        /// Member.
+        #[serde(rename = "memberId")]
+        member_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The members a node supervisor runs (every few seconds, and when asked).
+    NodeInventory {
+        /// The node.
+        node: String,
+        /// Member ids.
+        members: Vec<String>,
+        /// When (ms since the epoch).
+        #[serde(rename = "atMs")]
+        at_ms: u64,
+    },
+
+    // === node commands (controller → node supervisor) ===
+    /// Start a member on a node: its agent with this payload, the workload from `image`.
+    NodeStartMember {
+        /// The node that must start it.
+        node: String,
+        /// The member (status Created).
+        member: Member,
+        /// For `local`: the workload's command line.
+        image: String,
+        /// The cluster's ports.
+        ports: Vec<ClusterPort>,
+        /// The agent's payload.
+        payload: BTreeMap<String, String>,
+    },
+    /// Terminate a member on a node (its exit is reported as `MemberProcessExited`).
+    NodeTerminateMember {
+        /// The node.
+        node: String,
+        /// Member.
+        #[serde(rename = "memberId")]
+        member_id: String,
+    },
+    /// Every node supervisor answers with its `NodeInventory`.
+    NodeInventoryRequest {},
 }
 
 /// Why a message could not be read.
@@ -310,6 +374,12 @@ impl Event {
             Event::InFlightRequests(_) => "InFlightRequests",
             Event::CompleteTopologyRequest {} => "CompleteTopologyRequest",
             Event::MemberProcessExited { .. } => "MemberProcessExited",
+            Event::NodeMemberStarted { .. } => "NodeMemberStarted",
+            Event::NodeMemberStartFailed { .. } => "NodeMemberStartFailed",
+            Event::NodeInventory { .. } => "NodeInventory",
+            Event::NodeStartMember { .. } => "NodeStartMember",
+            Event::NodeTerminateMember { .. } => "NodeTerminateMember",
+            Event::NodeInventoryRequest {} => "NodeInventoryRequest",
         }
     }
 
@@ -339,7 +409,13 @@ impl Event {
             }
             Event::MemberHealthStat(_) | Event::InFlightRequests(_) => Category::HealthStats,
             Event::CompleteTopologyRequest {} => Category::Initializer,
-            Event::MemberProcessExited { .. } => Category::Supervisor,
+            Event::MemberProcessExited { .. }
+            | Event::NodeMemberStarted { .. }
+            | Event::NodeMemberStartFailed { .. }
+            | Event::NodeInventory { .. } => Category::Supervisor,
+            Event::NodeStartMember { .. }
+            | Event::NodeTerminateMember { .. }
+            | Event::NodeInventoryRequest {} => Category::Node,
         }
     }
 
@@ -581,6 +657,39 @@ mod catalogue {
                 signal: Some(9),
                 reason: "the agent was killed by signal 9".into(),
             },
+            Event::NodeMemberStarted {
+                node: "host-a".into(),
+                member_id: "shop.web.php-1".into(),
+                ip: "127.0.0.1".into(),
+                ports: vec![MemberPort {
+                    name: "http".into(),
+                    protocol: "http".into(),
+                    port: 41234,
+                    proxy_port: Some(8280),
+                }],
+            },
+            Event::NodeMemberStartFailed {
+                node: "host-a".into(),
+                member_id: "shop.web.php-1".into(),
+                reason: "cannot allocate a port".into(),
+            },
+            Event::NodeInventory {
+                node: "host-a".into(),
+                members: vec!["shop.web.php-1".into()],
+                at_ms: 1_763_769_600_000,
+            },
+            Event::NodeStartMember {
+                node: "host-a".into(),
+                member: member(MemberStatus::Created),
+                image: "python3 -m http.server $PORT".into(),
+                ports: cluster().ports,
+                payload: BTreeMap::from([("MEMBER_ID".to_owned(), "shop.web.php-1".to_owned())]),
+            },
+            Event::NodeTerminateMember {
+                node: "host-a".into(),
+                member_id: "shop.web.php-1".into(),
+            },
+            Event::NodeInventoryRequest {},
         ]
     }
 
@@ -618,6 +727,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 24, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 30, "one example per event variant: {names:?}");
     }
 }

@@ -518,7 +518,7 @@ impl IaasProvider for MockIaas {
         Ok(())
     }
 
-    async fn running(&self) -> Vec<String> {
-        self.list().into_iter().map(|m| m.member_id).collect()
+    async fn running(&self) -> Result<Vec<String>, IaasError> {
+        Ok(self.list().into_iter().map(|m| m.member_id).collect())
     }
 }

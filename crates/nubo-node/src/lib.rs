@@ -102,6 +102,7 @@ impl NodeSupervisor {
             members: Arc::new(Mutex::new(HashMap::new())),
             host: "127.0.0.1".into(),
         });
+        let mut gone = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path().join("supervisor.json");
             let Ok(text) = std::fs::read_to_string(&path) else {
@@ -118,7 +119,24 @@ impl NodeSupervisor {
                 tracing::info!(member = %rec.member_id, pid = rec.pid, "a recorded member is no longer running: cleaning up");
                 proc::kill_session(rec.pid, libc::SIGKILL);
                 let _ = std::fs::remove_file(&path);
+                gone.push(rec.member_id);
             }
+        }
+        // Said on the bus, for a controller in another process that cannot see this directory.
+        if let (false, Ok(rt)) = (gone.is_empty(), tokio::runtime::Handle::try_current()) {
+            let events = sup.events.clone();
+            rt.spawn(async move {
+                for member_id in gone {
+                    let _ = events
+                        .publish(&Event::MemberProcessExited {
+                            member_id,
+                            code: None,
+                            signal: None,
+                            reason: "not running when the node supervisor started".into(),
+                        })
+                        .await;
+                }
+            });
         }
         Ok(sup)
     }
@@ -328,11 +346,84 @@ impl IaasProvider for NodeSupervisor {
         Ok(())
     }
 
-    async fn running(&self) -> Vec<String> {
+    async fn running(&self) -> Result<Vec<String>, IaasError> {
         self.members
             .lock()
             .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
+            .map_err(|_| IaasError::Failed("the node supervisor's state is poisoned".into()))
+    }
+}
+
+/// How often a node served on the bus publishes its inventory.
+pub const INVENTORY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Serves the supervisor on the bus as node `node` (`nubo node`): starts and terminates members
+/// on the controller's `NodeStartMember` / `NodeTerminateMember`, answers with
+/// `NodeMemberStarted` / `NodeMemberStartFailed`, and publishes its `NodeInventory` every
+/// [`INVENTORY_INTERVAL`] and when asked. The members stay this process's: a controller that
+/// dies orphans nothing, and a new one finds them in the inventory.
+pub async fn serve(
+    sup: Arc<NodeSupervisor>,
+    events: EventBus,
+    node: String,
+) -> Result<(), nubo_bus::BusError> {
+    let mut commands = events.subscribe(nubo_events::Category::Node).await?;
+    let inventory = |sup: &NodeSupervisor, node: &str| Event::NodeInventory {
+        node: node.to_owned(),
+        members: sup
+            .members
+            .lock()
+            .map(|m| {
+                let mut v: Vec<String> = m.keys().cloned().collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default(),
+        at_ms: nubo_events::now_ms(),
+    };
+    let _ = events.publish(&inventory(&sup, &node)).await;
+    let mut tick = tokio::time::interval(INVENTORY_INTERVAL);
+    loop {
+        tokio::select! {
+            e = commands.recv() => {
+                let Some(e) = e else { return Ok(()) };
+                match e {
+                    Event::NodeStartMember { node: n, member, image, ports, payload } if n == node => {
+                        let sup = sup.clone();
+                        let events = events.clone();
+                        let node = node.clone();
+                        tokio::spawn(async move {
+                            let member_id = member.member_id.clone();
+                            let req = StartRequest { member, image, ports, payload };
+                            let answer = match sup.start(req).await {
+                                Ok(s) => Event::NodeMemberStarted { node, member_id, ip: s.ip, ports: s.ports },
+                                Err(e) => Event::NodeMemberStartFailed { node, member_id, reason: e.to_string() },
+                            };
+                            let _ = events.publish(&answer).await;
+                        });
+                    }
+                    Event::NodeTerminateMember { node: n, member_id } if n == node => {
+                        if let Err(e) = sup.terminate(&member_id).await {
+                            tracing::info!(member = %member_id, error = %e, "terminate: not running here");
+                            // Not here: say so, as an exit, so that the controller stops waiting.
+                            let _ = events.publish(&Event::MemberProcessExited {
+                                member_id,
+                                code: None,
+                                signal: None,
+                                reason: format!("not running on node {node}"),
+                            }).await;
+                        }
+                    }
+                    Event::NodeInventoryRequest {} => {
+                        let _ = events.publish(&inventory(&sup, &node)).await;
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                let _ = events.publish(&inventory(&sup, &node)).await;
+            }
+        }
     }
 }
 

@@ -72,6 +72,11 @@ pub struct ServerConfig {
     pub autoscaler: nubo_autoscaler::monitor::MonitorConfig,
     /// The `mock` IaaS provider (`None`: not offered).
     pub mock: Option<nubo_mock::MockConfig>,
+    /// `local` members run by the node supervisor of that name in another process (`nubo
+    /// node`), reached through the bus; `None`: by this process's own node supervisor.
+    pub remote_node: Option<String>,
+    /// Run the autoscaler (and the event processor) in this process.
+    pub autoscale: bool,
 }
 
 /// Where the bus is.
@@ -143,15 +148,26 @@ pub async fn run(
         .with_context(|| format!("cannot reach the bus at {bus_url}"))?;
     tracing::info!(bus = %bus_url, kind = bus.kind(), "bus ready");
     let events = nubo_bus::EventBus::new(bus);
-    let supervisor = nubo_node::NodeSupervisor::new(
-        config.data_dir.join("members"),
-        config.agent.clone(),
-        events.clone(),
-    )
-    .context("cannot start the node supervisor")?;
     let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_controller::IaasProvider>> =
         Default::default();
-    providers.insert("local".into(), supervisor);
+    match &config.remote_node {
+        Some(node) => {
+            let remote = nubo_controller::NodeProvider::connect(events.clone(), node)
+                .await
+                .context("cannot follow the node supervisor on the bus")?;
+            tracing::info!(%node, "local members run on a node supervisor reached through the bus");
+            providers.insert("local".into(), remote);
+        }
+        None => {
+            let supervisor = nubo_node::NodeSupervisor::new(
+                config.data_dir.join("members"),
+                config.agent.clone(),
+                events.clone(),
+            )
+            .context("cannot start the node supervisor")?;
+            providers.insert("local".into(), supervisor);
+        }
+    }
     let mock = match &config.mock {
         Some(m) => {
             let mut m = m.clone();
@@ -175,14 +191,20 @@ pub async fn run(
     )
     .await
     .context("cannot start the cloud controller")?;
-    let scaling = nubo_autoscaler::monitor::start(
-        events.clone(),
-        controller.clone(),
-        config.autoscaler,
-        Some(store.clone()),
-    )
-    .await
-    .context("cannot start the autoscaler")?;
+    let scaling = if config.autoscale {
+        Some(
+            nubo_autoscaler::monitor::start(
+                events.clone(),
+                controller.clone(),
+                config.autoscaler,
+                Some(store.clone()),
+            )
+            .await
+            .context("cannot start the autoscaler")?,
+        )
+    } else {
+        None
+    };
     let mut registry = Registry::default();
     controller.register_metrics(&mut registry);
     if let Some(lb) = &config.lb {
@@ -192,7 +214,7 @@ pub async fn run(
             .await
             .context("cannot start the load balancer")?;
     }
-    let mut state = AppState::new(manager, Some(controller), Some(scaling), registry);
+    let mut state = AppState::new(manager, Some(controller), scaling, registry);
     if let Some(mock) = mock {
         state = state.with_mock(mock);
     }

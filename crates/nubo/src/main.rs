@@ -37,6 +37,8 @@ enum Top {
     },
     /// Run a load balancer on its own, following the topology on the bus
     Lb(LbArgs),
+    /// Run a node supervisor on its own: this host's `local` members, commanded through the bus
+    Node(NodeArgs),
     /// Stop every member of a stopped server's data directory (running applications outlive the server)
     Down {
         /// The platform's data directory [default: $XDG_DATA_HOME/nubo or ~/.local/share/nubo]
@@ -104,6 +106,17 @@ struct ServerArgs {
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
+    /// The components this process runs, comma-separated, from: api (with the manager), controller, autoscaler, lb, node. Without `node`, `local` members run on the node supervisor named by --node (`nubo node`), through the bus. api and controller run together for now [default: all]
+    #[arg(
+        long,
+        env = "NUBO_COMPONENTS",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    components: Option<Vec<String>>,
+    /// The node supervisor (`nubo node --name NAME`) that runs `local` members when this process runs no `node` component [default: local]
+    #[arg(long, env = "NUBO_NODE", value_name = "NAME")]
+    node: Option<String>,
     /// Seconds between two autoscaling decision rounds (Stratos: 90) [default: 1]
     #[arg(long, env = "NUBO_SCALE_TICK", value_name = "SECONDS")]
     scale_tick: Option<f64>,
@@ -149,6 +162,19 @@ impl From<LbStrategy> for nubo_lb::Strategy {
             LbStrategy::LeastOutstanding => nubo_lb::Strategy::LeastOutstanding,
         }
     }
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// The bus the controller is on: the server's (it prints `nubo: bus: URL` at start), mqtt://host:port or nats://host:port
+    #[arg(long, env = "NUBO_BUS", value_name = "URL")]
+    bus: String,
+    /// The node's name: the controller's `--node` names it [default: local]
+    #[arg(long, env = "NUBO_NODE_NAME", default_value = "local")]
+    name: String,
+    /// Where the node keeps its members (each in `<DIR>/members/<member>/`) [default: $XDG_DATA_HOME/nubo-node or ~/.local/share/nubo-node]
+    #[arg(long, env = "NUBO_NODE_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -206,6 +232,8 @@ struct ServerFile {
     lb_bind: Option<std::net::IpAddr>,
     lb_strategy: Option<LbStrategy>,
     no_lb: Option<bool>,
+    components: Option<Vec<String>>,
+    node: Option<String>,
     scale_window: Option<f64>,
     scale_tick: Option<f64>,
     scale_up_cooldown: Option<f64>,
@@ -249,6 +277,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             .unwrap_or(LogFormat::Text),
     );
     let mock = mock_config(&args, &file)?;
+    let components = components(args.components.clone().or(file.components.clone()))?;
+    let has = |c: &str| components.iter().any(|x| x == c);
     let insecure = args.insecure_http || file.insecure_http.unwrap_or(false);
     let tls = match (
         insecure,
@@ -311,17 +341,26 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             }
         },
         mock,
-        lb: (!(args.no_lb || file.no_lb.unwrap_or(false))).then(|| nubo_lb::LbConfig {
-            bind: args
-                .lb_bind
-                .or(file.lb_bind)
-                .unwrap_or([127, 0, 0, 1].into()),
-            strategy: args
-                .lb_strategy
-                .or(file.lb_strategy)
-                .map(Into::into)
-                .unwrap_or_default(),
-            ..Default::default()
+        remote_node: (!has("node")).then(|| {
+            args.node
+                .clone()
+                .or(file.node.clone())
+                .unwrap_or_else(|| "local".into())
+        }),
+        autoscale: has("autoscaler"),
+        lb: (has("lb") && !(args.no_lb || file.no_lb.unwrap_or(false))).then(|| {
+            nubo_lb::LbConfig {
+                bind: args
+                    .lb_bind
+                    .or(file.lb_bind)
+                    .unwrap_or([127, 0, 0, 1].into()),
+                strategy: args
+                    .lb_strategy
+                    .or(file.lb_strategy)
+                    .map(Into::into)
+                    .unwrap_or_default(),
+                ..Default::default()
+            }
         }),
     };
     let data_dir = config.data_dir.clone();
@@ -410,6 +449,70 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
         );
     }
     nubo_server::shutdown_signal().await;
+    Ok(())
+}
+
+/// The components a server runs (`--components`): every one by default.
+fn components(list: Option<Vec<String>>) -> anyhow::Result<Vec<String>> {
+    const ALL: [&str; 5] = ["api", "controller", "autoscaler", "lb", "node"];
+    let list: Vec<String> = match list {
+        None => return Ok(ALL.iter().map(|s| (*s).to_owned()).collect()),
+        Some(l) => l
+            .iter()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    for c in &list {
+        if !ALL.contains(&c.as_str()) {
+            anyhow::bail!(
+                "--components: unknown component `{c}`; the components are {}",
+                ALL.join(", ")
+            );
+        }
+    }
+    for needed in ["api", "controller"] {
+        if !list.iter().any(|c| c == needed) {
+            anyhow::bail!(
+                "--components: `{needed}` is needed: the API and the controller run in one process for now (a load balancer runs alone with `nubo lb`, a node supervisor with `nubo node`)"
+            );
+        }
+    }
+    Ok(list)
+}
+
+async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text);
+    let dir = args.data_dir.unwrap_or_else(|| {
+        let d = nubo_server::default_data_dir();
+        d.with_file_name(format!(
+            "{}-node",
+            d.file_name().and_then(|n| n.to_str()).unwrap_or("nubo")
+        ))
+    });
+    let bus = nubo_bus::connect_url(&args.bus, &format!("nubo-node-{}", args.name))
+        .await
+        .with_context(|| format!("cannot use the bus {}", args.bus))?;
+    bus.wait_connected(std::time::Duration::from_secs(15))
+        .await
+        .with_context(|| format!("cannot reach the bus at {}", args.bus))?;
+    let events = nubo_bus::EventBus::new(bus);
+    let agent = nubo_node::AgentCommand {
+        program: std::env::current_exe().context("cannot tell where the nubo binary is")?,
+        args: vec!["agent".into()],
+    };
+    let sup = nubo_node::NodeSupervisor::new(dir.join("members"), agent, events.clone())
+        .with_context(|| format!("cannot keep members in {}", dir.display()))?;
+    println!(
+        "nubo: node `{}` on {} (members in {})",
+        args.name,
+        args.bus,
+        dir.join("members").display()
+    );
+    tokio::select! {
+        r = nubo_node::serve(sup, events, args.name) => r.context("the bus closed")?,
+        _ = nubo_server::shutdown_signal() => {}
+    }
     Ok(())
 }
 
@@ -532,6 +635,7 @@ fn main() -> ExitCode {
             }
             Top::Agent { .. } => Ok(()),
             Top::Lb(args) => lb(args).await,
+            Top::Node(args) => node(args).await,
         }
     });
     match result {

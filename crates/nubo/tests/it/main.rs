@@ -6,6 +6,7 @@ mod bus;
 mod cli;
 mod lb;
 mod mock;
+mod node;
 mod runtime;
 mod samples;
 mod server;

@@ -1,0 +1,197 @@
+//! Members on a node supervisor in another process (`nubo node`), commanded through the bus: the
+//! controller's process owns no member, so killing it orphans nothing, and a new one finds the
+//! members in the node's inventory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Api, ServerProcess, agent_pid, alive, eventually};
+
+/// A `nubo node` process in its own process group; killed (with its members) when dropped.
+struct NodeProcess {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl NodeProcess {
+    fn start(bus: &str, name: &str, dir: &Path) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nubo"))
+            .args(["node", "--bus", bus, "--name", name, "--data-dir"])
+            .arg(dir)
+            .env("NUBO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn nubo node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("nubo: node") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the node did not start within 30 s");
+        NodeProcess {
+            child: Some(child),
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::killpg(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        nubo_node::kill_all(&self.dir.join("members"));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn member_ids(members: &[serde_json::Value]) -> Vec<String> {
+    let mut v: Vec<String> = members
+        .iter()
+        .map(|m| m["memberId"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn members_run_on_a_node_supervisor_in_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--insecure-http",
+        "--components",
+        "api,controller,autoscaler,lb",
+        "--node",
+        "n1",
+    ];
+    let mut server = ServerProcess::start_with(dir.path(), &args);
+    let mut node = NodeProcess::start(&server.bus_url, "n1", node_dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "far", "components": {"cartridges": [
+            {"type": "web", "cartridgeMin": 2, "cartridgeMax": 2, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    assert_eq!(
+        api.post("/api/applications/far/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let before = eventually(40, "two members Active", || async {
+        let a = api.active("far", "web").await;
+        (a.len() == 2).then(|| member_ids(&a))
+    })
+    .await;
+    // They run under the node's directory, not the server's.
+    for id in &before {
+        assert!(
+            agent_pid(node_dir.path(), id).is_some_and(alive),
+            "{id} on the node"
+        );
+        assert!(
+            agent_pid(dir.path(), id).is_none(),
+            "{id} not in the server"
+        );
+    }
+    let through_lb = || async {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{proxy}/"))
+            .header("host", "far.web.localhost")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    eventually(20, "served through the load balancer", || async {
+        (through_lb().await == 200).then_some(())
+    })
+    .await;
+
+    // kill -9 of the controller's process: the node keeps the members; a new controller finds
+    // them in the node's inventory and starts nothing.
+    server.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &before {
+        assert!(
+            agent_pid(node_dir.path(), id).is_some_and(alive),
+            "{id} outlives the controller"
+        );
+    }
+    let server = ServerProcess::start_with(dir.path(), &args);
+    let api = Api::new(&server);
+    eventually(30, "the same two members Active again", || async {
+        (member_ids(&api.active("far", "web").await) == before).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let members = api.members("far").await;
+    assert_eq!(members.len(), 2, "nothing started twice: {members:?}");
+
+    // kill -9 of the node: its members run on (own sessions); one dies meanwhile. The restarted
+    // node re-adopts the living one and reports the dead one, which the controller replaces.
+    let victim = before[0].clone();
+    let victim_pid = agent_pid(node_dir.path(), &victim).unwrap();
+    node.kill9();
+    unsafe { libc::kill(victim_pid, libc::SIGKILL) };
+    let survivor_pid = agent_pid(node_dir.path(), &before[1]).unwrap();
+    assert!(alive(survivor_pid));
+    let _node = NodeProcess::start(&server.bus_url, "n1", node_dir.path());
+    let after = eventually(
+        40,
+        "the dead member replaced, the living one kept",
+        || async {
+            let a = member_ids(&api.active("far", "web").await);
+            (a.len() == 2 && !a.contains(&victim) && a.contains(&before[1])).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(
+        agent_pid(node_dir.path(), &before[1]),
+        Some(survivor_pid),
+        "re-adopted, not restarted"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|id| agent_pid(node_dir.path(), id).is_some())
+    );
+    eventually(20, "still served", || async {
+        (through_lb().await == 200).then_some(())
+    })
+    .await;
+}
