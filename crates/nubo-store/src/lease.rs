@@ -3,19 +3,19 @@
 //!
 //! # The protocol
 //!
-//! A controller calls [`Store::acquire_lease`](crate::Store::acquire_lease) with a name (say
+//! A controller calls [`Store::acquire_lease`] with a name (say
 //! `controller`), its own holder id and a TTL. It gets the [`Lease`] when nobody holds the name,
 //! when the holder's lease has expired, or when it holds the lease already (a renewal: the
 //! expiry moves to now + TTL and the token stays). The leader renews on a timer; a standby
 //! tries on the same timer and takes over once the leader stopped renewing for a TTL. A clean
-//! shutdown calls [`Store::release_lease`](crate::Store::release_lease), so that the standby
+//! shutdown calls [`Store::release_lease`], so that the standby
 //! takes over at its next try instead of a TTL later.
 //!
 //! # One clock
 //!
 //! Whether a lease has expired is judged by one clock only: PostgreSQL's (`clock_timestamp()`,
-//! read after the lease row is locked) for [`PostgresStore`](crate::PostgresStore), the local
-//! clock for [`SqliteStore`](crate::SqliteStore) (its writers share one host). Controllers on
+//! read after the lease row is locked) for `PostgresStore`, the local
+//! clock for [`SqliteStore`] (its writers share one host). Controllers on
 //! several hosts never compare their own clocks with each other's, so a skewed host cannot make
 //! a lease look expired early; `expires_at_ms` is on the store's clock, so compare it with
 //! nothing local: renew on a local timer. A renewal or acquisition after the lease expired
@@ -29,12 +29,12 @@
 //! (start an instance twice, forget one). Each new term therefore gets a token strictly greater
 //! than every token issued before for that name (the last one is stored, never reset, so this
 //! survives restarts), and the leader writes with
-//! [`Store::upsert_fenced`](crate::Store::upsert_fenced), which checks, inside the write's own
+//! [`Store::upsert_fenced`], which checks, inside the write's own
 //! transaction, that the lease is still held with exactly that token. PostgreSQL locks the lease
 //! row `FOR SHARE` for that check and acquiring locks it `FOR NO KEY UPDATE`, SQLite runs both
 //! under its write lock: a takeover therefore commits after every fenced write of the old term,
 //! and every fenced write of the old term that comes later fails with
-//! [`StoreError::Fenced`](crate::StoreError::Fenced) and writes nothing. The new leader, reading
+//! [`StoreError::Fenced`] and writes nothing. The new leader, reading
 //! the state after it acquired, sees everything its predecessor wrote.
 //!
 //! # Choosing the TTL
@@ -51,6 +51,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::StoreError;
+#[cfg(doc)]
+use crate::{SqliteStore, Store};
 
 /// A lease as held at the time of the call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

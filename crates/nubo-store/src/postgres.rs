@@ -841,6 +841,106 @@ mod tests {
         assert!(err.to_string().contains("upgrade nubo"), "{err}");
     }
 
+    /// How many sessions of this database wait for a lock.
+    async fn waiting_on_locks(conn: &mut PgConnection) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    }
+
+    /// A fenced write of the old term that checked its token while the lease was held, and has
+    /// not committed yet, holds the takeover back: it commits first, so the new holder sees it.
+    /// Another session holds the document's row to keep that write in flight.
+    #[tokio::test]
+    async fn a_takeover_waits_for_the_fenced_write_in_flight() {
+        let Some(db) =
+            TempPostgres::create_or_skip("a_takeover_waits_for_the_fenced_write_in_flight").await
+        else {
+            return;
+        };
+        let (a, b) = tokio::join!(
+            PostgresStore::connect(db.url()),
+            PostgresStore::connect(db.url())
+        );
+        let (a, b) = (std::sync::Arc::new(a.unwrap()), b.unwrap());
+        let doc = |n: i64| Write {
+            tenant: 1,
+            key: Key::new("state", "x"),
+            body: serde_json::json!({ "n": n }),
+            refs: vec![],
+        };
+        let ttl = Duration::from_secs(1);
+        let old = a.acquire_lease("leader", "a", ttl).await.unwrap().unwrap();
+        a.upsert_fenced(doc(0), "leader", old.token).await.unwrap();
+        let mut blocker = PgConnection::connect(db.url()).await.unwrap();
+        let mut held = blocker.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM documents WHERE kind = 'state' AND id = 'x' FOR UPDATE")
+            .execute(&mut *held)
+            .await
+            .unwrap();
+        let mut admin = PgConnection::connect(db.url()).await.unwrap();
+        let in_flight = tokio::spawn({
+            let a = a.clone();
+            async move { a.upsert_fenced(doc(1), "leader", old.token).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while waiting_on_locks(&mut admin).await < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The lease expires while the write waits; the standby tries to take over.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while b.lease("leader").await.unwrap().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let b = std::sync::Arc::new(b);
+        let takeover = tokio::spawn({
+            let b = b.clone();
+            async move {
+                b.acquire_lease("leader", "b", Duration::from_secs(60))
+                    .await
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                !takeover.is_finished(),
+                "the takeover did not wait for the fenced write in flight: {:?}",
+                takeover.await
+            );
+            if waiting_on_locks(&mut admin).await >= 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the takeover never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        held.rollback().await.unwrap();
+        let written = in_flight.await.unwrap().unwrap();
+        assert_eq!(written.version, 2, "the write in flight was admitted");
+        let new = takeover.await.unwrap().unwrap().unwrap();
+        assert!(new.token > old.token);
+        let seen = b.get(1, &Key::new("state", "x")).await.unwrap().unwrap();
+        assert_eq!((seen.version, seen.body), (2, serde_json::json!({"n": 1})));
+        let late = a.upsert_fenced(doc(2), "leader", old.token).await;
+        assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+        a.close().await;
+        b.close().await;
+    }
+
     /// A database as the release before leases left it (schema 1) gains them and keeps its
     /// documents.
     #[tokio::test]
