@@ -1,10 +1,24 @@
 //! The behaviour every [`Store`] must have. Each implementation's tests call [`run_all`], and
 //! [`run_shared`] with two handles on one database when several processes may share it.
+//! [`run_reopened`] checks what must outlive closing the store and opening it again.
 //! [`TempPostgres`] gives a test a fresh PostgreSQL database of its own.
+//!
+//! The lease checks use TTLs of a few hundred milliseconds, and poll (with a deadline) for what
+//! takes a TTL to happen.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::{Key, Store, StoreError, Write};
+use crate::{Key, Lease, Store, StoreError, Write};
+
+/// A TTL that outlives every check using it (those end with a release).
+const LONG: Duration = Duration::from_secs(60);
+/// A TTL short enough to wait out.
+const SHORT: Duration = Duration::from_millis(300);
+/// How long a check waits for what a TTL brings about before it fails.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 fn w(tenant: i64, kind: &str, id: &str, body: serde_json::Value, refs: &[(&str, &str)]) -> Write {
     Write {
@@ -23,6 +37,11 @@ pub async fn run_all(store: &dyn Store) {
     tenants_are_separate(store).await;
     strings_and_bodies_come_back_as_written(store).await;
     concurrent_creates_of_one_key(store).await;
+    one_holder_at_a_time(store).await;
+    renewals_keep_the_lease_and_the_token(store).await;
+    an_expired_lease_goes_to_the_next_holder(store).await;
+    fenced_writes_need_the_current_token(store).await;
+    concurrent_acquisitions_of_one_lease(store).await;
 }
 
 /// Runs the checks of two writers on one database, each with its own connections (as two
@@ -31,6 +50,18 @@ pub async fn run_shared(a: &dyn Store, b: &dyn Store) {
     one_create_wins_across_handles(a, b).await;
     delete_and_new_reference_never_dangle(a, b).await;
     no_update_is_lost_across_handles(a, b).await;
+    one_acquisition_wins_across_handles(a, b).await;
+    a_deposed_holder_is_fenced_across_handles(a, b).await;
+}
+
+/// Runs the checks across a reopen: `open` opens a handle on the same database each time it is
+/// called (a new process, or the same one after a restart); the database starts empty.
+pub async fn run_reopened<F, Fut>(mut open: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Box<dyn Store>>,
+{
+    lease_tokens_survive_a_reopen(&mut open).await;
 }
 
 async fn create_get_list(s: &dyn Store) {
@@ -296,6 +327,380 @@ async fn futures_join(s: &dyn Store) -> Vec<Result<(), String>> {
         out.push(r.map(|_| ()).map_err(|e| e.to_string()));
     }
     out
+}
+
+/// `s.acquire_lease`, which must succeed.
+async fn take(s: &dyn Store, name: &str, holder: &str, ttl: Duration) -> Lease {
+    match s.acquire_lease(name, holder, ttl).await {
+        Ok(Some(lease)) => {
+            assert_eq!((lease.name.as_str(), lease.holder.as_str()), (name, holder));
+            lease
+        }
+        other => panic!("{holder} should get lease `{name}`: {other:?}"),
+    }
+}
+
+/// `s.acquire_lease`, which must find the lease held by another.
+async fn refused(s: &dyn Store, name: &str, holder: &str) {
+    let got = s.acquire_lease(name, holder, LONG).await;
+    assert!(
+        matches!(got, Ok(None)),
+        "{holder} must not get lease `{name}` while another holds it: {got:?}"
+    );
+}
+
+/// Tries `holder` on `name` until it gets the lease, as a standby does.
+async fn take_over(s: &dyn Store, name: &str, holder: &str, ttl: Duration) -> Lease {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(lease) = s.acquire_lease(name, holder, ttl).await.unwrap() {
+            return lease;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{holder} did not get lease `{name}` within {PATIENCE:?}: {:?}",
+            s.lease(name).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fenced(result: &Result<crate::Record, StoreError>, lease: &str, token: u64) -> bool {
+    matches!(result, Err(StoreError::Fenced { lease: l, token: t }) if l == lease && *t == token)
+}
+
+async fn one_holder_at_a_time(s: &dyn Store) {
+    assert_eq!(s.lease("excl").await.unwrap(), None, "never held");
+    let a = take(s, "excl", "a", LONG).await;
+    assert!(a.token >= 1);
+    refused(s, "excl", "b").await;
+    assert_eq!(s.lease("excl").await.unwrap(), Some(a.clone()));
+    // Names are independent.
+    let other = take(s, "excl-other", "b", LONG).await;
+    // Only the holder, with its token, can release.
+    assert!(!s.release_lease("excl", "b", a.token).await.unwrap());
+    assert!(!s.release_lease("excl", "a", a.token + 1).await.unwrap());
+    assert!(!s.release_lease("never", "a", 1).await.unwrap());
+    assert_eq!(s.lease("excl").await.unwrap(), Some(a.clone()));
+    // A release lets the next holder in at once, with a greater token.
+    assert!(s.release_lease("excl", "a", a.token).await.unwrap());
+    assert_eq!(s.lease("excl").await.unwrap(), None, "released");
+    assert!(
+        !s.release_lease("excl", "a", a.token).await.unwrap(),
+        "released already"
+    );
+    let b = take(s, "excl", "b", LONG).await;
+    assert!(b.token > a.token, "{b:?} after {a:?}");
+    refused(s, "excl", "a").await;
+    assert!(s.release_lease("excl", "b", b.token).await.unwrap());
+    assert!(
+        s.release_lease("excl-other", "b", other.token)
+            .await
+            .unwrap()
+    );
+}
+
+async fn renewals_keep_the_lease_and_the_token(s: &dyn Store) {
+    // Renewing every third of the TTL keeps the lease for several TTLs.
+    let first = take(s, "renew", "a", SHORT).await;
+    let mut last = first.clone();
+    let start = Instant::now();
+    while start.elapsed() < SHORT * 3 {
+        tokio::time::sleep(SHORT / 3).await;
+        let renewed = take(s, "renew", "a", SHORT).await;
+        assert_eq!(renewed.token, first.token, "a renewal keeps the token");
+        assert!(renewed.expires_at_ms >= last.expires_at_ms, "{renewed:?}");
+        refused(s, "renew", "b").await;
+        last = renewed;
+    }
+    assert!(last.expires_at_ms > first.expires_at_ms, "renewals extend");
+    assert!(s.release_lease("renew", "a", first.token).await.unwrap());
+}
+
+async fn an_expired_lease_goes_to_the_next_holder(s: &dyn Store) {
+    let start = Instant::now();
+    let a = take(s, "expiry", "a", SHORT).await;
+    refused(s, "expiry", "b").await;
+    let b = take_over(s, "expiry", "b", LONG).await;
+    assert!(
+        start.elapsed() + Duration::from_millis(10) >= SHORT,
+        "taken over after {:?}, before the TTL ran out",
+        start.elapsed()
+    );
+    assert!(b.token > a.token, "{b:?} after {a:?}");
+    assert_eq!(s.lease("expiry").await.unwrap(), Some(b.clone()));
+    // The old holder is refused now, and cannot release its successor's lease.
+    refused(s, "expiry", "a").await;
+    assert!(!s.release_lease("expiry", "a", a.token).await.unwrap());
+    assert!(s.release_lease("expiry", "b", b.token).await.unwrap());
+    // A holder coming back after its lease expired starts a new term, even when nobody took over.
+    let c = take(s, "expiry", "c", SHORT).await;
+    let deadline = Instant::now() + PATIENCE;
+    while s.lease("expiry").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "lease `expiry` never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c2 = take(s, "expiry", "c", LONG).await;
+    assert!(c2.token > c.token, "{c2:?} after {c:?}");
+    assert!(s.release_lease("expiry", "c", c2.token).await.unwrap());
+}
+
+async fn fenced_writes_need_the_current_token(s: &dyn Store) {
+    let doc = Key::new("state", "fenced");
+    // No lease, no write.
+    let never = s
+        .upsert_fenced(w(1, "state", "fenced", json!({"by": "x"}), &[]), "fence", 1)
+        .await;
+    assert!(fenced(&never, "fence", 1), "{never:?}");
+    assert!(s.get(1, &doc).await.unwrap().is_none());
+    // The holder writes: creates, then replaces (references too).
+    let a = take(s, "fence", "a", SHORT).await;
+    let r = s
+        .upsert_fenced(
+            w(1, "state", "fenced", json!({"by": "a"}), &[]),
+            "fence",
+            a.token,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.version, 1);
+    s.create(w(1, "np", "fence-ref", json!({}), &[]))
+        .await
+        .unwrap();
+    let r = s
+        .upsert_fenced(
+            w(
+                1,
+                "state",
+                "fenced",
+                json!({"by": "a", "n": 2}),
+                &[("np", "fence-ref")],
+            ),
+            "fence",
+            a.token,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.version, 2);
+    assert_eq!(
+        s.referrers(1, &Key::new("np", "fence-ref")).await.unwrap(),
+        vec![doc.clone()]
+    );
+    // A missing reference is refused as by any write.
+    let missing = s
+        .upsert_fenced(
+            w(1, "state", "fenced", json!({"x": 1}), &[("np", "gone")]),
+            "fence",
+            a.token,
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::MissingReference(_))),
+        "{missing:?}"
+    );
+    // A token never issued is refused.
+    let ahead = s
+        .upsert_fenced(
+            w(1, "state", "fenced", json!({"x": 1}), &[]),
+            "fence",
+            a.token + 1,
+        )
+        .await;
+    assert!(fenced(&ahead, "fence", a.token + 1), "{ahead:?}");
+    // After a takeover, the old token writes nothing; the new one writes.
+    let b = take_over(s, "fence", "b", LONG).await;
+    let late = s
+        .upsert_fenced(
+            w(1, "state", "fenced", json!({"by": "a", "late": true}), &[]),
+            "fence",
+            a.token,
+        )
+        .await;
+    assert!(fenced(&late, "fence", a.token), "{late:?}");
+    let message = late.unwrap_err().to_string();
+    assert!(message.contains("another holder took over"), "{message}");
+    let got = s.get(1, &doc).await.unwrap().unwrap();
+    assert_eq!(
+        (got.version, got.body),
+        (2, json!({"by": "a", "n": 2})),
+        "a fenced write writes nothing"
+    );
+    let r = s
+        .upsert_fenced(
+            w(1, "state", "fenced", json!({"by": "b"}), &[]),
+            "fence",
+            b.token,
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.version, r.created_at), (3, got.created_at));
+    assert!(
+        s.referrers(1, &Key::new("np", "fence-ref"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Released: nobody writes with that token any more.
+    assert!(s.release_lease("fence", "b", b.token).await.unwrap());
+    let released = s
+        .upsert_fenced(
+            w(1, "state", "fenced", json!({"x": 1}), &[]),
+            "fence",
+            b.token,
+        )
+        .await;
+    assert!(fenced(&released, "fence", b.token), "{released:?}");
+    assert_eq!(
+        s.get(1, &doc).await.unwrap().unwrap().body,
+        json!({"by": "b"})
+    );
+    s.delete(1, &doc).await.unwrap();
+    s.delete(1, &Key::new("np", "fence-ref")).await.unwrap();
+}
+
+async fn concurrent_acquisitions_of_one_lease(s: &dyn Store) {
+    for round in 0..10 {
+        let name = format!("race-one-{round}");
+        let (x, y, z) = tokio::join!(
+            s.acquire_lease(&name, "x", LONG),
+            s.acquire_lease(&name, "y", LONG),
+            s.acquire_lease(&name, "z", LONG),
+        );
+        let won: Vec<Lease> = [x, y, z].into_iter().filter_map(|r| r.unwrap()).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one wins: {won:?}");
+        assert_eq!(s.lease(&name).await.unwrap().as_ref(), won.first());
+        assert!(
+            s.release_lease(&name, &won[0].holder, won[0].token)
+                .await
+                .unwrap()
+        );
+    }
+}
+
+async fn one_acquisition_wins_across_handles(a: &dyn Store, b: &dyn Store) {
+    const ROUNDS: usize = 30;
+    let mut last_token = 0;
+    for round in 0..ROUNDS {
+        // Even rounds race for one lease just released, odd rounds for a name never used.
+        let name = if round % 2 == 0 {
+            "race-shared".to_owned()
+        } else {
+            format!("race-fresh-{round}")
+        };
+        let (x, y) = tokio::join!(
+            a.acquire_lease(&name, "a", LONG),
+            b.acquire_lease(&name, "b", LONG),
+        );
+        let winner = match (x.unwrap(), y.unwrap()) {
+            (Some(l), None) | (None, Some(l)) => l,
+            other => panic!("round {round}: exactly one acquisition wins: {other:?}"),
+        };
+        assert_eq!(a.lease(&name).await.unwrap().as_ref(), Some(&winner));
+        assert_eq!(b.lease(&name).await.unwrap().as_ref(), Some(&winner));
+        if round % 2 == 0 {
+            assert_eq!(winner.token, last_token + 1, "round {round}: one new term");
+            last_token = winner.token;
+        } else {
+            assert_eq!(winner.token, 1, "round {round}: the first term");
+        }
+        let (on, other) = if winner.holder == "a" { (a, b) } else { (b, a) };
+        refused(other, &name, if winner.holder == "a" { "b" } else { "a" }).await;
+        assert!(
+            on.release_lease(&name, &winner.holder, winner.token)
+                .await
+                .unwrap()
+        );
+    }
+}
+
+async fn a_deposed_holder_is_fenced_across_handles(a: &dyn Store, b: &dyn Store) {
+    let doc = Key::new("state", "leader");
+    let old = take(a, "leader", "a", SHORT).await;
+    // `a` keeps writing with its token, as a leader that does not know it was deposed; `b`
+    // takes over once the lease expires, then writes.
+    let deposed = async {
+        let deadline = Instant::now() + PATIENCE;
+        let mut versions = Vec::new();
+        for i in 0.. {
+            let r = a
+                .upsert_fenced(
+                    w(1, "state", "leader", json!({"by": "a", "i": i}), &[]),
+                    "leader",
+                    old.token,
+                )
+                .await;
+            match r {
+                Ok(r) => versions.push(r.version),
+                Err(e) => {
+                    assert!(
+                        fenced(&Err(e), "leader", old.token),
+                        "a stops on Fenced only"
+                    );
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "a was never fenced off");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        versions
+    };
+    let successor = async {
+        let new = take_over(b, "leader", "b", LONG).await;
+        let r = b
+            .upsert_fenced(
+                w(1, "state", "leader", json!({"by": "b"}), &[]),
+                "leader",
+                new.token,
+            )
+            .await
+            .unwrap();
+        (new, r.version)
+    };
+    let (a_versions, (new, b_version)) = tokio::join!(deposed, successor);
+    assert!(new.token > old.token);
+    assert!(!a_versions.is_empty(), "a wrote while it held the lease");
+    assert!(
+        a_versions.iter().all(|v| *v < b_version),
+        "every write of the old term comes before the new term's: {a_versions:?} then {b_version}"
+    );
+    let got = a.get(1, &doc).await.unwrap().unwrap();
+    assert_eq!((got.body, got.version), (json!({"by": "b"}), b_version));
+    assert!(b.release_lease("leader", "b", new.token).await.unwrap());
+    a.delete(1, &doc).await.unwrap();
+}
+
+async fn lease_tokens_survive_a_reopen<F, Fut>(open: &mut F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Box<dyn Store>>,
+{
+    let s = open().await;
+    let mut last = 0;
+    for holder in ["a", "b", "c"] {
+        let l = take(&*s, "reopen", holder, LONG).await;
+        assert!(l.token > last);
+        last = l.token;
+        if holder != "c" {
+            assert!(s.release_lease("reopen", holder, l.token).await.unwrap());
+        }
+    }
+    s.close().await;
+    drop(s);
+    let s = open().await;
+    let held = s.lease("reopen").await.unwrap().expect("c still holds it");
+    assert_eq!((held.holder.as_str(), held.token), ("c", last), "{held:?}");
+    s.upsert_fenced(w(1, "state", "reopen", json!({}), &[]), "reopen", last)
+        .await
+        .unwrap();
+    assert!(s.release_lease("reopen", "c", last).await.unwrap());
+    let d = take(&*s, "reopen", "d", LONG).await;
+    assert!(
+        d.token > last,
+        "tokens keep growing across a reopen: {d:?} after {last}"
+    );
+    assert!(s.release_lease("reopen", "d", d.token).await.unwrap());
+    s.delete(1, &Key::new("state", "reopen")).await.unwrap();
+    s.close().await;
 }
 
 async fn one_create_wins_across_handles(a: &dyn Store, b: &dyn Store) {

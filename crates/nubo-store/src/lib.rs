@@ -7,6 +7,9 @@
 //! document cannot be deleted. A crash in the middle of a call leaves the old state or the new
 //! one, never a mix.
 //!
+//! The store also holds [`Lease`]s: named, expiring, fenced, for electing one leader among
+//! several controllers (see [`lease`] for the design).
+//!
 //! Two implementations pass the same [`conformance`] suite: [`SqliteStore`], embedded, for one
 //! server per data directory, and [`PostgresStore`] (feature `postgres`), which several processes
 //! may share. [`StoreLocation`] is the `--store` URL that chooses one; [`open`] opens it.
@@ -20,6 +23,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -28,10 +32,12 @@ use serde_json::Value;
 #[cfg(feature = "conformance")]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod conformance;
+pub mod lease;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
+pub use lease::Lease;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -117,6 +123,17 @@ pub enum StoreError {
     /// A stored document could not be read back.
     #[error("corrupt document: {0}")]
     Corrupt(String),
+    /// A fenced write was refused, and nothing written: the lease is no longer held with this
+    /// token (another holder took over, or it expired). The writer is no longer the leader.
+    #[error(
+        "fenced off: lease `{lease}` is no longer held with token {token} (another holder took over, or it expired): nothing was written"
+    )]
+    Fenced {
+        /// The lease the write was fenced by.
+        lease: String,
+        /// The writer's token.
+        token: u64,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -144,6 +161,32 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     /// Closes the connections (the store is not used afterwards).
     async fn close(&self) {}
+    /// Takes or renews the lease `name` for `holder`, until `ttl` from now on the store's clock,
+    /// in one transaction. `None` while another holder's term runs. A renewal (the holder's
+    /// term still running) keeps the token; a new term (the name free, released or expired)
+    /// gets a token greater than every one issued for `name` before. See [`lease`].
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+    /// Ends the term of `holder` with `token` at once, so that another holder can take over
+    /// without waiting for the TTL. `false` when that term was over already (expired, released
+    /// or taken over): then nothing changes.
+    async fn release_lease(&self, name: &str, holder: &str, token: u64)
+    -> Result<bool, StoreError>;
+    /// Who holds `name` now: `None` when free, released or expired.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
+    /// [`Store::upsert`], only while `lease_name` is held with exactly `token` (not expired),
+    /// checked in the write's transaction; otherwise [`StoreError::Fenced`] and nothing is
+    /// written. This keeps a deposed leader from overwriting its successor's state.
+    async fn upsert_fenced(
+        &self,
+        write: Write,
+        lease_name: &str,
+        token: u64,
+    ) -> Result<Record, StoreError>;
     /// Replaces a document, creating it when it does not exist yet.
     async fn upsert(&self, write: Write) -> Result<Record, StoreError> {
         match self.update(write.clone()).await {
@@ -151,6 +194,14 @@ pub trait Store: Send + Sync + 'static {
             other => other,
         }
     }
+}
+
+/// The local clock in milliseconds since the Unix epoch.
+pub(crate) fn now_unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn now_rfc3339() -> String {

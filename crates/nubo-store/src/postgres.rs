@@ -27,6 +27,12 @@
 //! database force a stricter isolation) and a foreign key firing (`23503`) re-run the whole call,
 //! a few times with backoff, so it reports what it then finds as a typed error.
 //!
+//! Leases (see [`crate::lease`]) are judged by the database server's clock (`clock_timestamp()`,
+//! read after the lease row is locked), never the callers'. Acquiring and releasing lock the
+//! lease row `FOR NO KEY UPDATE`; a fenced write locks it `FOR SHARE` before checking the token,
+//! and keeps that lock until it commits, so a takeover waits for the fenced writes of the term
+//! it ends, and the fenced writes that come after it see the new token.
+//!
 //! Bodies are stored as `json` (the text as written: key order and numbers kept, as in SQLite,
 //! unlike `jsonb`); times as RFC 3339 text; lists and referrers are ordered bytewise
 //! (`COLLATE "C"`), as SQLite orders, whatever the database's collation.
@@ -39,10 +45,13 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
-use crate::{Key, Record, Store, StoreError, Write, now_rfc3339};
+use crate::lease::{LeaseRow, token_from_db, token_to_db};
+use crate::{Key, Lease, Record, Store, StoreError, Write, now_rfc3339};
 
 /// Schema migrations, applied in order; the applied version is kept in `nubo_schema`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    // 1: documents and their references.
+    r#"
 CREATE TABLE documents (
     tenant_id  BIGINT NOT NULL,
     kind       TEXT   NOT NULL,
@@ -64,7 +73,17 @@ CREATE TABLE document_refs (
     FOREIGN KEY (tenant_id, to_kind, to_id) REFERENCES documents (tenant_id, kind, id)
 );
 CREATE INDEX document_refs_to ON document_refs (tenant_id, to_kind, to_id);
-"#];
+"#,
+    // 2: leases (see `crate::lease`); a row per name, kept for good so that tokens never repeat.
+    r#"
+CREATE TABLE leases (
+    name          TEXT   NOT NULL PRIMARY KEY,
+    holder        TEXT   NOT NULL,
+    token         BIGINT NOT NULL CHECK (token >= 0),
+    expires_at_ms BIGINT NOT NULL
+);
+"#,
+];
 
 /// The advisory lock that serializes migrations of servers starting at once on one database.
 const MIGRATION_LOCK: i64 = 0x6e75_626f_5f73_6368; // "nubo_sch"
@@ -246,6 +265,116 @@ impl PostgresStore {
         })
     }
 
+    async fn acquire_lease_once(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, Fail> {
+        // While another holder's term runs, a plain read answers: standbys that keep asking
+        // never lock the row, so they never make the leader's fenced writes wait.
+        let current = sqlx::query(LEASE_NOW)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some((row, now)) = current.as_ref().map(lease_row).transpose()?
+            && row.acquire(holder, now, ttl)?.is_none()
+        {
+            return Ok(None);
+        }
+        let mut tx = self.begin().await?;
+        // The row exists from the first request on, so that there is always one to lock; of two
+        // first requests, the second waits for the first to commit and inserts nothing.
+        sqlx::query(
+            "INSERT INTO leases (name, holder, token, expires_at_ms) VALUES ($1, '', 0, 0) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        let Some((before, now)) = locked_lease(&mut tx, name, "FOR NO KEY UPDATE").await? else {
+            return Err(StoreError::Corrupt(format!("the row of lease `{name}` vanished")).into());
+        };
+        let Some(after) = before.acquire(holder, now, ttl)? else {
+            return Ok(None);
+        };
+        let token = token_to_db(after.token).ok_or_else(|| {
+            StoreError::Corrupt(format!("lease token {} out of range", after.token))
+        })?;
+        sqlx::query(
+            "UPDATE leases SET holder = $2, token = $3, expires_at_ms = $4 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(&after.holder)
+        .bind(token)
+        .bind(after.expires_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(after.granted(name)))
+    }
+
+    async fn release_lease_once(&self, name: &str, holder: &str, token: u64) -> Result<bool, Fail> {
+        let mut tx = self.begin().await?;
+        let Some((row, now)) = locked_lease(&mut tx, name, "FOR NO KEY UPDATE").await? else {
+            return Ok(false);
+        };
+        if !row.releasable_by(holder, token, now) {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE leases SET expires_at_ms = 0 WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn upsert_fenced_once(
+        &self,
+        w: &Write,
+        lease_name: &str,
+        token: u64,
+    ) -> Result<Record, Fail> {
+        let mut tx = self.begin().await?;
+        let lease = locked_lease(&mut tx, lease_name, "FOR SHARE").await?;
+        if !lease.is_some_and(|(row, now)| row.admits(token, now)) {
+            return Err(StoreError::Fenced {
+                lease: lease_name.to_owned(),
+                token,
+            }
+            .into());
+        }
+        lock_refs(&mut tx, w).await?;
+        let now = now_rfc3339();
+        // Of two concurrent upserts of a new key, the second waits for the first's row and then
+        // updates it; an existing row is locked as by an update of non-key columns.
+        let row = sqlx::query(
+            "INSERT INTO documents AS d (tenant_id, kind, id, body, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4::json, 1, $5, $5) \
+             ON CONFLICT (tenant_id, kind, id) DO UPDATE \
+             SET body = excluded.body, version = d.version + 1, updated_at = excluded.updated_at \
+             RETURNING version, created_at",
+        )
+        .bind(w.tenant)
+        .bind(&w.key.kind)
+        .bind(&w.key.id)
+        .bind(w.body.to_string())
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        write_refs(&mut tx, w).await?;
+        tx.commit().await?;
+        Ok(Record {
+            tenant: w.tenant,
+            key: w.key.clone(),
+            body: w.body.clone(),
+            version: row.try_get("version")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: now,
+        })
+    }
+
     async fn delete_once(&self, tenant: i64, key: &Key) -> Result<(), Fail> {
         let mut tx = self.begin().await?;
         let locked = sqlx::query(
@@ -321,6 +450,43 @@ async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Locks the row of the lease `name` with `lock` (`FOR SHARE`, `FOR NO KEY UPDATE`), then reads
+/// it with the server's clock: the clock is read once the lock is held, so that time spent
+/// waiting for it counts. `None` when the name was never asked for.
+async fn locked_lease(
+    tx: &mut PgConnection,
+    name: &str,
+    lock: &'static str,
+) -> Result<Option<(LeaseRow, i64)>, Fail> {
+    let found = sqlx::query(&format!("SELECT 1 FROM leases WHERE name = $1 {lock}"))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if found.is_none() {
+        return Ok(None);
+    }
+    let row = sqlx::query(LEASE_NOW)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(Some(lease_row(&row)?))
+}
+
+/// The lease row `$1` with the server's clock (`now_ms`, milliseconds since the Unix epoch, at
+/// the statement's evaluation rather than the transaction's start).
+const LEASE_NOW: &str = "SELECT holder, token, expires_at_ms, \
+     floor(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS now_ms FROM leases WHERE name = $1";
+
+/// A row of [`LEASE_NOW`].
+fn lease_row(row: &PgRow) -> Result<(LeaseRow, i64), StoreError> {
+    let lease = LeaseRow {
+        holder: row.try_get("holder")?,
+        token: token_from_db(row.try_get("token")?)?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+    };
+    Ok((lease, row.try_get("now_ms")?))
 }
 
 /// Deadlocks, serialization failures and a foreign key that fired under a race: another attempt
@@ -535,6 +701,53 @@ impl Store for PostgresStore {
         referrers_in(&mut conn, tenant, key).await
     }
 
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.retrying("acquire_lease", || {
+            self.acquire_lease_once(name, holder, ttl)
+        })
+        .await
+    }
+
+    async fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        token: u64,
+    ) -> Result<bool, StoreError> {
+        self.retrying("release_lease", || {
+            self.release_lease_once(name, holder, token)
+        })
+        .await
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query(LEASE_NOW)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some((lease, now)) = row.as_ref().map(lease_row).transpose()? else {
+            return Ok(None);
+        };
+        Ok(lease.lease(name, now))
+    }
+
+    async fn upsert_fenced(
+        &self,
+        w: Write,
+        lease_name: &str,
+        token: u64,
+    ) -> Result<Record, StoreError> {
+        self.retrying("upsert_fenced", || {
+            self.upsert_fenced_once(&w, lease_name, token)
+        })
+        .await
+    }
+
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -579,6 +792,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn leases_pass_the_reopen_suite() {
+        let Some(db) = TempPostgres::create_or_skip("leases_pass_the_reopen_suite").await else {
+            return;
+        };
+        crate::conformance::run_reopened(|| async {
+            Box::new(PostgresStore::connect(db.url()).await.unwrap()) as Box<dyn Store>
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn reconnecting_keeps_documents_and_does_not_remigrate() {
         let Some(db) =
             TempPostgres::create_or_skip("reconnecting_keeps_documents_and_does_not_remigrate")
@@ -600,11 +824,13 @@ mod tests {
         let store = PostgresStore::connect(db.url()).await.unwrap();
         let got = store.get(1, &Key::new("k", "a")).await.unwrap().unwrap();
         assert_eq!(got.body, serde_json::json!({"x": 1}));
-        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM nubo_schema")
-            .fetch_all(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(versions, vec![MIGRATIONS.len() as i64]);
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM nubo_schema ORDER BY version")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        let each_once: Vec<i64> = (1..=MIGRATIONS.len() as i64).collect();
+        assert_eq!(versions, each_once);
         // A schema newer than this binary is refused, with what to do.
         sqlx::query("INSERT INTO nubo_schema (version) VALUES (999)")
             .execute(&store.pool)
@@ -613,6 +839,140 @@ mod tests {
         store.close().await;
         let err = PostgresStore::connect(db.url()).await.err().unwrap();
         assert!(err.to_string().contains("upgrade nubo"), "{err}");
+    }
+
+    /// How many sessions of this database wait for a lock.
+    async fn waiting_on_locks(conn: &mut PgConnection) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    }
+
+    /// A fenced write of the old term that checked its token while the lease was held, and has
+    /// not committed yet, holds the takeover back: it commits first, so the new holder sees it.
+    /// Another session holds the document's row to keep that write in flight.
+    #[tokio::test]
+    async fn a_takeover_waits_for_the_fenced_write_in_flight() {
+        let Some(db) =
+            TempPostgres::create_or_skip("a_takeover_waits_for_the_fenced_write_in_flight").await
+        else {
+            return;
+        };
+        let (a, b) = tokio::join!(
+            PostgresStore::connect(db.url()),
+            PostgresStore::connect(db.url())
+        );
+        let (a, b) = (std::sync::Arc::new(a.unwrap()), b.unwrap());
+        let doc = |n: i64| Write {
+            tenant: 1,
+            key: Key::new("state", "x"),
+            body: serde_json::json!({ "n": n }),
+            refs: vec![],
+        };
+        let ttl = Duration::from_secs(1);
+        let old = a.acquire_lease("leader", "a", ttl).await.unwrap().unwrap();
+        a.upsert_fenced(doc(0), "leader", old.token).await.unwrap();
+        let mut blocker = PgConnection::connect(db.url()).await.unwrap();
+        let mut held = blocker.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM documents WHERE kind = 'state' AND id = 'x' FOR UPDATE")
+            .execute(&mut *held)
+            .await
+            .unwrap();
+        let mut admin = PgConnection::connect(db.url()).await.unwrap();
+        let in_flight = tokio::spawn({
+            let a = a.clone();
+            async move { a.upsert_fenced(doc(1), "leader", old.token).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while waiting_on_locks(&mut admin).await < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The lease expires while the write waits; the standby tries to take over.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while b.lease("leader").await.unwrap().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let b = std::sync::Arc::new(b);
+        let takeover = tokio::spawn({
+            let b = b.clone();
+            async move {
+                b.acquire_lease("leader", "b", Duration::from_secs(60))
+                    .await
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                !takeover.is_finished(),
+                "the takeover did not wait for the fenced write in flight: {:?}",
+                takeover.await
+            );
+            if waiting_on_locks(&mut admin).await >= 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the takeover never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        held.rollback().await.unwrap();
+        let written = in_flight.await.unwrap().unwrap();
+        assert_eq!(written.version, 2, "the write in flight was admitted");
+        let new = takeover.await.unwrap().unwrap().unwrap();
+        assert!(new.token > old.token);
+        let seen = b.get(1, &Key::new("state", "x")).await.unwrap().unwrap();
+        assert_eq!((seen.version, seen.body), (2, serde_json::json!({"n": 1})));
+        let late = a.upsert_fenced(doc(2), "leader", old.token).await;
+        assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+        a.close().await;
+        b.close().await;
+    }
+
+    /// A database as the release before leases left it (schema 1) gains them and keeps its
+    /// documents.
+    #[tokio::test]
+    async fn a_schema_1_database_is_upgraded() {
+        let Some(db) = TempPostgres::create_or_skip("a_schema_1_database_is_upgraded").await else {
+            return;
+        };
+        let mut conn = PgConnection::connect(db.url()).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE nubo_schema (version BIGINT NOT NULL); INSERT INTO nubo_schema VALUES (1); {}
+             INSERT INTO documents VALUES (1, 'k', 'a', '{{\"x\": 1}}', 1, 't', 't');",
+            MIGRATIONS[0]
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let store = PostgresStore::connect(db.url()).await.unwrap();
+        let got = store.get(1, &Key::new("k", "a")).await.unwrap().unwrap();
+        assert_eq!(got.body, serde_json::json!({"x": 1}));
+        let lease = store
+            .acquire_lease("controller", "a", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lease.token, 1);
+        let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM nubo_schema")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        store.close().await;
     }
 
     #[tokio::test]

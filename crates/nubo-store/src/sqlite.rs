@@ -3,6 +3,11 @@
 //! Writers of this process take turns on a mutex; every write transaction starts with
 //! `BEGIN IMMEDIATE`, so that a writer in another process (or another handle on the file) waits
 //! for the write lock (up to the busy timeout) instead of failing when its snapshot is stale.
+//!
+//! Leases are judged by the local clock: every process that opens the file runs on this host.
+//! Acquiring, releasing and fenced writes run under the write lock, so a takeover and a fenced
+//! write never interleave. Should the host's clock be stepped back, a running term lasts that
+//! much longer (never less).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -13,10 +18,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use tokio::sync::Mutex;
 
-use crate::{Key, Record, Store, StoreError, Write, now_rfc3339};
+use crate::lease::{LeaseRow, token_from_db, token_to_db};
+use crate::{Key, Lease, Record, Store, StoreError, Write, now_rfc3339, now_unix_ms};
 
 /// Schema migrations, applied in order; the applied version is kept in `nubo_schema`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    // 1: documents and their references.
+    r#"
 CREATE TABLE documents (
     tenant_id  INTEGER NOT NULL,
     kind       TEXT    NOT NULL,
@@ -36,7 +44,17 @@ CREATE TABLE document_refs (
     PRIMARY KEY (tenant_id, from_kind, from_id, to_kind, to_id)
 );
 CREATE INDEX document_refs_to ON document_refs (tenant_id, to_kind, to_id);
-"#];
+"#,
+    // 2: leases (see `crate::lease`); a row per name, kept for good so that tokens never repeat.
+    r#"
+CREATE TABLE leases (
+    name          TEXT    NOT NULL PRIMARY KEY,
+    holder        TEXT    NOT NULL,
+    token         INTEGER NOT NULL CHECK (token >= 0),
+    expires_at_ms INTEGER NOT NULL
+);
+"#,
+];
 
 /// SQLite store under a file.
 pub struct SqliteStore {
@@ -157,6 +175,80 @@ async fn write_refs(tx: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), St
     Ok(())
 }
 
+/// Inserts a document that does not exist yet, with its references.
+async fn insert_in(tx: &mut sqlx::SqliteConnection, w: Write) -> Result<Record, StoreError> {
+    check_refs(tx, &w).await?;
+    let now = now_rfc3339();
+    sqlx::query(
+        "INSERT INTO documents (tenant_id, kind, id, body, version, created_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
+    )
+    .bind(w.tenant)
+    .bind(&w.key.kind)
+    .bind(&w.key.id)
+    .bind(w.body.to_string())
+    .bind(&now)
+    .bind(&now)
+    .execute(&mut *tx)
+    .await?;
+    write_refs(tx, &w).await?;
+    Ok(Record {
+        tenant: w.tenant,
+        key: w.key,
+        body: w.body,
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+    })
+}
+
+/// Replaces the existing document `old` and its references.
+async fn update_in(
+    tx: &mut sqlx::SqliteConnection,
+    w: Write,
+    old: Record,
+) -> Result<Record, StoreError> {
+    check_refs(tx, &w).await?;
+    let now = now_rfc3339();
+    sqlx::query(
+        "UPDATE documents SET body = ?, version = version + 1, updated_at = ? WHERE tenant_id = ? AND kind = ? AND id = ?",
+    )
+    .bind(w.body.to_string())
+    .bind(&now)
+    .bind(w.tenant)
+    .bind(&w.key.kind)
+    .bind(&w.key.id)
+    .execute(&mut *tx)
+    .await?;
+    write_refs(tx, &w).await?;
+    Ok(Record {
+        tenant: w.tenant,
+        key: w.key,
+        body: w.body,
+        version: old.version + 1,
+        created_at: old.created_at,
+        updated_at: now,
+    })
+}
+
+/// The stored state of the lease `name`, if it was ever asked for.
+async fn lease_row(
+    conn: &mut sqlx::SqliteConnection,
+    name: &str,
+) -> Result<Option<LeaseRow>, StoreError> {
+    let row = sqlx::query("SELECT holder, token, expires_at_ms FROM leases WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| {
+        Ok(LeaseRow {
+            holder: r.try_get("holder")?,
+            token: token_from_db(r.try_get("token")?)?,
+            expires_at_ms: r.try_get("expires_at_ms")?,
+        })
+    })
+    .transpose()
+}
+
 async fn fetch(
     conn: &mut sqlx::SqliteConnection,
     tenant: i64,
@@ -197,29 +289,9 @@ impl Store for SqliteStore {
         if fetch(&mut tx, w.tenant, &w.key).await?.is_some() {
             return Err(StoreError::Conflict(w.key));
         }
-        check_refs(&mut tx, &w).await?;
-        let now = now_rfc3339();
-        sqlx::query(
-            "INSERT INTO documents (tenant_id, kind, id, body, version, created_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
-        )
-        .bind(w.tenant)
-        .bind(&w.key.kind)
-        .bind(&w.key.id)
-        .bind(w.body.to_string())
-        .bind(&now)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        write_refs(&mut tx, &w).await?;
+        let record = insert_in(&mut tx, w).await?;
         tx.commit().await?;
-        Ok(Record {
-            tenant: w.tenant,
-            key: w.key,
-            body: w.body,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        })
+        Ok(record)
     }
 
     async fn update(&self, w: Write) -> Result<Record, StoreError> {
@@ -228,28 +300,9 @@ impl Store for SqliteStore {
         let Some(old) = fetch(&mut tx, w.tenant, &w.key).await? else {
             return Err(StoreError::NotFound(w.key));
         };
-        check_refs(&mut tx, &w).await?;
-        let now = now_rfc3339();
-        sqlx::query(
-            "UPDATE documents SET body = ?, version = version + 1, updated_at = ? WHERE tenant_id = ? AND kind = ? AND id = ?",
-        )
-        .bind(w.body.to_string())
-        .bind(&now)
-        .bind(w.tenant)
-        .bind(&w.key.kind)
-        .bind(&w.key.id)
-        .execute(&mut *tx)
-        .await?;
-        write_refs(&mut tx, &w).await?;
+        let record = update_in(&mut tx, w, old).await?;
         tx.commit().await?;
-        Ok(Record {
-            tenant: w.tenant,
-            key: w.key,
-            body: w.body,
-            version: old.version + 1,
-            created_at: old.created_at,
-            updated_at: now,
-        })
+        Ok(record)
     }
 
     async fn delete(&self, tenant: i64, key: &Key) -> Result<(), StoreError> {
@@ -286,6 +339,95 @@ impl Store for SqliteStore {
     async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Key>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         referrers_in(&mut conn, tenant, key).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        // While another holder's term runs, a plain read answers, without the write lock.
+        let current = lease_row(&mut *self.pool.acquire().await?, name).await?;
+        if let Some(row) = current
+            && row.acquire(holder, now_unix_ms(), ttl)?.is_none()
+        {
+            return Ok(None);
+        }
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let before = lease_row(&mut tx, name).await?.unwrap_or(LeaseRow::UNHELD);
+        let now = now_unix_ms();
+        let Some(after) = before.acquire(holder, now, ttl)? else {
+            return Ok(None);
+        };
+        let token = token_to_db(after.token).ok_or_else(|| {
+            StoreError::Corrupt(format!("lease token {} out of range", after.token))
+        })?;
+        sqlx::query(
+            "INSERT INTO leases (name, holder, token, expires_at_ms) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = excluded.token, \
+             expires_at_ms = excluded.expires_at_ms",
+        )
+        .bind(name)
+        .bind(&after.holder)
+        .bind(token)
+        .bind(after.expires_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(after.granted(name)))
+    }
+
+    async fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        token: u64,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(row) = lease_row(&mut tx, name).await? else {
+            return Ok(false);
+        };
+        if !row.releasable_by(holder, token, now_unix_ms()) {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE leases SET expires_at_ms = 0 WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let row = lease_row(&mut conn, name).await?;
+        Ok(row.and_then(|r| r.lease(name, now_unix_ms())))
+    }
+
+    async fn upsert_fenced(
+        &self,
+        w: Write,
+        lease_name: &str,
+        token: u64,
+    ) -> Result<Record, StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = lease_row(&mut tx, lease_name).await?;
+        if !row.is_some_and(|r| r.admits(token, now_unix_ms())) {
+            return Err(StoreError::Fenced {
+                lease: lease_name.to_owned(),
+                token,
+            });
+        }
+        let record = match fetch(&mut tx, w.tenant, &w.key).await? {
+            Some(old) => update_in(&mut tx, w, old).await?,
+            None => insert_in(&mut tx, w).await?,
+        };
+        tx.commit().await?;
+        Ok(record)
     }
 
     fn backend(&self) -> &'static str {
@@ -340,6 +482,53 @@ mod tests {
         let a = SqliteStore::open(&path).await.unwrap();
         let b = SqliteStore::open(&path).await.unwrap();
         crate::conformance::run_shared(&a, &b).await;
+    }
+
+    #[tokio::test]
+    async fn leases_pass_the_reopen_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nubo.db");
+        crate::conformance::run_reopened(|| async {
+            Box::new(SqliteStore::open(&path).await.unwrap()) as Box<dyn Store>
+        })
+        .await;
+    }
+
+    /// A database as the release before leases left it (schema 1) gains them and keeps its
+    /// documents.
+    #[tokio::test]
+    async fn a_schema_1_database_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nubo.db");
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .unwrap()
+            .create_if_missing(true);
+        let old = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE nubo_schema (version INTEGER NOT NULL); INSERT INTO nubo_schema VALUES (1); {}
+             INSERT INTO documents VALUES (1, 'k', 'a', '{{\"x\": 1}}', 1, 't', 't');",
+            MIGRATIONS[0]
+        ))
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        let got = store.get(1, &Key::new("k", "a")).await.unwrap().unwrap();
+        assert_eq!(got.body, serde_json::json!({"x": 1}));
+        let lease = store
+            .acquire_lease("controller", "a", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lease.token, 1);
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM nubo_schema ORDER BY version")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+        store.close().await;
     }
 
     #[tokio::test]
