@@ -137,6 +137,8 @@ fn store_err(kind: Kind, e: StoreError) -> ManagerError {
             }],
         },
         StoreError::Unavailable(m) | StoreError::Corrupt(m) => ManagerError::Unavailable(m),
+        // The manager makes no fenced writes; a deposed leader's is as good as unavailable.
+        e @ StoreError::Fenced { .. } => ManagerError::Unavailable(e.to_string()),
     }
 }
 
