@@ -19,5 +19,5 @@ pub mod view;
 pub use iaas::{IaasError, IaasProvider, StartRequest, StartedMember};
 pub use plan::{DeploymentPlan, PlanError, PlanInputs, Thresholds};
 pub use remote::NodeProvider;
-pub use runtime::{Controller, ControllerConfig, ControllerHandle};
+pub use runtime::{Controller, ControllerConfig, ControllerHandle, Fence};
 pub use state::{Action, ControllerState, DeploymentStatus, Input};

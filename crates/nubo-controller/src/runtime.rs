@@ -32,6 +32,19 @@ pub struct ControllerConfig {
     pub providers: BTreeMap<String, Arc<dyn IaasProvider>>,
     /// The bus URL given to agents.
     pub bus_url: String,
+    /// In a highly available control plane, the lease this controller holds and its fencing
+    /// token: every state write is fenced with it, and the controller stops (acting on nothing
+    /// more) the moment a write is refused because another controller took over.
+    pub fence: Option<Fence>,
+}
+
+/// A lease name and the fencing token this controller holds it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease (`controller`).
+    pub lease: String,
+    /// The token.
+    pub token: u64,
 }
 
 /// A handle to the running controller (cheap to clone).
@@ -39,6 +52,7 @@ pub struct ControllerConfig {
 pub struct ControllerHandle {
     commands: mpsc::UnboundedSender<(Input, tokio::sync::oneshot::Sender<()>)>,
     state: Arc<Mutex<ControllerState>>,
+    deposed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ControllerHandle {
@@ -151,6 +165,13 @@ impl ControllerHandle {
         self.state.lock().ok().map(|s| f(&s))
     }
 
+    /// Returns when the controller has stopped because another controller took over (a fenced
+    /// write was refused); never, without a fence.
+    pub async fn deposed(&self) {
+        let mut d = self.deposed.clone();
+        let _ = d.wait_for(|d| *d).await;
+    }
+
     /// A copy of the whole state.
     pub fn snapshot(&self) -> ControllerState {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
@@ -211,9 +232,11 @@ impl Controller {
         let (commands, mut command_rx) =
             mpsc::unbounded_channel::<(Input, tokio::sync::oneshot::Sender<()>)>();
         let shared = Arc::new(Mutex::new(std::mem::take(&mut state)));
+        let (deposed_tx, deposed) = tokio::sync::watch::channel(false);
         let handle = ControllerHandle {
             commands,
             state: shared.clone(),
+            deposed,
         };
         let mut agents = events
             .subscribe(Category::InstanceStatus)
@@ -231,6 +254,7 @@ impl Controller {
             let _ = tx.send(p);
         }
         let runner = Runner {
+            deposed: deposed_tx,
             state: shared,
             events,
             store,
@@ -242,6 +266,10 @@ impl Controller {
             let mut tick = tokio::time::interval(TICK);
             let mut resync = tokio::time::interval(RESYNC);
             loop {
+                if *runner.deposed.borrow() {
+                    // Another controller took over: this one publishes and acts on nothing more.
+                    return;
+                }
                 let input = tokio::select! {
                     i = rx.recv() => match i { Some(i) => i, None => return },
                     Some((input, ack)) = command_rx.recv() => {
@@ -250,7 +278,13 @@ impl Controller {
                         continue;
                     }
                     Some(e) = agents.recv() => Input::Event(e),
-                    Some(e) = supervisors.recv() => Input::Event(e),
+                    Some(e) = supervisors.recv() => {
+                        if let Event::NodeInventory { node, members, .. } = &e {
+                            runner.terminate_orphans(node, members).await;
+                            continue;
+                        }
+                        Input::Event(e)
+                    }
                     Some(e) = requests.recv() => {
                         if matches!(e, Event::CompleteTopologyRequest {}) {
                             runner.publish_topology().await;
@@ -271,6 +305,7 @@ impl Controller {
 }
 
 struct Runner {
+    deposed: tokio::sync::watch::Sender<bool>,
     state: Arc<Mutex<ControllerState>>,
     events: EventBus,
     store: Arc<dyn Store>,
@@ -279,6 +314,33 @@ struct Runner {
 }
 
 impl Runner {
+    /// Members a node runs that the topology does not know (started for a controller that died
+    /// before it recorded them, or dropped while the node was away) are terminated: nothing runs
+    /// twice.
+    async fn terminate_orphans(&self, node: &str, members: &[String]) {
+        let orphans: Vec<String> = match self.state.lock() {
+            Ok(s) => {
+                let known = s.member_ids();
+                members
+                    .iter()
+                    .filter(|m| !known.contains(*m))
+                    .cloned()
+                    .collect()
+            }
+            Err(_) => return,
+        };
+        for member_id in orphans {
+            tracing::warn!(%node, member = %member_id, "a member the topology does not know runs on the node: terminating it");
+            let e = Event::NodeTerminateMember {
+                node: node.to_owned(),
+                member_id,
+            };
+            if let Err(err) = self.events.publish(&e).await {
+                tracing::warn!(error = %err, "cannot reach the node");
+            }
+        }
+    }
+
     async fn publish_topology(&self) {
         let topology = match self.state.lock() {
             Ok(s) => s.topology.clone(),
@@ -294,14 +356,21 @@ impl Runner {
     }
 
     async fn handle(&self, input: Input) {
+        if *self.deposed.borrow() {
+            return;
+        }
         let (actions, snapshot) = {
             let Ok(mut s) = self.state.lock() else { return };
             let actions = s.step(nubo_events::now_ms(), input);
             let persist = actions.iter().any(|a| matches!(a, Action::Persist));
             (actions, persist.then(|| s.clone()))
         };
-        if let Some(s) = snapshot {
-            self.persist(&s).await;
+        // Written before acting (a restart resumes from it); refused when deposed: then nothing
+        // of this step is done, and the controller stops.
+        if let Some(s) = snapshot
+            && !self.persist(&s).await
+        {
+            return;
         }
         for a in actions {
             match a {
@@ -331,12 +400,13 @@ impl Runner {
         }
     }
 
-    async fn persist(&self, s: &ControllerState) {
+    /// Writes the state; `false` when this controller has been deposed.
+    async fn persist(&self, s: &ControllerState) -> bool {
         let body = match serde_json::to_value(s) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize the controller state");
-                return;
+                return true;
             }
         };
         let w = Write {
@@ -345,9 +415,21 @@ impl Runner {
             body,
             refs: vec![],
         };
-        let r = self.store.upsert(w).await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "cannot persist the controller state");
+        let r = match &self.config.fence {
+            Some(f) => self.store.upsert_fenced(w, &f.lease, f.token).await,
+            None => self.store.upsert(w).await,
+        };
+        match r {
+            Ok(_) => true,
+            Err(e @ StoreError::Fenced { .. }) => {
+                tracing::error!(error = %e, "another controller took over: this one stops");
+                let _ = self.deposed.send(true);
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist the controller state");
+                true
+            }
         }
     }
 

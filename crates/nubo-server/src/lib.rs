@@ -77,6 +77,82 @@ pub struct ServerConfig {
     pub remote_node: Option<String>,
     /// Run the autoscaler (and the event processor) in this process.
     pub autoscale: bool,
+    /// One of several controllers sharing the store (`--ha`): only the holder of the
+    /// `controller` lease runs; the others wait as standbys.
+    pub ha: Option<HaConfig>,
+}
+
+/// Leader election among controllers sharing one store.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// This process's name as a lease holder (unique among the controllers).
+    pub holder: String,
+    /// How long the lease lasts without renewal: the longest a dead leader goes unnoticed.
+    /// Renewed every third of it.
+    pub ttl: Duration,
+}
+
+/// The lease the controllers compete for.
+pub const CONTROLLER_LEASE: &str = "controller";
+
+/// Waits until this process holds the controller lease; returns its fencing token.
+async fn become_leader(store: &dyn nubo_store::Store, ha: &HaConfig) -> anyhow::Result<u64> {
+    let mut said = false;
+    loop {
+        match store
+            .acquire_lease(CONTROLLER_LEASE, &ha.holder, ha.ttl)
+            .await
+        {
+            Ok(Some(lease)) => {
+                tracing::info!(holder = %ha.holder, token = lease.token, "this server leads: it runs the controller");
+                return Ok(lease.token);
+            }
+            Ok(None) => {
+                if !said {
+                    let leader = store
+                        .lease(CONTROLLER_LEASE)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|l| l.holder)
+                        .unwrap_or_else(|| "another server".into());
+                    println!(
+                        "nubo: standby: the controller runs in {leader}; waiting to take over"
+                    );
+                    tracing::info!(%leader, "standby");
+                    said = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach the store for the controller lease"),
+        }
+        tokio::time::sleep(ha.ttl / 3).await;
+    }
+}
+
+/// Renews the lease every third of its TTL; returns when it is lost (taken over, or not renewed
+/// in time because the store was unreachable).
+async fn keep_lease(store: Arc<dyn nubo_store::Store>, ha: HaConfig, token: u64) {
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(ha.ttl / 3).await;
+        match store
+            .acquire_lease(CONTROLLER_LEASE, &ha.holder, ha.ttl)
+            .await
+        {
+            Ok(Some(l)) if l.token == token => last_ok = tokio::time::Instant::now(),
+            Ok(_) => {
+                tracing::error!("the controller lease was taken over");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the controller lease");
+                if last_ok.elapsed() >= ha.ttl {
+                    tracing::error!("the controller lease expired: another server may lead now");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Where the bus is.
@@ -181,16 +257,25 @@ pub async fn run(
         }
         None => None,
     };
+    let fence = match &config.ha {
+        Some(ha) => Some(nubo_controller::Fence {
+            lease: CONTROLLER_LEASE.into(),
+            token: become_leader(store.as_ref(), ha).await?,
+        }),
+        None => None,
+    };
     let controller = nubo_controller::Controller::start(
         store.clone(),
         events.clone(),
         nubo_controller::ControllerConfig {
             providers,
             bus_url: bus_url.clone(),
+            fence: fence.clone(),
         },
     )
     .await
     .context("cannot start the cloud controller")?;
+    let controller_for_ha = controller.clone();
     let scaling = if config.autoscale {
         Some(
             nubo_autoscaler::monitor::start(
@@ -246,6 +331,27 @@ pub async fn run(
     tracing::info!(url = %ready.api_url, data_dir = %config.data_dir.display(), store = store.backend(), store_location = %ready.store, "nubo server ready");
     on_ready(&ready);
 
+    // Leadership lost (taken over, or not renewed in time), or deposed by a fenced write: this
+    // process stops, so that exactly one controller acts.
+    let lost = {
+        let controller = controller_for_ha.clone();
+        let ha = config.ha.clone();
+        let store = store.clone();
+        let token = fence.as_ref().map(|f| f.token);
+        async move {
+            match (ha, token) {
+                (Some(ha), Some(token)) => {
+                    tokio::select! {
+                        () = keep_lease(store, ha, token) => {}
+                        () = controller.deposed() => {}
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        }
+    };
+    tokio::pin!(lost);
+    let mut leadership_lost = false;
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -260,6 +366,10 @@ pub async fn run(
                 }
             },
             () = &mut shutdown => break,
+            () = &mut lost => {
+                leadership_lost = true;
+                break;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
@@ -304,6 +414,18 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("open connections did not finish within 10 s; closing them");
+    }
+    if leadership_lost {
+        store.close().await;
+        anyhow::bail!(
+            "this server lost the controller lease (another server took over, or the store was unreachable for longer than the lease): it stopped so that one controller acts; start it again to stand by"
+        );
+    }
+    if let (Some(ha), Some(f)) = (&config.ha, &fence) {
+        // Handing over at once rather than after the lease runs out.
+        let _ = store
+            .release_lease(CONTROLLER_LEASE, &ha.holder, f.token)
+            .await;
     }
     store.close().await;
     tracing::info!("nubo server stopped");

@@ -114,6 +114,12 @@ struct ServerArgs {
         value_delimiter = ','
     )]
     components: Option<Vec<String>>,
+    /// One of several servers sharing a store (PostgreSQL) and a bus: only the holder of the controller lease runs the controller; the others wait as standbys and take over within --ha-lease seconds of its death
+    #[arg(long, env = "NUBO_HA")]
+    ha: bool,
+    /// How long the controller lease lasts without renewal (renewed every third of it) [default: 5]
+    #[arg(long, env = "NUBO_HA_LEASE", value_name = "SECONDS")]
+    ha_lease: Option<f64>,
     /// The node supervisor (`nubo node --name NAME`) that runs `local` members when this process runs no `node` component [default: local]
     #[arg(long, env = "NUBO_NODE", value_name = "NAME")]
     node: Option<String>,
@@ -234,6 +240,8 @@ struct ServerFile {
     no_lb: Option<bool>,
     components: Option<Vec<String>>,
     node: Option<String>,
+    ha: Option<bool>,
+    ha_lease: Option<f64>,
     scale_window: Option<f64>,
     scale_tick: Option<f64>,
     scale_up_cooldown: Option<f64>,
@@ -348,6 +356,19 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "local".into())
         }),
         autoscale: has("autoscaler"),
+        ha: (args.ha || file.ha.unwrap_or(false)).then(|| nubo_server::HaConfig {
+            holder: format!(
+                "{}:{}",
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "host".into()),
+                std::process::id()
+            ),
+            ttl: secs(
+                args.ha_lease.or(file.ha_lease).filter(|t| *t > 0.0),
+                std::time::Duration::from_secs(5),
+            ),
+        }),
         lb: (has("lb") && !(args.no_lb || file.no_lb.unwrap_or(false))).then(|| {
             nubo_lb::LbConfig {
                 bind: args

@@ -4,6 +4,7 @@ mod api;
 mod autoscale;
 mod bus;
 mod cli;
+mod ha;
 mod lb;
 mod mock;
 mod node;

@@ -12,13 +12,13 @@ use serde_json::json;
 use crate::support::{Api, ServerProcess, agent_pid, alive, eventually};
 
 /// A `nubo node` process in its own process group; killed (with its members) when dropped.
-struct NodeProcess {
+pub struct NodeProcess {
     child: Option<Child>,
     dir: PathBuf,
 }
 
 impl NodeProcess {
-    fn start(bus: &str, name: &str, dir: &Path) -> Self {
+    pub fn start(bus: &str, name: &str, dir: &Path) -> Self {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(env!("CARGO_BIN_EXE_nubo"))
             .args(["node", "--bus", bus, "--name", name, "--data-dir"])
@@ -46,7 +46,7 @@ impl NodeProcess {
         }
     }
 
-    fn kill9(&mut self) {
+    pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             unsafe { libc::killpg(c.id() as i32, libc::SIGKILL) };
             let _ = c.wait();

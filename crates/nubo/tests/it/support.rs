@@ -203,6 +203,12 @@ impl ServerProcess {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_timeout(data_dir, extra, 30)
+    }
+
+    /// [`Self::start_with`], waiting up to `secs` for the server to serve (a standby serves only
+    /// once it leads).
+    pub fn start_with_timeout(data_dir: &Path, extra: &[&str], secs: u64) -> Self {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nubo"));
         cmd.arg("server")
@@ -250,8 +256,8 @@ impl ServerProcess {
             data_dir: data_dir.to_owned(),
         };
         server.url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server did not report its address within 30 s");
+            .recv_timeout(Duration::from_secs(secs))
+            .unwrap_or_else(|_| panic!("the server did not report its address within {secs} s"));
         server.bus_url = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the server did not report its bus within 30 s");

@@ -1,0 +1,258 @@
+//! A highly available control plane, for real: PostgreSQL, Mosquitto, a node supervisor, two
+//! servers (the leader and a standby) and two load balancers, each its own process. The leader
+//! is killed in the middle of a scale-up: the standby takes over and completes it, nothing is
+//! lost or started twice, and the load balancers serve throughout.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::node::NodeProcess;
+use crate::support::{Api, ServerProcess, eventually};
+
+/// A process of the test's own (broker, load balancer), in its own process group, killed on drop.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        Proc(Some(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("spawn"),
+        ))
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            unsafe { libc::killpg(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+async fn get(addr: &str, host: &str) -> u16 {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/"))
+        .header("host", host)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_standby_takes_over_a_scale_up_on_mosquitto() {
+    scenario("mosquitto").await;
+}
+
+#[tokio::test]
+async fn the_standby_takes_over_a_scale_up_on_nats() {
+    scenario("nats-server").await;
+}
+
+/// The whole scenario on a broker of the test's own (so that no other test's events mix in).
+async fn scenario(broker: &str) {
+    let Some(db) = nubo_store::conformance::TempPostgres::create_or_skip(&format!(
+        "the HA control plane on {broker} (needs PostgreSQL)"
+    ))
+    .await
+    else {
+        return;
+    };
+    if !on_path(broker) {
+        eprintln!(
+            "SKIPPED the HA control plane on {broker}: it is not on PATH (scripts/test installs it)"
+        );
+        return;
+    }
+    let broker_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_broker, bus) = if broker == "mosquitto" {
+        let conf = broker_dir.path().join("m.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        (
+            Proc::spawn(Command::new("mosquitto").arg("-c").arg(&conf)),
+            format!("mqtt://127.0.0.1:{port}"),
+        )
+    } else {
+        (
+            Proc::spawn(Command::new("nats-server").args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])),
+            format!("nats://127.0.0.1:{port}"),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let node_dir = tempfile::tempdir().unwrap();
+    let _node = NodeProcess::start(&bus, "n1", node_dir.path());
+    let proxy = free_port();
+    let lb = |ip: &str, id: &str| {
+        Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_nubo"))
+                .args(["lb", "--bus", &bus, "--bind", ip, "--id", id])
+                .env("NUBO_LOG", "warn"),
+        )
+    };
+    let mut lb_a = lb("127.0.0.2", "lb-a");
+    let _lb_b = lb("127.0.0.3", "lb-b");
+
+    let args = [
+        "--insecure-http",
+        "--store",
+        db.url(),
+        "--bus",
+        &bus,
+        "--components",
+        "api,controller,autoscaler",
+        "--node",
+        "n1",
+        "--ha",
+        "--ha-lease",
+        "2",
+    ];
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut leader = ServerProcess::start_with(dir_a.path(), &args);
+    let dir_b = tempfile::tempdir().unwrap();
+    let standby = {
+        let dir = dir_b.path().to_owned();
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ServerProcess::start_with_timeout(&dir, &args, 180)
+        })
+    };
+    let api = Api::new(&leader);
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    let app = |min: u32| {
+        json!({"applicationId": "ha", "components": {"cartridges": [
+            {"type": "web", "cartridgeMin": min, "cartridgeMax": 6,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})
+    };
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
+        ("applications", app(2)),
+    ])
+    .await;
+    assert_eq!(
+        api.post("/api/applications/ha/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    eventually(40, "two members Active", || async {
+        (api.active("ha", "web").await.len() == 2).then_some(())
+    })
+    .await;
+    let a = format!("127.0.0.2:{proxy}");
+    let b = format!("127.0.0.3:{proxy}");
+    eventually(20, "both load balancers serve", || async {
+        (get(&a, "ha.web.localhost").await == 200 && get(&b, "ha.web.localhost").await == 200)
+            .then_some(())
+    })
+    .await;
+
+    // A scale-up (the minimum raised to 4), and the leader killed right away.
+    let (code, answer) = api
+        .send(reqwest::Method::PUT, "/api/applications", Some(app(4)))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(
+        !standby.is_finished(),
+        "the standby waits while the leader runs"
+    );
+    leader.kill9();
+    let killed = Instant::now();
+    // No controller at all: the load balancers keep serving.
+    assert_eq!(get(&a, "ha.web.localhost").await, 200);
+    assert_eq!(get(&b, "ha.web.localhost").await, 200);
+    let standby = standby.join().unwrap();
+    let failover = killed.elapsed();
+    let api = Api::new(&standby);
+    let four = eventually(60, "the standby completed the scale-up to 4", || async {
+        let a = api.active("ha", "web").await;
+        (a.len() == 4).then_some(a)
+    })
+    .await;
+    // Nothing started twice: exactly 4 members known, and exactly 4 running on the node.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let members = api.members("ha").await;
+    assert_eq!(members.len(), 4, "{members:?}");
+    let running = nubo_node::stop_all_pending(&node_dir.path().join("members"));
+    assert_eq!(running, 4, "members running on the node");
+    eprintln!(
+        "failover: the standby served {:.1} s after the leader's kill -9",
+        failover.as_secs_f64()
+    );
+    assert!(failover < Duration::from_secs(20), "{failover:?}");
+
+    // One load balancer killed: the other serves.
+    lb_a.kill9();
+    assert_eq!(get(&b, "ha.web.localhost").await, 200);
+
+    // Everything restarted: the same members, nothing new.
+    let mut standby = standby;
+    assert!(standby.terminate(), "a clean stop hands the lease over");
+    let again = ServerProcess::start_with(dir_a.path(), &args);
+    let api = Api::new(&again);
+    let ids = |v: &[serde_json::Value]| {
+        let mut ids: Vec<String> = v
+            .iter()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = ids(&four);
+    eventually(30, "the same four members", || async {
+        (ids(&api.active("ha", "web").await) == before).then_some(())
+    })
+    .await;
+    assert_eq!(
+        nubo_node::stop_all_pending(&node_dir.path().join("members")),
+        4
+    );
+}
