@@ -256,3 +256,84 @@ async fn scenario(broker: &str) {
         4
     );
 }
+
+#[tokio::test]
+async fn the_platform_converges_after_its_broker_restarts() {
+    // The server, its agents and its load balancer on a Mosquitto of the test's own; Mosquitto
+    // restarts (same port, no persistence): everyone reconnects, and a member lost afterwards is
+    // replaced and routed, without restarting Nubo.
+    if !on_path("mosquitto") {
+        eprintln!(
+            "SKIPPED the broker restart: mosquitto is not on PATH (scripts/test installs it)"
+        );
+        return;
+    }
+    let broker_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = broker_dir.path().join("m.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
+    let start_broker = || {
+        let p = Proc::spawn(Command::new("mosquitto").arg("-c").arg(&conf));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    };
+    let mut broker = start_broker();
+    let bus = format!("mqtt://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--bus", &bus]);
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "mq", "components": {"cartridges": [
+            {"type": "web", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    assert_eq!(
+        api.post("/api/applications/mq/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let first = eventually(40, "one member Active", || async {
+        api.active("mq", "web")
+            .await
+            .first()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let addr = format!("127.0.0.1:{proxy}");
+    eventually(20, "served", || async {
+        (get(&addr, "mq.web.localhost").await == 200).then_some(())
+    })
+    .await;
+
+    broker.kill9();
+    broker = start_broker();
+    // Everyone reconnects (backoff up to 2 s); then the member dies.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pid = crate::support::agent_pid(dir.path(), &first).unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    eventually(40, "replaced and served again", || async {
+        let a = api.active("mq", "web").await;
+        let replaced = a.len() == 1 && a[0]["memberId"] != first.as_str();
+        (replaced && get(&addr, "mq.web.localhost").await == 200).then_some(())
+    })
+    .await;
+    drop(broker);
+}
