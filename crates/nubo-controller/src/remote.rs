@@ -23,6 +23,8 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<StartedMember, I
 /// The node supervisor named `node`, through the bus.
 pub struct NodeProvider {
     node: String,
+    /// The controller's lease token sent with every command (0: none).
+    fence: std::sync::atomic::AtomicU64,
     events: EventBus,
     pending: Pending,
     inventory: watch::Receiver<Option<Vec<String>>>,
@@ -64,12 +66,24 @@ impl NodeProvider {
         });
         let provider = Arc::new(NodeProvider {
             node: node.to_owned(),
+            fence: std::sync::atomic::AtomicU64::new(0),
             events,
             pending,
             inventory,
         });
         provider.publish(Event::NodeInventoryRequest {}).await;
         Ok(provider)
+    }
+
+    /// Sends `token` (the controller lease's) with every command from now on: the node refuses
+    /// commands of an older leader.
+    pub fn set_fence(&self, token: u64) {
+        self.fence
+            .store(token, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn fence(&self) -> Option<u64> {
+        Some(self.fence.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
     async fn publish(&self, e: Event) {
@@ -93,6 +107,7 @@ impl IaasProvider for NodeProvider {
             image: req.image,
             ports: req.ports,
             payload: req.payload,
+            fence: self.fence(),
         })
         .await;
         match tokio::time::timeout(START_TIMEOUT, rx).await {
@@ -115,6 +130,7 @@ impl IaasProvider for NodeProvider {
         self.publish(Event::NodeTerminateMember {
             node: self.node.clone(),
             member_id: member_id.to_owned(),
+            fence: self.fence(),
         })
         .await;
         Ok(())

@@ -334,6 +334,7 @@ impl Runner {
             let e = Event::NodeTerminateMember {
                 node: node.to_owned(),
                 member_id,
+                fence: self.config.fence.as_ref().map(|f| f.token),
             };
             if let Err(err) = self.events.publish(&e).await {
                 tracing::warn!(error = %err, "cannot reach the node");

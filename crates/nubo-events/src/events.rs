@@ -308,6 +308,10 @@ pub enum Event {
         ports: Vec<ClusterPort>,
         /// The agent's payload.
         payload: BTreeMap<String, String>,
+        /// The sending controller's lease token (highly available control plane): a node refuses
+        /// commands with a token older than the newest it has seen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<u64>,
     },
     /// Terminate a member on a node (its exit is reported as `MemberProcessExited`).
     NodeTerminateMember {
@@ -316,6 +320,9 @@ pub enum Event {
         /// Member.
         #[serde(rename = "memberId")]
         member_id: String,
+        /// The sending controller's lease token, as in `NodeStartMember`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<u64>,
     },
     /// Every node supervisor answers with its `NodeInventory`.
     NodeInventoryRequest {},
@@ -684,10 +691,12 @@ mod catalogue {
                 image: "python3 -m http.server $PORT".into(),
                 ports: cluster().ports,
                 payload: BTreeMap::from([("MEMBER_ID".to_owned(), "shop.web.php-1".to_owned())]),
+                fence: Some(3),
             },
             Event::NodeTerminateMember {
                 node: "host-a".into(),
                 member_id: "shop.web.php-1".into(),
+                fence: Some(3),
             },
             Event::NodeInventoryRequest {},
         ]

@@ -382,13 +382,44 @@ pub async fn serve(
         at_ms: nubo_events::now_ms(),
     };
     let _ = events.publish(&inventory(&sup, &node)).await;
+    // The newest controller-lease token seen, kept across restarts: commands of an older leader
+    // are refused.
+    let fence_file = sup.dir.join(".fence");
+    let mut newest: u64 = std::fs::read_to_string(&fence_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let mut admit = |fence: Option<u64>| -> bool {
+        match fence {
+            None => true,
+            Some(t) if t < newest => false,
+            Some(t) => {
+                if t > newest {
+                    newest = t;
+                    let _ = std::fs::write(&fence_file, t.to_string());
+                }
+                true
+            }
+        }
+    };
     let mut tick = tokio::time::interval(INVENTORY_INTERVAL);
     loop {
         tokio::select! {
             e = commands.recv() => {
                 let Some(e) = e else { return Ok(()) };
                 match e {
-                    Event::NodeStartMember { node: n, member, image, ports, payload } if n == node => {
+                    Event::NodeStartMember { node: n, member, fence, .. } if n == node && !admit(fence) => {
+                        tracing::warn!(member = %member.member_id, ?fence, "a start from an older controller: refused");
+                        let _ = events.publish(&Event::NodeMemberStartFailed {
+                            node: node.clone(),
+                            member_id: member.member_id,
+                            reason: "refused: a newer controller leads (fenced)".into(),
+                        }).await;
+                    }
+                    Event::NodeTerminateMember { node: n, member_id, fence } if n == node && !admit(fence) => {
+                        tracing::warn!(member = %member_id, ?fence, "a terminate from an older controller: refused");
+                    }
+                    Event::NodeStartMember { node: n, member, image, ports, payload, .. } if n == node => {
                         let sup = sup.clone();
                         let events = events.clone();
                         let node = node.clone();
@@ -402,7 +433,7 @@ pub async fn serve(
                             let _ = events.publish(&answer).await;
                         });
                     }
-                    Event::NodeTerminateMember { node: n, member_id } if n == node => {
+                    Event::NodeTerminateMember { node: n, member_id, .. } if n == node => {
                         if let Err(e) = sup.terminate(&member_id).await {
                             tracing::info!(member = %member_id, error = %e, "terminate: not running here");
                             // Not here: say so, as an exit, so that the controller stops waiting.
@@ -466,5 +497,122 @@ pub fn kill_all(dir: &Path) {
             continue;
         };
         proc::kill_session(r.pid, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nubo_bus::{EventBus, MemoryBus};
+    use nubo_events::{Category, Event, Member, MemberStatus};
+
+    use super::*;
+
+    fn member(id: &str) -> Member {
+        Member {
+            member_id: id.into(),
+            cluster_id: "app.web.web.domain".into(),
+            cluster_instance_id: "app-1".into(),
+            service_name: "web".into(),
+            application_id: "app".into(),
+            network_partition_id: "np".into(),
+            partition_id: "p1".into(),
+            status: MemberStatus::Created,
+            default_private_ip: None,
+            default_public_ip: None,
+            ports: vec![],
+            init_time: 0,
+            failure: None,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// The next answer that is not an inventory.
+    async fn next_answer(answers: &mut nubo_bus::EventStream) -> Event {
+        let fut = async {
+            loop {
+                match answers.recv().await {
+                    Some(Event::NodeInventory { .. }) => continue,
+                    Some(other) => return other,
+                    None => panic!("the bus closed"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .expect("an answer within 5 s")
+    }
+
+    /// Waits for a node's inventory: it is serving (subscribed) from then on.
+    async fn serving(answers: &mut nubo_bus::EventStream) {
+        let fut = async {
+            while !matches!(
+                answers.recv().await,
+                Some(Event::NodeInventory { .. }) | None
+            ) {}
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .expect("the node serves within 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_node_refuses_the_commands_of_an_older_controller_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = EventBus::new(Arc::new(MemoryBus::new()));
+        let mut answers = events.subscribe(Category::Supervisor).await.unwrap();
+        let agent = AgentCommand {
+            program: "/nonexistent/nubo".into(),
+            args: vec!["agent".into()],
+        };
+        let serve_once = |events: EventBus| {
+            let sup =
+                NodeSupervisor::new(dir.path().join("members"), agent.clone(), events.clone())
+                    .unwrap();
+            tokio::spawn(serve(sup, events, "n1".into()))
+        };
+        let node = serve_once(events.clone());
+        serving(&mut answers).await;
+        // The leader with token 7 speaks first (a terminate of nothing: answered as an exit).
+        events
+            .publish(&Event::NodeTerminateMember {
+                node: "n1".into(),
+                member_id: "ghost".into(),
+                fence: Some(7),
+            })
+            .await
+            .unwrap();
+        let e = next_answer(&mut answers).await;
+        assert!(matches!(e, Event::MemberProcessExited { .. }), "{e:?}");
+        // A deposed leader (token 3) asks for a start: refused, nothing started.
+        let start = |fence| Event::NodeStartMember {
+            node: "n1".into(),
+            member: member("app.web.web-1"),
+            image: "true".into(),
+            ports: vec![],
+            payload: BTreeMap::new(),
+            fence,
+        };
+        events.publish(&start(Some(3))).await.unwrap();
+        match next_answer(&mut answers).await {
+            Event::NodeMemberStartFailed { reason, .. } => {
+                assert!(reason.contains("fenced"), "{reason}")
+            }
+            e => panic!("{e:?}"),
+        }
+        // The newest token survives a restart of the node.
+        node.abort();
+        let _node = serve_once(events.clone());
+        serving(&mut answers).await;
+        events.publish(&start(Some(6))).await.unwrap();
+        match next_answer(&mut answers).await {
+            Event::NodeMemberStartFailed { reason, .. } => {
+                assert!(reason.contains("fenced"), "{reason}")
+            }
+            e => panic!("{e:?}"),
+        }
     }
 }

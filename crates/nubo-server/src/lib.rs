@@ -226,13 +226,15 @@ pub async fn run(
     let events = nubo_bus::EventBus::new(bus);
     let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_controller::IaasProvider>> =
         Default::default();
+    let mut remote_node = None;
     match &config.remote_node {
         Some(node) => {
             let remote = nubo_controller::NodeProvider::connect(events.clone(), node)
                 .await
                 .context("cannot follow the node supervisor on the bus")?;
             tracing::info!(%node, "local members run on a node supervisor reached through the bus");
-            providers.insert("local".into(), remote);
+            providers.insert("local".into(), remote.clone());
+            remote_node = Some(remote);
         }
         None => {
             let supervisor = nubo_node::NodeSupervisor::new(
@@ -264,6 +266,9 @@ pub async fn run(
         }),
         None => None,
     };
+    if let (Some(remote), Some(f)) = (&remote_node, &fence) {
+        remote.set_fence(f.token);
+    }
     let controller = nubo_controller::Controller::start(
         store.clone(),
         events.clone(),
