@@ -103,7 +103,9 @@ async fn apply_to_running(s: &AppState, tenant: i64) -> Vec<String> {
     let Some(c) = s.controller.as_ref() else {
         return Vec::new();
     };
-    let state = c.snapshot();
+    let Some(state) = c.state().await else {
+        return vec!["the running applications could not be read: the change applies at their next deployment".into()];
+    };
     let mut notes = Vec::new();
     for (app, d) in &state.deployments {
         if d.plan.tenant_id != tenant || d.status != nubo_controller::DeploymentStatus::Deployed {
@@ -161,11 +163,8 @@ async fn remove<T: Artifact>(
     ))))
 }
 
-fn decorate(s: &AppState, app: &mut Application) {
-    let status = s
-        .controller
-        .as_ref()
-        .and_then(|c| c.status(&app.application_id));
+fn decorate(state: Option<&nubo_controller::ControllerState>, app: &mut Application) {
+    let status = state.and_then(|s| s.deployments.get(&app.application_id).map(|d| d.status));
     app.status = Some(
         match status {
             None => "Created",
@@ -182,7 +181,8 @@ async fn list_applications(
     Extension(p): Extension<Principal>,
 ) -> Result<Json<Vec<Application>>, ApiError> {
     let mut apps = s.manager.list::<Application>(p.tenant_id).await?;
-    apps.iter_mut().for_each(|a| decorate(&s, a));
+    let state = control_state(&s).await;
+    apps.iter_mut().for_each(|a| decorate(state.as_ref(), a));
     Ok(Json(apps))
 }
 
@@ -192,11 +192,19 @@ async fn get_application(
     Path(id): Path<String>,
 ) -> Result<Json<Application>, ApiError> {
     let mut app = s.manager.get::<Application>(p.tenant_id, &id).await?;
-    decorate(&s, &mut app);
+    decorate(control_state(&s).await.as_ref(), &mut app);
     Ok(Json(app))
 }
 
-fn controller(s: &AppState) -> Result<&nubo_controller::ControllerHandle, ApiError> {
+/// The controller's state, when a controller is reachable.
+async fn control_state(s: &AppState) -> Option<nubo_controller::ControllerState> {
+    match &s.controller {
+        Some(c) => c.state().await,
+        None => None,
+    }
+}
+
+fn controller(s: &AppState) -> Result<&Arc<dyn nubo_controller::ControlPlane>, ApiError> {
     s.controller.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -210,7 +218,10 @@ async fn remove_application(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
-    if s.controller.as_ref().and_then(|c| c.status(&id)).is_some() {
+    if control_state(&s)
+        .await
+        .is_some_and(|st| st.deployments.contains_key(&id))
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("application `{id}` is deployed: undeploy it first"),
@@ -227,7 +238,7 @@ async fn deploy(
     // What is wrong with the request is said first (404, 400), then whether this server can deploy.
     let plan = s.manager.deployment_plan(p.tenant_id, &id, &policy).await?;
     let c = controller(&s)?;
-    if c.status(&id).is_some() {
+    if c.status(&id).await.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("application `{id}` is already deployed"),
@@ -257,7 +268,7 @@ async fn undeploy(
 ) -> Result<Response, ApiError> {
     let c = controller(&s)?;
     s.manager.get::<Application>(p.tenant_id, &id).await?;
-    if c.status(&id).is_none() {
+    if c.status(&id).await.is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("application `{id}` is not deployed"),
@@ -279,7 +290,13 @@ async fn runtime(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let app = s.manager.get::<Application>(p.tenant_id, &id).await?;
     let c = controller(&s)?;
-    let mut view = nubo_controller::view::runtime_view(&c.snapshot(), &id).ok_or_else(|| {
+    let state = c.state().await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller's state cannot be read now: retry",
+        )
+    })?;
+    let mut view = nubo_controller::view::runtime_view(&state, &id).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("application `{id}` is not deployed: deploy it first"),

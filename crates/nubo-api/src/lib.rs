@@ -41,8 +41,8 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     /// The manager.
     pub manager: Arc<Manager>,
-    /// The cloud controller (absent in API-only set-ups: deploy answers 503).
-    pub controller: Option<nubo_controller::ControllerHandle>,
+    /// The cloud controller, in this process or another (absent: deploy answers 503).
+    pub controller: Option<Arc<dyn nubo_controller::ControlPlane>>,
     /// The autoscaler's recent decisions (absent without an autoscaler).
     pub scaling: Option<nubo_autoscaler::monitor::ScalingLog>,
     /// All metrics of the process, served on `/metrics`.
@@ -56,7 +56,7 @@ impl AppState {
     /// State over `manager`; the API registers its metrics in `registry`, which `/metrics` serves.
     pub fn new(
         manager: Arc<Manager>,
-        controller: Option<nubo_controller::ControllerHandle>,
+        controller: Option<Arc<dyn nubo_controller::ControlPlane>>,
         scaling: Option<nubo_autoscaler::monitor::ScalingLog>,
         mut registry: Registry,
     ) -> Arc<Self> {

@@ -391,10 +391,12 @@ async fn scaling_events(
 }
 
 async fn cluster(State(s): S, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let c = s
-        .controller
-        .as_ref()
-        .and_then(|c| c.snapshot().topology.clusters.get(&id).cloned())
+    let state = match &s.controller {
+        Some(c) => c.state().await,
+        None => None,
+    };
+    let c = state
+        .and_then(|st| st.topology.clusters.get(&id).cloned())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,

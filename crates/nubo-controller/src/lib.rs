@@ -9,6 +9,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod iaas;
 pub mod plan;
 pub mod remote;
@@ -16,6 +17,7 @@ pub mod runtime;
 pub mod state;
 pub mod view;
 
+pub use control::{ControlPlane, RemoteControl};
 pub use iaas::{IaasError, IaasProvider, StartRequest, StartedMember};
 pub use plan::{DeploymentPlan, PlanError, PlanInputs, Thresholds};
 pub use remote::NodeProvider;

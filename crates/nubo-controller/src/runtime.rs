@@ -16,9 +16,12 @@ use crate::plan::{ClusterPlan, DeploymentPlan};
 use crate::state::{Action, ControllerState, DeploymentStatus, Input};
 
 /// The store document holding the controller's state.
-const STATE_KIND: &str = "controllerState";
-const STATE_ID: &str = "state";
-const STATE_TENANT: i64 = nubo_model::SUPER_TENANT_ID;
+/// The store's document kind of the controller's state.
+pub(crate) const STATE_KIND: &str = "controllerState";
+/// Its id.
+pub(crate) const STATE_ID: &str = "state";
+/// Its tenant (the platform's).
+pub(crate) const STATE_TENANT: i64 = nubo_model::SUPER_TENANT_ID;
 
 /// How often time advances in the state machine.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -250,6 +253,10 @@ impl Controller {
             .subscribe(Category::Initializer)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut control = events
+            .subscribe(Category::Control)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         for p in pending {
             let _ = tx.send(p);
         }
@@ -291,6 +298,10 @@ impl Controller {
                         }
                         continue;
                     }
+                    Some(e) = control.recv() => match command_from(e) {
+                        Some(input) => input,
+                        None => continue,
+                    },
                     _ = tick.tick() => Input::Tick,
                     _ = resync.tick() => {
                         runner.publish_topology().await;
@@ -301,6 +312,29 @@ impl Controller {
             }
         });
         Ok(handle)
+    }
+}
+
+/// A command from an API in another process (the `control` topic).
+fn command_from(e: Event) -> Option<Input> {
+    let plan = |v: serde_json::Value| match serde_json::from_value::<DeploymentPlan>(v) {
+        Ok(p) => Some(p),
+        Err(err) => {
+            tracing::warn!(error = %err, "a control command with an unreadable deployment plan: ignored");
+            None
+        }
+    };
+    match e {
+        Event::ControlDeploy { plan: p } => plan(p).map(Input::Deploy),
+        Event::ControlUndeploy {
+            application_id,
+            force,
+        } => Some(Input::Undeploy {
+            application_id,
+            force,
+        }),
+        Event::ControlUpdatePlan { plan: p } => plan(p).map(Input::UpdatePlan),
+        _ => None,
     }
 }
 

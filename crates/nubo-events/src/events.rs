@@ -30,6 +30,8 @@ pub enum Category {
     Supervisor,
     /// Commands to node supervisors (publisher: cloud controller; consumer: the node named).
     Node,
+    /// Commands to the cloud controller from an API in another process.
+    Control,
 }
 
 impl Category {
@@ -45,6 +47,7 @@ impl Category {
             Category::Initializer => "initializer",
             Category::Supervisor => "supervisor",
             Category::Node => "node",
+            Category::Control => "control",
         }
     }
 
@@ -326,6 +329,26 @@ pub enum Event {
     },
     /// Every node supervisor answers with its `NodeInventory`.
     NodeInventoryRequest {},
+
+    // === control (API → cloud controller in another process) ===
+    /// Deploy an application: a deployment plan (the controller's `DeploymentPlan`, as JSON).
+    ControlDeploy {
+        /// The plan.
+        plan: serde_json::Value,
+    },
+    /// Undeploy an application.
+    ControlUndeploy {
+        /// Application.
+        #[serde(rename = "applicationId")]
+        application_id: String,
+        /// Terminate at once instead of draining.
+        force: bool,
+    },
+    /// Apply changed artifacts to a running application: its new deployment plan, as JSON.
+    ControlUpdatePlan {
+        /// The plan.
+        plan: serde_json::Value,
+    },
 }
 
 /// Why a message could not be read.
@@ -387,6 +410,9 @@ impl Event {
             Event::NodeStartMember { .. } => "NodeStartMember",
             Event::NodeTerminateMember { .. } => "NodeTerminateMember",
             Event::NodeInventoryRequest {} => "NodeInventoryRequest",
+            Event::ControlDeploy { .. } => "ControlDeploy",
+            Event::ControlUndeploy { .. } => "ControlUndeploy",
+            Event::ControlUpdatePlan { .. } => "ControlUpdatePlan",
         }
     }
 
@@ -423,6 +449,9 @@ impl Event {
             Event::NodeStartMember { .. }
             | Event::NodeTerminateMember { .. }
             | Event::NodeInventoryRequest {} => Category::Node,
+            Event::ControlDeploy { .. }
+            | Event::ControlUndeploy { .. }
+            | Event::ControlUpdatePlan { .. } => Category::Control,
         }
     }
 
@@ -699,6 +728,16 @@ mod catalogue {
                 fence: Some(3),
             },
             Event::NodeInventoryRequest {},
+            Event::ControlDeploy {
+                plan: serde_json::json!({"applicationId": "shop", "tenantId": -1234, "applicationPolicy": "ap", "instances": [], "clusters": []}),
+            },
+            Event::ControlUndeploy {
+                application_id: "shop".into(),
+                force: false,
+            },
+            Event::ControlUpdatePlan {
+                plan: serde_json::json!({"applicationId": "shop", "tenantId": -1234, "applicationPolicy": "ap", "instances": [], "clusters": []}),
+            },
         ]
     }
 
@@ -736,6 +775,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 30, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 33, "one example per event variant: {names:?}");
     }
 }

@@ -77,6 +77,9 @@ pub struct ServerConfig {
     pub remote_node: Option<String>,
     /// Run the autoscaler (and the event processor) in this process.
     pub autoscale: bool,
+    /// Run the cloud controller in this process; without it, the API sends its commands through
+    /// the bus to the controller of another process and reads its state from the store.
+    pub controller: bool,
     /// One of several controllers sharing the store (`--ha`): only the holder of the
     /// `controller` lease runs; the others wait as standbys.
     pub ha: Option<HaConfig>,
@@ -226,77 +229,92 @@ pub async fn run(
     let events = nubo_bus::EventBus::new(bus);
     let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_controller::IaasProvider>> =
         Default::default();
-    let mut remote_node = None;
-    match &config.remote_node {
-        Some(node) => {
-            let remote = nubo_controller::NodeProvider::connect(events.clone(), node)
-                .await
-                .context("cannot follow the node supervisor on the bus")?;
-            tracing::info!(%node, "local members run on a node supervisor reached through the bus");
-            providers.insert("local".into(), remote.clone());
-            remote_node = Some(remote);
-        }
-        None => {
-            let supervisor = nubo_node::NodeSupervisor::new(
-                config.data_dir.join("members"),
-                config.agent.clone(),
-                events.clone(),
-            )
-            .context("cannot start the node supervisor")?;
-            providers.insert("local".into(), supervisor);
-        }
-    }
-    let mock = match &config.mock {
-        Some(m) => {
-            let mut m = m.clone();
-            m.state_file
-                .get_or_insert_with(|| config.data_dir.join("mock-iaas.json"));
-            let mock = nubo_mock::MockIaas::start(events.clone(), m)
-                .await
-                .context("cannot start the mock IaaS")?;
-            providers.insert("mock".into(), mock.clone());
-            Some(mock)
-        }
-        None => None,
-    };
-    let fence = match &config.ha {
-        Some(ha) => Some(nubo_controller::Fence {
-            lease: CONTROLLER_LEASE.into(),
-            token: become_leader(store.as_ref(), ha).await?,
-        }),
-        None => None,
-    };
-    if let (Some(remote), Some(f)) = (&remote_node, &fence) {
-        remote.set_fence(f.token);
-    }
-    let controller = nubo_controller::Controller::start(
-        store.clone(),
-        events.clone(),
-        nubo_controller::ControllerConfig {
-            providers,
-            bus_url: bus_url.clone(),
-            fence: fence.clone(),
-        },
-    )
-    .await
-    .context("cannot start the cloud controller")?;
-    let controller_for_ha = controller.clone();
-    let scaling = if config.autoscale {
-        Some(
-            nubo_autoscaler::monitor::start(
-                events.clone(),
-                controller.clone(),
-                config.autoscaler,
-                Some(store.clone()),
-            )
-            .await
-            .context("cannot start the autoscaler")?,
-        )
-    } else {
-        None
-    };
     let mut registry = Registry::default();
-    controller.register_metrics(&mut registry);
+    let mut mock = None;
+    let mut scaling = None;
+    let mut fence = None;
+    let mut controller_for_ha = None;
+    let control: Arc<dyn nubo_controller::ControlPlane> = if config.controller {
+        let mut remote_node = None;
+        match &config.remote_node {
+            Some(node) => {
+                let remote = nubo_controller::NodeProvider::connect(events.clone(), node)
+                    .await
+                    .context("cannot follow the node supervisor on the bus")?;
+                tracing::info!(%node, "local members run on a node supervisor reached through the bus");
+                providers.insert("local".into(), remote.clone());
+                remote_node = Some(remote);
+            }
+            None => {
+                let supervisor = nubo_node::NodeSupervisor::new(
+                    config.data_dir.join("members"),
+                    config.agent.clone(),
+                    events.clone(),
+                )
+                .context("cannot start the node supervisor")?;
+                providers.insert("local".into(), supervisor);
+            }
+        }
+        mock = match &config.mock {
+            Some(m) => {
+                let mut m = m.clone();
+                m.state_file
+                    .get_or_insert_with(|| config.data_dir.join("mock-iaas.json"));
+                let mock = nubo_mock::MockIaas::start(events.clone(), m)
+                    .await
+                    .context("cannot start the mock IaaS")?;
+                providers.insert("mock".into(), mock.clone());
+                Some(mock)
+            }
+            None => None,
+        };
+        fence = match &config.ha {
+            Some(ha) => Some(nubo_controller::Fence {
+                lease: CONTROLLER_LEASE.into(),
+                token: become_leader(store.as_ref(), ha).await?,
+            }),
+            None => None,
+        };
+        if let (Some(remote), Some(f)) = (&remote_node, &fence) {
+            remote.set_fence(f.token);
+        }
+        let controller = nubo_controller::Controller::start(
+            store.clone(),
+            events.clone(),
+            nubo_controller::ControllerConfig {
+                providers,
+                bus_url: bus_url.clone(),
+                fence: fence.clone(),
+            },
+        )
+        .await
+        .context("cannot start the cloud controller")?;
+        controller_for_ha = Some(controller.clone());
+        scaling = if config.autoscale {
+            Some(
+                nubo_autoscaler::monitor::start(
+                    events.clone(),
+                    controller.clone(),
+                    config.autoscaler,
+                    Some(store.clone()),
+                )
+                .await
+                .context("cannot start the autoscaler")?,
+            )
+        } else {
+            None
+        };
+        controller.register_metrics(&mut registry);
+        Arc::new(controller)
+    } else {
+        tracing::info!(
+            "no controller in this process: commands go through the bus to the controller of another"
+        );
+        Arc::new(nubo_controller::RemoteControl::new(
+            store.clone(),
+            events.clone(),
+        ))
+    };
     if let Some(lb) = &config.lb {
         let lb = nubo_lb::LoadBalancer::new(lb.clone());
         lb.register_metrics(&mut registry);
@@ -304,7 +322,7 @@ pub async fn run(
             .await
             .context("cannot start the load balancer")?;
     }
-    let mut state = AppState::new(manager, Some(controller), scaling, registry);
+    let mut state = AppState::new(manager, Some(control), scaling, registry);
     if let Some(mock) = mock {
         state = state.with_mock(mock);
     }
@@ -344,8 +362,8 @@ pub async fn run(
         let store = store.clone();
         let token = fence.as_ref().map(|f| f.token);
         async move {
-            match (ha, token) {
-                (Some(ha), Some(token)) => {
+            match (ha, token, controller) {
+                (Some(ha), Some(token), Some(controller)) => {
                     tokio::select! {
                         () = keep_lease(store, ha, token) => {}
                         () = controller.deposed() => {}

@@ -106,7 +106,7 @@ struct ServerArgs {
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
-    /// The components this process runs, comma-separated, from: api (with the manager), controller, autoscaler, lb, node. Without `node`, `local` members run on the node supervisor named by --node (`nubo node`), through the bus. api and controller run together for now [default: all]
+    /// The components this process runs, comma-separated, from: api (with the manager; always), controller, autoscaler, lb, node. Without `controller`, the API sends commands through the bus to another server's controller (same --store and --bus). Without `node`, `local` members run on the node supervisor named by --node (`nubo node`) [default: all]
     #[arg(
         long,
         env = "NUBO_COMPONENTS",
@@ -355,7 +355,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 .or(file.node.clone())
                 .unwrap_or_else(|| "local".into())
         }),
-        autoscale: has("autoscaler"),
+        autoscale: has("autoscaler") && has("controller"),
+        controller: has("controller"),
         ha: (args.ha || file.ha.unwrap_or(false)).then(|| nubo_server::HaConfig {
             holder: format!(
                 "{}:{}",
@@ -492,12 +493,10 @@ fn components(list: Option<Vec<String>>) -> anyhow::Result<Vec<String>> {
             );
         }
     }
-    for needed in ["api", "controller"] {
-        if !list.iter().any(|c| c == needed) {
-            anyhow::bail!(
-                "--components: `{needed}` is needed: the API and the controller run in one process for now (a load balancer runs alone with `nubo lb`, a node supervisor with `nubo node`)"
-            );
-        }
+    if !list.iter().any(|c| c == "api") {
+        anyhow::bail!(
+            "--components: `api` is needed: every server serves the API (without `controller`, it sends commands through the bus to the controller of another server); a load balancer runs alone with `nubo lb`, a node supervisor with `nubo node`"
+        );
     }
     Ok(list)
 }

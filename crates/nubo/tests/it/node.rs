@@ -195,3 +195,74 @@ async fn members_run_on_a_node_supervisor_in_another_process() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
+    // Two servers on one store and one bus: one runs the controller (and the members), the other
+    // only the API. Deploying, reading the runtime view and undeploying through the second work:
+    // its commands go through the bus, its reads come from the store.
+    let dir_c = tempfile::tempdir().unwrap();
+    let dir_a = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
+    let controller =
+        ServerProcess::start_with(dir_c.path(), &["--insecure-http", "--store", &store]);
+    let api_only = ServerProcess::start_with(
+        dir_a.path(),
+        &[
+            "--insecure-http",
+            "--store",
+            &store,
+            "--bus",
+            &controller.bus_url,
+            "--components",
+            "api",
+        ],
+    );
+    let api = Api::new(&api_only);
+    let proxy = free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "split", "components": {"cartridges": [
+            {"type": "web", "cartridgeMin": 2, "cartridgeMax": 2, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (code, answer) = api
+        .post("/api/applications/split/deploy/ap", json!({}))
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    let (_, app) = api.get("/api/applications/split").await;
+    assert_eq!(app["status"], "Deployed", "{app}");
+    let (code, _) = api
+        .post("/api/applications/split/deploy/ap", json!({}))
+        .await;
+    assert_eq!(code, 409, "already deployed, as the store says");
+    eventually(
+        40,
+        "two members Active, seen through the API-only server",
+        || async { (api.active("split", "web").await.len() == 2).then_some(()) },
+    )
+    .await;
+    // The members belong to the controller's server.
+    for (_, m) in api.members("split").await {
+        let id = m["memberId"].as_str().unwrap();
+        assert!(agent_pid(dir_c.path(), id).is_some_and(alive), "{id}");
+    }
+    let (code, answer) = api
+        .post("/api/applications/split/undeploy", json!({}))
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    eventually(40, "undeployed", || async {
+        let (_, app) = api.get("/api/applications/split").await;
+        (app["status"] == "Created").then_some(())
+    })
+    .await;
+    drop(controller);
+}
