@@ -45,6 +45,18 @@ impl Liveness {
         }
     }
 
+    /// Whether `member_id` sent statistics within `within_ms` of `now_ms` with its ports open.
+    /// Agents publish statistics only once their member is active, so this proves the member
+    /// active even when its `InstanceActivated` report was lost (sent while no controller
+    /// listened, during a failover).
+    pub fn reporting(&self, member_id: &str, now_ms: u64, within_ms: u64) -> bool {
+        self.members.get(member_id).is_some_and(|e| {
+            !e.ports_closed
+                && e.last_stat
+                    .is_some_and(|t| now_ms.saturating_sub(t) <= within_ms)
+        })
+    }
+
     /// The faulty members among the `active` ones at `now_ms`, with the reason; forgets members
     /// that are no longer Active, and starts afresh with the faulty ones (the controller replaces
     /// them). One lookup per member, no allocation but for members new to it.
@@ -116,6 +128,17 @@ mod tests {
         assert_eq!(faults[0].1, "no health statistics for 5.0 s");
         // Reported once: the controller replaces it.
         assert!(l.check(["m1", "m2"], 7_002, 5_000).is_empty());
+    }
+
+    #[test]
+    fn statistics_from_a_member_not_yet_active_prove_it_runs() {
+        let mut l = Liveness::default();
+        assert!(!l.reporting("m", 1_000, 5_000));
+        l.stat("m", 1_000, true);
+        assert!(l.reporting("m", 2_000, 5_000));
+        assert!(!l.reporting("m", 7_001, 5_000), "too old");
+        l.stat("m", 7_100, false);
+        assert!(!l.reporting("m", 7_200, 5_000), "ports closed");
     }
 
     #[test]

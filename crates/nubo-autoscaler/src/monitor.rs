@@ -276,6 +276,10 @@ pub async fn start(
                     }
                     for c in round.commands {
                         let _ = match c {
+                            Command::Activated(r) => {
+                                tracing::info!(member = %r.member_id, "statistics from a member still starting: it is active (its report was lost)");
+                                controller.member_active(r).await
+                            }
                             Command::Fault { member, reason } => {
                                 tracing::warn!(%member, %reason, "member fault");
                                 controller.member_fault(&member, reason).await
@@ -299,6 +303,9 @@ pub async fn start(
 /// What a decision round asks of the controller.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
+    /// A member the controller sees starting sends statistics with its ports open: it is active
+    /// (its own report was lost).
+    Activated(nubo_events::InstanceRef),
     /// An Active member is faulty: replace it.
     Fault {
         /// Member.
@@ -430,6 +437,21 @@ impl Engine {
     /// that follow from them.
     pub fn round(&mut self, state: &ControllerState, now: u64) -> Round {
         let config = self.config;
+        let fault_ms = config.fault_timeout.as_millis() as u64;
+        let mut activated: Vec<Command> = starting_members(state)
+            .filter(|m| self.liveness.reporting(&m.member_id, now, fault_ms))
+            .map(|m| {
+                Command::Activated(nubo_events::InstanceRef {
+                    application_id: m.application_id.clone(),
+                    service_name: m.service_name.clone(),
+                    cluster_id: m.cluster_id.clone(),
+                    cluster_instance_id: m.cluster_instance_id.clone(),
+                    member_id: m.member_id.clone(),
+                    network_partition_id: m.network_partition_id.clone(),
+                    partition_id: m.partition_id.clone(),
+                })
+            })
+            .collect();
         let mut commands: Vec<Command> = self
             .liveness
             .check(
@@ -440,6 +462,7 @@ impl Engine {
             .into_iter()
             .map(|(member, reason)| Command::Fault { member, reason })
             .collect();
+        commands.append(&mut activated);
         let events = evaluate(state, &mut self.w, config, now);
         for e in &events {
             if let Some(c) = self.command(state, e, now) {
@@ -535,6 +558,21 @@ impl Engine {
             _ => None,
         }
     }
+}
+
+/// The members of deployed applications the controller sees initialized or starting.
+fn starting_members(state: &ControllerState) -> impl Iterator<Item = &nubo_events::Member> {
+    state
+        .deployments
+        .values()
+        .filter(|d| d.status == nubo_controller::DeploymentStatus::Deployed)
+        .flat_map(|d| d.plan.clusters.iter())
+        .filter_map(|p| state.topology.clusters.get(&p.cluster_id))
+        .flat_map(|c| c.members.values())
+        .filter(|m| {
+            matches!(m.status, MemberStatus::Initialized | MemberStatus::Starting)
+                && m.failure.is_none()
+        })
 }
 
 /// The Active, not failed, members of deployed applications.

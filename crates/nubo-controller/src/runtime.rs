@@ -119,6 +119,12 @@ impl ControllerHandle {
         .await
     }
 
+    /// A member is active (its agent's statistics show it, though its report was lost).
+    pub async fn member_active(&self, instance: nubo_events::InstanceRef) -> Result<(), String> {
+        self.command(Input::Event(Event::InstanceActivated(instance)))
+            .await
+    }
+
     /// Reports a cluster instance full and needing more: group scaling or bursting.
     pub async fn beyond_max(&self, cluster_id: &str, instance_id: &str) -> Result<(), String> {
         self.command(Input::BeyondMax {

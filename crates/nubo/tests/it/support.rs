@@ -230,7 +230,10 @@ impl ServerProcess {
             )
             .stdout(Stdio::piped())
             .stderr(match std::env::var_os("NUBO_TEST_SERVER_LOG_FILE") {
-                Some(f) => std::fs::File::create(f)
+                Some(f) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(f)
                     .map(Stdio::from)
                     .unwrap_or_else(|_| Stdio::null()),
                 None => Stdio::null(),
