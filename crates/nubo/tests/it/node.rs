@@ -266,3 +266,44 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
     .await;
     drop(controller);
 }
+
+#[tokio::test]
+async fn a_server_killed_in_the_middle_of_a_deploy_converges_after_a_restart() {
+    // kill -9 a few milliseconds after a deploy of four members is accepted, while the members are
+    // being started; after a restart exactly four members run: none lost, none twice.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "crash", "components": {"cartridges": [
+            {"type": "web", "cartridgeMin": 4, "cartridgeMax": 4, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    assert_eq!(
+        api.post("/api/applications/crash/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    server.kill9();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    eventually(40, "four members Active", || async {
+        (api.active("crash", "web").await.len() == 4).then_some(())
+    })
+    .await;
+    // Settled: four members known, four agents running, no strays.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(api.members("crash").await.len(), 4);
+    assert_eq!(nubo_node::stop_all_pending(&dir.path().join("members")), 4);
+}
