@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::node::NodeProcess;
-use crate::support::{Api, ServerProcess, eventually};
+use crate::support::{Api, ServerProcess, eventually, free_port, web_app, web_app_artifacts};
 
 /// A process of the test's own (broker, load balancer), in its own process group, killed on drop.
 struct Proc(Option<Child>);
@@ -39,14 +39,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn on_path(program: &str) -> bool {
@@ -175,23 +167,8 @@ async fn scenario(broker: &str) {
         ],
     );
     let api = Api::new(&manager);
-    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
-    let app = |min: u32| {
-        json!({"applicationId": "ha", "components": {"cartridges": [
-            {"type": "web", "cartridgeMin": min, "cartridgeMax": 6,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})
-    };
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
-        ("applications", app(2)),
-    ])
-    .await;
+    let app = |min: u32| web_app("ha", min, 6);
+    api.add_all(&web_app_artifacts("ha", 2, 6, proxy)).await;
     assert_eq!(
         api.post("/api/applications/ha/deploy/ap", json!({}))
             .await
@@ -311,19 +288,7 @@ async fn the_platform_converges_after_its_broker_restarts() {
     let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--bus", &bus]);
     let api = Api::new(&server);
     let proxy = free_port();
-    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "mq", "components": {"cartridges": [
-            {"type": "web", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
+    api.add_all(&web_app_artifacts("mq", 1, 1, proxy)).await;
     assert_eq!(
         api.post("/api/applications/mq/deploy/ap", json!({}))
             .await

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Api, ServerProcess, agent_pid, alive, eventually};
+use crate::support::{
+    Api, ServerProcess, agent_pid, alive, eventually, free_port, web_app_artifacts,
+};
 
 /// A `nubo node` process in its own process group; killed (with its members) when dropped.
 pub struct NodeProcess {
@@ -61,14 +63,6 @@ impl Drop for NodeProcess {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn member_ids(members: &[serde_json::Value]) -> Vec<String> {
     let mut v: Vec<String> = members
         .iter()
@@ -93,19 +87,7 @@ async fn members_run_on_a_node_supervisor_in_another_process() {
     let mut node = NodeProcess::start(&server.bus_url, "n1", node_dir.path());
     let api = Api::new(&server);
     let proxy = free_port();
-    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "far", "components": {"cartridges": [
-            {"type": "web", "cartridgeMin": 2, "cartridgeMax": 2, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
+    api.add_all(&web_app_artifacts("far", 2, 2, proxy)).await;
     assert_eq!(
         api.post("/api/applications/far/deploy/ap", json!({}))
             .await
@@ -221,19 +203,7 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
     );
     let api = Api::new(&api_only);
     let proxy = free_port();
-    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "split", "components": {"cartridges": [
-            {"type": "web", "cartridgeMin": 2, "cartridgeMax": 2, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
+    api.add_all(&web_app_artifacts("split", 2, 2, proxy)).await;
     let (code, answer) = api
         .post("/api/applications/split/deploy/ap", json!({}))
         .await;
@@ -275,19 +245,7 @@ async fn a_server_killed_in_the_middle_of_a_deploy_converges_after_a_restart() {
     let mut server = ServerProcess::start(dir.path());
     let api = Api::new(&server);
     let proxy = free_port();
-    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "crash", "components": {"cartridges": [
-            {"type": "web", "cartridgeMin": 4, "cartridgeMax": 4, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
+    api.add_all(&web_app_artifacts("crash", 4, 4, proxy)).await;
     assert_eq!(
         api.post("/api/applications/crash/deploy/ap", json!({}))
             .await

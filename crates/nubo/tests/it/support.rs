@@ -477,3 +477,51 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A port the OS says is free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The artifacts of application `app`: one cluster `web` of an HTTP workload (`slow.py`, answering
+/// at once) on the `local` provider between `min` and `max` members, behind `proxy`, that never
+/// scales on load; `PUT /api/applications` with [`web_app`] changes its bounds.
+pub fn web_app_artifacts(app: &str, min: u32, max: u32, proxy: u16) -> Vec<(&'static str, Value)> {
+    let script = manifest_dir().join("tests/it/fixtures/slow.py");
+    vec![
+        (
+            "autoscalingPolicies",
+            serde_json::json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 1000}}}),
+        ),
+        (
+            "networkPartitions",
+            serde_json::json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            serde_json::json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            serde_json::json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]}),
+        ),
+        (
+            "cartridges",
+            serde_json::json!({"type": "web", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("DELAY=0 exec python3 {}", script.display())}]}),
+        ),
+        ("applications", web_app(app, min, max)),
+    ]
+}
+
+/// The application of [`web_app_artifacts`].
+pub fn web_app(app: &str, min: u32, max: u32) -> Value {
+    serde_json::json!({"applicationId": app, "components": {"cartridges": [
+        {"type": "web", "cartridgeMin": min, "cartridgeMax": max,
+         "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})
+}
