@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub remote_node: Option<String>,
     /// Run the autoscaler (and the event processor) in this process.
     pub autoscale: bool,
+    /// Serve the API (without it, the process runs its other components only).
+    pub api: bool,
     /// Run the cloud controller in this process; without it, the API sends its commands through
     /// the bus to the controller of another process and reads its state from the store.
     pub controller: bool,
@@ -171,7 +173,7 @@ pub enum BusMode {
 /// A running server's facts, given to `on_ready`.
 #[derive(Debug, Clone)]
 pub struct Ready {
-    /// The API's base URL (`https://127.0.0.1:9443`).
+    /// The API's base URL (`https://127.0.0.1:9443`); empty when this process serves no API.
     pub api_url: String,
     /// The CA certificate a client should trust, when self-signed.
     pub ca_cert: Option<PathBuf>,
@@ -329,6 +331,7 @@ pub async fn run(
     let app = nubo_api::router(state);
 
     let (acceptor, ca_cert) = match &config.tls {
+        _ if !config.api => (None, None),
         TlsMode::Insecure => (None, None),
         TlsMode::SelfSigned => {
             let (cert, key) = tls::ensure_self_signed(&config.data_dir.join("tls"))?;
@@ -336,16 +339,23 @@ pub async fn run(
         }
         TlsMode::Files { cert, key } => (Some(tls::acceptor(cert, key)?), None),
     };
-    let listener = TcpListener::bind(config.api_addr).await.with_context(|| {
-        format!(
-            "cannot listen on {}: is another server running? pass --api-addr",
-            config.api_addr
-        )
-    })?;
-    let local = listener.local_addr()?;
+    let listener = if config.api {
+        Some(TcpListener::bind(config.api_addr).await.with_context(|| {
+            format!(
+                "cannot listen on {}: is another server running? pass --api-addr",
+                config.api_addr
+            )
+        })?)
+    } else {
+        None
+    };
     let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let api_url = match &listener {
+        Some(l) => format!("{scheme}://{}", l.local_addr()?),
+        None => String::new(),
+    };
     let ready = Ready {
-        api_url: format!("{scheme}://{local}"),
+        api_url,
         ca_cert,
         generated_password,
         bus_url,
@@ -380,7 +390,12 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = async {
+                match &listener {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

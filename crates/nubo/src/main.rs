@@ -106,7 +106,7 @@ struct ServerArgs {
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
-    /// The components this process runs, comma-separated, from: api (with the manager; always), controller, autoscaler, lb, node. Without `controller`, the API sends commands through the bus to another server's controller (same --store and --bus). Without `node`, `local` members run on the node supervisor named by --node (`nubo node`) [default: all]
+    /// The components this process runs, comma-separated, from: api (with the manager), controller, autoscaler (with the event processor), lb, node. Without `controller`, the API sends commands through the bus to another server's controller (same --store and --bus). Without `node`, `local` members run on the node supervisor named by --node (`nubo node`) [default: all]
     #[arg(
         long,
         env = "NUBO_COMPONENTS",
@@ -357,6 +357,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         }),
         autoscale: has("autoscaler") && has("controller"),
         controller: has("controller"),
+        api: has("api"),
         ha: (args.ha || file.ha.unwrap_or(false)).then(|| nubo_server::HaConfig {
             holder: format!(
                 "{}:{}",
@@ -389,7 +390,11 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     nubo_server::run(
         config,
         |ready| {
-            println!("nubo: API listening on {}", ready.api_url);
+            if ready.api_url.is_empty() {
+                println!("nubo: no API in this process (--components)");
+            } else {
+                println!("nubo: API listening on {}", ready.api_url);
+            }
             if let Some(ca) = &ready.ca_cert {
                 println!(
                     "nubo: self-signed certificate: {} (clients: --ca-cert or NUBO_CA_CERT)",
@@ -493,10 +498,8 @@ fn components(list: Option<Vec<String>>) -> anyhow::Result<Vec<String>> {
             );
         }
     }
-    if !list.iter().any(|c| c == "api") {
-        anyhow::bail!(
-            "--components: `api` is needed: every server serves the API (without `controller`, it sends commands through the bus to the controller of another server); a load balancer runs alone with `nubo lb`, a node supervisor with `nubo node`"
-        );
+    if list.is_empty() {
+        anyhow::bail!("--components: name at least one of {}", ALL.join(", "));
     }
     Ok(list)
 }

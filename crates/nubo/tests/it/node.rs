@@ -180,15 +180,28 @@ async fn members_run_on_a_node_supervisor_in_another_process() {
 
 #[tokio::test]
 async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
-    // Two servers on one store and one bus: one runs the controller (and the members), the other
-    // only the API. Deploying, reading the runtime view and undeploying through the second work:
+    // Two servers on one store and one bus: one runs the controller (and the members) and no API,
+    // the other only the API. Deploying, reading the runtime view and undeploying through the second work:
     // its commands go through the bus, its reads come from the store.
     let dir_c = tempfile::tempdir().unwrap();
     let dir_a = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
-    let controller =
-        ServerProcess::start_with(dir_c.path(), &["--insecure-http", "--store", &store]);
+    // The controller's process serves no API at all.
+    let controller = ServerProcess::start_with(
+        dir_c.path(),
+        &[
+            "--insecure-http",
+            "--store",
+            &store,
+            "--components",
+            "controller,autoscaler,lb,node",
+        ],
+    );
+    assert!(
+        controller.url.is_empty(),
+        "no API in the controller's process"
+    );
     let api_only = ServerProcess::start_with(
         dir_a.path(),
         &[

@@ -247,6 +247,9 @@ impl ServerProcess {
                 if let Some(url) = line.strip_prefix("nubo: API listening on ") {
                     let _ = tx.send(url.to_owned());
                 }
+                if line.starts_with("nubo: no API in this process") {
+                    let _ = tx.send(String::new());
+                }
                 if let Some(bus) = line.strip_prefix("nubo: bus: ") {
                     let _ = tx.send(bus.to_owned());
                 }
