@@ -139,7 +139,7 @@ async fn scenario(broker: &str) {
         "n1",
         "--ha",
         "--ha-lease",
-        "2",
+        "4",
     ];
     let dir_a = tempfile::tempdir().unwrap();
     let mut leader = ServerProcess::start_with(dir_a.path(), &args);
