@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use nubo_bus::EventBus;
 use nubo_events::{
     Cluster, ClusterInstance, ClusterPort, Event, InstanceStatus, Member, MemberChange, MemberPort,
-    MemberStatus,
+    MemberStatus, Topology,
 };
 use nubo_lb::{LbConfig, LoadBalancer, Routes};
 use tokio::sync::mpsc;
@@ -98,6 +98,12 @@ const CLUSTER: &str = "bench.web.php.domain";
 const HOST: &str = "bench.web.example";
 /// How long one load balancer may take before the change counts as lost for it.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the load balancers may take to get the initial topology.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
 
 fn cluster(id: &str, host: &str, proxy_port: u16) -> Cluster {
     Cluster {
@@ -155,6 +161,26 @@ fn member(cluster_id: &str, n: usize, status: MemberStatus, port: u16, proxy_por
     }
 }
 
+/// The `--clusters` other clusters, each with `--members` Active members.
+fn other_clusters(o: &Options, proxy_port: u16) -> Vec<Cluster> {
+    (0..o.clusters)
+        .map(|c| {
+            let id = format!("other-{c}.web.php.domain");
+            let mut other = cluster(&id, &format!("other-{c}.web.example"), proxy_port);
+            other.instances.insert(format!("{APP}-1"), instance());
+            for m in 0..o.members {
+                let mb = member(&id, m, MemberStatus::Active, 41000 + m as u16, proxy_port);
+                other.members.insert(mb.member_id.clone(), mb);
+            }
+            other
+        })
+        .collect()
+}
+
+/// At most this many clusters per `ApplicationClustersCreated` when setting up (NATS refuses
+/// messages above 1 MB by default).
+const CLUSTERS_PER_EVENT: usize = 50;
+
 fn change(m: &Member) -> MemberChange {
     MemberChange { member: m.clone() }
 }
@@ -187,6 +213,7 @@ impl Tables {
     async fn wait_all(
         &mut self,
         since: Instant,
+        timeout: Duration,
         done: impl Fn(&Routes) -> bool,
     ) -> Vec<Option<Duration>> {
         let mut at: Vec<Option<Duration>> = self
@@ -194,7 +221,7 @@ impl Tables {
             .iter()
             .map(|r| done(r).then_some(Duration::ZERO))
             .collect();
-        let deadline = tokio::time::Instant::from_std(since + TIMEOUT);
+        let deadline = tokio::time::Instant::from_std(since + timeout);
         while at.iter().any(Option::is_none) {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some((i, when, routes))) => {
@@ -283,11 +310,10 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
     };
 
     // The topology, as the controller publishes it.
-    let mut app = cluster(CLUSTER, HOST, proxy_port);
     controller
         .publish(&Event::ApplicationClustersCreated {
             application_id: APP.into(),
-            clusters: vec![app.clone()],
+            clusters: vec![cluster(CLUSTER, HOST, proxy_port)],
         })
         .await
         .unwrap();
@@ -303,28 +329,21 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
         .publish(&Event::MemberActivated(change(&base)))
         .await
         .unwrap();
-    // Other clusters, each created with its members already Active (one event per cluster: fast to
-    // set up; the load balancer applies it the same way).
-    for c in 0..o.clusters {
-        let id = format!("other-{c}.web.php.domain");
-        let mut other = cluster(&id, &format!("other-{c}.web.example"), proxy_port);
-        other.instances.insert(format!("{APP}-1"), instance());
-        for m in 0..o.members {
-            let mb = member(&id, m, MemberStatus::Active, 41000 + m as u16, proxy_port);
-            other.members.insert(mb.member_id.clone(), mb);
-        }
+    // Other clusters, created with their members already Active, several per event (not what the
+    // controller does, but quick to set up; the load balancer applies it the same way).
+    for batch in other_clusters(o, proxy_port).chunks(CLUSTERS_PER_EVENT) {
         controller
             .publish(&Event::ApplicationClustersCreated {
                 application_id: APP.into(),
-                clusters: vec![other],
+                clusters: batch.to_vec(),
             })
             .await
             .unwrap();
     }
-    app.members.insert(base.member_id.clone(), base.clone());
     let (clusters, members) = (o.clusters, o.members);
+    let started = Instant::now();
     let ready = tables
-        .wait_all(Instant::now(), |r| {
+        .wait_all(started, SETUP_TIMEOUT, |r| {
             r.by_host.len() == 1 + clusters
                 && routes_member(r, proxy_port, &base.member_id)
                 && r.by_host
@@ -337,6 +356,12 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
         missing, 0,
         "{bus_name}: {missing} load balancers never got the topology"
     );
+    if o.clusters > 0 {
+        eprintln!(
+            "{bus_name}, {n} LB: the topology reached every load balancer in {:.0} ms",
+            ms(started.elapsed())
+        );
+    }
     // Every proxy listens (on its own address): nothing collided.
     for addr in &binds {
         if tokio::net::TcpStream::connect(addr).await.is_err() {
@@ -369,7 +394,7 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
         let t0 = Instant::now();
         controller.publish(&event).await.unwrap();
         let at = tables
-            .wait_all(t0, |r| routes_member(r, proxy_port, &m.member_id))
+            .wait_all(t0, TIMEOUT, |r| routes_member(r, proxy_port, &m.member_id))
             .await;
         out.activated.push(first_last(&at));
         tokio::time::sleep(settle).await;
@@ -379,11 +404,59 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
         let t1 = Instant::now();
         controller.publish(&event).await.unwrap();
         let at = tables
-            .wait_all(t1, |r| !routes_member(r, proxy_port, &m.member_id))
+            .wait_all(t1, TIMEOUT, |r| !routes_member(r, proxy_port, &m.member_id))
             .await;
         out.removed.push(first_last(&at));
         tokio::time::sleep(settle).await;
     }
+}
+
+/// The load balancer's own work per change, without a bus: `LoadBalancer::set_topology` (what
+/// `follow` calls for each topology event: the table rebuilt from the topology and compiled) on the
+/// benchmark's topology, a member added then removed, 2 × 50 times; returns the sorted times.
+async fn table_update(o: &Options) -> Vec<Duration> {
+    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lb = LoadBalancer::new(LbConfig::default());
+    let mut t = Topology::default();
+    let mut app = cluster(CLUSTER, HOST, proxy_port);
+    app.instances.insert(format!("{APP}-1"), instance());
+    let base = member(CLUSTER, 0, MemberStatus::Active, 40000, proxy_port);
+    app.members.insert(base.member_id.clone(), base);
+    t.clusters.insert(CLUSTER.into(), app);
+    for c in other_clusters(o, proxy_port) {
+        t.clusters.insert(c.cluster_id.clone(), c);
+    }
+    lb.set_topology(&t).await; // opens the proxy port
+    let mut times = Vec::new();
+    for k in 1..=50 {
+        let m = member(
+            CLUSTER,
+            k,
+            MemberStatus::Active,
+            40000 + k as u16,
+            proxy_port,
+        );
+        let id = m.member_id.clone();
+        t.clusters
+            .get_mut(CLUSTER)
+            .unwrap()
+            .members
+            .insert(id.clone(), m);
+        let t0 = Instant::now();
+        lb.set_topology(&t).await;
+        times.push(t0.elapsed());
+        assert!(routes_member(&lb.routes(), proxy_port, &id));
+        t.clusters.get_mut(CLUSTER).unwrap().members.remove(&id);
+        let t0 = Instant::now();
+        lb.set_topology(&t).await;
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    times
 }
 
 /// Nearest-rank percentile.
@@ -407,11 +480,16 @@ fn main() {
         buses.push(("nats-server (core NATS)", u.clone()));
     }
 
+    let update = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(table_update(&o));
+
     let mut results: Vec<Vec<Samples>> = buses
         .iter()
         .map(|_| o.lbs.iter().map(|_| Samples::default()).collect())
         .collect();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     for round in 0..o.rounds {
         for (b, (name, url)) in buses.iter().enumerate() {
             for (j, &n) in o.lbs.iter().enumerate() {
@@ -450,6 +528,11 @@ fn main() {
         } else {
             String::new()
         }
+    );
+    println!(
+        "A load balancer's own work per change (set_topology, no bus, this topology): p50 {:.3} ms, p99 {:.3} ms",
+        ms(pct(&update, 0.5)),
+        ms(pct(&update, 0.99))
     );
     println!();
     println!(
