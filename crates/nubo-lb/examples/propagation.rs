@@ -22,7 +22,10 @@
 //! routes it any more. Rounds go over every bus and N in turn (this machine's speed drifts); the
 //! samples of all rounds are pooled. The Markdown table printed shows, per bus and N, the median,
 //! p99 (nearest rank) and maximum of "first" and "last" for the activation, and the median and p99
-//! of "last" for the removal.
+//! of "last" for the removal. Before the table, a line gives a load balancer's own work per change
+//! on the same topology without any bus (`LoadBalancer::set_topology` timed directly): what part of
+//! the times is the table, what part the bus; the load balancers share this machine's cores, so with
+//! N of them a change costs N times that work before the last one has it.
 //!
 //! ```sh
 //! propagation [--mqtt URL] [--nats URL] [--lbs 1,4,16] [--rounds R] [--reps N] [--clusters C] [--members M]
