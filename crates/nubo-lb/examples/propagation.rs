@@ -417,8 +417,9 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
 /// The load balancer's own work per change, without a bus: `LoadBalancer::set_topology` (what
 /// `follow` calls for each topology event: the table rebuilt from the topology and compiled) on the
 /// benchmark's topology, a member added then removed, 2 × 50 times; returns the sorted times, and
-/// those of `Routes::from_topology` alone (the table without its counters, part of the former).
-async fn table_update(o: &Options) -> (Vec<Duration>, Vec<Duration>) {
+/// those of `Routes::from_topology` alone (the table without its counters, part of the former),
+/// and the size of this topology as a `CompleteTopology` event on the bus.
+async fn table_update(o: &Options) -> (Vec<Duration>, Vec<Duration>, usize) {
     let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -434,6 +435,11 @@ async fn table_update(o: &Options) -> (Vec<Duration>, Vec<Duration>) {
     for c in other_clusters(o, proxy_port) {
         t.clusters.insert(c.cluster_id.clone(), c);
     }
+    let size = Event::CompleteTopology {
+        topology: t.clone(),
+    }
+    .encode()
+    .len();
     lb.set_topology(&t).await; // opens the proxy port
     let mut times = Vec::new();
     let mut rebuild = Vec::new();
@@ -466,7 +472,7 @@ async fn table_update(o: &Options) -> (Vec<Duration>, Vec<Duration>) {
     }
     times.sort();
     rebuild.sort();
-    (times, rebuild)
+    (times, rebuild, size)
 }
 
 /// Nearest-rank percentile.
@@ -490,7 +496,7 @@ fn main() {
         buses.push(("nats-server (core NATS)", u.clone()));
     }
 
-    let (update, rebuild) = tokio::runtime::Builder::new_multi_thread()
+    let (update, rebuild, size) = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap()
@@ -545,6 +551,7 @@ fn main() {
         ms(pct(&update, 0.99)),
         ms(pct(&rebuild, 0.5)),
     );
+    println!("The topology as a CompleteTopology event: {size} bytes");
     println!();
     println!(
         "| bus | LBs | activated: first p50 | first p99 | last p50 | last p99 | last max | removed: last p50 | last p99 | missed |"
