@@ -9,6 +9,7 @@
 #
 #   bench/propagation.sh [propagation options: --lbs 1,4,16 --rounds 2 --reps 50 --clusters C --members M]
 set -euo pipefail
+set -m # every background job gets a process group of its own (its pid), killed as a whole
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nubo-target}"
 cargo build --release --locked -p nubo-lb --example propagation >&2
@@ -34,12 +35,12 @@ trap 'exit 143' TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# launch NAME COMMAND...: starts a broker in a session (process group) of its own, listening on
-# $PORT; returns 1 if it exits before the port opens (e.g. the port was taken meanwhile).
+# launch NAME COMMAND...: starts a broker in a process group of its own, listening on $PORT;
+# returns 1 if it exits before the port opens (e.g. the port was taken meanwhile).
 launch() {
   local name=$1
   shift
-  setsid "$@" >"$WORK/$name.log" 2>&1 </dev/null &
+  "$@" >"$WORK/$name.log" 2>&1 </dev/null &
   local pid=$!
   GROUPS_STARTED+=("$pid")
   for _ in $(seq 200); do
