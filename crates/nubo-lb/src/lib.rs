@@ -120,6 +120,19 @@ impl Compiled {
     }
 }
 
+/// The changes of a load balancer's table ([`LoadBalancer::watch_routes`]).
+pub struct RoutesWatch(tokio::sync::watch::Receiver<Arc<Compiled>>);
+
+impl RoutesWatch {
+    /// Waits for the table to change (since the watch was made or last returned) and returns the
+    /// new one (tables replaced in quick succession may show only as the last of them); `None`
+    /// once the load balancer is gone.
+    pub async fn changed(&mut self) -> Option<Arc<Routes>> {
+        self.0.changed().await.ok()?;
+        Some(self.0.borrow_and_update().routes.clone())
+    }
+}
+
 /// The load balancer.
 pub struct LoadBalancer {
     config: LbConfig,
@@ -148,6 +161,12 @@ impl LoadBalancer {
     /// The current table.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.borrow().routes.clone()
+    }
+
+    /// Follows the table: [`RoutesWatch::changed`] returns each new table as soon as the proxy
+    /// routes by it (for benchmarks and tests that time a topology change).
+    pub fn watch_routes(&self) -> RoutesWatch {
+        RoutesWatch(self.routes.subscribe())
     }
 
     /// Replaces the table from a topology and opens any new proxy port.
