@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub autoscale: bool,
     /// Serve the API (without it, the process runs its other components only).
     pub api: bool,
+    /// Without a controller in this process: run a node supervisor of this name, commanded
+    /// through the bus by the controller of another process (as `nubo node`).
+    pub serve_node: Option<String>,
     /// Run the cloud controller in this process; without it, the API sends its commands through
     /// the bus to the controller of another process and reads its state from the store.
     pub controller: bool,
@@ -309,6 +312,21 @@ pub async fn run(
         controller.register_metrics(&mut registry);
         Arc::new(controller)
     } else {
+        if let Some(node) = &config.serve_node {
+            let supervisor = nubo_node::NodeSupervisor::new(
+                config.data_dir.join("members"),
+                config.agent.clone(),
+                events.clone(),
+            )
+            .context("cannot start the node supervisor")?;
+            let (events, node) = (events.clone(), node.clone());
+            tracing::info!(%node, "node supervisor commanded through the bus");
+            tokio::spawn(async move {
+                if let Err(e) = nubo_node::serve(supervisor, events, node).await {
+                    tracing::error!(error = %e, "the node supervisor lost the bus");
+                }
+            });
+        }
         tracing::info!(
             "no controller in this process: commands go through the bus to the controller of another"
         );

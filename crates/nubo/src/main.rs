@@ -358,6 +358,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         autoscale: has("autoscaler") && has("controller"),
         controller: has("controller"),
         api: has("api"),
+        serve_node: (has("node") && !has("controller")).then(|| {
+            args.node
+                .clone()
+                .or(file.node.clone())
+                .unwrap_or_else(|| "local".into())
+        }),
         ha: (args.ha || file.ha.unwrap_or(false)).then(|| nubo_server::HaConfig {
             holder: format!(
                 "{}:{}",

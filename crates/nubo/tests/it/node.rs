@@ -180,8 +180,8 @@ async fn members_run_on_a_node_supervisor_in_another_process() {
 
 #[tokio::test]
 async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
-    // Two servers on one store and one bus: one runs the controller (and the members) and no API,
-    // the other only the API. Deploying, reading the runtime view and undeploying through the second work:
+    // Two servers on one store and one bus: one runs the controller and no API, the other the API
+    // and the node supervisor that runs the members. Deploying, reading the runtime view and undeploying through the second work:
     // its commands go through the bus, its reads come from the store.
     let dir_c = tempfile::tempdir().unwrap();
     let dir_a = tempfile::tempdir().unwrap();
@@ -195,7 +195,9 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
             "--store",
             &store,
             "--components",
-            "controller,autoscaler,lb,node",
+            "controller,autoscaler,lb",
+            "--node",
+            "n2",
         ],
     );
     assert!(
@@ -211,7 +213,9 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
             "--bus",
             &controller.bus_url,
             "--components",
-            "api",
+            "api,node",
+            "--node",
+            "n2",
         ],
     );
     let api = Api::new(&api_only);
@@ -233,10 +237,11 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
         || async { (api.active("split", "web").await.len() == 2).then_some(()) },
     )
     .await;
-    // The members belong to the controller's server.
+    // The members run on the node supervisor of the API's server, not in the controller's.
     for (_, m) in api.members("split").await {
         let id = m["memberId"].as_str().unwrap();
-        assert!(agent_pid(dir_c.path(), id).is_some_and(alive), "{id}");
+        assert!(agent_pid(dir_a.path(), id).is_some_and(alive), "{id}");
+        assert!(agent_pid(dir_c.path(), id).is_none(), "{id}");
     }
     let (code, answer) = api
         .post("/api/applications/split/undeploy", json!({}))
