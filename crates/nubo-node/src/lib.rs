@@ -402,7 +402,11 @@ pub async fn serve(
             }
         }
     };
-    let mut tick = tokio::time::interval(INVENTORY_INTERVAL);
+    // The first inventory is the one above; the next ones every INVENTORY_INTERVAL.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + INVENTORY_INTERVAL,
+        INVENTORY_INTERVAL,
+    );
     loop {
         tokio::select! {
             e = commands.recv() => {
@@ -605,6 +609,7 @@ mod tests {
         }
         // The newest token survives a restart of the node.
         node.abort();
+        let _ = node.await;
         let _node = serve_once(events.clone());
         serving(&mut answers).await;
         events.publish(&start(Some(6))).await.unwrap();
