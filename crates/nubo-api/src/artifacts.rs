@@ -163,8 +163,11 @@ async fn remove<T: Artifact>(
     ))))
 }
 
-fn decorate(state: Option<&nubo_controller::ControllerState>, app: &mut Application) {
-    let status = state.and_then(|s| s.deployments.get(&app.application_id).map(|d| d.status));
+async fn decorate(s: &AppState, app: &mut Application) {
+    let status = match &s.controller {
+        Some(c) => c.status(&app.application_id).await,
+        None => None,
+    };
     app.status = Some(
         match status {
             None => "Created",
@@ -181,8 +184,9 @@ async fn list_applications(
     Extension(p): Extension<Principal>,
 ) -> Result<Json<Vec<Application>>, ApiError> {
     let mut apps = s.manager.list::<Application>(p.tenant_id).await?;
-    let state = control_state(&s).await;
-    apps.iter_mut().for_each(|a| decorate(state.as_ref(), a));
+    for a in apps.iter_mut() {
+        decorate(&s, a).await;
+    }
     Ok(Json(apps))
 }
 
@@ -192,16 +196,8 @@ async fn get_application(
     Path(id): Path<String>,
 ) -> Result<Json<Application>, ApiError> {
     let mut app = s.manager.get::<Application>(p.tenant_id, &id).await?;
-    decorate(control_state(&s).await.as_ref(), &mut app);
+    decorate(&s, &mut app).await;
     Ok(Json(app))
-}
-
-/// The controller's state, when a controller is reachable.
-async fn control_state(s: &AppState) -> Option<nubo_controller::ControllerState> {
-    match &s.controller {
-        Some(c) => c.state().await,
-        None => None,
-    }
 }
 
 fn controller(s: &AppState) -> Result<&Arc<dyn nubo_controller::ControlPlane>, ApiError> {
@@ -218,10 +214,11 @@ async fn remove_application(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
-    if control_state(&s)
-        .await
-        .is_some_and(|st| st.deployments.contains_key(&id))
-    {
+    let deployed = match &s.controller {
+        Some(c) => c.status(&id).await.is_some(),
+        None => false,
+    };
+    if deployed {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("application `{id}` is deployed: undeploy it first"),

@@ -391,18 +391,16 @@ async fn scaling_events(
 }
 
 async fn cluster(State(s): S, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let state = match &s.controller {
-        Some(c) => c.state().await,
+    let c = match &s.controller {
+        Some(c) => c.cluster(&id).await,
         None => None,
-    };
-    let c = state
-        .and_then(|st| st.topology.clusters.get(&id).cloned())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("cluster `{id}` does not exist (is its application deployed?)"),
-            )
-        })?;
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("cluster `{id}` does not exist (is its application deployed?)"),
+        )
+    })?;
     Ok(Json(serde_json::to_value(&c).unwrap_or_default()))
 }
 

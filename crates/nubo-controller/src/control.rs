@@ -37,6 +37,15 @@ pub trait ControlPlane: Send + Sync + 'static {
             .get(application_id)
             .map(|d| d.status)
     }
+    /// One cluster of the topology.
+    async fn cluster(&self, cluster_id: &str) -> Option<nubo_events::Cluster> {
+        self.state()
+            .await?
+            .topology
+            .clusters
+            .get(cluster_id)
+            .cloned()
+    }
 }
 
 #[async_trait]
@@ -55,6 +64,10 @@ impl ControlPlane for ControllerHandle {
     }
     async fn status(&self, application_id: &str) -> Option<DeploymentStatus> {
         ControllerHandle::status(self, application_id)
+    }
+    async fn cluster(&self, cluster_id: &str) -> Option<nubo_events::Cluster> {
+        self.read(|s| s.topology.clusters.get(cluster_id).cloned())
+            .flatten()
     }
 }
 

@@ -7,15 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Api, ServerProcess, eventually};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{Api, ServerProcess, eventually, free_port};
 
 #[tokio::test]
 async fn requests_in_flight_scale_a_cluster_up_and_back_down() {
@@ -60,29 +52,7 @@ async fn requests_in_flight_scale_a_cluster_up_and_back_down() {
 
     // 16 clients, each with a request always in flight (each held 200 ms): 16 in flight, threshold 4.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..16 {
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
-            let mut failures = 0;
-            while !stop.load(Ordering::Relaxed) {
-                match client
-                    .get(format!("http://127.0.0.1:{proxy}/"))
-                    .header("host", "busy.web.localhost")
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => {}
-                    _ => failures += 1,
-                }
-            }
-            failures
-        }));
-    }
+    let clients = load(proxy, "busy.web.localhost", 16, stop.clone());
     let started = Instant::now();
     eventually(20, "scaled up to the maximum of 4", || async {
         (api.active("busy", "web").await.len() == 4).then_some(())
@@ -91,8 +61,8 @@ async fn requests_in_flight_scale_a_cluster_up_and_back_down() {
     let scaled_up_in = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut failures = 0;
-    for l in load {
-        failures += l.await.unwrap();
+    for c in clients {
+        failures += c.await.unwrap();
     }
     assert_eq!(failures, 0, "no request failed while the cluster scaled up");
     assert!(

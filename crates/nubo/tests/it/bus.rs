@@ -6,15 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Api, ServerProcess, eventually};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{Api, ServerProcess, eventually, free_port};
 
 /// `GET /` through a load balancer: the body, when the answer is 200.
 async fn through(client: &reqwest::Client, addr: &str, proxy: u16, host: &str) -> Option<String> {

@@ -5,21 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Api, ServerProcess, agent_pid, eventually, session_pids};
+use crate::support::{Api, ServerProcess, agent_pid, eventually, free_port, session_pids};
 
 fn whoami_cartridge(ty: &str, proxy: u16) -> Value {
     let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
     json!({"type": ty, "category": "framework", "host": "localhost",
         "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": proxy}],
         "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn deploy(api: &Api, proxy: u16) {

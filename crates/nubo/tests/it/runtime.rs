@@ -4,21 +4,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Api, ServerProcess, agent_pid, alive, eventually, session_pids};
+use crate::support::{Api, ServerProcess, agent_pid, alive, eventually, free_port, session_pids};
 
 /// A cartridge running a Python HTTP server on its port, behind the load balancer on `proxy`.
 fn http_cartridge(ty: &str, proxy: u16) -> Value {
     json!({"type": ty, "category": "framework", "provider": "nubo", "host": "localhost",
         "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": proxy}],
         "iaasProvider": [{"type": "local", "imageId": "exec python3 -m http.server $PORT --bind 127.0.0.1"}]})
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn base_artifacts() -> Vec<(&'static str, Value)> {
