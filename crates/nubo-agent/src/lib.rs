@@ -193,7 +193,7 @@ async fn wait_for_member(events: &EventBus, topology: &mut nubo_bus::EventStream
         let next = tokio::time::timeout_at(deadline, topology.recv()).await;
         let Ok(Some(e)) = next else { return };
         let found = match &e {
-            Event::CompleteTopology { topology } => topology
+            Event::CompleteTopology { topology, .. } => topology
                 .member(member_id)
                 .is_some_and(|m| m.status != MemberStatus::Created),
             Event::MemberInitialized(c) => c.member.member_id == member_id,

@@ -273,6 +273,7 @@ impl Controller {
             store,
             config,
             tx,
+            snapshot: std::sync::atomic::AtomicU64::new(nubo_events::now_ms()),
         };
         tokio::spawn(async move {
             let mut rx = rx;
@@ -351,6 +352,9 @@ struct Runner {
     store: Arc<dyn Store>,
     config: ControllerConfig,
     tx: mpsc::UnboundedSender<Input>,
+    /// The last complete-topology snapshot's id (starts at the start time, so that a new leader's
+    /// snapshots are told apart from its predecessor's).
+    snapshot: std::sync::atomic::AtomicU64,
 }
 
 impl Runner {
@@ -382,17 +386,23 @@ impl Runner {
         }
     }
 
+    /// Publishes the complete topology: one event, or parts of one snapshot when it is large
+    /// (brokers limit a message's size).
     async fn publish_topology(&self) {
+        let snapshot = self
+            .snapshot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let topology = match self.state.lock() {
             Ok(s) => s.topology.clone(),
             Err(_) => return,
         };
-        if let Err(e) = self
-            .events
-            .publish(&Event::CompleteTopology { topology })
-            .await
-        {
-            tracing::warn!(error = %e, "cannot publish the complete topology");
+        let events = nubo_events::parts::split(&topology, snapshot, nubo_events::parts::PART_BYTES);
+        for e in &events {
+            if let Err(err) = self.events.publish(e).await {
+                tracing::warn!(error = %err, "cannot publish the complete topology");
+                return;
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::topology::{
     Cluster, ClusterInstance, ClusterPort, InstanceStatus, Member, MemberPort, Topology,
 };
-use crate::{EVENT_VERSION, TOPIC_PREFIX};
+use crate::{EVENT_VERSION, TOPIC_PREFIX, TopologyPart};
 
 /// The topic families (`stratos.md` §4.1), each a topic prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,10 +136,15 @@ pub struct RequestsInFlight {
 #[serde(tag = "event", content = "body")]
 pub enum Event {
     // === topology (cloud controller) ===
-    /// The whole topology (periodic, and in answer to `CompleteTopologyRequest`).
+    /// The whole topology (periodic, and in answer to `CompleteTopologyRequest`); a large one
+    /// comes in parts of one snapshot ([`crate::parts`]), which receivers put back together with an
+    /// [`crate::Assembler`].
     CompleteTopology {
-        /// The topology.
+        /// The topology, or this part's share of it.
         topology: Topology,
+        /// Which part of the snapshot this is; absent when the event holds the whole topology.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<TopologyPart>,
     },
     /// Clusters of an application were created.
     ApplicationClustersCreated {
@@ -624,6 +629,17 @@ mod catalogue {
                 topology: Topology {
                     clusters: BTreeMap::from([("shop.web.php.domain".to_owned(), cluster())]),
                 },
+                part: None,
+            },
+            Event::CompleteTopology {
+                topology: Topology {
+                    clusters: BTreeMap::from([("shop.web.php.domain".to_owned(), cluster())]),
+                },
+                part: Some(TopologyPart {
+                    snapshot: 1_763_800_000_000,
+                    index: 0,
+                    count: 2,
+                }),
             },
             Event::ApplicationClustersCreated {
                 application_id: "shop".into(),

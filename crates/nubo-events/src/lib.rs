@@ -11,9 +11,11 @@
 #![warn(missing_docs)]
 
 mod events;
+pub mod parts;
 mod topology;
 
 pub use events::*;
+pub use parts::{Assembler, TopologyPart};
 pub use topology::*;
 
 /// Milliseconds since the Unix epoch: the time base of every `at_ms` in events (0 if the clock is

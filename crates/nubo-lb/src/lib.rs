@@ -95,15 +95,23 @@ struct Target {
 /// A route with its counters attached.
 struct CompiledRoute {
     cluster_id: String,
+    network_partition_id: String,
     counters: Arc<ClusterCounters>,
     targets: Vec<Target>,
 }
 
-/// The table as the proxy reads it: by port, then host name.
-#[derive(Default)]
+/// A route's place in the table: (proxy port, host name).
+type RouteKey = (u16, Arc<str>);
+
+/// One port's routes, by host name.
+type Hosts = HashMap<Arc<str>, Arc<CompiledRoute>>;
+
+/// The table as the proxy reads it: by port, then host name. Replaced whole on each change (the
+/// proxy holds a snapshot), but built incrementally: a change copies the changed port's map of
+/// pointers and compiles only the changed clusters' routes.
+#[derive(Default, Clone)]
 struct Compiled {
-    routes: Arc<Routes>,
-    by_port: HashMap<u16, HashMap<String, Arc<CompiledRoute>>>,
+    by_port: HashMap<u16, Arc<Hosts>>,
 }
 
 impl Compiled {
@@ -116,7 +124,54 @@ impl Compiled {
         let name = name.strip_suffix('.').unwrap_or(name);
         hosts
             .get(name)
-            .or_else(|| hosts.get(&name.to_ascii_lowercase()))
+            .or_else(|| hosts.get(name.to_ascii_lowercase().as_str()))
+    }
+}
+
+fn plain(r: &CompiledRoute) -> table::Route {
+    table::Route {
+        cluster_id: r.cluster_id.clone(),
+        network_partition_id: r.network_partition_id.clone(),
+        backends: r
+            .targets
+            .iter()
+            .map(|t| table::Backend {
+                member_id: t.member_id.clone(),
+                addr: t.addr,
+            })
+            .collect(),
+    }
+}
+
+/// A load balancer's table at one moment, as the proxy routes by it (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Table(Arc<Compiled>);
+
+impl Table {
+    /// The route for a `Host` header value on a proxy port, as [`Routes::lookup`] finds it.
+    pub fn lookup(&self, host: &str, port: u16) -> Option<table::Route> {
+        self.0.lookup(host, port).map(|r| plain(r))
+    }
+
+    /// How many (host name, proxy port) routes there are.
+    pub fn len(&self) -> usize {
+        self.0.by_port.values().map(|h| h.len()).sum()
+    }
+
+    /// Whether there is no route.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole table as plain routes (copies every route).
+    pub fn routes(&self) -> Routes {
+        let mut by_host = HashMap::new();
+        for (port, hosts) in &self.0.by_port {
+            for (host, r) in hosts.iter() {
+                by_host.insert((host.to_string(), *port), plain(r));
+            }
+        }
+        Routes { by_host }
     }
 }
 
@@ -127,9 +182,9 @@ impl RoutesWatch {
     /// Waits for the table to change (since the watch was made or last returned) and returns the
     /// new one (tables replaced in quick succession may show only as the last of them); `None`
     /// once the load balancer is gone.
-    pub async fn changed(&mut self) -> Option<Arc<Routes>> {
+    pub async fn changed(&mut self) -> Option<Table> {
         self.0.changed().await.ok()?;
-        Some(self.0.borrow_and_update().routes.clone())
+        Some(Table(self.0.borrow_and_update().clone()))
     }
 }
 
@@ -137,6 +192,9 @@ impl RoutesWatch {
 pub struct LoadBalancer {
     config: LbConfig,
     routes: tokio::sync::watch::Sender<Arc<Compiled>>,
+    /// The (port, host) keys each cluster has in the table, to replace or drop them when it
+    /// changes (kept by whoever updates the table; the proxy never reads it).
+    keys: Mutex<HashMap<String, Vec<RouteKey>>>,
     held: AtomicUsize,
     clusters: Mutex<HashMap<String, Arc<ClusterCounters>>>,
     outstanding: Mutex<HashMap<String, Arc<AtomicI64>>>,
@@ -150,6 +208,7 @@ impl LoadBalancer {
         Arc::new(LoadBalancer {
             config,
             routes: tokio::sync::watch::Sender::new(Arc::new(Compiled::default())),
+            keys: Mutex::new(HashMap::new()),
             held: AtomicUsize::new(0),
             clusters: Mutex::new(HashMap::new()),
             outstanding: Mutex::new(HashMap::new()),
@@ -158,9 +217,14 @@ impl LoadBalancer {
         })
     }
 
-    /// The current table.
+    /// The current table, as plain routes (copies every route: for tests and tools).
     pub fn routes(&self) -> Arc<Routes> {
-        self.routes.borrow().routes.clone()
+        Arc::new(self.table().routes())
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Table {
+        Table(self.routes.borrow().clone())
     }
 
     /// Follows the table: [`RoutesWatch::changed`] returns each new table as soon as the proxy
@@ -171,17 +235,22 @@ impl LoadBalancer {
 
     /// Replaces the table from a topology and opens any new proxy port.
     pub async fn set_topology(self: &Arc<Self>, t: &Topology) {
-        let routes = Arc::new(Routes::from_topology(t));
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            for ((host, port), r) in &routes.by_host {
-                let members: Vec<&str> = r.backends.iter().map(|b| b.member_id.as_str()).collect();
-                tracing::debug!(%host, port, ?members, "route");
-            }
+        let mut ids: std::collections::BTreeSet<String> = t.clusters.keys().cloned().collect();
+        if let Ok(keys) = self.keys.lock() {
+            ids.extend(keys.keys().cloned());
         }
-        let ports = routes.ports();
-        let compiled = self.compile(routes);
-        self.routes.send_replace(Arc::new(compiled));
-        for port in ports {
+        self.update(t, &ids).await;
+    }
+
+    /// Updates the routes of the clusters `changed` (added, changed or removed) from the
+    /// topology `t`, and opens any new proxy port: the work is that of the changed clusters'
+    /// members, plus copying the pointers of the ports they use.
+    pub async fn update(
+        self: &Arc<Self>,
+        t: &Topology,
+        changed: &std::collections::BTreeSet<String>,
+    ) {
+        for port in self.update_table(t, changed) {
             let new = self
                 .listening
                 .lock()
@@ -193,42 +262,86 @@ impl LoadBalancer {
         }
     }
 
-    /// Attaches the long-lived counters and the upstream authorities to the routes, once per
-    /// topology change, so that a request does no map lookups and no allocations to find them.
-    fn compile(&self, routes: Arc<Routes>) -> Compiled {
-        let mut by_port: HashMap<u16, HashMap<String, Arc<CompiledRoute>>> = HashMap::new();
-        let (Ok(mut clusters), Ok(mut outstanding)) =
-            (self.clusters.lock(), self.outstanding.lock())
-        else {
-            return Compiled::default();
-        };
-        for ((host, port), route) in &routes.by_host {
-            let counters = clusters
-                .entry(route.cluster_id.clone())
-                .or_default()
-                .clone();
-            if let Ok(mut np) = counters.network_partition_id.lock() {
-                np.clone_from(&route.network_partition_id);
-            }
-            let targets = route
-                .backends
-                .iter()
-                .map(|b| Target {
-                    member_id: b.member_id.clone(),
-                    addr: b.addr,
-                    outstanding: outstanding.entry(b.member_id.clone()).or_default().clone(),
-                })
-                .collect();
-            by_port.entry(*port).or_default().insert(
-                host.clone(),
-                Arc::new(CompiledRoute {
-                    cluster_id: route.cluster_id.clone(),
-                    counters,
-                    targets,
-                }),
-            );
+    /// The table part of [`LoadBalancer::update`]; returns the proxy ports the changed routes use.
+    fn update_table(&self, t: &Topology, changed: &std::collections::BTreeSet<String>) -> Vec<u16> {
+        let mut ports = Vec::new();
+        if changed.is_empty() {
+            return ports;
         }
-        Compiled { routes, by_port }
+        {
+            let (Ok(mut keys), Ok(mut clusters), Ok(mut outstanding)) = (
+                self.keys.lock(),
+                self.clusters.lock(),
+                self.outstanding.lock(),
+            ) else {
+                return ports;
+            };
+            let mut next = Compiled::clone(&self.routes.borrow());
+            for id in changed {
+                let routes = t
+                    .clusters
+                    .get(id)
+                    .map(table::cluster_routes)
+                    .unwrap_or_default();
+                for (port, host) in keys.remove(id).unwrap_or_default() {
+                    if let Some(hosts) = next.by_port.get_mut(&port)
+                        && hosts.get(&host).is_some_and(|r| r.cluster_id == *id)
+                    {
+                        Arc::make_mut(hosts).remove(&host);
+                    }
+                }
+                if routes.is_empty() {
+                    continue;
+                }
+                let mut mine = Vec::with_capacity(routes.len());
+                for ((host, port), route) in routes {
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let members: Vec<&str> = route
+                            .backends
+                            .iter()
+                            .map(|b| b.member_id.as_str())
+                            .collect();
+                        tracing::debug!(%host, port, ?members, "route");
+                    }
+                    let counters = clusters
+                        .entry(route.cluster_id.clone())
+                        .or_default()
+                        .clone();
+                    if let Ok(mut np) = counters.network_partition_id.lock() {
+                        np.clone_from(&route.network_partition_id);
+                    }
+                    let targets = route
+                        .backends
+                        .iter()
+                        .map(|b| Target {
+                            member_id: b.member_id.clone(),
+                            addr: b.addr,
+                            outstanding: outstanding
+                                .entry(b.member_id.clone())
+                                .or_default()
+                                .clone(),
+                        })
+                        .collect();
+                    let host: Arc<str> = host.into();
+                    Arc::make_mut(next.by_port.entry(port).or_default()).insert(
+                        host.clone(),
+                        Arc::new(CompiledRoute {
+                            cluster_id: route.cluster_id,
+                            network_partition_id: route.network_partition_id,
+                            counters,
+                            targets,
+                        }),
+                    );
+                    mine.push((port, host));
+                    ports.push(port);
+                }
+                keys.insert(id.clone(), mine);
+            }
+            self.routes.send_replace(Arc::new(next));
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// Follows the topology on the bus (and asks for the complete topology first); publishes
@@ -239,9 +352,14 @@ impl LoadBalancer {
         let lb = self.clone();
         tokio::spawn(async move {
             let mut topology = Topology::default();
+            let mut parts = nubo_events::Assembler::default();
             while let Some(e) = stream.recv().await {
-                if table::apply(&mut topology, &e) {
-                    lb.set_topology(&topology).await;
+                let mut change = table::Change::None;
+                for e in parts.feed(e) {
+                    change.merge(table::apply(&mut topology, &e));
+                }
+                if let table::Change::Clusters(ids) = change {
+                    lb.update(&topology, &ids).await;
                 }
             }
         });
@@ -361,9 +479,9 @@ impl prometheus_client::collector::Collector for LbCollector {
             MetricType::Gauge,
         )?;
         for (port, hosts) in &compiled.by_port {
-            for (host, route) in hosts {
+            for (host, route) in hosts.iter() {
                 let port = port.to_string();
-                let labels = [("host", host.as_str()), ("port", port.as_str())];
+                let labels = [("host", &**host), ("port", port.as_str())];
                 ConstGauge::new(route.targets.len() as i64)
                     .encode(members.encode_family(&labels)?)?;
             }
@@ -386,5 +504,241 @@ impl LoadBalancer {
         registry: &mut prometheus_client::registry::Registry,
     ) {
         registry.register_collector(Box::new(LbCollector(self.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use nubo_events::{Cluster, ClusterPort, Member, MemberChange, MemberPort, MemberStatus};
+    use proptest::prelude::{Just, prop_assert_eq, prop_oneof, proptest};
+    use proptest::strategy::Strategy as _;
+
+    use super::*;
+
+    fn cluster(c: usize, hosts: usize) -> Cluster {
+        Cluster {
+            cluster_id: format!("c{c}"),
+            service_name: "php".into(),
+            application_id: "a".into(),
+            alias: format!("c{c}"),
+            host_names: (0..hosts).map(|h| format!("h{h}.c{c}.localhost")).collect(),
+            tenant_id: -1234,
+            ports: vec![
+                ClusterPort {
+                    name: "http".into(),
+                    protocol: "http".into(),
+                    port: 80,
+                    proxy_port: Some(8280 + (c % 2) as u16),
+                },
+                ClusterPort {
+                    name: "tcp".into(),
+                    protocol: "tcp".into(),
+                    port: 9000,
+                    proxy_port: Some(9900),
+                },
+            ],
+            deployment_policy: "d".into(),
+            autoscaling_policy: "x".into(),
+            instances: BTreeMap::new(),
+            members: BTreeMap::new(),
+        }
+    }
+
+    fn member(c: usize, m: usize, status: MemberStatus) -> Member {
+        Member {
+            member_id: format!("c{c}-m{m}"),
+            cluster_id: format!("c{c}"),
+            cluster_instance_id: "a-1".into(),
+            service_name: "php".into(),
+            application_id: "a".into(),
+            network_partition_id: "np".into(),
+            partition_id: "p".into(),
+            status,
+            default_private_ip: Some("127.0.0.1".into()),
+            default_public_ip: None,
+            ports: vec![MemberPort {
+                name: "http".into(),
+                protocol: "http".into(),
+                port: 40000 + m as u16,
+                proxy_port: Some(8280),
+            }],
+            init_time: 0,
+            failure: None,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// A topology event over 4 clusters of up to 3 host names and 5 members.
+    fn event() -> impl proptest::strategy::Strategy<Value = Event> {
+        let status = prop_oneof![
+            Just(MemberStatus::Starting),
+            Just(MemberStatus::Active),
+            Just(MemberStatus::InMaintenance),
+            Just(MemberStatus::Terminated),
+        ];
+        prop_oneof![
+            (0..4usize, 0..4usize).prop_map(|(c, h)| Event::ApplicationClustersCreated {
+                application_id: "a".into(),
+                clusters: vec![cluster(c, h)],
+            }),
+            (0..4usize).prop_map(|c| Event::ApplicationClustersRemoved {
+                application_id: "a".into(),
+                cluster_ids: vec![format!("c{c}")],
+            }),
+            (0..4usize, 0..5usize, status).prop_map(|(c, m, s)| {
+                let change = MemberChange {
+                    member: member(c, m, s),
+                };
+                match s {
+                    MemberStatus::Active => Event::MemberActivated(change),
+                    MemberStatus::Terminated => Event::MemberTerminated(change),
+                    MemberStatus::InMaintenance => Event::MemberMaintenanceMode(change),
+                    _ => Event::MemberStarted(change),
+                }
+            }),
+            // A complete topology: two clusters with a few Active members.
+            (0..4usize, 0..4usize, 1..3usize).prop_map(|(a, b, h)| {
+                let mut t = Topology::default();
+                for c in [a, b] {
+                    let mut cl = cluster(c, h);
+                    for m in 0..c + 1 {
+                        let mb = member(c, m, MemberStatus::Active);
+                        cl.members.insert(mb.member_id.clone(), mb);
+                    }
+                    t.clusters.insert(cl.cluster_id.clone(), cl);
+                }
+                Event::CompleteTopology {
+                    topology: t,
+                    part: None,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Updating only the changed clusters gives the same table as rebuilding it whole.
+        #[test]
+        fn incremental_updates_match_a_full_rebuild(events in proptest::collection::vec(event(), 1..40)) {
+            let lb = LoadBalancer::new(LbConfig::default());
+            let mut t = Topology::default();
+            for e in &events {
+                if let table::Change::Clusters(ids) = table::apply(&mut t, e) {
+                    lb.update_table(&t, &ids);
+                }
+                let want = Routes::from_topology(&t);
+                let got = lb.table().routes();
+                prop_assert_eq!(&got.by_host, &want.by_host, "after {:?}", e.name());
+            }
+        }
+    }
+
+    #[test]
+    fn an_update_reports_the_ports_of_the_changed_routes_and_drops_removed_ones() {
+        let lb = LoadBalancer::new(LbConfig::default());
+        let mut t = Topology::default();
+        let mut c = cluster(1, 2);
+        let m = member(1, 0, MemberStatus::Active);
+        c.members.insert(m.member_id.clone(), m);
+        t.clusters.insert("c1".into(), c);
+        let ports = lb.update_table(&t, &BTreeSet::from(["c1".to_owned()]));
+        assert_eq!(ports, [8281], "only HTTP(S) mappings get a proxy port");
+        assert_eq!(lb.table().len(), 2);
+        let route = lb.table().lookup("H0.c1.localhost:8281", 8281).unwrap();
+        assert_eq!(route.backends.len(), 1);
+        t.clusters.clear();
+        assert!(
+            lb.update_table(&t, &BTreeSet::from(["c1".to_owned()]))
+                .is_empty()
+        );
+        assert!(lb.table().is_empty());
+    }
+
+    /// A topology too large for one message (over nats-server's 1 MB default) comes in parts and
+    /// reaches a load balancer following the bus, with a change published between the parts; on
+    /// the embedded broker, and on NATS when `NUBO_TEST_NATS_URL` is set.
+    #[tokio::test]
+    async fn a_complete_topology_in_parts_reaches_a_load_balancer_on_the_bus() {
+        let broker = nubo_broker::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut urls = vec![broker.url()];
+        match std::env::var("NUBO_TEST_NATS_URL") {
+            Ok(u) => urls.push(u),
+            Err(_) => eprintln!(
+                "SKIPPED the complete topology in parts on NATS: NUBO_TEST_NATS_URL is not set (scripts/test starts nats-server and sets it)"
+            ),
+        }
+        let mut t = Topology::default();
+        for c in 0..60 {
+            let mut cl = cluster(c, 1);
+            for m in 0..100 {
+                let mb = member(c, m, MemberStatus::Active);
+                cl.members.insert(mb.member_id.clone(), mb);
+            }
+            t.clusters.insert(cl.cluster_id.clone(), cl);
+        }
+        let whole = Event::CompleteTopology {
+            topology: t.clone(),
+            part: None,
+        };
+        assert!(
+            whole.encode().len() > 1024 * 1024,
+            "the topology needs parts"
+        );
+        let parts = nubo_events::parts::split(&t, 7, nubo_events::parts::PART_BYTES);
+        assert!(parts.len() >= 5);
+        let gone = member(3, 0, MemberStatus::Terminated);
+        for url in urls {
+            let lb = LoadBalancer::new(LbConfig::default());
+            let bus = nubo_bus::connect_url(&url, "lb-test").await.unwrap();
+            bus.wait_connected(Duration::from_secs(10)).await.unwrap();
+            lb.follow(EventBus::new(bus)).await.unwrap();
+            let publisher = nubo_bus::connect_url(&url, "controller-test")
+                .await
+                .unwrap();
+            publisher
+                .wait_connected(Duration::from_secs(10))
+                .await
+                .unwrap();
+            let publisher = EventBus::new(publisher);
+            // Subscriptions settle before the first publish.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut watch = lb.watch_routes();
+            for (i, part) in parts.iter().enumerate() {
+                publisher.publish(part).await.unwrap();
+                if i == 1 {
+                    publisher
+                        .publish(&Event::MemberTerminated(MemberChange {
+                            member: gone.clone(),
+                        }))
+                        .await
+                        .unwrap();
+                }
+            }
+            let routed = |table: &Table| {
+                let routes = table.routes();
+                routes.by_host.len() == 60
+                    && routes.by_host.values().all(|r| {
+                        let want = if r.cluster_id == "c3" { 99 } else { 100 };
+                        r.backends.len() == want
+                    })
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let mut table = lb.table();
+            while !routed(&table) {
+                match tokio::time::timeout_at(deadline, watch.changed()).await {
+                    Ok(Some(t)) => table = t,
+                    _ => panic!(
+                        "{url}: the load balancer did not get the whole topology: {} routes",
+                        table.len()
+                    ),
+                }
+            }
+            let c3 = table.lookup("h0.c3.localhost", 8281).unwrap();
+            assert!(
+                c3.backends.iter().all(|b| b.member_id != gone.member_id),
+                "{url}: the change published between the parts is kept"
+            );
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! The routing table: (host name, proxy port) → the cluster's active members on the matching port.
 //! Built from the topology, updated by topology events. Pure.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use nubo_events::{Event, MemberStatus, Topology};
+use nubo_events::{Cluster, Event, MemberStatus, Topology};
 
 /// One member that can take traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,51 +33,57 @@ pub struct Routes {
     pub by_host: HashMap<(String, u16), Route>,
 }
 
+/// The routes of one cluster: one per (lower-case host name, proxy port) of its HTTP(S) port
+/// mappings, to its Active members on the matching port.
+pub fn cluster_routes(c: &Cluster) -> Vec<((String, u16), Route)> {
+    let mut out = Vec::new();
+    for port in &c.ports {
+        let Some(proxy) = port.proxy_port else {
+            continue;
+        };
+        if port.protocol != "http" && port.protocol != "https" {
+            continue;
+        }
+        let mut backends: Vec<Backend> = c
+            .members
+            .values()
+            .filter(|m| m.status == MemberStatus::Active)
+            .filter_map(|m| {
+                let ip = m.default_private_ip.as_deref()?.parse().ok()?;
+                let mp = m.ports.iter().find(|p| p.name == port.name)?;
+                Some(Backend {
+                    member_id: m.member_id.clone(),
+                    addr: SocketAddr::new(ip, mp.port),
+                })
+            })
+            .collect();
+        backends.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        let np = c
+            .instances
+            .values()
+            .next()
+            .map(|i| i.network_partition_id.clone())
+            .unwrap_or_default();
+        for h in &c.host_names {
+            out.push((
+                (h.to_ascii_lowercase(), proxy),
+                Route {
+                    cluster_id: c.cluster_id.clone(),
+                    network_partition_id: np.clone(),
+                    backends: backends.clone(),
+                },
+            ));
+        }
+    }
+    out
+}
+
 impl Routes {
     /// Builds the table from a topology: only Active members get traffic.
     pub fn from_topology(t: &Topology) -> Self {
-        let mut by_host = HashMap::new();
-        for c in t.clusters.values() {
-            for port in &c.ports {
-                let Some(proxy) = port.proxy_port else {
-                    continue;
-                };
-                if port.protocol != "http" && port.protocol != "https" {
-                    continue;
-                }
-                let mut backends: Vec<Backend> = c
-                    .members
-                    .values()
-                    .filter(|m| m.status == MemberStatus::Active)
-                    .filter_map(|m| {
-                        let ip = m.default_private_ip.as_deref()?.parse().ok()?;
-                        let mp = m.ports.iter().find(|p| p.name == port.name)?;
-                        Some(Backend {
-                            member_id: m.member_id.clone(),
-                            addr: SocketAddr::new(ip, mp.port),
-                        })
-                    })
-                    .collect();
-                backends.sort_by(|a, b| a.member_id.cmp(&b.member_id));
-                let np = c
-                    .instances
-                    .values()
-                    .next()
-                    .map(|i| i.network_partition_id.clone())
-                    .unwrap_or_default();
-                for h in &c.host_names {
-                    by_host.insert(
-                        (h.to_ascii_lowercase(), proxy),
-                        Route {
-                            cluster_id: c.cluster_id.clone(),
-                            network_partition_id: np.clone(),
-                            backends: backends.clone(),
-                        },
-                    );
-                }
-            }
+        Routes {
+            by_host: t.clusters.values().flat_map(cluster_routes).collect(),
         }
-        Routes { by_host }
     }
 
     /// The route for a `Host` header value (port stripped) on a proxy port.
@@ -99,40 +105,89 @@ impl Routes {
     }
 }
 
-/// Applies a topology event to the load balancer's copy of the topology; returns whether it changed.
-pub fn apply(t: &mut Topology, e: &Event) -> bool {
+/// What a topology event changed, as far as routes go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Change {
+    /// Nothing.
+    #[default]
+    None,
+    /// These clusters (added, changed or removed).
+    Clusters(BTreeSet<String>),
+}
+
+impl Change {
+    /// Both changes.
+    pub fn merge(&mut self, other: Change) {
+        match (&mut *self, other) {
+            (_, Change::None) => {}
+            (Change::None, o) => *self = o,
+            (Change::Clusters(a), Change::Clusters(b)) => a.extend(b),
+        }
+    }
+
+    fn cluster(id: &str) -> Change {
+        Change::Clusters(BTreeSet::from([id.to_owned()]))
+    }
+}
+
+/// Applies a topology event to the load balancer's copy of the topology; returns which clusters
+/// changed (a complete topology is compared cluster by cluster, so an unchanged periodic one
+/// changes nothing). Parts of a complete topology must be put together first
+/// ([`nubo_events::Assembler`]); a part on its own is ignored.
+pub fn apply(t: &mut Topology, e: &Event) -> Change {
     match e {
-        Event::CompleteTopology { topology } => {
-            if t != topology {
-                *t = topology.clone();
-                return true;
+        Event::CompleteTopology {
+            topology,
+            part: None,
+        } => {
+            let mut changed = BTreeSet::new();
+            for (id, c) in &topology.clusters {
+                if t.clusters.get(id) != Some(c) {
+                    changed.insert(id.clone());
+                }
             }
-            false
+            for id in t.clusters.keys() {
+                if !topology.clusters.contains_key(id) {
+                    changed.insert(id.clone());
+                }
+            }
+            if changed.is_empty() {
+                return Change::None;
+            }
+            t.clone_from(topology);
+            Change::Clusters(changed)
         }
+        Event::CompleteTopology { part: Some(_), .. } => Change::None,
         Event::ApplicationClustersCreated { clusters, .. } => {
+            let mut changed = BTreeSet::new();
             for c in clusters {
-                t.clusters
-                    .entry(c.cluster_id.clone())
-                    .or_insert_with(|| c.clone());
+                if let std::collections::btree_map::Entry::Vacant(v) =
+                    t.clusters.entry(c.cluster_id.clone())
+                {
+                    v.insert(c.clone());
+                    changed.insert(c.cluster_id.clone());
+                }
             }
-            true
+            Change::Clusters(changed)
         }
-        Event::ApplicationClustersRemoved { cluster_ids, .. } => {
-            for c in cluster_ids {
-                t.clusters.remove(c);
-            }
-            true
-        }
+        Event::ApplicationClustersRemoved { cluster_ids, .. } => Change::Clusters(
+            cluster_ids
+                .iter()
+                .filter(|c| t.clusters.remove(*c).is_some())
+                .cloned()
+                .collect(),
+        ),
         Event::ClusterInstanceCreated {
             cluster_id,
             instance,
-        } => {
-            if let Some(c) = t.clusters.get_mut(cluster_id) {
+        } => match t.clusters.get_mut(cluster_id) {
+            Some(c) => {
                 c.instances
                     .insert(instance.instance_id.clone(), instance.clone());
+                Change::cluster(cluster_id)
             }
-            true
-        }
+            None => Change::None,
+        },
         Event::MemberCreated(m)
         | Event::MemberInitialized(m)
         | Event::MemberStarted(m)
@@ -141,7 +196,7 @@ pub fn apply(t: &mut Topology, e: &Event) -> bool {
         | Event::MemberReadyToShutdown(m)
         | Event::MemberTerminated(m) => {
             let Some(c) = t.clusters.get_mut(&m.member.cluster_id) else {
-                return false;
+                return Change::None;
             };
             if m.member.status == MemberStatus::Terminated {
                 c.members.remove(&m.member.member_id);
@@ -149,16 +204,16 @@ pub fn apply(t: &mut Topology, e: &Event) -> bool {
                 c.members
                     .insert(m.member.member_id.clone(), m.member.clone());
             }
-            true
+            Change::cluster(&m.member.cluster_id)
         }
-        _ => false,
+        _ => Change::None,
     }
 }
 
 /// A topology from static routes `HOST:PROXY_PORT=ADDR[,ADDR...]` (for `nubo lb --route`, and
 /// benchmarks): one cluster per route, every member Active.
 pub fn static_topology(routes: &[String]) -> Result<Topology, String> {
-    use nubo_events::{Cluster, ClusterPort, Member, MemberPort};
+    use nubo_events::{ClusterPort, Member, MemberPort};
     let mut t = Topology::default();
     for (i, r) in routes.iter().enumerate() {
         let bad = || format!("`{r}` is not HOST:PROXY_PORT=ADDR[,ADDR...]");
@@ -326,12 +381,15 @@ mod tests {
     #[test]
     fn member_events_move_members_in_and_out() {
         let mut t = topology();
-        assert!(apply(
-            &mut t,
-            &Event::MemberActivated(MemberChange {
-                member: member("m2", MemberStatus::Active, 1002)
-            })
-        ));
+        assert_eq!(
+            apply(
+                &mut t,
+                &Event::MemberActivated(MemberChange {
+                    member: member("m2", MemberStatus::Active, 1002)
+                })
+            ),
+            Change::Clusters(BTreeSet::from(["c".to_owned()]))
+        );
         assert_eq!(
             Routes::from_topology(&t)
                 .lookup("a.web.localhost", 8280)
@@ -372,6 +430,62 @@ mod tests {
             Routes::from_topology(&t)
                 .lookup("a.web.localhost", 8280)
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn a_complete_topology_changes_only_the_clusters_that_differ() {
+        let mut t = topology();
+        let mut other = t.clusters["c"].clone();
+        other.cluster_id = "d".into();
+        other.host_names = vec!["d.localhost".into()];
+        t.clusters.insert("d".into(), other);
+        let same = Event::CompleteTopology {
+            topology: t.clone(),
+            part: None,
+        };
+        let mut copy = t.clone();
+        assert_eq!(
+            apply(&mut copy, &same),
+            Change::None,
+            "a periodic copy changes nothing"
+        );
+        let mut next = t.clone();
+        next.clusters.get_mut("d").unwrap().members.remove("m1");
+        next.clusters.remove("c");
+        let changed = apply(
+            &mut copy,
+            &Event::CompleteTopology {
+                topology: next.clone(),
+                part: None,
+            },
+        );
+        assert_eq!(
+            changed,
+            Change::Clusters(BTreeSet::from(["c".to_owned(), "d".to_owned()]))
+        );
+        assert_eq!(copy, next);
+        let part = Event::CompleteTopology {
+            topology: Topology::default(),
+            part: Some(nubo_events::TopologyPart {
+                snapshot: 1,
+                index: 0,
+                count: 2,
+            }),
+        };
+        assert_eq!(
+            apply(&mut copy, &part),
+            Change::None,
+            "a part alone is ignored"
+        );
+        assert_eq!(copy, next);
+        let mut merged = Change::None;
+        merged.merge(Change::Clusters(BTreeSet::from(["x".to_owned()])));
+        merged.merge(Change::None);
+        merged.merge(Change::Clusters(BTreeSet::from(["y".to_owned()])));
+        assert_eq!(
+            merged,
+            Change::Clusters(BTreeSet::from(["x".to_owned(), "y".to_owned()]))
         );
     }
 
