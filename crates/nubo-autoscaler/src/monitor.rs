@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use nubo_bus::EventBus;
 use nubo_controller::plan::scope_instance;
-use nubo_controller::{ControllerHandle, ControllerState};
-use nubo_events::{Category, Event, InstanceStatus, MemberStatus};
+use nubo_controller::{ControlPlane, ControllerHandle, ControllerState, RemoteControl};
+use nubo_events::{Category, Event, InstanceStatus, MemberStatus, ScaleCommand};
 use nubo_store::{Key, Store, Write};
 
 use crate::cep::{Sample, window};
@@ -233,10 +233,76 @@ fn predicted(q: Option<&VecDeque<Sample>>, now: u64, window_ms: u64) -> Option<f
     window(&all[start..]).map(|w| rules::predict(w, 1.0).max(0.0))
 }
 
+/// The cloud controller the autoscaler decides for.
+pub enum Target {
+    /// In this process: each round decides under the controller's lock (no copy of its state),
+    /// and commands go straight to it.
+    Local(ControllerHandle),
+    /// In another process (`--components autoscaler` without `controller`): each round reads the
+    /// controller's state from the store, where the controller writes it before acting, and
+    /// commands go through the bus (`ControlScale`) to whichever controller runs.
+    Remote {
+        /// The controller's state, from the store.
+        control: RemoteControl,
+        /// The bus the commands go on.
+        events: EventBus,
+    },
+}
+
+impl Target {
+    /// One decision round over the controller's current state (`None` when it cannot be read).
+    async fn round(&self, engine: &mut Engine, now: u64) -> Option<Round> {
+        match self {
+            Target::Local(c) => c.read(|state| engine.round(state, now)),
+            Target::Remote { control, .. } => {
+                let state = control.state().await?;
+                Some(engine.round(&state, now))
+            }
+        }
+    }
+
+    /// Carries out one command.
+    async fn apply(&self, c: Command) -> Result<(), String> {
+        match self {
+            Target::Local(controller) => match c {
+                Command::Activated(r) => controller.member_active(r).await,
+                Command::Fault { member, reason } => controller.member_fault(&member, reason).await,
+                Command::ScaleTo {
+                    cluster,
+                    instance,
+                    count,
+                } => controller.scale_to(&cluster, &instance, count).await,
+                Command::ScaleDown {
+                    cluster,
+                    instance,
+                    member,
+                } => {
+                    controller
+                        .scale_down(&cluster, &instance, member.as_deref())
+                        .await
+                }
+                Command::BeyondMax { cluster, instance } => {
+                    controller.beyond_max(&cluster, &instance).await
+                }
+                Command::ScaleIn {
+                    application,
+                    instance,
+                } => controller.scale_in(&application, &instance).await,
+            },
+            Target::Remote { events, .. } => events
+                .publish(&Event::ControlScale {
+                    command: c.into_scale_command(),
+                })
+                .await
+                .map_err(|e| format!("cannot reach the controller through the bus: {e}")),
+        }
+    }
+}
+
 /// Starts the monitor in the background; its decisions go to the returned log.
 pub async fn start(
     events: EventBus,
-    controller: ControllerHandle,
+    target: Target,
     config: MonitorConfig,
     store: Option<Arc<dyn Store>>,
 ) -> Result<ScalingLog, nubo_bus::BusError> {
@@ -257,6 +323,7 @@ pub async fn start(
     tokio::spawn(async move {
         let mut engine = Engine::new(config);
         let mut tick = tokio::time::interval(config.tick.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 e = stats.recv() => match e {
@@ -265,8 +332,7 @@ pub async fn start(
                 },
                 _ = tick.tick() => {
                     let now = nubo_events::now_ms();
-                    // Decided under the controller's lock (no copy of the state), acted on after.
-                    let Some(round) = controller.read(|state| engine.round(state, now)) else {
+                    let Some(round) = target.round(&mut engine, now).await else {
                         continue;
                     };
                     for e in round.events {
@@ -275,23 +341,15 @@ pub async fn start(
                         }
                     }
                     for c in round.commands {
-                        let _ = match c {
-                            Command::Activated(r) => {
-                                tracing::info!(member = %r.member_id, "statistics from a member still starting: it is active (its report was lost)");
-                                controller.member_active(r).await
-                            }
-                            Command::Fault { member, reason } => {
-                                tracing::warn!(%member, %reason, "member fault");
-                                controller.member_fault(&member, reason).await
-                            }
-                            Command::ScaleTo { cluster, instance, count } => controller.scale_to(&cluster, &instance, count).await,
-                            Command::ScaleDown { cluster, instance, member } => controller.scale_down(&cluster, &instance, member.as_deref()).await,
-                            Command::BeyondMax { cluster, instance } => controller.beyond_max(&cluster, &instance).await,
-                            Command::ScaleIn { application, instance } => {
-                                tracing::info!(%application, %instance, "every cluster of the instance is at its minimum: scaling it in");
-                                controller.scale_in(&application, &instance).await
-                            }
-                        };
+                        match &c {
+                            Command::Activated(r) => tracing::info!(member = %r.member_id, "statistics from a member still starting: it is active (its report was lost)"),
+                            Command::Fault { member, reason } => tracing::warn!(%member, %reason, "member fault"),
+                            Command::ScaleIn { application, instance } => tracing::info!(%application, %instance, "every cluster of the instance is at its minimum: scaling it in"),
+                            _ => {}
+                        }
+                        if let Err(e) = target.apply(c).await {
+                            tracing::warn!(error = %e, "the controller did not take a scaling command");
+                        }
                     }
                 }
             }
@@ -345,6 +403,48 @@ pub enum Command {
         /// The group or application instance.
         instance: String,
     },
+}
+
+impl Command {
+    /// As the bus carries it to a controller in another process.
+    pub fn into_scale_command(self) -> ScaleCommand {
+        match self {
+            Command::Activated(instance) => ScaleCommand::MemberActive { instance },
+            Command::Fault { member, reason } => ScaleCommand::MemberFault {
+                member_id: member,
+                reason,
+            },
+            Command::ScaleTo {
+                cluster,
+                instance,
+                count,
+            } => ScaleCommand::ScaleTo {
+                cluster_id: cluster,
+                instance_id: instance,
+                count,
+            },
+            Command::ScaleDown {
+                cluster,
+                instance,
+                member,
+            } => ScaleCommand::ScaleDown {
+                cluster_id: cluster,
+                instance_id: instance,
+                member_id: member,
+            },
+            Command::BeyondMax { cluster, instance } => ScaleCommand::BeyondMax {
+                cluster_id: cluster,
+                instance_id: instance,
+            },
+            Command::ScaleIn {
+                application,
+                instance,
+            } => ScaleCommand::ScaleIn {
+                application_id: application,
+                instance_id: instance,
+            },
+        }
+    }
 }
 
 /// One decision round's outcome.

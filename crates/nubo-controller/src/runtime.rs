@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nubo_bus::EventBus;
-use nubo_events::{Category, Event};
+use nubo_events::{Category, Event, ScaleCommand};
 use nubo_store::{Key, Store, StoreError, Write};
 use tokio::sync::mpsc;
 
@@ -341,6 +341,46 @@ fn command_from(e: Event) -> Option<Input> {
             force,
         }),
         Event::ControlUpdatePlan { plan: p } => plan(p).map(Input::UpdatePlan),
+        Event::ControlScale { command } => Some(match command {
+            ScaleCommand::ScaleTo {
+                cluster_id,
+                instance_id,
+                count,
+            } => Input::ScaleTo {
+                cluster_id,
+                instance_id,
+                count,
+            },
+            ScaleCommand::ScaleDown {
+                cluster_id,
+                instance_id,
+                member_id,
+            } => Input::ScaleDown {
+                cluster_id,
+                instance_id,
+                member_id,
+            },
+            ScaleCommand::BeyondMax {
+                cluster_id,
+                instance_id,
+            } => Input::BeyondMax {
+                cluster_id,
+                instance_id,
+            },
+            ScaleCommand::ScaleIn {
+                application_id,
+                instance_id,
+            } => Input::ScaleIn {
+                application_id,
+                instance_id,
+            },
+            ScaleCommand::MemberFault { member_id, reason } => {
+                Input::MemberFault { member_id, reason }
+            }
+            ScaleCommand::MemberActive { instance } => {
+                Input::Event(Event::InstanceActivated(instance))
+            }
+        }),
         _ => None,
     }
 }

@@ -354,6 +354,64 @@ pub enum Event {
         /// The plan.
         plan: serde_json::Value,
     },
+    /// What an autoscaler in another process asks of the controller (its decisions, faults it
+    /// detected, members its statistics prove active).
+    ControlScale {
+        /// The request.
+        command: ScaleCommand,
+    },
+}
+
+/// A request of the autoscaler to the cloud controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all_fields = "camelCase")]
+pub enum ScaleCommand {
+    /// Scale a cluster instance up to `count` members.
+    ScaleTo {
+        /// Cluster.
+        cluster_id: String,
+        /// Cluster instance.
+        instance_id: String,
+        /// Members wanted.
+        count: u32,
+    },
+    /// Remove one member of a cluster instance (this one, when given).
+    ScaleDown {
+        /// Cluster.
+        cluster_id: String,
+        /// Cluster instance.
+        instance_id: String,
+        /// The member to remove.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_id: Option<String>,
+    },
+    /// A cluster instance at its maximum needs more: grow its group or burst.
+    BeyondMax {
+        /// Cluster.
+        cluster_id: String,
+        /// Cluster instance.
+        instance_id: String,
+    },
+    /// Terminate an idle group instance or burst application instance.
+    ScaleIn {
+        /// Application.
+        application_id: String,
+        /// The group or application instance.
+        instance_id: String,
+    },
+    /// An Active member is faulty: replace it.
+    MemberFault {
+        /// Member.
+        member_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A member the controller sees starting sends statistics with its ports open: it is active
+    /// (its own report was lost).
+    MemberActive {
+        /// The member.
+        instance: InstanceRef,
+    },
 }
 
 /// Why a message could not be read.
@@ -418,6 +476,7 @@ impl Event {
             Event::ControlDeploy { .. } => "ControlDeploy",
             Event::ControlUndeploy { .. } => "ControlUndeploy",
             Event::ControlUpdatePlan { .. } => "ControlUpdatePlan",
+            Event::ControlScale { .. } => "ControlScale",
         }
     }
 
@@ -456,7 +515,8 @@ impl Event {
             | Event::NodeInventoryRequest {} => Category::Node,
             Event::ControlDeploy { .. }
             | Event::ControlUndeploy { .. }
-            | Event::ControlUpdatePlan { .. } => Category::Control,
+            | Event::ControlUpdatePlan { .. }
+            | Event::ControlScale { .. } => Category::Control,
         }
     }
 
@@ -754,6 +814,13 @@ mod catalogue {
             Event::ControlUpdatePlan {
                 plan: serde_json::json!({"applicationId": "shop", "tenantId": -1234, "applicationPolicy": "ap", "instances": [], "clusters": []}),
             },
+            Event::ControlScale {
+                command: ScaleCommand::ScaleTo {
+                    cluster_id: "shop.web.php.domain".into(),
+                    instance_id: "shop-1".into(),
+                    count: 3,
+                },
+            },
         ]
     }
 
@@ -791,6 +858,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 33, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 34, "one example per event variant: {names:?}");
     }
 }

@@ -299,7 +299,7 @@ pub async fn run(
             Some(
                 nubo_autoscaler::monitor::start(
                     events.clone(),
-                    controller.clone(),
+                    nubo_autoscaler::monitor::Target::Local(controller.clone()),
                     config.autoscaler,
                     Some(store.clone()),
                 )
@@ -330,6 +330,24 @@ pub async fn run(
         tracing::info!(
             "no controller in this process: commands go through the bus to the controller of another"
         );
+        if config.autoscale {
+            tracing::info!(
+                "autoscaler without a controller: it reads the controller's state from the store and sends its decisions through the bus"
+            );
+            scaling = Some(
+                nubo_autoscaler::monitor::start(
+                    events.clone(),
+                    nubo_autoscaler::monitor::Target::Remote {
+                        control: nubo_controller::RemoteControl::new(store.clone(), events.clone()),
+                        events: events.clone(),
+                    },
+                    config.autoscaler,
+                    Some(store.clone()),
+                )
+                .await
+                .context("cannot start the autoscaler")?,
+            );
+        }
         Arc::new(nubo_controller::RemoteControl::new(
             store.clone(),
             events.clone(),

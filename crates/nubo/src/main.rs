@@ -106,7 +106,7 @@ struct ServerArgs {
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
-    /// The components this process runs, comma-separated, from: api (with the manager), controller, autoscaler (with the event processor), lb, node. Without `controller`, the API sends commands through the bus to another server's controller (same --store and --bus). Without `node`, `local` members run on the node supervisor named by --node (`nubo node`) [default: all]
+    /// The components this process runs, comma-separated, from: api (with the manager), controller, autoscaler (with the event processor), lb, node (Stratos' names work too: manager, cloud-controller, event-processor, load-balancer, node-supervisor). Without `controller`, the API and the autoscaler reach another server's controller through the bus and read its state from the store (same --store and --bus; run one autoscaler per platform). Without `node`, `local` members run on the node supervisor named by --node (`nubo node`) [default: all]
     #[arg(
         long,
         env = "NUBO_COMPONENTS",
@@ -355,7 +355,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 .or(file.node.clone())
                 .unwrap_or_else(|| "local".into())
         }),
-        autoscale: has("autoscaler") && has("controller"),
+        autoscale: has("autoscaler"),
         controller: has("controller"),
         api: has("api"),
         serve_node: (has("node") && !has("controller")).then(|| {
@@ -485,29 +485,47 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The components a server runs (`--components`): every one by default.
+/// The components a server runs (`--components`): every one by default. Stratos' names are
+/// accepted too: `manager` (the API), `cloud-controller`, `event-processor` (the autoscaler's
+/// statistics stage: it runs with the autoscaler), `load-balancer`, `node-supervisor`.
 fn components(list: Option<Vec<String>>) -> anyhow::Result<Vec<String>> {
     const ALL: [&str; 5] = ["api", "controller", "autoscaler", "lb", "node"];
+    const ALIASES: [(&str, &str); 6] = [
+        ("manager", "api"),
+        ("cloud-controller", "controller"),
+        ("event-processor", "autoscaler"),
+        ("cep", "autoscaler"),
+        ("load-balancer", "lb"),
+        ("node-supervisor", "node"),
+    ];
     let list: Vec<String> = match list {
         None => return Ok(ALL.iter().map(|s| (*s).to_owned()).collect()),
         Some(l) => l
             .iter()
-            .map(|s| s.trim().to_ascii_lowercase())
+            .map(|s| s.trim().to_ascii_lowercase().replace('_', "-"))
             .filter(|s| !s.is_empty())
             .collect(),
     };
-    for c in &list {
-        if !ALL.contains(&c.as_str()) {
+    let mut out = Vec::new();
+    for c in list {
+        let name = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == c)
+            .map_or(c.as_str(), |(_, name)| name);
+        if !ALL.contains(&name) {
             anyhow::bail!(
-                "--components: unknown component `{c}`; the components are {}",
+                "--components: unknown component `{c}`; the components are {} (or Stratos' names: manager, cloud-controller, event-processor, load-balancer, node-supervisor)",
                 ALL.join(", ")
             );
         }
+        if !out.iter().any(|o| o == name) {
+            out.push(name.to_owned());
+        }
     }
-    if list.is_empty() {
+    if out.is_empty() {
         anyhow::bail!("--components: name at least one of {}", ALL.join(", "));
     }
-    Ok(list)
+    Ok(out)
 }
 
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -678,6 +696,30 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn components_take_nubo_and_stratos_names() {
+        use super::components;
+        let l = |s: &[&str]| Some(s.iter().map(|s| (*s).to_owned()).collect());
+        assert_eq!(components(None).unwrap().len(), 5);
+        assert_eq!(
+            components(l(&[
+                "Manager",
+                "cloud_controller",
+                "event-processor",
+                "autoscaler"
+            ]))
+            .unwrap(),
+            ["api", "controller", "autoscaler"]
+        );
+        assert_eq!(
+            components(l(&["load-balancer", "node-supervisor", " "])).unwrap(),
+            ["lb", "node"]
+        );
+        let err = components(l(&["scheduler"])).unwrap_err().to_string();
+        assert!(err.contains("unknown component `scheduler`"), "{err}");
+        assert!(components(l(&[""])).is_err());
+    }
+
     /// clap's own consistency checks over every subcommand (unique flags, valid defaults).
     #[test]
     fn the_command_line_is_consistent() {

@@ -230,6 +230,93 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
     assert!(again.iter().any(|e| e["decision"]["ScaleUp"].is_object()));
 }
 
+#[tokio::test]
+async fn an_autoscaler_in_a_process_of_its_own_scales_through_the_bus() {
+    // The same scenario as above, but the autoscaler (with its event processor) runs in a process
+    // of its own (`--components event-processor,autoscaler`), beside a server with every other
+    // component and no autoscaler: the statistics reach it on the bus, it reads the controller's
+    // state from the shared store and sends its decisions through the bus.
+    let dir = tempfile::tempdir().unwrap();
+    let dir_a = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
+    let patterns = manifest_dir().join("tests/it/fixtures/mock-iaas.xml");
+    let timing = [
+        "--scale-window",
+        "2",
+        "--scale-up-cooldown",
+        "1",
+        "--scale-down-cooldown",
+        "1.5",
+        "--fault-timeout",
+        "1.5",
+    ];
+    let mut args = vec![
+        "--insecure-http",
+        "--store",
+        &store,
+        "--components",
+        "manager,cloud-controller,node",
+        "--mock-iaas",
+        patterns.to_str().unwrap(),
+        "--mock-speed",
+        "20",
+        "--mock-stats-interval",
+        "0.2",
+    ];
+    args.extend(timing);
+    let server = ServerProcess::start_with(dir.path(), &args);
+    let mut args = vec![
+        "--insecure-http",
+        "--store",
+        &store,
+        "--bus",
+        &server.bus_url,
+        "--components",
+        "event-processor,autoscaler",
+    ];
+    args.extend(timing);
+    let autoscaler = ServerProcess::start_with(dir_a.path(), &args);
+    assert!(
+        autoscaler.url.is_empty(),
+        "no API in the autoscaler's process"
+    );
+    let api = Api::new(&server);
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "c7", "loadThresholds": {"memoryConsumption": {"threshold": 30}, "loadAverage": {"threshold": 25}}})),
+        ("networkPartitions", json!({"id": "mock-np", "provider": "mock", "partitions": [{"id": "p1"}, {"id": "p2"}]})),
+        ("deploymentPolicies", json!({"id": "c7-dp", "networkPartitions": [{"id": "mock-np", "partitionAlgo": "round-robin",
+            "partitions": [{"id": "p1", "partitionMax": 3}, {"id": "p2", "partitionMax": 3}]}]})),
+        ("applicationPolicies", json!({"id": "c7-ap", "algorithm": "one-after-another", "networkPartitions": ["mock-np"]})),
+        ("cartridges", json!({"type": "c7-single-cluster-scaling-test", "category": "framework", "host": "mock.local",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": 18281}],
+            "iaasProvider": [{"type": "mock", "imageId": "mock-image"}]})),
+        ("applications", json!({"applicationId": "c7", "components": {"cartridges": [
+            {"type": "c7-single-cluster-scaling-test", "cartridgeMin": 2, "cartridgeMax": 6,
+             "subscribableInfo": {"alias": "c7", "autoscalingPolicy": "c7", "deploymentPolicy": "c7-dp"}}]}})),
+    ])
+    .await;
+    assert_eq!(
+        api.post("/api/applications/c7/deploy/c7-ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let active = |n: usize| {
+        let api = &api;
+        async move { (api.active("c7", "c7").await.len() == n).then_some(()) }
+    };
+    eventually(30, "scaled up to 5 members by the other process", || {
+        active(5)
+    })
+    .await;
+    eventually(40, "back down to the minimum of 2", || active(2)).await;
+    // Without the autoscaler's process, nothing scales any more: the decisions were its own.
+    drop(autoscaler);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(api.active("c7", "c7").await.len(), 2);
+}
+
 /// The runtime view's application instances: `(instance id, network partition, status)`.
 async fn app_instances(api: &Api, app: &str) -> Vec<(String, String, String)> {
     let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
