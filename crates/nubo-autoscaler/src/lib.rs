@@ -13,3 +13,6 @@ pub mod cep;
 pub mod faults;
 pub mod monitor;
 pub mod rules;
+
+#[cfg(test)]
+mod split_tests;

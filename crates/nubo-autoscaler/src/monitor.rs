@@ -196,6 +196,72 @@ struct Windows {
     last_down: HashMap<String, u64, Fast>,
     /// When each cluster instance was first evaluated (a new instance is not scaled in at once).
     first_seen: HashMap<String, u64, Fast>,
+    /// The predictions of an event processor in another process, when the statistics are
+    /// processed there (then `rif` and `members` stay empty).
+    received: Option<Received>,
+}
+
+/// Predictions received from an event processor in another process.
+#[derive(Default)]
+struct Received {
+    /// When the last predictions arrived (this process's clock).
+    last_ms: Option<u64>,
+    /// Requests in flight per cluster, and when it arrived.
+    clusters: HashMap<String, (f64, u64), Fast>,
+    /// Memory and load per member, and when they arrived.
+    members: HashMap<String, (Option<f64>, Option<f64>, u64), Fast>,
+}
+
+impl Windows {
+    /// A cluster's predicted requests in flight, summed over the load balancers.
+    fn requests(&self, cluster_id: &str, now: u64, window_ms: u64) -> Option<f64> {
+        if let Some(r) = &self.received {
+            return r.clusters.get(cluster_id).map(|(v, _)| *v);
+        }
+        let (sum, n) = self
+            .rif
+            .get(cluster_id)?
+            .values()
+            .filter_map(|q| predicted(Some(q), now, window_ms))
+            .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+        (n > 0).then_some(sum)
+    }
+
+    /// A member's predicted memory consumption and load average (`None` when no statistics).
+    fn member(
+        &self,
+        member_id: &str,
+        now: u64,
+        window_ms: u64,
+    ) -> Option<(Option<f64>, Option<f64>)> {
+        if let Some(r) = &self.received {
+            return r.members.get(member_id).map(|(m, l, _)| (*m, *l));
+        }
+        let m = self.members.get(member_id)?;
+        Some((
+            predicted(Some(&m.memory), now, window_ms),
+            predicted(Some(&m.load), now, window_ms),
+        ))
+    }
+
+    /// Forgets the statistics (or predictions) older than `keep_ms`.
+    fn forget(&mut self, now: u64, keep_ms: u64) {
+        self.members
+            .retain(|_, m| now.saturating_sub(m.newest()) <= keep_ms);
+        self.rif.retain(|_, lbs| {
+            lbs.retain(|_, q| {
+                q.back()
+                    .is_some_and(|s| now.saturating_sub(s.at_ms) <= keep_ms)
+            });
+            !lbs.is_empty()
+        });
+        if let Some(r) = &mut self.received {
+            r.clusters
+                .retain(|_, (_, at)| now.saturating_sub(*at) <= keep_ms);
+            r.members
+                .retain(|_, (_, _, at)| now.saturating_sub(*at) <= keep_ms);
+        }
+    }
 }
 
 /// Appends a sample, drops those older than `keep_ms`, and keeps the samples contiguous so that
@@ -224,6 +290,62 @@ fn push(q: &mut VecDeque<Sample>, s: Sample, keep_ms: u64) {
         q.pop_front();
     }
     q.make_contiguous();
+}
+
+/// Adds a health statistic (requests in flight, a member's memory and load) to the windows.
+fn feed_windows(w: &mut Windows, config: MonitorConfig, e: &Event) {
+    let keep = config.window.as_millis() as u64 * 2;
+    match e {
+        Event::InFlightRequests(r) => {
+            let lbs = match w.rif.get_mut(&r.cluster_id) {
+                Some(l) => l,
+                None => w.rif.entry(r.cluster_id.clone()).or_default(),
+            };
+            let q = match lbs.get_mut(&r.load_balancer_id) {
+                Some(q) => q,
+                None => lbs.entry(r.load_balancer_id.clone()).or_default(),
+            };
+            push(
+                q,
+                Sample {
+                    at_ms: r.at_ms,
+                    value: r.count,
+                },
+                keep,
+            );
+        }
+        Event::MemberHealthStat(h) => {
+            if h.memory_consumption.is_none() && h.load_average.is_none() {
+                return;
+            }
+            let id = &h.instance.member_id;
+            let m = match w.members.get_mut(id) {
+                Some(m) => m,
+                None => w.members.entry(id.clone()).or_default(),
+            };
+            if let Some(value) = h.memory_consumption {
+                push(
+                    &mut m.memory,
+                    Sample {
+                        at_ms: h.at_ms,
+                        value,
+                    },
+                    keep,
+                );
+            }
+            if let Some(value) = h.load_average {
+                push(
+                    &mut m.load,
+                    Sample {
+                        at_ms: h.at_ms,
+                        value,
+                    },
+                    keep,
+                );
+            }
+        }
+        _ => {}
+    }
 }
 
 fn predicted(q: Option<&VecDeque<Sample>>, now: u64, window_ms: u64) -> Option<f64> {
@@ -299,14 +421,27 @@ impl Target {
     }
 }
 
+/// Where the autoscaler's statistics come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistics {
+    /// The health statistics themselves, processed in this process (its own event processor).
+    Here,
+    /// The predictions of an event processor in another process ([`start_event_processor`]).
+    Remote,
+}
+
 /// Starts the monitor in the background; its decisions go to the returned log.
 pub async fn start(
     events: EventBus,
     target: Target,
+    statistics: Statistics,
     config: MonitorConfig,
     store: Option<Arc<dyn Store>>,
 ) -> Result<ScalingLog, nubo_bus::BusError> {
-    let mut stats = events.subscribe(Category::HealthStats).await?;
+    let mut stats = match statistics {
+        Statistics::Here => events.subscribe(Category::HealthStats).await?,
+        Statistics::Remote => events.subscribe(Category::Predictions).await?,
+    };
     let log = ScalingLog::default();
     if let Some(store) = store {
         log.load(store.as_ref()).await;
@@ -321,7 +456,11 @@ pub async fn start(
     }
     let log_out = log.clone();
     tokio::spawn(async move {
-        let mut engine = Engine::new(config);
+        let mut engine = match statistics {
+            Statistics::Here => Engine::new(config),
+            Statistics::Remote => Engine::remote(config),
+        };
+        let mut silent_since = Some(nubo_events::now_ms());
         let mut tick = tokio::time::interval(config.tick.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -332,6 +471,20 @@ pub async fn start(
                 },
                 _ = tick.tick() => {
                     let now = nubo_events::now_ms();
+                    if statistics == Statistics::Remote {
+                        let fresh = engine.predictions_fresh(now);
+                        match silent_since {
+                            Some(t) if fresh => {
+                                tracing::info!(after_ms = now.saturating_sub(t), "predictions from the event processor arrive");
+                                silent_since = None;
+                            }
+                            None if !fresh => {
+                                tracing::warn!("no predictions from an event processor: no member is found faulty, and scaling decides on no statistics, until they arrive (is a server with the event-processor component running on this bus?)");
+                                silent_since = Some(now);
+                            }
+                            _ => {}
+                        }
+                    }
                     let Some(round) = target.round(&mut engine, now).await else {
                         continue;
                     };
@@ -356,6 +509,127 @@ pub async fn start(
         }
     });
     Ok(log_out)
+}
+
+/// Most members in one `PredictedStatistics` event (about 150 bytes each: a few hundred
+/// kilobytes, under any broker's limit).
+pub const PREDICTIONS_PER_EVENT: usize = 2_000;
+
+/// The event processor on its own (Stratos' CEP in its own process): health statistics in, every
+/// tick the predictions out, for an autoscaler in another process ([`Engine::remote`]). Pure.
+pub struct EventProcessor {
+    config: MonitorConfig,
+    w: Windows,
+    /// Per member: when its last statistics arrived and whether they said its ports are open.
+    last: HashMap<String, (u64, bool), Fast>,
+}
+
+impl EventProcessor {
+    /// With empty windows.
+    pub fn new(config: MonitorConfig) -> EventProcessor {
+        EventProcessor {
+            config,
+            w: Windows::default(),
+            last: HashMap::default(),
+        }
+    }
+
+    /// Takes in a health-statistics event (others are ignored) received at `now_ms`.
+    pub fn feed(&mut self, e: &Event, now_ms: u64) {
+        if let Event::MemberHealthStat(h) = e {
+            self.last
+                .insert(h.instance.member_id.clone(), (now_ms, h.ports_open));
+        }
+        feed_windows(&mut self.w, self.config, e);
+    }
+
+    /// The predictions at `now`, as events of at most `per_event` members (the clusters in the
+    /// first); forgets the members and clusters whose statistics stopped.
+    pub fn predictions(&mut self, now: u64, per_event: usize) -> Vec<Event> {
+        let window_ms = self.config.window.as_millis() as u64;
+        let keep = window_ms * 2;
+        self.w.forget(now, keep);
+        self.last
+            .retain(|_, (at, _)| now.saturating_sub(*at) <= keep);
+        let clusters: Vec<nubo_events::ClusterPrediction> = self
+            .w
+            .rif
+            .keys()
+            .filter_map(|id| {
+                Some(nubo_events::ClusterPrediction {
+                    cluster_id: id.clone(),
+                    requests_in_flight: self.w.requests(id, now, window_ms)?,
+                })
+            })
+            .collect();
+        let members: Vec<nubo_events::MemberPrediction> = self
+            .last
+            .iter()
+            .map(|(id, (last_stat_ms, ports_open))| {
+                let (memory_consumption, load_average) =
+                    self.w.member(id, now, window_ms).unwrap_or((None, None));
+                nubo_events::MemberPrediction {
+                    member_id: id.clone(),
+                    memory_consumption,
+                    load_average,
+                    last_stat_ms: *last_stat_ms,
+                    ports_open: *ports_open,
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut clusters = Some(clusters);
+        let mut chunks = members.chunks(per_event.max(1)).peekable();
+        if chunks.peek().is_none() {
+            let clusters = clusters.take().unwrap_or_default();
+            if !clusters.is_empty() {
+                out.push(Event::PredictedStatistics(nubo_events::Predictions {
+                    at_ms: now,
+                    clusters,
+                    members: Vec::new(),
+                }));
+            }
+        }
+        for chunk in chunks {
+            out.push(Event::PredictedStatistics(nubo_events::Predictions {
+                at_ms: now,
+                clusters: clusters.take().unwrap_or_default(),
+                members: chunk.to_vec(),
+            }));
+        }
+        out
+    }
+}
+
+/// Starts an event processor alone in the background: it publishes its predictions every tick
+/// for an autoscaler in another process.
+pub async fn start_event_processor(
+    events: EventBus,
+    config: MonitorConfig,
+) -> Result<(), nubo_bus::BusError> {
+    let mut stats = events.subscribe(Category::HealthStats).await?;
+    tokio::spawn(async move {
+        let mut cep = EventProcessor::new(config);
+        let mut tick = tokio::time::interval(config.tick.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                e = stats.recv() => match e {
+                    Some(e) => cep.feed(&e, nubo_events::now_ms()),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    for e in cep.predictions(nubo_events::now_ms(), PREDICTIONS_PER_EVENT) {
+                        if let Err(err) = events.publish(&e).await {
+                            tracing::warn!(error = %err, "cannot publish the predictions");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// What a decision round asks of the controller.
@@ -466,7 +740,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine with empty windows.
+    /// An engine with empty windows, fed with the statistics themselves (its event processor in
+    /// the same process).
     pub fn new(config: MonitorConfig) -> Engine {
         Engine {
             config,
@@ -475,59 +750,65 @@ impl Engine {
         }
     }
 
-    /// Takes in a health-statistics event (others are ignored) received at `now_ms`.
+    /// An engine fed with the predictions of an event processor in another process
+    /// (`PredictedStatistics` events) instead of the statistics. It detects no faults while
+    /// predictions do not arrive (the event processor is down or cut off: members' silence would
+    /// be the event processor's).
+    pub fn remote(config: MonitorConfig) -> Engine {
+        Engine {
+            config,
+            w: Windows {
+                received: Some(Received::default()),
+                ..Windows::default()
+            },
+            liveness: Liveness::default(),
+        }
+    }
+
+    /// Whether this engine's statistics come as predictions, and have within the fault timeout.
+    fn predictions_fresh(&self, now: u64) -> bool {
+        match &self.w.received {
+            None => true,
+            Some(r) => r.last_ms.is_some_and(|t| {
+                now.saturating_sub(t) <= self.config.fault_timeout.as_millis() as u64
+            }),
+        }
+    }
+
+    /// Takes in a health-statistics event, or for an engine made with [`Engine::remote`]
+    /// predictions (others are ignored), received at `now_ms`.
     pub fn feed(&mut self, e: &Event, now_ms: u64) {
-        let keep = self.config.window.as_millis() as u64 * 2;
-        let w = &mut self.w;
         match e {
-            Event::InFlightRequests(r) => {
-                let lbs = match w.rif.get_mut(&r.cluster_id) {
-                    Some(l) => l,
-                    None => w.rif.entry(r.cluster_id.clone()).or_default(),
-                };
-                let q = match lbs.get_mut(&r.load_balancer_id) {
-                    Some(q) => q,
-                    None => lbs.entry(r.load_balancer_id.clone()).or_default(),
-                };
-                push(
-                    q,
-                    Sample {
-                        at_ms: r.at_ms,
-                        value: r.count,
-                    },
-                    keep,
-                );
-            }
-            Event::MemberHealthStat(h) => {
-                let id = &h.instance.member_id;
-                self.liveness.stat(id, now_ms, h.ports_open);
-                if h.memory_consumption.is_none() && h.load_average.is_none() {
+            Event::PredictedStatistics(p) => {
+                let Some(r) = &mut self.w.received else {
                     return;
-                }
-                let m = match w.members.get_mut(id) {
-                    Some(m) => m,
-                    None => w.members.entry(id.clone()).or_default(),
                 };
-                if let Some(value) = h.memory_consumption {
-                    push(
-                        &mut m.memory,
-                        Sample {
-                            at_ms: h.at_ms,
-                            value,
-                        },
-                        keep,
-                    );
+                r.last_ms = Some(now_ms);
+                for c in &p.clusters {
+                    r.clusters
+                        .insert(c.cluster_id.clone(), (c.requests_in_flight, now_ms));
                 }
-                if let Some(value) = h.load_average {
-                    push(
-                        &mut m.load,
-                        Sample {
-                            at_ms: h.at_ms,
-                            value,
-                        },
-                        keep,
-                    );
+                for m in &p.members {
+                    self.liveness
+                        .stat(&m.member_id, m.last_stat_ms, m.ports_open);
+                    if m.memory_consumption.is_some() || m.load_average.is_some() {
+                        r.members.insert(
+                            m.member_id.clone(),
+                            (m.memory_consumption, m.load_average, now_ms),
+                        );
+                    } else {
+                        // No statistics within the window any more.
+                        r.members.remove(&m.member_id);
+                    }
                 }
+            }
+            Event::MemberHealthStat(h) if self.w.received.is_none() => {
+                self.liveness
+                    .stat(&h.instance.member_id, now_ms, h.ports_open);
+                feed_windows(&mut self.w, self.config, e);
+            }
+            Event::InFlightRequests(_) if self.w.received.is_none() => {
+                feed_windows(&mut self.w, self.config, e);
             }
             _ => {}
         }
@@ -537,32 +818,11 @@ impl Engine {
     /// that follow from them.
     pub fn round(&mut self, state: &ControllerState, now: u64) -> Round {
         let config = self.config;
-        let fault_ms = config.fault_timeout.as_millis() as u64;
-        let mut activated: Vec<Command> = starting_members(state)
-            .filter(|m| self.liveness.reporting(&m.member_id, now, fault_ms))
-            .map(|m| {
-                Command::Activated(nubo_events::InstanceRef {
-                    application_id: m.application_id.clone(),
-                    service_name: m.service_name.clone(),
-                    cluster_id: m.cluster_id.clone(),
-                    cluster_instance_id: m.cluster_instance_id.clone(),
-                    member_id: m.member_id.clone(),
-                    network_partition_id: m.network_partition_id.clone(),
-                    partition_id: m.partition_id.clone(),
-                })
-            })
-            .collect();
-        let mut commands: Vec<Command> = self
-            .liveness
-            .check(
-                active_members(state),
-                now,
-                config.fault_timeout.as_millis() as u64,
-            )
-            .into_iter()
-            .map(|(member, reason)| Command::Fault { member, reason })
-            .collect();
-        commands.append(&mut activated);
+        let mut commands = if self.predictions_fresh(now) {
+            self.liveness_commands(state, now)
+        } else {
+            Vec::new()
+        };
         let events = evaluate(state, &mut self.w, config, now);
         for e in &events {
             if let Some(c) = self.command(state, e, now) {
@@ -582,17 +842,7 @@ impl Engine {
             });
         }
         // Forget the members and clusters whose statistics stopped.
-        let keep = config.window.as_millis() as u64 * 2;
-        self.w
-            .members
-            .retain(|_, m| now.saturating_sub(m.newest()) <= keep);
-        self.w.rif.retain(|_, lbs| {
-            lbs.retain(|_, q| {
-                q.back()
-                    .is_some_and(|s| now.saturating_sub(s.at_ms) <= keep)
-            });
-            !lbs.is_empty()
-        });
+        self.w.forget(now, config.window.as_millis() as u64 * 2);
         // Forget the cluster instances that are gone.
         if self.w.first_seen.len() > events.len() {
             let live: BTreeSet<String> = events
@@ -602,6 +852,33 @@ impl Engine {
             self.w.first_seen.retain(|k, _| live.contains(k));
         }
         Round { events, commands }
+    }
+
+    /// Faulty Active members, and starting members whose statistics prove them active.
+    fn liveness_commands(&mut self, state: &ControllerState, now: u64) -> Vec<Command> {
+        let fault_ms = self.config.fault_timeout.as_millis() as u64;
+        let mut activated: Vec<Command> = starting_members(state)
+            .filter(|m| self.liveness.reporting(&m.member_id, now, fault_ms))
+            .map(|m| {
+                Command::Activated(nubo_events::InstanceRef {
+                    application_id: m.application_id.clone(),
+                    service_name: m.service_name.clone(),
+                    cluster_id: m.cluster_id.clone(),
+                    cluster_instance_id: m.cluster_instance_id.clone(),
+                    member_id: m.member_id.clone(),
+                    network_partition_id: m.network_partition_id.clone(),
+                    partition_id: m.partition_id.clone(),
+                })
+            })
+            .collect();
+        let mut commands: Vec<Command> = self
+            .liveness
+            .check(active_members(state), now, fault_ms)
+            .into_iter()
+            .map(|(member, reason)| Command::Fault { member, reason })
+            .collect();
+        commands.append(&mut activated);
+        commands
     }
 
     /// The command a decision calls for (the victim of a scale-down chosen here), noting the
@@ -629,10 +906,8 @@ impl Engine {
                 // The least loaded active member: lowest predicted (load + memory) / 2.
                 let w = &self.w;
                 let load = |id: &str| {
-                    let m = w.members.get(id);
-                    (predicted(m.map(|m| &m.load), now, window_ms).unwrap_or(0.0)
-                        + predicted(m.map(|m| &m.memory), now, window_ms).unwrap_or(0.0))
-                        / 2.0
+                    let (mem, ld) = w.member(id, now, window_ms).unwrap_or((None, None));
+                    (ld.unwrap_or(0.0) + mem.unwrap_or(0.0)) / 2.0
                 };
                 let victim = live()
                     .filter(|m| m.status == MemberStatus::Active)
@@ -730,23 +1005,17 @@ fn evaluate(
                 let t = plan.thresholds;
                 // Requests in flight: summed over the load balancers; a load balancer serving several
                 // instances of the cluster reports for all of them, shared by active members.
-                let rif = w.rif.get(&plan.cluster_id).and_then(|lbs| {
-                    let values: Vec<f64> = lbs
-                        .values()
-                        .filter_map(|q| predicted(Some(q), now, window_ms))
-                        .collect();
-                    (!values.is_empty()).then(|| values.iter().sum::<f64>())
-                });
+                let rif = w.requests(&plan.cluster_id, now, window_ms);
                 // Memory and load: the mean over the active members of each one's prediction.
                 let (mut memory, mut load) = ((0.0, 0u32), (0.0, 0u32));
                 for a in &active {
-                    let Some(m) = w.members.get(&a.member_id) else {
+                    let Some((mem, ld)) = w.member(&a.member_id, now, window_ms) else {
                         continue;
                     };
-                    if let Some(p) = predicted(Some(&m.memory), now, window_ms) {
+                    if let Some(p) = mem {
                         memory = (memory.0 + p, memory.1 + 1);
                     }
-                    if let Some(p) = predicted(Some(&m.load), now, window_ms) {
+                    if let Some(p) = ld {
                         load = (load.0 + p, load.1 + 1);
                     }
                 }

@@ -32,6 +32,9 @@ pub enum Category {
     Node,
     /// Commands to the cloud controller from an API in another process.
     Control,
+    /// The event processor's predictions (publisher: an event processor in its own process;
+    /// consumer: the autoscaler).
+    Predictions,
 }
 
 impl Category {
@@ -48,6 +51,7 @@ impl Category {
             Category::Supervisor => "supervisor",
             Category::Node => "node",
             Category::Control => "control",
+            Category::Predictions => "predictions",
         }
     }
 
@@ -129,6 +133,51 @@ pub struct RequestsInFlight {
     pub load_balancer_id: String,
     /// Measurement time, milliseconds since the epoch.
     pub at_ms: u64,
+}
+
+/// What the event processor predicts for the next minute (Stratos' CEP output, §8): per cluster,
+/// the requests in flight summed over the load balancers; per member, memory and load, and when
+/// its statistics last arrived. A large platform's predictions come in several events, each for a
+/// share of the members; each entry replaces the previous one for its cluster or member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Predictions {
+    /// When they were computed, milliseconds since the epoch.
+    pub at_ms: u64,
+    /// Per cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterPrediction>,
+    /// Per member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberPrediction>,
+}
+
+/// A cluster's predicted requests in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPrediction {
+    /// Cluster.
+    pub cluster_id: String,
+    /// Requests in flight, summed over the load balancers.
+    pub requests_in_flight: f64,
+}
+
+/// A member's predicted memory and load, and its liveness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberPrediction {
+    /// Member.
+    pub member_id: String,
+    /// Memory consumption, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_consumption: Option<f64>,
+    /// Load average, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_average: Option<f64>,
+    /// When its last statistics arrived at the event processor, milliseconds since the epoch.
+    pub last_stat_ms: u64,
+    /// Whether they said its ports are open.
+    pub ports_open: bool,
 }
 
 /// Every event.
@@ -252,6 +301,10 @@ pub enum Event {
     MemberHealthStat(MemberHealth),
     /// Requests in flight at a load balancer.
     InFlightRequests(RequestsInFlight),
+
+    // === predictions (event processor → autoscaler in another process) ===
+    /// The event processor's predictions, every tick.
+    PredictedStatistics(Predictions),
 
     // === initializer ===
     /// Ask the controller for the whole topology.
@@ -465,6 +518,7 @@ impl Event {
             Event::InstanceCleanupCluster { .. } => "InstanceCleanupCluster",
             Event::MemberHealthStat(_) => "MemberHealthStat",
             Event::InFlightRequests(_) => "InFlightRequests",
+            Event::PredictedStatistics(_) => "PredictedStatistics",
             Event::CompleteTopologyRequest {} => "CompleteTopologyRequest",
             Event::MemberProcessExited { .. } => "MemberProcessExited",
             Event::NodeMemberStarted { .. } => "NodeMemberStarted",
@@ -505,6 +559,7 @@ impl Event {
                 Category::InstanceNotifier
             }
             Event::MemberHealthStat(_) | Event::InFlightRequests(_) => Category::HealthStats,
+            Event::PredictedStatistics(_) => Category::Predictions,
             Event::CompleteTopologyRequest {} => Category::Initializer,
             Event::MemberProcessExited { .. }
             | Event::NodeMemberStarted { .. }
@@ -762,6 +817,20 @@ mod catalogue {
                 load_balancer_id: "lb-1".into(),
                 at_ms: 1_763_769_600_000,
             }),
+            Event::PredictedStatistics(Predictions {
+                at_ms: 1_763_769_601_000,
+                clusters: vec![ClusterPrediction {
+                    cluster_id: "shop.web.php.domain".into(),
+                    requests_in_flight: 4.5,
+                }],
+                members: vec![MemberPrediction {
+                    member_id: "shop.web.php-1".into(),
+                    memory_consumption: Some(1.75),
+                    load_average: Some(13.0),
+                    last_stat_ms: 1_763_769_600_900,
+                    ports_open: true,
+                }],
+            }),
             Event::CompleteTopologyRequest {},
             Event::MemberProcessExited {
                 member_id: "shop.web.php-1".into(),
@@ -858,6 +927,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 34, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 35, "one example per event variant: {names:?}");
     }
 }

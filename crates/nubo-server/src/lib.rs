@@ -75,8 +75,11 @@ pub struct ServerConfig {
     /// `local` members run by the node supervisor of that name in another process (`nubo
     /// node`), reached through the bus; `None`: by this process's own node supervisor.
     pub remote_node: Option<String>,
-    /// Run the autoscaler (and the event processor) in this process.
+    /// Run the autoscaler in this process.
     pub autoscale: bool,
+    /// Run the event processor in this process: for the autoscaler beside it, or, alone, for an
+    /// autoscaler in another process (its predictions on the bus).
+    pub event_processor: bool,
     /// Serve the API (without it, the process runs its other components only).
     pub api: bool,
     /// Without a controller in this process: run a node supervisor of this name, commanded
@@ -186,6 +189,19 @@ pub struct Ready {
     pub bus_url: String,
     /// The store, without its password (`sqlite:///…/nubo.db`, `postgres://…`).
     pub store: String,
+}
+
+/// Where this server's autoscaler gets its statistics: its own event processor, or one in
+/// another process.
+fn statistics(config: &ServerConfig) -> nubo_autoscaler::monitor::Statistics {
+    if config.event_processor {
+        nubo_autoscaler::monitor::Statistics::Here
+    } else {
+        tracing::info!(
+            "autoscaler without an event processor: it decides on the predictions of an event processor in another process"
+        );
+        nubo_autoscaler::monitor::Statistics::Remote
+    }
 }
 
 /// Runs the server until `shutdown` completes.
@@ -300,6 +316,7 @@ pub async fn run(
                 nubo_autoscaler::monitor::start(
                     events.clone(),
                     nubo_autoscaler::monitor::Target::Local(controller.clone()),
+                    statistics(&config),
                     config.autoscaler,
                     Some(store.clone()),
                 )
@@ -341,6 +358,7 @@ pub async fn run(
                         control: nubo_controller::RemoteControl::new(store.clone(), events.clone()),
                         events: events.clone(),
                     },
+                    statistics(&config),
                     config.autoscaler,
                     Some(store.clone()),
                 )
@@ -353,6 +371,14 @@ pub async fn run(
             events.clone(),
         ))
     };
+    if config.event_processor && !config.autoscale {
+        tracing::info!(
+            "event processor without an autoscaler: its predictions go on the bus for an autoscaler in another process"
+        );
+        nubo_autoscaler::monitor::start_event_processor(events.clone(), config.autoscaler)
+            .await
+            .context("cannot start the event processor")?;
+    }
     if let Some(lb) = &config.lb {
         let lb = nubo_lb::LoadBalancer::new(lb.clone());
         lb.register_metrics(&mut registry);

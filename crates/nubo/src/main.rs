@@ -106,7 +106,7 @@ struct ServerArgs {
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
-    /// The components this process runs, comma-separated, from: api (with the manager), controller, autoscaler (with the event processor), lb, node (Stratos' names work too: manager, cloud-controller, event-processor, load-balancer, node-supervisor). Without `controller`, the API and the autoscaler reach another server's controller through the bus and read its state from the store (same --store and --bus; run one autoscaler per platform). Without `node`, `local` members run on the node supervisor named by --node (`nubo node`) [default: all]
+    /// The components this process runs, comma-separated, from: api (with the manager), controller, autoscaler, event-processor, lb, node (Stratos' names work too: manager, cloud-controller, cep, load-balancer, node-supervisor). Without `controller`, the API and the autoscaler reach another server's controller through the bus and read its state from the store (same --store and --bus; run one autoscaler per platform). An autoscaler without `event-processor` decides on the predictions of an event processor in another process. Without `node`, `local` members run on the node supervisor named by --node (`nubo node`) [default: all]
     #[arg(
         long,
         env = "NUBO_COMPONENTS",
@@ -356,6 +356,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "local".into())
         }),
         autoscale: has("autoscaler"),
+        event_processor: has("event-processor"),
         controller: has("controller"),
         api: has("api"),
         serve_node: (has("node") && !has("controller")).then(|| {
@@ -486,15 +487,21 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
 }
 
 /// The components a server runs (`--components`): every one by default. Stratos' names are
-/// accepted too: `manager` (the API), `cloud-controller`, `event-processor` (the autoscaler's
-/// statistics stage: it runs with the autoscaler), `load-balancer`, `node-supervisor`.
+/// accepted too: `manager` (the API), `cloud-controller`, `cep` (the event processor),
+/// `load-balancer`, `node-supervisor`.
 fn components(list: Option<Vec<String>>) -> anyhow::Result<Vec<String>> {
-    const ALL: [&str; 5] = ["api", "controller", "autoscaler", "lb", "node"];
-    const ALIASES: [(&str, &str); 6] = [
+    const ALL: [&str; 6] = [
+        "api",
+        "controller",
+        "autoscaler",
+        "event-processor",
+        "lb",
+        "node",
+    ];
+    const ALIASES: [(&str, &str); 5] = [
         ("manager", "api"),
         ("cloud-controller", "controller"),
-        ("event-processor", "autoscaler"),
-        ("cep", "autoscaler"),
+        ("cep", "event-processor"),
         ("load-balancer", "lb"),
         ("node-supervisor", "node"),
     ];
@@ -514,7 +521,7 @@ fn components(list: Option<Vec<String>>) -> anyhow::Result<Vec<String>> {
             .map_or(c.as_str(), |(_, name)| name);
         if !ALL.contains(&name) {
             anyhow::bail!(
-                "--components: unknown component `{c}`; the components are {} (or Stratos' names: manager, cloud-controller, event-processor, load-balancer, node-supervisor)",
+                "--components: unknown component `{c}`; the components are {} (or Stratos' names: manager, cloud-controller, cep, load-balancer, node-supervisor)",
                 ALL.join(", ")
             );
         }
@@ -700,16 +707,17 @@ mod tests {
     fn components_take_nubo_and_stratos_names() {
         use super::components;
         let l = |s: &[&str]| Some(s.iter().map(|s| (*s).to_owned()).collect());
-        assert_eq!(components(None).unwrap().len(), 5);
+        assert_eq!(components(None).unwrap().len(), 6);
         assert_eq!(
             components(l(&[
                 "Manager",
                 "cloud_controller",
-                "event-processor",
-                "autoscaler"
+                "CEP",
+                "autoscaler",
+                "event-processor"
             ]))
             .unwrap(),
-            ["api", "controller", "autoscaler"]
+            ["api", "controller", "event-processor", "autoscaler"]
         );
         assert_eq!(
             components(l(&["load-balancer", "node-supervisor", " "])).unwrap(),

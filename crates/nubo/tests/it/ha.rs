@@ -134,7 +134,7 @@ async fn scenario(broker: &str) {
         "--bus",
         &bus,
         "--components",
-        "api,controller,autoscaler",
+        "api,controller,autoscaler,event-processor",
         "--node",
         "n1",
         "--ha",

@@ -231,12 +231,14 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
 }
 
 #[tokio::test]
-async fn an_autoscaler_in_a_process_of_its_own_scales_through_the_bus() {
-    // The same scenario as above, but the autoscaler (with its event processor) runs in a process
-    // of its own (`--components event-processor,autoscaler`), beside a server with every other
-    // component and no autoscaler: the statistics reach it on the bus, it reads the controller's
-    // state from the shared store and sends its decisions through the bus.
+async fn the_event_processor_and_the_autoscaler_in_processes_of_their_own_scale_through_the_bus() {
+    // The same scenario as above, in three processes: a server with every component but the
+    // event processor and the autoscaler; an event processor alone (`--components cep`), which
+    // turns the statistics into predictions on the bus; an autoscaler alone, which decides on
+    // them over the controller's state read from the shared store and sends its decisions
+    // through the bus.
     let dir = tempfile::tempdir().unwrap();
+    let dir_e = tempfile::tempdir().unwrap();
     let dir_a = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
@@ -266,17 +268,21 @@ async fn an_autoscaler_in_a_process_of_its_own_scales_through_the_bus() {
     ];
     args.extend(timing);
     let server = ServerProcess::start_with(dir.path(), &args);
-    let mut args = vec![
-        "--insecure-http",
-        "--store",
-        &store,
-        "--bus",
-        &server.bus_url,
-        "--components",
-        "event-processor,autoscaler",
-    ];
-    args.extend(timing);
-    let autoscaler = ServerProcess::start_with(dir_a.path(), &args);
+    let alone = |dir: &std::path::Path, component: &str| {
+        let mut args = vec![
+            "--insecure-http",
+            "--store",
+            &store,
+            "--bus",
+            &server.bus_url,
+            "--components",
+            component,
+        ];
+        args.extend(timing);
+        ServerProcess::start_with(dir, &args)
+    };
+    let cep = alone(dir_e.path(), "cep");
+    let autoscaler = alone(dir_a.path(), "autoscaler");
     assert!(
         autoscaler.url.is_empty(),
         "no API in the autoscaler's process"
@@ -306,15 +312,23 @@ async fn an_autoscaler_in_a_process_of_its_own_scales_through_the_bus() {
         let api = &api;
         async move { (api.active("c7", "c7").await.len() == n).then_some(()) }
     };
-    eventually(30, "scaled up to 5 members by the other process", || {
+    eventually(30, "scaled up to 5 members by the other processes", || {
         active(5)
     })
     .await;
     eventually(40, "back down to the minimum of 2", || active(2)).await;
-    // Without the autoscaler's process, nothing scales any more: the decisions were its own.
+    // Without the event processor, the autoscaler finds no member faulty (the silence is the
+    // event processor's) and nothing is replaced.
+    let before: Vec<Value> = api.active("c7", "c7").await;
+    drop(cep);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after: Vec<Value> = api.active("c7", "c7").await;
+    assert_eq!(
+        before.iter().map(|m| &m["memberId"]).collect::<Vec<_>>(),
+        after.iter().map(|m| &m["memberId"]).collect::<Vec<_>>(),
+        "no member replaced while the event processor is down"
+    );
     drop(autoscaler);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(api.active("c7", "c7").await.len(), 2);
 }
 
 /// The runtime view's application instances: `(instance id, network partition, status)`.

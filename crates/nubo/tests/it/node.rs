@@ -79,7 +79,7 @@ async fn members_run_on_a_node_supervisor_in_another_process() {
     let args = [
         "--insecure-http",
         "--components",
-        "api,controller,autoscaler,lb",
+        "api,controller,autoscaler,event-processor,lb",
         "--node",
         "n1",
     ];
@@ -195,7 +195,7 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
             "--store",
             &store,
             "--components",
-            "controller,autoscaler,lb",
+            "controller,autoscaler,event-processor,lb",
             "--node",
             "n2",
         ],

@@ -1,0 +1,281 @@
+//! The event processor in another process decides nothing differently: the same statistics fed
+//! to an engine directly, and through an [`EventProcessor`]'s predictions to a remote engine,
+//! give the same decisions and commands, round after round (faults included).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nubo_controller::plan::{ClusterPlan, DeploymentPlan, InstancePlan, Thresholds};
+use nubo_controller::state::{AppInstance, Deployment};
+use nubo_controller::{ControllerState, DeploymentStatus};
+use nubo_events::{
+    Cluster, ClusterInstance, Event, InstanceRef, InstanceStatus, Member, MemberHealth,
+    MemberStatus, RequestsInFlight,
+};
+
+use crate::monitor::{Engine, EventProcessor, MonitorConfig};
+
+const APP: &str = "app";
+const INSTANCE: &str = "app-1";
+
+fn cluster_id(c: usize) -> String {
+    format!("{APP}.c{c}.php.domain")
+}
+
+fn member_ref(c: usize, m: usize) -> InstanceRef {
+    InstanceRef {
+        application_id: APP.into(),
+        service_name: "php".into(),
+        cluster_id: cluster_id(c),
+        cluster_instance_id: INSTANCE.into(),
+        member_id: format!("{APP}.c{c}.php-{m}"),
+        network_partition_id: "np".into(),
+        partition_id: "p1".into(),
+    }
+}
+
+/// One application of 2 clusters (min 2, max 6) of 3 Active members each.
+fn state() -> ControllerState {
+    let mut state = ControllerState::default();
+    let mut plans = Vec::new();
+    for c in 0..2 {
+        plans.push(ClusterPlan {
+            cluster_id: cluster_id(c),
+            alias: format!("c{c}"),
+            service_name: "php".into(),
+            host_names: vec![],
+            ports: vec![],
+            min: 2,
+            max: 6,
+            deployment_policy: "dp".into(),
+            autoscaling_policy: "asp".into(),
+            placements: vec![],
+            depends_on: vec![],
+            images: BTreeMap::new(),
+            properties: BTreeMap::new(),
+            group_path: vec![],
+            thresholds: Thresholds {
+                requests_in_flight: Some(10.0),
+                memory_consumption: Some(60.0),
+                load_average: Some(60.0),
+            },
+        });
+        let mut cluster = Cluster {
+            cluster_id: cluster_id(c),
+            service_name: "php".into(),
+            application_id: APP.into(),
+            alias: format!("c{c}"),
+            host_names: vec![],
+            tenant_id: -1234,
+            ports: vec![],
+            deployment_policy: "dp".into(),
+            autoscaling_policy: "asp".into(),
+            instances: BTreeMap::from([(
+                INSTANCE.to_owned(),
+                ClusterInstance {
+                    instance_id: INSTANCE.into(),
+                    network_partition_id: "np".into(),
+                    status: InstanceStatus::Active,
+                    min_members: 2,
+                    max_members: 6,
+                },
+            )]),
+            members: BTreeMap::new(),
+        };
+        for m in 0..3 {
+            let r = member_ref(c, m);
+            cluster.members.insert(
+                r.member_id.clone(),
+                Member {
+                    member_id: r.member_id.clone(),
+                    cluster_id: r.cluster_id,
+                    cluster_instance_id: INSTANCE.into(),
+                    service_name: "php".into(),
+                    application_id: APP.into(),
+                    network_partition_id: "np".into(),
+                    partition_id: "p1".into(),
+                    status: MemberStatus::Active,
+                    default_private_ip: Some("10.0.0.1".into()),
+                    default_public_ip: None,
+                    ports: vec![],
+                    init_time: 0,
+                    failure: None,
+                    properties: BTreeMap::new(),
+                },
+            );
+        }
+        state.topology.clusters.insert(cluster_id(c), cluster);
+    }
+    state.deployments.insert(
+        APP.into(),
+        Deployment {
+            plan: DeploymentPlan {
+                application_id: APP.into(),
+                tenant_id: -1234,
+                application_policy: "ap".into(),
+                instances: vec![InstancePlan {
+                    instance_id: INSTANCE.into(),
+                    network_partition_id: "np".into(),
+                }],
+                clusters: plans,
+                scopes: vec![],
+                burst_groups: vec![],
+            },
+            status: DeploymentStatus::Deployed,
+            force: false,
+            instances: vec![AppInstance {
+                instance_id: INSTANCE.into(),
+                network_partition_id: "np".into(),
+                status: InstanceStatus::Active,
+                burst_group: None,
+            }],
+            backoff: BTreeMap::new(),
+            desired: BTreeMap::new(),
+            group_instances: BTreeMap::new(),
+            next_group_instance: 0,
+            burst_level: 0,
+            next_instance: 1,
+        },
+    );
+    state
+}
+
+fn config() -> MonitorConfig {
+    MonitorConfig {
+        tick: Duration::from_secs(1),
+        window: Duration::from_secs(3),
+        up_cooldown: Duration::from_secs(2),
+        down_cooldown: Duration::from_secs(4),
+        fault_timeout: Duration::from_secs(3),
+    }
+}
+
+/// The statistics at `t` ms into the scenario: c0's memory climbs from 30 to 90 over 20 s, then
+/// falls; c1's requests in flight climb from 2 to 40 from two load balancers; member c0-2 falls
+/// silent at 8 s; member c1-1 reports its ports closed from 15 s.
+fn statistics(t: u64, at: u64) -> Vec<Event> {
+    let mut out = Vec::new();
+    let memory = if t < 20_000 {
+        30.0 + 60.0 * t as f64 / 20_000.0
+    } else {
+        (90.0 - 6.0 * (t - 20_000) as f64 / 1_000.0).max(10.0)
+    };
+    for c in 0..2 {
+        for m in 0..3 {
+            if (c, m) == (0, 2) && t >= 8_000 {
+                continue;
+            }
+            out.push(Event::MemberHealthStat(MemberHealth {
+                instance: member_ref(c, m),
+                memory_consumption: Some(if c == 0 { memory + m as f64 } else { 20.0 }),
+                load_average: Some(if c == 0 { 25.0 } else { 15.0 + m as f64 }),
+                ports_open: !((c, m) == (1, 1) && t >= 15_000),
+                at_ms: at,
+            }));
+        }
+    }
+    for lb in ["lb-1", "lb-2"] {
+        out.push(Event::InFlightRequests(RequestsInFlight {
+            cluster_id: cluster_id(1),
+            network_partition_id: "np".into(),
+            cluster_instance_id: None,
+            count: 1.0 + 19.0 * t as f64 / 30_000.0,
+            served: 0,
+            load_balancer_id: lb.into(),
+            at_ms: at,
+        }));
+    }
+    out
+}
+
+#[test]
+fn an_event_processor_in_another_process_gives_the_same_decisions() {
+    let state = state();
+    let mut here = Engine::new(config());
+    let mut cep = EventProcessor::new(config());
+    let mut remote = Engine::remote(config());
+    let t0 = 1_700_000_000_000u64;
+    let (mut decisions, mut commands) = (0, 0);
+    let mut faults = Vec::new();
+    for step in 0..=150u64 {
+        let t = step * 200;
+        let now = t0 + t;
+        for e in statistics(t, now) {
+            here.feed(&e, now);
+            cep.feed(&e, now);
+        }
+        if t % 1_000 != 0 {
+            continue;
+        }
+        // Small events: the parts of one tick's predictions are put together by the receiver.
+        for e in cep.predictions(now, 4) {
+            let bytes = e.encode();
+            let e = Event::decode(&bytes).unwrap();
+            remote.feed(&e, now);
+        }
+        let a = here.round(&state, now);
+        let b = remote.round(&state, now);
+        assert_eq!(a.events, b.events, "decisions at {t} ms");
+        assert_eq!(a.commands, b.commands, "commands at {t} ms");
+        decisions += a
+            .events
+            .iter()
+            .filter(|e| e.decision != crate::rules::Decision::Hold)
+            .count();
+        commands += a.commands.len();
+        for c in &a.commands {
+            if let crate::monitor::Command::Fault { member, .. } = c {
+                faults.push((t, member.clone()));
+            }
+        }
+    }
+    assert!(decisions > 5, "the scenario scales: {decisions} decisions");
+    assert!(commands > 5, "and commands: {commands}");
+    let faulty: Vec<&str> = faults.iter().map(|(_, m)| m.as_str()).collect();
+    assert!(
+        faulty.contains(&"app.c0.php-2"),
+        "silent member: {faults:?}"
+    );
+    assert!(faulty.contains(&"app.c1.php-1"), "ports closed: {faults:?}");
+}
+
+#[test]
+fn a_remote_engine_finds_no_fault_while_no_predictions_arrive() {
+    let state = state();
+    let mut remote = Engine::remote(config());
+    let t0 = 1_700_000_000_000u64;
+    // Nothing for a minute: the event processor is down, not every member.
+    for s in 0..60 {
+        let round = remote.round(&state, t0 + s * 1_000);
+        assert!(round.commands.is_empty(), "{:?}", round.commands);
+    }
+    // Predictions arrive, naming every member but one: that one is faulty once the timeout
+    // passes with predictions arriving.
+    let mut cep = EventProcessor::new(config());
+    let mut fault = None;
+    for s in 60..70 {
+        let now = t0 + s * 1_000;
+        for e in statistics(0, now) {
+            if let Event::MemberHealthStat(h) = &e
+                && h.instance.member_id == "app.c1.php-0"
+            {
+                continue;
+            }
+            cep.feed(&e, now);
+        }
+        for e in cep.predictions(now, 100) {
+            remote.feed(&e, now);
+        }
+        let round = remote.round(&state, now);
+        if let Some(crate::monitor::Command::Fault { member, .. }) = round
+            .commands
+            .iter()
+            .find(|c| matches!(c, crate::monitor::Command::Fault { .. }))
+        {
+            fault.get_or_insert((s, member.clone()));
+        }
+    }
+    let (s, member) = fault.expect("the silent member is found");
+    assert_eq!(member, "app.c1.php-0");
+    assert!(s >= 63, "not before the fault timeout: {s}");
+}
