@@ -16,11 +16,21 @@ use crate::error::ApiError;
 
 type S = State<Arc<AppState>>;
 
+/// The mock IaaS; its instances live in the process of the controller that started them, so a
+/// server whose controller runs elsewhere cannot serve them.
 fn mock(s: &AppState) -> Result<&Arc<nubo_mock::MockIaas>, ApiError> {
     s.mock.as_ref().ok_or_else(|| {
+        let remote = s
+            .controller
+            .as_ref()
+            .is_some_and(|c| c.role() == nubo_controller::ControlRole::Remote);
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "the mock IaaS is not enabled on this server (start it with --mock-iaas FILE, or --mock-iaas - for the default statistics)",
+            if remote {
+                "this server runs no controller: the mock IaaS's instances live in the process of the server that runs the controller (with --mock-iaas); use its API"
+            } else {
+                "the mock IaaS is not enabled on this server (start it with --mock-iaas FILE, or --mock-iaas - for the default statistics)"
+            },
         )
     })
 }
