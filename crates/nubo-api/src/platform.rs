@@ -382,10 +382,10 @@ async fn scaling_events(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<nubo_autoscaler::monitor::ScalingEvent>>, ApiError> {
     s.manager.get::<Application>(p.tenant_id, &id).await?;
-    if let Some(log) = &s.scaling {
+    if let Some(log) = s.scaling.get() {
         return Ok(Json(log.for_application(&id)));
     }
-    // No autoscaler in this process (an API-only server): what the autoscaler persisted.
+    // No autoscaler in this process (an API-only server, a standby): what the autoscaler persisted.
     nubo_autoscaler::monitor::recorded_for_application(s.manager.store().as_ref(), &id)
         .await
         .map(Json)
