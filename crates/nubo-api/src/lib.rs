@@ -9,7 +9,7 @@
 )]
 #![warn(missing_docs)]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{Extension, State};
@@ -38,19 +38,30 @@ use error::{ApiError, Message};
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// What every handler shares.
+///
+/// A standby (`--ha` without the lease) serves the API before its controller exists: the
+/// controller behind [`AppState::controller`] switches by itself
+/// ([`nubo_controller::SwitchableControl`]), and what only exists once the controller runs — the
+/// autoscaler's log, the mock IaaS, the controller's metrics — is attached when it starts.
 pub struct AppState {
     /// The manager.
     pub manager: Arc<Manager>,
     /// The cloud controller, in this process or another (absent: deploy answers 503).
     pub controller: Option<Arc<dyn nubo_controller::ControlPlane>>,
-    /// The autoscaler's recent decisions (absent without an autoscaler).
-    pub scaling: Option<nubo_autoscaler::monitor::ScalingLog>,
+    /// The autoscaler's recent decisions, when it runs in this process; else they are read from
+    /// the store, where the autoscaler persists them.
+    scaling: OnceLock<nubo_autoscaler::monitor::ScalingLog>,
     /// All metrics of the process, served on `/metrics`.
-    pub registry: Registry,
+    registry: RwLock<Registry>,
     /// The mock IaaS, when the server offers it.
-    pub mock: Option<Arc<nubo_mock::MockIaas>>,
+    mock: OnceLock<Arc<nubo_mock::MockIaas>>,
     metrics: metrics::ApiMetrics,
 }
+
+/// Something attached to an [`AppState`] a second time.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0} is already attached to the API")]
+pub struct AlreadyAttached(&'static str);
 
 impl AppState {
     /// State over `manager`; the API registers its metrics in `registry`, which `/metrics` serves.
@@ -61,25 +72,84 @@ impl AppState {
         mut registry: Registry,
     ) -> Arc<Self> {
         let metrics = metrics::ApiMetrics::register(&mut registry);
-        Arc::new(AppState {
+        let state = AppState {
             manager,
             controller,
-            scaling,
-            registry,
-            mock: None,
+            scaling: OnceLock::new(),
+            registry: RwLock::new(registry),
+            mock: OnceLock::new(),
             metrics,
-        })
+        };
+        if let Some(log) = scaling {
+            let _ = state.scaling.set(log);
+        }
+        Arc::new(state)
     }
 
     /// The same state with the mock IaaS's API enabled.
     pub fn with_mock(self: Arc<Self>, mock: Arc<nubo_mock::MockIaas>) -> Arc<Self> {
-        match Arc::try_unwrap(self) {
-            Ok(mut s) => {
-                s.mock = Some(mock);
-                Arc::new(s)
-            }
-            Err(shared) => shared,
-        }
+        let _ = self.attach_mock(mock);
+        self
+    }
+
+    /// Enables the mock IaaS's API (a standby, once it leads).
+    pub fn attach_mock(&self, mock: Arc<nubo_mock::MockIaas>) -> Result<(), AlreadyAttached> {
+        self.mock
+            .set(mock)
+            .map_err(|_| AlreadyAttached("the mock IaaS"))
+    }
+
+    /// Serves the decisions of this process's autoscaler (a standby, once it leads) rather than
+    /// those persisted in the store.
+    pub fn attach_scaling(
+        &self,
+        log: nubo_autoscaler::monitor::ScalingLog,
+    ) -> Result<(), AlreadyAttached> {
+        self.scaling
+            .set(log)
+            .map_err(|_| AlreadyAttached("the autoscaler's log"))
+    }
+
+    /// Registers more metrics for `/metrics` (a standby's controller, once it leads).
+    pub fn register_metrics(&self, register: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
+        register(&mut registry);
+    }
+
+    /// The mock IaaS, when this server offers it.
+    pub fn mock(&self) -> Option<&Arc<nubo_mock::MockIaas>> {
+        self.mock.get()
+    }
+
+    /// Where the controller runs (`None`: no controller at all).
+    pub fn role(&self) -> Option<nubo_controller::ControlRole> {
+        self.controller.as_ref().map(|c| c.role())
+    }
+
+    /// Who holds the controller lease (`--ha`), if anyone does and the store says so.
+    pub async fn leader(&self) -> Option<String> {
+        self.manager
+            .store()
+            .lease(nubo_controller::CONTROLLER_LEASE)
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.holder)
+    }
+
+    /// The answer to a request that only the leader can serve, on a standby: 503 naming the
+    /// leader.
+    pub async fn standby_error(&self, what: &str) -> ApiError {
+        let leader = match self.leader().await {
+            Some(l) => format!("`{l}`"),
+            None => "another server".into(),
+        };
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this server is a standby: the controller runs in {leader}; {what} (this server serves it once it leads)"
+            ),
+        )
     }
 }
 
@@ -127,7 +197,17 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
         .await
     {
         Ok(_) => {
-            Json(json!({"status": "ok", "store": s.manager.store().backend()})).into_response()
+            let mut body = json!({"status": "ok", "store": s.manager.store().backend()});
+            body["controller"] = match s.role() {
+                Some(role) => json!(role),
+                None => json!("none"),
+            };
+            if s.role() == Some(nubo_controller::ControlRole::Standby)
+                && let Some(leader) = s.leader().await
+            {
+                body["leader"] = json!(leader);
+            }
+            Json(body).into_response()
         }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -147,7 +227,8 @@ async fn openapi_json() -> Response {
 
 async fn metrics_text(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &s.registry).map_err(|e| {
+    let registry = s.registry.read().unwrap_or_else(|e| e.into_inner());
+    prometheus_client::encoding::text::encode(&mut out, &registry).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {e}"),
@@ -181,4 +262,112 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
             uri.path()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use nubo_controller::{ControlPlane, ControlRole, ControllerState, DeploymentPlan};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A controller nobody answers for.
+    struct Nowhere(ControlRole);
+
+    #[async_trait::async_trait]
+    impl ControlPlane for Nowhere {
+        fn role(&self) -> ControlRole {
+            self.0
+        }
+        async fn state(&self) -> Option<ControllerState> {
+            Some(ControllerState::default())
+        }
+        async fn deploy(&self, _: DeploymentPlan) -> Result<(), String> {
+            Err("nowhere".into())
+        }
+        async fn undeploy(&self, _: &str, _: bool) -> Result<(), String> {
+            Err("nowhere".into())
+        }
+        async fn update_plan(&self, _: DeploymentPlan) -> Result<(), String> {
+            Err("nowhere".into())
+        }
+    }
+
+    async fn call(app: &Router, path: &str) -> (StatusCode, String) {
+        let req = Request::get(path)
+            .header("authorization", "Basic YWRtaW46cHc=") // admin:pw
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_standby_serves_the_api_and_attaches_the_controller_s_parts_when_it_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            nubo_store::SqliteStore::open(&dir.path().join("nubo.db"))
+                .await
+                .unwrap(),
+        );
+        let manager = Arc::new(Manager::new(store.clone(), vec!["mock".into()]));
+        manager.ensure_admin(Some("pw")).await.unwrap();
+        nubo_store::Store::acquire_lease(
+            store.as_ref(),
+            nubo_controller::CONTROLLER_LEASE,
+            "host:1",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let switch = Arc::new(nubo_controller::SwitchableControl::new(Arc::new(Nowhere(
+            ControlRole::Remote,
+        ))));
+        let state = AppState::new(manager, Some(switch.clone()), None, Registry::default());
+        let app = router(state.clone());
+
+        let (code, body) = call(&app, "/health").await;
+        assert_eq!(code, StatusCode::OK);
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["controller"], "standby", "{health}");
+        assert_eq!(health["leader"], "host:1", "{health}");
+        let (code, body) = call(&app, "/api/mock-iaas/instances").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("this server is a standby: the controller runs in `host:1`"),
+            "{body}"
+        );
+
+        // It leads: the controller's parts are attached, once.
+        state.register_metrics(|r| {
+            r.register(
+                "nubo_led",
+                "attached later",
+                prometheus_client::metrics::counter::Counter::<u64>::default(),
+            )
+        });
+        state
+            .attach_scaling(nubo_autoscaler::monitor::ScalingLog::default())
+            .unwrap();
+        assert_eq!(
+            state.attach_scaling(nubo_autoscaler::monitor::ScalingLog::default()),
+            Err(AlreadyAttached("the autoscaler's log"))
+        );
+        switch.lead(Arc::new(Nowhere(ControlRole::Local))).unwrap();
+        let (_, body) = call(&app, "/health").await;
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["controller"], "leader", "{health}");
+        assert!(health.get("leader").is_none(), "{health}");
+        let (code, body) = call(&app, "/api/mock-iaas/instances").await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "not offered: {body}");
+        let (_, body) = call(&app, "/metrics").await;
+        assert!(body.contains("nubo_led_total 0"), "{body}");
+        assert!(body.contains("nubo_http_requests"), "{body}");
+    }
 }

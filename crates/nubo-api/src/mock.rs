@@ -16,17 +16,30 @@ use crate::error::ApiError;
 
 type S = State<Arc<AppState>>;
 
-fn mock(s: &AppState) -> Result<&Arc<nubo_mock::MockIaas>, ApiError> {
-    s.mock.as_ref().ok_or_else(|| {
-        ApiError::new(
+/// The mock IaaS; its instances live in the process of the controller that started them, so a
+/// server whose controller runs elsewhere cannot serve them.
+async fn mock(s: &AppState) -> Result<&Arc<nubo_mock::MockIaas>, ApiError> {
+    if let Some(m) = s.mock() {
+        return Ok(m);
+    }
+    Err(match s.role() {
+        Some(nubo_controller::ControlRole::Standby) => {
+            s.standby_error("the mock IaaS's instances live in its process: use its API")
+                .await
+        }
+        Some(nubo_controller::ControlRole::Remote) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server runs no controller: the mock IaaS's instances live in the process of the server that runs the controller (with --mock-iaas); use its API",
+        ),
+        _ => ApiError::new(
             StatusCode::NOT_FOUND,
             "the mock IaaS is not enabled on this server (start it with --mock-iaas FILE, or --mock-iaas - for the default statistics)",
-        )
+        ),
     })
 }
 
 async fn status(State(s): S) -> Result<Json<Value>, ApiError> {
-    let m = mock(&s)?;
+    let m = mock(&s).await?;
     Ok(Json(json!({
         "status": "running",
         "instances": m.list().len(),
@@ -35,7 +48,7 @@ async fn status(State(s): S) -> Result<Json<Value>, ApiError> {
 }
 
 async fn list(State(s): S) -> Result<Json<Vec<nubo_mock::MockInstance>>, ApiError> {
-    Ok(Json(mock(&s)?.list()))
+    Ok(Json(mock(&s).await?.list()))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -49,11 +62,15 @@ async fn one(
     State(s): S,
     Path(id): Path<String>,
 ) -> Result<Json<nubo_mock::MockInstance>, ApiError> {
-    mock(&s)?.get(&id).map(Json).ok_or_else(|| not_found(&id))
+    mock(&s)
+        .await?
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
 }
 
 async fn delete(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    if mock(&s)?.kill(&id) {
+    if mock(&s).await?.kill(&id) {
         Ok(Json(json!({
             "message": format!("mock instance `{id}` vanished; its member will be found faulty and replaced"),
         })))
@@ -69,7 +86,7 @@ struct Advance {
 }
 
 async fn clock(State(s): S, Json(a): Json<Advance>) -> Result<Json<Value>, ApiError> {
-    let m = mock(&s)?;
+    let m = mock(&s).await?;
     if !a.advance_seconds.is_finite() || a.advance_seconds < 0.0 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -89,7 +106,9 @@ struct Failures {
 }
 
 async fn failures(State(s): S, Json(f): Json<Failures>) -> Result<Json<Value>, ApiError> {
-    mock(&s)?.fail_next_starts(&f.cartridge_type, f.fail_next_starts);
+    mock(&s)
+        .await?
+        .fail_next_starts(&f.cartridge_type, f.fail_next_starts);
     Ok(Json(json!({
         "message": format!("the next {} start(s) of cartridge type `{}` will fail", f.fail_next_starts, f.cartridge_type),
     })))

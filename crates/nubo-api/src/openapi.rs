@@ -546,7 +546,12 @@ pub fn document() -> OpenApi {
             .operation_id(Some("health"))
             .summary(Some("Liveness and store health (no authentication)"))
             .tag("platform")
-            .response("200", ResponseBuilder::new().description("Healthy").build())
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("Healthy: `{\"status\": \"ok\", \"store\": \"sqlite\"|\"postgres\", \"controller\": \"local\"|\"remote\"|\"leader\"|\"standby\"|\"none\"}`, with `\"leader\"` (the holder of the controller lease) on a standby")
+                    .build(),
+            )
             .response(
                 "503",
                 ResponseBuilder::new()

@@ -382,12 +382,19 @@ async fn scaling_events(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<nubo_autoscaler::monitor::ScalingEvent>>, ApiError> {
     s.manager.get::<Application>(p.tenant_id, &id).await?;
-    Ok(Json(
-        s.scaling
-            .as_ref()
-            .map(|l| l.for_application(&id))
-            .unwrap_or_default(),
-    ))
+    if let Some(log) = s.scaling.get() {
+        return Ok(Json(log.for_application(&id)));
+    }
+    // No autoscaler in this process (an API-only server, a standby): what the autoscaler persisted.
+    nubo_autoscaler::monitor::recorded_for_application(s.manager.store().as_ref(), &id)
+        .await
+        .map(Json)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the recorded scaling decisions cannot be read from the store: {e}"),
+            )
+        })
 }
 
 async fn cluster(State(s): S, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -1,9 +1,10 @@
 //! The control plane as the API sees it: the controller's state and its commands, whether the
 //! controller runs in this process ([`ControllerHandle`]) or in another one ([`RemoteControl`]:
 //! commands on the bus's `control` topic, state read from the store, where the controller writes
-//! it before acting).
+//! it before acting). An `--ha` server uses [`SwitchableControl`]: remote while it stands by, its
+//! own controller from the moment it leads.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,9 +19,36 @@ use crate::state::{ControllerState, DeploymentStatus};
 /// How long a command to a controller in another process may take to show in its state.
 pub const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The lease the `--ha` servers compete for: its holder runs the controller.
+pub const CONTROLLER_LEASE: &str = "controller";
+
+/// Where the controller a server's API uses runs, as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlRole {
+    /// In this process (no leader election).
+    Local,
+    /// In another process: this server runs no controller (`--components` without it).
+    Remote,
+    /// `--ha`: this server holds the controller lease and runs the controller.
+    Leader,
+    /// `--ha`: another server holds the lease; this one sends its commands there and waits to
+    /// take over.
+    Standby,
+}
+
+impl ControlRole {
+    /// Whether the controller runs in this process.
+    pub fn runs_here(self) -> bool {
+        matches!(self, ControlRole::Local | ControlRole::Leader)
+    }
+}
+
 /// The controller, wherever it runs.
 #[async_trait]
 pub trait ControlPlane: Send + Sync + 'static {
+    /// Where the controller runs.
+    fn role(&self) -> ControlRole;
     /// The controller's state (`None`: it cannot be read now).
     async fn state(&self) -> Option<ControllerState>;
     /// Deploys an application; returns once the controller has taken it in.
@@ -50,6 +78,9 @@ pub trait ControlPlane: Send + Sync + 'static {
 
 #[async_trait]
 impl ControlPlane for ControllerHandle {
+    fn role(&self) -> ControlRole {
+        ControlRole::Local
+    }
     async fn state(&self) -> Option<ControllerState> {
         Some(self.snapshot())
     }
@@ -118,6 +149,10 @@ fn plan_json(plan: &DeploymentPlan) -> Result<serde_json::Value, String> {
 
 #[async_trait]
 impl ControlPlane for RemoteControl {
+    fn role(&self) -> ControlRole {
+        ControlRole::Remote
+    }
+
     async fn state(&self) -> Option<ControllerState> {
         let rec = self
             .store
@@ -167,5 +202,283 @@ impl ControlPlane for RemoteControl {
             })
         })
         .await
+    }
+}
+
+/// The control plane of an `--ha` server: another server's controller (a [`RemoteControl`])
+/// while this one stands by, its own from the moment it leads ([`SwitchableControl::lead`], once).
+pub struct SwitchableControl {
+    remote: Arc<dyn ControlPlane>,
+    local: OnceLock<Arc<dyn ControlPlane>>,
+}
+
+/// [`SwitchableControl::lead`] called a second time.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("this server already leads: its own controller serves the API")]
+pub struct AlreadyLeading;
+
+impl SwitchableControl {
+    /// A standby's control plane: `remote` until [`Self::lead`].
+    pub fn new(remote: Arc<dyn ControlPlane>) -> Self {
+        SwitchableControl {
+            remote,
+            local: OnceLock::new(),
+        }
+    }
+
+    /// An `--ha` server that led from the start: its own controller serves.
+    pub fn leading(local: Arc<dyn ControlPlane>) -> Self {
+        SwitchableControl {
+            remote: local.clone(),
+            local: OnceLock::from(local),
+        }
+    }
+
+    /// From now on, this process's controller serves.
+    pub fn lead(&self, local: Arc<dyn ControlPlane>) -> Result<(), AlreadyLeading> {
+        self.local.set(local).map_err(|_| AlreadyLeading)
+    }
+
+    /// Whether this server leads (its own controller serves).
+    pub fn leads(&self) -> bool {
+        self.local.get().is_some()
+    }
+
+    fn current(&self) -> &Arc<dyn ControlPlane> {
+        self.local.get().unwrap_or(&self.remote)
+    }
+
+    /// A command sent to the remote controller that failed (not taken in within
+    /// [`REMOTE_COMMAND_TIMEOUT`]) while this server took over goes to its own controller: the
+    /// leader it was sent to is gone, and the bus keeps nothing for the new one.
+    fn after_takeover(&self, sent_remotely: bool) -> Option<&Arc<dyn ControlPlane>> {
+        if sent_remotely {
+            self.local.get()
+        } else {
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl ControlPlane for SwitchableControl {
+    fn role(&self) -> ControlRole {
+        if self.leads() {
+            ControlRole::Leader
+        } else {
+            ControlRole::Standby
+        }
+    }
+    async fn state(&self) -> Option<ControllerState> {
+        self.current().state().await
+    }
+    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+        let remote = !self.leads();
+        match self.current().deploy(plan.clone()).await {
+            Err(e) => match self.after_takeover(remote) {
+                Some(local) => local.deploy(plan).await,
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String> {
+        let remote = !self.leads();
+        match self.current().undeploy(application_id, force).await {
+            Err(e) => match self.after_takeover(remote) {
+                Some(local) => local.undeploy(application_id, force).await,
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String> {
+        let remote = !self.leads();
+        match self.current().update_plan(plan.clone()).await {
+            Err(e) => match self.after_takeover(remote) {
+                Some(local) => local.update_plan(plan).await,
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+    async fn status(&self, application_id: &str) -> Option<DeploymentStatus> {
+        self.current().status(application_id).await
+    }
+    async fn cluster(&self, cluster_id: &str) -> Option<nubo_events::Cluster> {
+        self.current().cluster(cluster_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A control plane that records the commands it gets; `fail_after` makes commands fail once
+    /// it is notified (a command lost in a takeover).
+    struct Fake {
+        name: &'static str,
+        calls: Arc<Mutex<Vec<String>>>,
+        fail_after: Option<Arc<tokio::sync::Notify>>,
+    }
+
+    impl Fake {
+        fn new(name: &'static str, calls: &Arc<Mutex<Vec<String>>>) -> Arc<Self> {
+            Arc::new(Fake {
+                name,
+                calls: calls.clone(),
+                fail_after: None,
+            })
+        }
+
+        async fn command(&self, what: &str) -> Result<(), String> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{} {what}", self.name));
+            match &self.fail_after {
+                Some(n) => {
+                    n.notified().await;
+                    Err(format!("{} timed out", self.name))
+                }
+                None => Ok(()),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl ControlPlane for Fake {
+        fn role(&self) -> ControlRole {
+            ControlRole::Remote
+        }
+        async fn state(&self) -> Option<ControllerState> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{} state", self.name));
+            Some(ControllerState::default())
+        }
+        async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+            self.command(&format!("deploy {}", plan.application_id))
+                .await
+        }
+        async fn undeploy(&self, application_id: &str, _force: bool) -> Result<(), String> {
+            self.command(&format!("undeploy {application_id}")).await
+        }
+        async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String> {
+            self.command(&format!("update {}", plan.application_id))
+                .await
+        }
+    }
+
+    fn plan(app: &str) -> DeploymentPlan {
+        DeploymentPlan {
+            application_id: app.into(),
+            tenant_id: -1234,
+            application_policy: "ap".into(),
+            instances: vec![],
+            clusters: vec![],
+            scopes: vec![],
+            burst_groups: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_standby_sends_to_the_remote_controller_until_it_leads() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let control = SwitchableControl::new(Fake::new("remote", &calls));
+        assert_eq!(control.role(), ControlRole::Standby);
+        assert!(!control.role().runs_here());
+        control.deploy(plan("a")).await.unwrap();
+        control.state().await.unwrap();
+        control.undeploy("a", false).await.unwrap();
+
+        control.lead(Fake::new("local", &calls)).unwrap();
+        assert_eq!(control.role(), ControlRole::Leader);
+        assert!(control.role().runs_here());
+        assert!(control.leads());
+        control.deploy(plan("b")).await.unwrap();
+        control.update_plan(plan("b")).await.unwrap();
+        control.state().await.unwrap();
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [
+                "remote deploy a",
+                "remote state",
+                "remote undeploy a",
+                "local deploy b",
+                "local update b",
+                "local state"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_leads_from_the_start_is_the_leader() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let control = SwitchableControl::leading(Fake::new("local", &calls));
+        assert_eq!(control.role(), ControlRole::Leader);
+        assert_eq!(
+            control.lead(Fake::new("other", &calls)),
+            Err(AlreadyLeading)
+        );
+        control.undeploy("a", false).await.unwrap();
+        assert_eq!(*calls.lock().unwrap(), ["local undeploy a"]);
+    }
+
+    #[tokio::test]
+    async fn it_leads_once() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let control = SwitchableControl::new(Fake::new("remote", &calls));
+        control.lead(Fake::new("local", &calls)).unwrap();
+        assert_eq!(
+            control.lead(Fake::new("other", &calls)),
+            Err(AlreadyLeading)
+        );
+        control.deploy(plan("a")).await.unwrap();
+        assert_eq!(*calls.lock().unwrap(), ["local deploy a"]);
+    }
+
+    #[tokio::test]
+    async fn a_command_lost_in_the_takeover_goes_to_the_new_controller() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let control = Arc::new(SwitchableControl::new(Arc::new(Fake {
+            name: "remote",
+            calls: calls.clone(),
+            fail_after: Some(lost.clone()),
+        })));
+        let pending = tokio::spawn({
+            let control = control.clone();
+            async move { control.deploy(plan("a")).await }
+        });
+        while calls.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        control.lead(Fake::new("local", &calls)).unwrap();
+        lost.notify_one();
+        pending.await.unwrap().unwrap();
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["remote deploy a", "local deploy a"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_while_standing_by_is_answered_as_it_is() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let control = SwitchableControl::new(Arc::new(Fake {
+            name: "remote",
+            calls: calls.clone(),
+            fail_after: Some(lost.clone()),
+        }));
+        lost.notify_one();
+        assert_eq!(
+            control.undeploy("a", true).await,
+            Err("remote timed out".to_owned())
+        );
     }
 }

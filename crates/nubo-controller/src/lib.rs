@@ -17,7 +17,9 @@ pub mod runtime;
 pub mod state;
 pub mod view;
 
-pub use control::{ControlPlane, RemoteControl};
+pub use control::{
+    AlreadyLeading, CONTROLLER_LEASE, ControlPlane, ControlRole, RemoteControl, SwitchableControl,
+};
 pub use iaas::{IaasError, IaasProvider, StartRequest, StartedMember};
 pub use plan::{DeploymentPlan, PlanError, PlanInputs, Thresholds};
 pub use remote::NodeProvider;

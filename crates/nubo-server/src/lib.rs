@@ -104,40 +104,117 @@ pub struct HaConfig {
 }
 
 /// The lease the controllers compete for.
-pub const CONTROLLER_LEASE: &str = "controller";
+pub use nubo_controller::CONTROLLER_LEASE;
+
+/// One attempt at the controller lease: its fencing token when this process holds it now.
+async fn try_lead(store: &dyn nubo_store::Store, ha: &HaConfig) -> Option<u64> {
+    match store
+        .acquire_lease(CONTROLLER_LEASE, &ha.holder, ha.ttl)
+        .await
+    {
+        Ok(Some(lease)) => {
+            tracing::info!(holder = %ha.holder, token = lease.token, "this server leads: it runs the controller");
+            Some(lease.token)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reach the store for the controller lease");
+            None
+        }
+    }
+}
+
+/// Says that this server stands by, and for whom.
+async fn announce_standby(store: &dyn nubo_store::Store) {
+    let leader = store
+        .lease(CONTROLLER_LEASE)
+        .await
+        .ok()
+        .flatten()
+        .map(|l| l.holder)
+        .unwrap_or_else(|| "another server".into());
+    println!(
+        "nubo: standby: the controller runs in {leader}; waiting to take over (this server's API forwards commands to it meanwhile)"
+    );
+    tracing::info!(%leader, "standby");
+}
 
 /// Waits until this process holds the controller lease; returns its fencing token.
-async fn become_leader(store: &dyn nubo_store::Store, ha: &HaConfig) -> anyhow::Result<u64> {
-    let mut said = false;
+async fn become_leader(store: &dyn nubo_store::Store, ha: &HaConfig) -> u64 {
     loop {
-        match store
-            .acquire_lease(CONTROLLER_LEASE, &ha.holder, ha.ttl)
-            .await
-        {
-            Ok(Some(lease)) => {
-                tracing::info!(holder = %ha.holder, token = lease.token, "this server leads: it runs the controller");
-                return Ok(lease.token);
-            }
-            Ok(None) => {
-                if !said {
-                    let leader = store
-                        .lease(CONTROLLER_LEASE)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|l| l.holder)
-                        .unwrap_or_else(|| "another server".into());
-                    println!(
-                        "nubo: standby: the controller runs in {leader}; waiting to take over"
-                    );
-                    tracing::info!(%leader, "standby");
-                    said = true;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot reach the store for the controller lease"),
-        }
         tokio::time::sleep(ha.ttl / 3).await;
+        if let Some(token) = try_lead(store, ha).await {
+            return token;
+        }
     }
+}
+
+/// What a controller (and its autoscaler) starts from: kept by a standby until it leads.
+struct ControllerParts {
+    store: Arc<dyn nubo_store::Store>,
+    events: nubo_bus::EventBus,
+    providers: std::collections::BTreeMap<String, Arc<dyn nubo_controller::IaasProvider>>,
+    remote_node: Option<Arc<nubo_controller::NodeProvider>>,
+    bus_url: String,
+    autoscale: bool,
+    statistics: nubo_autoscaler::monitor::Statistics,
+    autoscaler: nubo_autoscaler::monitor::MonitorConfig,
+}
+
+impl ControllerParts {
+    /// Starts the controller (its writes fenced with `token` under `--ha`) and the autoscaler.
+    async fn start(
+        self,
+        token: Option<u64>,
+    ) -> anyhow::Result<(
+        nubo_controller::ControllerHandle,
+        Option<nubo_autoscaler::monitor::ScalingLog>,
+    )> {
+        let fence = token.map(|token| nubo_controller::Fence {
+            lease: CONTROLLER_LEASE.into(),
+            token,
+        });
+        if let (Some(remote), Some(f)) = (&self.remote_node, &fence) {
+            remote.set_fence(f.token);
+        }
+        let controller = nubo_controller::Controller::start(
+            self.store.clone(),
+            self.events.clone(),
+            nubo_controller::ControllerConfig {
+                providers: self.providers,
+                bus_url: self.bus_url,
+                fence,
+            },
+        )
+        .await
+        .context("cannot start the cloud controller")?;
+        let scaling = if self.autoscale {
+            Some(
+                nubo_autoscaler::monitor::start(
+                    self.events,
+                    nubo_autoscaler::monitor::Target::Local(controller.clone()),
+                    self.statistics,
+                    self.autoscaler,
+                    Some(self.store),
+                )
+                .await
+                .context("cannot start the autoscaler")?,
+            )
+        } else {
+            None
+        };
+        Ok((controller, scaling))
+    }
+}
+
+/// How the accept loop ended.
+enum Ending {
+    /// SIGINT or SIGTERM.
+    Shutdown,
+    /// Leadership lost: this process stops so that one controller acts.
+    LeadershipLost,
+    /// A standby that won the lease could not start its controller.
+    Failed(anyhow::Error),
 }
 
 /// Renews the lease every third of its TTL; returns when it is lost (taken over, or not renewed
@@ -194,7 +271,7 @@ pub struct Ready {
 /// Where this server's autoscaler gets its statistics: its own event processor, or one in
 /// another process.
 fn statistics(config: &ServerConfig) -> nubo_autoscaler::monitor::Statistics {
-    if config.event_processor {
+    if config.event_processor || !config.autoscale {
         nubo_autoscaler::monitor::Statistics::Here
     } else {
         tracing::info!(
@@ -253,8 +330,10 @@ pub async fn run(
     let mut registry = Registry::default();
     let mut mock = None;
     let mut scaling = None;
-    let mut fence = None;
-    let mut controller_for_ha = None;
+    // This process's controller and its lease's token, once it runs.
+    let mut leader: Option<(nubo_controller::ControllerHandle, Option<u64>)> = None;
+    // A standby: its API's control plane (switched when it leads) and what its controller needs.
+    let mut standby: Option<(Arc<nubo_controller::SwitchableControl>, ControllerParts)> = None;
     let control: Arc<dyn nubo_controller::ControlPlane> = if config.controller {
         let mut remote_node = None;
         match &config.remote_node {
@@ -289,45 +368,46 @@ pub async fn run(
             }
             None => None,
         };
-        fence = match &config.ha {
-            Some(ha) => Some(nubo_controller::Fence {
-                lease: CONTROLLER_LEASE.into(),
-                token: become_leader(store.as_ref(), ha).await?,
-            }),
-            None => None,
+        let parts = ControllerParts {
+            store: store.clone(),
+            events: events.clone(),
+            providers,
+            remote_node,
+            bus_url: bus_url.clone(),
+            autoscale: config.autoscale,
+            statistics: statistics(&config),
+            autoscaler: config.autoscaler,
         };
-        if let (Some(remote), Some(f)) = (&remote_node, &fence) {
-            remote.set_fence(f.token);
+        // Without --ha, or with the lease won at once, the controller starts before the API
+        // serves; a standby serves the API first, through the leader, and starts its controller
+        // once it wins the lease.
+        let token = match &config.ha {
+            Some(ha) => try_lead(store.as_ref(), ha).await.map(Some),
+            None => Some(None),
+        };
+        match token {
+            Some(token) => {
+                let (controller, log) = parts.start(token).await?;
+                scaling = log;
+                controller.register_metrics(&mut registry);
+                leader = Some((controller.clone(), token));
+                if config.ha.is_some() {
+                    Arc::new(nubo_controller::SwitchableControl::leading(Arc::new(
+                        controller,
+                    )))
+                } else {
+                    Arc::new(controller)
+                }
+            }
+            None => {
+                announce_standby(store.as_ref()).await;
+                let switch = Arc::new(nubo_controller::SwitchableControl::new(Arc::new(
+                    nubo_controller::RemoteControl::new(store.clone(), events.clone()),
+                )));
+                standby = Some((switch.clone(), parts));
+                switch
+            }
         }
-        let controller = nubo_controller::Controller::start(
-            store.clone(),
-            events.clone(),
-            nubo_controller::ControllerConfig {
-                providers,
-                bus_url: bus_url.clone(),
-                fence: fence.clone(),
-            },
-        )
-        .await
-        .context("cannot start the cloud controller")?;
-        controller_for_ha = Some(controller.clone());
-        scaling = if config.autoscale {
-            Some(
-                nubo_autoscaler::monitor::start(
-                    events.clone(),
-                    nubo_autoscaler::monitor::Target::Local(controller.clone()),
-                    statistics(&config),
-                    config.autoscaler,
-                    Some(store.clone()),
-                )
-                .await
-                .context("cannot start the autoscaler")?,
-            )
-        } else {
-            None
-        };
-        controller.register_metrics(&mut registry);
-        Arc::new(controller)
     } else {
         if let Some(node) = &config.serve_node {
             let supervisor = nubo_node::NodeSupervisor::new(
@@ -387,10 +467,12 @@ pub async fn run(
             .context("cannot start the load balancer")?;
     }
     let mut state = AppState::new(manager, Some(control), scaling, registry);
-    if let Some(mock) = mock {
+    if standby.is_none()
+        && let Some(mock) = mock.clone()
+    {
         state = state.with_mock(mock);
     }
-    let app = nubo_api::router(state);
+    let app = nubo_api::router(state.clone());
 
     let (acceptor, ca_cert) = match &config.tls {
         _ if !config.api => (None, None),
@@ -426,27 +508,52 @@ pub async fn run(
     tracing::info!(url = %ready.api_url, data_dir = %config.data_dir.display(), store = store.backend(), store_location = %ready.store, "nubo server ready");
     on_ready(&ready);
 
-    // Leadership lost (taken over, or not renewed in time), or deposed by a fenced write: this
-    // process stops, so that exactly one controller acts.
-    let lost = {
-        let controller = controller_for_ha.clone();
+    // The lease's token while this process holds it (released on a clean stop).
+    let held: Arc<std::sync::OnceLock<u64>> = Arc::default();
+    if let Some(token) = leader.as_ref().and_then(|(_, t)| *t) {
+        let _ = held.set(token);
+    }
+    // A standby takes over when the lease is free: its controller starts and its API switches to
+    // it. Then (and for a server that led from the start): leadership lost (taken over, or not
+    // renewed in time), or deposed by a fenced write, ends this process, so that exactly one
+    // controller acts. Completes with an error when the controller cannot start.
+    let lead = {
         let ha = config.ha.clone();
         let store = store.clone();
-        let token = fence.as_ref().map(|f| f.token);
+        let held = held.clone();
+        let state = state.clone();
         async move {
-            match (ha, token, controller) {
-                (Some(ha), Some(token), Some(controller)) => {
-                    tokio::select! {
-                        () = keep_lease(store, ha, token) => {}
-                        () = controller.deposed() => {}
+            let Some(ha) = ha else {
+                return std::future::pending::<anyhow::Result<()>>().await;
+            };
+            let (controller, token) = match (leader, standby) {
+                (Some((controller, Some(token))), _) => (controller, token),
+                (_, Some((switch, parts))) => {
+                    let token = become_leader(store.as_ref(), &ha).await;
+                    let _ = held.set(token);
+                    let (controller, log) = parts.start(Some(token)).await?;
+                    state.register_metrics(|r| controller.register_metrics(r));
+                    if let Some(log) = log {
+                        state.attach_scaling(log)?;
                     }
+                    if let Some(mock) = mock {
+                        state.attach_mock(mock)?;
+                    }
+                    switch.lead(Arc::new(controller.clone()))?;
+                    println!("nubo: leader: this server took over; its controller runs now");
+                    (controller, token)
                 }
-                _ => std::future::pending::<()>().await,
+                _ => return std::future::pending::<anyhow::Result<()>>().await,
+            };
+            tokio::select! {
+                () = keep_lease(store, ha, token) => {}
+                () = controller.deposed() => {}
             }
+            Ok(())
         }
     };
-    tokio::pin!(lost);
-    let mut leadership_lost = false;
+    tokio::pin!(lead);
+    let mut ending = Ending::Shutdown;
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -466,8 +573,11 @@ pub async fn run(
                 }
             },
             () = &mut shutdown => break,
-            () = &mut lost => {
-                leadership_lost = true;
+            led = &mut lead => {
+                ending = match led {
+                    Ok(()) => Ending::LeadershipLost,
+                    Err(e) => Ending::Failed(e),
+                };
                 break;
             }
         };
@@ -515,21 +625,35 @@ pub async fn run(
     {
         tracing::warn!("open connections did not finish within 10 s; closing them");
     }
-    if leadership_lost {
-        store.close().await;
-        anyhow::bail!(
-            "this server lost the controller lease (another server took over, or the store was unreachable for longer than the lease): it stopped so that one controller acts; start it again to stand by"
-        );
-    }
-    if let (Some(ha), Some(f)) = (&config.ha, &fence) {
-        // Handing over at once rather than after the lease runs out.
-        let _ = store
-            .release_lease(CONTROLLER_LEASE, &ha.holder, f.token)
-            .await;
+    match ending {
+        Ending::LeadershipLost => {
+            store.close().await;
+            anyhow::bail!(
+                "this server lost the controller lease (another server took over, or the store was unreachable for longer than the lease): it stopped so that one controller acts; start it again to stand by"
+            );
+        }
+        Ending::Failed(e) => {
+            release(store.as_ref(), config.ha.as_ref(), held.get()).await;
+            store.close().await;
+            return Err(e.context("this server won the controller lease but could not lead"));
+        }
+        Ending::Shutdown => {
+            // Handing over at once rather than after the lease runs out.
+            release(store.as_ref(), config.ha.as_ref(), held.get()).await;
+        }
     }
     store.close().await;
     tracing::info!("nubo server stopped");
     Ok(())
+}
+
+/// Gives the controller lease up, when this process holds it.
+async fn release(store: &dyn nubo_store::Store, ha: Option<&HaConfig>, token: Option<&u64>) {
+    if let (Some(ha), Some(token)) = (ha, token) {
+        let _ = store
+            .release_lease(CONTROLLER_LEASE, &ha.holder, *token)
+            .await;
+    }
 }
 
 /// The embedded broker's address: with port 0, the port chosen at the first start is kept in the

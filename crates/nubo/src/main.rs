@@ -114,7 +114,7 @@ struct ServerArgs {
         value_delimiter = ','
     )]
     components: Option<Vec<String>>,
-    /// One of several servers sharing a store (PostgreSQL) and a bus: only the holder of the controller lease runs the controller; the others wait as standbys and take over within --ha-lease seconds of its death
+    /// One of several servers sharing a store (PostgreSQL) and a bus: only the holder of the controller lease runs the controller; the others serve the API as standbys (through the leader) and take over within --ha-lease seconds of its death
     #[arg(long, env = "NUBO_HA")]
     ha: bool,
     /// How long the controller lease lasts without renewal (renewed every third of it) [default: 5]

@@ -790,7 +790,10 @@ async fn authentication_is_required_everywhere_but_health() {
     }
     let a = api.call_as(None, Method::GET, "/health", None).await;
     assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(a.body, json!({"status": "ok", "store": "sqlite"}));
+    assert_eq!(
+        a.body,
+        json!({"status": "ok", "store": "sqlite", "controller": "none"})
+    );
     let a = api.get("/api/init").await;
     assert_eq!(a.body["status"], "success");
     let a = api.call(Method::PATCH, "/api/cartridges", None).await;

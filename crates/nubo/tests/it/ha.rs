@@ -1,8 +1,10 @@
 //! A highly available control plane, for real: PostgreSQL, Mosquitto (and again NATS), a node
 //! supervisor, two controller servers (the leader and a standby), an API-only server (the
-//! manager) and two load balancers, each its own process. The leader
-//! is killed in the middle of a scale-up: the standby takes over and completes it, nothing is
-//! lost or started twice, and the load balancers serve throughout.
+//! manager) and two load balancers, each its own process. The standby serves the API from the
+//! start (through the leader); the leader is killed in the middle of a scale-up ordered through
+//! the standby: the standby takes over and completes it, nothing is lost or started twice, the
+//! load balancers serve throughout, and the standby's API keeps answering, from its own
+//! controller.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,15 +145,32 @@ async fn scenario(broker: &str) {
     ];
     let dir_a = tempfile::tempdir().unwrap();
     let mut leader = ServerProcess::start_with(dir_a.path(), &args);
+    // The standby serves the API at once, while it waits for the lease.
     let dir_b = tempfile::tempdir().unwrap();
-    let standby = {
-        let dir = dir_b.path().to_owned();
-        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        std::thread::spawn(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            ServerProcess::start_with_timeout(&dir, &args, 180)
-        })
-    };
+    let standby = ServerProcess::start_with(dir_b.path(), &args);
+    let (leader_api, standby_api) = (Api::new(&leader), Api::new(&standby));
+    let (code, health) = leader_api.get("/health").await;
+    assert_eq!(
+        (code, &health["controller"]),
+        (200, &json!("leader")),
+        "{health}"
+    );
+    let (code, health) = standby_api.get("/health").await;
+    assert_eq!(
+        (code, &health["controller"]),
+        (200, &json!("standby")),
+        "{health}"
+    );
+    let holder = health["leader"].as_str().unwrap_or_default();
+    assert!(!holder.is_empty(), "the standby names the leader: {health}");
+    assert!(
+        standby.said(&format!(
+            "nubo: standby: the controller runs in {holder}; waiting to take over"
+        )),
+        "{:?}",
+        standby.said
+    );
+    assert!(!leader.said("nubo: standby:"));
     // A manager: an API-only server, driving whichever server leads, through the bus.
     let dir_m = tempfile::tempdir().unwrap();
     let manager = ServerProcess::start_with(
@@ -169,16 +188,22 @@ async fn scenario(broker: &str) {
     let api = Api::new(&manager);
     let app = |min: u32| web_app("ha", min, 6);
     api.add_all(&web_app_artifacts("ha", 2, 6, proxy)).await;
-    assert_eq!(
-        api.post("/api/applications/ha/deploy/ap", json!({}))
-            .await
-            .0,
-        202
-    );
-    eventually(40, "two members Active", || async {
-        (api.active("ha", "web").await.len() == 2).then_some(())
-    })
+    // Deployed through the standby: the leader's controller takes it in.
+    let (code, answer) = standby_api
+        .post("/api/applications/ha/deploy/ap", json!({}))
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    let (code, apps) = standby_api.get("/api/applications").await;
+    assert_eq!(code, 200, "{apps}");
+    assert_eq!(apps[0]["applicationId"], "ha", "{apps}");
+    assert_eq!(apps[0]["status"], "Deployed", "{apps}");
+    eventually(
+        40,
+        "two members Active, seen through the standby",
+        || async { (standby_api.active("ha", "web").await.len() == 2).then_some(()) },
+    )
     .await;
+    assert_eq!(api.active("ha", "web").await.len(), 2);
     let a = format!("127.0.0.2:{proxy}");
     let b = format!("127.0.0.3:{proxy}");
     eventually(20, "both load balancers serve", || async {
@@ -186,9 +211,21 @@ async fn scenario(broker: &str) {
             .then_some(())
     })
     .await;
+    // What only the leader's process has is refused with the reason.
+    let (code, answer) = standby_api.get("/api/mock-iaas/instances").await;
+    assert_eq!(code, 503, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("this server is a standby")),
+        "{answer}"
+    );
+    let (code, events) = standby_api.get("/api/applications/ha/scalingEvents").await;
+    assert_eq!(code, 200, "{events}");
+    assert!(events.is_array(), "{events}");
 
-    // A scale-up (the minimum raised to 4), and the leader killed right away.
-    let (code, answer) = api
+    // A scale-up (the minimum raised to 4) through the standby, and the leader killed right away.
+    let (code, answer) = standby_api
         .send(reqwest::Method::PUT, "/api/applications", Some(app(4)))
         .await;
     assert_eq!(code, 200, "{answer}");
@@ -199,19 +236,31 @@ async fn scenario(broker: &str) {
             .contains("applied to running application `ha`"),
         "the leader took the change in: {answer}"
     );
-    assert!(
-        !standby.is_finished(),
+    assert_eq!(
+        standby_api.get("/health").await.1["controller"],
+        "standby",
         "the standby waits while the leader runs"
     );
     leader.kill9();
     let killed = Instant::now();
-    // No controller at all: the load balancers keep serving.
+    // No controller at all: the load balancers keep serving, and the standby's API answers.
     assert_eq!(get(&a, "ha.web.localhost").await, 200);
     assert_eq!(get(&b, "ha.web.localhost").await, 200);
-    let standby = standby.join().unwrap();
+    let (code, _) = standby_api.get("/api/applications/ha").await;
+    assert_eq!(code, 200);
+    eventually(30, "the standby leads", || async {
+        (standby_api.get("/health").await.1["controller"] == "leader").then_some(())
+    })
+    .await;
     let failover = killed.elapsed();
+    eventually(5, "the standby said it took over", || async {
+        standby
+            .said("nubo: leader: this server took over")
+            .then_some(())
+    })
+    .await;
     let four = eventually(60, "the standby completed the scale-up to 4", || async {
-        let a = api.active("ha", "web").await;
+        let a = standby_api.active("ha", "web").await;
         (a.len() == 4).then_some(a)
     })
     .await;
@@ -222,10 +271,38 @@ async fn scenario(broker: &str) {
     let running = nubo_node::stop_all_pending(&node_dir.path().join("members"));
     assert_eq!(running, 4, "members running on the node");
     eprintln!(
-        "failover: the standby served {:.1} s after the leader's kill -9",
+        "failover: the standby led {:.1} s after the leader's kill -9",
         failover.as_secs_f64()
     );
     assert!(failover < Duration::from_secs(20), "{failover:?}");
+    // The same API, now from the new leader's own controller: its metrics, and commands.
+    let metrics = standby_api.metrics().await;
+    assert!(
+        metrics.contains("nubo_members{status=\"Active\"} 4"),
+        "the controller's metrics are served once it leads: {metrics}"
+    );
+    let (code, answer) = standby_api
+        .send(
+            reqwest::Method::PUT,
+            "/api/applications",
+            Some(web_app("ha", 4, 5)),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("applied to running application `ha`"),
+        "its own controller took the change in: {answer}"
+    );
+    let (code, answer) = standby_api
+        .post("/api/applications/ha/deploy/ap", json!({}))
+        .await;
+    assert_eq!(
+        code, 409,
+        "already deployed, as its own controller says: {answer}"
+    );
 
     // One load balancer killed: the other serves.
     lb_a.kill9();
@@ -234,7 +311,12 @@ async fn scenario(broker: &str) {
     // Everything restarted: the same members, nothing new.
     let mut standby = standby;
     assert!(standby.terminate(), "a clean stop hands the lease over");
-    let _again = ServerProcess::start_with(dir_a.path(), &args);
+    let again = ServerProcess::start_with(dir_a.path(), &args);
+    assert_eq!(
+        Api::new(&again).get("/health").await.1["controller"],
+        "leader",
+        "the lease was free at once"
+    );
     let ids = |v: &[serde_json::Value]| {
         let mut ids: Vec<String> = v
             .iter()

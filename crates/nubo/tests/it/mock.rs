@@ -16,28 +16,34 @@ fn server(dir: &std::path::Path, speed: &str) -> ServerProcess {
 
 /// [`server`] with another patterns file of the fixtures.
 fn server_with(dir: &std::path::Path, speed: &str, patterns: &str) -> ServerProcess {
+    let args = mock_args(speed, patterns);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ServerProcess::start_with(dir, &args)
+}
+
+/// The flags of [`server_with`].
+fn mock_args(speed: &str, patterns: &str) -> Vec<String> {
     let patterns = manifest_dir().join("tests/it/fixtures").join(patterns);
-    ServerProcess::start_with(
-        dir,
-        &[
-            "--insecure-http",
-            "--no-lb",
-            "--mock-iaas",
-            patterns.to_str().unwrap(),
-            "--mock-speed",
-            speed,
-            "--mock-stats-interval",
-            "0.2",
-            "--scale-window",
-            "2",
-            "--scale-up-cooldown",
-            "1",
-            "--scale-down-cooldown",
-            "1.5",
-            "--fault-timeout",
-            "1.5",
-        ],
-    )
+    [
+        "--insecure-http",
+        "--no-lb",
+        "--mock-iaas",
+        patterns.to_str().unwrap(),
+        "--mock-speed",
+        speed,
+        "--mock-stats-interval",
+        "0.2",
+        "--scale-window",
+        "2",
+        "--scale-up-cooldown",
+        "1",
+        "--scale-down-cooldown",
+        "1.5",
+        "--fault-timeout",
+        "1.5",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Loads a scenario of the Stratos samples through the API (a 409 for an id a step shares with
@@ -156,6 +162,42 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
     .await;
 }
 
+/// stratos-mock-iaas.md §4, test 12's artifacts: application `c7`, one cluster of min 2 and max
+/// 6 on the mock provider, thresholds of 30 (memory) and 25 (load).
+fn c7_artifacts() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "autoscalingPolicies",
+            json!({"id": "c7", "loadThresholds": {"memoryConsumption": {"threshold": 30}, "loadAverage": {"threshold": 25}}}),
+        ),
+        (
+            "networkPartitions",
+            json!({"id": "mock-np", "provider": "mock", "partitions": [{"id": "p1"}, {"id": "p2"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "c7-dp", "networkPartitions": [{"id": "mock-np", "partitionAlgo": "round-robin",
+            "partitions": [{"id": "p1", "partitionMax": 3}, {"id": "p2", "partitionMax": 3}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "c7-ap", "algorithm": "one-after-another", "networkPartitions": ["mock-np"]}),
+        ),
+        (
+            "cartridges",
+            json!({"type": "c7-single-cluster-scaling-test", "category": "framework", "host": "mock.local",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": 18280}],
+            "iaasProvider": [{"type": "mock", "imageId": "mock-image"}]}),
+        ),
+        (
+            "applications",
+            json!({"applicationId": "c7", "components": {"cartridges": [
+            {"type": "c7-single-cluster-scaling-test", "cartridgeMin": 2, "cartridgeMax": 6,
+             "subscribableInfo": {"alias": "c7", "autoscalingPolicy": "c7", "deploymentPolicy": "c7-dp"}}]}}),
+        ),
+    ]
+}
+
 #[tokio::test]
 async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
     // stratos-mock-iaas.md §4, test 12: memory and load at 60 with thresholds 30 and 25, min 2,
@@ -164,20 +206,7 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), "20");
     let api = Api::new(&server);
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "c7", "loadThresholds": {"memoryConsumption": {"threshold": 30}, "loadAverage": {"threshold": 25}}})),
-        ("networkPartitions", json!({"id": "mock-np", "provider": "mock", "partitions": [{"id": "p1"}, {"id": "p2"}]})),
-        ("deploymentPolicies", json!({"id": "c7-dp", "networkPartitions": [{"id": "mock-np", "partitionAlgo": "round-robin",
-            "partitions": [{"id": "p1", "partitionMax": 3}, {"id": "p2", "partitionMax": 3}]}]})),
-        ("applicationPolicies", json!({"id": "c7-ap", "algorithm": "one-after-another", "networkPartitions": ["mock-np"]})),
-        ("cartridges", json!({"type": "c7-single-cluster-scaling-test", "category": "framework", "host": "mock.local",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": 18280}],
-            "iaasProvider": [{"type": "mock", "imageId": "mock-image"}]})),
-        ("applications", json!({"applicationId": "c7", "components": {"cartridges": [
-            {"type": "c7-single-cluster-scaling-test", "cartridgeMin": 2, "cartridgeMax": 6,
-             "subscribableInfo": {"alias": "c7", "autoscalingPolicy": "c7", "deploymentPolicy": "c7-dp"}}]}})),
-    ])
-    .await;
+    api.add_all(&c7_artifacts()).await;
     assert_eq!(
         api.post("/api/applications/c7/deploy/c7-ap", json!({}))
             .await
@@ -828,4 +857,79 @@ async fn a_member_whose_statistics_stop_is_replaced() {
         (a.len() == 1 && a[0]["memberId"] != first.as_str()).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_api_only_server_shows_the_decisions_of_the_autoscaler_of_another() {
+    // The controller, the autoscaler and the mock IaaS in a process that serves no API; the API
+    // in another on the same store and bus: it serves the decisions the autoscaler persisted.
+    let dir_c = tempfile::tempdir().unwrap();
+    let dir_a = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
+    let mut args = mock_args("20", "mock-iaas.xml");
+    args.extend(
+        [
+            "--store",
+            &store,
+            "--components",
+            "controller,autoscaler,event-processor",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = ServerProcess::start_with(dir_c.path(), &args);
+    assert!(
+        controller.url.is_empty(),
+        "no API in the controller's process"
+    );
+    let api_only = ServerProcess::start_with(
+        dir_a.path(),
+        &[
+            "--insecure-http",
+            "--store",
+            &store,
+            "--bus",
+            &controller.bus_url,
+            "--components",
+            "api",
+        ],
+    );
+    let api = Api::new(&api_only);
+    assert_eq!(api.get("/health").await.1["controller"], "remote");
+    api.add_all(&c7_artifacts()).await;
+    let (_, events) = api.get("/api/applications/c7/scalingEvents").await;
+    assert_eq!(events, json!([]), "no decision before the deployment");
+    let (code, answer) = api
+        .post("/api/applications/c7/deploy/c7-ap", json!({}))
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    // 60 % memory and load against thresholds of 30 and 25: a scale-up to 5.
+    let up = eventually(
+        30,
+        "the scale-up decision, served by the API-only server",
+        || async {
+            let (code, events) = api.get("/api/applications/c7/scalingEvents").await;
+            assert_eq!(code, 200, "{events}");
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["decision"]["ScaleUp"].is_object())
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(up["required"]["count"], 5, "{up}");
+    assert_eq!(up["applicationId"], "c7", "{up}");
+    // The mock's instances live in the controller's process: said so, not an empty list.
+    let (code, answer) = api.get("/api/mock-iaas/instances").await;
+    assert_eq!(code, 404, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("runs no controller")),
+        "{answer}"
+    );
+    drop(controller);
 }

@@ -26,7 +26,7 @@ async fn artifacts_survive_a_restart_on_postgres() {
         api.get("/health").await,
         (
             200,
-            serde_json::json!({"status": "ok", "store": "postgres"})
+            serde_json::json!({"status": "ok", "store": "postgres", "controller": "local"})
         )
     );
     api.add_all(&[
@@ -101,7 +101,10 @@ async fn the_store_comes_from_the_flag_the_environment_or_the_file() {
     );
     assert_eq!(
         Api::new(&s).get("/health").await,
-        (200, serde_json::json!({"status": "ok", "store": "sqlite"}))
+        (
+            200,
+            serde_json::json!({"status": "ok", "store": "sqlite", "controller": "local"})
+        )
     );
     drop(s);
     assert!(

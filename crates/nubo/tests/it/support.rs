@@ -195,6 +195,8 @@ pub struct ServerProcess {
     pub url: String,
     pub bus_url: String,
     pub data_dir: PathBuf,
+    /// The `nubo: …` lines the server printed so far.
+    pub said: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -206,8 +208,7 @@ impl ServerProcess {
         Self::start_with_timeout(data_dir, extra, 30)
     }
 
-    /// [`Self::start_with`], waiting up to `secs` for the server to serve (a standby serves only
-    /// once it leads).
+    /// [`Self::start_with`], waiting up to `secs` for the server to report its address.
     pub fn start_with_timeout(data_dir: &Path, extra: &[&str], secs: u64) -> Self {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nubo"));
@@ -242,8 +243,13 @@ impl ServerProcess {
         let mut child = cmd.spawn().expect("spawn nubo server");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let said = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = said.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("nubo: ") {
+                    lines.lock().unwrap().push(line.clone());
+                }
                 if let Some(url) = line.strip_prefix("nubo: API listening on ") {
                     let _ = tx.send(url.to_owned());
                 }
@@ -260,6 +266,7 @@ impl ServerProcess {
             url: String::new(),
             bus_url: String::new(),
             data_dir: data_dir.to_owned(),
+            said,
         };
         server.url = rx
             .recv_timeout(Duration::from_secs(secs))
@@ -268,6 +275,15 @@ impl ServerProcess {
             .recv_timeout(Duration::from_secs(30))
             .expect("the server did not report its bus within 30 s");
         server
+    }
+
+    /// Whether the server printed a line starting with `prefix`.
+    pub fn said(&self, prefix: &str) -> bool {
+        self.said
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with(prefix))
     }
 
     /// SIGKILL, and wait for the process to be gone.
