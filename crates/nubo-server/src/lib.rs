@@ -106,19 +106,24 @@ pub struct HaConfig {
 /// The lease the controllers compete for.
 pub use nubo_controller::CONTROLLER_LEASE;
 
+/// The lease the autoscalers without a controller compete for (`--ha`): one decides at a time.
+pub const AUTOSCALER_LEASE: &str = "autoscaler";
+
 /// One attempt at the controller lease: its fencing token when this process holds it now.
 async fn try_lead(store: &dyn nubo_store::Store, ha: &HaConfig) -> Option<u64> {
-    match store
-        .acquire_lease(CONTROLLER_LEASE, &ha.holder, ha.ttl)
-        .await
-    {
-        Ok(Some(lease)) => {
-            tracing::info!(holder = %ha.holder, token = lease.token, "this server leads: it runs the controller");
-            Some(lease.token)
+    try_lease(store, ha, CONTROLLER_LEASE).await
+}
+
+/// One attempt at a lease: its token when this process holds it now.
+async fn try_lease(store: &dyn nubo_store::Store, ha: &HaConfig, lease: &str) -> Option<u64> {
+    match store.acquire_lease(lease, &ha.holder, ha.ttl).await {
+        Ok(Some(l)) => {
+            tracing::info!(holder = %ha.holder, token = l.token, %lease, "this server holds the lease: it runs the component");
+            Some(l.token)
         }
         Ok(None) => None,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot reach the store for the controller lease");
+            tracing::warn!(error = %e, %lease, "cannot reach the store for the lease");
             None
         }
     }
@@ -141,9 +146,14 @@ async fn announce_standby(store: &dyn nubo_store::Store) {
 
 /// Waits until this process holds the controller lease; returns its fencing token.
 async fn become_leader(store: &dyn nubo_store::Store, ha: &HaConfig) -> u64 {
+    wait_for_lease(store, ha, CONTROLLER_LEASE).await
+}
+
+/// Waits until this process holds `lease`; returns its token.
+async fn wait_for_lease(store: &dyn nubo_store::Store, ha: &HaConfig, lease: &str) -> u64 {
     loop {
         tokio::time::sleep(ha.ttl / 3).await;
-        if let Some(token) = try_lead(store, ha).await {
+        if let Some(token) = try_lease(store, ha, lease).await {
             return token;
         }
     }
@@ -207,6 +217,35 @@ impl ControllerParts {
     }
 }
 
+/// An autoscaler for a controller in another process, kept by an `--ha` standby until it holds
+/// the autoscaler lease.
+struct RemoteAutoscaler {
+    store: Arc<dyn nubo_store::Store>,
+    events: nubo_bus::EventBus,
+    statistics: nubo_autoscaler::monitor::Statistics,
+    config: nubo_autoscaler::monitor::MonitorConfig,
+}
+
+impl RemoteAutoscaler {
+    async fn start(self) -> anyhow::Result<nubo_autoscaler::monitor::ScalingLog> {
+        nubo_autoscaler::monitor::start(
+            self.events.clone(),
+            nubo_autoscaler::monitor::Target::Remote {
+                control: nubo_controller::RemoteControl::new(
+                    self.store.clone(),
+                    self.events.clone(),
+                ),
+                events: self.events,
+            },
+            self.statistics,
+            self.config,
+            Some(self.store),
+        )
+        .await
+        .context("cannot start the autoscaler")
+    }
+}
+
 /// How the accept loop ended.
 enum Ending {
     /// SIGINT or SIGTERM.
@@ -219,23 +258,20 @@ enum Ending {
 
 /// Renews the lease every third of its TTL; returns when it is lost (taken over, or not renewed
 /// in time because the store was unreachable).
-async fn keep_lease(store: Arc<dyn nubo_store::Store>, ha: HaConfig, token: u64) {
+async fn keep_lease(store: Arc<dyn nubo_store::Store>, ha: HaConfig, token: u64, lease: &str) {
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(ha.ttl / 3).await;
-        match store
-            .acquire_lease(CONTROLLER_LEASE, &ha.holder, ha.ttl)
-            .await
-        {
+        match store.acquire_lease(lease, &ha.holder, ha.ttl).await {
             Ok(Some(l)) if l.token == token => last_ok = tokio::time::Instant::now(),
             Ok(_) => {
-                tracing::error!("the controller lease was taken over");
+                tracing::error!(%lease, "the lease was taken over");
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot renew the controller lease");
+                tracing::warn!(error = %e, %lease, "cannot renew the lease");
                 if last_ok.elapsed() >= ha.ttl {
-                    tracing::error!("the controller lease expired: another server may lead now");
+                    tracing::error!(%lease, "the lease expired: another server may hold it now");
                     return;
                 }
             }
@@ -330,6 +366,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let mut mock = None;
     let mut scaling = None;
+    let mut remote_autoscaler: Option<RemoteAutoscaler> = None;
     // This process's controller and its lease's token, once it runs.
     let mut leader: Option<(nubo_controller::ControllerHandle, Option<u64>)> = None;
     // A standby: its API's control plane (switched when it leads) and what its controller needs.
@@ -431,20 +468,18 @@ pub async fn run(
             tracing::info!(
                 "autoscaler without a controller: it reads the controller's state from the store and sends its decisions through the bus"
             );
-            scaling = Some(
-                nubo_autoscaler::monitor::start(
-                    events.clone(),
-                    nubo_autoscaler::monitor::Target::Remote {
-                        control: nubo_controller::RemoteControl::new(store.clone(), events.clone()),
-                        events: events.clone(),
-                    },
-                    statistics(&config),
-                    config.autoscaler,
-                    Some(store.clone()),
-                )
-                .await
-                .context("cannot start the autoscaler")?,
-            );
+            let parts = RemoteAutoscaler {
+                store: store.clone(),
+                events: events.clone(),
+                statistics: statistics(&config),
+                config: config.autoscaler,
+            };
+            if config.ha.is_some() {
+                // One autoscaler decides at a time: this one once it holds the lease.
+                remote_autoscaler = Some(parts);
+            } else {
+                scaling = Some(parts.start().await?);
+            }
         }
         Arc::new(nubo_controller::RemoteControl::new(
             store.clone(),
@@ -509,9 +544,9 @@ pub async fn run(
     on_ready(&ready);
 
     // The lease's token while this process holds it (released on a clean stop).
-    let held: Arc<std::sync::OnceLock<u64>> = Arc::default();
+    let held: Arc<std::sync::OnceLock<(&'static str, u64)>> = Arc::default();
     if let Some(token) = leader.as_ref().and_then(|(_, t)| *t) {
-        let _ = held.set(token);
+        let _ = held.set((CONTROLLER_LEASE, token));
     }
     // A standby takes over when the lease is free: its controller starts and its API switches to
     // it. Then (and for a server that led from the start): leadership lost (taken over, or not
@@ -530,7 +565,7 @@ pub async fn run(
                 (Some((controller, Some(token))), _) => (controller, token),
                 (_, Some((switch, parts))) => {
                     let token = become_leader(store.as_ref(), &ha).await;
-                    let _ = held.set(token);
+                    let _ = held.set((CONTROLLER_LEASE, token));
                     let (controller, log) = parts.start(Some(token)).await?;
                     state.register_metrics(|r| controller.register_metrics(r));
                     if let Some(log) = log {
@@ -543,10 +578,38 @@ pub async fn run(
                     println!("nubo: leader: this server took over; its controller runs now");
                     (controller, token)
                 }
-                _ => return std::future::pending::<anyhow::Result<()>>().await,
+                _ => {
+                    let Some(parts) = remote_autoscaler else {
+                        return std::future::pending::<anyhow::Result<()>>().await;
+                    };
+                    // An autoscaler without a controller, one of several: it decides while it
+                    // holds the autoscaler lease, and this process ends when it loses it.
+                    let token = match try_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await {
+                        Some(t) => t,
+                        None => {
+                            let holder = store
+                                .lease(AUTOSCALER_LEASE)
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|l| l.holder)
+                                .unwrap_or_else(|| "another server".into());
+                            println!(
+                                "nubo: standby: the autoscaler runs in {holder}; waiting to take over"
+                            );
+                            wait_for_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await
+                        }
+                    };
+                    let _ = held.set((AUTOSCALER_LEASE, token));
+                    let log = parts.start().await?;
+                    state.attach_scaling(log)?;
+                    println!("nubo: leader: this server's autoscaler decides now");
+                    keep_lease(store, ha, token, AUTOSCALER_LEASE).await;
+                    return Ok(());
+                }
             };
             tokio::select! {
-                () = keep_lease(store, ha, token) => {}
+                () = keep_lease(store, ha, token, CONTROLLER_LEASE) => {}
                 () = controller.deposed() => {}
             }
             Ok(())
@@ -628,14 +691,18 @@ pub async fn run(
     match ending {
         Ending::LeadershipLost => {
             store.close().await;
+            let what = match held.get() {
+                Some((AUTOSCALER_LEASE, _)) => "autoscaler",
+                _ => "controller",
+            };
             anyhow::bail!(
-                "this server lost the controller lease (another server took over, or the store was unreachable for longer than the lease): it stopped so that one controller acts; start it again to stand by"
+                "this server lost the {what} lease (another server took over, or the store was unreachable for longer than the lease): it stopped so that one {what} acts; start it again to stand by"
             );
         }
         Ending::Failed(e) => {
             release(store.as_ref(), config.ha.as_ref(), held.get()).await;
             store.close().await;
-            return Err(e.context("this server won the controller lease but could not lead"));
+            return Err(e.context("this server won the lease but could not lead"));
         }
         Ending::Shutdown => {
             // Handing over at once rather than after the lease runs out.
@@ -647,12 +714,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Gives the controller lease up, when this process holds it.
-async fn release(store: &dyn nubo_store::Store, ha: Option<&HaConfig>, token: Option<&u64>) {
-    if let (Some(ha), Some(token)) = (ha, token) {
-        let _ = store
-            .release_lease(CONTROLLER_LEASE, &ha.holder, *token)
-            .await;
+/// Gives the lease this process holds up (the controller's or the autoscaler's), if any.
+async fn release(
+    store: &dyn nubo_store::Store,
+    ha: Option<&HaConfig>,
+    held: Option<&(&'static str, u64)>,
+) {
+    if let (Some(ha), Some((lease, token))) = (ha, held) {
+        let _ = store.release_lease(lease, &ha.holder, *token).await;
     }
 }
 

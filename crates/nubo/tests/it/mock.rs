@@ -360,6 +360,87 @@ async fn the_event_processor_and_the_autoscaler_in_processes_of_their_own_scale_
     drop(autoscaler);
 }
 
+#[tokio::test]
+async fn autoscalers_of_their_own_elect_one_and_the_standby_takes_over() {
+    // Two autoscalers without a controller, with --ha on one shared store: one decides, the other
+    // stands by; the first is killed after it scaled up, and the second takes over and scales
+    // back down. The controller and the event processor run in a third process.
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
+    let mut args = mock_args("20", "mock-iaas.xml");
+    args.extend(
+        [
+            "--store",
+            &store,
+            "--components",
+            "manager,cloud-controller,node,cep",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = ServerProcess::start_with(dir.path(), &args);
+    let autoscaler = |dir: &std::path::Path| {
+        let mut args = mock_args("20", "mock-iaas.xml");
+        args.extend(
+            [
+                "--store",
+                &store,
+                "--bus",
+                &server.bus_url,
+                "--components",
+                "autoscaler",
+                "--ha",
+                "--ha-lease",
+                "2",
+            ]
+            .map(str::to_owned),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ServerProcess::start_with(dir, &args)
+    };
+    let (dir_1, dir_2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first = autoscaler(dir_1.path());
+    eventually(10, "the first autoscaler leads", || async {
+        first
+            .said("nubo: leader: this server's autoscaler decides")
+            .then_some(())
+    })
+    .await;
+    let second = autoscaler(dir_2.path());
+    eventually(10, "the second stands by", || async {
+        second
+            .said("nubo: standby: the autoscaler runs in")
+            .then_some(())
+    })
+    .await;
+    let api = Api::new(&server);
+    api.add_all(&c7_artifacts()).await;
+    assert_eq!(
+        api.post("/api/applications/c7/deploy/c7-ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let active = |n: usize| {
+        let api = &api;
+        async move { (api.active("c7", "c7").await.len() == n).then_some(()) }
+    };
+    eventually(30, "scaled up to 5 members", || active(5)).await;
+    assert!(
+        !second.said("nubo: leader:"),
+        "one autoscaler decides at a time"
+    );
+    first.kill9();
+    eventually(
+        40,
+        "back down to 2, by the autoscaler that took over",
+        || active(2),
+    )
+    .await;
+    assert!(second.said("nubo: leader: this server's autoscaler decides"));
+}
+
 /// The runtime view's application instances: `(instance id, network partition, status)`.
 async fn app_instances(api: &Api, app: &str) -> Vec<(String, String, String)> {
     let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
