@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use nubo_autoscaler::monitor::{Engine, MonitorConfig};
+use nubo_autoscaler::monitor::{Engine, EventProcessor, MonitorConfig, PREDICTIONS_PER_EVENT};
 use nubo_controller::plan::{ClusterPlan, DeploymentPlan, InstancePlan, Thresholds};
 use nubo_controller::state::{AppInstance, Deployment};
 use nubo_controller::{ControllerState, DeploymentStatus};
@@ -240,5 +240,44 @@ fn main() {
     println!(
         "  for comparison, one copy of the controller state: {:.1} ms",
         clone.as_secs_f64() * 1e3
+    );
+    // An autoscaler in a process of its own reads the state from the store each round: the JSON
+    // the controller writes, parsed (the store's own read comes on top).
+    let json = serde_json::to_vec(&state).expect("the state as JSON");
+    let parse_start = Instant::now();
+    let parsed: ControllerState = serde_json::from_slice(&json).expect("the state back");
+    let parse = parse_start.elapsed();
+    std::hint::black_box(&parsed);
+    println!(
+        "  an autoscaler of its own reads the state each round: {} MiB of JSON, parsed in {:.0} ms",
+        json.len() / (1024 * 1024),
+        parse.as_secs_f64() * 1e3
+    );
+    // And the predictions an event processor of its own publishes each tick for these members.
+    let mut cep = EventProcessor::new(config);
+    for s in 0..10u64 {
+        let at = t0 + s * 1000;
+        for r in &refs {
+            cep.feed(
+                &Event::MemberHealthStat(MemberHealth {
+                    instance: r.clone(),
+                    memory_consumption: Some(30.0),
+                    load_average: Some(30.0),
+                    ports_open: true,
+                    at_ms: at,
+                }),
+                at,
+            );
+        }
+    }
+    let predict_start = Instant::now();
+    let predictions = cep.predictions(t0 + 10_000, PREDICTIONS_PER_EVENT);
+    let predict = predict_start.elapsed();
+    let bytes: usize = predictions.iter().map(|e| e.encode().len()).sum();
+    println!(
+        "  an event processor of its own, per tick: {} events, {} KiB, computed in {:.0} ms",
+        predictions.len(),
+        bytes / 1024,
+        predict.as_secs_f64() * 1e3
     );
 }
