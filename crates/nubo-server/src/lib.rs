@@ -129,15 +129,20 @@ async fn try_lease(store: &dyn nubo_store::Store, ha: &HaConfig, lease: &str) ->
     }
 }
 
-/// Says that this server stands by, and for whom.
-async fn announce_standby(store: &dyn nubo_store::Store) {
-    let leader = store
-        .lease(CONTROLLER_LEASE)
+/// Who holds `lease` ("another server" when the store cannot say).
+async fn lease_holder(store: &dyn nubo_store::Store, lease: &str) -> String {
+    store
+        .lease(lease)
         .await
         .ok()
         .flatten()
         .map(|l| l.holder)
-        .unwrap_or_else(|| "another server".into());
+        .unwrap_or_else(|| "another server".into())
+}
+
+/// Says that this server stands by, and for whom.
+async fn announce_standby(store: &dyn nubo_store::Store) {
+    let leader = lease_holder(store, CONTROLLER_LEASE).await;
     println!(
         "nubo: standby: the controller runs in {leader}; waiting to take over (this server's API forwards commands to it meanwhile)"
     );
@@ -587,13 +592,7 @@ pub async fn run(
                     let token = match try_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await {
                         Some(t) => t,
                         None => {
-                            let holder = store
-                                .lease(AUTOSCALER_LEASE)
-                                .await
-                                .ok()
-                                .flatten()
-                                .map(|l| l.holder)
-                                .unwrap_or_else(|| "another server".into());
+                            let holder = lease_holder(store.as_ref(), AUTOSCALER_LEASE).await;
                             println!(
                                 "nubo: standby: the autoscaler runs in {holder}; waiting to take over"
                             );

@@ -261,76 +261,38 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
 
 #[tokio::test]
 async fn the_event_processor_and_the_autoscaler_in_processes_of_their_own_scale_through_the_bus() {
-    // The same scenario as above, in three processes: a server with every component but the
-    // event processor and the autoscaler; an event processor alone (`--components cep`), which
-    // turns the statistics into predictions on the bus; an autoscaler alone, which decides on
-    // them over the controller's state read from the shared store and sends its decisions
-    // through the bus.
+    // The c7 scenario in three processes: a server with every component but the event processor
+    // and the autoscaler; an event processor alone (`--components cep`), which turns the
+    // statistics into predictions on the bus; an autoscaler alone, which decides on them over the
+    // controller's state read from the shared store and sends its decisions through the bus.
     let dir = tempfile::tempdir().unwrap();
     let dir_e = tempfile::tempdir().unwrap();
     let dir_a = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
-    let patterns = manifest_dir().join("tests/it/fixtures/mock-iaas.xml");
-    let timing = [
-        "--scale-window",
-        "2",
-        "--scale-up-cooldown",
-        "1",
-        "--scale-down-cooldown",
-        "1.5",
-        "--fault-timeout",
-        "1.5",
-    ];
-    let mut args = vec![
-        "--insecure-http",
-        "--store",
-        &store,
-        "--components",
-        "manager,cloud-controller,node",
-        "--mock-iaas",
-        patterns.to_str().unwrap(),
-        "--mock-speed",
-        "20",
-        "--mock-stats-interval",
-        "0.2",
-    ];
-    args.extend(timing);
-    let server = ServerProcess::start_with(dir.path(), &args);
-    let alone = |dir: &std::path::Path, component: &str| {
-        let mut args = vec![
-            "--insecure-http",
-            "--store",
-            &store,
-            "--bus",
-            &server.bus_url,
-            "--components",
-            component,
-        ];
-        args.extend(timing);
+    let start = |dir: &std::path::Path, extra: &[&str]| {
+        let mut args = mock_args("20", "mock-iaas.xml");
+        args.extend(["--store", &store].map(str::to_owned));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         ServerProcess::start_with(dir, &args)
     };
-    let cep = alone(dir_e.path(), "cep");
-    let autoscaler = alone(dir_a.path(), "autoscaler");
+    let server = start(
+        dir.path(),
+        &["--components", "manager,cloud-controller,node"],
+    );
+    let bus = ["--bus", server.bus_url.as_str()];
+    let cep = start(dir_e.path(), &[bus[0], bus[1], "--components", "cep"]);
+    let autoscaler = start(
+        dir_a.path(),
+        &[bus[0], bus[1], "--components", "autoscaler"],
+    );
     assert!(
         autoscaler.url.is_empty(),
         "no API in the autoscaler's process"
     );
     let api = Api::new(&server);
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "c7", "loadThresholds": {"memoryConsumption": {"threshold": 30}, "loadAverage": {"threshold": 25}}})),
-        ("networkPartitions", json!({"id": "mock-np", "provider": "mock", "partitions": [{"id": "p1"}, {"id": "p2"}]})),
-        ("deploymentPolicies", json!({"id": "c7-dp", "networkPartitions": [{"id": "mock-np", "partitionAlgo": "round-robin",
-            "partitions": [{"id": "p1", "partitionMax": 3}, {"id": "p2", "partitionMax": 3}]}]})),
-        ("applicationPolicies", json!({"id": "c7-ap", "algorithm": "one-after-another", "networkPartitions": ["mock-np"]})),
-        ("cartridges", json!({"type": "c7-single-cluster-scaling-test", "category": "framework", "host": "mock.local",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": 18281}],
-            "iaasProvider": [{"type": "mock", "imageId": "mock-image"}]})),
-        ("applications", json!({"applicationId": "c7", "components": {"cartridges": [
-            {"type": "c7-single-cluster-scaling-test", "cartridgeMin": 2, "cartridgeMax": 6,
-             "subscribableInfo": {"alias": "c7", "autoscalingPolicy": "c7", "deploymentPolicy": "c7-dp"}}]}})),
-    ])
-    .await;
+    api.add_all(&c7_artifacts()).await;
     assert_eq!(
         api.post("/api/applications/c7/deploy/c7-ap", json!({}))
             .await
