@@ -90,6 +90,89 @@ fn record_path(dir: &Path, member_id: &str) -> PathBuf {
     dir.join(member_id).join("supervisor.json")
 }
 
+/// What an agent writes in its directory as it starts (`agent.json`): the supervisor's own record
+/// is written just after the spawn, and a supervisor killed in between would otherwise leave an
+/// agent nobody knows of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentRecord {
+    pid: i32,
+    start_time: u64,
+}
+
+/// Called by the agent as it starts, in its directory: records its pid and start time, so that a
+/// restarted supervisor finds it even if its own record was never written.
+pub fn record_agent(workdir: &Path) -> std::io::Result<()> {
+    let pid = std::process::id() as i32;
+    let rec = AgentRecord {
+        pid,
+        start_time: proc::start_time(pid).unwrap_or(0),
+    };
+    let text = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
+    let tmp = workdir.join("agent.json.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, workdir.join("agent.json"))
+}
+
+/// The running agent of a member's directory: the supervisor's record, or, when the supervisor
+/// died before writing it (or it names a process that is gone), the agent's own with the ports of
+/// its payload. `None` when no agent runs there.
+fn running_record(member_dir: &Path) -> Option<Record> {
+    let alive = |pid: i32, start: u64| proc::start_time(pid) == Some(start);
+    let sup = std::fs::read_to_string(member_dir.join("supervisor.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Record>(&t).ok());
+    if let Some(r) = &sup
+        && alive(r.pid, r.start_time)
+    {
+        return sup;
+    }
+    let agent = std::fs::read_to_string(member_dir.join("agent.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<AgentRecord>(&t).ok())
+        .filter(|a| alive(a.pid, a.start_time))?;
+    let payload = std::fs::read_to_string(member_dir.join("payload.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<AgentPayload>(&t).ok())?;
+    Some(Record {
+        member_id: payload.member_id,
+        pid: agent.pid,
+        start_time: agent.start_time,
+        ports: payload.ports,
+    })
+}
+
+/// Writes the supervisor's record of a running member (atomically).
+fn write_record(dir: &Path, rec: &Record) {
+    let Ok(text) = serde_json::to_vec(rec) else {
+        return;
+    };
+    let path = record_path(dir, &rec.member_id);
+    let tmp = path.with_extension("json.tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// Every pid recorded in a member's directory (the supervisor's and the agent's own).
+fn recorded_pids(member_dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    if let Some(r) = std::fs::read_to_string(member_dir.join("supervisor.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Record>(&t).ok())
+    {
+        pids.push(r.pid);
+    }
+    if let Some(a) = std::fs::read_to_string(member_dir.join("agent.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<AgentRecord>(&t).ok())
+        && !pids.contains(&a.pid)
+    {
+        pids.push(a.pid);
+    }
+    pids
+}
+
 impl NodeSupervisor {
     /// A supervisor keeping its members under `dir`; re-adopts the members recorded there whose
     /// agents still run, and cleans up after the others.
@@ -104,23 +187,25 @@ impl NodeSupervisor {
         });
         let mut gone = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path().join("supervisor.json");
+            let member_dir = entry?.path();
+            let path = member_dir.join("supervisor.json");
+            if let Some(rec) = running_record(&member_dir) {
+                tracing::info!(member = %rec.member_id, pid = rec.pid, "re-adopted a running member");
+                write_record(&dir, &rec);
+                sup.track(rec.member_id.clone(), rec.pid);
+                sup.watch_foreign(rec.member_id, rec.pid, rec.start_time);
+                continue;
+            }
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
             let Ok(rec) = serde_json::from_str::<Record>(&text) else {
                 continue;
             };
-            if proc::start_time(rec.pid) == Some(rec.start_time) {
-                tracing::info!(member = %rec.member_id, pid = rec.pid, "re-adopted a running member");
-                sup.track(rec.member_id.clone(), rec.pid);
-                sup.watch_foreign(rec.member_id, rec.pid, rec.start_time);
-            } else {
-                tracing::info!(member = %rec.member_id, pid = rec.pid, "a recorded member is no longer running: cleaning up");
-                proc::kill_session(rec.pid, libc::SIGKILL);
-                let _ = std::fs::remove_file(&path);
-                gone.push(rec.member_id);
-            }
+            tracing::info!(member = %rec.member_id, pid = rec.pid, "a recorded member is no longer running: cleaning up");
+            proc::kill_session(rec.pid, libc::SIGKILL);
+            let _ = std::fs::remove_file(&path);
+            gone.push(rec.member_id);
         }
         // Said on the bus, for a controller in another process that cannot see this directory.
         if let (false, Ok(rt)) = (gone.is_empty(), tokio::runtime::Handle::try_current()) {
@@ -208,6 +293,18 @@ impl IaasProvider for NodeSupervisor {
                     .into(),
             ));
         }
+        // An agent of this member may already run (started for a supervisor that died before
+        // recording it): adopt it rather than start a second.
+        if let Some(rec) = running_record(&self.dir.join(&m.member_id)) {
+            tracing::warn!(member = %m.member_id, pid = rec.pid, "an agent of this member already runs: adopting it");
+            write_record(&self.dir, &rec);
+            self.track(rec.member_id.clone(), rec.pid);
+            self.watch_foreign(rec.member_id.clone(), rec.pid, rec.start_time);
+            return Ok(StartedMember {
+                ip: self.host.clone(),
+                ports: rec.ports,
+            });
+        }
         let ports = self.allocate_ports(&req)?;
         let workdir = self.dir.join(&m.member_id);
         let fail = |what: &str, e: std::io::Error| {
@@ -275,12 +372,7 @@ impl IaasProvider for NodeSupervisor {
             start_time,
             ports: ports.clone(),
         };
-        if let Ok(text) = serde_json::to_vec(&rec) {
-            let tmp = workdir.join("supervisor.json.tmp");
-            if std::fs::write(&tmp, text).is_ok() {
-                let _ = std::fs::rename(&tmp, record_path(&self.dir, &m.member_id));
-            }
-        }
+        write_record(&self.dir, &rec);
         self.track(m.member_id.clone(), pid);
         tracing::info!(member = %m.member_id, pid, ports = ?ports.iter().map(|p| p.port).collect::<Vec<_>>(), "member started");
         let members = self.members.clone();
@@ -468,9 +560,7 @@ fn live_records(dir: &Path) -> Vec<Record> {
     };
     entries
         .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("supervisor.json")).ok())
-        .filter_map(|t| serde_json::from_str::<Record>(&t).ok())
-        .filter(|r| proc::start_time(r.pid) == Some(r.start_time))
+        .filter_map(|e| running_record(&e.path()))
         .collect()
 }
 
@@ -494,13 +584,9 @@ pub fn kill_all(dir: &Path) {
         return;
     };
     for e in entries.flatten() {
-        let Ok(t) = std::fs::read_to_string(e.path().join("supervisor.json")) else {
-            continue;
-        };
-        let Ok(r) = serde_json::from_str::<Record>(&t) else {
-            continue;
-        };
-        proc::kill_session(r.pid, libc::SIGKILL);
+        for pid in recorded_pids(&e.path()) {
+            proc::kill_session(pid, libc::SIGKILL);
+        }
     }
 }
 
@@ -619,5 +705,91 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
+    }
+
+    /// Stands for an agent: a process in a session of its own (as the supervisor starts agents)
+    /// that records itself as `nubo agent` does, in a member directory with a payload, and that
+    /// the supervisor never recorded (it was killed between the spawn and its record).
+    fn unrecorded_agent(members: &Path, member_id: &str) -> (std::process::Child, i32) {
+        use std::os::unix::process::CommandExt;
+        let workdir = members.join(member_id);
+        std::fs::create_dir_all(&workdir).unwrap();
+        let payload = AgentPayload {
+            member_id: member_id.into(),
+            cluster_id: "app.web.web.domain".into(),
+            cluster_instance_id: "app-1".into(),
+            application_id: "app".into(),
+            service_name: "web".into(),
+            network_partition_id: "np".into(),
+            partition_id: "p1".into(),
+            command: "true".into(),
+            ports: vec![MemberPort {
+                name: "http".into(),
+                protocol: "http".into(),
+                port: 40123,
+                proxy_port: None,
+            }],
+            bus_url: String::new(),
+            parameters: BTreeMap::new(),
+        };
+        std::fs::write(
+            workdir.join("payload.json"),
+            serde_json::to_vec(&payload).unwrap(),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("60");
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let pid = child.id() as i32;
+        let rec = AgentRecord {
+            pid,
+            start_time: proc::start_time(pid).unwrap(),
+        };
+        std::fs::write(
+            workdir.join("agent.json"),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        (child, pid)
+    }
+
+    #[tokio::test]
+    async fn an_agent_its_supervisor_never_recorded_is_adopted_and_never_started_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = dir.path().join("members");
+        let (mut child, pid) = unrecorded_agent(&members, "app.web.web-2");
+        let events = EventBus::new(Arc::new(MemoryBus::new()));
+        let agent = AgentCommand {
+            program: "/nonexistent/nubo".into(),
+            args: vec!["agent".into()],
+        };
+        // A restarted supervisor finds it.
+        let sup = NodeSupervisor::new(members.clone(), agent, events).unwrap();
+        assert_eq!(sup.running().await.unwrap(), ["app.web.web-2"]);
+        assert_eq!(stop_all_pending(&members), 1);
+        // Asked to start the member, it adopts the running agent (the agent program does not
+        // even exist: a start would fail) with the ports of its payload.
+        let started = sup
+            .start(StartRequest {
+                member: member("app.web.web-2"),
+                image: "true".into(),
+                ports: vec![],
+                payload: BTreeMap::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(started.ports.len(), 1);
+        assert_eq!(started.ports[0].port, 40123);
+        // And the clean-up of tests and benchmarks stops it.
+        kill_all(&members);
+        let _ = child.wait();
+        assert_eq!(proc::start_time(pid), None);
+        assert_eq!(stop_all_pending(&members), 0);
     }
 }

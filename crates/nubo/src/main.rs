@@ -442,6 +442,15 @@ fn agent(payload: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // First of all, so that a supervisor killed before it recorded this agent still finds it.
+    if let Some(dir) = payload.parent()
+        && let Err(e) = nubo_node::record_agent(dir)
+    {
+        eprintln!(
+            "warning: cannot record this agent in {}: {e}",
+            dir.display()
+        );
+    }
     match rt.block_on(nubo_agent::run(payload)) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
