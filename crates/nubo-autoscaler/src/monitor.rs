@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use nubo_bus::EventBus;
 use nubo_controller::plan::scope_instance;
-use nubo_controller::{ControlPlane, ControllerHandle, ControllerState, RemoteControl};
+use nubo_controller::{ControllerHandle, ControllerState, RemoteControl};
 use nubo_events::{Category, Event, InstanceStatus, MemberStatus, ScaleCommand};
 use nubo_store::{Key, Store, Write};
 
@@ -386,17 +386,34 @@ pub enum Target {
         control: RemoteControl,
         /// The bus the commands go on.
         events: EventBus,
+        /// The state last read, with its version (read again only when it changed).
+        cache: Mutex<Option<(i64, ControllerState)>>,
     },
 }
 
 impl Target {
+    /// A controller in another process, reached through the store (its state) and the bus.
+    pub fn remote(store: Arc<dyn Store>, events: EventBus) -> Target {
+        Target::Remote {
+            control: RemoteControl::new(store, events.clone()),
+            events,
+            cache: Mutex::new(None),
+        }
+    }
+
     /// One decision round over the controller's current state (`None` when it cannot be read).
     async fn round(&self, engine: &mut Engine, now: u64) -> Option<Round> {
         match self {
             Target::Local(c) => c.read(|state| engine.round(state, now)),
-            Target::Remote { control, .. } => {
-                let state = control.state().await?;
-                Some(engine.round(&state, now))
+            Target::Remote { control, cache, .. } => {
+                let known = cache.lock().ok().and_then(|c| c.as_ref().map(|(v, _)| *v));
+                let (version, fresh) = control.state_since(known).await?;
+                let mut cache = cache.lock().ok()?;
+                if let Some(state) = fresh {
+                    *cache = Some((version, state));
+                }
+                let (_, state) = cache.as_ref()?;
+                Some(engine.round(state, now))
             }
         }
     }

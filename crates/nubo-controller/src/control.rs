@@ -114,6 +114,24 @@ impl RemoteControl {
         RemoteControl { store, events }
     }
 
+    /// The controller's state with its version in the store, unless the version is still `known`
+    /// (then `(version, None)`: nothing read, nothing parsed). `None` when the store cannot be
+    /// read. A reader that polls a large state (an autoscaler in another process) pays for it
+    /// only when it changed.
+    pub async fn state_since(&self, known: Option<i64>) -> Option<(i64, Option<ControllerState>)> {
+        let key = Key::new(STATE_KIND, STATE_ID);
+        let version = self.store.version(STATE_TENANT, &key).await.ok()?;
+        let Some(version) = version else {
+            return Some((0, Some(ControllerState::default())));
+        };
+        if known == Some(version) {
+            return Some((version, None));
+        }
+        let rec = self.store.get(STATE_TENANT, &key).await.ok()??;
+        let state = serde_json::from_value(rec.body).ok()?;
+        Some((rec.version, Some(state)))
+    }
+
     async fn send(&self, e: Event) -> Result<(), String> {
         self.events
             .publish(&e)
@@ -480,5 +498,45 @@ mod tests {
             control.undeploy("a", true).await,
             Err("remote timed out".to_owned())
         );
+    }
+
+    #[tokio::test]
+    async fn a_remote_reader_reads_the_state_again_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            nubo_store::SqliteStore::open(&dir.path().join("nubo.db"))
+                .await
+                .unwrap(),
+        );
+        let events = EventBus::new(Arc::new(nubo_bus::MemoryBus::new()));
+        let remote = RemoteControl::new(store.clone(), events);
+        let (v, state) = remote.state_since(None).await.unwrap();
+        assert_eq!(
+            (v, state.is_some()),
+            (0, true),
+            "no state yet: an empty one"
+        );
+        let write = |n: u64| nubo_store::Write {
+            tenant: STATE_TENANT,
+            key: Key::new(STATE_KIND, STATE_ID),
+            body: serde_json::to_value(ControllerState {
+                next_member: n,
+                ..ControllerState::default()
+            })
+            .unwrap(),
+            refs: vec![],
+        };
+        store.upsert(write(7)).await.unwrap();
+        let (v1, state) = remote.state_since(Some(0)).await.unwrap();
+        assert_eq!(state.unwrap().next_member, 7);
+        assert_eq!(
+            remote.state_since(Some(v1)).await.unwrap(),
+            (v1, None),
+            "unchanged: not read"
+        );
+        store.upsert(write(8)).await.unwrap();
+        let (v2, state) = remote.state_since(Some(v1)).await.unwrap();
+        assert!(v2 > v1);
+        assert_eq!(state.unwrap().next_member, 8);
     }
 }

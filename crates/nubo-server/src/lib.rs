@@ -235,13 +235,7 @@ impl RemoteAutoscaler {
     async fn start(self) -> anyhow::Result<nubo_autoscaler::monitor::ScalingLog> {
         nubo_autoscaler::monitor::start(
             self.events.clone(),
-            nubo_autoscaler::monitor::Target::Remote {
-                control: nubo_controller::RemoteControl::new(
-                    self.store.clone(),
-                    self.events.clone(),
-                ),
-                events: self.events,
-            },
+            nubo_autoscaler::monitor::Target::remote(self.store.clone(), self.events.clone()),
             self.statistics,
             self.config,
             Some(self.store),

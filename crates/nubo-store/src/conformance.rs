@@ -85,6 +85,21 @@ async fn create_get_list(s: &dyn Store) {
         .unwrap()
         .unwrap();
     assert_eq!(got.body, json!({"type": "php", "n": [1, 2]}));
+    assert_eq!(
+        s.version(1, &Key::new("cartridge", "php")).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.version(1, &Key::new("cartridge", "nothing"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.version(2, &Key::new("cartridge", "php")).await.unwrap(),
+        None,
+        "tenants are separate"
+    );
     let ids: Vec<String> = s
         .list(1, "cartridge")
         .await
@@ -105,6 +120,11 @@ async fn create_get_list(s: &dyn Store) {
         .unwrap();
     assert_eq!(up.version, 2);
     assert_eq!(up.created_at, r.created_at);
+    assert_eq!(
+        s.version(1, &Key::new("cartridge", "php")).await.unwrap(),
+        Some(2),
+        "the version follows the changes"
+    );
     let got = s
         .get(1, &Key::new("cartridge", "php"))
         .await

@@ -147,6 +147,9 @@ impl From<sqlx::Error> for StoreError {
 pub trait Store: Send + Sync + 'static {
     /// One document.
     async fn get(&self, tenant: i64, key: &Key) -> Result<Option<Record>, StoreError>;
+    /// A document's version (1 on creation, +1 on each change) without its body; `None` when it
+    /// does not exist. Lets a reader of a large document skip it while it has not changed.
+    async fn version(&self, tenant: i64, key: &Key) -> Result<Option<i64>, StoreError>;
     /// Every document of a kind in a tenant, ordered by id.
     async fn list(&self, tenant: i64, kind: &str) -> Result<Vec<Record>, StoreError>;
     /// Creates a document: `Conflict` if it exists, `MissingReference` if a reference does not.

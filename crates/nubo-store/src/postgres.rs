@@ -671,6 +671,18 @@ impl Store for PostgresStore {
         row.map(|r| record(tenant, &r)).transpose()
     }
 
+    async fn version(&self, tenant: i64, key: &Key) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3",
+        )
+        .bind(tenant)
+        .bind(&key.kind)
+        .bind(&key.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get::<i64, _>("version")))
+    }
+
     async fn list(&self, tenant: i64, kind: &str) -> Result<Vec<Record>, StoreError> {
         let rows = sqlx::query(
             "SELECT kind, id, body::text AS body, version, created_at, updated_at FROM documents \

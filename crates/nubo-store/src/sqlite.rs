@@ -272,6 +272,18 @@ impl Store for SqliteStore {
         fetch(&mut conn, tenant, key).await
     }
 
+    async fn version(&self, tenant: i64, key: &Key) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version FROM documents WHERE tenant_id = ? AND kind = ? AND id = ?",
+        )
+        .bind(tenant)
+        .bind(&key.kind)
+        .bind(&key.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get::<i64, _>("version")))
+    }
+
     async fn list(&self, tenant: i64, kind: &str) -> Result<Vec<Record>, StoreError> {
         let rows = sqlx::query(
             "SELECT kind, id, body, version, created_at, updated_at FROM documents WHERE tenant_id = ? AND kind = ? ORDER BY id",
