@@ -278,6 +278,25 @@ async fn keep_lease(store: Arc<dyn nubo_store::Store>, ha: HaConfig, token: u64,
     }
 }
 
+/// Runs `start` (a controller starting: loading its state, reconciling) while renewing the
+/// controller lease `token` holds, so that a long start does not let the lease expire under it.
+async fn renewing<T>(
+    store: &Arc<dyn nubo_store::Store>,
+    ha: Option<&HaConfig>,
+    token: Option<u64>,
+    start: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let (Some(ha), Some(token)) = (ha, token) else {
+        return start.await;
+    };
+    tokio::select! {
+        r = start => r,
+        () = keep_lease(store.clone(), ha.clone(), token, CONTROLLER_LEASE) => Err(anyhow::anyhow!(
+            "the controller lease was lost while the controller started (the store was unreachable for longer than the lease)"
+        )),
+    }
+}
+
 /// Where the bus is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusMode {
@@ -423,7 +442,8 @@ pub async fn run(
         };
         match token {
             Some(token) => {
-                let (controller, log) = parts.start(token).await?;
+                let (controller, log) =
+                    renewing(&store, config.ha.as_ref(), token, parts.start(token)).await?;
                 scaling = log;
                 controller.register_metrics(&mut registry);
                 leader = Some((controller.clone(), token));
@@ -565,7 +585,8 @@ pub async fn run(
                 (_, Some((switch, parts))) => {
                     let token = become_leader(store.as_ref(), &ha).await;
                     let _ = held.set((CONTROLLER_LEASE, token));
-                    let (controller, log) = parts.start(Some(token)).await?;
+                    let (controller, log) =
+                        renewing(&store, Some(&ha), Some(token), parts.start(Some(token))).await?;
                     state.register_metrics(|r| controller.register_metrics(r));
                     if let Some(log) = log {
                         state.attach_scaling(log)?;
@@ -783,4 +804,48 @@ pub fn install_crypto_provider() -> anyhow::Result<()> {
         bail!("cannot install the TLS crypto provider");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_long_controller_start_keeps_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn nubo_store::Store> = Arc::new(
+            nubo_store::SqliteStore::open(&dir.path().join("nubo.db"))
+                .await
+                .unwrap(),
+        );
+        let ha = HaConfig {
+            holder: "a".into(),
+            ttl: Duration::from_millis(300),
+        };
+        let token = try_lead(store.as_ref(), &ha).await.unwrap();
+        // A start three leases long: the lease stays this server's throughout.
+        let other = HaConfig {
+            holder: "b".into(),
+            ..ha.clone()
+        };
+        let started = renewing(&store, Some(&ha), Some(token), async {
+            for _ in 0..9 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert_eq!(try_lead(store.as_ref(), &other).await, None, "taken over");
+            }
+            Ok(42)
+        })
+        .await
+        .unwrap();
+        assert_eq!(started, 42);
+        let lease = store.lease(CONTROLLER_LEASE).await.unwrap().unwrap();
+        assert_eq!((lease.holder.as_str(), lease.token), ("a", token));
+        // Without --ha, the start just runs.
+        assert_eq!(
+            renewing(&store, None, None, async { Ok("plain") })
+                .await
+                .unwrap(),
+            "plain"
+        );
+    }
 }
