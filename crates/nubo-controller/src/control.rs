@@ -146,9 +146,14 @@ impl RemoteControl {
         done: impl Fn(&ControllerState) -> bool,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + REMOTE_COMMAND_TIMEOUT;
+        let mut known = None;
         loop {
-            if self.state().await.is_some_and(|s| done(&s)) {
-                return Ok(());
+            // Read (and parse) the state only when its version changed.
+            if let Some((version, state)) = self.state_since(known).await {
+                known = Some(version);
+                if state.is_some_and(|s| done(&s)) {
+                    return Ok(());
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(format!(
@@ -290,10 +295,14 @@ impl ControlPlane for SwitchableControl {
     async fn state(&self) -> Option<ControllerState> {
         self.current().state().await
     }
+    // After a takeover, a command the old leader may have carried out before it died is checked
+    // against the new leader's state first, so that it is neither done twice nor reported as a
+    // failure ("already deployed") when it took effect.
     async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
         let remote = !self.leads();
         match self.current().deploy(plan.clone()).await {
             Err(e) => match self.after_takeover(remote) {
+                Some(local) if local.status(&plan.application_id).await.is_some() => Ok(()),
                 Some(local) => local.deploy(plan).await,
                 None => Err(e),
             },
@@ -304,6 +313,14 @@ impl ControlPlane for SwitchableControl {
         let remote = !self.leads();
         match self.current().undeploy(application_id, force).await {
             Err(e) => match self.after_takeover(remote) {
+                Some(local)
+                    if local
+                        .status(application_id)
+                        .await
+                        .is_none_or(|s| s == DeploymentStatus::Undeploying) =>
+                {
+                    Ok(())
+                }
                 Some(local) => local.undeploy(application_id, force).await,
                 None => Err(e),
             },
@@ -314,7 +331,18 @@ impl ControlPlane for SwitchableControl {
         let remote = !self.leads();
         match self.current().update_plan(plan.clone()).await {
             Err(e) => match self.after_takeover(remote) {
-                Some(local) => local.update_plan(plan).await,
+                Some(local) => {
+                    let taken = local.state().await.is_some_and(|s| {
+                        s.deployments.get(&plan.application_id).is_some_and(|d| {
+                            d.plan.clusters == plan.clusters && d.plan.scopes == plan.scopes
+                        })
+                    });
+                    if taken {
+                        Ok(())
+                    } else {
+                        local.update_plan(plan).await
+                    }
+                }
                 None => Err(e),
             },
             ok => ok,
@@ -340,6 +368,8 @@ mod tests {
         name: &'static str,
         calls: Arc<Mutex<Vec<String>>>,
         fail_after: Option<Arc<tokio::sync::Notify>>,
+        /// Applications its state shows deployed.
+        deployed: Vec<&'static str>,
     }
 
     impl Fake {
@@ -348,6 +378,7 @@ mod tests {
                 name,
                 calls: calls.clone(),
                 fail_after: None,
+                deployed: vec![],
             })
         }
 
@@ -377,6 +408,15 @@ mod tests {
                 .unwrap()
                 .push(format!("{} state", self.name));
             Some(ControllerState::default())
+        }
+        async fn status(&self, application_id: &str) -> Option<DeploymentStatus> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{} status {application_id}", self.name));
+            self.deployed
+                .contains(&application_id)
+                .then_some(DeploymentStatus::Deployed)
         }
         async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
             self.command(&format!("deploy {}", plan.application_id))
@@ -467,6 +507,7 @@ mod tests {
             name: "remote",
             calls: calls.clone(),
             fail_after: Some(lost.clone()),
+            deployed: vec![],
         })));
         let pending = tokio::spawn({
             let control = control.clone();
@@ -480,7 +521,42 @@ mod tests {
         pending.await.unwrap().unwrap();
         assert_eq!(
             *calls.lock().unwrap(),
-            ["remote deploy a", "local deploy a"]
+            ["remote deploy a", "local status a", "local deploy a"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_the_old_leader_carried_out_is_not_done_again() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let control = Arc::new(SwitchableControl::new(Arc::new(Fake {
+            name: "remote",
+            calls: calls.clone(),
+            fail_after: Some(lost.clone()),
+            deployed: vec![],
+        })));
+        let pending = tokio::spawn({
+            let control = control.clone();
+            async move { control.deploy(plan("a")).await }
+        });
+        while calls.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // The old leader deployed it and died before its answer: the new leader's state has it.
+        control
+            .lead(Arc::new(Fake {
+                name: "local",
+                calls: calls.clone(),
+                fail_after: None,
+                deployed: vec!["a"],
+            }))
+            .unwrap();
+        lost.notify_one();
+        pending.await.unwrap().unwrap();
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["remote deploy a", "local status a"],
+            "taken already: not deployed twice, and not an error"
         );
     }
 
@@ -492,6 +568,7 @@ mod tests {
             name: "remote",
             calls: calls.clone(),
             fail_after: Some(lost.clone()),
+            deployed: vec![],
         }));
         lost.notify_one();
         assert_eq!(
