@@ -612,25 +612,27 @@ impl EventProcessor {
                 }
             })
             .collect();
-        let mut out = Vec::new();
-        let mut clusters = Some(clusters);
-        let mut chunks = members.chunks(per_event.max(1)).peekable();
-        if chunks.peek().is_none() {
-            let clusters = clusters.take().unwrap_or_default();
-            if !clusters.is_empty() {
+        let mut out: Vec<Event> = members
+            .chunks(per_event.max(1))
+            .map(|chunk| {
+                Event::PredictedStatistics(nubo_events::Predictions {
+                    at_ms: now,
+                    clusters: Vec::new(),
+                    members: chunk.to_vec(),
+                })
+            })
+            .collect();
+        // The clusters go in the first event (one of their own when no member reports).
+        match out.first_mut() {
+            Some(Event::PredictedStatistics(first)) => first.clusters = clusters,
+            _ if !clusters.is_empty() => {
                 out.push(Event::PredictedStatistics(nubo_events::Predictions {
                     at_ms: now,
                     clusters,
                     members: Vec::new(),
-                }));
+                }))
             }
-        }
-        for chunk in chunks {
-            out.push(Event::PredictedStatistics(nubo_events::Predictions {
-                at_ms: now,
-                clusters: clusters.take().unwrap_or_default(),
-                members: chunk.to_vec(),
-            }));
+            _ => {}
         }
         out
     }
@@ -894,17 +896,7 @@ impl Engine {
         let fault_ms = self.config.fault_timeout.as_millis() as u64;
         let mut activated: Vec<Command> = starting_members(state)
             .filter(|m| self.liveness.reporting(&m.member_id, now, fault_ms))
-            .map(|m| {
-                Command::Activated(nubo_events::InstanceRef {
-                    application_id: m.application_id.clone(),
-                    service_name: m.service_name.clone(),
-                    cluster_id: m.cluster_id.clone(),
-                    cluster_instance_id: m.cluster_instance_id.clone(),
-                    member_id: m.member_id.clone(),
-                    network_partition_id: m.network_partition_id.clone(),
-                    partition_id: m.partition_id.clone(),
-                })
-            })
+            .map(|m| Command::Activated(m.into()))
             .collect();
         let mut commands: Vec<Command> = self
             .liveness

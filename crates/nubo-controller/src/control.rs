@@ -499,8 +499,9 @@ mod tests {
         assert_eq!(*calls.lock().unwrap(), ["local deploy a"]);
     }
 
-    #[tokio::test]
-    async fn a_command_lost_in_the_takeover_goes_to_the_new_controller() {
+    /// A deploy sent to the leader, lost as this server takes over with a controller whose state
+    /// shows `deployed`: the calls every control plane got.
+    async fn deploy_across_a_takeover(deployed: Vec<&'static str>) -> Vec<String> {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let lost = Arc::new(tokio::sync::Notify::new());
         let control = Arc::new(SwitchableControl::new(Arc::new(Fake {
@@ -516,45 +517,32 @@ mod tests {
         while calls.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
-        control.lead(Fake::new("local", &calls)).unwrap();
+        control
+            .lead(Arc::new(Fake {
+                name: "local",
+                calls: calls.clone(),
+                fail_after: None,
+                deployed,
+            }))
+            .unwrap();
         lost.notify_one();
         pending.await.unwrap().unwrap();
+        calls.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_command_lost_in_the_takeover_goes_to_the_new_controller() {
         assert_eq!(
-            *calls.lock().unwrap(),
+            deploy_across_a_takeover(vec![]).await,
             ["remote deploy a", "local status a", "local deploy a"]
         );
     }
 
     #[tokio::test]
     async fn a_command_the_old_leader_carried_out_is_not_done_again() {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let lost = Arc::new(tokio::sync::Notify::new());
-        let control = Arc::new(SwitchableControl::new(Arc::new(Fake {
-            name: "remote",
-            calls: calls.clone(),
-            fail_after: Some(lost.clone()),
-            deployed: vec![],
-        })));
-        let pending = tokio::spawn({
-            let control = control.clone();
-            async move { control.deploy(plan("a")).await }
-        });
-        while calls.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
         // The old leader deployed it and died before its answer: the new leader's state has it.
-        control
-            .lead(Arc::new(Fake {
-                name: "local",
-                calls: calls.clone(),
-                fail_after: None,
-                deployed: vec!["a"],
-            }))
-            .unwrap();
-        lost.notify_one();
-        pending.await.unwrap().unwrap();
         assert_eq!(
-            *calls.lock().unwrap(),
+            deploy_across_a_takeover(vec!["a"]).await,
             ["remote deploy a", "local status a"],
             "taken already: not deployed twice, and not an error"
         );

@@ -437,7 +437,7 @@ impl Runner {
             Ok(s) => s.topology.clone(),
             Err(_) => return,
         };
-        let events = nubo_events::parts::split(&topology, snapshot, nubo_events::parts::PART_BYTES);
+        let events = nubo_events::parts::split(topology, snapshot, nubo_events::parts::PART_BYTES);
         for e in &events {
             if let Err(err) = self.events.publish(e).await {
                 tracing::warn!(error = %err, "cannot publish the complete topology");

@@ -1751,15 +1751,7 @@ mod tests {
     }
 
     fn r(m: &Member) -> InstanceRef {
-        InstanceRef {
-            application_id: m.application_id.clone(),
-            service_name: m.service_name.clone(),
-            cluster_id: m.cluster_id.clone(),
-            cluster_instance_id: m.cluster_instance_id.clone(),
-            member_id: m.member_id.clone(),
-            network_partition_id: m.network_partition_id.clone(),
-            partition_id: m.partition_id.clone(),
-        }
+        m.into()
     }
 
     /// Drives a member from Created to Active as the IaaS and its agent would.

@@ -88,6 +88,20 @@ pub struct InstanceRef {
     pub partition_id: String,
 }
 
+impl From<&Member> for InstanceRef {
+    fn from(m: &Member) -> Self {
+        InstanceRef {
+            application_id: m.application_id.clone(),
+            service_name: m.service_name.clone(),
+            cluster_id: m.cluster_id.clone(),
+            cluster_instance_id: m.cluster_instance_id.clone(),
+            member_id: m.member_id.clone(),
+            network_partition_id: m.network_partition_id.clone(),
+            partition_id: m.partition_id.clone(),
+        }
+    }
+}
+
 /// A member-level change: the member as it now is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -3,11 +3,9 @@
 //! the controller publishes it as parts of one snapshot ([`split`]), each under a size bound, and
 //! receivers put them back together ([`Assembler`]). Pure: no I/O, no clock.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::{Cluster, Event, Topology};
+use crate::{Event, Topology};
 
 /// Where a `CompleteTopology` event sits in its snapshot, when the snapshot comes in parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,45 +25,42 @@ pub const PART_BYTES: usize = 256 * 1024;
 /// The complete topology as `CompleteTopology` events: one whole event when its JSON fits in
 /// `max_bytes`, otherwise parts of snapshot `snapshot`, each holding whole clusters or, for a
 /// cluster too big for one part, the cluster with a share of its members (a part may exceed the
-/// bound only by one member, or by one cluster without members).
-pub fn split(topology: &Topology, snapshot: u64, max_bytes: usize) -> Vec<Event> {
-    let whole = json_len(topology);
-    if whole <= max_bytes {
+/// bound only by one member, or by one cluster without members). Takes the topology by value:
+/// its clusters and members move into the parts.
+pub fn split(topology: Topology, snapshot: u64, max_bytes: usize) -> Vec<Event> {
+    if json_len(&topology) <= max_bytes {
         return vec![Event::CompleteTopology {
-            topology: topology.clone(),
+            topology,
             part: None,
         }];
     }
     let mut parts: Vec<Topology> = Vec::new();
     let mut current = Topology::default();
     let mut size = 0usize;
-    for cluster in topology.clusters.values() {
-        let shell = without_members(cluster);
-        let shell_len = json_len(&shell) + cluster.cluster_id.len() + 4;
+    for (cluster_id, mut shell) in topology.clusters {
+        let members = std::mem::take(&mut shell.members);
+        let shell_len = json_len(&shell) + cluster_id.len() + 4;
         if size + shell_len > max_bytes && !current.clusters.is_empty() {
             parts.push(std::mem::take(&mut current));
             size = 0;
         }
-        current
-            .clusters
-            .insert(cluster.cluster_id.clone(), shell.clone());
+        current.clusters.insert(cluster_id.clone(), shell.clone());
         size += shell_len;
-        for (id, member) in &cluster.members {
-            let member_len = json_len(member) + id.len() + 4;
+        for (id, member) in members {
+            let member_len = json_len(&member) + id.len() + 4;
+            // This cluster's shell alone in the part: the member goes in whatever its size.
             let alone = current.clusters.len() == 1
                 && current
                     .clusters
-                    .get(&cluster.cluster_id)
+                    .get(&cluster_id)
                     .is_some_and(|c| c.members.is_empty());
             if size + member_len > max_bytes && !alone {
                 parts.push(std::mem::take(&mut current));
-                current
-                    .clusters
-                    .insert(cluster.cluster_id.clone(), shell.clone());
+                current.clusters.insert(cluster_id.clone(), shell.clone());
                 size = shell_len;
             }
-            if let Some(c) = current.clusters.get_mut(&cluster.cluster_id) {
-                c.members.insert(id.clone(), member.clone());
+            if let Some(c) = current.clusters.get_mut(&cluster_id) {
+                c.members.insert(id, member);
             }
             size += member_len;
         }
@@ -90,22 +85,6 @@ pub fn split(topology: &Topology, snapshot: u64, max_bytes: usize) -> Vec<Event>
 
 fn json_len<T: Serialize>(value: &T) -> usize {
     serde_json::to_vec(value).map_or(0, |v| v.len())
-}
-
-fn without_members(c: &Cluster) -> Cluster {
-    Cluster {
-        cluster_id: c.cluster_id.clone(),
-        service_name: c.service_name.clone(),
-        application_id: c.application_id.clone(),
-        alias: c.alias.clone(),
-        host_names: c.host_names.clone(),
-        tenant_id: c.tenant_id,
-        ports: c.ports.clone(),
-        deployment_policy: c.deployment_policy.clone(),
-        autoscaling_policy: c.autoscaling_policy.clone(),
-        instances: c.instances.clone(),
-        members: BTreeMap::new(),
-    }
 }
 
 /// Most changes kept while a snapshot's parts arrive; past it the snapshot is given up (the next
@@ -224,7 +203,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::{ClusterPort, Member, MemberChange, MemberPort, MemberStatus};
+    use crate::{Cluster, ClusterPort, Member, MemberChange, MemberPort, MemberStatus};
 
     fn member(cluster: &str, i: usize, status: MemberStatus) -> Member {
         Member {
@@ -292,7 +271,7 @@ mod tests {
     #[test]
     fn a_small_topology_is_one_whole_event() {
         let t = topology(3, 2);
-        let events = split(&t, 7, PART_BYTES);
+        let events = split(t.clone(), 7, PART_BYTES);
         assert_eq!(
             events,
             [Event::CompleteTopology {
@@ -308,7 +287,7 @@ mod tests {
         let mut t = topology(50, 2);
         t.clusters.extend(topology(1, 4000).clusters);
         let bound = 64 * 1024;
-        let events = split(&t, 42, bound);
+        let events = split(t.clone(), 42, bound);
         assert!(events.len() > 10, "{} parts", events.len());
         let member_len = serde_json::to_vec(&member("app.c0.php.domain", 0, MemberStatus::Active))
             .unwrap()
@@ -341,7 +320,7 @@ mod tests {
     #[test]
     fn changes_received_while_parts_arrive_are_applied_again_after_the_snapshot() {
         let t = topology(200, 10);
-        let events = split(&t, 1, 16 * 1024);
+        let events = split(t.clone(), 1, 16 * 1024);
         assert!(events.len() >= 3);
         let change = Event::MemberTerminated(MemberChange {
             member: member("app.c0.php.domain", 0, MemberStatus::Terminated),
@@ -369,10 +348,10 @@ mod tests {
     #[test]
     fn a_newer_snapshot_abandons_an_unfinished_one_and_duplicates_are_ignored() {
         let t = topology(200, 10);
-        let old = split(&t, 1, 16 * 1024);
+        let old = split(t.clone(), 1, 16 * 1024);
         let mut newer_topology = t.clone();
         newer_topology.clusters.remove("app.c5.php.domain");
-        let newer = split(&newer_topology, 2, 16 * 1024);
+        let newer = split(newer_topology.clone(), 2, 16 * 1024);
         let mut a = Assembler::default();
         assert!(a.feed(old[0].clone()).is_empty());
         assert!(a.feed(old[1].clone()).is_empty());

@@ -217,11 +217,6 @@ impl LoadBalancer {
         })
     }
 
-    /// The current table, as plain routes (copies every route: for tests and tools).
-    pub fn routes(&self) -> Arc<Routes> {
-        Arc::new(self.table().routes())
-    }
-
     /// The current table.
     pub fn table(&self) -> Table {
         Table(self.routes.borrow().clone())
@@ -685,7 +680,7 @@ mod tests {
             whole.encode().len() > 1024 * 1024,
             "the topology needs parts"
         );
-        let parts = nubo_events::parts::split(&t, 7, nubo_events::parts::PART_BYTES);
+        let parts = nubo_events::parts::split(t, 7, nubo_events::parts::PART_BYTES);
         assert!(parts.len() >= 5);
         let gone = member(3, 0, MemberStatus::Terminated);
         for url in urls {

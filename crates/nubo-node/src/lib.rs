@@ -119,27 +119,26 @@ pub fn record_agent(workdir: &Path) -> std::io::Result<()> {
 /// its payload. `None` when no agent runs there.
 fn running_record(member_dir: &Path) -> Option<Record> {
     let alive = |pid: i32, start: u64| proc::start_time(pid) == Some(start);
-    let sup = std::fs::read_to_string(member_dir.join("supervisor.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Record>(&t).ok());
+    let sup: Option<Record> = read_json(&member_dir.join("supervisor.json"));
     if let Some(r) = &sup
         && alive(r.pid, r.start_time)
     {
         return sup;
     }
-    let agent = std::fs::read_to_string(member_dir.join("agent.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<AgentRecord>(&t).ok())
-        .filter(|a| alive(a.pid, a.start_time))?;
-    let payload = std::fs::read_to_string(member_dir.join("payload.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<AgentPayload>(&t).ok())?;
+    let agent: AgentRecord = read_json(&member_dir.join("agent.json"))
+        .filter(|a: &AgentRecord| alive(a.pid, a.start_time))?;
+    let payload: AgentPayload = read_json(&member_dir.join("payload.json"))?;
     Some(Record {
         member_id: payload.member_id,
         pid: agent.pid,
         start_time: agent.start_time,
         ports: payload.ports,
     })
+}
+
+/// A JSON file, when it exists and reads as a `T`.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// Writes the supervisor's record of a running member (atomically).
@@ -156,16 +155,10 @@ fn write_record(dir: &Path, rec: &Record) {
 
 /// Every pid recorded in a member's directory (the supervisor's and the agent's own).
 fn recorded_pids(member_dir: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    if let Some(r) = std::fs::read_to_string(member_dir.join("supervisor.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Record>(&t).ok())
-    {
-        pids.push(r.pid);
-    }
-    if let Some(a) = std::fs::read_to_string(member_dir.join("agent.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<AgentRecord>(&t).ok())
+    let sup: Option<Record> = read_json(&member_dir.join("supervisor.json"));
+    let agent: Option<AgentRecord> = read_json(&member_dir.join("agent.json"));
+    let mut pids: Vec<i32> = sup.map(|r| r.pid).into_iter().collect();
+    if let Some(a) = agent
         && !pids.contains(&a.pid)
     {
         pids.push(a.pid);
@@ -196,10 +189,7 @@ impl NodeSupervisor {
                 sup.watch_foreign(rec.member_id, rec.pid, rec.start_time);
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let Ok(rec) = serde_json::from_str::<Record>(&text) else {
+            let Some(rec) = read_json::<Record>(&path) else {
                 continue;
             };
             tracing::info!(member = %rec.member_id, pid = rec.pid, "a recorded member is no longer running: cleaning up");

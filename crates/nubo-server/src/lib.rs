@@ -129,24 +129,18 @@ async fn try_lease(store: &dyn nubo_store::Store, ha: &HaConfig, lease: &str) ->
     }
 }
 
-/// Who holds `lease` ("another server" when the store cannot say).
-async fn lease_holder(store: &dyn nubo_store::Store, lease: &str) -> String {
-    store
+/// Says that this server stands by, and for whom: `lease` names the component (`controller`,
+/// `autoscaler`), `meanwhile` what this server does while it waits.
+async fn announce_standby(store: &dyn nubo_store::Store, lease: &str, meanwhile: &str) {
+    let leader = store
         .lease(lease)
         .await
         .ok()
         .flatten()
         .map(|l| l.holder)
-        .unwrap_or_else(|| "another server".into())
-}
-
-/// Says that this server stands by, and for whom.
-async fn announce_standby(store: &dyn nubo_store::Store) {
-    let leader = lease_holder(store, CONTROLLER_LEASE).await;
-    println!(
-        "nubo: standby: the controller runs in {leader}; waiting to take over (this server's API forwards commands to it meanwhile)"
-    );
-    tracing::info!(%leader, "standby");
+        .unwrap_or_else(|| "another server".into());
+    println!("nubo: standby: the {lease} runs in {leader}; waiting to take over{meanwhile}");
+    tracing::info!(%leader, %lease, "standby");
 }
 
 /// Waits until this process holds the controller lease; returns its fencing token.
@@ -456,7 +450,12 @@ pub async fn run(
                 }
             }
             None => {
-                announce_standby(store.as_ref()).await;
+                announce_standby(
+                    store.as_ref(),
+                    CONTROLLER_LEASE,
+                    " (this server's API forwards commands to it meanwhile)",
+                )
+                .await;
                 let switch = Arc::new(nubo_controller::SwitchableControl::new(Arc::new(
                     nubo_controller::RemoteControl::new(store.clone(), events.clone()),
                 )));
@@ -607,10 +606,7 @@ pub async fn run(
                     let token = match try_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await {
                         Some(t) => t,
                         None => {
-                            let holder = lease_holder(store.as_ref(), AUTOSCALER_LEASE).await;
-                            println!(
-                                "nubo: standby: the autoscaler runs in {holder}; waiting to take over"
-                            );
+                            announce_standby(store.as_ref(), AUTOSCALER_LEASE, "").await;
                             wait_for_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await
                         }
                     };

@@ -198,6 +198,36 @@ fn c7_artifacts() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Loads [`c7_artifacts`] and deploys `c7`.
+async fn deploy_c7(api: &Api) {
+    api.add_all(&c7_artifacts()).await;
+    assert_eq!(
+        api.post("/api/applications/c7/deploy/c7-ap", json!({}))
+            .await
+            .0,
+        202
+    );
+}
+
+/// `Some` when `c7` has exactly `n` Active members.
+async fn c7_active(api: &Api, n: usize) -> Option<()> {
+    (api.active("c7", "c7").await.len() == n).then_some(())
+}
+
+/// A server of [`mock_args`] on the shared `store`, with more flags: one process of a platform
+/// split over several.
+fn mock_server_on(dir: &std::path::Path, store: &str, extra: &[&str]) -> ServerProcess {
+    let mut args = mock_args("20", "mock-iaas.xml");
+    args.extend(
+        ["--store", store]
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned()),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ServerProcess::start_with(dir, &args)
+}
+
 #[tokio::test]
 async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
     // stratos-mock-iaas.md §4, test 12: memory and load at 60 with thresholds 30 and 25, min 2,
@@ -206,17 +236,8 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), "20");
     let api = Api::new(&server);
-    api.add_all(&c7_artifacts()).await;
-    assert_eq!(
-        api.post("/api/applications/c7/deploy/c7-ap", json!({}))
-            .await
-            .0,
-        202
-    );
-    let active = |n: usize| {
-        let api = &api;
-        async move { (api.active("c7", "c7").await.len() == n).then_some(()) }
-    };
+    deploy_c7(&api).await;
+    let active = |n: usize| c7_active(&api, n);
     eventually(20, "scaled up to 5 members", || active(5)).await;
     // Not beyond what the factors require, while the values stay at 60.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -270,13 +291,7 @@ async fn the_event_processor_and_the_autoscaler_in_processes_of_their_own_scale_
     let dir_a = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
-    let start = |dir: &std::path::Path, extra: &[&str]| {
-        let mut args = mock_args("20", "mock-iaas.xml");
-        args.extend(["--store", &store].map(str::to_owned));
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ServerProcess::start_with(dir, &args)
-    };
+    let start = |dir: &std::path::Path, extra: &[&str]| mock_server_on(dir, &store, extra);
     let server = start(
         dir.path(),
         &["--components", "manager,cloud-controller,node"],
@@ -292,17 +307,8 @@ async fn the_event_processor_and_the_autoscaler_in_processes_of_their_own_scale_
         "no API in the autoscaler's process"
     );
     let api = Api::new(&server);
-    api.add_all(&c7_artifacts()).await;
-    assert_eq!(
-        api.post("/api/applications/c7/deploy/c7-ap", json!({}))
-            .await
-            .0,
-        202
-    );
-    let active = |n: usize| {
-        let api = &api;
-        async move { (api.active("c7", "c7").await.len() == n).then_some(()) }
-    };
+    deploy_c7(&api).await;
+    let active = |n: usize| c7_active(&api, n);
     eventually(30, "scaled up to 5 members by the other processes", || {
         active(5)
     })
@@ -330,36 +336,23 @@ async fn autoscalers_of_their_own_elect_one_and_the_standby_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
-    let mut args = mock_args("20", "mock-iaas.xml");
-    args.extend(
-        [
-            "--store",
-            &store,
-            "--components",
-            "manager,cloud-controller,node,cep",
-        ]
-        .map(str::to_owned),
+    let server = mock_server_on(
+        dir.path(),
+        &store,
+        &["--components", "manager,cloud-controller,node,cep"],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = ServerProcess::start_with(dir.path(), &args);
     let autoscaler = |dir: &std::path::Path| {
-        let mut args = mock_args("20", "mock-iaas.xml");
-        args.extend(
-            [
-                "--store",
-                &store,
-                "--bus",
-                &server.bus_url,
-                "--components",
-                "autoscaler",
-                "--ha",
-                "--ha-lease",
-                "2",
-            ]
-            .map(str::to_owned),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ServerProcess::start_with(dir, &args)
+        let bus = server.bus_url.as_str();
+        let extra = [
+            "--bus",
+            bus,
+            "--components",
+            "autoscaler",
+            "--ha",
+            "--ha-lease",
+            "2",
+        ];
+        mock_server_on(dir, &store, &extra)
     };
     let (dir_1, dir_2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut first = autoscaler(dir_1.path());
@@ -377,17 +370,8 @@ async fn autoscalers_of_their_own_elect_one_and_the_standby_takes_over() {
     })
     .await;
     let api = Api::new(&server);
-    api.add_all(&c7_artifacts()).await;
-    assert_eq!(
-        api.post("/api/applications/c7/deploy/c7-ap", json!({}))
-            .await
-            .0,
-        202
-    );
-    let active = |n: usize| {
-        let api = &api;
-        async move { (api.active("c7", "c7").await.len() == n).then_some(()) }
-    };
+    deploy_c7(&api).await;
+    let active = |n: usize| c7_active(&api, n);
     eventually(30, "scaled up to 5 members", || active(5)).await;
     assert!(
         !second.said("nubo: leader:"),
@@ -910,18 +894,11 @@ async fn an_api_only_server_shows_the_decisions_of_the_autoscaler_of_another() {
     let dir_a = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
-    let mut args = mock_args("20", "mock-iaas.xml");
-    args.extend(
-        [
-            "--store",
-            &store,
-            "--components",
-            "controller,autoscaler,event-processor",
-        ]
-        .map(str::to_owned),
+    let controller = mock_server_on(
+        dir_c.path(),
+        &store,
+        &["--components", "controller,autoscaler,event-processor"],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let controller = ServerProcess::start_with(dir_c.path(), &args);
     assert!(
         controller.url.is_empty(),
         "no API in the controller's process"
