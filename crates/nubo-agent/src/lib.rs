@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nubo_bus::EventBus;
 use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberStatus};
-use nubo_node::AgentPayload;
-use nubo_node::proc;
+pub use nubo_iaas::record_agent;
+use nubo_iaas::{AgentPayload, proc};
 use tokio::process::Child;
 
 /// How long the workload has to stop after SIGTERM before it is killed.

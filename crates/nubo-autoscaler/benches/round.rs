@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nubo_autoscaler::monitor::{Engine, EventProcessor, MonitorConfig, PREDICTIONS_PER_EVENT};
-use nubo_controller::plan::{ClusterPlan, DeploymentPlan, InstancePlan, Thresholds};
 use nubo_controller::state::{AppInstance, Deployment};
 use nubo_controller::{ControllerState, DeploymentStatus};
 use nubo_events::{
     Cluster, ClusterInstance, Event, InstanceRef, InstanceStatus, Member, MemberHealth,
     MemberStatus, RequestsInFlight,
 };
+use nubo_plan::{ClusterPlan, DeploymentPlan, InstancePlan, Thresholds};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use nubo_bus::EventBus;
-use nubo_controller::plan::scope_instance;
 use nubo_controller::{ControllerHandle, ControllerState, RemoteControl};
 use nubo_events::{Category, Event, InstanceStatus, MemberStatus, ScaleCommand};
+use nubo_plan::scope_instance;
 use nubo_store::{Key, Store, Write};
 
 use crate::cep::{Sample, window};
@@ -75,7 +75,7 @@ pub struct ScalingEvent {
     /// The predicted values.
     pub predicted: Predicted,
     /// The policy's thresholds.
-    pub thresholds: nubo_controller::Thresholds,
+    pub thresholds: nubo_plan::Thresholds,
     /// Active members then.
     pub active: u32,
     /// Members starting then.
@@ -1218,7 +1218,7 @@ mod tests {
                 memory_consumption: None,
                 load_average: Some(3.0),
             },
-            thresholds: nubo_controller::Thresholds::default(),
+            thresholds: nubo_plan::Thresholds::default(),
             active: 2,
             starting: 0,
             min: 1,

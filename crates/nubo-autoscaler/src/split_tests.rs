@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use nubo_controller::plan::{ClusterPlan, DeploymentPlan, InstancePlan, Thresholds};
 use nubo_controller::state::{AppInstance, Deployment};
 use nubo_controller::{ControllerState, DeploymentStatus};
 use nubo_events::{
     Cluster, ClusterInstance, Event, InstanceRef, InstanceStatus, Member, MemberHealth,
     MemberStatus, RequestsInFlight,
 };
+use nubo_plan::{ClusterPlan, DeploymentPlan, InstancePlan, Thresholds};
 
 use crate::monitor::{Engine, EventProcessor, MonitorConfig};
 

@@ -12,9 +12,10 @@ use nubo_bus::EventBus;
 use nubo_events::Event;
 use nubo_store::{Key, Store};
 
-use crate::plan::DeploymentPlan;
 use crate::runtime::{ControllerHandle, STATE_ID, STATE_KIND, STATE_TENANT};
-use crate::state::{ControllerState, DeploymentStatus};
+use crate::state::ControllerState;
+use nubo_plan::DeploymentPlan;
+use nubo_plan::DeploymentStatus;
 
 /// How long a command to a controller in another process may take to show in its state.
 pub const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -166,10 +167,6 @@ impl RemoteControl {
     }
 }
 
-fn plan_json(plan: &DeploymentPlan) -> Result<serde_json::Value, String> {
-    serde_json::to_value(plan).map_err(|e| format!("cannot encode the deployment plan: {e}"))
-}
-
 #[async_trait]
 impl ControlPlane for RemoteControl {
     fn role(&self) -> ControlRole {
@@ -191,7 +188,7 @@ impl ControlPlane for RemoteControl {
     async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
         let app = plan.application_id.clone();
         self.send(Event::ControlDeploy {
-            plan: plan_json(&plan)?,
+            plan: Box::new(plan),
         })
         .await?;
         self.until("deployment", |s| s.deployments.contains_key(&app))
@@ -216,7 +213,7 @@ impl ControlPlane for RemoteControl {
         let app = plan.application_id.clone();
         let wanted = plan.clone();
         self.send(Event::ControlUpdatePlan {
-            plan: plan_json(&plan)?,
+            plan: Box::new(plan),
         })
         .await?;
         self.until("change", |s| {

@@ -10,9 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod control;
-pub mod iaas;
-pub mod plan;
-pub mod remote;
+
 pub mod runtime;
 pub mod state;
 pub mod view;
@@ -20,8 +18,6 @@ pub mod view;
 pub use control::{
     AlreadyLeading, CONTROLLER_LEASE, ControlPlane, ControlRole, RemoteControl, SwitchableControl,
 };
-pub use iaas::{IaasError, IaasProvider, StartRequest, StartedMember};
-pub use plan::{DeploymentPlan, PlanError, PlanInputs, Thresholds};
-pub use remote::NodeProvider;
+pub use nubo_plan::{DeploymentPlan, DeploymentStatus, PlanError, PlanInputs, Thresholds};
 pub use runtime::{Controller, ControllerConfig, ControllerHandle, Fence};
-pub use state::{Action, ControllerState, DeploymentStatus, Input};
+pub use state::{Action, ControllerState, Input};

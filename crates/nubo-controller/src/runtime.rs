@@ -11,9 +11,10 @@ use nubo_events::{Category, Event, ScaleCommand};
 use nubo_store::{Key, Store, StoreError, Write};
 use tokio::sync::mpsc;
 
-use crate::iaas::{IaasProvider, StartRequest};
-use crate::plan::{ClusterPlan, DeploymentPlan};
-use crate::state::{Action, ControllerState, DeploymentStatus, Input};
+use crate::state::{Action, ControllerState, Input};
+use nubo_iaas::{MemberSpec, Provider};
+use nubo_plan::DeploymentStatus;
+use nubo_plan::{ClusterPlan, DeploymentPlan};
 
 /// The store document holding the controller's state.
 /// The store's document kind of the controller's state.
@@ -32,7 +33,7 @@ pub const RESYNC: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct ControllerConfig {
     /// Providers by name (`local`, `mock`).
-    pub providers: BTreeMap<String, Arc<dyn IaasProvider>>,
+    pub providers: BTreeMap<String, Arc<dyn Provider>>,
     /// The bus URL given to agents.
     pub bus_url: String,
     /// In a highly available control plane, the lease this controller holds and its fencing
@@ -324,15 +325,8 @@ impl Controller {
 
 /// A command from an API in another process (the `control` topic).
 fn command_from(e: Event) -> Option<Input> {
-    let plan = |v: serde_json::Value| match serde_json::from_value::<DeploymentPlan>(v) {
-        Ok(p) => Some(p),
-        Err(err) => {
-            tracing::warn!(error = %err, "a control command with an unreadable deployment plan: ignored");
-            None
-        }
-    };
     match e {
-        Event::ControlDeploy { plan: p } => plan(p).map(Input::Deploy),
+        Event::ControlDeploy { plan } => Some(Input::Deploy(*plan)),
         Event::ControlUndeploy {
             application_id,
             force,
@@ -340,7 +334,7 @@ fn command_from(e: Event) -> Option<Input> {
             application_id,
             force,
         }),
-        Event::ControlUpdatePlan { plan: p } => plan(p).map(Input::UpdatePlan),
+        Event::ControlUpdatePlan { plan } => Some(Input::UpdatePlan(*plan)),
         Event::ControlScale { command } => Some(match command {
             ScaleCommand::ScaleTo {
                 cluster_id,
@@ -539,12 +533,12 @@ impl Runner {
             return;
         };
         let tx = self.tx.clone();
-        let payload = payload(&member, &cluster, &self.config.bus_url);
-        let req = StartRequest {
+        let req = MemberSpec {
+            parameters: parameters(&member, &cluster),
             member: member.clone(),
             image,
             ports: cluster.ports.clone(),
-            payload,
+            bus_url: self.config.bus_url.clone(),
         };
         tokio::spawn(async move {
             let input = match p.start(req).await {
@@ -569,7 +563,7 @@ impl Runner {
             let gone = match p {
                 Some(p) => matches!(
                     p.terminate(&member_id).await,
-                    Err(crate::IaasError::NotFound(_))
+                    Err(nubo_iaas::IaasError::NotFound(_))
                 ),
                 None => true,
             };
@@ -585,12 +579,9 @@ impl Runner {
     }
 }
 
-/// The agent's payload: Stratos' launch parameters (§6.13) plus Nubo's own.
-pub fn payload(
-    member: &nubo_events::Member,
-    cluster: &ClusterPlan,
-    bus_url: &str,
-) -> BTreeMap<String, String> {
+/// The agent's launch parameters: Stratos' (§6.13 of the reference) and the cartridge's
+/// `payload_parameter.*` properties.
+pub fn parameters(member: &nubo_events::Member, cluster: &ClusterPlan) -> BTreeMap<String, String> {
     let mut p = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         p.insert(k.to_owned(), v);
@@ -617,7 +608,6 @@ pub fn payload(
             .join("|"),
     );
     put("MIN_COUNT", cluster.min.to_string());
-    put("NUBO_BUS_URL", bus_url.to_owned());
     for (k, v) in &cluster.properties {
         if let Some(key) = k.strip_prefix("payload_parameter.") {
             put(key, v.clone());

@@ -10,8 +10,9 @@ use nubo_events::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{
-    ClusterPlan, DeploymentPlan, Placement, Termination, group_instance_id, scope_instance,
+use nubo_plan::{
+    ClusterPlan, DeploymentPlan, DeploymentStatus, Placement, Termination, group_instance_id,
+    scope_instance,
 };
 
 /// How long a member may drain (maintenance → ready to shut down) before it is terminated anyway.
@@ -22,15 +23,6 @@ pub const ACTIVATION_TIMEOUT_MS: u64 = 120_000;
 pub const FIRST_BACKOFF_MS: u64 = 500;
 /// Longest retry delay.
 pub const MAX_BACKOFF_MS: u64 = 30_000;
-
-/// A deployment's status (§5.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeploymentStatus {
-    /// Deployed: members are kept at their minimum.
-    Deployed,
-    /// Being undeployed.
-    Undeploying,
-}
 
 /// An application instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1662,7 +1654,7 @@ pub fn choose_partition(
     placement: &Placement,
     per_partition: &BTreeMap<String, u32>,
 ) -> Option<String> {
-    let room = |p: &crate::plan::PlacementPartition| {
+    let room = |p: &nubo_plan::PlacementPartition| {
         let n = per_partition.get(&p.id).copied().unwrap_or(0);
         p.max.is_none_or(|m| n < m)
     };
@@ -1682,7 +1674,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::plan::{PlanInputs, plan};
+    use nubo_plan::{PlanInputs, plan};
 
     fn deployment(min: u32, algo: &str, partition_max: Option<u32>) -> DeploymentPlan {
         let mut i = PlanInputs::default();

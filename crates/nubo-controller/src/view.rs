@@ -3,8 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::plan::group_instance_id;
-use crate::state::{ControllerState, Deployment, DeploymentStatus};
+use crate::state::{ControllerState, Deployment};
+use nubo_plan::DeploymentStatus;
+use nubo_plan::group_instance_id;
 
 fn cluster_instance_view(
     state: &ControllerState,

@@ -4,9 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
-use crate::topology::{
-    Cluster, ClusterInstance, ClusterPort, InstanceStatus, Member, MemberPort, Topology,
-};
+use crate::topology::{Cluster, ClusterInstance, InstanceStatus, Member, MemberPort, Topology};
+use crate::{ClusterPort, DeploymentPlan};
 use crate::{EVENT_VERSION, TOPIC_PREFIX, TopologyPart};
 
 /// The topic families (`stratos.md` §4.1), each a topic prefix.
@@ -381,8 +380,11 @@ pub enum Event {
         image: String,
         /// The cluster's ports.
         ports: Vec<ClusterPort>,
-        /// The agent's payload.
+        /// Stratos' launch parameters, for the agent's payload.
         payload: BTreeMap<String, String>,
+        /// The bus the member's agent reports on.
+        #[serde(rename = "busUrl", default)]
+        bus_url: String,
         /// The sending controller's lease token (highly available control plane): a node refuses
         /// commands with a token older than the newest it has seen.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -403,10 +405,10 @@ pub enum Event {
     NodeInventoryRequest {},
 
     // === control (API → cloud controller in another process) ===
-    /// Deploy an application: a deployment plan (the controller's `DeploymentPlan`, as JSON).
+    /// Deploy an application: its deployment plan.
     ControlDeploy {
         /// The plan.
-        plan: serde_json::Value,
+        plan: Box<DeploymentPlan>,
     },
     /// Undeploy an application.
     ControlUndeploy {
@@ -416,10 +418,10 @@ pub enum Event {
         /// Terminate at once instead of draining.
         force: bool,
     },
-    /// Apply changed artifacts to a running application: its new deployment plan, as JSON.
+    /// Apply changed artifacts to a running application: its new deployment plan.
     ControlUpdatePlan {
         /// The plan.
-        plan: serde_json::Value,
+        plan: Box<DeploymentPlan>,
     },
     /// What an autoscaler in another process asks of the controller (its decisions, faults it
     /// detected, members its statistics prove active).
@@ -685,7 +687,7 @@ mod catalogue {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::topology::{ClusterPort, MemberPort, MemberStatus};
+    use crate::topology::{MemberPort, MemberStatus};
 
     fn member(status: MemberStatus) -> Member {
         Member {
@@ -879,6 +881,7 @@ mod catalogue {
                 image: "python3 -m http.server $PORT".into(),
                 ports: cluster().ports,
                 payload: BTreeMap::from([("MEMBER_ID".to_owned(), "shop.web.php-1".to_owned())]),
+                bus_url: "mqtt://127.0.0.1:1883".into(),
                 fence: Some(3),
             },
             Event::NodeTerminateMember {
@@ -888,14 +891,14 @@ mod catalogue {
             },
             Event::NodeInventoryRequest {},
             Event::ControlDeploy {
-                plan: serde_json::json!({"applicationId": "shop", "tenantId": -1234, "applicationPolicy": "ap", "instances": [], "clusters": []}),
+                plan: Box::new(plan()),
             },
             Event::ControlUndeploy {
                 application_id: "shop".into(),
                 force: false,
             },
             Event::ControlUpdatePlan {
-                plan: serde_json::json!({"applicationId": "shop", "tenantId": -1234, "applicationPolicy": "ap", "instances": [], "clusters": []}),
+                plan: Box::new(plan()),
             },
             Event::ControlScale {
                 command: ScaleCommand::ScaleTo {
@@ -905,6 +908,18 @@ mod catalogue {
                 },
             },
         ]
+    }
+
+    fn plan() -> DeploymentPlan {
+        DeploymentPlan {
+            application_id: "shop".into(),
+            tenant_id: -1234,
+            application_policy: "ap".into(),
+            instances: vec![],
+            clusters: vec![],
+            scopes: vec![],
+            burst_groups: vec![],
+        }
     }
 
     #[test]

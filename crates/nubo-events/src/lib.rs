@@ -15,6 +15,7 @@ pub mod parts;
 mod topology;
 
 pub use events::*;
+pub use nubo_plan::{ClusterPort, DeploymentPlan, DeploymentStatus};
 pub use parts::{Assembler, TopologyPart};
 pub use topology::*;
 

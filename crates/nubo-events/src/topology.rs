@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ClusterPort;
+
 /// A member's lifecycle (§5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum MemberStatus {
@@ -100,20 +102,6 @@ impl InstanceStatus {
                     | (Terminating, Created)
             )
     }
-}
-
-/// A port of a cluster: the workload's port and the load balancer's port in front of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterPort {
-    /// Name from the cartridge (or `port-<n>`).
-    pub name: String,
-    /// `http`, `https`, `tcp`, `udp`.
-    pub protocol: String,
-    /// The port declared by the cartridge.
-    pub port: u16,
-    /// The load balancer's port.
-    pub proxy_port: Option<u16>,
 }
 
 /// A port of one member: the real port its workload listens on.

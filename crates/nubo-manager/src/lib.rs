@@ -457,7 +457,7 @@ impl Manager {
         tenant: i64,
         application_id: &str,
         policy_id: &str,
-    ) -> Result<nubo_controller::DeploymentPlan, ManagerError> {
+    ) -> Result<nubo_plan::DeploymentPlan, ManagerError> {
         let app: Application = self.get(tenant, application_id).await?;
         let policy: ApplicationPolicy = self.get(tenant, policy_id).await.map_err(|e| match e {
             ManagerError::NotFound { .. } => ManagerError::Invalid {
@@ -471,7 +471,7 @@ impl Manager {
             },
             other => other,
         })?;
-        let mut inputs = nubo_controller::PlanInputs::default();
+        let mut inputs = nubo_plan::PlanInputs::default();
         for spec in app.clusters() {
             let ty = &spec.cartridge.cartridge_type;
             if !inputs.cartridges.contains_key(ty) {
@@ -510,14 +510,12 @@ impl Manager {
                 );
             }
         }
-        nubo_controller::plan::plan(&app, &policy, tenant, &inputs).map_err(|e| {
-            ManagerError::Invalid {
-                kind: Kind::Application,
-                errors: vec![FieldError {
-                    field: "applicationPolicyId".into(),
-                    reason: e.0,
-                }],
-            }
+        nubo_plan::plan(&app, &policy, tenant, &inputs).map_err(|e| ManagerError::Invalid {
+            kind: Kind::Application,
+            errors: vec![FieldError {
+                field: "applicationPolicyId".into(),
+                reason: e.0,
+            }],
         })
     }
 }

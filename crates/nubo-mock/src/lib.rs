@@ -26,8 +26,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use nubo_bus::EventBus;
-use nubo_controller::{IaasError, IaasProvider, StartRequest, StartedMember};
 use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberPort, RequestsInFlight};
+use nubo_iaas::{IaasError, MemberSpec, Provider, StartedMember};
 
 pub mod patterns;
 
@@ -451,8 +451,8 @@ impl MockIaas {
 }
 
 #[async_trait]
-impl IaasProvider for MockIaas {
-    async fn start(&self, req: StartRequest) -> Result<StartedMember, IaasError> {
+impl Provider for MockIaas {
+    async fn start(&self, req: MemberSpec) -> Result<StartedMember, IaasError> {
         let m = &req.member;
         let n = self.addresses.fetch_add(1, Ordering::Relaxed) + 1;
         let instance = MockInstance {
@@ -466,7 +466,7 @@ impl IaasProvider for MockIaas {
             partition_id: m.partition_id.clone(),
             default_private_ip: address(10, n),
             default_public_ip: address(20, n),
-            payload: req.payload.clone(),
+            payload: req.parameters.clone(),
             state: InstanceState::Starting,
             started_at_ms: nubo_events::now_ms(),
         };

@@ -19,39 +19,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nubo_bus::EventBus;
-use nubo_controller::{IaasError, IaasProvider, StartRequest, StartedMember};
 use nubo_events::{Event, MemberPort};
+use nubo_iaas::{AgentPayload, AgentRecord, IaasError, MemberSpec, Provider, StartedMember, proc};
 use serde::{Deserialize, Serialize};
 
-pub mod proc;
+pub mod remote;
 
-/// What the agent reads at start: `<workdir>/payload.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentPayload {
-    /// Member id.
-    pub member_id: String,
-    /// Cluster.
-    pub cluster_id: String,
-    /// Cluster instance.
-    pub cluster_instance_id: String,
-    /// Application.
-    pub application_id: String,
-    /// Cartridge type.
-    pub service_name: String,
-    /// Network partition.
-    pub network_partition_id: String,
-    /// Partition.
-    pub partition_id: String,
-    /// The workload's command line (run with `sh -c`).
-    pub command: String,
-    /// The member's ports (the first is `$PORT`).
-    pub ports: Vec<MemberPort>,
-    /// The bus to report on.
-    pub bus_url: String,
-    /// Stratos' launch parameters and the rest, exported to the workload's environment.
-    pub parameters: std::collections::BTreeMap<String, String>,
-}
+pub use remote::NodeProvider;
 
 /// The on-disk record of a running member.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,30 +62,6 @@ pub struct NodeSupervisor {
 
 fn record_path(dir: &Path, member_id: &str) -> PathBuf {
     dir.join(member_id).join("supervisor.json")
-}
-
-/// What an agent writes in its directory as it starts (`agent.json`): the supervisor's own record
-/// is written just after the spawn, and a supervisor killed in between would otherwise leave an
-/// agent nobody knows of.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AgentRecord {
-    pid: i32,
-    start_time: u64,
-}
-
-/// Called by the agent as it starts, in its directory: records its pid and start time, so that a
-/// restarted supervisor finds it even if its own record was never written.
-pub fn record_agent(workdir: &Path) -> std::io::Result<()> {
-    let pid = std::process::id() as i32;
-    let rec = AgentRecord {
-        pid,
-        start_time: proc::start_time(pid).unwrap_or(0),
-    };
-    let text = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
-    let tmp = workdir.join("agent.json.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, workdir.join("agent.json"))
 }
 
 /// The running agent of a member's directory: the supervisor's record, or, when the supervisor
@@ -251,7 +201,7 @@ impl NodeSupervisor {
         });
     }
 
-    fn allocate_ports(&self, req: &StartRequest) -> Result<Vec<MemberPort>, IaasError> {
+    fn allocate_ports(&self, req: &MemberSpec) -> Result<Vec<MemberPort>, IaasError> {
         let mut out = Vec::new();
         let mut held = Vec::new();
         for p in &req.ports {
@@ -274,8 +224,8 @@ impl NodeSupervisor {
 }
 
 #[async_trait]
-impl IaasProvider for NodeSupervisor {
-    async fn start(&self, req: StartRequest) -> Result<StartedMember, IaasError> {
+impl Provider for NodeSupervisor {
+    async fn start(&self, req: MemberSpec) -> Result<StartedMember, IaasError> {
         let m = &req.member;
         if req.image.trim().is_empty() {
             return Err(IaasError::Failed(
@@ -301,19 +251,7 @@ impl IaasProvider for NodeSupervisor {
             IaasError::Failed(format!("{what} {}: {e}", workdir.display()))
         };
         std::fs::create_dir_all(workdir.join("app")).map_err(|e| fail("cannot create", e))?;
-        let payload = AgentPayload {
-            member_id: m.member_id.clone(),
-            cluster_id: m.cluster_id.clone(),
-            cluster_instance_id: m.cluster_instance_id.clone(),
-            application_id: m.application_id.clone(),
-            service_name: m.service_name.clone(),
-            network_partition_id: m.network_partition_id.clone(),
-            partition_id: m.partition_id.clone(),
-            command: req.image.clone(),
-            ports: ports.clone(),
-            bus_url: req.payload.get("NUBO_BUS_URL").cloned().unwrap_or_default(),
-            parameters: req.payload.clone(),
-        };
+        let payload = AgentPayload::new(&req, ports.clone());
         let payload_file = workdir.join("payload.json");
         let text =
             serde_json::to_vec_pretty(&payload).map_err(|e| IaasError::Failed(e.to_string()))?;
@@ -505,13 +443,13 @@ pub async fn serve(
                     Event::NodeTerminateMember { node: n, member_id, fence } if n == node && !admit(fence) => {
                         tracing::warn!(member = %member_id, ?fence, "a terminate from an older controller: refused");
                     }
-                    Event::NodeStartMember { node: n, member, image, ports, payload, .. } if n == node => {
+                    Event::NodeStartMember { node: n, member, image, ports, payload, bus_url, .. } if n == node => {
                         let sup = sup.clone();
                         let events = events.clone();
                         let node = node.clone();
                         tokio::spawn(async move {
                             let member_id = member.member_id.clone();
-                            let req = StartRequest { member, image, ports, payload };
+                            let req = MemberSpec { member, image, ports, bus_url, parameters: payload };
                             let answer = match sup.start(req).await {
                                 Ok(s) => Event::NodeMemberStarted { node, member_id, ip: s.ip, ports: s.ports },
                                 Err(e) => Event::NodeMemberStartFailed { node, member_id, reason: e.to_string() },
@@ -674,6 +612,7 @@ mod tests {
             image: "true".into(),
             ports: vec![],
             payload: BTreeMap::new(),
+            bus_url: String::new(),
             fence,
         };
         events.publish(&start(Some(3))).await.unwrap();
@@ -766,11 +705,12 @@ mod tests {
         // Asked to start the member, it adopts the running agent (the agent program does not
         // even exist: a start would fail) with the ports of its payload.
         let started = sup
-            .start(StartRequest {
+            .start(MemberSpec {
                 member: member("app.web.web-2"),
                 image: "true".into(),
                 ports: vec![],
-                payload: BTreeMap::new(),
+                bus_url: String::new(),
+                parameters: BTreeMap::new(),
             })
             .await
             .unwrap();

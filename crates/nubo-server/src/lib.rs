@@ -162,8 +162,8 @@ async fn wait_for_lease(store: &dyn nubo_store::Store, ha: &HaConfig, lease: &st
 struct ControllerParts {
     store: Arc<dyn nubo_store::Store>,
     events: nubo_bus::EventBus,
-    providers: std::collections::BTreeMap<String, Arc<dyn nubo_controller::IaasProvider>>,
-    remote_node: Option<Arc<nubo_controller::NodeProvider>>,
+    providers: std::collections::BTreeMap<String, Arc<dyn nubo_iaas::Provider>>,
+    remote_node: Option<Arc<nubo_node::NodeProvider>>,
     bus_url: String,
     autoscale: bool,
     statistics: nubo_autoscaler::monitor::Statistics,
@@ -373,7 +373,7 @@ pub async fn run(
         .with_context(|| format!("cannot reach the bus at {bus_url}"))?;
     tracing::info!(bus = %bus_url, kind = bus.kind(), "bus ready");
     let events = nubo_bus::EventBus::new(bus);
-    let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_controller::IaasProvider>> =
+    let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_iaas::Provider>> =
         Default::default();
     let mut registry = Registry::default();
     let mut mock = None;
@@ -387,7 +387,7 @@ pub async fn run(
         let mut remote_node = None;
         match &config.remote_node {
             Some(node) => {
-                let remote = nubo_controller::NodeProvider::connect(events.clone(), node)
+                let remote = nubo_node::NodeProvider::connect(events.clone(), node)
                     .await
                     .context("cannot follow the node supervisor on the bus")?;
                 tracing::info!(%node, "local members run on a node supervisor reached through the bus");

@@ -444,7 +444,7 @@ fn agent(payload: &std::path::Path) -> ExitCode {
     };
     // First of all, so that a supervisor killed before it recorded this agent still finds it.
     if let Some(dir) = payload.parent()
-        && let Err(e) = nubo_node::record_agent(dir)
+        && let Err(e) = nubo_agent::record_agent(dir)
     {
         eprintln!(
             "warning: cannot record this agent in {}: {e}",

@@ -11,7 +11,7 @@ use nubo_bus::EventBus;
 use nubo_events::{Category, Event};
 use tokio::sync::{oneshot, watch};
 
-use crate::iaas::{IaasError, IaasProvider, StartRequest, StartedMember};
+use nubo_iaas::{IaasError, MemberSpec, Provider, StartedMember};
 
 /// How long a start may take before the node is deemed unreachable.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,8 +94,8 @@ impl NodeProvider {
 }
 
 #[async_trait]
-impl IaasProvider for NodeProvider {
-    async fn start(&self, req: StartRequest) -> Result<StartedMember, IaasError> {
+impl Provider for NodeProvider {
+    async fn start(&self, req: MemberSpec) -> Result<StartedMember, IaasError> {
         let member_id = req.member.member_id.clone();
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
@@ -106,7 +106,8 @@ impl IaasProvider for NodeProvider {
             member: req.member,
             image: req.image,
             ports: req.ports,
-            payload: req.payload,
+            payload: req.parameters,
+            bus_url: req.bus_url,
             fence: self.fence(),
         })
         .await;

@@ -1,14 +1,43 @@
 //! Deployment plans: from an application and the artifacts it names to the clusters to create,
-//! with their host names, ports, placement and startup dependencies. Pure.
+//! with their host names, ports, placement and startup dependencies. Pure: the manager plans, the
+//! controller carries a plan out, the autoscaler reads its thresholds.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nubo_events::ClusterPort;
 use nubo_model::{
     Application, ApplicationPolicy, Cartridge, CartridgeGroup, ChildRef, DeploymentPolicy,
     GroupRef, NetworkPartition,
 };
 use serde::{Deserialize, Serialize};
+
+/// A port of a cluster: the workload's port and the load balancer's port in front of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPort {
+    /// Name from the cartridge (or `port-<n>`).
+    pub name: String,
+    /// `http`, `https`, `tcp`, `udp`.
+    pub protocol: String,
+    /// The port declared by the cartridge.
+    pub port: u16,
+    /// The load balancer's port.
+    pub proxy_port: Option<u16>,
+}
+
+/// A deployment's status (§5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeploymentStatus {
+    /// Deployed: members are kept at their minimum.
+    Deployed,
+    /// Being undeployed.
+    Undeploying,
+}
 
 /// A partition a cluster may place members in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,22 +1,38 @@
-//! The IaaS provider trait: how the controller starts and stops members. Implementations: the
-//! `local` node supervisor (`nubo-node`), and later `mock`, `docker`, `kubernetes`.
+//! The IaaS provider contract: how the controller starts and stops members, whatever runs them.
+//! Implementations: the `local` node supervisor (`nubo-node`, and `NodeProvider` for one in another
+//! process), the `mock` IaaS (`nubo-mock`), and the container providers to come. The agent's
+//! payload ([`AgentPayload`]) and the `/proc` facts ([`proc`]) are here too, so that a provider and
+//! the agent share them without depending on the controller.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use nubo_events::{ClusterPort, Member, MemberPort};
 
-/// A member to start.
+pub mod payload;
+pub mod proc;
+
+pub use payload::{AgentPayload, AgentRecord, record_agent};
+
+/// A member to start: everything a provider needs, and nothing of the plan it came from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StartRequest {
+pub struct MemberSpec {
     /// The member (status Created).
     pub member: Member,
     /// The image id for this provider (for `local`: the workload's command line).
     pub image: String,
     /// The cluster's ports.
     pub ports: Vec<ClusterPort>,
-    /// Payload for the agent (`KEY → VALUE`, Stratos' launch parameters and Nubo's own).
-    pub payload: BTreeMap<String, String>,
+    /// The bus the member's agent reports on.
+    pub bus_url: String,
+    /// Stratos' launch parameters (`KEY → VALUE`), exported to the workload's environment.
+    pub parameters: BTreeMap<String, String>,
 }
 
 /// What the provider reports once the member runs.
@@ -39,11 +55,12 @@ pub enum IaasError {
     NotFound(String),
 }
 
-/// An IaaS provider. Exits of members are reported on the bus (`MemberProcessExited`).
+/// An IaaS provider (the controller's view of one). Exits of members are reported on the bus
+/// (`MemberProcessExited`).
 #[async_trait]
-pub trait IaasProvider: Send + Sync + 'static {
+pub trait Provider: Send + Sync + 'static {
     /// Starts a member.
-    async fn start(&self, req: StartRequest) -> Result<StartedMember, IaasError>;
+    async fn start(&self, spec: MemberSpec) -> Result<StartedMember, IaasError>;
     /// Stops a member (its exit is then reported on the bus).
     async fn terminate(&self, member_id: &str) -> Result<(), IaasError>;
     /// Member ids this provider runs now (to reconcile after a restart); an error when it cannot

@@ -1,0 +1,84 @@
+//! What an agent reads at start (`<workdir>/payload.json`), and the record it writes of itself
+//! (`agent.json`), shared by the providers that run agents and the agent itself.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use nubo_events::MemberPort;
+use serde::{Deserialize, Serialize};
+
+use crate::{MemberSpec, proc};
+
+/// What the agent reads at start: `<workdir>/payload.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPayload {
+    /// Member id.
+    pub member_id: String,
+    /// Cluster.
+    pub cluster_id: String,
+    /// Cluster instance.
+    pub cluster_instance_id: String,
+    /// Application.
+    pub application_id: String,
+    /// Cartridge type.
+    pub service_name: String,
+    /// Network partition.
+    pub network_partition_id: String,
+    /// Partition.
+    pub partition_id: String,
+    /// The workload's command line (run with `sh -c`).
+    pub command: String,
+    /// The member's ports (the first is `$PORT`).
+    pub ports: Vec<MemberPort>,
+    /// The bus to report on.
+    pub bus_url: String,
+    /// Stratos' launch parameters and the rest, exported to the workload's environment.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl AgentPayload {
+    /// The payload of a member to start, with the ports the provider gave it.
+    pub fn new(spec: &MemberSpec, ports: Vec<MemberPort>) -> Self {
+        let m = &spec.member;
+        AgentPayload {
+            member_id: m.member_id.clone(),
+            cluster_id: m.cluster_id.clone(),
+            cluster_instance_id: m.cluster_instance_id.clone(),
+            application_id: m.application_id.clone(),
+            service_name: m.service_name.clone(),
+            network_partition_id: m.network_partition_id.clone(),
+            partition_id: m.partition_id.clone(),
+            command: spec.image.clone(),
+            ports,
+            bus_url: spec.bus_url.clone(),
+            parameters: spec.parameters.clone(),
+        }
+    }
+}
+
+/// What an agent writes in its directory as it starts (`agent.json`): the supervisor's own record
+/// is written just after the spawn, and a supervisor killed in between would otherwise leave an
+/// agent nobody knows of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    /// The agent's pid.
+    pub pid: i32,
+    /// Its start time (clock ticks since boot), to tell it from a process that reused the pid.
+    pub start_time: u64,
+}
+
+/// Called by the agent as it starts, in its directory: records its pid and start time, so that a
+/// restarted supervisor finds it even if its own record was never written.
+pub fn record_agent(workdir: &Path) -> std::io::Result<()> {
+    let pid = std::process::id() as i32;
+    let rec = AgentRecord {
+        pid,
+        start_time: proc::start_time(pid).unwrap_or(0),
+    };
+    let text = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
+    let tmp = workdir.join("agent.json.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, workdir.join("agent.json"))
+}
