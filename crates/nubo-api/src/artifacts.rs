@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{StatusCode, header};
 use nubo_controller::DeploymentStatus;
+use nubo_events::view::ApplicationRuntime;
 use nubo_manager::Principal;
 use nubo_model::{
     Application, ApplicationPolicy, Artifact, AutoscalingPolicy, Cartridge, CartridgeGroup,
@@ -88,51 +89,12 @@ async fn update<T: Artifact>(
             | Kind::Application
             | Kind::CartridgeGroup
     ) {
-        for note in apply_to_running(&s, p.tenant_id).await {
+        for note in s.deployments.replan_running(p.tenant_id).await {
             msg.push_str("; ");
             msg.push_str(&note);
         }
     }
     Ok(Json(Message::success(msg)))
-}
-
-/// Re-plans the tenant's running applications after an artifact they may use changed, so that
-/// thresholds, minimum and maximum members, placement and group bounds take effect at once.
-/// Returns what happened to each application whose plan changed, for the answer.
-async fn apply_to_running(s: &AppState, tenant: i64) -> Vec<String> {
-    let Some(c) = s.controller.as_ref() else {
-        return Vec::new();
-    };
-    let Some(state) = c.state().await else {
-        return vec!["the running applications could not be read: the change applies at their next deployment".into()];
-    };
-    let mut notes = Vec::new();
-    for (app, d) in &state.deployments {
-        if d.plan.tenant_id != tenant || d.status != nubo_controller::DeploymentStatus::Deployed {
-            continue;
-        }
-        match s
-            .manager
-            .deployment_plan(tenant, app, &d.plan.application_policy)
-            .await
-        {
-            Ok(mut plan) => {
-                plan.instances = d.plan.instances.clone();
-                if plan == d.plan {
-                    continue;
-                }
-                if plan.cluster_ids() != d.plan.cluster_ids() {
-                    notes.push(format!("application `{app}` runs other clusters than its new definition: the change takes effect when it is deployed again"));
-                } else if c.update_plan(plan).await.is_ok() {
-                    notes.push(format!("applied to running application `{app}`"));
-                }
-            }
-            Err(e) => notes.push(format!(
-                "running application `{app}` keeps its current settings: {e}"
-            )),
-        }
-    }
-    notes
 }
 
 async fn list<T: Artifact>(
@@ -163,11 +125,8 @@ async fn remove<T: Artifact>(
     ))))
 }
 
-async fn decorate(s: &AppState, app: &mut Application) {
-    let status = match &s.controller {
-        Some(c) => c.status(&app.application_id).await,
-        None => None,
-    };
+async fn decorate(s: &AppState, app: &mut Application) -> Result<(), ApiError> {
+    let status = s.deployments.status(&app.application_id).await?;
     app.status = Some(
         match status {
             None => "Created",
@@ -177,6 +136,7 @@ async fn decorate(s: &AppState, app: &mut Application) {
         .to_owned(),
     );
     app.sign_ups_exist = Some(false);
+    Ok(())
 }
 
 async fn list_applications(
@@ -185,7 +145,7 @@ async fn list_applications(
 ) -> Result<Json<Vec<Application>>, ApiError> {
     let mut apps = s.manager.list::<Application>(p.tenant_id).await?;
     for a in apps.iter_mut() {
-        decorate(&s, a).await;
+        decorate(&s, a).await?;
     }
     Ok(Json(apps))
 }
@@ -196,17 +156,8 @@ async fn get_application(
     Path(id): Path<String>,
 ) -> Result<Json<Application>, ApiError> {
     let mut app = s.manager.get::<Application>(p.tenant_id, &id).await?;
-    decorate(&s, &mut app).await;
+    decorate(&s, &mut app).await?;
     Ok(Json(app))
-}
-
-fn controller(s: &AppState) -> Result<&Arc<dyn nubo_controller::ControlPlane>, ApiError> {
-    s.controller.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no cloud controller runs in this server: deployment is not available here",
-        )
-    })
 }
 
 async fn remove_application(
@@ -214,16 +165,7 @@ async fn remove_application(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
-    let deployed = match &s.controller {
-        Some(c) => c.status(&id).await.is_some(),
-        None => false,
-    };
-    if deployed {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("application `{id}` is deployed: undeploy it first"),
-        ));
-    }
+    s.deployments.ensure_not_deployed(&id).await?;
     remove::<Application>(State(s), Extension(p), Path(id)).await
 }
 
@@ -232,18 +174,7 @@ async fn deploy(
     Extension(p): Extension<Principal>,
     Path((id, policy)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    // What is wrong with the request is said first (404, 400), then whether this server can deploy.
-    let plan = s.manager.deployment_plan(p.tenant_id, &id, &policy).await?;
-    let c = controller(&s)?;
-    if c.status(&id).await.is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("application `{id}` is already deployed"),
-        ));
-    }
-    c.deploy(plan)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+    s.deployments.deploy(p.tenant_id, &id, &policy).await?;
     let msg = Message::success(format!(
         "Application deployed successfully: [application-id] {id}"
     ));
@@ -263,17 +194,7 @@ async fn undeploy(
     Path(id): Path<String>,
     Query(q): Query<Force>,
 ) -> Result<Response, ApiError> {
-    let c = controller(&s)?;
-    s.manager.get::<Application>(p.tenant_id, &id).await?;
-    if c.status(&id).await.is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("application `{id}` is not deployed"),
-        ));
-    }
-    c.undeploy(&id, q.force)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    s.deployments.undeploy(p.tenant_id, &id, q.force).await?;
     let msg = Message::success(format!(
         "Application undeployed successfully: [application-id] {id}"
     ));
@@ -284,23 +205,23 @@ async fn runtime(
     State(s): S,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ApplicationRuntime>, ApiError> {
+    let mut view = s
+        .deployments
+        .runtime(p.tenant_id, &id)
+        .await
+        .map_err(|e| match e {
+            nubo_controller::DeployError::Control(nubo_controller::ControlError::NotDeployed(
+                _,
+            )) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("application `{id}` is not deployed: deploy it first"),
+            ),
+            e => e.into(),
+        })?;
     let app = s.manager.get::<Application>(p.tenant_id, &id).await?;
-    let c = controller(&s)?;
-    let state = c.state().await.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the controller's state cannot be read now: retry",
-        )
-    })?;
-    let mut view = nubo_controller::view::runtime_view(&state, &id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("application `{id}` is not deployed: deploy it first"),
-        )
-    })?;
-    view["name"] = serde_json::json!(app.name);
-    view["description"] = serde_json::json!(app.description);
+    view.name = app.name;
+    view.description = app.description;
     Ok(Json(view))
 }
 

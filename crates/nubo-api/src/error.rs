@@ -58,7 +58,9 @@ impl From<ManagerError> for ApiError {
         let status = match &e {
             ManagerError::Parse { .. } | ManagerError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ManagerError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ManagerError::Conflict { .. } | ManagerError::InUse { .. } => StatusCode::CONFLICT,
+            ManagerError::Conflict { .. }
+            | ManagerError::InUse { .. }
+            | ManagerError::StateConflict(_) => StatusCode::CONFLICT,
             ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
             ManagerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ManagerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,6 +72,29 @@ impl From<ManagerError> for ApiError {
             status,
             errors: e.field_errors(),
             message: e.to_string(),
+        }
+    }
+}
+
+impl From<nubo_controller::ControlError> for ApiError {
+    fn from(e: nubo_controller::ControlError) -> Self {
+        use nubo_controller::ControlError as E;
+        let status = match &e {
+            E::AlreadyDeployed(_) | E::NotDeployed(_) => StatusCode::CONFLICT,
+            E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<nubo_controller::DeployError<ManagerError>> for ApiError {
+    fn from(e: nubo_controller::DeployError<ManagerError>) -> Self {
+        use nubo_controller::DeployError as E;
+        match e {
+            E::Plan(e) => e.into(),
+            E::Control(e) => e.into(),
+            E::NoController => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            E::Deployed(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         }
     }
 }

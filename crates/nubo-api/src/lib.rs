@@ -48,6 +48,8 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     /// The cloud controller, in this process or another (absent: deploy answers 503).
     pub controller: Option<Arc<dyn nubo_controller::ControlPlane>>,
+    /// Deploying: the manager plans, the controller carries out.
+    pub deployments: nubo_controller::Deployments<Manager>,
     /// The autoscaler's recent decisions, when it runs in this process; else they are read from
     /// the store, where the autoscaler persists them.
     scaling: OnceLock<nubo_autoscaler::monitor::ScalingLog>,
@@ -73,6 +75,7 @@ impl AppState {
     ) -> Arc<Self> {
         let metrics = metrics::ApiMetrics::register(&mut registry);
         let state = AppState {
+            deployments: nubo_controller::Deployments::new(manager.clone(), controller.clone()),
             manager,
             controller,
             scaling: OnceLock::new(),
@@ -269,7 +272,9 @@ mod tests {
     use axum::body::Body;
     use http::Request;
     use http_body_util::BodyExt;
-    use nubo_controller::{ControlPlane, ControlRole, ControllerState, DeploymentPlan};
+    use nubo_controller::{
+        ControlError, ControlPlane, ControlRole, ControllerState, DeploymentPlan,
+    };
     use tower::ServiceExt;
 
     use super::*;
@@ -285,14 +290,14 @@ mod tests {
         async fn state(&self) -> Option<ControllerState> {
             Some(ControllerState::default())
         }
-        async fn deploy(&self, _: DeploymentPlan) -> Result<(), String> {
-            Err("nowhere".into())
+        async fn deploy(&self, _: DeploymentPlan) -> Result<(), ControlError> {
+            Err(ControlError::Unavailable("nowhere".into()))
         }
-        async fn undeploy(&self, _: &str, _: bool) -> Result<(), String> {
-            Err("nowhere".into())
+        async fn undeploy(&self, _: &str, _: bool) -> Result<(), ControlError> {
+            Err(ControlError::Unavailable("nowhere".into()))
         }
-        async fn update_plan(&self, _: DeploymentPlan) -> Result<(), String> {
-            Err("nowhere".into())
+        async fn update_plan(&self, _: DeploymentPlan) -> Result<(), ControlError> {
+            Err(ControlError::Unavailable("nowhere".into()))
         }
     }
 

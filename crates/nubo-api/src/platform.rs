@@ -10,7 +10,7 @@ use axum::extract::{Extension, OriginalUri, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use http::{StatusCode, header};
-use nubo_manager::{ManagerError, Principal, Role, require_super_tenant};
+use nubo_manager::{Principal, Role, require_super_tenant};
 use nubo_model::{Application, DeploymentPolicy, KubernetesCluster, KubernetesHost, Tenant, User};
 
 use crate::AppState;
@@ -203,60 +203,21 @@ async fn remove_user(
 
 // === Kubernetes cluster hosts ===
 
-fn host_body(body: &[u8]) -> Result<KubernetesHost, ApiError> {
-    let host: KubernetesHost =
-        nubo_model::json::from_slice(body).map_err(|error| ManagerError::Parse {
-            kind: nubo_model::Kind::KubernetesCluster,
-            error,
-        })?;
-    let mut p = nubo_model::Problems::default();
-    p.require_id("hostId", &host.host_id);
-    p.require_text("hostname", &host.hostname);
-    p.into_result().map_err(|errors| ManagerError::Invalid {
-        kind: nubo_model::Kind::KubernetesCluster,
-        errors,
-    })?;
-    Ok(host)
-}
-
-async fn save_cluster(s: &AppState, tenant: i64, c: &KubernetesCluster) -> Result<(), ApiError> {
-    let body = serde_json::to_vec(c)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    s.manager.update::<KubernetesCluster>(tenant, &body).await?;
-    Ok(())
-}
-
 async fn add_minion(
     State(s): S,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let host = host_body(&body?)?;
-    let mut c = s.manager.get::<KubernetesCluster>(p.tenant_id, &id).await?;
-    if c.kubernetes_master.host_id == host.host_id
-        || c.kubernetes_hosts
-            .iter()
-            .flatten()
-            .any(|h| h.host_id == host.host_id)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "kubernetes cluster `{id}` already has a host `{}`",
-                host.host_id
-            ),
-        ));
-    }
-    c.kubernetes_hosts
-        .get_or_insert_with(Vec::new)
-        .push(host.clone());
-    save_cluster(&s, p.tenant_id, &c).await?;
+    let host = nubo_manager::kubernetes::parse_host(&body?)?;
+    let host_id = host.host_id.clone();
+    s.manager
+        .add_kubernetes_host(p.tenant_id, &id, host)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(Message::success(format!(
-            "Kubernetes host added successfully: [kub-host] {}",
-            host.host_id
+            "Kubernetes host added successfully: [kub-host] {host_id}"
         ))),
     )
         .into_response())
@@ -290,10 +251,10 @@ async fn update_master(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Message>, ApiError> {
-    let host = host_body(&body?)?;
-    let mut c = s.manager.get::<KubernetesCluster>(p.tenant_id, &id).await?;
-    c.kubernetes_master = host;
-    save_cluster(&s, p.tenant_id, &c).await?;
+    let host = nubo_manager::kubernetes::parse_host(&body?)?;
+    s.manager
+        .set_kubernetes_master(p.tenant_id, &id, host)
+        .await?;
     Ok(Json(Message::success(format!(
         "Kubernetes master updated successfully: [kub-cluster] {id}"
     ))))
@@ -304,26 +265,17 @@ async fn update_host(
     Extension(p): Extension<Principal>,
     body: Body,
 ) -> Result<Json<Message>, ApiError> {
-    let host = host_body(&body?)?;
-    for mut c in s.manager.list::<KubernetesCluster>(p.tenant_id).await? {
-        if let Some(h) = c
-            .kubernetes_hosts
-            .iter_mut()
-            .flatten()
-            .find(|h| h.host_id == host.host_id)
-        {
-            *h = host.clone();
-            save_cluster(&s, p.tenant_id, &c).await?;
-            return Ok(Json(Message::success(format!(
-                "Kubernetes host updated successfully: [kub-host] {}",
-                host.host_id
-            ))));
-        }
+    let host = nubo_manager::kubernetes::parse_host(&body?)?;
+    let host_id = host.host_id.clone();
+    if !s.manager.update_kubernetes_host(p.tenant_id, host).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no kubernetes cluster has a host `{host_id}`"),
+        ));
     }
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no kubernetes cluster has a host `{}`", host.host_id),
-    ))
+    Ok(Json(Message::success(format!(
+        "Kubernetes host updated successfully: [kub-host] {host_id}"
+    ))))
 }
 
 async fn remove_host(
@@ -331,17 +283,16 @@ async fn remove_host(
     Extension(p): Extension<Principal>,
     Path((id, host_id)): Path<(String, String)>,
 ) -> Result<Json<Message>, ApiError> {
-    let mut c = s.manager.get::<KubernetesCluster>(p.tenant_id, &id).await?;
-    let hosts = c.kubernetes_hosts.get_or_insert_with(Vec::new);
-    let before = hosts.len();
-    hosts.retain(|h| h.host_id != host_id);
-    if hosts.len() == before {
+    if !s
+        .manager
+        .remove_kubernetes_host(p.tenant_id, &id, &host_id)
+        .await?
+    {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("kubernetes cluster `{id}` has no host `{host_id}`"),
         ));
     }
-    save_cluster(&s, p.tenant_id, &c).await?;
     Ok(Json(Message::success(format!(
         "Kubernetes host removed successfully: [kub-host] {host_id}"
     ))))
@@ -399,7 +350,7 @@ async fn scaling_events(
 
 async fn cluster(State(s): S, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let c = match &s.controller {
-        Some(c) => c.cluster(&id).await,
+        Some(c) => c.cluster(&id).await?,
         None => None,
     }
     .ok_or_else(|| {

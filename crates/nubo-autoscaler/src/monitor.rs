@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use nubo_bus::EventBus;
 use nubo_controller::{ControllerHandle, ControllerState, RemoteControl};
-use nubo_events::{Category, Event, InstanceStatus, MemberStatus, ScaleCommand};
+use nubo_events::{Category, Event, InstanceKey, InstanceStatus, MemberStatus, ScaleCommand};
 use nubo_plan::scope_instance;
 use nubo_store::{Key, Store, Write};
 
@@ -210,10 +210,10 @@ struct Windows {
     rif: HashMap<String, BTreeMap<String, VecDeque<Sample>>, Fast>,
     /// Memory and load per member.
     members: HashMap<String, MemberWindows, Fast>,
-    last_up: HashMap<String, u64, Fast>,
-    last_down: HashMap<String, u64, Fast>,
+    last_up: HashMap<InstanceKey, u64, Fast>,
+    last_down: HashMap<InstanceKey, u64, Fast>,
     /// When each cluster instance was first evaluated (a new instance is not scaled in at once).
-    first_seen: HashMap<String, u64, Fast>,
+    first_seen: HashMap<InstanceKey, u64, Fast>,
     /// The predictions of an event processor in another process, when the statistics are
     /// processed there (then `rif` and `members` stay empty).
     received: Option<Received>,
@@ -419,37 +419,11 @@ impl Target {
     }
 
     /// Carries out one command.
-    async fn apply(&self, c: Command) -> Result<(), String> {
+    async fn apply(&self, command: ScaleCommand) -> Result<(), String> {
         match self {
-            Target::Local(controller) => match c {
-                Command::Activated(r) => controller.member_active(r).await,
-                Command::Fault { member, reason } => controller.member_fault(&member, reason).await,
-                Command::ScaleTo {
-                    cluster,
-                    instance,
-                    count,
-                } => controller.scale_to(&cluster, &instance, count).await,
-                Command::ScaleDown {
-                    cluster,
-                    instance,
-                    member,
-                } => {
-                    controller
-                        .scale_down(&cluster, &instance, member.as_deref())
-                        .await
-                }
-                Command::BeyondMax { cluster, instance } => {
-                    controller.beyond_max(&cluster, &instance).await
-                }
-                Command::ScaleIn {
-                    application,
-                    instance,
-                } => controller.scale_in(&application, &instance).await,
-            },
+            Target::Local(controller) => controller.scale(command).await.map_err(|e| e.to_string()),
             Target::Remote { events, .. } => events
-                .publish(&Event::ControlScale {
-                    command: c.into_scale_command(),
-                })
+                .publish(&Event::ControlScale { command })
                 .await
                 .map_err(|e| format!("cannot reach the controller through the bus: {e}")),
         }
@@ -530,9 +504,9 @@ pub async fn start(
                     }
                     for c in round.commands {
                         match &c {
-                            Command::Activated(r) => tracing::info!(member = %r.member_id, "statistics from a member still starting: it is active (its report was lost)"),
-                            Command::Fault { member, reason } => tracing::warn!(%member, %reason, "member fault"),
-                            Command::ScaleIn { application, instance } => tracing::info!(%application, %instance, "every cluster of the instance is at its minimum: scaling it in"),
+                            ScaleCommand::MemberActive { instance } => tracing::info!(member = %instance.member_id, "statistics from a member still starting: it is active (its report was lost)"),
+                            ScaleCommand::MemberFault { member_id, reason } => tracing::warn!(member = %member_id, %reason, "member fault"),
+                            ScaleCommand::ScaleIn { application_id, instance_id } => tracing::info!(application = %application_id, instance = %instance_id, "every cluster of the instance is at its minimum: scaling it in"),
                             _ => {}
                         }
                         if let Err(e) = target.apply(c).await {
@@ -669,102 +643,13 @@ pub async fn start_event_processor(
     Ok(())
 }
 
-/// What a decision round asks of the controller.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// A member the controller sees starting sends statistics with its ports open: it is active
-    /// (its own report was lost).
-    Activated(nubo_events::InstanceRef),
-    /// An Active member is faulty: replace it.
-    Fault {
-        /// Member.
-        member: String,
-        /// Why.
-        reason: String,
-    },
-    /// Scale a cluster instance up to `count` members.
-    ScaleTo {
-        /// Cluster.
-        cluster: String,
-        /// Cluster instance.
-        instance: String,
-        /// Members wanted.
-        count: u32,
-    },
-    /// Remove one member (the least loaded).
-    ScaleDown {
-        /// Cluster.
-        cluster: String,
-        /// Cluster instance.
-        instance: String,
-        /// The member.
-        member: Option<String>,
-    },
-    /// A cluster instance is full: grow its group or burst.
-    BeyondMax {
-        /// Cluster.
-        cluster: String,
-        /// Cluster instance.
-        instance: String,
-    },
-    /// Terminate an idle group instance or burst application instance.
-    ScaleIn {
-        /// Application.
-        application: String,
-        /// The group or application instance.
-        instance: String,
-    },
-}
-
-impl Command {
-    /// As the bus carries it to a controller in another process.
-    pub fn into_scale_command(self) -> ScaleCommand {
-        match self {
-            Command::Activated(instance) => ScaleCommand::MemberActive { instance },
-            Command::Fault { member, reason } => ScaleCommand::MemberFault {
-                member_id: member,
-                reason,
-            },
-            Command::ScaleTo {
-                cluster,
-                instance,
-                count,
-            } => ScaleCommand::ScaleTo {
-                cluster_id: cluster,
-                instance_id: instance,
-                count,
-            },
-            Command::ScaleDown {
-                cluster,
-                instance,
-                member,
-            } => ScaleCommand::ScaleDown {
-                cluster_id: cluster,
-                instance_id: instance,
-                member_id: member,
-            },
-            Command::BeyondMax { cluster, instance } => ScaleCommand::BeyondMax {
-                cluster_id: cluster,
-                instance_id: instance,
-            },
-            Command::ScaleIn {
-                application,
-                instance,
-            } => ScaleCommand::ScaleIn {
-                application_id: application,
-                instance_id: instance,
-            },
-        }
-    }
-}
-
 /// One decision round's outcome.
 #[derive(Debug, Clone, Default)]
 pub struct Round {
     /// Every cluster instance's decision with its inputs.
     pub events: Vec<ScalingEvent>,
     /// What to ask of the controller, in order.
-    pub commands: Vec<Command>,
+    pub commands: Vec<ScaleCommand>,
 }
 
 /// The event processor and the autoscaler without I/O: statistics in ([`Engine::feed`]),
@@ -873,18 +758,18 @@ impl Engine {
             config.down_cooldown.as_millis() as u64,
             now,
         ) {
-            commands.push(Command::ScaleIn {
-                application,
-                instance,
+            commands.push(ScaleCommand::ScaleIn {
+                application_id: application,
+                instance_id: instance,
             });
         }
         // Forget the members and clusters whose statistics stopped.
         self.w.forget(now, config.window.as_millis() as u64 * 2);
         // Forget the cluster instances that are gone.
         if self.w.first_seen.len() > events.len() {
-            let live: BTreeSet<String> = events
+            let live: BTreeSet<InstanceKey> = events
                 .iter()
-                .map(|e| format!("{}|{}", e.cluster_id, e.instance_id))
+                .map(|e| InstanceKey::new(&e.cluster_id, &e.instance_id))
                 .collect();
             self.w.first_seen.retain(|k, _| live.contains(k));
         }
@@ -892,17 +777,17 @@ impl Engine {
     }
 
     /// Faulty Active members, and starting members whose statistics prove them active.
-    fn liveness_commands(&mut self, state: &ControllerState, now: u64) -> Vec<Command> {
+    fn liveness_commands(&mut self, state: &ControllerState, now: u64) -> Vec<ScaleCommand> {
         let fault_ms = self.config.fault_timeout.as_millis() as u64;
-        let mut activated: Vec<Command> = starting_members(state)
+        let mut activated: Vec<ScaleCommand> = starting_members(state)
             .filter(|m| self.liveness.reporting(&m.member_id, now, fault_ms))
-            .map(|m| Command::Activated(m.into()))
+            .map(|m| ScaleCommand::MemberActive { instance: m.into() })
             .collect();
-        let mut commands: Vec<Command> = self
+        let mut commands: Vec<ScaleCommand> = self
             .liveness
             .check(active_members(state), now, fault_ms)
             .into_iter()
-            .map(|(member, reason)| Command::Fault { member, reason })
+            .map(|(member_id, reason)| ScaleCommand::MemberFault { member_id, reason })
             .collect();
         commands.append(&mut activated);
         commands
@@ -910,9 +795,14 @@ impl Engine {
 
     /// The command a decision calls for (the victim of a scale-down chosen here), noting the
     /// time of the scaling for the cool-downs.
-    fn command(&mut self, state: &ControllerState, e: &ScalingEvent, now: u64) -> Option<Command> {
+    fn command(
+        &mut self,
+        state: &ControllerState,
+        e: &ScalingEvent,
+        now: u64,
+    ) -> Option<ScaleCommand> {
         let (cluster, instance) = (&e.cluster_id, &e.instance_id);
-        let key = format!("{cluster}|{instance}");
+        let key = InstanceKey::new(cluster, instance);
         let window_ms = self.config.window.as_millis() as u64;
         let c = state.topology.clusters.get(cluster)?;
         let live = || {
@@ -923,9 +813,9 @@ impl Engine {
         match e.decision {
             Decision::ScaleUp { add, .. } => {
                 self.w.last_up.insert(key, now);
-                Some(Command::ScaleTo {
-                    cluster: cluster.clone(),
-                    instance: instance.clone(),
+                Some(ScaleCommand::ScaleTo {
+                    cluster_id: cluster.clone(),
+                    instance_id: instance.clone(),
                     count: live().count() as u32 + add,
                 })
             }
@@ -945,17 +835,17 @@ impl Engine {
                     })
                     .map(|m| m.member_id.clone());
                 self.w.last_down.insert(key, now);
-                Some(Command::ScaleDown {
-                    cluster: cluster.clone(),
-                    instance: instance.clone(),
-                    member: victim,
+                Some(ScaleCommand::ScaleDown {
+                    cluster_id: cluster.clone(),
+                    instance_id: instance.clone(),
+                    member_id: victim,
                 })
             }
             // Full: the group grows or the application bursts (the controller decides which,
             // and does nothing while a new instance is still on its way).
-            Decision::AtMax => Some(Command::BeyondMax {
-                cluster: cluster.clone(),
-                instance: instance.clone(),
+            Decision::AtMax => Some(ScaleCommand::BeyondMax {
+                cluster_id: cluster.clone(),
+                instance_id: instance.clone(),
             }),
             _ => None,
         }
@@ -1064,7 +954,7 @@ fn evaluate(
                         .map(|(th, p)| rules::required_for_load(p, th, min)),
                 );
                 w.first_seen
-                    .entry(format!("{}|{}", plan.cluster_id, inst.instance_id))
+                    .entry(InstanceKey::new(&plan.cluster_id, &inst.instance_id))
                     .or_insert(now);
                 evs.push(ScalingEvent {
                     at_ms: now,
@@ -1112,7 +1002,7 @@ fn evaluate(
             }
         }
         for mut e in evs {
-            let key = format!("{}|{}", e.cluster_id, e.instance_id);
+            let key = InstanceKey::new(&e.cluster_id, &e.instance_id);
             e.decision = rules::decide(
                 e.required.count,
                 Sizes {
@@ -1167,7 +1057,7 @@ fn scale_ins(
         if !wanted {
             continue;
         }
-        let key = format!("{}|{}", e.cluster_id, e.instance_id);
+        let key = InstanceKey::new(&e.cluster_id, &e.instance_id);
         let last = [&w.last_up, &w.last_down, &w.first_seen]
             .iter()
             .filter_map(|m| m.get(&key).copied())

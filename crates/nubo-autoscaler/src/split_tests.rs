@@ -224,7 +224,10 @@ fn an_event_processor_in_another_process_gives_the_same_decisions() {
             .count();
         commands += a.commands.len();
         for c in &a.commands {
-            if let crate::monitor::Command::Fault { member, .. } = c {
+            if let nubo_events::ScaleCommand::MemberFault {
+                member_id: member, ..
+            } = c
+            {
                 faults.push((t, member.clone()));
             }
         }
@@ -267,10 +270,12 @@ fn a_remote_engine_finds_no_fault_while_no_predictions_arrive() {
             remote.feed(&e, now);
         }
         let round = remote.round(&state, now);
-        if let Some(crate::monitor::Command::Fault { member, .. }) = round
+        if let Some(nubo_events::ScaleCommand::MemberFault {
+            member_id: member, ..
+        }) = round
             .commands
             .iter()
-            .find(|c| matches!(c, crate::monitor::Command::Fault { .. }))
+            .find(|c| matches!(c, nubo_events::ScaleCommand::MemberFault { .. }))
         {
             fault.get_or_insert((s, member.clone()));
         }

@@ -4,62 +4,53 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use nubo_events::MemberStatus;
+use nubo_events::view::{ApplicationRuntime, MemberView};
 
 use crate::client::escape;
 use crate::{ApiClient, DeployArgs, Output, UndeployArgs, render};
 
-/// Every member of a runtime view: (cluster alias, cluster status, member).
-pub fn members_of(view: &Value) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    fn walk(v: &Value, out: &mut Vec<(String, Value)>) {
-        for ci in v["clusterInstances"].as_array().into_iter().flatten() {
-            for m in ci["member"].as_array().into_iter().flatten() {
-                out.push((
-                    ci["alias"].as_str().unwrap_or_default().to_owned(),
-                    m.clone(),
-                ));
-            }
-        }
-        for g in v["groupInstances"].as_array().into_iter().flatten() {
-            walk(g, out);
-        }
-    }
-    for inst in view["applicationInstances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        walk(inst, &mut out);
-    }
-    out
+/// A member in `nubo members`: the runtime view's, with its application and cluster alias.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRow {
+    /// Application.
+    pub application_id: String,
+    /// The cluster's alias.
+    pub alias: String,
+    /// The member.
+    #[serde(flatten)]
+    pub member: MemberView,
 }
 
 /// (active members, members wanted) over every cluster instance started so far, and clusters waiting.
-fn progress(view: &Value) -> (u64, u64, u64) {
+fn progress(view: &ApplicationRuntime) -> (u64, u64, u64) {
     let (mut active, mut wanted, mut waiting) = (0, 0, 0);
-    fn walk(v: &Value, a: &mut u64, w: &mut u64, wait: &mut u64) {
-        for ci in v["clusterInstances"].as_array().into_iter().flatten() {
-            match ci["minMembers"].as_u64() {
-                Some(min) => *w += min,
-                None => *wait += 1,
-            }
-            *a += ci["member"].as_array().map_or(0, |m| {
-                m.iter().filter(|m| m["status"] == "Active").count() as u64
-            });
+    for ci in view.cluster_instances() {
+        match ci.min_members {
+            Some(min) => wanted += u64::from(min),
+            None => waiting += 1,
         }
-        for g in v["groupInstances"].as_array().into_iter().flatten() {
-            walk(g, a, w, wait);
-        }
-    }
-    for inst in view["applicationInstances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        walk(inst, &mut active, &mut wanted, &mut waiting);
+        active += ci
+            .member
+            .iter()
+            .filter(|m| m.status == MemberStatus::Active)
+            .count() as u64;
     }
     (active, wanted, waiting)
+}
+
+/// The runtime view of application `id`.
+pub async fn runtime(client: &ApiClient, id: &str) -> anyhow::Result<ApplicationRuntime> {
+    let v = client
+        .send(
+            "GET",
+            &format!("/api/applications/{}/runtime", escape(id)),
+            None,
+        )
+        .await?;
+    serde_json::from_value(v)
+        .map_err(|e| anyhow::anyhow!("the server's runtime view of {id} is not one this client reads ({e}): is the client the server's version?"))
 }
 
 fn bar(msg: &str) -> ProgressBar {
@@ -97,27 +88,18 @@ pub async fn deploy(client: &ApiClient, out: Output, a: &DeployArgs) -> anyhow::
     let started = Instant::now();
     let deadline = started + Duration::from_secs(a.timeout);
     loop {
-        let view = client
-            .send(
-                "GET",
-                &format!("/api/applications/{}/runtime", escape(&a.id)),
-                None,
-            )
-            .await?;
+        let view = runtime(client, &a.id).await?;
         let (active, wanted, waiting) = progress(&view);
         if let Some(pb) = &pb {
             pb.set_length((wanted + waiting).max(1));
             pb.set_position(active.min(wanted + waiting));
         }
-        let all_active = view["applicationInstances"]
-            .as_array()
-            .is_some_and(|i| !i.is_empty() && i.iter().all(|i| i["status"] == "Active"));
-        if all_active {
+        if view.is_active() {
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }
             match out {
-                Output::Json => render::json(&view),
+                Output::Json => render::json(&serde_json::to_value(&view)?),
                 Output::Table => {
                     println!(
                         "{} is Active after {:.1} s",
@@ -134,7 +116,7 @@ pub async fn deploy(client: &ApiClient, out: Output, a: &DeployArgs) -> anyhow::
                 pb.finish_and_clear();
             }
             eprint!("{}", render::runtime_tree(&view));
-            let reasons = render::failures(&view);
+            let reasons = view.failures();
             if reasons.is_empty() {
                 bail!(
                     "{} is not Active after {} s; the tree above shows what is still starting",
@@ -189,19 +171,11 @@ pub async fn undeploy(client: &ApiClient, out: Output, a: &UndeployArgs) -> anyh
             return Ok(());
         }
         if let Some(pb) = &pb {
-            let view = client
-                .send(
-                    "GET",
-                    &format!("/api/applications/{}/runtime", escape(&a.id)),
-                    None,
-                )
+            let left = runtime(client, &a.id)
                 .await
-                .unwrap_or_default();
-            pb.set_message(format!(
-                "undeploying {}: {} member(s) left",
-                a.id,
-                members_of(&view).len()
-            ));
+                .map(|v| v.members().len())
+                .unwrap_or(0);
+            pb.set_message(format!("undeploying {}: {left} member(s) left", a.id));
         }
         if Instant::now() > deadline {
             bail!(
@@ -231,27 +205,17 @@ pub async fn members(client: &ApiClient, out: Output, id: Option<&str>) -> anyho
     };
     let mut rows = Vec::new();
     for app in ids {
-        let view = client
-            .send(
-                "GET",
-                &format!("/api/applications/{}/runtime", escape(&app)),
-                None,
-            )
-            .await?;
-        for (alias, m) in members_of(&view) {
-            rows.push((app.clone(), alias, m));
+        let view = runtime(client, &app).await?;
+        for (c, m) in view.members() {
+            rows.push(MemberRow {
+                application_id: app.clone(),
+                alias: c.alias.clone(),
+                member: m.clone(),
+            });
         }
     }
     match out {
-        Output::Json => render::json(&Value::Array(
-            rows.into_iter()
-                .map(|(app, alias, mut m)| {
-                    m["applicationId"] = Value::String(app);
-                    m["alias"] = Value::String(alias);
-                    m
-                })
-                .collect(),
-        )),
+        Output::Json => render::json(&serde_json::to_value(&rows)?),
         Output::Table => render::members_table(&rows),
     }
     Ok(())

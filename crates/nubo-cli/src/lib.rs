@@ -537,15 +537,9 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             artifact(&client, out, "applications", c).await
         }
         Command::Application(ApplicationCommand::Runtime { id }) => {
-            let v = client
-                .send(
-                    "GET",
-                    &format!("/api/applications/{}/runtime", client::escape(id)),
-                    None,
-                )
-                .await?;
+            let v = deploy::runtime(&client, id).await?;
             match out {
-                Output::Json => render::json(&v),
+                Output::Json => render::json(&serde_json::to_value(&v)?),
                 Output::Table => print!("{}", render::runtime_tree(&v)),
             }
             Ok(())

@@ -2,6 +2,7 @@
 
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
+use nubo_events::view::{ApplicationRuntime, ClusterInstanceView, GroupInstanceView, MemberView};
 use serde_json::Value;
 
 use crate::Output;
@@ -189,121 +190,87 @@ pub fn describe(out: Output, v: &Value) {
     println!("{t}");
 }
 
-fn member_line(m: &Value) -> String {
-    let ports: Vec<String> = m["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            format!(
-                "{}:{}",
-                m["defaultPrivateIP"].as_str().unwrap_or("?"),
-                p["port"]
-            )
-        })
-        .collect();
+fn member_address(m: &MemberView) -> String {
+    let ip = m.default_private_ip.as_deref().unwrap_or("?");
+    m.ports
+        .iter()
+        .map(|p| format!("{ip}:{}", p.port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn member_line(m: &MemberView) -> String {
+    let address = member_address(m);
     let mut line = format!(
         "{}  {}  {}  {}",
-        s(m, "memberId"),
-        s(m, "status"),
-        if ports.is_empty() {
-            "-".to_owned()
-        } else {
-            ports.join(",")
-        },
-        s(m, "partitionId")
+        m.member_id,
+        m.status.as_str(),
+        if address.is_empty() { "-" } else { &address },
+        m.partition_id
     );
-    if let Some(f) = m["failure"].as_str() {
+    if let Some(f) = &m.failure {
         line.push_str(&format!("  failed: {f}"));
     }
     line
 }
 
-fn cluster_lines(ci: &Value, prefix: &str, out: &mut Vec<String>) {
-    let urls = arr(ci, "accessUrls")
-        .map(|u| u.as_str().unwrap_or_default().to_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
+fn opt(n: Option<u32>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_default()
+}
+
+fn cluster_lines(ci: &ClusterInstanceView, prefix: &str, out: &mut Vec<String>) {
     let mut head = format!(
-        "{prefix}{} ({}) {} min {} max {}  {}",
-        s(ci, "alias"),
-        s(ci, "serviceName"),
-        s(ci, "status"),
-        s(ci, "minMembers"),
-        s(ci, "maxMembers"),
-        urls
+        "{prefix}{} ({}) {:?} min {} max {}  {}",
+        ci.alias,
+        ci.service_name,
+        ci.status,
+        opt(ci.min_members),
+        opt(ci.max_members),
+        ci.access_urls.join(" ")
     );
-    if let Some(f) = ci["lastFailure"].as_str() {
+    if let Some(f) = &ci.last_failure {
         head.push_str(&format!("\n{prefix}  last failure: {f}"));
     }
     out.push(head);
-    for m in arr(ci, "member") {
+    for m in &ci.member {
         out.push(format!("{prefix}  - {}", member_line(m)));
     }
 }
 
-fn group_lines(g: &Value, prefix: &str, out: &mut Vec<String>) {
+fn group_lines(g: &GroupInstanceView, prefix: &str, out: &mut Vec<String>) {
     out.push(format!(
-        "{prefix}group {} ({}) {}",
-        s(g, "groupId"),
-        s(g, "instanceId"),
-        s(g, "status")
+        "{prefix}group {} ({}) {:?}",
+        g.group_id, g.instance_id, g.status
     ));
     let inner = format!("{prefix}  ");
-    for ci in arr(g, "clusterInstances") {
+    for ci in &g.cluster_instances {
         cluster_lines(ci, &inner, out);
     }
-    for child in arr(g, "groupInstances") {
+    for child in &g.group_instances {
         group_lines(child, &inner, out);
     }
 }
 
 /// The runtime view as an indented tree.
-pub fn runtime_tree(v: &Value) -> String {
-    let mut out = vec![format!("{} ({})", s(v, "id"), s(v, "status"))];
-    for inst in arr(v, "applicationInstances") {
+pub fn runtime_tree(v: &ApplicationRuntime) -> String {
+    let mut out = vec![format!("{} ({:?})", v.id, v.status)];
+    for inst in &v.application_instances {
         out.push(format!(
-            "  instance {} [{}] {}",
-            s(inst, "instanceId"),
-            s(inst, "networkPartitionId"),
-            s(inst, "status")
+            "  instance {} [{}] {:?}",
+            inst.instance_id, inst.network_partition_id, inst.status
         ));
-        for ci in arr(inst, "clusterInstances") {
+        for ci in &inst.cluster_instances {
             cluster_lines(ci, "    ", &mut out);
         }
-        for g in arr(inst, "groupInstances") {
+        for g in &inst.group_instances {
             group_lines(g, "    ", &mut out);
         }
     }
     out.join("\n") + "\n"
 }
 
-/// Every failure reason in a runtime view.
-pub fn failures(v: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    for (alias, m) in crate::deploy::members_of(v) {
-        if let Some(f) = m["failure"].as_str() {
-            out.push(format!("{alias}: {} failed: {f}", s(&m, "memberId")));
-        }
-    }
-    fn walk(v: &Value, out: &mut Vec<String>) {
-        for ci in arr(v, "clusterInstances") {
-            if let Some(f) = ci["lastFailure"].as_str() {
-                out.push(format!("{}: {f}", s(ci, "alias")));
-            }
-        }
-        for g in arr(v, "groupInstances") {
-            walk(g, out);
-        }
-    }
-    for inst in arr(v, "applicationInstances") {
-        walk(inst, &mut out);
-    }
-    out
-}
-
 /// Members as a table.
-pub fn members_table(rows: &[(String, String, Value)]) {
+pub fn members_table(rows: &[crate::deploy::MemberRow]) {
     if rows.is_empty() {
         eprintln!("(no members)");
         return;
@@ -320,24 +287,16 @@ pub fn members_table(rows: &[(String, String, Value)]) {
         "PARTITION",
         "FAILURE",
     ]);
-    for (app, alias, m) in rows {
-        let ports: Vec<String> = arr(m, "ports")
-            .map(|p| {
-                format!(
-                    "{}:{}",
-                    m["defaultPrivateIP"].as_str().unwrap_or("?"),
-                    p["port"]
-                )
-            })
-            .collect();
+    for r in rows {
+        let m = &r.member;
         t.add_row(vec![
-            app.clone(),
-            alias.clone(),
-            s(m, "memberId"),
-            s(m, "status"),
-            ports.join(","),
-            s(m, "partitionId"),
-            s(m, "failure"),
+            r.application_id.clone(),
+            r.alias.clone(),
+            m.member_id.clone(),
+            m.status.as_str().to_owned(),
+            member_address(m),
+            m.partition_id.clone(),
+            m.failure.clone().unwrap_or_default(),
         ]);
     }
     println!("{t}");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nubo_bus::EventBus;
 use nubo_events::Event;
+use nubo_events::view::ApplicationRuntime;
 use nubo_store::{Key, Store};
 
 use crate::runtime::{ControllerHandle, STATE_ID, STATE_KIND, STATE_TENANT};
@@ -45,36 +46,85 @@ impl ControlRole {
     }
 }
 
-/// The controller, wherever it runs.
+/// Why the controller did not take a command in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// Deploy: the application is deployed already.
+    #[error("application `{0}` is already deployed")]
+    AlreadyDeployed(String),
+    /// Undeploy or change: the application is not deployed.
+    #[error("application `{0}` is not deployed")]
+    NotDeployed(String),
+    /// The controller cannot be reached or read now (stopped, another process not answering,
+    /// the store unreachable); the reason says what to check.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The deployed applications, as [`ControlPlane::deployments`] lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentSummary {
+    /// The plan it runs.
+    pub plan: DeploymentPlan,
+    /// Its status.
+    pub status: DeploymentStatus,
+}
+
+fn unreadable() -> ControlError {
+    ControlError::Unavailable("the controller's state cannot be read now: retry".into())
+}
+
+/// The controller, wherever it runs. The queries read only what they answer; `state` (the whole
+/// state) is for tests and tools.
 #[async_trait]
 pub trait ControlPlane: Send + Sync + 'static {
     /// Where the controller runs.
     fn role(&self) -> ControlRole;
-    /// The controller's state (`None`: it cannot be read now).
+    /// The controller's whole state (`None`: it cannot be read now).
     async fn state(&self) -> Option<ControllerState>;
     /// Deploys an application; returns once the controller has taken it in.
-    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String>;
+    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), ControlError>;
     /// Undeploys an application.
-    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String>;
+    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), ControlError>;
     /// Applies changed artifacts to a running application.
-    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String>;
+    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError>;
     /// An application's deployment status (`None`: not deployed).
-    async fn status(&self, application_id: &str) -> Option<DeploymentStatus> {
-        self.state()
-            .await?
-            .deployments
-            .get(application_id)
-            .map(|d| d.status)
+    async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(s.deployments.get(application_id).map(|d| d.status))
+    }
+    /// The deployments of a tenant.
+    async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(summaries(&s, tenant))
     }
     /// One cluster of the topology.
-    async fn cluster(&self, cluster_id: &str) -> Option<nubo_events::Cluster> {
-        self.state()
-            .await?
-            .topology
-            .clusters
-            .get(cluster_id)
-            .cloned()
+    async fn cluster(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Option<nubo_events::Cluster>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(s.topology.clusters.get(cluster_id).cloned())
     }
+    /// The runtime view of an application (`None`: not deployed).
+    async fn runtime(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<ApplicationRuntime>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(crate::view::runtime_view(&s, application_id))
+    }
+}
+
+fn summaries(s: &ControllerState, tenant: i64) -> Vec<DeploymentSummary> {
+    s.deployments
+        .values()
+        .filter(|d| d.plan.tenant_id == tenant)
+        .map(|d| DeploymentSummary {
+            plan: d.plan.clone(),
+            status: d.status,
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -85,21 +135,35 @@ impl ControlPlane for ControllerHandle {
     async fn state(&self) -> Option<ControllerState> {
         Some(self.snapshot())
     }
-    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         ControllerHandle::deploy(self, plan).await
     }
-    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String> {
+    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), ControlError> {
         ControllerHandle::undeploy(self, application_id, force).await
     }
-    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String> {
+    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         ControllerHandle::update_plan(self, plan).await
     }
-    async fn status(&self, application_id: &str) -> Option<DeploymentStatus> {
-        ControllerHandle::status(self, application_id)
+    async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
+        self.read(|s| s.deployments.get(application_id).map(|d| d.status))
+            .ok_or_else(unreadable)
     }
-    async fn cluster(&self, cluster_id: &str) -> Option<nubo_events::Cluster> {
+    async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
+        self.read(|s| summaries(s, tenant)).ok_or_else(unreadable)
+    }
+    async fn cluster(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Option<nubo_events::Cluster>, ControlError> {
         self.read(|s| s.topology.clusters.get(cluster_id).cloned())
-            .flatten()
+            .ok_or_else(unreadable)
+    }
+    async fn runtime(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<ApplicationRuntime>, ControlError> {
+        self.read(|s| crate::view::runtime_view(s, application_id))
+            .ok_or_else(unreadable)
     }
 }
 
@@ -133,11 +197,12 @@ impl RemoteControl {
         Some((rec.version, Some(state)))
     }
 
-    async fn send(&self, e: Event) -> Result<(), String> {
-        self.events
-            .publish(&e)
-            .await
-            .map_err(|err| format!("cannot reach the controller through the bus: {err}"))
+    async fn send(&self, e: Event) -> Result<(), ControlError> {
+        self.events.publish(&e).await.map_err(|err| {
+            ControlError::Unavailable(format!(
+                "cannot reach the controller through the bus: {err}"
+            ))
+        })
     }
 
     /// Waits until the controller's state satisfies `done`.
@@ -145,7 +210,7 @@ impl RemoteControl {
         &self,
         what: &str,
         done: impl Fn(&ControllerState) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         let deadline = tokio::time::Instant::now() + REMOTE_COMMAND_TIMEOUT;
         let mut known = None;
         loop {
@@ -157,10 +222,10 @@ impl RemoteControl {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!(
+                return Err(ControlError::Unavailable(format!(
                     "no controller took the {what} in within {} s: is a controller running on this store and bus (a server with the `controller` component, or the --ha leader)?",
                     REMOTE_COMMAND_TIMEOUT.as_secs()
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -185,8 +250,11 @@ impl ControlPlane for RemoteControl {
         }
     }
 
-    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         let app = plan.application_id.clone();
+        if self.status(&app).await?.is_some() {
+            return Err(ControlError::AlreadyDeployed(app));
+        }
         self.send(Event::ControlDeploy {
             plan: Box::new(plan),
         })
@@ -195,7 +263,10 @@ impl ControlPlane for RemoteControl {
             .await
     }
 
-    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String> {
+    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), ControlError> {
+        if self.status(application_id).await?.is_none() {
+            return Err(ControlError::NotDeployed(application_id.to_owned()));
+        }
         self.send(Event::ControlUndeploy {
             application_id: application_id.to_owned(),
             force,
@@ -209,7 +280,7 @@ impl ControlPlane for RemoteControl {
         .await
     }
 
-    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String> {
+    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         let app = plan.application_id.clone();
         let wanted = plan.clone();
         self.send(Event::ControlUpdatePlan {
@@ -295,25 +366,25 @@ impl ControlPlane for SwitchableControl {
     // After a takeover, a command the old leader may have carried out before it died is checked
     // against the new leader's state first, so that it is neither done twice nor reported as a
     // failure ("already deployed") when it took effect.
-    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+    async fn deploy(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         let remote = !self.leads();
         match self.current().deploy(plan.clone()).await {
             Err(e) => match self.after_takeover(remote) {
-                Some(local) if local.status(&plan.application_id).await.is_some() => Ok(()),
+                Some(local) if local.status(&plan.application_id).await?.is_some() => Ok(()),
                 Some(local) => local.deploy(plan).await,
                 None => Err(e),
             },
             ok => ok,
         }
     }
-    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String> {
+    async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), ControlError> {
         let remote = !self.leads();
         match self.current().undeploy(application_id, force).await {
             Err(e) => match self.after_takeover(remote) {
                 Some(local)
                     if local
                         .status(application_id)
-                        .await
+                        .await?
                         .is_none_or(|s| s == DeploymentStatus::Undeploying) =>
                 {
                     Ok(())
@@ -324,7 +395,7 @@ impl ControlPlane for SwitchableControl {
             ok => ok,
         }
     }
-    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String> {
+    async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         let remote = !self.leads();
         match self.current().update_plan(plan.clone()).await {
             Err(e) => match self.after_takeover(remote) {
@@ -345,11 +416,23 @@ impl ControlPlane for SwitchableControl {
             ok => ok,
         }
     }
-    async fn status(&self, application_id: &str) -> Option<DeploymentStatus> {
+    async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         self.current().status(application_id).await
     }
-    async fn cluster(&self, cluster_id: &str) -> Option<nubo_events::Cluster> {
+    async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
+        self.current().deployments(tenant).await
+    }
+    async fn cluster(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Option<nubo_events::Cluster>, ControlError> {
         self.current().cluster(cluster_id).await
+    }
+    async fn runtime(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<ApplicationRuntime>, ControlError> {
+        self.current().runtime(application_id).await
     }
 }
 
@@ -379,7 +462,7 @@ mod tests {
             })
         }
 
-        async fn command(&self, what: &str) -> Result<(), String> {
+        async fn command(&self, what: &str) -> Result<(), ControlError> {
             self.calls
                 .lock()
                 .unwrap()
@@ -387,7 +470,10 @@ mod tests {
             match &self.fail_after {
                 Some(n) => {
                     n.notified().await;
-                    Err(format!("{} timed out", self.name))
+                    Err(ControlError::Unavailable(format!(
+                        "{} timed out",
+                        self.name
+                    )))
                 }
                 None => Ok(()),
             }
@@ -406,23 +492,27 @@ mod tests {
                 .push(format!("{} state", self.name));
             Some(ControllerState::default())
         }
-        async fn status(&self, application_id: &str) -> Option<DeploymentStatus> {
+        async fn status(
+            &self,
+            application_id: &str,
+        ) -> Result<Option<DeploymentStatus>, ControlError> {
             self.calls
                 .lock()
                 .unwrap()
                 .push(format!("{} status {application_id}", self.name));
-            self.deployed
+            Ok(self
+                .deployed
                 .contains(&application_id)
-                .then_some(DeploymentStatus::Deployed)
+                .then_some(DeploymentStatus::Deployed))
         }
-        async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+        async fn deploy(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
             self.command(&format!("deploy {}", plan.application_id))
                 .await
         }
-        async fn undeploy(&self, application_id: &str, _force: bool) -> Result<(), String> {
+        async fn undeploy(&self, application_id: &str, _force: bool) -> Result<(), ControlError> {
             self.command(&format!("undeploy {application_id}")).await
         }
-        async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String> {
+        async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
             self.command(&format!("update {}", plan.application_id))
                 .await
         }
@@ -558,7 +648,7 @@ mod tests {
         lost.notify_one();
         assert_eq!(
             control.undeploy("a", true).await,
-            Err("remote timed out".to_owned())
+            Err(ControlError::Unavailable("remote timed out".to_owned()))
         );
     }
 

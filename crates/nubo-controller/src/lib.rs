@@ -10,14 +10,17 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod deploy;
 
 pub mod runtime;
 pub mod state;
 pub mod view;
 
 pub use control::{
-    AlreadyLeading, CONTROLLER_LEASE, ControlPlane, ControlRole, RemoteControl, SwitchableControl,
+    AlreadyLeading, CONTROLLER_LEASE, ControlError, ControlPlane, ControlRole, DeploymentSummary,
+    RemoteControl, SwitchableControl,
 };
-pub use nubo_plan::{DeploymentPlan, DeploymentStatus, PlanError, PlanInputs, Thresholds};
+pub use deploy::{DeployError, Deployments};
+pub use nubo_plan::{DeploymentPlan, DeploymentStatus, PlanError, PlanInputs, Planner, Thresholds};
 pub use runtime::{Controller, ControllerConfig, ControllerHandle, Fence};
 pub use state::{Action, ControllerState, Input};

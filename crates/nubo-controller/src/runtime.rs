@@ -11,6 +11,7 @@ use nubo_events::{Category, Event, ScaleCommand};
 use nubo_store::{Key, Store, StoreError, Write};
 use tokio::sync::mpsc;
 
+use crate::control::ControlError;
 use crate::state::{Action, ControllerState, Input};
 use nubo_iaas::{MemberSpec, Provider};
 use nubo_plan::DeploymentStatus;
@@ -62,18 +63,18 @@ pub struct ControllerHandle {
 impl ControllerHandle {
     /// Deploys an application (refused when it is already deployed). Returns once the controller
     /// has taken it in: the runtime view shows it from then on.
-    pub async fn deploy(&self, plan: DeploymentPlan) -> Result<(), String> {
+    pub async fn deploy(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         if self.status(&plan.application_id).is_some() {
-            return Err(format!(
-                "application `{}` is already deployed",
-                plan.application_id
-            ));
+            return Err(ControlError::AlreadyDeployed(plan.application_id));
         }
         self.command(Input::Deploy(plan)).await
     }
 
     /// Undeploys an application; returns once the controller has taken it in.
-    pub async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), String> {
+    pub async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), ControlError> {
+        if self.status(application_id).is_none() {
+            return Err(ControlError::NotDeployed(application_id.to_owned()));
+        }
         self.command(Input::Undeploy {
             application_id: application_id.to_owned(),
             force,
@@ -81,82 +82,22 @@ impl ControllerHandle {
         .await
     }
 
-    /// Scales a cluster instance to `count` members (between its minimum and maximum).
-    pub async fn scale_to(
-        &self,
-        cluster_id: &str,
-        instance_id: &str,
-        count: u32,
-    ) -> Result<(), String> {
-        self.command(Input::ScaleTo {
-            cluster_id: cluster_id.to_owned(),
-            instance_id: instance_id.to_owned(),
-            count,
-        })
-        .await
-    }
-
-    /// Drains and removes one member of a cluster instance (the newest when `member_id` is `None`).
-    pub async fn scale_down(
-        &self,
-        cluster_id: &str,
-        instance_id: &str,
-        member_id: Option<&str>,
-    ) -> Result<(), String> {
-        self.command(Input::ScaleDown {
-            cluster_id: cluster_id.to_owned(),
-            instance_id: instance_id.to_owned(),
-            member_id: member_id.map(str::to_owned),
-        })
-        .await
-    }
-
-    /// Reports a faulty Active member (the event processor's verdict): it is replaced.
-    pub async fn member_fault(&self, member_id: &str, reason: String) -> Result<(), String> {
-        self.command(Input::MemberFault {
-            member_id: member_id.to_owned(),
-            reason,
-        })
-        .await
-    }
-
-    /// A member is active (its agent's statistics show it, though its report was lost).
-    pub async fn member_active(&self, instance: nubo_events::InstanceRef) -> Result<(), String> {
-        self.command(Input::Event(Event::InstanceActivated(instance)))
-            .await
-    }
-
-    /// Reports a cluster instance full and needing more: group scaling or bursting.
-    pub async fn beyond_max(&self, cluster_id: &str, instance_id: &str) -> Result<(), String> {
-        self.command(Input::BeyondMax {
-            cluster_id: cluster_id.to_owned(),
-            instance_id: instance_id.to_owned(),
-        })
-        .await
-    }
-
-    /// Asks to terminate a group instance or a burst application instance whose clusters all sit
-    /// at their minimum with less load than it carries.
-    pub async fn scale_in(&self, application_id: &str, instance_id: &str) -> Result<(), String> {
-        self.command(Input::ScaleIn {
-            application_id: application_id.to_owned(),
-            instance_id: instance_id.to_owned(),
-        })
-        .await
+    /// Carries out a request of the autoscaler (scale, replace a faulty member, grow a group or
+    /// burst, scale in, a member proven active); returns once the controller has taken it in.
+    pub async fn scale(&self, command: ScaleCommand) -> Result<(), ControlError> {
+        self.command(Input::Scale(command)).await
     }
 
     /// Applies changed artifacts (policies, min / max) to a running application.
-    pub async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), String> {
+    pub async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         self.command(Input::UpdatePlan(plan)).await
     }
 
-    async fn command(&self, input: Input) -> Result<(), String> {
+    async fn command(&self, input: Input) -> Result<(), ControlError> {
+        let stopped = || ControlError::Unavailable("the controller has stopped".to_owned());
         let (ack, done) = tokio::sync::oneshot::channel();
-        self.commands
-            .send((input, ack))
-            .map_err(|_| "the controller has stopped".to_owned())?;
-        done.await
-            .map_err(|_| "the controller has stopped".to_owned())
+        self.commands.send((input, ack)).map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())
     }
 
     /// The deployment status of an application (`None`: not deployed).
@@ -335,46 +276,7 @@ fn command_from(e: Event) -> Option<Input> {
             force,
         }),
         Event::ControlUpdatePlan { plan } => Some(Input::UpdatePlan(*plan)),
-        Event::ControlScale { command } => Some(match command {
-            ScaleCommand::ScaleTo {
-                cluster_id,
-                instance_id,
-                count,
-            } => Input::ScaleTo {
-                cluster_id,
-                instance_id,
-                count,
-            },
-            ScaleCommand::ScaleDown {
-                cluster_id,
-                instance_id,
-                member_id,
-            } => Input::ScaleDown {
-                cluster_id,
-                instance_id,
-                member_id,
-            },
-            ScaleCommand::BeyondMax {
-                cluster_id,
-                instance_id,
-            } => Input::BeyondMax {
-                cluster_id,
-                instance_id,
-            },
-            ScaleCommand::ScaleIn {
-                application_id,
-                instance_id,
-            } => Input::ScaleIn {
-                application_id,
-                instance_id,
-            },
-            ScaleCommand::MemberFault { member_id, reason } => {
-                Input::MemberFault { member_id, reason }
-            }
-            ScaleCommand::MemberActive { instance } => {
-                Input::Event(Event::InstanceActivated(instance))
-            }
-        }),
+        Event::ControlScale { command } => Some(Input::Scale(command)),
         _ => None,
     }
 }

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nubo_events::{
-    Cluster, ClusterInstance, Event, InstanceRef, InstanceStatus, Member, MemberChange, MemberPort,
-    MemberStatus, Topology,
+    Cluster, ClusterInstance, Event, InstanceKey, InstanceRef, InstanceStatus, Member,
+    MemberChange, MemberPort, MemberStatus, ScaleCommand, Topology,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,12 +64,12 @@ pub struct Deployment {
     pub force: bool,
     /// Application instances.
     pub instances: Vec<AppInstance>,
-    /// Retry state per `(cluster id, instance id)` joined by `|`.
-    pub backoff: BTreeMap<String, Backoff>,
-    /// Members wanted per `(cluster id, instance id)` joined by `|`, set by scaling; the minimum
-    /// when absent, always kept between the cluster's minimum and maximum.
+    /// Retry state per cluster instance.
+    pub backoff: BTreeMap<InstanceKey, Backoff>,
+    /// Members wanted per cluster instance, set by scaling; the minimum when absent, always kept
+    /// between the cluster's minimum and maximum.
     #[serde(default)]
-    pub desired: BTreeMap<String, u32>,
+    pub desired: BTreeMap<InstanceKey, u32>,
     /// Group instance numbers per `(parent instance id, group path)` joined by `|` (the path by
     /// `/`); `1..=groupMinInstances` when absent. Number 1 shares its parent's instance id.
     #[serde(default)]
@@ -177,50 +177,10 @@ pub enum Input {
         /// Why.
         reason: String,
     },
-    /// Scale a cluster instance to `count` members (kept between its minimum and maximum).
-    ScaleTo {
-        /// Cluster.
-        cluster_id: String,
-        /// Cluster instance.
-        instance_id: String,
-        /// Members wanted.
-        count: u32,
-    },
-    /// Take one member out of a cluster instance (drained first), unless it is at its minimum.
-    ScaleDown {
-        /// Cluster.
-        cluster_id: String,
-        /// Cluster instance.
-        instance_id: String,
-        /// The member to remove (the autoscaler picks the least loaded); the newest when `None`.
-        member_id: Option<String>,
-    },
-    /// The event processor found an Active member faulty (its statistics stopped, or it reports
-    /// its ports closed): it is terminated and replaced.
-    MemberFault {
-        /// Member.
-        member_id: String,
-        /// Why, for the runtime view.
-        reason: String,
-    },
-    /// A cluster instance is at its maximum and needs more: its group grows by an instance
-    /// (group scaling) or, when no group can, the application bursts into the next
-    /// network-partition group.
-    BeyondMax {
-        /// Cluster.
-        cluster_id: String,
-        /// Cluster instance.
-        instance_id: String,
-    },
-    /// Every cluster of a group instance or of a burst application instance is at its minimum
-    /// and wants fewer: that instance is terminated (never below `groupMinInstances`, never an
-    /// instance started at deployment).
-    ScaleIn {
-        /// Application.
-        application_id: String,
-        /// The group or application instance id.
-        instance_id: String,
-    },
+    /// A request of the autoscaler (in this process, or through the bus): scale a cluster
+    /// instance, replace a faulty member, grow a group or burst, scale a group or burst
+    /// instance in, or take a member's statistics as proof that it is active.
+    Scale(ScaleCommand),
     /// The application's artifacts changed while it runs (a policy, its own min / max): the
     /// new plan replaces the old one; the clusters must be the same.
     UpdatePlan(DeploymentPlan),
@@ -276,10 +236,6 @@ pub struct ControllerState {
     pub since_ms: BTreeMap<String, u64>,
 }
 
-fn backoff_key(cluster: &str, instance: &str) -> String {
-    format!("{cluster}|{instance}")
-}
-
 impl ControllerState {
     /// Applies one input at `now_ms` and returns what to do.
     pub fn step(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
@@ -320,23 +276,28 @@ impl ControllerState {
                 self.member_gone(now_ms, &member_id, Some(reason), &mut out)
             }
             Input::Event(e) => self.event(now_ms, e, &mut out),
-            Input::ScaleTo {
+            Input::Scale(command) => self.scale(now_ms, command, &mut out),
+            Input::UpdatePlan(plan) => self.update_plan(plan, &mut out),
+            Input::Tick => {}
+        }
+        self.converge(now_ms, &mut out);
+        out
+    }
+
+    /// A request of the autoscaler.
+    fn scale(&mut self, now_ms: u64, command: ScaleCommand, out: &mut Vec<Action>) {
+        match command {
+            ScaleCommand::ScaleTo {
                 cluster_id,
                 instance_id,
                 count,
-            } => self.scale_to(&cluster_id, &instance_id, count, &mut out),
-            Input::ScaleDown {
+            } => self.scale_to(&cluster_id, &instance_id, count, out),
+            ScaleCommand::ScaleDown {
                 cluster_id,
                 instance_id,
                 member_id,
-            } => self.scale_down(
-                now_ms,
-                &cluster_id,
-                &instance_id,
-                member_id.as_deref(),
-                &mut out,
-            ),
-            Input::MemberFault { member_id, reason } => {
+            } => self.scale_down(now_ms, &cluster_id, &instance_id, member_id.as_deref(), out),
+            ScaleCommand::MemberFault { member_id, reason } => {
                 let active = self
                     .member_mut(&member_id)
                     .filter(|m| m.status == MemberStatus::Active && m.failure.is_none())
@@ -352,19 +313,18 @@ impl ControllerState {
                     }
                 }
             }
-            Input::BeyondMax {
+            ScaleCommand::MemberActive { instance } => {
+                self.event(now_ms, Event::InstanceActivated(instance), out)
+            }
+            ScaleCommand::BeyondMax {
                 cluster_id,
                 instance_id,
-            } => self.beyond_max(&cluster_id, &instance_id, &mut out),
-            Input::ScaleIn {
+            } => self.beyond_max(&cluster_id, &instance_id, out),
+            ScaleCommand::ScaleIn {
                 application_id,
                 instance_id,
-            } => self.scale_in(now_ms, &application_id, &instance_id, &mut out),
-            Input::UpdatePlan(plan) => self.update_plan(plan, &mut out),
-            Input::Tick => {}
+            } => self.scale_in(now_ms, &application_id, &instance_id, out),
         }
-        self.converge(now_ms, &mut out);
-        out
     }
 
     fn cluster_plan(&self, cluster_id: &str) -> Option<(String, ClusterPlan)> {
@@ -389,7 +349,7 @@ impl ControllerState {
         }
         let target = count.clamp(plan.min, plan.max.max(plan.min));
         d.desired
-            .insert(backoff_key(cluster_id, instance_id), target);
+            .insert(InstanceKey::new(cluster_id, instance_id), target);
         tracing::info!(
             cluster = cluster_id,
             instance = instance_id,
@@ -436,7 +396,7 @@ impl ControllerState {
         let remaining = live.len() as u32 - 1;
         if let Some(d) = self.deployments.get_mut(&app) {
             d.desired.insert(
-                backoff_key(cluster_id, instance_id),
+                InstanceKey::new(cluster_id, instance_id),
                 remaining.max(plan.min),
             );
         }
@@ -700,7 +660,7 @@ impl ControllerState {
         if changed {
             if target == Active {
                 m.failure = None;
-                let key = backoff_key(&m.cluster_id, &m.cluster_instance_id);
+                let key = InstanceKey::new(&m.cluster_id, &m.cluster_instance_id);
                 let app = m.application_id.clone();
                 if let Some(d) = self.deployments.get_mut(&app) {
                     d.backoff.remove(&key);
@@ -750,7 +710,7 @@ impl ControllerState {
         {
             let b = d
                 .backoff
-                .entry(backoff_key(&m.cluster_id, &m.cluster_instance_id))
+                .entry(InstanceKey::new(&m.cluster_id, &m.cluster_instance_id))
                 .or_default();
             b.failures += 1;
             let delay = FIRST_BACKOFF_MS
@@ -1012,7 +972,7 @@ impl ControllerState {
             return false;
         }
         // Minimum check (and scale-up): the desired count, at least the minimum.
-        let key = backoff_key(&plan.cluster_id, &inst.instance_id);
+        let key = InstanceKey::new(&plan.cluster_id, &inst.instance_id);
         let target = d
             .desired
             .get(&key)
@@ -1318,7 +1278,7 @@ impl ControllerState {
                 .collect();
             for id in done {
                 c.instances.remove(&id);
-                let key = backoff_key(&cid, &id);
+                let key = InstanceKey::new(&cid, &id);
                 d.desired.remove(&key);
                 d.backoff.remove(&key);
                 out.push(Action::Publish(Event::ClusterInstanceStatusChanged {
@@ -1850,7 +1810,7 @@ mod tests {
                 reason: "no such command".into(),
             },
         );
-        let b = &s.deployments["app"].backoff["app.db.db.domain|app-1"];
+        let b = &s.deployments["app"].backoff[&InstanceKey::new("app.db.db.domain", "app-1")];
         assert_eq!(b.failures, 2);
         assert_eq!(
             b.not_before_ms,
@@ -1897,9 +1857,11 @@ mod tests {
         let mut s = ControllerState::default();
         let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
         let db = starts(&out)[0].clone();
-        let fault = |id: &str| Input::MemberFault {
-            member_id: id.to_owned(),
-            reason: "no health statistics for 5 s".into(),
+        let fault = |id: &str| {
+            Input::Scale(ScaleCommand::MemberFault {
+                member_id: id.to_owned(),
+                reason: "no health statistics for 5 s".into(),
+            })
         };
         // Not Active yet: a fault is not this member's (the activation timeout covers it).
         assert!(terminates(&s.step(1, fault(&db.member_id))).is_empty());
@@ -1928,10 +1890,12 @@ mod tests {
         let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
         let db = starts(&out)[0].clone();
         activate(&mut s, 1, &db);
-        let scale = |count| Input::ScaleTo {
-            cluster_id: "app.db.db.domain".into(),
-            instance_id: "app-1".into(),
-            count,
+        let scale = |count| {
+            Input::Scale(ScaleCommand::ScaleTo {
+                cluster_id: "app.db.db.domain".into(),
+                instance_id: "app-1".into(),
+                count,
+            })
         };
         let out = s.step(2, scale(3));
         assert_eq!(starts(&out).len(), 2, "1 → 3");
@@ -1943,10 +1907,12 @@ mod tests {
             "ScaleTo never removes members"
         );
         // Scale down: the named member is drained (cleanup through its agent) and not replaced.
-        let down = |m: Option<String>| Input::ScaleDown {
-            cluster_id: "app.db.db.domain".into(),
-            instance_id: "app-1".into(),
-            member_id: m,
+        let down = |m: Option<String>| {
+            Input::Scale(ScaleCommand::ScaleDown {
+                cluster_id: "app.db.db.domain".into(),
+                instance_id: "app-1".into(),
+                member_id: m,
+            })
         };
         let out = s.step(5, down(Some(db.member_id.clone())));
         assert!(
@@ -1968,7 +1934,10 @@ mod tests {
             starts(&out).is_empty(),
             "a member scaled down is not replaced"
         );
-        assert_eq!(s.deployments["app"].desired["app.db.db.domain|app-1"], 9);
+        assert_eq!(
+            s.deployments["app"].desired[&InstanceKey::new("app.db.db.domain", "app-1")],
+            9
+        );
         // Down to the minimum, never below.
         let mut s = ControllerState::default();
         let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
@@ -2332,10 +2301,10 @@ mod tests {
             6,
             "two application instances (np1, np2) of three clusters"
         );
-        let full = Input::BeyondMax {
+        let full = Input::Scale(ScaleCommand::BeyondMax {
             cluster_id: "app.front.front.domain".into(),
             instance_id: "app-1".into(),
-        };
+        });
         let out = s.step(2, full.clone());
         let ids: Vec<(String, String)> = s.deployments["app"]
             .instances
@@ -2369,9 +2338,11 @@ mod tests {
         // No network partition left: nothing.
         assert!(s.step(5, full).iter().all(|a| matches!(a, Action::Persist)));
         // Load fell: an instance started at deployment stays; the burst ones close.
-        let scale_in = |id: &str| Input::ScaleIn {
-            application_id: "app".into(),
-            instance_id: id.into(),
+        let scale_in = |id: &str| {
+            Input::Scale(ScaleCommand::ScaleIn {
+                application_id: "app".into(),
+                instance_id: id.into(),
+            })
         };
         assert!(cleaned(&s.step(6, scale_in("app-1"))).is_empty());
         let out = s.step(7, scale_in("app-3"));
@@ -2422,10 +2393,10 @@ mod tests {
         let mut s = ControllerState::default();
         let out = s.step(0, Input::Deploy(tree("terminate-none", 2, "np1,np2")));
         run_up(&mut s, 1, out);
-        let full = Input::BeyondMax {
+        let full = Input::Scale(ScaleCommand::BeyondMax {
             cluster_id: "app.web.web.domain".into(),
             instance_id: "app-1".into(),
-        };
+        });
         let out = s.step(2, full.clone());
         let started = starts(&out);
         assert_eq!(started.len(), 1, "{started:?}");
@@ -2446,9 +2417,11 @@ mod tests {
         assert_eq!(starts(&out).len(), 1);
         assert_eq!(starts(&out)[0].network_partition_id, "np2");
         // The extra group instance scales in; the first never does.
-        let scale_in = |id: &str| Input::ScaleIn {
-            application_id: "app".into(),
-            instance_id: id.into(),
+        let scale_in = |id: &str| {
+            Input::Scale(ScaleCommand::ScaleIn {
+                application_id: "app".into(),
+                instance_id: id.into(),
+            })
         };
         assert!(cleaned(&s.step(6, scale_in("app-1"))).is_empty());
         assert_eq!(cleaned(&s.step(7, scale_in("app-1.grp-2"))).len(), 2);

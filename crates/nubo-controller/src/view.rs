@@ -1,23 +1,27 @@
-//! The runtime view of an application (`stratos.md` §6.12): application instances → group
-//! instances → cluster instances → members, with statuses, addresses, ports and access URLs.
+//! Builds the runtime view of an application (`nubo_events::view`, Stratos' §6.12) from the
+//! controller's state: application instances → group instances → cluster instances → members,
+//! with statuses, addresses, ports and access URLs.
 
-use serde_json::{Value, json};
+use nubo_events::view::{
+    ApplicationInstanceView, ApplicationRuntime, ClusterInstanceState, ClusterInstanceView,
+    GroupInstanceView, MemberView,
+};
+use nubo_events::{InstanceKey, InstanceStatus};
+use nubo_plan::group_instance_id;
 
 use crate::state::{ControllerState, Deployment};
-use nubo_plan::DeploymentStatus;
-use nubo_plan::group_instance_id;
 
 fn cluster_instance_view(
     state: &ControllerState,
     cluster_id: &str,
     instance_id: &str,
-) -> Option<Value> {
+) -> Option<ClusterInstanceView> {
     let c = state.topology.clusters.get(cluster_id)?;
     let inst = c.instances.get(instance_id);
     let backoff = state
         .deployments
         .get(&c.application_id)
-        .and_then(|d| d.backoff.get(&format!("{cluster_id}|{instance_id}")));
+        .and_then(|d| d.backoff.get(&InstanceKey::new(cluster_id, instance_id)));
     let access_urls: Vec<String> = c
         .ports
         .iter()
@@ -28,37 +32,35 @@ fn cluster_instance_view(
                 .map(move |h| format!("{}://{h}:{px}", p.protocol))
         })
         .collect();
-    let members: Vec<Value> = c
+    let member = c
         .members
         .values()
         .filter(|m| m.cluster_instance_id == instance_id)
-        .map(|m| {
-            json!({
-                "memberId": m.member_id,
-                "status": m.status.as_str(),
-                "defaultPrivateIP": m.default_private_ip,
-                "defaultPublicIP": m.default_public_ip,
-                "networkPartitionId": m.network_partition_id,
-                "partitionId": m.partition_id,
-                "ports": m.ports,
-                "failure": m.failure,
-            })
+        .map(|m| MemberView {
+            member_id: m.member_id.clone(),
+            status: m.status,
+            default_private_ip: m.default_private_ip.clone(),
+            default_public_ip: m.default_public_ip.clone(),
+            network_partition_id: m.network_partition_id.clone(),
+            partition_id: m.partition_id.clone(),
+            ports: m.ports.clone(),
+            failure: m.failure.clone(),
         })
         .collect();
-    Some(json!({
-        "alias": c.alias,
-        "serviceName": c.service_name,
-        "clusterId": c.cluster_id,
-        "instanceId": instance_id,
-        "status": inst.map(|i| format!("{:?}", i.status)).unwrap_or_else(|| "Waiting".into()),
-        "minMembers": inst.map(|i| i.min_members),
-        "maxMembers": inst.map(|i| i.max_members),
-        "hostNames": c.host_names,
-        "accessUrls": access_urls,
-        "member": members,
-        "lastFailure": backoff.and_then(|b| b.last_reason.clone()),
-        "failuresInARow": backoff.map(|b| b.failures),
-    }))
+    Some(ClusterInstanceView {
+        alias: c.alias.clone(),
+        service_name: c.service_name.clone(),
+        cluster_id: c.cluster_id.clone(),
+        instance_id: instance_id.to_owned(),
+        status: inst.map_or(ClusterInstanceState::Waiting, |i| i.status.into()),
+        min_members: inst.map(|i| i.min_members),
+        max_members: inst.map(|i| i.max_members),
+        host_names: c.host_names.clone(),
+        access_urls,
+        member,
+        last_failure: backoff.and_then(|b| b.last_reason.clone()),
+        failures_in_a_row: backoff.map(|b| b.failures),
+    })
 }
 
 /// The clusters directly at `path` and the group instances below it, inside instance `instance`.
@@ -67,8 +69,8 @@ fn level(
     d: &Deployment,
     path: &[String],
     instance: &str,
-) -> (Vec<Value>, Vec<Value>) {
-    let clusters: Vec<Value> = d
+) -> (Vec<ClusterInstanceView>, Vec<GroupInstanceView>) {
+    let clusters: Vec<ClusterInstanceView> = d
         .plan
         .clusters
         .iter()
@@ -91,55 +93,59 @@ fn level(
         for n in d.group_numbers(instance, &child) {
             let id = group_instance_id(instance, alias, n);
             let (clusters, children) = level(state, d, &child, &id);
-            let statuses: Vec<&Value> = clusters
+            let statuses: Vec<ClusterInstanceState> = clusters
                 .iter()
-                .chain(children.iter())
-                .map(|v| &v["status"])
+                .map(|c| c.status)
+                .chain(children.iter().map(|g| g.status.into()))
                 .collect();
-            let status = if statuses.iter().all(|s| *s == "Active") {
-                "Active"
-            } else if statuses
-                .iter()
-                .any(|s| *s == "Inactive" || *s == "Terminating")
-            {
-                "Inactive"
+            let status = if statuses.iter().all(|s| *s == ClusterInstanceState::Active) {
+                InstanceStatus::Active
+            } else if statuses.iter().any(|s| {
+                matches!(
+                    s,
+                    ClusterInstanceState::Inactive | ClusterInstanceState::Terminating
+                )
+            }) {
+                InstanceStatus::Inactive
             } else {
-                "Created"
+                InstanceStatus::Created
             };
-            groups.push(json!({
-                "groupId": alias,
-                "instanceId": id,
-                "parentInstanceId": instance,
-                "status": status,
-                "clusterInstances": clusters,
-                "groupInstances": children,
-            }));
+            groups.push(GroupInstanceView {
+                group_id: alias.clone(),
+                instance_id: id.clone(),
+                parent_instance_id: instance.to_owned(),
+                status,
+                cluster_instances: clusters,
+                group_instances: children,
+            });
         }
     }
     (clusters, groups)
 }
 
 /// The runtime tree of `application_id`, or `None` when it is not deployed.
-pub fn runtime_view(state: &ControllerState, application_id: &str) -> Option<Value> {
+pub fn runtime_view(state: &ControllerState, application_id: &str) -> Option<ApplicationRuntime> {
     let d = state.deployments.get(application_id)?;
-    let instances: Vec<Value> = d
+    let application_instances = d
         .instances
         .iter()
         .map(|inst| {
-            let (clusters, groups) = level(state, d, &[], &inst.instance_id);
-            json!({
-                "instanceId": inst.instance_id,
-                "networkPartitionId": inst.network_partition_id,
-                "status": format!("{:?}", inst.status),
-                "clusterInstances": clusters,
-                "groupInstances": groups,
-            })
+            let (cluster_instances, group_instances) = level(state, d, &[], &inst.instance_id);
+            ApplicationInstanceView {
+                instance_id: inst.instance_id.clone(),
+                network_partition_id: inst.network_partition_id.clone(),
+                status: inst.status,
+                cluster_instances,
+                group_instances,
+            }
         })
         .collect();
-    Some(json!({
-        "id": application_id,
-        "status": match d.status { DeploymentStatus::Deployed => "Deployed", DeploymentStatus::Undeploying => "Undeploying" },
-        "applicationPolicy": d.plan.application_policy,
-        "applicationInstances": instances,
-    }))
+    Some(ApplicationRuntime {
+        id: application_id.to_owned(),
+        name: None,
+        description: None,
+        status: d.status,
+        application_policy: d.plan.application_policy.clone(),
+        application_instances,
+    })
 }

@@ -13,6 +13,7 @@
 mod events;
 pub mod parts;
 mod topology;
+pub mod view;
 
 pub use events::*;
 pub use nubo_plan::{ClusterPort, DeploymentPlan, DeploymentStatus};

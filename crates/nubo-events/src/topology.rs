@@ -269,3 +269,45 @@ mod tests {
         assert!(!Created.can_become(Terminated));
     }
 }
+
+/// A cluster instance's key: its cluster and its instance. Where a string is needed (the keys of
+/// a JSON object) it is written `cluster|instance`; ids never hold a `|`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKey {
+    /// Cluster.
+    pub cluster_id: String,
+    /// Cluster instance.
+    pub instance_id: String,
+}
+
+impl InstanceKey {
+    /// The key of instance `instance_id` of cluster `cluster_id`.
+    pub fn new(cluster_id: &str, instance_id: &str) -> Self {
+        InstanceKey {
+            cluster_id: cluster_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}|{}", self.cluster_id, self.instance_id)
+    }
+}
+
+impl Serialize for InstanceKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let (cluster_id, instance_id) = s
+            .split_once('|')
+            .ok_or_else(|| serde::de::Error::custom("expected `cluster|instance`"))?;
+        Ok(InstanceKey::new(cluster_id, instance_id))
+    }
+}

@@ -1178,6 +1178,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_request_goes_to_a_member_that_appears_and_a_removed_host_is_404_at_once() {
+        // The member first: a port the OS gives it cannot be the dead one (a closed port may be
+        // handed out again, and the replacement would then look like the member that failed).
+        let (m, _) = member().await;
         let dead = closed_port();
         // A longer hold than the other tests: the replacement arrives during it.
         let (lb, port) = balancer_holding(&[dead], Duration::from_secs(5)).await;
@@ -1192,7 +1195,6 @@ mod tests {
             1,
             "held while no member can serve"
         );
-        let (m, _) = member().await;
         lb.set_topology(
             &crate::static_topology(&[format!("app.localhost:{port}={m}")]).expect("routes"),
         )

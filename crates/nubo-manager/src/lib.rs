@@ -23,6 +23,7 @@ use nubo_store::{Key, Store, StoreError, Write};
 use serde_json::Value;
 
 mod auth;
+pub mod kubernetes;
 mod tenants;
 
 pub use auth::{Principal, Role};
@@ -77,6 +78,10 @@ pub enum ManagerError {
         /// What would break, for updates.
         detail: Option<String>,
     },
+    /// The change conflicts with the current state (a duplicate part of an artifact, or an
+    /// artifact that kept changing under the edit); the message says what.
+    #[error("{0}")]
+    StateConflict(String),
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -139,6 +144,8 @@ fn store_err(kind: Kind, e: StoreError) -> ManagerError {
         StoreError::Unavailable(m) | StoreError::Corrupt(m) => ManagerError::Unavailable(m),
         // The manager makes no fenced writes; a deposed leader's is as good as unavailable.
         e @ StoreError::Fenced { .. } => ManagerError::Unavailable(e.to_string()),
+        // `edit` retries these; one that still races after its retries is a conflict to retry.
+        e @ StoreError::Stale { .. } => ManagerError::StateConflict(format!("{e}; retry")),
     }
 }
 
@@ -289,6 +296,57 @@ impl Manager {
             "artifact updated"
         );
         Ok(artifact)
+    }
+
+    /// Changes a stored artifact in place: reads it, applies `change`, checks the result as
+    /// [`Manager::update`] does, and writes it only if nobody wrote it meanwhile (the store's
+    /// version); a concurrent change makes it read and apply `change` again, so that two edits
+    /// of one artifact never lose one. Returns what `change` returned.
+    pub async fn edit<T: Artifact, R>(
+        &self,
+        tenant: i64,
+        id: &str,
+        change: impl Fn(&mut T) -> Result<R, ManagerError>,
+    ) -> Result<R, ManagerError> {
+        const ATTEMPTS: usize = 8;
+        let key = key::<T>(id);
+        for attempt in 1..=ATTEMPTS {
+            let rec = self
+                .store
+                .get(tenant, &key)
+                .await
+                .map_err(|e| store_err(T::KIND, e))?
+                .ok_or_else(|| ManagerError::NotFound {
+                    kind: T::KIND,
+                    id: id.to_owned(),
+                })?;
+            let mut artifact: T = serde_json::from_value(rec.body).map_err(|e| {
+                ManagerError::Unavailable(format!("stored {key} is unreadable: {e}"))
+            })?;
+            let out = change(&mut artifact)?;
+            let body = serde_json::to_vec(&artifact)
+                .map_err(|e| ManagerError::Unavailable(e.to_string()))?;
+            let (_, write) = self.checked::<T>(tenant, &body).await?;
+            self.check_users_still_valid::<T>(tenant, &write).await?;
+            match self.store.update_if(write, rec.version).await {
+                Ok(_) => {
+                    tracing::info!(kind = T::KIND.as_str(), id, tenant, "artifact edited");
+                    return Ok(out);
+                }
+                Err(StoreError::Stale { .. }) if attempt < ATTEMPTS => {
+                    tracing::debug!(
+                        kind = T::KIND.as_str(),
+                        id,
+                        attempt,
+                        "edited concurrently: again"
+                    );
+                }
+                Err(e) => return Err(store_err(T::KIND, e)),
+            }
+        }
+        Err(ManagerError::Unavailable(format!(
+            "{key} kept changing during the edit: retry"
+        )))
     }
 
     /// Re-checks every artifact that references the one being replaced against its new version.
@@ -517,5 +575,25 @@ impl Manager {
                 reason: e.0,
             }],
         })
+    }
+}
+
+impl nubo_plan::Planner for Manager {
+    type Error = ManagerError;
+
+    async fn plan(
+        &self,
+        tenant: i64,
+        application_id: &str,
+        policy_id: &str,
+    ) -> Result<nubo_plan::DeploymentPlan, ManagerError> {
+        self.deployment_plan(tenant, application_id, policy_id)
+            .await
+    }
+
+    async fn application(&self, tenant: i64, application_id: &str) -> Result<(), ManagerError> {
+        self.get::<Application>(tenant, application_id)
+            .await
+            .map(|_| ())
     }
 }

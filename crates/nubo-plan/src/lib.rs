@@ -542,6 +542,28 @@ fn add_dependencies(app: &Application, inputs: &PlanInputs, clusters: &mut [Clus
     }
 }
 
+/// Who turns an application into a deployment plan (the manager, over its stored artifacts). The
+/// controller's deploy service asks it, so that deploying has one owner and the controller never
+/// reads artifacts.
+pub trait Planner: Send + Sync + 'static {
+    /// Why a plan cannot be made (the application or a policy is missing, or invalid).
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The plan of deploying `tenant`'s application `application_id` with the application policy
+    /// `policy_id`.
+    fn plan(
+        &self,
+        tenant: i64,
+        application_id: &str,
+        policy_id: &str,
+    ) -> impl std::future::Future<Output = Result<DeploymentPlan, Self::Error>> + Send;
+    /// `Ok` when `tenant` has the application `application_id`; its error otherwise.
+    fn application(
+        &self,
+        tenant: i64,
+        application_id: &str,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

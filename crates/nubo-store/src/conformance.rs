@@ -50,6 +50,7 @@ pub async fn run_shared(a: &dyn Store, b: &dyn Store) {
     one_create_wins_across_handles(a, b).await;
     delete_and_new_reference_never_dangle(a, b).await;
     no_update_is_lost_across_handles(a, b).await;
+    conditional_updates_lose_no_increment(a, b).await;
     one_acquisition_wins_across_handles(a, b).await;
     a_deposed_holder_is_fenced_across_handles(a, b).await;
 }
@@ -813,6 +814,69 @@ async fn no_update_is_lost_across_handles(a: &dyn Store, b: &dyn Store) {
     );
     a.delete(1, &Key::new("counter", "c")).await.unwrap();
     a.delete(1, &Key::new("np", "target")).await.unwrap();
+}
+
+/// Read, modify, write with `update_if` from two handles at once: a write over a version that
+/// changed meanwhile is refused (`Stale`), the writer reads again, and no increment is lost
+/// (with plain `update` one of two racing increments would be).
+async fn conditional_updates_lose_no_increment(a: &dyn Store, b: &dyn Store) {
+    const ROUNDS: i64 = 15;
+    a.create(w(1, "counter", "cas", json!({"n": 0}), &[]))
+        .await
+        .unwrap();
+    async fn incrementer(s: &dyn Store) -> u32 {
+        let key = Key::new("counter", "cas");
+        let mut stale = 0;
+        for _ in 0..ROUNDS {
+            loop {
+                let r = s.get(1, &key).await.unwrap().unwrap();
+                let n = r.body["n"].as_i64().unwrap();
+                match s
+                    .update_if(w(1, "counter", "cas", json!({"n": n + 1}), &[]), r.version)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(StoreError::Stale {
+                        expected, found, ..
+                    }) => {
+                        assert_eq!(expected, r.version);
+                        assert!(found > expected);
+                        stale += 1;
+                    }
+                    Err(e) => panic!("update_if: {e}"),
+                }
+            }
+        }
+        stale
+    }
+    tokio::join!(incrementer(a), incrementer(b));
+    let got = b
+        .get(1, &Key::new("counter", "cas"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.body["n"], json!(2 * ROUNDS), "no increment lost");
+    assert_eq!(got.version, 1 + 2 * ROUNDS);
+    // A stale version is refused even without a race, and nothing is written.
+    let err = a
+        .update_if(w(1, "counter", "cas", json!({"n": -1}), &[]), 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Stale { .. }), "{err}");
+    let missing = a
+        .update_if(w(1, "counter", "nope", json!({}), &[]), 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
+    assert_eq!(
+        a.get(1, &Key::new("counter", "cas"))
+            .await
+            .unwrap()
+            .unwrap()
+            .body["n"],
+        json!(2 * ROUNDS)
+    );
+    a.delete(1, &Key::new("counter", "cas")).await.unwrap();
 }
 
 /// A PostgreSQL database of one test's own, with a random name, on the server that

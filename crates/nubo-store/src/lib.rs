@@ -123,6 +123,17 @@ pub enum StoreError {
     /// A stored document could not be read back.
     #[error("corrupt document: {0}")]
     Corrupt(String),
+    /// A conditional update was refused, and nothing written: the document changed since it was
+    /// read (optimistic concurrency: read again, apply the change again).
+    #[error("{key} changed meanwhile (version {found}, expected {expected}): nothing was written")]
+    Stale {
+        /// The document.
+        key: Key,
+        /// The version the writer read.
+        expected: i64,
+        /// The version stored now.
+        found: i64,
+    },
     /// A fenced write was refused, and nothing written: the lease is no longer held with this
     /// token (another holder took over, or it expired). The writer is no longer the leader.
     #[error(
@@ -156,6 +167,9 @@ pub trait Store: Send + Sync + 'static {
     async fn create(&self, write: Write) -> Result<Record, StoreError>;
     /// Replaces a document and its references: `NotFound` if it does not exist.
     async fn update(&self, write: Write) -> Result<Record, StoreError>;
+    /// Replaces a document only if its version is still `expected_version` (optimistic
+    /// concurrency): `Stale` otherwise, and nothing written.
+    async fn update_if(&self, write: Write, expected_version: i64) -> Result<Record, StoreError>;
     /// Deletes a document: `NotFound`, or `InUse` naming who references it.
     async fn delete(&self, tenant: i64, key: &Key) -> Result<(), StoreError>;
     /// Who references a document.

@@ -227,18 +227,29 @@ impl PostgresStore {
         })
     }
 
-    async fn update_once(&self, w: &Write) -> Result<Record, Fail> {
+    async fn update_once(&self, w: &Write, expected: Option<i64>) -> Result<Record, Fail> {
         let mut tx = self.begin().await?;
         let locked = sqlx::query(
-            "SELECT 1 FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3 FOR NO KEY UPDATE",
+            "SELECT version FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3 FOR NO KEY UPDATE",
         )
         .bind(w.tenant)
         .bind(&w.key.kind)
         .bind(&w.key.id)
         .fetch_optional(&mut *tx)
         .await?;
-        if locked.is_none() {
+        let Some(locked) = locked else {
             return Err(StoreError::NotFound(w.key.clone()).into());
+        };
+        let found: i64 = locked.try_get("version")?;
+        if let Some(expected) = expected
+            && expected != found
+        {
+            return Err(StoreError::Stale {
+                key: w.key.clone(),
+                expected,
+                found,
+            }
+            .into());
         }
         lock_refs(&mut tx, w).await?;
         let now = now_rfc3339();
@@ -700,7 +711,12 @@ impl Store for PostgresStore {
     }
 
     async fn update(&self, w: Write) -> Result<Record, StoreError> {
-        self.retrying("update", || self.update_once(&w)).await
+        self.retrying("update", || self.update_once(&w, None)).await
+    }
+
+    async fn update_if(&self, w: Write, expected_version: i64) -> Result<Record, StoreError> {
+        self.retrying("update", || self.update_once(&w, Some(expected_version)))
+            .await
     }
 
     async fn delete(&self, tenant: i64, key: &Key) -> Result<(), StoreError> {

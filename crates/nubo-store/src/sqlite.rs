@@ -317,6 +317,24 @@ impl Store for SqliteStore {
         Ok(record)
     }
 
+    async fn update_if(&self, w: Write, expected_version: i64) -> Result<Record, StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(old) = fetch(&mut tx, w.tenant, &w.key).await? else {
+            return Err(StoreError::NotFound(w.key));
+        };
+        if old.version != expected_version {
+            return Err(StoreError::Stale {
+                key: w.key,
+                expected: expected_version,
+                found: old.version,
+            });
+        }
+        let record = update_in(&mut tx, w, old).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
     async fn delete(&self, tenant: i64, key: &Key) -> Result<(), StoreError> {
         let _guard = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
