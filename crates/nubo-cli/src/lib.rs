@@ -60,6 +60,10 @@ pub struct Global {
     /// Output format
     #[arg(long, short = 'o', global = true, env = "NUBO_OUTPUT", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// The data directory of a server on this machine, whose generated certificate is trusted
+    /// (the binary fills it in with the server's default; not a flag).
+    #[arg(skip)]
+    pub local_data_dir: Option<PathBuf>,
 }
 
 /// The saved connection settings.
@@ -418,8 +422,9 @@ impl Connection {
         let mut ca_cert = g.ca_cert.clone().or(file.ca_cert);
         if ca_cert.is_none() && url.starts_with("https://") && is_loopback(&url) {
             // A server on this machine with the default data directory: trust its certificate.
-            let candidate = default_data_dir().join("tls/cert.pem");
-            if candidate.exists() {
+            if let Some(candidate) = g.local_data_dir.as_ref().map(|d| d.join("tls/cert.pem"))
+                && candidate.exists()
+            {
                 ca_cert = Some(candidate);
             }
         }
@@ -446,18 +451,6 @@ fn is_loopback(url: &str) -> bool {
         .next()
         .unwrap_or("");
     matches!(host, "127.0.0.1" | "localhost" | "[" | "") || url.contains("://[::1]")
-}
-
-fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("NUBO_DATA_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("nubo");
-    }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".local/share/nubo"))
-        .unwrap_or_else(|| PathBuf::from("nubo-data"))
 }
 
 fn read_file(path: &PathBuf) -> anyhow::Result<Vec<u8>> {

@@ -17,6 +17,10 @@ use nubo_plan::{
 
 /// How long a member may drain (maintenance → ready to shut down) before it is terminated anyway.
 pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// How often a clean-up request that got no answer is sent again: an agent that was away from
+/// the bus when it went (a broker restart, a re-adopted agent still reconnecting) gets it then,
+/// instead of being cut off at the drain timeout.
+pub const CLEANUP_RESEND_MS: u64 = 2_000;
 /// How long a member may take from creation to Active before it is replaced.
 pub const ACTIVATION_TIMEOUT_MS: u64 = 120_000;
 /// First retry delay after a member failed before becoming Active; doubles up to [`MAX_BACKOFF_MS`].
@@ -234,6 +238,10 @@ pub struct ControllerState {
     pub next_member: u64,
     /// When each member entered its current status (ms), for timeouts.
     pub since_ms: BTreeMap<String, u64>,
+    /// When a clean-up request was last sent to each member that has not answered it (ms; not
+    /// persisted: after a restart the next one goes at once).
+    #[serde(skip)]
+    pub cleanup_sent_ms: BTreeMap<String, u64>,
 }
 
 impl ControllerState {
@@ -802,6 +810,20 @@ impl ControllerState {
                 }
                 MemberStatus::Terminated => false,
             };
+            let unanswered = m.status == MemberStatus::Active
+                && (undeploying || m.failure.is_some())
+                && self.since_ms.contains_key(&m.member_id);
+            if unanswered && !late {
+                let sent = self.cleanup_sent_ms.get(&m.member_id).copied().unwrap_or(0);
+                if now_ms.saturating_sub(sent.max(since)) >= CLEANUP_RESEND_MS {
+                    self.cleanup_sent_ms.insert(m.member_id.clone(), now_ms);
+                    out.push(Action::Publish(Event::InstanceCleanupMember {
+                        member_id: m.member_id.clone(),
+                    }));
+                }
+                continue;
+            }
+            self.cleanup_sent_ms.remove(&m.member_id);
             if late && let Some(provider) = self.provider_of(&m.member_id) {
                 tracing::warn!(member = %m.member_id, status = m.status.as_str(), "member timed out in its status: terminating it");
                 if let Some(mm) = self.member_mut(&m.member_id) {
@@ -1962,6 +1984,37 @@ mod tests {
             ["p1", "p2"],
             "two partitions of max 1: only two members"
         );
+    }
+
+    #[test]
+    fn an_unanswered_clean_up_is_sent_again_until_the_agent_answers() {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
+        let db = starts(&out)[0].clone();
+        activate(&mut s, 1, &db);
+        let undeploy = Input::Undeploy {
+            application_id: "app".into(),
+            force: false,
+        };
+        let cleanups = |out: &[Action]| {
+            published(out)
+                .iter()
+                .filter(|e| **e == "InstanceCleanupMember")
+                .count()
+        };
+        assert_eq!(cleanups(&s.step(10, undeploy)), 1);
+        assert_eq!(cleanups(&s.step(1_000, Input::Tick)), 0, "not yet");
+        // The agent was away from the bus: the request goes again, every CLEANUP_RESEND_MS.
+        assert_eq!(cleanups(&s.step(10 + CLEANUP_RESEND_MS, Input::Tick)), 1);
+        assert_eq!(cleanups(&s.step(11 + CLEANUP_RESEND_MS, Input::Tick)), 0);
+        assert_eq!(
+            cleanups(&s.step(10 + 2 * CLEANUP_RESEND_MS, Input::Tick)),
+            1
+        );
+        // It answers: no more requests.
+        s.step(5_000, Input::Event(Event::InstanceMaintenanceMode(r(&db))));
+        assert_eq!(cleanups(&s.step(9_000, Input::Tick)), 0);
+        assert_eq!(cleanups(&s.step(15_000, Input::Tick)), 0);
     }
 
     #[test]

@@ -28,80 +28,14 @@ pub use nubo_store::StoreLocation;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+pub mod config;
 mod lock;
 pub mod tls;
 
-/// How the API is served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsMode {
-    /// HTTPS with a certificate generated into `<data-dir>/tls/` on first start.
-    SelfSigned,
-    /// HTTPS with the given PEM files.
-    Files {
-        /// Certificate chain.
-        cert: PathBuf,
-        /// Private key.
-        key: PathBuf,
-    },
-    /// Plain HTTP (for loopback-only set-ups and tests).
-    Insecure,
-}
-
-/// The server's configuration.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Where state lives.
-    pub data_dir: PathBuf,
-    /// The store (`None`: SQLite at `<data-dir>/nubo.db`).
-    pub store: Option<StoreLocation>,
-    /// Where the API listens (port 0: any free port).
-    pub api_addr: SocketAddr,
-    /// HTTPS or HTTP.
-    pub tls: TlsMode,
-    /// The admin password to set at first start (else one is generated and printed once).
-    pub admin_password: Option<String>,
-    /// IaaS providers to offer.
-    pub providers: Vec<String>,
-    /// The message bus.
-    pub bus: BusMode,
-    /// The program (and arguments) the node supervisor runs as each member's agent.
-    pub agent: nubo_node::AgentCommand,
-    /// The built-in load balancer (`None`: none in this process).
-    pub lb: Option<nubo_lb::LbConfig>,
-    /// The autoscaler's tick, window and cool-downs.
-    pub autoscaler: nubo_autoscaler::monitor::MonitorConfig,
-    /// The `mock` IaaS provider (`None`: not offered).
-    pub mock: Option<nubo_mock::MockConfig>,
-    /// `local` members run by the node supervisor of that name in another process (`nubo
-    /// node`), reached through the bus; `None`: by this process's own node supervisor.
-    pub remote_node: Option<String>,
-    /// Run the autoscaler in this process.
-    pub autoscale: bool,
-    /// Run the event processor in this process: for the autoscaler beside it, or, alone, for an
-    /// autoscaler in another process (its predictions on the bus).
-    pub event_processor: bool,
-    /// Serve the API (without it, the process runs its other components only).
-    pub api: bool,
-    /// Without a controller in this process: run a node supervisor of this name, commanded
-    /// through the bus by the controller of another process (as `nubo node`).
-    pub serve_node: Option<String>,
-    /// Run the cloud controller in this process; without it, the API sends its commands through
-    /// the bus to the controller of another process and reads its state from the store.
-    pub controller: bool,
-    /// One of several controllers sharing the store (`--ha`): only the holder of the
-    /// `controller` lease runs; the others wait as standbys.
-    pub ha: Option<HaConfig>,
-}
-
-/// Leader election among controllers sharing one store.
-#[derive(Debug, Clone)]
-pub struct HaConfig {
-    /// This process's name as a lease holder (unique among the controllers).
-    pub holder: String,
-    /// How long the lease lasts without renewal: the longest a dead leader goes unnoticed.
-    /// Renewed every third of it.
-    pub ttl: Duration,
-}
+pub use config::{
+    BusMode, Component, Components, HaConfig, ServerConfig, Settings, TlsMode, default_data_dir,
+    default_node_dir,
+};
 
 /// The lease the controllers compete for.
 pub use nubo_controller::CONTROLLER_LEASE;
@@ -291,16 +225,6 @@ async fn renewing<T>(
     }
 }
 
-/// Where the bus is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusMode {
-    /// The embedded MQTT broker, listening here (loopback by default).
-    Embedded(SocketAddr),
-    /// An external broker: `mqtt://host:port` (MQTT 3.1.1, e.g. Mosquitto) or `nats://host:port`
-    /// (a NATS server). Agents get the same URL.
-    External(String),
-}
-
 /// A running server's facts, given to `on_ready`.
 #[derive(Debug, Clone)]
 pub struct Ready {
@@ -319,7 +243,7 @@ pub struct Ready {
 /// Where this server's autoscaler gets its statistics: its own event processor, or one in
 /// another process.
 fn statistics(config: &ServerConfig) -> nubo_autoscaler::monitor::Statistics {
-    if config.event_processor || !config.autoscale {
+    if config.runs(Component::EventProcessor) || !config.runs(Component::Autoscaler) {
         nubo_autoscaler::monitor::Statistics::Here
     } else {
         tracing::info!(
@@ -329,12 +253,39 @@ fn statistics(config: &ServerConfig) -> nubo_autoscaler::monitor::Statistics {
     }
 }
 
-/// Runs the server until `shutdown` completes.
+/// Runs the server until `shutdown` completes: [`build`], then [`Platform::serve`].
 pub async fn run(
     config: ServerConfig,
     on_ready: impl FnOnce(&Ready),
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let platform = build(config).await?;
+    on_ready(platform.ready());
+    platform.serve(shutdown).await
+}
+
+/// A platform assembled and listening, not yet serving: what [`Platform::serve`] runs.
+pub struct Platform {
+    config: ServerConfig,
+    _lock: lock::DirLock,
+    store: Arc<dyn nubo_store::Store>,
+    state: Arc<AppState>,
+    app: axum::Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    listener: Option<TcpListener>,
+    ready: Ready,
+    /// This process's controller and its lease's token, once it runs.
+    leader: Option<(nubo_controller::ControllerHandle, Option<u64>)>,
+    /// A standby: its API's control plane (switched when it leads) and what its controller needs.
+    standby: Option<(Arc<nubo_controller::SwitchableControl>, ControllerParts)>,
+    /// An autoscaler without a controller that waits for its lease (`--ha`).
+    remote_autoscaler: Option<RemoteAutoscaler>,
+    mock: Option<Arc<nubo_mock::MockIaas>>,
+}
+
+/// Assembles the platform `config` describes: the data directory and its lock, the store, the
+/// manager, the bus, the components, the API's listener. Nothing is served yet.
+pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -383,9 +334,9 @@ pub async fn run(
     let mut leader: Option<(nubo_controller::ControllerHandle, Option<u64>)> = None;
     // A standby: its API's control plane (switched when it leads) and what its controller needs.
     let mut standby: Option<(Arc<nubo_controller::SwitchableControl>, ControllerParts)> = None;
-    let control: Arc<dyn nubo_controller::ControlPlane> = if config.controller {
+    let control: Arc<dyn nubo_controller::ControlPlane> = if config.runs(Component::Controller) {
         let mut remote_node = None;
-        match &config.remote_node {
+        match (!config.runs(Component::Node)).then_some(&config.node) {
             Some(node) => {
                 let remote = nubo_node::NodeProvider::connect(events.clone(), node)
                     .await
@@ -423,7 +374,7 @@ pub async fn run(
             providers,
             remote_node,
             bus_url: bus_url.clone(),
-            autoscale: config.autoscale,
+            autoscale: config.runs(Component::Autoscaler),
             statistics: statistics(&config),
             autoscaler: config.autoscaler,
         };
@@ -464,7 +415,7 @@ pub async fn run(
             }
         }
     } else {
-        if let Some(node) = &config.serve_node {
+        if let Some(node) = config.runs(Component::Node).then_some(&config.node) {
             let supervisor = nubo_node::NodeSupervisor::new(
                 config.data_dir.join("members"),
                 config.agent.clone(),
@@ -482,7 +433,7 @@ pub async fn run(
         tracing::info!(
             "no controller in this process: commands go through the bus to the controller of another"
         );
-        if config.autoscale {
+        if config.runs(Component::Autoscaler) {
             tracing::info!(
                 "autoscaler without a controller: it reads the controller's state from the store and sends its decisions through the bus"
             );
@@ -504,7 +455,7 @@ pub async fn run(
             events.clone(),
         ))
     };
-    if config.event_processor && !config.autoscale {
+    if config.runs(Component::EventProcessor) && !config.runs(Component::Autoscaler) {
         tracing::info!(
             "event processor without an autoscaler: its predictions go on the bus for an autoscaler in another process"
         );
@@ -528,7 +479,7 @@ pub async fn run(
     let app = nubo_api::router(state.clone());
 
     let (acceptor, ca_cert) = match &config.tls {
-        _ if !config.api => (None, None),
+        _ if !config.runs(Component::Api) => (None, None),
         TlsMode::Insecure => (None, None),
         TlsMode::SelfSigned => {
             let (cert, key) = tls::ensure_self_signed(&config.data_dir.join("tls"))?;
@@ -536,7 +487,7 @@ pub async fn run(
         }
         TlsMode::Files { cert, key } => (Some(tls::acceptor(cert, key)?), None),
     };
-    let listener = if config.api {
+    let listener = if config.runs(Component::Api) {
         Some(TcpListener::bind(config.api_addr).await.with_context(|| {
             format!(
                 "cannot listen on {}: is another server running? pass --api-addr",
@@ -559,81 +510,160 @@ pub async fn run(
         store: location.to_string(),
     };
     tracing::info!(url = %ready.api_url, data_dir = %config.data_dir.display(), store = store.backend(), store_location = %ready.store, "nubo server ready");
-    on_ready(&ready);
+    Ok(Platform {
+        config,
+        _lock,
+        store,
+        state,
+        app,
+        acceptor,
+        listener,
+        ready,
+        leader,
+        standby,
+        remote_autoscaler,
+        mock,
+    })
+}
 
-    // The lease's token while this process holds it (released on a clean stop).
-    let held: Arc<std::sync::OnceLock<(&'static str, u64)>> = Arc::default();
-    if let Some(token) = leader.as_ref().and_then(|(_, t)| *t) {
-        let _ = held.set((CONTROLLER_LEASE, token));
+impl Platform {
+    /// The running server's facts (its API's URL, the bus, the store).
+    pub fn ready(&self) -> &Ready {
+        &self.ready
     }
-    // A standby takes over when the lease is free: its controller starts and its API switches to
-    // it. Then (and for a server that led from the start): leadership lost (taken over, or not
-    // renewed in time), or deposed by a fenced write, ends this process, so that exactly one
-    // controller acts. Completes with an error when the controller cannot start.
-    let lead = {
-        let ha = config.ha.clone();
-        let store = store.clone();
-        let held = held.clone();
-        let state = state.clone();
-        async move {
-            let Some(ha) = ha else {
+
+    /// Serves until `shutdown` completes, or, under `--ha`, until leadership is lost.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Platform {
+            config,
+            _lock,
+            store,
+            state,
+            app,
+            acceptor,
+            listener,
+            ready: _,
+            leader,
+            standby,
+            remote_autoscaler,
+            mock,
+        } = self;
+        // The lease's token while this process holds it (released on a clean stop).
+        let held: Arc<std::sync::OnceLock<(&'static str, u64)>> = Arc::default();
+        if let Some(token) = leader.as_ref().and_then(|(_, t)| *t) {
+            let _ = held.set((CONTROLLER_LEASE, token));
+        }
+        let lead = lead(
+            config.ha.clone(),
+            store.clone(),
+            held.clone(),
+            state,
+            Roles {
+                leader,
+                standby,
+                remote_autoscaler,
+                mock,
+            },
+        );
+        let ending = accept_loop(listener.as_ref(), acceptor.as_ref(), &app, shutdown, lead).await;
+        drop(listener);
+        ending_of(ending, store, config.ha.as_ref(), held.get().copied()).await
+    }
+}
+
+/// What a server leads or waits to lead.
+struct Roles {
+    leader: Option<(nubo_controller::ControllerHandle, Option<u64>)>,
+    standby: Option<(Arc<nubo_controller::SwitchableControl>, ControllerParts)>,
+    remote_autoscaler: Option<RemoteAutoscaler>,
+    mock: Option<Arc<nubo_mock::MockIaas>>,
+}
+
+/// A standby takes over when the lease is free: its controller starts and its API switches to
+/// it. Then (and for a server that led from the start): leadership lost (taken over, or not
+/// renewed in time), or deposed by a fenced write, ends this process, so that exactly one
+/// controller acts. Completes with an error when the controller cannot start; never without
+/// `--ha`.
+async fn lead(
+    ha: Option<HaConfig>,
+    store: Arc<dyn nubo_store::Store>,
+    held: Arc<std::sync::OnceLock<(&'static str, u64)>>,
+    state: Arc<AppState>,
+    roles: Roles,
+) -> anyhow::Result<()> {
+    let Roles {
+        leader,
+        standby,
+        remote_autoscaler,
+        mock,
+    } = roles;
+    let Some(ha) = ha else {
+        return std::future::pending::<anyhow::Result<()>>().await;
+    };
+    let (controller, token) = match (leader, standby) {
+        (Some((controller, Some(token))), _) => (controller, token),
+        (_, Some((switch, parts))) => {
+            let token = become_leader(store.as_ref(), &ha).await;
+            let _ = held.set((CONTROLLER_LEASE, token));
+            let (controller, log) =
+                renewing(&store, Some(&ha), Some(token), parts.start(Some(token))).await?;
+            state.register_metrics(|r| controller.register_metrics(r));
+            if let Some(log) = log {
+                state.attach_scaling(log)?;
+            }
+            if let Some(mock) = mock {
+                state.attach_mock(mock)?;
+            }
+            switch.lead(Arc::new(controller.clone()))?;
+            println!("nubo: leader: this server took over; its controller runs now");
+            (controller, token)
+        }
+        _ => {
+            let Some(parts) = remote_autoscaler else {
                 return std::future::pending::<anyhow::Result<()>>().await;
             };
-            let (controller, token) = match (leader, standby) {
-                (Some((controller, Some(token))), _) => (controller, token),
-                (_, Some((switch, parts))) => {
-                    let token = become_leader(store.as_ref(), &ha).await;
-                    let _ = held.set((CONTROLLER_LEASE, token));
-                    let (controller, log) =
-                        renewing(&store, Some(&ha), Some(token), parts.start(Some(token))).await?;
-                    state.register_metrics(|r| controller.register_metrics(r));
-                    if let Some(log) = log {
-                        state.attach_scaling(log)?;
-                    }
-                    if let Some(mock) = mock {
-                        state.attach_mock(mock)?;
-                    }
-                    switch.lead(Arc::new(controller.clone()))?;
-                    println!("nubo: leader: this server took over; its controller runs now");
-                    (controller, token)
-                }
-                _ => {
-                    let Some(parts) = remote_autoscaler else {
-                        return std::future::pending::<anyhow::Result<()>>().await;
-                    };
-                    // An autoscaler without a controller, one of several: it decides while it
-                    // holds the autoscaler lease, and this process ends when it loses it.
-                    let token = match try_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await {
-                        Some(t) => t,
-                        None => {
-                            announce_standby(store.as_ref(), AUTOSCALER_LEASE, "").await;
-                            wait_for_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await
-                        }
-                    };
-                    let _ = held.set((AUTOSCALER_LEASE, token));
-                    let log = parts.start().await?;
-                    state.attach_scaling(log)?;
-                    println!("nubo: leader: this server's autoscaler decides now");
-                    keep_lease(store, ha, token, AUTOSCALER_LEASE).await;
-                    return Ok(());
+            // An autoscaler without a controller, one of several: it decides while it holds the
+            // autoscaler lease, and this process ends when it loses it.
+            let token = match try_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await {
+                Some(t) => t,
+                None => {
+                    announce_standby(store.as_ref(), AUTOSCALER_LEASE, "").await;
+                    wait_for_lease(store.as_ref(), &ha, AUTOSCALER_LEASE).await
                 }
             };
-            tokio::select! {
-                () = keep_lease(store, ha, token, CONTROLLER_LEASE) => {}
-                () = controller.deposed() => {}
-            }
-            Ok(())
+            let _ = held.set((AUTOSCALER_LEASE, token));
+            let log = parts.start().await?;
+            state.attach_scaling(log)?;
+            println!("nubo: leader: this server's autoscaler decides now");
+            keep_lease(store, ha, token, AUTOSCALER_LEASE).await;
+            return Ok(());
         }
     };
+    tokio::select! {
+        () = keep_lease(store, ha, token, CONTROLLER_LEASE) => {}
+        () = controller.deposed() => {}
+    }
+    Ok(())
+}
+
+/// Accepts API connections (HTTPS when `acceptor` is set) until `shutdown` completes or `lead`
+/// does; then lets open requests finish (10 s at most).
+async fn accept_loop(
+    listener: Option<&TcpListener>,
+    acceptor: Option<&tokio_rustls::TlsAcceptor>,
+    app: &axum::Router,
+    shutdown: impl Future<Output = ()>,
+    lead: impl Future<Output = anyhow::Result<()>>,
+) -> Ending {
     tokio::pin!(lead);
+    tokio::pin!(shutdown);
     let mut ending = Ending::Shutdown;
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = async {
-                match &listener {
+                match listener {
                     Some(l) => l.accept().await,
                     None => std::future::pending().await,
                 }
@@ -656,7 +686,7 @@ pub async fn run(
         };
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        match &acceptor {
+        match acceptor {
             None => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                 let conn = graceful.watch(conn.into_owned());
@@ -691,37 +721,48 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: finishing open requests");
-    drop(listener);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("open connections did not finish within 10 s; closing them");
     }
-    match ending {
+    ending
+}
+
+/// Closes the store, giving up a lease this process holds on a clean stop, and says why the
+/// server stopped when it was not asked to.
+async fn ending_of(
+    ending: Ending,
+    store: Arc<dyn nubo_store::Store>,
+    ha: Option<&HaConfig>,
+    held: Option<(&'static str, u64)>,
+) -> anyhow::Result<()> {
+    let result = match ending {
         Ending::LeadershipLost => {
-            store.close().await;
-            let what = match held.get() {
+            let what = match held {
                 Some((AUTOSCALER_LEASE, _)) => "autoscaler",
                 _ => "controller",
             };
-            anyhow::bail!(
+            Err(anyhow::anyhow!(
                 "this server lost the {what} lease (another server took over, or the store was unreachable for longer than the lease): it stopped so that one {what} acts; start it again to stand by"
-            );
+            ))
         }
         Ending::Failed(e) => {
-            release(store.as_ref(), config.ha.as_ref(), held.get()).await;
-            store.close().await;
-            return Err(e.context("this server won the lease but could not lead"));
+            release(store.as_ref(), ha, held.as_ref()).await;
+            Err(e.context("this server won the lease but could not lead"))
         }
         Ending::Shutdown => {
             // Handing over at once rather than after the lease runs out.
-            release(store.as_ref(), config.ha.as_ref(), held.get()).await;
+            release(store.as_ref(), ha, held.as_ref()).await;
+            Ok(())
         }
-    }
+    };
     store.close().await;
-    tracing::info!("nubo server stopped");
-    Ok(())
+    if result.is_ok() {
+        tracing::info!("nubo server stopped");
+    }
+    result
 }
 
 /// Gives the lease this process holds up (the controller's or the autoscaler's), if any.
@@ -775,17 +816,6 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
-    }
-}
-
-/// The default data directory: `$NUBO_DATA_DIR`, else `$XDG_DATA_HOME/nubo`, else `~/.local/share/nubo`.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Path::new(&d).join("nubo");
-    }
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(h) => Path::new(&h).join(".local/share/nubo"),
-        None => PathBuf::from("nubo-data"),
     }
 }
 

@@ -2,12 +2,12 @@
 //! its REST API.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nubo_server::{ServerConfig, TlsMode};
+use nubo_server::Settings;
 
 #[derive(Parser)]
 #[command(
@@ -49,11 +49,19 @@ enum Top {
     Client(nubo_cli::Command),
 }
 
-#[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+impl From<LogFormat> for nubo_server::config::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => nubo_server::config::LogFormat::Text,
+            LogFormat::Json => nubo_server::config::LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -66,7 +74,7 @@ struct ServerArgs {
     data_dir: Option<PathBuf>,
     /// Where artifacts and state are stored: sqlite://PATH, or postgres://USER:PASSWORD@HOST:PORT/DATABASE (an existing database; tables are created) [default: sqlite://<data-dir>/nubo.db]
     #[arg(long, env = "NUBO_STORE", value_name = "URL")]
-    store: Option<nubo_server::StoreLocation>,
+    store: Option<String>,
     /// Address of the REST API; port 0 picks a free port [default: 127.0.0.1:9443]
     #[arg(long, env = "NUBO_API_ADDR")]
     api_addr: Option<SocketAddr>,
@@ -152,13 +160,22 @@ struct ServerArgs {
     mock_boot_delay: Option<f64>,
 }
 
-#[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, ValueEnum)]
 enum LbStrategy {
     /// In turn
     RoundRobin,
     /// The member with the fewest requests in flight
     LeastOutstanding,
+}
+
+impl LbStrategy {
+    /// Its name in the configuration.
+    fn name(self) -> &'static str {
+        match self {
+            LbStrategy::RoundRobin => "round-robin",
+            LbStrategy::LeastOutstanding => "least-outstanding",
+        }
+    }
 }
 
 impl From<LbStrategy> for nubo_lb::Strategy {
@@ -221,39 +238,7 @@ struct LbArgs {
     id: Option<String>,
 }
 
-/// The server's configuration file; every key optional.
-#[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerFile {
-    data_dir: Option<PathBuf>,
-    store: Option<String>,
-    api_addr: Option<SocketAddr>,
-    insecure_http: Option<bool>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    bus_addr: Option<SocketAddr>,
-    #[serde(alias = "bus_url")]
-    bus: Option<String>,
-    lb_bind: Option<std::net::IpAddr>,
-    lb_strategy: Option<LbStrategy>,
-    no_lb: Option<bool>,
-    components: Option<Vec<String>>,
-    node: Option<String>,
-    ha: Option<bool>,
-    ha_lease: Option<f64>,
-    scale_window: Option<f64>,
-    scale_tick: Option<f64>,
-    scale_up_cooldown: Option<f64>,
-    scale_down_cooldown: Option<f64>,
-    fault_timeout: Option<f64>,
-    mock_iaas: Option<PathBuf>,
-    mock_speed: Option<f64>,
-    mock_stats_interval: Option<f64>,
-    mock_boot_delay: Option<f64>,
-}
-
-fn init_logging(format: LogFormat) {
+fn init_logging(format: nubo_server::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NUBO_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             "info,sqlx=warn,tower_http=warn,rumqttd=warn,rumqttc=warn",
@@ -263,136 +248,71 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().flatten_event(true).init(),
+        nubo_server::config::LogFormat::Text => b.init(),
+        nubo_server::config::LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+impl ServerArgs {
+    /// The settings the flags and the environment give.
+    fn settings(self) -> Settings {
+        Settings {
+            data_dir: self.data_dir,
+            store: self.store,
+            api_addr: self.api_addr,
+            insecure_http: self.insecure_http.then_some(true),
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            log_format: self.log_format.map(Into::into),
+            bus_addr: self.bus_addr,
+            bus: self.bus.or(self.bus_url),
+            lb_bind: self.lb_bind,
+            lb_strategy: self.lb_strategy.map(|s| s.name().to_owned()),
+            no_lb: self.no_lb.then_some(true),
+            components: self.components,
+            node: self.node,
+            ha: self.ha.then_some(true),
+            ha_lease: self.ha_lease,
+            scale_tick: self.scale_tick,
+            scale_window: self.scale_window,
+            scale_up_cooldown: self.scale_up_cooldown,
+            scale_down_cooldown: self.scale_down_cooldown,
+            fault_timeout: self.fault_timeout,
+            mock_iaas: self.mock_iaas,
+            mock_speed: self.mock_speed,
+            mock_stats_interval: self.mock_stats_interval,
+            mock_boot_delay: self.mock_boot_delay,
+        }
     }
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    let file: ServerFile = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str(&text).with_context(|| {
-                format!("{} is not a valid server configuration", path.display())
-            })?
-        }
-        None => ServerFile::default(),
+    let config_file = args.config.clone();
+    let file = match &config_file {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
     };
-    init_logging(
-        args.log_format
-            .or(file.log_format)
-            .unwrap_or(LogFormat::Text),
-    );
-    let mock = mock_config(&args, &file)?;
-    let components = components(args.components.clone().or(file.components.clone()))?;
-    let has = |c: &str| components.iter().any(|x| x == c);
-    let insecure = args.insecure_http || file.insecure_http.unwrap_or(false);
-    let tls = match (
-        insecure,
-        args.tls_cert.or(file.tls_cert),
-        args.tls_key.or(file.tls_key),
-    ) {
-        (true, _, _) => TlsMode::Insecure,
-        (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
-        (false, None, None) => TlsMode::SelfSigned,
-        _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
-    };
-    let store = match (args.store, &file.store) {
-        (Some(store), _) => Some(store),
-        (None, Some(url)) => Some(url.parse().with_context(|| {
-            format!(
-                "`store` in {}",
-                args.config.as_deref().unwrap_or(Path::new("")).display()
-            )
-        })?),
-        (None, None) => None,
-    };
-    let default_addr: SocketAddr = ([127, 0, 0, 1], 9443).into();
-    let config = ServerConfig {
-        data_dir: args
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(nubo_server::default_data_dir),
-        store,
-        api_addr: args.api_addr.or(file.api_addr).unwrap_or(default_addr),
-        tls,
-        admin_password: std::env::var("NUBO_ADMIN_PASSWORD")
-            .ok()
-            .filter(|p| !p.is_empty()),
-        providers: nubo_manager_providers(),
-        bus: bus_mode(
-            args.bus.or(args.bus_url).or(file.bus),
-            args.bus_addr.or(file.bus_addr),
-        )?,
+    let settings = args.settings().or(file);
+    init_logging(settings.log_format.unwrap_or_default());
+    let config = settings.resolve(nubo_server::config::Environment {
+        admin_password: std::env::var("NUBO_ADMIN_PASSWORD").ok(),
         agent: nubo_node::AgentCommand {
             program: std::env::current_exe().context("cannot tell where the nubo binary is")?,
             args: vec!["agent".into()],
         },
-        autoscaler: {
-            let d = nubo_autoscaler::monitor::MonitorConfig::default();
-            nubo_autoscaler::monitor::MonitorConfig {
-                tick: secs(
-                    args.scale_tick.or(file.scale_tick).filter(|t| *t > 0.0),
-                    d.tick,
-                ),
-                window: secs(args.scale_window.or(file.scale_window), d.window),
-                up_cooldown: secs(
-                    args.scale_up_cooldown.or(file.scale_up_cooldown),
-                    d.up_cooldown,
-                ),
-                down_cooldown: secs(
-                    args.scale_down_cooldown.or(file.scale_down_cooldown),
-                    d.down_cooldown,
-                ),
-                fault_timeout: secs(args.fault_timeout.or(file.fault_timeout), d.fault_timeout),
-            }
-        },
-        mock,
-        remote_node: (!has("node")).then(|| {
-            args.node
-                .clone()
-                .or(file.node.clone())
-                .unwrap_or_else(|| "local".into())
-        }),
-        autoscale: has("autoscaler"),
-        event_processor: has("event-processor"),
-        controller: has("controller"),
-        api: has("api"),
-        serve_node: (has("node") && !has("controller")).then(|| {
-            args.node
-                .clone()
-                .or(file.node.clone())
-                .unwrap_or_else(|| "local".into())
-        }),
-        ha: (args.ha || file.ha.unwrap_or(false)).then(|| nubo_server::HaConfig {
-            holder: format!(
-                "{}:{}",
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_else(|_| "host".into()),
-                std::process::id()
-            ),
-            ttl: secs(
-                args.ha_lease.or(file.ha_lease).filter(|t| *t > 0.0),
-                std::time::Duration::from_secs(5),
-            ),
-        }),
-        lb: (has("lb") && !(args.no_lb || file.no_lb.unwrap_or(false))).then(|| {
-            nubo_lb::LbConfig {
-                bind: args
-                    .lb_bind
-                    .or(file.lb_bind)
-                    .unwrap_or([127, 0, 0, 1].into()),
-                strategy: args
-                    .lb_strategy
-                    .or(file.lb_strategy)
-                    .map(Into::into)
-                    .unwrap_or_default(),
-                ..Default::default()
-            }
-        }),
-    };
+        holder: format!(
+            "{}:{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "host".into()),
+            std::process::id()
+        ),
+        config_file,
+    })?;
+    for note in &config.ignored {
+        eprintln!("nubo: ignored: {note}");
+        tracing::warn!(setting = %note, "ignored");
+    }
     let data_dir = config.data_dir.clone();
     nubo_server::run(
         config,
@@ -461,7 +381,7 @@ fn agent(payload: &std::path::Path) -> ExitCode {
 }
 
 async fn lb(args: LbArgs) -> anyhow::Result<()> {
-    init_logging(LogFormat::Text);
+    init_logging(nubo_server::config::LogFormat::Text);
     let config = nubo_lb::LbConfig {
         bind: args.bind,
         strategy: args.strategy.into(),
@@ -495,64 +415,9 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The components a server runs (`--components`): every one by default. Stratos' names are
-/// accepted too: `manager` (the API), `cloud-controller`, `cep` (the event processor),
-/// `load-balancer`, `node-supervisor`.
-fn components(list: Option<Vec<String>>) -> anyhow::Result<Vec<String>> {
-    const ALL: [&str; 6] = [
-        "api",
-        "controller",
-        "autoscaler",
-        "event-processor",
-        "lb",
-        "node",
-    ];
-    const ALIASES: [(&str, &str); 5] = [
-        ("manager", "api"),
-        ("cloud-controller", "controller"),
-        ("cep", "event-processor"),
-        ("load-balancer", "lb"),
-        ("node-supervisor", "node"),
-    ];
-    let list: Vec<String> = match list {
-        None => return Ok(ALL.iter().map(|s| (*s).to_owned()).collect()),
-        Some(l) => l
-            .iter()
-            .map(|s| s.trim().to_ascii_lowercase().replace('_', "-"))
-            .filter(|s| !s.is_empty())
-            .collect(),
-    };
-    let mut out = Vec::new();
-    for c in list {
-        let name = ALIASES
-            .iter()
-            .find(|(alias, _)| *alias == c)
-            .map_or(c.as_str(), |(_, name)| name);
-        if !ALL.contains(&name) {
-            anyhow::bail!(
-                "--components: unknown component `{c}`; the components are {} (or Stratos' names: manager, cloud-controller, cep, load-balancer, node-supervisor)",
-                ALL.join(", ")
-            );
-        }
-        if !out.iter().any(|o| o == name) {
-            out.push(name.to_owned());
-        }
-    }
-    if out.is_empty() {
-        anyhow::bail!("--components: name at least one of {}", ALL.join(", "));
-    }
-    Ok(out)
-}
-
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
-    init_logging(LogFormat::Text);
-    let dir = args.data_dir.unwrap_or_else(|| {
-        let d = nubo_server::default_data_dir();
-        d.with_file_name(format!(
-            "{}-node",
-            d.file_name().and_then(|n| n.to_str()).unwrap_or("nubo")
-        ))
-    });
+    init_logging(nubo_server::config::LogFormat::Text);
+    let dir = args.data_dir.unwrap_or_else(nubo_server::default_node_dir);
     let bus = nubo_bus::connect_url(&args.bus, &format!("nubo-node-{}", args.name))
         .await
         .with_context(|| format!("cannot use the bus {}", args.bus))?;
@@ -601,70 +466,6 @@ async fn down(data_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the server's bus is: `--bus` (`embedded` by default) and, for the embedded broker, `--bus-addr`.
-fn bus_mode(bus: Option<String>, addr: Option<SocketAddr>) -> anyhow::Result<nubo_server::BusMode> {
-    let url = bus.unwrap_or_else(|| "embedded".into());
-    match url.parse::<nubo_bus::BusUrl>() {
-        Ok(nubo_bus::BusUrl::Embedded) => Ok(nubo_server::BusMode::Embedded(
-            addr.unwrap_or(([127, 0, 0, 1], 1883).into()),
-        )),
-        Ok(_) if addr.is_some() => anyhow::bail!(
-            "--bus-addr is the embedded broker's address: it does not go with --bus {url}"
-        ),
-        Ok(_) => Ok(nubo_server::BusMode::External(url)),
-        Err(e) => Err(anyhow::Error::new(e).context("--bus")),
-    }
-}
-
-/// A setting in seconds (finite, ≥ 0), or `default`.
-fn secs(v: Option<f64>, default: std::time::Duration) -> std::time::Duration {
-    v.filter(|s| s.is_finite() && *s >= 0.0)
-        .map(std::time::Duration::from_secs_f64)
-        .unwrap_or(default)
-}
-
-/// The mock IaaS's settings, when `--mock-iaas` (or `mock_iaas` in the config file) asks for it.
-fn mock_config(
-    args: &ServerArgs,
-    file: &ServerFile,
-) -> anyhow::Result<Option<nubo_mock::MockConfig>> {
-    let Some(path) = args.mock_iaas.clone().or(file.mock_iaas.clone()) else {
-        return Ok(None);
-    };
-    let d = nubo_mock::MockConfig::default();
-    let patterns = if path.as_os_str() == "-" {
-        nubo_mock::Patterns::default()
-    } else {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read the mock IaaS patterns {}", path.display()))?;
-        nubo_mock::Patterns::from_xml(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e} (the format is Stratos' mock-iaas.xml; see docs/mock-iaas.md)",
-                path.display()
-            )
-        })?
-    };
-    Ok(Some(nubo_mock::MockConfig {
-        patterns,
-        speed: args
-            .mock_speed
-            .or(file.mock_speed)
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .unwrap_or(d.speed),
-        stats_interval: secs(
-            args.mock_stats_interval.or(file.mock_stats_interval),
-            d.stats_interval,
-        )
-        .max(std::time::Duration::from_millis(10)),
-        boot_delay: secs(args.mock_boot_delay.or(file.mock_boot_delay), d.boot_delay),
-        state_file: None,
-    }))
-}
-
-fn nubo_manager_providers() -> Vec<String> {
-    ["local", "mock"].iter().map(|s| s.to_string()).collect()
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = nubo_server::install_crypto_provider() {
@@ -692,7 +493,11 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Top::Server(args) => server(*args).await,
-            Top::Client(cmd) => nubo_cli::run(&cli.global, &cmd).await,
+            Top::Client(cmd) => {
+                let mut global = cli.global;
+                global.local_data_dir = Some(nubo_server::default_data_dir());
+                nubo_cli::run(&global, &cmd).await
+            }
             Top::Down { data_dir } => {
                 down(data_dir.unwrap_or_else(nubo_server::default_data_dir)).await
             }
@@ -712,71 +517,10 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn components_take_nubo_and_stratos_names() {
-        use super::components;
-        let l = |s: &[&str]| Some(s.iter().map(|s| (*s).to_owned()).collect());
-        assert_eq!(components(None).unwrap().len(), 6);
-        assert_eq!(
-            components(l(&[
-                "Manager",
-                "cloud_controller",
-                "CEP",
-                "autoscaler",
-                "event-processor"
-            ]))
-            .unwrap(),
-            ["api", "controller", "event-processor", "autoscaler"]
-        );
-        assert_eq!(
-            components(l(&["load-balancer", "node-supervisor", " "])).unwrap(),
-            ["lb", "node"]
-        );
-        let err = components(l(&["scheduler"])).unwrap_err().to_string();
-        assert!(err.contains("unknown component `scheduler`"), "{err}");
-        assert!(components(l(&[""])).is_err());
-    }
-
     /// clap's own consistency checks over every subcommand (unique flags, valid defaults).
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn bus_urls_choose_the_bus() {
-        use nubo_server::BusMode;
-        let addr = |s: &str| Some(s.parse().unwrap());
-        let mode = |bus: Option<&str>, a| super::bus_mode(bus.map(str::to_owned), a);
-        assert_eq!(
-            mode(None, None).unwrap(),
-            BusMode::Embedded(([127, 0, 0, 1], 1883).into())
-        );
-        assert_eq!(
-            mode(Some("embedded"), addr("127.0.0.1:0")).unwrap(),
-            BusMode::Embedded(([127, 0, 0, 1], 0).into())
-        );
-        assert_eq!(
-            mode(Some("nats://127.0.0.1:4222"), None).unwrap(),
-            BusMode::External("nats://127.0.0.1:4222".into())
-        );
-        assert_eq!(
-            mode(Some("mqtt://broker:1883"), None).unwrap(),
-            BusMode::External("mqtt://broker:1883".into())
-        );
-        let err = mode(Some("nats://x:1"), addr("127.0.0.1:1")).unwrap_err();
-        assert!(err.to_string().contains("--bus-addr"), "{err}");
-        let err = format!("{:#}", mode(Some("amqp://x"), None).unwrap_err());
-        assert!(err.contains("--bus") && err.contains("nats://"), "{err}");
-    }
-
-    #[test]
-    fn the_config_file_names_the_bus() {
-        for key in ["bus", "bus_url"] {
-            let f: super::ServerFile =
-                toml::from_str(&format!("{key} = \"nats://n:4222\"")).unwrap();
-            assert_eq!(f.bus.as_deref(), Some("nats://n:4222"));
-        }
     }
 }
