@@ -12,6 +12,7 @@ use nubo_controller::{ControllerHandle, ControllerState, RemoteControl};
 use nubo_events::{Category, Event, InstanceKey, InstanceStatus, MemberStatus, ScaleCommand};
 use nubo_plan::scope_instance;
 use nubo_store::{Key, Store, Write};
+use nubo_telemetry::{InternalEvent, MemberFault, ScalingDecision};
 
 use crate::cep::{Sample, window};
 use crate::faults::Liveness;
@@ -505,7 +506,11 @@ pub async fn start(
                     for c in round.commands {
                         match &c {
                             ScaleCommand::MemberActive { instance } => tracing::info!(member = %instance.member_id, "statistics from a member still starting: it is active (its report was lost)"),
-                            ScaleCommand::MemberFault { member_id, reason } => tracing::warn!(member = %member_id, %reason, "member fault"),
+                            ScaleCommand::MemberFault { member_id, reason } => MemberFault {
+                                member_id,
+                                kind: if reason.contains("ports closed") { "ports_closed" } else { "silent" },
+                                reason,
+                            }.emit(),
                             ScaleCommand::ScaleIn { application_id, instance_id } => tracing::info!(application = %application_id, instance = %instance_id, "every cluster of the instance is at its minimum: scaling it in"),
                             _ => {}
                         }
@@ -1020,8 +1025,22 @@ fn evaluate(
                 },
             );
             tracing::debug!(cluster = %e.cluster_id, required = ?e.required, active = e.active, starting = e.starting, decision = ?e.decision, "evaluated");
-            if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown) {
-                tracing::info!(cluster = %e.cluster_id, instance = %e.instance_id, required = ?e.required, active = e.active, starting = e.starting, decision = ?e.decision, "scaling decision");
+            let decision = match e.decision {
+                Decision::ScaleUp { .. } => Some("scale_up"),
+                Decision::ScaleDown => Some("scale_down"),
+                Decision::AtMax => Some("at_max"),
+                _ => None,
+            };
+            if let Some(decision) = decision {
+                ScalingDecision {
+                    cluster_id: &e.cluster_id,
+                    instance_id: &e.instance_id,
+                    decision,
+                    required: e.required.count.unwrap_or(0),
+                    active: e.active,
+                    starting: e.starting,
+                }
+                .emit();
             }
             out.push(e);
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nubo_events::{Category, Event};
+use nubo_telemetry::{InternalEvent, MessageDropped, PublishFailed};
 use tokio::sync::mpsc;
 
 #[cfg(feature = "conformance")]
@@ -199,9 +200,12 @@ impl EventStream {
             let msg = self.sub.recv().await?;
             match Event::decode(&msg.payload) {
                 Ok(e) => return Some(e),
-                Err(e) => {
-                    tracing::warn!(topic = %msg.topic, error = %e, "skipping a message that is not a Nubo event")
+                Err(e) => MessageDropped {
+                    topic: &msg.topic,
+                    reason: "malformed",
+                    detail: &e.to_string(),
                 }
+                .emit(),
             }
         }
     }
@@ -220,7 +224,16 @@ impl EventBus {
 
     /// Publishes an event on its topic.
     pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        self.bus.publish(&event.topic(), event.encode()).await
+        let r = self.bus.publish(&event.topic(), event.encode()).await;
+        if let Err(e) = &r {
+            PublishFailed {
+                event: event.name(),
+                category: event.category().segment(),
+                error: &e.to_string(),
+            }
+            .emit();
+        }
+        r
     }
 
     /// Receives every event of a category.

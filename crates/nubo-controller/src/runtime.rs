@@ -16,6 +16,7 @@ use crate::state::{Action, ControllerState, Input};
 use nubo_iaas::{MemberSpec, Provider};
 use nubo_plan::DeploymentStatus;
 use nubo_plan::{ClusterPlan, DeploymentPlan};
+use nubo_telemetry::{InternalEvent, MemberStartFailed, MemberStarted};
 
 /// The store document holding the controller's state.
 /// The store's document kind of the controller's state.
@@ -361,10 +362,9 @@ impl Runner {
         }
         for a in actions {
             match a {
+                // A failure is logged and counted by the bus (`PublishFailed`).
                 Action::Publish(e) => {
-                    if let Err(err) = self.events.publish(&e).await {
-                        tracing::warn!(event = e.name(), error = %err, "cannot publish");
-                    }
+                    let _ = self.events.publish(&e).await;
                 }
                 Action::Start {
                     member,
@@ -444,15 +444,32 @@ impl Runner {
         };
         tokio::spawn(async move {
             let input = match p.start(req).await {
-                Ok(started) => Input::Started {
-                    member_id: member.member_id,
-                    ip: started.ip,
-                    ports: started.ports,
-                },
-                Err(e) => Input::StartFailed {
-                    member_id: member.member_id,
-                    reason: e.to_string(),
-                },
+                Ok(started) => {
+                    MemberStarted {
+                        member_id: &member.member_id,
+                        provider: &provider,
+                        ip: &started.ip,
+                    }
+                    .emit();
+                    Input::Started {
+                        member_id: member.member_id,
+                        ip: started.ip,
+                        ports: started.ports,
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    MemberStartFailed {
+                        member_id: &member.member_id,
+                        provider: &provider,
+                        error: &reason,
+                    }
+                    .emit();
+                    Input::StartFailed {
+                        member_id: member.member_id,
+                        reason,
+                    }
+                }
             };
             let _ = tx.send(input);
         });

@@ -8,6 +8,7 @@ use nubo_events::{
     Cluster, ClusterInstance, Event, InstanceKey, InstanceRef, InstanceStatus, Member,
     MemberChange, MemberPort, MemberStatus, ScaleCommand, Topology,
 };
+use nubo_telemetry::{Ending, InternalEvent, MemberEnded};
 use serde::{Deserialize, Serialize};
 
 use nubo_plan::{
@@ -17,6 +18,8 @@ use nubo_plan::{
 
 /// How long a member may drain (maintenance → ready to shut down) before it is terminated anyway.
 pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// The failure a scaled-down member carries (it is not replaced).
+const SCALED_DOWN: &str = "scaled down";
 /// How often a clean-up request that got no answer is sent again: an agent that was away from
 /// the bus when it went (a broker restart, a re-adopted agent still reconnecting) gets it then,
 /// instead of being cut off at the drain timeout.
@@ -409,7 +412,7 @@ impl ControllerState {
             );
         }
         if let Some(m) = self.member_mut(&victim.member_id) {
-            m.failure = Some("scaled down".into());
+            m.failure = Some(SCALED_DOWN.into());
         }
         tracing::info!(cluster = cluster_id, instance = instance_id, member = %victim.member_id, "scaling down");
         self.retire(now_ms, &victim, false, out);
@@ -712,6 +715,7 @@ impl ControllerState {
             .deployments
             .get(&m.application_id)
             .is_some_and(|d| d.status == DeploymentStatus::Undeploying);
+        let mut retry = None;
         if !was_active
             && !undeploying
             && let Some(d) = self.deployments.get_mut(&m.application_id)
@@ -725,9 +729,25 @@ impl ControllerState {
                 .saturating_mul(1 << (b.failures - 1).min(16))
                 .min(MAX_BACKOFF_MS);
             b.not_before_ms = now_ms + delay;
-            b.last_reason = m.failure.clone().or(reason);
-            tracing::warn!(member = %member_id, failures = b.failures, retry_in_ms = delay, reason = ?b.last_reason, "member failed before becoming active");
+            b.last_reason = m.failure.clone().or(reason.clone());
+            retry = Some((b.failures, delay));
         }
+        let how = if prev == MemberStatus::ReadyToShutdown {
+            Ending::Drained
+        } else if undeploying || m.failure.as_deref() == Some(SCALED_DOWN) {
+            Ending::Terminated
+        } else if !was_active {
+            Ending::FailedToStart
+        } else {
+            Ending::Lost
+        };
+        MemberEnded {
+            member_id,
+            how,
+            reason: m.failure.as_deref().or(reason.as_deref()),
+            retry,
+        }
+        .emit();
         out.push(Action::Publish(Event::MemberTerminated(MemberChange {
             member: m,
         })));

@@ -327,6 +327,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_iaas::Provider>> =
         Default::default();
     let mut registry = Registry::default();
+    nubo_telemetry::register(&mut registry);
     let mut mock = None;
     let mut scaling = None;
     let mut remote_autoscaler: Option<RemoteAutoscaler> = None;

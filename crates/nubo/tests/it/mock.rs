@@ -153,6 +153,24 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
         },
     )
     .await;
+    // The internal events counted what happened: starts on the mock provider, and one Active
+    // member lost (then replaced).
+    let metrics = api.metrics().await;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("nubo_member_starts_total{provider=\"mock\"}") > before as f64,
+        "{metrics}"
+    );
+    assert!(
+        value("nubo_members_ended_total{how=\"lost\"}") >= 1.0,
+        "{metrics}"
+    );
 
     // Nested groups deploy too.
     let nested = load_scenario(&api, "nested/single-level-nested-group-app").await;
