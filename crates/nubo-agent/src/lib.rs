@@ -167,7 +167,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
             _ = health.tick() => {
                 let (memory, load) = meter.sample();
-                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: ports_open(&p).await, at_ms: nubo_events::now_ms() };
+                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: ports_open(&p).await, at_ms: nubo_bus::now_ms() };
                 publish(&events, Event::MemberHealthStat(stat)).await;
             }
         }

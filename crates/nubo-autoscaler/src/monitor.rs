@@ -470,17 +470,17 @@ pub async fn start(
             Statistics::Here => Engine::new(config),
             Statistics::Remote => Engine::remote(config),
         };
-        let mut silent_since = Some(nubo_events::now_ms());
+        let mut silent_since = Some(nubo_bus::now_ms());
         let mut tick = tokio::time::interval(config.tick.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 e = stats.recv() => match e {
-                    Some(e) => engine.feed(&e, nubo_events::now_ms()),
+                    Some(e) => engine.feed(&e, nubo_bus::now_ms()),
                     None => return,
                 },
                 _ = tick.tick() => {
-                    let now = nubo_events::now_ms();
+                    let now = nubo_bus::now_ms();
                     if statistics == Statistics::Remote {
                         let fresh = engine.predictions_fresh(now);
                         match silent_since {
@@ -631,11 +631,11 @@ pub async fn start_event_processor(
         loop {
             tokio::select! {
                 e = stats.recv() => match e {
-                    Some(e) => cep.feed(&e, nubo_events::now_ms()),
+                    Some(e) => cep.feed(&e, nubo_bus::now_ms()),
                     None => return,
                 },
                 _ = tick.tick() => {
-                    for e in cep.predictions(nubo_events::now_ms(), PREDICTIONS_PER_EVENT) {
+                    for e in cep.predictions(nubo_bus::now_ms(), PREDICTIONS_PER_EVENT) {
                         if let Err(err) = events.publish(&e).await {
                             tracing::warn!(error = %err, "cannot publish the predictions");
                             break;

@@ -182,6 +182,15 @@ pub fn valid_topic(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['#', '+'])
 }
 
+/// Milliseconds since the Unix epoch (the wall clock): the time base of every `at_ms` in events (0 if the clock is
+/// before the epoch).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Events over a [`Bus`].
 #[derive(Clone)]
 pub struct EventBus {

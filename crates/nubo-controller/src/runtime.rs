@@ -216,7 +216,7 @@ impl Controller {
             store,
             config,
             tx,
-            snapshot: std::sync::atomic::AtomicU64::new(nubo_events::now_ms()),
+            snapshot: std::sync::atomic::AtomicU64::new(nubo_bus::now_ms()),
         };
         tokio::spawn(async move {
             let mut rx = rx;
@@ -349,7 +349,7 @@ impl Runner {
         }
         let (actions, snapshot) = {
             let Ok(mut s) = self.state.lock() else { return };
-            let actions = s.step(nubo_events::now_ms(), input);
+            let actions = s.step(nubo_bus::now_ms(), input);
             let persist = actions.iter().any(|a| matches!(a, Action::Persist));
             (actions, persist.then(|| s.clone()))
         };

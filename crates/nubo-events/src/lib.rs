@@ -20,15 +20,6 @@ pub use nubo_plan::{ClusterPort, DeploymentPlan, DeploymentStatus};
 pub use parts::{Assembler, TopologyPart};
 pub use topology::*;
 
-/// Milliseconds since the Unix epoch: the time base of every `at_ms` in events (0 if the clock is
-/// before the epoch).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The version of the event format; bumped on any incompatible change.
 pub const EVENT_VERSION: u32 = 1;
 

@@ -157,7 +157,7 @@ fn member(cluster_id: &str, n: usize, status: MemberStatus, port: u16, proxy_por
             port,
             proxy_port: Some(proxy_port),
         }],
-        init_time: nubo_events::now_ms(),
+        init_time: nubo_bus::now_ms(),
         failure: None,
         properties: BTreeMap::new(),
     }

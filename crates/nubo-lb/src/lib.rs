@@ -380,7 +380,7 @@ impl LoadBalancer {
                         count: c.in_flight.load(Ordering::Relaxed).max(0) as f64,
                         served: c.served.swap(0, Ordering::Relaxed),
                         load_balancer_id: lb.config.id.clone(),
-                        at_ms: nubo_events::now_ms(),
+                        at_ms: nubo_bus::now_ms(),
                     };
                     let _ = events.publish(&Event::InFlightRequests(stat)).await;
                 }

@@ -405,7 +405,7 @@ impl MockIaas {
     /// once per cluster instance.
     async fn publish_statistics(&self) {
         let now = self.clock.now();
-        let at_ms = nubo_events::now_ms();
+        let at_ms = nubo_bus::now_ms();
         let mut stats = Vec::new();
         let mut rif = BTreeMap::new();
         if let Ok(i) = self.inner.lock() {
@@ -467,7 +467,7 @@ impl Provider for MockIaas {
             default_public_ip: address(20, n),
             payload: req.parameters.clone(),
             state: InstanceState::Starting,
-            started_at_ms: nubo_events::now_ms(),
+            started_at_ms: nubo_bus::now_ms(),
         };
         let ip = instance.default_private_ip.clone();
         {

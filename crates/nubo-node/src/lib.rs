@@ -399,7 +399,7 @@ pub async fn serve(
                 v
             })
             .unwrap_or_default(),
-        at_ms: nubo_events::now_ms(),
+        at_ms: nubo_bus::now_ms(),
     };
     let _ = events.publish(&inventory(&sup, &node)).await;
     // The newest controller-lease token seen, kept across restarts: commands of an older leader

@@ -1,6 +1,7 @@
 //! Nubo's integration tests: one binary, a module per area.
 
 mod api;
+mod architecture;
 mod autoscale;
 mod bus;
 mod cli;
