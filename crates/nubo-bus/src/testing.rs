@@ -6,22 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Says on the process's stderr, past the test harness's capture, that a test was skipped and why.
-pub fn skipped(message: &str) {
-    use std::io::Write;
-    if let Ok(mut err) = std::fs::OpenOptions::new().append(true).open("/dev/stderr") {
-        let _ = writeln!(err, "SKIPPED {message}");
-    }
-}
-
-/// Where `program` is on `PATH`.
-pub fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
-    })
-}
+pub use nubo_testing::{on_path, skipped};
 
 /// A broker process of the test's own.
 pub struct BrokerProcess {

@@ -659,8 +659,8 @@ mod tests {
         let mut urls = vec![broker.url()];
         match std::env::var("NUBO_TEST_NATS_URL") {
             Ok(u) => urls.push(u),
-            Err(_) => eprintln!(
-                "SKIPPED the complete topology in parts on NATS: NUBO_TEST_NATS_URL is not set (scripts/test starts nats-server and sets it)"
+            Err(_) => nubo_testing::skipped(
+                "the complete topology in parts on NATS: NUBO_TEST_NATS_URL is not set (scripts/test starts nats-server and sets it)",
             ),
         }
         let mut t = Topology::default();

@@ -894,19 +894,15 @@ pub struct TempPostgres {
 #[cfg(feature = "postgres")]
 impl TempPostgres {
     /// A fresh database, or `None` when `NUBO_TEST_POSTGRES_URL` is not set: then `what` is
-    /// reported as skipped on the process's standard error (past the test harness's capture).
+    /// reported as skipped (`nubo_testing::skipped`; a failure in the full test run).
     pub async fn create_or_skip(what: &str) -> Option<TempPostgres> {
         let Some(admin_url) = std::env::var("NUBO_TEST_POSTGRES_URL")
             .ok()
             .filter(|u| !u.is_empty())
         else {
-            use std::io::Write;
-            if let Ok(mut err) = std::fs::OpenOptions::new().append(true).open("/dev/stderr") {
-                let _ = writeln!(
-                    err,
-                    "SKIPPED {what} on PostgreSQL: NUBO_TEST_POSTGRES_URL is not set (scripts/test starts PostgreSQL and sets it)"
-                );
-            }
+            nubo_testing::skipped(&format!(
+                "{what} on PostgreSQL: NUBO_TEST_POSTGRES_URL is not set (scripts/test starts PostgreSQL and sets it)"
+            ));
             return None;
         };
         Some(TempPostgres::create(&admin_url).await)

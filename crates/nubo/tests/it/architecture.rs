@@ -102,7 +102,13 @@ fn dependencies() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
         // This machine's platform only: the others' crates need not be downloaded.
-        .args(["metadata", "--format-version", "1", "--frozen", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--frozen",
+            "--filter-platform",
+        ])
         .arg(host())
         .current_dir(root())
         .output()

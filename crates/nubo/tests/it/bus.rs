@@ -25,14 +25,7 @@ async fn through(client: &reqwest::Client, addr: &str, proxy: u16, host: &str) -
 #[tokio::test]
 async fn an_application_runs_with_its_agents_on_a_nats_bus() {
     use std::os::unix::process::CommandExt;
-    let Ok(url) = std::env::var("NUBO_TEST_NATS_URL") else {
-        use std::io::Write;
-        if let Ok(mut err) = std::fs::OpenOptions::new().append(true).open("/dev/stderr") {
-            let _ = writeln!(
-                err,
-                "SKIPPED the platform on NATS: NUBO_TEST_NATS_URL is not set (scripts/test starts nats-server and sets it)"
-            );
-        }
+    let Some(url) = nubo_testing::service("NUBO_TEST_NATS_URL", "the platform on NATS") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

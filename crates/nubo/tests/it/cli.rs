@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{PASSWORD, ServerProcess, samples};
+use crate::support::{PASSWORD, ServerProcess, fixture_path};
 
 fn nubo(server: &ServerProcess, args: &[&str]) -> Output {
     let cfg = server.data_dir.join("no-cli-config.toml");
@@ -32,7 +32,7 @@ fn text(o: &Output) -> (String, String) {
 fn the_cli_manages_artifacts_and_explains_errors() {
     let dir = tempfile::tempdir().unwrap();
     let s = ServerProcess::start_with(dir.path(), &[]);
-    let np = samples().join("network-partitions/mock/network-partition-1.json");
+    let np = fixture_path("network-partition.json");
     let np = np.to_str().unwrap();
     let o = nubo(&s, &["network-partition", "add", "-f", np]);
     assert!(o.status.success(), "{:?}", text(&o));
@@ -41,23 +41,20 @@ fn the_cli_manages_artifacts_and_explains_errors() {
     let o = nubo(&s, &["np", "list"]);
     let (out, _) = text(&o);
     assert!(
-        out.contains("network-partition-1") && out.contains("PROVIDER") && out.contains("mock"),
+        out.contains("np-fixture") && out.contains("PROVIDER") && out.contains("mock"),
         "{out}"
     );
 
     let o = nubo(&s, &["np", "list", "-o", "json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["id"], "network-partition-1");
+    assert_eq!(v[0]["id"], "np-fixture");
 
-    let o = nubo(
-        &s,
-        &["np", "describe", "network-partition-1", "--output", "json"],
-    );
+    let o = nubo(&s, &["np", "describe", "np-fixture", "--output", "json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["partitions"][0]["id"], "partition-1");
+    assert_eq!(v["partitions"][0]["id"], "p-east");
 
     // A refused artifact: exit 1, the message, the field.
-    let bad = samples().join("network-partitions/multi/openstack-nw-partition.json");
+    let bad = fixture_path("network-partition-unknown-provider.json");
     let o = nubo(&s, &["np", "add", "-f", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let (_, err) = text(&o);
@@ -108,7 +105,7 @@ fn the_cli_manages_artifacts_and_explains_errors() {
     let (_, err) = text(&o);
     assert!(err.contains("--ca-cert"), "{err}");
 
-    let o = nubo(&s, &["np", "remove", "network-partition-1"]);
+    let o = nubo(&s, &["np", "remove", "np-fixture"]);
     assert!(o.status.success(), "{:?}", text(&o));
     let o = nubo(&s, &["np", "list", "-o", "json"]);
     assert_eq!(
@@ -117,7 +114,7 @@ fn the_cli_manages_artifacts_and_explains_errors() {
     );
 
     // Kubernetes clusters and their hosts.
-    let k8s = samples().join("kubernetes-clusters/kubernetes-cluster-1.json");
+    let k8s = fixture_path("kubernetes-cluster.json");
     assert!(
         nubo(
             &s,
@@ -137,27 +134,27 @@ fn the_cli_manages_artifacts_and_explains_errors() {
         &[
             "k8s",
             "add-host",
-            "kubernetes-cluster-1",
+            "k8s-fixture",
             "-f",
             host.to_str().unwrap(),
         ],
     );
     assert!(o.status.success(), "{:?}", text(&o));
-    let o = nubo(&s, &["k8s", "list-hosts", "kubernetes-cluster-1"]);
+    let o = nubo(&s, &["k8s", "list-hosts", "k8s-fixture"]);
     assert!(
         text(&o).0.contains("extra.local") && text(&o).0.contains("HOSTNAME"),
         "{:?}",
         text(&o)
     );
     assert!(
-        nubo(&s, &["k8s", "remove-host", "kubernetes-cluster-1", "extra"])
+        nubo(&s, &["k8s", "remove-host", "k8s-fixture", "extra"])
             .status
             .success()
     );
-    let o = nubo(&s, &["k8s", "master", "kubernetes-cluster-1", "-o", "json"]);
+    let o = nubo(&s, &["k8s", "master", "k8s-fixture", "-o", "json"]);
     assert_eq!(
         serde_json::from_slice::<Value>(&o.stdout).unwrap()["hostId"],
-        "master"
+        "control"
     );
 
     // Tenants with Stratos' flags, and their users.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::node::NodeProcess;
-use crate::support::{Api, ServerProcess, eventually, free_port, web_app, web_app_artifacts};
+use crate::support::{
+    Api, ServerProcess, eventually, free_port, holds, web_app, web_app_artifacts,
+};
 
 /// A process of the test's own (broker, load balancer), in its own process group, killed on drop.
 struct Proc(Option<Child>);
@@ -41,11 +43,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 async fn get(addr: &str, host: &str) -> u16 {
@@ -80,10 +77,7 @@ async fn scenario(broker: &str) {
     else {
         return;
     };
-    if !on_path(broker) {
-        eprintln!(
-            "SKIPPED the HA control plane on {broker}: it is not on PATH (scripts/test installs it)"
-        );
+    if nubo_testing::program(broker, &format!("the HA control plane on {broker}")).is_none() {
         return;
     }
     let broker_dir = tempfile::tempdir().unwrap();
@@ -264,12 +258,17 @@ async fn scenario(broker: &str) {
         (a.len() == 4).then_some(a)
     })
     .await;
-    // Nothing started twice: exactly 4 members known, and exactly 4 running on the node.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let members = api.members("ha").await;
-    assert_eq!(members.len(), 4, "{members:?}");
-    let running = nubo_node::stop_all_pending(&node_dir.path().join("members"));
-    assert_eq!(running, 4, "members running on the node");
+    // Nothing started twice: exactly 4 members known, and exactly 4 running on the node, while
+    // the new leader settles.
+    let members_dir = node_dir.path().join("members");
+    holds(
+        Duration::from_secs(5),
+        "4 members known and 4 running",
+        || async {
+            api.members("ha").await.len() == 4 && nubo_node::stop_all_pending(&members_dir) == 4
+        },
+    )
+    .await;
     eprintln!(
         "failover: the standby led {:.1} s after the leader's kill -9",
         failover.as_secs_f64()
@@ -341,10 +340,7 @@ async fn the_platform_converges_after_its_broker_restarts() {
     // The server, its agents and its load balancer on a Mosquitto of the test's own; Mosquitto
     // restarts (same port, no persistence): everyone reconnects, and a member lost afterwards is
     // replaced and routed, without restarting Nubo.
-    if !on_path("mosquitto") {
-        eprintln!(
-            "SKIPPED the broker restart: mosquitto is not on PATH (scripts/test installs it)"
-        );
+    if nubo_testing::program("mosquitto", "the broker restart").is_none() {
         return;
     }
     let broker_dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Api, ServerProcess, eventually, manifest_dir, read_sample, samples};
+use crate::support::{Api, ServerProcess, eventually, holds, manifest_dir, read_sample, samples};
 
 /// A server offering the mock IaaS with the repository's patterns, its clock `speed` times real
 /// time, statistics every 200 ms, a 2 s statistics window and a 1.5 s fault timeout.
@@ -91,6 +91,11 @@ async fn status(api: &Api, app: &str) -> String {
 
 #[tokio::test]
 async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replaced() {
+    if !crate::support::have_samples(
+        "stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replaced",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), "1");
     let api = Api::new(&server);
@@ -258,8 +263,10 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
     let active = |n: usize| c7_active(&api, n);
     eventually(20, "scaled up to 5 members", || active(5)).await;
     // Not beyond what the factors require, while the values stay at 60.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(api.active("c7", "c7").await.len() <= 5);
+    holds(Duration::from_millis(500), "at most 5 members", || async {
+        api.active("c7", "c7").await.len() <= 5
+    })
+    .await;
     eventually(40, "back down to the minimum of 2", || active(2)).await;
 
     let (_, events) = api.get("/api/applications/c7/scalingEvents").await;
@@ -277,8 +284,10 @@ async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
         .count();
     assert_eq!(downs, 3, "5 → 2, one member at a time: {events:?}");
     // And it stays at the minimum.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(api.active("c7", "c7").await.len(), 2);
+    holds(Duration::from_secs(2), "2 members", || async {
+        api.active("c7", "c7").await.len() == 2
+    })
+    .await;
 
     // The decisions are kept across a restart.
     let mut server = server;
@@ -334,15 +343,19 @@ async fn the_event_processor_and_the_autoscaler_in_processes_of_their_own_scale_
     eventually(40, "back down to the minimum of 2", || active(2)).await;
     // Without the event processor, the autoscaler finds no member faulty (the silence is the
     // event processor's) and nothing is replaced.
-    let before: Vec<Value> = api.active("c7", "c7").await;
+    let ids = |ms: Vec<Value>| {
+        ms.into_iter()
+            .map(|m| m["memberId"].clone())
+            .collect::<Vec<_>>()
+    };
+    let before = ids(api.active("c7", "c7").await);
     drop(cep);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let after: Vec<Value> = api.active("c7", "c7").await;
-    assert_eq!(
-        before.iter().map(|m| &m["memberId"]).collect::<Vec<_>>(),
-        after.iter().map(|m| &m["memberId"]).collect::<Vec<_>>(),
-        "no member replaced while the event processor is down"
-    );
+    holds(
+        Duration::from_secs(4),
+        "no member replaced while the event processor is down",
+        || async { ids(api.active("c7", "c7").await) == before },
+    )
+    .await;
     drop(autoscaler);
 }
 
@@ -427,6 +440,11 @@ async fn app_instances(api: &Api, app: &str) -> Vec<(String, String, String)> {
 
 #[tokio::test]
 async fn the_bursting_sample_bursts_into_the_next_network_partition_group_and_back() {
+    if !crate::support::have_samples(
+        "the_bursting_sample_bursts_into_the_next_network_partition_group_and_back",
+    ) {
+        return;
+    }
     // Stratos' app-bursting-pattern sample, unchanged: application policy one-after-another with
     // groups network-partition-1|network-partition-2, network-partition-3|network-partition-4;
     // php between 1 and 10 members, load-average threshold 70. The pattern holds the load at 800
@@ -539,6 +557,11 @@ async fn group_instances(api: &Api, app: &str) -> Vec<(String, String, usize)> {
 
 #[tokio::test]
 async fn group_scaling_and_dependent_scaling_samples_scale_out_and_back_in() {
+    if !crate::support::have_samples(
+        "group_scaling_and_dependent_scaling_samples_scale_out_and_back_in",
+    ) {
+        return;
+    }
     // Two Stratos samples, unchanged, on one platform; tomcat's load average is 800 for 30 s
     // (threshold 70: 12 members required), then 10.
     // - single-group-group-scaling: tomcat (1..4) in group my-group6 (1..3 group instances):
@@ -815,6 +838,9 @@ async fn policy_and_application_changes_take_effect_on_a_running_application() {
 
 #[tokio::test]
 async fn mock_instances_outlive_a_server_restart() {
+    if !crate::support::have_samples("mock_instances_outlive_a_server_restart") {
+        return;
+    }
     // Like virtual machines, mock instances survive a restart of the platform: the controller
     // finds them running and keeps their members; none is replaced.
     let dir = tempfile::tempdir().unwrap();
@@ -856,8 +882,10 @@ async fn mock_instances_outlive_a_server_restart() {
     })
     .await;
     // Still the same a few fault timeouts later: their statistics resumed.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(ids(api.members(&app).await), before);
+    holds(Duration::from_secs(4), "the same members", || async {
+        ids(api.members(&app).await) == before
+    })
+    .await;
     let (_, mock_later) = api.get("/api/mock-iaas/instances").await;
     assert_eq!(instance_ids(&mock_later), instance_ids(&mock_before));
 }
@@ -895,8 +923,15 @@ async fn a_member_whose_statistics_stop_is_replaced() {
     })
     .await;
     // Still there while its pattern runs.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(api.active("rr", "rr").await[0]["memberId"], first.as_str());
+    holds(
+        Duration::from_secs(3),
+        "the first member Active",
+        || async {
+            api.active("rr", "rr").await.first().map(|m| &m["memberId"])
+                == Some(&Value::from(first.as_str()))
+        },
+    )
+    .await;
     eventually(20, "replaced after its statistics stopped", || async {
         let a = api.active("rr", "rr").await;
         (a.len() == 1 && a[0]["memberId"] != first.as_str()).then_some(())

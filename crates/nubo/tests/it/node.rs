@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{
-    Api, ServerProcess, agent_pid, alive, eventually, free_port, web_app_artifacts,
+    Api, ServerProcess, agent_pid, alive, eventually, free_port, holds, web_app_artifacts,
 };
 
 /// A `nubo node` process in its own process group; killed (with its members) when dropped.
@@ -127,22 +127,26 @@ async fn members_run_on_a_node_supervisor_in_another_process() {
     // kill -9 of the controller's process: the node keeps the members; a new controller finds
     // them in the node's inventory and starts nothing.
     server.kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for id in &before {
-        assert!(
-            agent_pid(node_dir.path(), id).is_some_and(alive),
-            "{id} outlives the controller"
-        );
-    }
+    holds(
+        Duration::from_millis(500),
+        "the members outlive the controller",
+        || async {
+            before
+                .iter()
+                .all(|id| agent_pid(node_dir.path(), id).is_some_and(alive))
+        },
+    )
+    .await;
     let server = ServerProcess::start_with(dir.path(), &args);
     let api = Api::new(&server);
     eventually(30, "the same two members Active again", || async {
         (member_ids(&api.active("far", "web").await) == before).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let members = api.members("far").await;
-    assert_eq!(members.len(), 2, "nothing started twice: {members:?}");
+    holds(Duration::from_secs(3), "nothing started twice", || async {
+        api.members("far").await.len() == 2
+    })
+    .await;
 
     // kill -9 of the node: its members run on (own sessions); one dies meanwhile. The restarted
     // node re-adopts the living one and reports the dead one, which the controller replaces.
@@ -279,7 +283,13 @@ async fn a_server_killed_in_the_middle_of_a_deploy_converges_after_a_restart() {
     })
     .await;
     // Settled: four members known, four agents running, no strays.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(api.members("crash").await.len(), 4);
-    assert_eq!(nubo_node::stop_all_pending(&dir.path().join("members")), 4);
+    let members_dir = dir.path().join("members");
+    holds(
+        Duration::from_secs(3),
+        "4 members known and 4 running",
+        || async {
+            api.members("crash").await.len() == 4 && nubo_node::stop_all_pending(&members_dir) == 4
+        },
+    )
+    .await;
 }

@@ -37,40 +37,21 @@ async fn everything_survives_a_graceful_restart() {
     let dir = tempfile::tempdir().unwrap();
     let c = client();
     let mut s = ServerProcess::start(dir.path());
-    let samples = crate::support::samples();
     for (path, file) in [
-        (
-            "/api/networkPartitions",
-            "network-partitions/mock/network-partition-1.json",
-        ),
-        (
-            "/api/autoscalingPolicies",
-            "autoscaling-policies/autoscaling-policy-1.json",
-        ),
-        (
-            "/api/deploymentPolicies",
-            "deployment-policies/deployment-policy-1.json",
-        ),
-        ("/api/cartridges", "cartridges/mock/php.json"),
-        (
-            "/api/applicationPolicies",
-            "application-policies/application-policy-1.json",
-        ),
-        (
-            "/api/applications",
-            "applications/simple/single-cartridge-app/artifacts/application.json",
-        ),
+        ("/api/networkPartitions", "network-partition.json"),
+        ("/api/autoscalingPolicies", "autoscaling-policy.json"),
+        ("/api/deploymentPolicies", "deployment-policy.json"),
+        ("/api/cartridges", "cartridge.json"),
+        ("/api/applicationPolicies", "application-policy.json"),
+        ("/api/applications", "application.json"),
     ] {
-        let body: Value =
-            serde_json::from_slice(&std::fs::read(samples.join(file)).unwrap()).unwrap();
+        let body = crate::support::fixture_artifact(file);
         assert_eq!(post(&c, &s.url, path, &body).await, 201, "{file}");
     }
-    let before = get(&c, &s.url, "/api/applications/single-cartridge-app")
-        .await
-        .1;
+    let before = get(&c, &s.url, "/api/applications/fixture-app").await.1;
     assert!(s.terminate(), "SIGTERM ends the server cleanly");
     let s = ServerProcess::start(dir.path());
-    let (status, after) = get(&c, &s.url, "/api/applications/single-cartridge-app").await;
+    let (status, after) = get(&c, &s.url, "/api/applications/fixture-app").await;
     assert_eq!(status, 200);
     assert_eq!(after, before);
     assert_eq!(
@@ -84,7 +65,7 @@ async fn everything_survives_a_graceful_restart() {
     );
     // The in-use rule holds across the restart too.
     let r = c
-        .delete(format!("{}/api/cartridges/php", s.url))
+        .delete(format!("{}/api/cartridges/web", s.url))
         .basic_auth("admin", Some(PASSWORD))
         .send()
         .await

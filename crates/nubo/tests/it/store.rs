@@ -1,13 +1,7 @@
 //! `--store`: the server on PostgreSQL keeps artifacts in the database, not in its data directory;
 //! the location comes from the flag, the environment or the configuration file, in that order.
 
-use serde_json::Value;
-
-use crate::support::{Api, ServerProcess, samples};
-
-fn sample(rel: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(samples().join(rel)).unwrap()).unwrap()
-}
+use crate::support::{Api, ServerProcess, fixture_artifact};
 
 #[tokio::test]
 async fn artifacts_survive_a_restart_on_postgres() {
@@ -32,13 +26,13 @@ async fn artifacts_survive_a_restart_on_postgres() {
     api.add_all(&[
         (
             "networkPartitions",
-            sample("network-partitions/mock/network-partition-1.json"),
+            fixture_artifact("network-partition.json"),
         ),
-        ("cartridges", sample("cartridges/mock/php.json")),
+        ("cartridges", fixture_artifact("cartridge.json")),
     ])
     .await;
-    let np_before = api.get("/api/networkPartitions/network-partition-1").await;
-    let cartridge_before = api.get("/api/cartridges/php").await;
+    let np_before = api.get("/api/networkPartitions/np-fixture").await;
+    let cartridge_before = api.get("/api/cartridges/web").await;
     assert_eq!(np_before.0, 200);
     assert_eq!(cartridge_before.0, 200);
     assert!(s.terminate(), "SIGTERM ends the server cleanly");
@@ -52,15 +46,15 @@ async fn artifacts_survive_a_restart_on_postgres() {
     let s = ServerProcess::start_with(second_dir.path(), &["--insecure-http", "--store", db.url()]);
     let api = Api::new(&s);
     assert_eq!(
-        api.get("/api/networkPartitions/network-partition-1").await,
+        api.get("/api/networkPartitions/np-fixture").await,
         np_before
     );
-    assert_eq!(api.get("/api/cartridges/php").await, cartridge_before);
+    assert_eq!(api.get("/api/cartridges/web").await, cartridge_before);
     let (status, all) = api.get("/api/cartridges").await;
     assert_eq!((status, all.as_array().map(Vec::len)), (200, Some(1)));
     // A duplicate is still refused: the database's constraints hold across servers.
     let (status, answer) = api
-        .post("/api/cartridges", sample("cartridges/mock/php.json"))
+        .post("/api/cartridges", fixture_artifact("cartridge.json"))
         .await;
     assert_eq!(status, 409, "{answer}");
 }

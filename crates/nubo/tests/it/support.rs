@@ -23,17 +23,28 @@ pub fn manifest_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// The Stratos samples shipped beside the repository.
+/// The Stratos samples (`NUBO_SAMPLES`, or `../shared/stratos-samples` beside the repository), for
+/// a test that checked with [`have_samples`] that they are there.
 pub fn samples() -> PathBuf {
-    let dir = std::env::var_os("NUBO_SAMPLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("../../../shared/stratos-samples"));
-    assert!(
-        dir.join("scenarios.json").exists(),
-        "the Stratos samples are expected in {} (the shared/ folder beside the repository); set NUBO_SAMPLES to their folder",
-        dir.display()
-    );
-    dir
+    nubo_testing::samples_dir().expect("the Stratos samples: check with have_samples first")
+}
+
+/// Whether the Stratos samples are found; when not, `suite` is skipped (and said so): a clone of
+/// the repository need not have them, and the project's own fixtures cover the model.
+pub fn have_samples(suite: &str) -> bool {
+    nubo_testing::samples(suite).is_some()
+}
+
+/// One of the project's own artifacts (`tests/it/fixtures/artifacts/`).
+pub fn fixture_artifact(name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixture_path(name)).unwrap()).unwrap()
+}
+
+/// The path of one of the project's own artifacts.
+pub fn fixture_path(name: &str) -> PathBuf {
+    manifest_dir()
+        .join("tests/it/fixtures/artifacts")
+        .join(name)
 }
 
 pub fn read_sample(rel: &str) -> Vec<u8> {
@@ -339,6 +350,24 @@ where
             "timed out after {secs} s waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks that `check` holds throughout the next `window` (polled every 100 ms, failing at the
+/// first time it does not): for what must *not* happen (a member started twice, a scale beyond
+/// what is required), which no condition can signal.
+pub async fn holds<F, Fut>(window: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + window;
+    loop {
+        assert!(check().await, "no longer true: {what}");
+        if Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
