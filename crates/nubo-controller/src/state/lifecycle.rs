@@ -1,0 +1,241 @@
+//! Member lifecycle: agents' reports and exits, the transitions they allow, members gone
+//! (replaced, with backoff when they never became Active), and the timeouts of each status.
+
+use super::*;
+
+impl ControllerState {
+    pub(super) fn event(&mut self, now_ms: u64, e: Event, out: &mut Vec<Action>) {
+        match e {
+            Event::InstanceStarted(r) => self.advance(now_ms, &r, MemberStatus::Starting, out),
+            Event::InstanceActivated(r) => self.advance(now_ms, &r, MemberStatus::Active, out),
+            Event::InstanceMaintenanceMode(r) => {
+                self.advance(now_ms, &r, MemberStatus::InMaintenance, out)
+            }
+            Event::InstanceReadyToShutdown(r) => {
+                self.advance(now_ms, &r, MemberStatus::ReadyToShutdown, out);
+                if let Some(provider) = self.provider_of(&r.member_id) {
+                    out.push(Action::Terminate {
+                        member_id: r.member_id,
+                        provider,
+                    });
+                }
+            }
+            Event::InstanceFailed { instance, reason } => {
+                if let Some(m) = self.member_mut(&instance.member_id) {
+                    m.failure = Some(reason.clone());
+                }
+                if let Some(provider) = self.provider_of(&instance.member_id) {
+                    out.push(Action::Terminate {
+                        member_id: instance.member_id,
+                        provider,
+                    });
+                }
+            }
+            Event::MemberProcessExited {
+                member_id,
+                code,
+                signal,
+                reason,
+            } => {
+                let detail = match (code, signal) {
+                    (Some(c), _) => format!("{reason} (exit code {c})"),
+                    (None, Some(s)) => format!("{reason} (signal {s})"),
+                    _ => reason,
+                };
+                self.member_gone(now_ms, &member_id, Some(detail), out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves a member forward to `target`, through the statuses in between; refuses (and logs)
+    /// transitions the lifecycle does not allow.
+    pub(super) fn advance(
+        &mut self,
+        now_ms: u64,
+        r: &InstanceRef,
+        target: MemberStatus,
+        out: &mut Vec<Action>,
+    ) {
+        use MemberStatus::*;
+        let Some(m) = self.member_mut(&r.member_id) else {
+            tracing::debug!(member = %r.member_id, "status report for an unknown member: ignored");
+            return;
+        };
+        let path: &[MemberStatus] = match (m.status, target) {
+            (Created, Starting) => &[Initialized, Starting],
+            (Created, Active) => &[Initialized, Starting, Active],
+            (Initialized, Active) => &[Starting, Active],
+            _ => std::slice::from_ref(match target {
+                Starting => &Starting,
+                Active => &Active,
+                InMaintenance => &InMaintenance,
+                ReadyToShutdown => &ReadyToShutdown,
+                _ => return,
+            }),
+        };
+        let mut changed = false;
+        for next in path {
+            if m.status == *next {
+                continue;
+            }
+            if !m.status.can_become(*next) {
+                tracing::warn!(member = %m.member_id, from = m.status.as_str(), to = next.as_str(), "illegal member transition refused");
+                return;
+            }
+            m.status = *next;
+            changed = true;
+            let change = MemberChange { member: m.clone() };
+            out.push(Action::Publish(match next {
+                Initialized => Event::MemberInitialized(change),
+                Starting => Event::MemberStarted(change),
+                Active => Event::MemberActivated(change),
+                InMaintenance => Event::MemberMaintenanceMode(change),
+                _ => Event::MemberReadyToShutdown(change),
+            }));
+        }
+        if changed {
+            if target == Active {
+                m.failure = None;
+                let key = InstanceKey::new(&m.cluster_id, &m.cluster_instance_id);
+                let app = m.application_id.clone();
+                if let Some(d) = self.deployments.get_mut(&app) {
+                    d.backoff.remove(&key);
+                }
+            }
+            self.since_ms.insert(r.member_id.clone(), now_ms);
+            out.push(Action::Persist);
+        }
+    }
+
+    /// A member's process is gone (or never started): it is Terminated and leaves the topology.
+    pub(super) fn member_gone(
+        &mut self,
+        now_ms: u64,
+        member_id: &str,
+        reason: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(cluster) = self
+            .topology
+            .clusters
+            .values_mut()
+            .find(|c| c.members.contains_key(member_id))
+        else {
+            return;
+        };
+        let Some(mut m) = cluster.members.remove(member_id) else {
+            return;
+        };
+        let prev = m.status;
+        let was_active = matches!(
+            prev,
+            MemberStatus::Active | MemberStatus::InMaintenance | MemberStatus::ReadyToShutdown
+        );
+        m.status = MemberStatus::Terminated;
+        if m.failure.is_none() && prev != MemberStatus::ReadyToShutdown {
+            m.failure = reason.clone();
+        }
+        self.since_ms.remove(member_id);
+        let undeploying = self
+            .deployments
+            .get(&m.application_id)
+            .is_some_and(|d| d.status == DeploymentStatus::Undeploying);
+        let mut retry = None;
+        if !was_active
+            && !undeploying
+            && let Some(d) = self.deployments.get_mut(&m.application_id)
+        {
+            let b = d
+                .backoff
+                .entry(InstanceKey::new(&m.cluster_id, &m.cluster_instance_id))
+                .or_default();
+            b.failures += 1;
+            let delay = FIRST_BACKOFF_MS
+                .saturating_mul(1 << (b.failures - 1).min(16))
+                .min(MAX_BACKOFF_MS);
+            b.not_before_ms = now_ms + delay;
+            b.last_reason = m.failure.clone().or(reason.clone());
+            retry = Some((b.failures, delay));
+        }
+        let how = if prev == MemberStatus::ReadyToShutdown {
+            Ending::Drained
+        } else if undeploying || m.failure.as_deref() == Some(SCALED_DOWN) {
+            Ending::Terminated
+        } else if !was_active {
+            Ending::FailedToStart
+        } else {
+            Ending::Lost
+        };
+        MemberEnded {
+            member_id,
+            how,
+            reason: m.failure.as_deref().or(reason.as_deref()),
+            retry,
+        }
+        .emit();
+        out.push(Action::Publish(Event::MemberTerminated(MemberChange {
+            member: m,
+        })));
+        out.push(Action::Persist);
+    }
+
+    pub(super) fn timeouts(&mut self, now_ms: u64, app_id: &str, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get(app_id) else {
+            return;
+        };
+        let undeploying = d.status == DeploymentStatus::Undeploying;
+        let members: Vec<Member> = d
+            .plan
+            .clusters
+            .iter()
+            .filter_map(|c| self.topology.clusters.get(&c.cluster_id))
+            .flat_map(|c| c.members.values().cloned())
+            .collect();
+        for m in members {
+            let since = self.since_ms.get(&m.member_id).copied().unwrap_or(now_ms);
+            let late = match m.status {
+                MemberStatus::InMaintenance | MemberStatus::ReadyToShutdown => {
+                    now_ms.saturating_sub(since) > DRAIN_TIMEOUT_MS
+                }
+                MemberStatus::Created | MemberStatus::Initialized | MemberStatus::Starting => {
+                    now_ms.saturating_sub(since) > ACTIVATION_TIMEOUT_MS
+                }
+                // A graceful clean-up that got no answer from the agent.
+                // A graceful clean-up (undeploy or scale-down) that got no answer from the agent.
+                MemberStatus::Active => {
+                    (undeploying || m.failure.is_some())
+                        && now_ms.saturating_sub(since) > DRAIN_TIMEOUT_MS
+                }
+                MemberStatus::Terminated => false,
+            };
+            let unanswered = m.status == MemberStatus::Active
+                && (undeploying || m.failure.is_some())
+                && self.since_ms.contains_key(&m.member_id);
+            if unanswered && !late {
+                let sent = self.cleanup_sent_ms.get(&m.member_id).copied().unwrap_or(0);
+                if now_ms.saturating_sub(sent.max(since)) >= CLEANUP_RESEND_MS {
+                    self.cleanup_sent_ms.insert(m.member_id.clone(), now_ms);
+                    out.push(Action::Publish(Event::InstanceCleanupMember {
+                        member_id: m.member_id.clone(),
+                    }));
+                }
+                continue;
+            }
+            self.cleanup_sent_ms.remove(&m.member_id);
+            if late && let Some(provider) = self.provider_of(&m.member_id) {
+                tracing::warn!(member = %m.member_id, status = m.status.as_str(), "member timed out in its status: terminating it");
+                if let Some(mm) = self.member_mut(&m.member_id) {
+                    mm.failure.get_or_insert_with(|| {
+                        format!("timed out in status {}", m.status.as_str())
+                    });
+                }
+                self.since_ms.insert(m.member_id.clone(), now_ms);
+                out.push(Action::Terminate {
+                    member_id: m.member_id.clone(),
+                    provider,
+                });
+            }
+        }
+    }
+}

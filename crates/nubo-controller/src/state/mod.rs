@@ -1,0 +1,375 @@
+//! The controller's state machine: `step(now, input) -> actions`, with time passed in. It owns the
+//! topology and the deployments, decides which members to start and stop, and follows the
+//! lifecycle reports of agents and node supervisors. No I/O: the runtime executes the actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nubo_events::{
+    Cluster, ClusterInstance, Event, InstanceKey, InstanceRef, InstanceStatus, Member,
+    MemberChange, MemberPort, MemberStatus, ScaleCommand, Topology,
+};
+use nubo_telemetry::{Ending, InternalEvent, MemberEnded};
+use serde::{Deserialize, Serialize};
+
+mod convergence;
+mod deployments;
+mod lifecycle;
+mod scaling;
+#[cfg(test)]
+mod tests;
+
+use nubo_plan::{
+    ClusterPlan, DeploymentPlan, DeploymentStatus, Placement, Termination, group_instance_id,
+    scope_instance,
+};
+
+/// How long a member may drain (maintenance → ready to shut down) before it is terminated anyway.
+pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// The failure a scaled-down member carries (it is not replaced).
+const SCALED_DOWN: &str = "scaled down";
+/// How often a clean-up request that got no answer is sent again: an agent that was away from
+/// the bus when it went (a broker restart, a re-adopted agent still reconnecting) gets it then,
+/// instead of being cut off at the drain timeout.
+pub const CLEANUP_RESEND_MS: u64 = 2_000;
+/// How long a member may take from creation to Active before it is replaced.
+pub const ACTIVATION_TIMEOUT_MS: u64 = 120_000;
+/// First retry delay after a member failed before becoming Active; doubles up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: u64 = 500;
+/// Longest retry delay.
+pub const MAX_BACKOFF_MS: u64 = 30_000;
+
+/// An application instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppInstance {
+    /// `<appId>-<n>`.
+    pub instance_id: String,
+    /// Network partition.
+    pub network_partition_id: String,
+    /// Status.
+    pub status: InstanceStatus,
+    /// The burst group it was opened in (an index into the plan's `burst_groups`); `None` for
+    /// the instances started at deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_group: Option<usize>,
+}
+
+/// Retry state of a cluster instance whose members keep failing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backoff {
+    /// Failures in a row (members that never became Active).
+    pub failures: u32,
+    /// No new member before this time (ms).
+    pub not_before_ms: u64,
+    /// The last failure's reason.
+    pub last_reason: Option<String>,
+}
+
+/// A deployed application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    /// The plan it was deployed with.
+    pub plan: DeploymentPlan,
+    /// Status.
+    pub status: DeploymentStatus,
+    /// Forced undeploy.
+    pub force: bool,
+    /// Application instances.
+    pub instances: Vec<AppInstance>,
+    /// Retry state per cluster instance.
+    pub backoff: BTreeMap<InstanceKey, Backoff>,
+    /// Members wanted per cluster instance, set by scaling; the minimum when absent, always kept
+    /// between the cluster's minimum and maximum.
+    #[serde(default)]
+    pub desired: BTreeMap<InstanceKey, u32>,
+    /// Group instance numbers per `(parent instance id, group path)` joined by `|` (the path by
+    /// `/`); `1..=groupMinInstances` when absent. Number 1 shares its parent's instance id.
+    #[serde(default)]
+    pub group_instances: BTreeMap<String, Vec<u32>>,
+    /// The next group instance number (never reused, so ids of terminating instances never clash).
+    #[serde(default)]
+    pub next_group_instance: u32,
+    /// Burst groups open (`plan.burst_groups[..burst_level]`).
+    #[serde(default)]
+    pub burst_level: usize,
+    /// The last application instance number given.
+    #[serde(default)]
+    pub next_instance: u32,
+}
+
+fn group_key(parent: &str, path: &[String]) -> String {
+    format!("{parent}|{}", path.join("/"))
+}
+
+impl Deployment {
+    /// The numbers of the group instances of `path` inside the parent instance `parent`.
+    pub fn group_numbers(&self, parent: &str, path: &[String]) -> Vec<u32> {
+        self.group_instances
+            .get(&group_key(parent, path))
+            .cloned()
+            .unwrap_or_else(|| {
+                let min = self.plan.scope(path).map_or(1, |s| s.min_instances);
+                (1..=min).collect()
+            })
+    }
+
+    /// The cluster instances the deployment wants for `cluster`: `(instance id, network
+    /// partition, application instance id)`, for every application instance not being
+    /// terminated and every instance of the groups around the cluster.
+    pub fn slots(&self, cluster: &ClusterPlan) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for inst in self.instances.iter().filter(|i| {
+            !matches!(
+                i.status,
+                InstanceStatus::Terminating | InstanceStatus::Terminated
+            )
+        }) {
+            let mut ids = vec![inst.instance_id.clone()];
+            for depth in 0..cluster.group_path.len() {
+                let path = &cluster.group_path[..=depth];
+                ids = ids
+                    .into_iter()
+                    .flat_map(|parent| {
+                        self.group_numbers(&parent, path)
+                            .into_iter()
+                            .map(move |n| group_instance_id(&parent, &path[depth], n))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+            }
+            out.extend(ids.into_iter().map(|id| {
+                (
+                    id,
+                    inst.network_partition_id.clone(),
+                    inst.instance_id.clone(),
+                )
+            }));
+        }
+        out
+    }
+
+    /// The ids of the application's clusters.
+    pub fn cluster_ids(&self) -> Vec<String> {
+        self.plan
+            .clusters
+            .iter()
+            .map(|c| c.cluster_id.clone())
+            .collect()
+    }
+}
+
+/// Inputs to the state machine.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Input {
+    /// Deploy an application.
+    Deploy(DeploymentPlan),
+    /// Undeploy an application.
+    Undeploy {
+        /// Application.
+        application_id: String,
+        /// Terminate at once instead of draining.
+        force: bool,
+    },
+    /// An event from the bus (agents, node supervisors).
+    Event(Event),
+    /// The IaaS started a member.
+    Started {
+        /// Member.
+        member_id: String,
+        /// Its address.
+        ip: String,
+        /// Its ports.
+        ports: Vec<MemberPort>,
+    },
+    /// The IaaS could not start a member.
+    StartFailed {
+        /// Member.
+        member_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request of the autoscaler (in this process, or through the bus): scale a cluster
+    /// instance, replace a faulty member, grow a group or burst, scale a group or burst
+    /// instance in, or take a member's statistics as proof that it is active.
+    Scale(ScaleCommand),
+    /// The application's artifacts changed while it runs (a policy, its own min / max): the
+    /// new plan replaces the old one; the clusters must be the same.
+    UpdatePlan(DeploymentPlan),
+    /// Time passed.
+    Tick,
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Publish an event.
+    Publish(Event),
+    /// Ask the IaaS provider to start a member.
+    Start {
+        /// The member (status Created).
+        member: Member,
+        /// IaaS provider (`local`, `mock`, …).
+        provider: String,
+        /// Image id for that provider (for `local`, the command line).
+        image: String,
+        /// Cluster plan (ports, properties).
+        cluster: Box<ClusterPlan>,
+    },
+    /// Ask the IaaS provider to terminate a member.
+    Terminate {
+        /// Member.
+        member_id: String,
+        /// IaaS provider.
+        provider: String,
+    },
+    /// The state changed: persist it.
+    Persist,
+    /// An application's definition status changed (`Deployed`, `Undeploying`, `Created`).
+    ApplicationStatus {
+        /// Application.
+        application_id: String,
+        /// New status.
+        status: String,
+    },
+}
+
+/// The controller's whole state; serializable so that a restart resumes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerState {
+    /// The topology.
+    pub topology: Topology,
+    /// Deployments by application id.
+    pub deployments: BTreeMap<String, Deployment>,
+    /// Next member sequence number.
+    pub next_member: u64,
+    /// When each member entered its current status (ms), for timeouts.
+    pub since_ms: BTreeMap<String, u64>,
+    /// When a clean-up request was last sent to each member that has not answered it (ms; not
+    /// persisted: after a restart the next one goes at once).
+    #[serde(skip)]
+    pub cleanup_sent_ms: BTreeMap<String, u64>,
+}
+
+impl ControllerState {
+    /// Applies one input at `now_ms` and returns what to do.
+    pub fn step(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Deploy(plan) => self.deploy(plan, &mut out),
+            Input::Undeploy {
+                application_id,
+                force,
+            } => self.undeploy(now_ms, &application_id, force, &mut out),
+            Input::Started {
+                member_id,
+                ip,
+                ports,
+            } => {
+                let provider = self.provider_of(&member_id);
+                if let Some(m) = self.member_mut(&member_id) {
+                    if m.status == MemberStatus::Created {
+                        m.default_private_ip = Some(ip);
+                        m.ports = ports;
+                        m.status = MemberStatus::Initialized;
+                        let m = m.clone();
+                        self.since_ms.insert(member_id, now_ms);
+                        out.push(Action::Publish(Event::MemberInitialized(MemberChange {
+                            member: m,
+                        })));
+                        out.push(Action::Persist);
+                    }
+                } else if let Some(provider) = provider {
+                    // Started after it was dropped: stop it.
+                    out.push(Action::Terminate {
+                        member_id,
+                        provider,
+                    });
+                }
+            }
+            Input::StartFailed { member_id, reason } => {
+                self.member_gone(now_ms, &member_id, Some(reason), &mut out)
+            }
+            Input::Event(e) => self.event(now_ms, e, &mut out),
+            Input::Scale(command) => self.scale(now_ms, command, &mut out),
+            Input::UpdatePlan(plan) => self.update_plan(plan, &mut out),
+            Input::Tick => {}
+        }
+        self.converge(now_ms, &mut out);
+        out
+    }
+
+    pub(super) fn cluster_plan(&self, cluster_id: &str) -> Option<(String, ClusterPlan)> {
+        self.deployments.iter().find_map(|(app, d)| {
+            d.plan
+                .clusters
+                .iter()
+                .find(|c| c.cluster_id == cluster_id)
+                .map(|c| (app.clone(), c.clone()))
+        })
+    }
+
+    /// The IaaS provider a member runs on (its network partition's).
+    pub fn provider_of(&self, member_id: &str) -> Option<String> {
+        let m = self.topology.member(member_id)?;
+        let d = self.deployments.get(&m.application_id)?;
+        let plan = d
+            .plan
+            .clusters
+            .iter()
+            .find(|c| c.cluster_id == m.cluster_id)?;
+        plan.placements
+            .iter()
+            .find(|p| p.network_partition_id == m.network_partition_id)
+            .map(|p| p.provider.clone())
+    }
+
+    pub(super) fn member_mut(&mut self, member_id: &str) -> Option<&mut Member> {
+        self.topology
+            .clusters
+            .values_mut()
+            .find_map(|c| c.members.get_mut(member_id))
+    }
+
+    pub(super) fn instance_active(&self, cluster_id: &str, instance_id: &str) -> bool {
+        self.topology
+            .clusters
+            .get(cluster_id)
+            .and_then(|c| c.instances.get(instance_id))
+            .is_some_and(|i| i.status == InstanceStatus::Active)
+    }
+
+    /// Member ids of every member the state believes exists.
+    pub fn member_ids(&self) -> BTreeSet<String> {
+        self.topology
+            .clusters
+            .values()
+            .flat_map(|c| c.members.keys().cloned())
+            .collect()
+    }
+}
+
+/// The partition for the next member: `one-after-another` fills partitions in order;
+/// `round-robin` picks the partition with the fewest members (the first on a tie). Partitions
+/// at their `partitionMax` are skipped; `None` when every partition is full.
+pub fn choose_partition(
+    placement: &Placement,
+    per_partition: &BTreeMap<String, u32>,
+) -> Option<String> {
+    let room = |p: &nubo_plan::PlacementPartition| {
+        let n = per_partition.get(&p.id).copied().unwrap_or(0);
+        p.max.is_none_or(|m| n < m)
+    };
+    let candidates = placement.partitions.iter().filter(|p| room(p));
+    if placement.algorithm == "one-after-another" {
+        candidates.map(|p| p.id.clone()).next()
+    } else {
+        candidates
+            .enumerate()
+            .min_by_key(|(i, p)| (per_partition.get(&p.id).copied().unwrap_or(0), *i))
+            .map(|(_, p)| p.id.clone())
+    }
+}
