@@ -1,4 +1,4 @@
-//! The cartridge agent (`stratos.md` §9), `nubo agent --payload FILE`: reads its payload,
+//! The cartridge agent (as in Apache Stratos 4.1), `nubo agent --payload FILE`: reads its payload,
 //! connects to the bus (reconnecting by itself), reports InstanceStarted, starts the workload
 //! (`sh -c <command>` with `PORT`, `PORT_<NAME>`, `PORT_<N>` set), waits until its ports accept
 //! connections, reports InstanceActivated, then publishes health statistics every second. On a

@@ -1,4 +1,4 @@
-//! Nubo's REST API: the Stratos v4.1 endpoints (`stratos.md` §2) under `/api` and `/api/v4.1`,
+//! Nubo's REST API: the Stratos v4.1 endpoints (as in Apache Stratos 4.1) under `/api` and `/api/v4.1`,
 //! HTTP Basic authentication, JSON errors, the OpenAPI document and Prometheus metrics.
 //!
 //! Deliberate deviations from Stratos are listed in `docs/api.md`.

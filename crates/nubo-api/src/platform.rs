@@ -1,4 +1,4 @@
-//! Tenants, users, Kubernetes cluster hosts, and runtime lookups (`stratos.md` §2).
+//! Tenants, users, Kubernetes cluster hosts, and runtime lookups (as in Apache Stratos 4.1).
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The autoscaler's decisions and the event processor's windows (`stratos.md` §7, §8): `cep` and
+//! The autoscaler's decisions and the event processor's windows (as in Apache Stratos 4.1): `cep` and
 //! `rules` are pure functions over plain numbers (no clock, no I/O); `monitor` is the runtime that
 //! feeds them the health statistics and requests in flight from the bus and asks the controller to
 //! scale.

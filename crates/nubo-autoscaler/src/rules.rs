@@ -1,4 +1,4 @@
-//! The scaling rules (`stratos.md` §7.2–§7.5): the prediction, the instances each factor requires,
+//! The scaling rules (as in Apache Stratos 4.1): the prediction, the instances each factor requires,
 //! and the decision. Stratos' semantics are kept where sound; where Nubo decides differently, the
 //! function says so.
 
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(required_for_load(60.0, 0.0, 2), 2);
     }
 
-    /// The worked example of `stratos-mock-iaas.md` §4 (test 12: c7, min 2, max 6, memory
+    /// The worked example of Stratos' mock IaaS documentation (test 12: c7, min 2, max 6, memory
     /// threshold 30, load threshold 25): at 60 → 5 members; at 10 → back to 2, one at a time.
     #[test]
     fn the_stratos_worked_example() {

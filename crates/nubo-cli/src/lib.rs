@@ -1,5 +1,5 @@
 //! The `nubo` client commands: a REST client of the API with the Stratos CLI's command set
-//! (`stratos.md` §3) in a resource-first shape: `nubo cartridge list`, `nubo application describe APP`.
+//! (as in Apache Stratos 4.1) in a resource-first shape: `nubo cartridge list`, `nubo application describe APP`.
 //!
 //! Connection settings come from flags, then `NUBO_*` environment variables, then the config file
 //! (`~/.config/nubo/cli.toml`, written by `nubo login`).

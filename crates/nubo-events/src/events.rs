@@ -8,7 +8,7 @@ use crate::topology::{Cluster, ClusterInstance, InstanceStatus, Member, MemberPo
 use crate::{ClusterPort, DeploymentPlan};
 use crate::{EVENT_VERSION, TOPIC_PREFIX, TopologyPart};
 
-/// The topic families (`stratos.md` §4.1), each a topic prefix.
+/// The topic families (as in Apache Stratos 4.1), each a topic prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Category {
     /// Topology changes (publisher: cloud controller).

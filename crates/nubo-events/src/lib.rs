@@ -1,4 +1,4 @@
-//! The contract between Nubo's components on the bus (`stratos.md` §4, §5): the topology domain
+//! The contract between Nubo's components on the bus (as in Apache Stratos 4.1): the topology domain
 //! (services → clusters → cluster instances → members) with the member state machine, and every
 //! event, defined once, serialized as `{"v":1,"event":"Name","body":{…}}` on its category's topic
 //! `nubo/v1/<category>` (one topic per category keeps events in order). Wire compatibility with

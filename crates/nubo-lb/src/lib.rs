@@ -1,4 +1,4 @@
-//! The load balancer (`stratos.md` §10): listens on the proxy ports of the clusters' HTTP port
+//! The load balancer (as in Apache Stratos 4.1): listens on the proxy ports of the clusters' HTTP port
 //! mappings, routes each request by its `Host` header to an Active member of the cluster (round
 //! robin or least outstanding requests), retries on another member when a connection is refused
 //! (and idempotent requests whose body it holds whole, reset before any response byte), streams

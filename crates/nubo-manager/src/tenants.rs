@@ -1,4 +1,4 @@
-//! Tenants (managed by the super tenant) and the users of each tenant (`stratos.md` §6.11, §11).
+//! Tenants (managed by the super tenant) and the users of each tenant (as in Apache Stratos 4.1).
 //! Passwords are stored only as argon2 hashes, under a store kind the API never serves.
 
 use nubo_model::{FieldError, Kind, Problems, SUPER_TENANT_ID, Tenant, User};

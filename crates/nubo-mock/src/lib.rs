@@ -1,4 +1,4 @@
-//! The `mock` IaaS provider (`stratos-mock-iaas.md`): instances that exist only in this process,
+//! The `mock` IaaS provider (compatible with Stratos' mock IaaS): instances that exist only in this process,
 //! answer the agent handshake on the bus like a real agent (MemberInitialized → InstanceStarted,
 //! MemberStarted → InstanceActivated after a configurable boot delay, clean-up → maintenance →
 //! ready to shut down), and publish health statistics from `mock-iaas.xml` patterns on a

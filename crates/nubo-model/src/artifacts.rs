@@ -1,4 +1,4 @@
-//! The Stratos 4.1 artifacts (`stratos.md` §6), field for field.
+//! The Stratos 4.1 artifacts (as in Apache Stratos 4.1), field for field.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

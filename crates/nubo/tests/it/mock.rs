@@ -1,5 +1,5 @@
 //! The platform on the mock IaaS with an accelerated clock: Stratos' mock samples deploy
-//! unchanged, a statistics pattern scales a cluster up and back down as `stratos-mock-iaas.md` §4
+//! unchanged, a statistics pattern scales a cluster up and back down as Stratos' mock IaaS documentation
 //! computes, and an instance that vanishes is found faulty and replaced.
 
 use std::time::Duration;
@@ -185,7 +185,7 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
     .await;
 }
 
-/// stratos-mock-iaas.md §4, test 12's artifacts: application `c7`, one cluster of min 2 and max
+/// Stratos' mock IaaS documentation, test 12's artifacts: application `c7`, one cluster of min 2 and max
 /// 6 on the mock provider, thresholds of 30 (memory) and 25 (load).
 fn c7_artifacts() -> Vec<(&'static str, Value)> {
     vec![
@@ -253,7 +253,7 @@ fn mock_server_on(dir: &std::path::Path, store: &str, extra: &[&str]) -> ServerP
 
 #[tokio::test]
 async fn a_statistics_pattern_scales_a_cluster_up_and_back_down_as_computed() {
-    // stratos-mock-iaas.md §4, test 12: memory and load at 60 with thresholds 30 and 25, min 2,
+    // Stratos' mock IaaS documentation, test 12: memory and load at 60 with thresholds 30 and 25, min 2,
     // max 6 → 5 members; values falling to 10 → back to 2, one member at a time. Samples last
     // 60 mock seconds; the clock runs 20 times faster (3 s each).
     let dir = tempfile::tempdir().unwrap();
