@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::{Key, Lease, Store, StoreError, Write};
+use crate::{Fence, Key, Lease, Store, StoreError, Write};
 
 /// A TTL that outlives every check using it (those end with a release).
 const LONG: Duration = Duration::from_secs(60);
@@ -42,6 +42,8 @@ pub async fn run_all(store: &dyn Store) {
     an_expired_lease_goes_to_the_next_holder(store).await;
     fenced_writes_need_the_current_token(store).await;
     concurrent_acquisitions_of_one_lease(store).await;
+    journals_append_read_and_snapshot(store).await;
+    journal_writes_are_fenced(store).await;
 }
 
 /// Runs the checks of two writers on one database, each with its own connections (as two
@@ -53,6 +55,7 @@ pub async fn run_shared(a: &dyn Store, b: &dyn Store) {
     conditional_updates_lose_no_increment(a, b).await;
     one_acquisition_wins_across_handles(a, b).await;
     a_deposed_holder_is_fenced_across_handles(a, b).await;
+    a_journal_written_by_one_handle_is_read_by_another(a, b).await;
 }
 
 /// Runs the checks across a reopen: `open` opens a handle on the same database each time it is
@@ -877,6 +880,145 @@ async fn conditional_updates_lose_no_increment(a: &dyn Store, b: &dyn Store) {
         json!(2 * ROUNDS)
     );
     a.delete(1, &Key::new("counter", "cas")).await.unwrap();
+}
+
+fn bodies(range: std::ops::RangeInclusive<i64>) -> Vec<String> {
+    range.map(|i| format!("{{\"n\":{i}}}")).collect()
+}
+
+async fn journals_append_read_and_snapshot(s: &dyn Store) {
+    assert_eq!(s.journal_last("j").await.unwrap(), 0);
+    assert!(s.snapshot_read("j").await.unwrap().is_none());
+    assert_eq!(
+        s.journal_append("j", &bodies(1..=3), None).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        s.journal_append("j", &bodies(4..=5), None).await.unwrap(),
+        5
+    );
+    // Another stream counts on its own.
+    assert_eq!(
+        s.journal_append("other", &bodies(1..=1), None)
+            .await
+            .unwrap(),
+        1
+    );
+    let all = s.journal_read("j", 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(all[3].body, "{\"n\":4}", "bodies come back as written");
+    // Pages.
+    let page = s.journal_read("j", 2, 2).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    assert!(s.journal_read("j", 5, 10).await.unwrap().is_empty());
+    // A snapshot after entry 4 drops entries 1..=4; numbering goes on.
+    s.snapshot_write("j", 4, "{\"state\":4}", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.snapshot_read("j").await.unwrap(),
+        Some((4, "{\"state\":4}".to_owned()))
+    );
+    let left = s.journal_read("j", 0, 100).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [5]);
+    assert_eq!(
+        s.journal_append("j", &bodies(6..=6), None).await.unwrap(),
+        6
+    );
+    // A snapshot of everything: nothing left, and still no number reused.
+    s.snapshot_write("j", 6, "{\"state\":6}", None)
+        .await
+        .unwrap();
+    assert!(s.journal_read("j", 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.journal_last("j").await.unwrap(), 6);
+    assert_eq!(
+        s.journal_append("j", &bodies(7..=7), None).await.unwrap(),
+        7
+    );
+    // An empty append changes nothing.
+    assert_eq!(s.journal_append("j", &[], None).await.unwrap(), 7);
+    assert_eq!(s.journal_read("other", 0, 10).await.unwrap().len(), 1);
+}
+
+async fn journal_writes_are_fenced(s: &dyn Store) {
+    let never = s
+        .journal_append(
+            "fj",
+            &bodies(1..=1),
+            Some(Fence {
+                lease: "jfence",
+                token: 1,
+            }),
+        )
+        .await;
+    assert!(
+        matches!(never, Err(StoreError::Fenced { .. })),
+        "no lease, no append: {never:?}"
+    );
+    let a = take(s, "jfence", "a", SHORT).await;
+    let fence = Some(Fence {
+        lease: "jfence",
+        token: a.token,
+    });
+    assert_eq!(
+        s.journal_append("fj", &bodies(1..=2), fence).await.unwrap(),
+        2
+    );
+    s.snapshot_write("fj", 1, "{}", fence).await.unwrap();
+    // Taken over: the old holder's appends and snapshots are refused, nothing written.
+    let b = take_over(s, "jfence", "b", SHORT).await;
+    assert!(b.token > a.token);
+    let late = s.journal_append("fj", &bodies(3..=3), fence).await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+    let late = s.snapshot_write("fj", 2, "{\"late\":1}", fence).await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+    assert_eq!(s.journal_last("fj").await.unwrap(), 2);
+    assert_eq!(
+        s.snapshot_read("fj").await.unwrap(),
+        Some((1, "{}".to_owned()))
+    );
+    let fence = Some(Fence {
+        lease: "jfence",
+        token: b.token,
+    });
+    assert_eq!(
+        s.journal_append("fj", &bodies(3..=3), fence).await.unwrap(),
+        3
+    );
+}
+
+async fn a_journal_written_by_one_handle_is_read_by_another(a: &dyn Store, b: &dyn Store) {
+    // Two writers racing (as two processes would, unfenced): every entry gets its own number.
+    tokio::join!(
+        async {
+            for i in 0..20 {
+                a.journal_append("shared-j", &bodies(i..=i), None)
+                    .await
+                    .unwrap();
+            }
+        },
+        async {
+            for i in 0..20 {
+                b.journal_append("shared-j", &bodies(i..=i), None)
+                    .await
+                    .unwrap();
+            }
+        }
+    );
+    let all = b.journal_read("shared-j", 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=40).collect::<Vec<_>>()
+    );
+    a.snapshot_write("shared-j", 40, "{}", None).await.unwrap();
+    assert_eq!(
+        b.snapshot_read("shared-j").await.unwrap(),
+        Some((40, "{}".to_owned()))
+    );
+    assert_eq!(b.journal_last("shared-j").await.unwrap(), 40);
 }
 
 /// A PostgreSQL database of one test's own, with a random name, on the server that

@@ -32,11 +32,13 @@ use serde_json::Value;
 #[cfg(feature = "conformance")]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod conformance;
+pub mod journal;
 pub mod lease;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
+pub use journal::{Fence, JournalEntry};
 pub use lease::Lease;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
@@ -204,6 +206,37 @@ pub trait Store: Send + Sync + 'static {
         lease_name: &str,
         token: u64,
     ) -> Result<Record, StoreError>;
+    /// Appends `bodies` to the journal `stream`, in order, in one transaction; returns the
+    /// sequence number of the last (each entry gets the next number: numbers only grow, even
+    /// across snapshots and trims). With `fence`, only while that lease is held with that token
+    /// (else [`StoreError::Fenced`], and nothing is written). See [`journal`].
+    async fn journal_append(
+        &self,
+        stream: &str,
+        bodies: &[String],
+        fence: Option<Fence<'_>>,
+    ) -> Result<i64, StoreError>;
+    /// Up to `limit` entries of `stream` after sequence number `after`, in order.
+    async fn journal_read(
+        &self,
+        stream: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<JournalEntry>, StoreError>;
+    /// The sequence number of the last entry appended to `stream` (0 before any): cheap, for a
+    /// reader that polls.
+    async fn journal_last(&self, stream: &str) -> Result<i64, StoreError>;
+    /// Replaces the snapshot of `stream` by `body`, the state after entry `seq`, and drops the
+    /// entries up to `seq`, in one transaction (fenced as [`Store::journal_append`]).
+    async fn snapshot_write(
+        &self,
+        stream: &str,
+        seq: i64,
+        body: &str,
+        fence: Option<Fence<'_>>,
+    ) -> Result<(), StoreError>;
+    /// The snapshot of `stream` and the sequence number it is the state after, if any.
+    async fn snapshot_read(&self, stream: &str) -> Result<Option<(i64, String)>, StoreError>;
     /// Replaces a document, creating it when it does not exist yet.
     async fn upsert(&self, write: Write) -> Result<Record, StoreError> {
         match self.update(write.clone()).await {

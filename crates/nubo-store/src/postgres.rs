@@ -46,7 +46,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
 use crate::lease::{LeaseRow, token_from_db, token_to_db};
-use crate::{Key, Lease, Record, Store, StoreError, Write, now_rfc3339};
+use crate::{Fence, JournalEntry, Key, Lease, Record, Store, StoreError, Write, now_rfc3339};
 
 /// Schema migrations, applied in order; the applied version is kept in `nubo_schema`.
 const MIGRATIONS: &[&str] = &[
@@ -81,6 +81,25 @@ CREATE TABLE leases (
     holder        TEXT   NOT NULL,
     token         BIGINT NOT NULL CHECK (token >= 0),
     expires_at_ms BIGINT NOT NULL
+);
+"#,
+    // 3: journals (see `crate::journal`): entries, the last sequence number per stream, and one
+    // snapshot per stream.
+    r#"
+CREATE TABLE journal_streams (
+    stream   TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    last_seq BIGINT NOT NULL
+);
+CREATE TABLE journal_entries (
+    stream TEXT COLLATE "C" NOT NULL,
+    seq    BIGINT NOT NULL,
+    body   TEXT   NOT NULL,
+    PRIMARY KEY (stream, seq)
+);
+CREATE TABLE journal_snapshots (
+    stream TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    seq    BIGINT NOT NULL,
+    body   TEXT   NOT NULL
 );
 "#,
 ];
@@ -274,6 +293,102 @@ impl PostgresStore {
             created_at: row.try_get("created_at")?,
             updated_at: now,
         })
+    }
+
+    /// Refuses the transaction's write unless `fence`'s lease is held with its token (the lease
+    /// row locked `FOR SHARE`, as for fenced upserts).
+    async fn check_fence(tx: &mut PgConnection, fence: Option<Fence<'_>>) -> Result<(), Fail> {
+        let Some(f) = fence else { return Ok(()) };
+        let lease = locked_lease(tx, f.lease, "FOR SHARE").await?;
+        if lease.is_some_and(|(row, now)| row.admits(f.token, now)) {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced {
+                lease: f.lease.to_owned(),
+                token: f.token,
+            }
+            .into())
+        }
+    }
+
+    /// The stream's counter row, locked (created at 0 when new), and its value.
+    async fn locked_last_seq(tx: &mut PgConnection, stream: &str) -> Result<i64, Fail> {
+        sqlx::query(
+            "INSERT INTO journal_streams (stream, last_seq) VALUES ($1, 0) ON CONFLICT (stream) DO NOTHING",
+        )
+        .bind(stream)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT last_seq FROM journal_streams WHERE stream = $1 FOR UPDATE")
+            .bind(stream)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(row.try_get("last_seq")?)
+    }
+
+    async fn journal_append_once(
+        &self,
+        stream: &str,
+        bodies: &[String],
+        fence: Option<Fence<'_>>,
+    ) -> Result<i64, Fail> {
+        let mut tx = self.begin().await?;
+        Self::check_fence(&mut tx, fence).await?;
+        let first = Self::locked_last_seq(&mut tx, stream).await? + 1;
+        let last = first + bodies.len() as i64 - 1;
+        if !bodies.is_empty() {
+            sqlx::query(
+                "INSERT INTO journal_entries (stream, seq, body) \
+                 SELECT $1, $2 + n - 1, b FROM unnest($3::text[]) WITH ORDINALITY AS t(b, n)",
+            )
+            .bind(stream)
+            .bind(first)
+            .bind(bodies)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE journal_streams SET last_seq = $2 WHERE stream = $1")
+                .bind(stream)
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    async fn snapshot_write_once(
+        &self,
+        stream: &str,
+        seq: i64,
+        body: &str,
+        fence: Option<Fence<'_>>,
+    ) -> Result<(), Fail> {
+        let mut tx = self.begin().await?;
+        Self::check_fence(&mut tx, fence).await?;
+        let last = Self::locked_last_seq(&mut tx, stream).await?;
+        sqlx::query(
+            "INSERT INTO journal_snapshots (stream, seq, body) VALUES ($1, $2, $3) \
+             ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, body = excluded.body",
+        )
+        .bind(stream)
+        .bind(seq)
+        .bind(body)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM journal_entries WHERE stream = $1 AND seq <= $2")
+            .bind(stream)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        if seq > last {
+            sqlx::query("UPDATE journal_streams SET last_seq = $2 WHERE stream = $1")
+                .bind(stream)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn acquire_lease_once(
@@ -774,6 +889,75 @@ impl Store for PostgresStore {
             self.upsert_fenced_once(&w, lease_name, token)
         })
         .await
+    }
+
+    async fn journal_append(
+        &self,
+        stream: &str,
+        bodies: &[String],
+        fence: Option<Fence<'_>>,
+    ) -> Result<i64, StoreError> {
+        self.retrying("journal_append", || {
+            self.journal_append_once(stream, bodies, fence)
+        })
+        .await
+    }
+
+    async fn journal_read(
+        &self,
+        stream: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, body FROM journal_entries WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(stream)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JournalEntry {
+                    seq: r.try_get("seq")?,
+                    body: r.try_get("body")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn journal_last(&self, stream: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT last_seq FROM journal_streams WHERE stream = $1")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("last_seq")?,
+            None => 0,
+        })
+    }
+
+    async fn snapshot_write(
+        &self,
+        stream: &str,
+        seq: i64,
+        body: &str,
+        fence: Option<Fence<'_>>,
+    ) -> Result<(), StoreError> {
+        self.retrying("snapshot_write", || {
+            self.snapshot_write_once(stream, seq, body, fence)
+        })
+        .await
+    }
+
+    async fn snapshot_read(&self, stream: &str) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query("SELECT seq, body FROM journal_snapshots WHERE stream = $1")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("seq")?, r.try_get("body")?)))
+            .transpose()
     }
 
     fn backend(&self) -> &'static str {

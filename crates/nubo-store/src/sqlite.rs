@@ -19,7 +19,9 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::lease::{LeaseRow, token_from_db, token_to_db};
-use crate::{Key, Lease, Record, Store, StoreError, Write, now_rfc3339, now_unix_ms};
+use crate::{
+    Fence, JournalEntry, Key, Lease, Record, Store, StoreError, Write, now_rfc3339, now_unix_ms,
+};
 
 /// Schema migrations, applied in order; the applied version is kept in `nubo_schema`.
 const MIGRATIONS: &[&str] = &[
@@ -52,6 +54,25 @@ CREATE TABLE leases (
     holder        TEXT    NOT NULL,
     token         INTEGER NOT NULL CHECK (token >= 0),
     expires_at_ms INTEGER NOT NULL
+);
+"#,
+    // 3: journals (see `crate::journal`): entries, the last sequence number per stream, and one
+    // snapshot per stream.
+    r#"
+CREATE TABLE journal_streams (
+    stream   TEXT    NOT NULL PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE journal_entries (
+    stream TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    body   TEXT    NOT NULL,
+    PRIMARY KEY (stream, seq)
+);
+CREATE TABLE journal_snapshots (
+    stream TEXT    NOT NULL PRIMARY KEY,
+    seq    INTEGER NOT NULL,
+    body   TEXT    NOT NULL
 );
 "#,
 ];
@@ -228,6 +249,51 @@ async fn update_in(
         created_at: old.created_at,
         updated_at: now,
     })
+}
+
+/// Refuses the transaction's write unless `fence`'s lease is held with its token.
+async fn check_fence(
+    conn: &mut sqlx::SqliteConnection,
+    fence: Option<Fence<'_>>,
+) -> Result<(), StoreError> {
+    let Some(f) = fence else { return Ok(()) };
+    let row = lease_row(conn, f.lease).await?;
+    if row.is_some_and(|r| r.admits(f.token, now_unix_ms())) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            lease: f.lease.to_owned(),
+            token: f.token,
+        })
+    }
+}
+
+/// The last sequence number of a journal stream (0 before any entry).
+async fn last_seq(conn: &mut sqlx::SqliteConnection, stream: &str) -> Result<i64, StoreError> {
+    let row = sqlx::query("SELECT last_seq FROM journal_streams WHERE stream = ?")
+        .bind(stream)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get("last_seq")?,
+        None => 0,
+    })
+}
+
+async fn set_last_seq(
+    conn: &mut sqlx::SqliteConnection,
+    stream: &str,
+    last: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO journal_streams (stream, last_seq) VALUES (?, ?) \
+         ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
+    )
+    .bind(stream)
+    .bind(last)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// The stored state of the lease `name`, if it was ever asked for.
@@ -458,6 +524,98 @@ impl Store for SqliteStore {
         };
         tx.commit().await?;
         Ok(record)
+    }
+
+    async fn journal_append(
+        &self,
+        stream: &str,
+        bodies: &[String],
+        fence: Option<Fence<'_>>,
+    ) -> Result<i64, StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        check_fence(&mut tx, fence).await?;
+        let mut last = last_seq(&mut tx, stream).await?;
+        for body in bodies {
+            last += 1;
+            sqlx::query("INSERT INTO journal_entries (stream, seq, body) VALUES (?, ?, ?)")
+                .bind(stream)
+                .bind(last)
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
+        }
+        set_last_seq(&mut tx, stream, last).await?;
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    async fn journal_read(
+        &self,
+        stream: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, body FROM journal_entries WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(stream)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JournalEntry {
+                    seq: r.try_get("seq")?,
+                    body: r.try_get("body")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn journal_last(&self, stream: &str) -> Result<i64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        last_seq(&mut conn, stream).await
+    }
+
+    async fn snapshot_write(
+        &self,
+        stream: &str,
+        seq: i64,
+        body: &str,
+        fence: Option<Fence<'_>>,
+    ) -> Result<(), StoreError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        check_fence(&mut tx, fence).await?;
+        sqlx::query(
+            "INSERT INTO journal_snapshots (stream, seq, body) VALUES (?, ?, ?) \
+             ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, body = excluded.body",
+        )
+        .bind(stream)
+        .bind(seq)
+        .bind(body)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM journal_entries WHERE stream = ? AND seq <= ?")
+            .bind(stream)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        let last = last_seq(&mut tx, stream).await?;
+        set_last_seq(&mut tx, stream, last.max(seq)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn snapshot_read(&self, stream: &str) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query("SELECT seq, body FROM journal_snapshots WHERE stream = ?")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("seq")?, r.try_get("body")?)))
+            .transpose()
     }
 
     fn backend(&self) -> &'static str {
