@@ -72,6 +72,11 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
+
+    /// A message already received, if any (never waits).
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// How many messages a subscriber may lag before newer ones are dropped (and counted).
@@ -207,6 +212,24 @@ impl EventStream {
     pub async fn recv(&mut self) -> Option<Event> {
         loop {
             let msg = self.sub.recv().await?;
+            match Event::decode(&msg.payload) {
+                Ok(e) => return Some(e),
+                Err(e) => MessageDropped {
+                    topic: &msg.topic,
+                    reason: "malformed",
+                    detail: &e.to_string(),
+                }
+                .emit(),
+            }
+        }
+    }
+}
+
+impl EventStream {
+    /// An event already received, if any (never waits); malformed messages are skipped.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        loop {
+            let msg = self.sub.try_recv()?;
             match Event::decode(&msg.payload) {
                 Ok(e) => return Some(e),
                 Err(e) => MessageDropped {

@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use nubo_bus::EventBus;
 use nubo_events::Event;
 use nubo_events::view::ApplicationRuntime;
-use nubo_store::{Key, Store};
+use nubo_store::Store;
 
-use crate::runtime::{ControllerHandle, STATE_ID, STATE_KIND, STATE_TENANT};
+use crate::journal::Replica;
+use crate::runtime::ControllerHandle;
 use crate::state::ControllerState;
 use nubo_plan::DeploymentPlan;
 use nubo_plan::DeploymentStatus;
@@ -167,34 +168,36 @@ impl ControlPlane for ControllerHandle {
     }
 }
 
-/// A controller in another process: commands through the bus, state from the store.
+/// A controller in another process: commands through the bus; its state read from the store
+/// into a replica kept current from the controller's journal (each read costs what changed since
+/// the last, and one small query when nothing did).
 pub struct RemoteControl {
     store: Arc<dyn Store>,
     events: EventBus,
+    replica: tokio::sync::Mutex<Replica>,
 }
 
 impl RemoteControl {
     /// Over this store and bus (the controller's).
     pub fn new(store: Arc<dyn Store>, events: EventBus) -> Self {
-        RemoteControl { store, events }
+        RemoteControl {
+            store,
+            events,
+            replica: tokio::sync::Mutex::new(Replica::default()),
+        }
     }
 
-    /// The controller's state with its version in the store, unless the version is still `known`
-    /// (then `(version, None)`: nothing read, nothing parsed). `None` when the store cannot be
-    /// read. A reader that polls a large state (an autoscaler in another process) pays for it
-    /// only when it changed.
-    pub async fn state_since(&self, known: Option<i64>) -> Option<(i64, Option<ControllerState>)> {
-        let key = Key::new(STATE_KIND, STATE_ID);
-        let version = self.store.version(STATE_TENANT, &key).await.ok()?;
-        let Some(version) = version else {
-            return Some((0, Some(ControllerState::default())));
-        };
-        if known == Some(version) {
-            return Some((version, None));
+    /// Runs `f` over the controller's state as the store holds it now (`None` when the store
+    /// cannot be read), and says whether it changed since the previous read.
+    pub async fn read<R>(&self, f: impl FnOnce(&ControllerState, bool) -> R) -> Option<R> {
+        let mut replica = self.replica.lock().await;
+        match replica.catch_up(self.store.as_ref()).await {
+            Ok(changed) => Some(f(&replica.state, changed)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the controller's state from the store");
+                None
+            }
         }
-        let rec = self.store.get(STATE_TENANT, &key).await.ok()??;
-        let state = serde_json::from_value(rec.body).ok()?;
-        Some((rec.version, Some(state)))
     }
 
     async fn send(&self, e: Event) -> Result<(), ControlError> {
@@ -212,14 +215,9 @@ impl RemoteControl {
         done: impl Fn(&ControllerState) -> bool,
     ) -> Result<(), ControlError> {
         let deadline = tokio::time::Instant::now() + REMOTE_COMMAND_TIMEOUT;
-        let mut known = None;
         loop {
-            // Read (and parse) the state only when its version changed.
-            if let Some((version, state)) = self.state_since(known).await {
-                known = Some(version);
-                if state.is_some_and(|s| done(&s)) {
-                    return Ok(());
-                }
+            if self.read(|s, _| done(s)).await == Some(true) {
+                return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(ControlError::Unavailable(format!(
@@ -239,15 +237,37 @@ impl ControlPlane for RemoteControl {
     }
 
     async fn state(&self) -> Option<ControllerState> {
-        let rec = self
-            .store
-            .get(STATE_TENANT, &Key::new(STATE_KIND, STATE_ID))
+        self.read(|s, _| s.clone()).await
+    }
+
+    async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
+        self.read(|s, _| s.deployments.get(application_id).map(|d| d.status))
             .await
-            .ok()?;
-        match rec {
-            Some(r) => serde_json::from_value(r.body).ok(),
-            None => Some(ControllerState::default()),
-        }
+            .ok_or_else(unreadable)
+    }
+
+    async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
+        self.read(|s, _| summaries(s, tenant))
+            .await
+            .ok_or_else(unreadable)
+    }
+
+    async fn cluster(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Option<nubo_events::Cluster>, ControlError> {
+        self.read(|s, _| s.topology.clusters.get(cluster_id).cloned())
+            .await
+            .ok_or_else(unreadable)
+    }
+
+    async fn runtime(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<ApplicationRuntime>, ControlError> {
+        self.read(|s, _| crate::view::runtime_view(s, application_id))
+            .await
+            .ok_or_else(unreadable)
     }
 
     async fn deploy(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
@@ -653,7 +673,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_remote_reader_reads_the_state_again_only_when_it_changed() {
+    async fn a_remote_reader_follows_the_journal_and_reads_only_what_changed() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(
             nubo_store::SqliteStore::open(&dir.path().join("nubo.db"))
@@ -661,34 +681,36 @@ mod tests {
                 .unwrap(),
         );
         let events = EventBus::new(Arc::new(nubo_bus::MemoryBus::new()));
-        let remote = RemoteControl::new(store.clone(), events);
-        let (v, state) = remote.state_since(None).await.unwrap();
-        assert_eq!(
-            (v, state.is_some()),
-            (0, true),
-            "no state yet: an empty one"
-        );
-        let write = |n: u64| nubo_store::Write {
-            tenant: STATE_TENANT,
-            key: Key::new(STATE_KIND, STATE_ID),
-            body: serde_json::to_value(ControllerState {
-                next_member: n,
-                ..ControllerState::default()
-            })
-            .unwrap(),
-            refs: vec![],
+        let config = crate::ControllerConfig {
+            providers: Default::default(),
+            bus_url: String::new(),
+            fence: None,
         };
-        store.upsert(write(7)).await.unwrap();
-        let (v1, state) = remote.state_since(Some(0)).await.unwrap();
-        assert_eq!(state.unwrap().next_member, 7);
+        let controller = crate::Controller::start(store.clone(), events.clone(), config)
+            .await
+            .unwrap();
+        let remote = RemoteControl::new(store.clone(), events);
+        assert_eq!(remote.read(|s, _| s.deployments.len()).await, Some(0));
+        assert_eq!(remote.read(|_, changed| changed).await, Some(false));
+        controller.deploy(plan("a")).await.unwrap();
         assert_eq!(
-            remote.state_since(Some(v1)).await.unwrap(),
-            (v1, None),
-            "unchanged: not read"
+            remote.status("a").await.unwrap(),
+            Some(DeploymentStatus::Deployed),
+            "the deploy is in the journal once the controller took it in"
         );
-        store.upsert(write(8)).await.unwrap();
-        let (v2, state) = remote.state_since(Some(v1)).await.unwrap();
-        assert!(v2 > v1);
-        assert_eq!(state.unwrap().next_member, 8);
+        assert_eq!(
+            remote.read(|_, changed| changed).await,
+            Some(false),
+            "nothing new: nothing read"
+        );
+        controller.undeploy("a", true).await.unwrap();
+        assert_eq!(remote.read(|_, changed| changed).await, Some(true));
+        // What a restart loads is what the controller holds.
+        let (loaded, seq) = crate::journal::load(store.as_ref()).await.unwrap();
+        assert!(seq > 0);
+        assert_eq!(
+            serde_json::to_value(&loaded).unwrap(),
+            serde_json::to_value(controller.snapshot()).unwrap()
+        );
     }
 }

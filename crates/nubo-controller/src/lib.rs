@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod deploy;
+pub mod journal;
 
 pub mod runtime;
 pub mod state;

@@ -1,6 +1,8 @@
 //! The controller's runtime: feeds bus events, API commands and ticks into the state machine,
-//! executes its actions (publish, start and stop members through IaaS providers), persists the
-//! state after every change, and re-publishes the complete topology periodically.
+//! in batches of what has arrived; writes the inputs that changed the state to its journal in
+//! one transaction per batch (fenced under `--ha`) before carrying out their actions (publish,
+//! start and stop members through IaaS providers); snapshots the state now and then; and
+//! re-publishes the complete topology periodically.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,23 +10,25 @@ use std::time::Duration;
 
 use nubo_bus::EventBus;
 use nubo_events::{Category, Event, ScaleCommand};
-use nubo_store::{Key, Store, StoreError, Write};
+use nubo_store::{Fence as StoreFence, Store, StoreError};
 use tokio::sync::mpsc;
 
 use crate::control::ControlError;
+use crate::journal;
 use crate::state::{Action, ControllerState, Input};
 use nubo_iaas::{MemberSpec, Provider};
 use nubo_plan::DeploymentStatus;
 use nubo_plan::{ClusterPlan, DeploymentPlan};
 use nubo_telemetry::{InternalEvent, MemberStartFailed, MemberStarted};
 
-/// The store document holding the controller's state.
-/// The store's document kind of the controller's state.
-pub(crate) const STATE_KIND: &str = "controllerState";
-/// Its id.
-pub(crate) const STATE_ID: &str = "state";
-/// Its tenant (the platform's).
-pub(crate) const STATE_TENANT: i64 = nubo_model::SUPER_TENANT_ID;
+/// Most inputs stepped and written to the journal together.
+pub const MAX_BATCH: usize = 1_024;
+/// A snapshot is written once the journal since the last one is larger than this, or than the
+/// last snapshot, whichever is larger: the cost of snapshots stays proportional to what changed,
+/// and a restart replays at most about a snapshot's worth of entries.
+pub const MIN_SNAPSHOT_GAP: usize = 1 << 20;
+/// How long to wait before writing the journal again after the store failed.
+const RETRY: Duration = Duration::from_millis(500);
 
 /// How often time advances in the state machine.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -140,12 +144,20 @@ impl Controller {
         events: EventBus,
         config: ControllerConfig,
     ) -> Result<ControllerHandle, StoreError> {
-        let key = Key::new(STATE_KIND, STATE_ID);
-        let mut state: ControllerState = match store.get(STATE_TENANT, &key).await? {
-            Some(rec) => {
-                serde_json::from_value(rec.body).map_err(|e| StoreError::Corrupt(e.to_string()))?
-            }
-            None => ControllerState::default(),
+        let (mut state, seq) = journal::load(store.as_ref()).await?;
+        let fence = config.fence.as_ref().map(|f| StoreFence {
+            lease: &f.lease,
+            token: f.token,
+        });
+        // A state carried over from before the journal, or none yet: it becomes the first
+        // snapshot, so that readers and restarts find it there.
+        let snapshot_bytes = if seq == 0 {
+            let body = serde_json::to_string(&state)
+                .map_err(|e| StoreError::Corrupt(format!("controller state: {e}")))?;
+            let last = store.journal_last(journal::STREAM).await?;
+            journal::snapshot(store.as_ref(), body, last, fence).await?
+        } else {
+            0
         };
         // What runs now, per provider; the members of a provider that cannot tell are left alone.
         let mut running = std::collections::BTreeSet::new();
@@ -217,30 +229,32 @@ impl Controller {
             config,
             tx,
             snapshot: std::sync::atomic::AtomicU64::new(nubo_bus::now_ms()),
+            journal: Mutex::new(JournalState {
+                since_snapshot: 0,
+                snapshot_bytes,
+            }),
         };
         tokio::spawn(async move {
             let mut rx = rx;
             let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut resync = tokio::time::interval(RESYNC);
             loop {
                 if *runner.deposed.borrow() {
                     // Another controller took over: this one publishes and acts on nothing more.
                     return;
                 }
-                let input = tokio::select! {
-                    i = rx.recv() => match i { Some(i) => i, None => return },
-                    Some((input, ack)) = command_rx.recv() => {
-                        runner.handle(input).await;
-                        let _ = ack.send(());
-                        continue;
-                    }
-                    Some(e) = agents.recv() => Input::Event(e),
+                let mut batch: Vec<(Input, Option<Ack>)> = Vec::new();
+                tokio::select! {
+                    i = rx.recv() => match i { Some(i) => batch.push((i, None)), None => return },
+                    Some((input, ack)) = command_rx.recv() => batch.push((input, Some(ack))),
+                    Some(e) = agents.recv() => batch.push((Input::Event(e), None)),
                     Some(e) = supervisors.recv() => {
                         if let Event::NodeInventory { node, members, .. } = &e {
                             runner.terminate_orphans(node, members).await;
                             continue;
                         }
-                        Input::Event(e)
+                        batch.push((Input::Event(e), None));
                     }
                     Some(e) = requests.recv() => {
                         if matches!(e, Event::CompleteTopologyRequest {}) {
@@ -249,16 +263,28 @@ impl Controller {
                         continue;
                     }
                     Some(e) = control.recv() => match command_from(e) {
-                        Some(input) => input,
+                        Some(input) => batch.push((input, None)),
                         None => continue,
                     },
-                    _ = tick.tick() => Input::Tick,
+                    _ = tick.tick() => batch.push((Input::Tick, None)),
                     _ = resync.tick() => {
                         runner.publish_topology().await;
                         continue;
                     }
                 };
-                runner.handle(input).await;
+                // What else has arrived goes in the same batch: one journal write for all.
+                while batch.len() < MAX_BATCH {
+                    if let Ok(i) = rx.try_recv() {
+                        batch.push((i, None));
+                    } else if let Some(e) = agents.try_recv() {
+                        batch.push((Input::Event(e), None));
+                    } else if let Ok((input, ack)) = command_rx.try_recv() {
+                        batch.push((input, Some(ack)));
+                    } else {
+                        break;
+                    }
+                }
+                runner.handle(batch).await;
             }
         });
         Ok(handle)
@@ -282,7 +308,19 @@ fn command_from(e: Event) -> Option<Input> {
     }
 }
 
+/// The answer to an API command: sent once its step is in the journal.
+type Ack = tokio::sync::oneshot::Sender<()>;
+
+/// Where the journal stands since the last snapshot.
+struct JournalState {
+    /// Bytes appended since.
+    since_snapshot: usize,
+    /// The last snapshot's size.
+    snapshot_bytes: usize,
+}
+
 struct Runner {
+    journal: Mutex<JournalState>,
     deposed: tokio::sync::watch::Sender<bool>,
     state: Arc<Mutex<ControllerState>>,
     events: EventBus,
@@ -343,21 +381,39 @@ impl Runner {
         }
     }
 
-    async fn handle(&self, input: Input) {
+    /// Steps a batch of inputs, writes those that changed the state to the journal (one
+    /// transaction), then carries out their actions and answers the commands among them. A step
+    /// is written before anything of it is done: a crash at any moment loses no decision that
+    /// was acted on. Deposed (the fenced write refused), the controller stops at once.
+    async fn handle(&self, batch: Vec<(Input, Option<Ack>)>) {
         if *self.deposed.borrow() {
             return;
         }
-        let (actions, snapshot) = {
-            let Ok(mut s) = self.state.lock() else { return };
-            let actions = s.step(nubo_bus::now_ms(), input);
-            let persist = actions.iter().any(|a| matches!(a, Action::Persist));
-            (actions, persist.then(|| s.clone()))
-        };
-        // Written before acting (a restart resumes from it); refused when deposed: then nothing
-        // of this step is done, and the controller stops.
-        if let Some(s) = snapshot
-            && !self.persist(&s).await
+        let mut lines = Vec::new();
+        let mut actions = Vec::new();
+        let mut acks = Vec::new();
         {
+            let Ok(mut s) = self.state.lock() else { return };
+            for (input, ack) in batch {
+                let at = nubo_bus::now_ms();
+                // Serialized before the step consumes it; kept only if the step changed
+                // something (a step that changes the state always has something to do).
+                let line = match &input {
+                    Input::Tick => None,
+                    other => journal::line(at, other).ok(),
+                };
+                let out = s.step(at, input);
+                if !out.is_empty() {
+                    match line {
+                        Some(l) => lines.push(l),
+                        None => lines.extend(journal::line(at, &Input::Tick).ok()),
+                    }
+                }
+                actions.extend(out);
+                acks.extend(ack);
+            }
+        }
+        if !lines.is_empty() && !self.append(&lines).await {
             return;
         }
         for a in actions {
@@ -385,38 +441,89 @@ impl Runner {
                 Action::Persist => {}
             }
         }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+        self.maybe_snapshot().await;
     }
 
-    /// Writes the state; `false` when this controller has been deposed.
-    async fn persist(&self, s: &ControllerState) -> bool {
-        let body = match serde_json::to_value(s) {
+    fn fence(&self) -> Option<StoreFence<'_>> {
+        self.config.fence.as_ref().map(|f| StoreFence {
+            lease: &f.lease,
+            token: f.token,
+        })
+    }
+
+    /// Writes `lines` to the journal; `false` when this controller has been deposed. A store that
+    /// fails otherwise is tried again until it takes them: nothing of these steps is carried out
+    /// before (the controller waits, and what arrives meanwhile waits in its queues).
+    async fn append(&self, lines: &[String]) -> bool {
+        let bytes: usize = lines.iter().map(String::len).sum();
+        loop {
+            match self
+                .store
+                .journal_append(journal::STREAM, lines, self.fence())
+                .await
+            {
+                Ok(_) => {
+                    if let Ok(mut j) = self.journal.lock() {
+                        j.since_snapshot += bytes;
+                    }
+                    return true;
+                }
+                Err(e @ StoreError::Fenced { .. }) => {
+                    tracing::error!(error = %e, "another controller took over: this one stops");
+                    let _ = self.deposed.send(true);
+                    return false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the controller's journal: trying again; nothing of these steps is done until it is written");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Writes a snapshot when the journal since the last one outgrew it.
+    async fn maybe_snapshot(&self) {
+        let due = self
+            .journal
+            .lock()
+            .is_ok_and(|j| j.since_snapshot > j.snapshot_bytes.max(MIN_SNAPSHOT_GAP));
+        if !due {
+            return;
+        }
+        // The state now includes every entry written: it is the state after the last one.
+        let body = match self.state.lock() {
+            Ok(s) => serde_json::to_string(&*s),
+            Err(_) => return,
+        };
+        let body = match body {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize the controller state");
-                return true;
+                return;
             }
         };
-        let w = Write {
-            tenant: STATE_TENANT,
-            key: Key::new(STATE_KIND, STATE_ID),
-            body,
-            refs: vec![],
+        let seq = match self.store.journal_last(journal::STREAM).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot snapshot the controller state now");
+                return;
+            }
         };
-        let r = match &self.config.fence {
-            Some(f) => self.store.upsert_fenced(w, &f.lease, f.token).await,
-            None => self.store.upsert(w).await,
-        };
-        match r {
-            Ok(_) => true,
+        match journal::snapshot(self.store.as_ref(), body, seq, self.fence()).await {
+            Ok(n) => {
+                if let Ok(mut j) = self.journal.lock() {
+                    j.since_snapshot = 0;
+                    j.snapshot_bytes = n;
+                }
+            }
             Err(e @ StoreError::Fenced { .. }) => {
                 tracing::error!(error = %e, "another controller took over: this one stops");
                 let _ = self.deposed.send(true);
-                false
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot persist the controller state");
-                true
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot snapshot the controller state now"),
         }
     }
 

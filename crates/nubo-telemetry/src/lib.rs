@@ -82,9 +82,29 @@ pub fn register(registry: &mut Registry) {
 }
 
 /// Something that happened, logged and counted by [`InternalEvent::emit`].
-pub trait InternalEvent {
-    /// Writes the log line and counts it.
-    fn emit(self);
+pub trait InternalEvent: Sized {
+    /// Writes the log line and counts it (unless [`muted`]).
+    fn emit(self) {
+        if !MUTED.with(std::cell::Cell::get) {
+            self.record();
+        }
+    }
+    /// Writes the log line and counts it, unconditionally.
+    fn record(self);
+}
+
+thread_local! {
+    static MUTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the internal events of this thread muted: for code that replays what already
+/// happened (the controller rebuilding its state from its journal), whose events were emitted
+/// the first time.
+pub fn muted<R>(f: impl FnOnce() -> R) -> R {
+    let before = MUTED.with(|m| m.replace(true));
+    let out = f();
+    MUTED.with(|m| m.set(before));
+    out
 }
 
 fn count(family: &Family<Labels, Counter>, labels: Labels) {
@@ -103,7 +123,7 @@ pub struct MemberStarted<'a> {
 }
 
 impl InternalEvent for MemberStarted<'_> {
-    fn emit(self) {
+    fn record(self) {
         tracing::info!(member = %self.member_id, provider = %self.provider, ip = %self.ip, "member started");
         count(
             &COUNTERS.member_starts,
@@ -124,7 +144,7 @@ pub struct MemberStartFailed<'a> {
 }
 
 impl InternalEvent for MemberStartFailed<'_> {
-    fn emit(self) {
+    fn record(self) {
         tracing::warn!(member = %self.member_id, provider = %self.provider, error = %self.error, "member start failed");
         count(
             &COUNTERS.member_start_failures,
@@ -171,7 +191,7 @@ pub struct MemberEnded<'a> {
 }
 
 impl InternalEvent for MemberEnded<'_> {
-    fn emit(self) {
+    fn record(self) {
         let how = self.how.label();
         match (self.how, self.retry) {
             (Ending::FailedToStart, Some((failures, delay))) => {
@@ -204,7 +224,7 @@ pub struct ScalingDecision<'a> {
 }
 
 impl InternalEvent for ScalingDecision<'_> {
-    fn emit(self) {
+    fn record(self) {
         tracing::info!(cluster = %self.cluster_id, instance = %self.instance_id, decision = self.decision, required = self.required, active = self.active, starting = self.starting, "scaling decision");
         count(
             &COUNTERS.scaling_decisions,
@@ -225,7 +245,7 @@ pub struct MemberFault<'a> {
 }
 
 impl InternalEvent for MemberFault<'_> {
-    fn emit(self) {
+    fn record(self) {
         tracing::warn!(member = %self.member_id, kind = self.kind, reason = %self.reason, "member fault");
         count(
             &COUNTERS.member_faults,
@@ -246,7 +266,7 @@ pub struct PublishFailed<'a> {
 }
 
 impl InternalEvent for PublishFailed<'_> {
-    fn emit(self) {
+    fn record(self) {
         tracing::warn!(event = self.event, category = self.category, error = %self.error, "cannot publish");
         count(
             &COUNTERS.publish_failures,
@@ -267,7 +287,7 @@ pub struct MessageDropped<'a> {
 }
 
 impl InternalEvent for MessageDropped<'_> {
-    fn emit(self) {
+    fn record(self) {
         tracing::warn!(topic = %self.topic, reason = self.reason, detail = %self.detail, "message dropped");
         count(
             &COUNTERS.messages_dropped,

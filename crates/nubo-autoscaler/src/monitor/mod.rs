@@ -223,12 +223,11 @@ pub enum Target {
     /// controller's state from the store, where the controller writes it before acting, and
     /// commands go through the bus (`ControlScale`) to whichever controller runs.
     Remote {
-        /// The controller's state, from the store.
+        /// The controller's state, a replica kept current from its journal in the store (each
+        /// round reads only what changed).
         control: RemoteControl,
         /// The bus the commands go on.
         events: EventBus,
-        /// The state last read, with its version (read again only when it changed).
-        cache: Mutex<Option<(i64, ControllerState)>>,
     },
 }
 
@@ -238,7 +237,6 @@ impl Target {
         Target::Remote {
             control: RemoteControl::new(store, events.clone()),
             events,
-            cache: Mutex::new(None),
         }
     }
 
@@ -246,15 +244,8 @@ impl Target {
     async fn round(&self, engine: &mut Engine, now: u64) -> Option<Round> {
         match self {
             Target::Local(c) => c.read(|state| engine.round(state, now)),
-            Target::Remote { control, cache, .. } => {
-                let known = cache.lock().ok().and_then(|c| c.as_ref().map(|(v, _)| *v));
-                let (version, fresh) = control.state_since(known).await?;
-                let mut cache = cache.lock().ok()?;
-                if let Some(state) = fresh {
-                    *cache = Some((version, state));
-                }
-                let (_, state) = cache.as_ref()?;
-                Some(engine.round(state, now))
+            Target::Remote { control, .. } => {
+                control.read(|state, _| engine.round(state, now)).await
             }
         }
     }

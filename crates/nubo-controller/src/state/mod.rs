@@ -160,8 +160,9 @@ impl Deployment {
     }
 }
 
-/// Inputs to the state machine.
-#[derive(Debug, Clone, PartialEq)]
+/// Inputs to the state machine. Serializable: the controller's journal is the sequence of
+/// inputs that changed its state, with their times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)]
 pub enum Input {
     /// Deploy an application.
