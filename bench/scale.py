@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -167,10 +168,15 @@ def run(args, n):
             assert status == 202, (app, answer)
         deadline = t0 + args.timeout
         m = {}
+        said = 0.0
         while time.time() < deadline:
             m = server.metrics()
             if active(m) >= want:
                 break
+            if time.time() - said >= 2:
+                said = time.time()
+                print(f"  {time.time() - t0:5.1f} s: {int(active(m))}/{want} Active, "
+                      f"{int(lost(m))} lost, CPU {server.cpu() - cpu0:.1f} s", file=sys.stderr, flush=True)
             time.sleep(0.25)
         took = time.time() - t0
         reached = active(m)

@@ -157,6 +157,8 @@ impl MockInstance {
 #[derive(Default)]
 struct Inner {
     instances: BTreeMap<String, MockInstance>,
+    /// Instances per cartridge type (a type's patterns start over when its last one goes).
+    per_type: HashMap<String, usize>,
     /// When each cartridge type's patterns started (mock seconds).
     epochs: HashMap<String, f64>,
     /// Injected failures: the next N starts of a type fail.
@@ -170,8 +172,92 @@ pub struct MockIaas {
     events: EventBus,
     inner: Mutex<Inner>,
     addresses: AtomicU32,
-    /// Serializes writes of the state file.
-    file_lock: Mutex<()>,
+    /// The state file, open for appending.
+    log: Mutex<Option<StateLog>>,
+}
+
+/// One line of the state file: an instance as it is now, or one that is gone.
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(clippy::large_enum_variant)]
+enum LogLine {
+    Put(MockInstance),
+    Del(String),
+}
+
+/// The state file: a line per change (`{"put":…}` or `{"del":"id"}`), so that a change costs a
+/// line, never the whole list; rewritten with only the live instances once it holds more than
+/// twice as many lines as there are instances.
+struct StateLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    lines: usize,
+}
+
+impl StateLog {
+    fn open(path: &std::path::Path) -> std::io::Result<StateLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(StateLog {
+            path: path.to_path_buf(),
+            file,
+            lines: 0,
+        })
+    }
+
+    fn append(&mut self, line: &LogLine) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        self.file.write_all(&bytes)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Rewrites the file with `live` only (a temporary file renamed over it).
+    fn compact<'a>(&mut self, live: impl Iterator<Item = &'a MockInstance>) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = self.path.with_extension("tmp");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut n = 0;
+        for m in live {
+            serde_json::to_writer(&mut out, &LogLine::Put(m.clone()))
+                .map_err(std::io::Error::other)?;
+            out.write_all(b"\n")?;
+            n += 1;
+        }
+        out.flush()?;
+        drop(out);
+        std::fs::rename(&tmp, &self.path)?;
+        *self = StateLog::open(&self.path)?;
+        self.lines = n;
+        Ok(())
+    }
+}
+
+/// The instances a state file holds: its lines applied in order (or, in the format of earlier
+/// versions, one JSON list).
+fn read_state(bytes: &[u8]) -> Result<Vec<MockInstance>, serde_json::Error> {
+    if bytes.first() == Some(&b'[') {
+        return serde_json::from_slice(bytes);
+    }
+    let mut live: BTreeMap<String, MockInstance> = BTreeMap::new();
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<LogLine>(line) {
+            Ok(LogLine::Put(m)) => {
+                live.insert(m.instance_id.clone(), m);
+            }
+            Ok(LogLine::Del(id)) => {
+                live.remove(&id);
+            }
+            // A line cut short by a crash: what came before stands.
+            Err(e) if e.is_eof() => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(live.into_values().collect())
 }
 
 fn address(prefix: u8, n: u32) -> String {
@@ -196,11 +282,12 @@ impl MockIaas {
         let mut addresses = 0;
         if let Some(file) = &config.state_file {
             match std::fs::read(file) {
-                Ok(bytes) => match serde_json::from_slice::<Vec<MockInstance>>(&bytes) {
+                Ok(bytes) => match read_state(&bytes) {
                     Ok(list) => {
                         // Patterns start over: the mock clock restarts with the server.
                         for m in list {
                             inner.epochs.entry(m.service_name.clone()).or_insert(0.0);
+                            *inner.per_type.entry(m.service_name.clone()).or_default() += 1;
                             addresses += 1;
                             inner.instances.insert(m.instance_id.clone(), m);
                         }
@@ -216,13 +303,28 @@ impl MockIaas {
                 }
             }
         }
+        // The file starts as the live instances, then takes a line per change.
+        let log = match &config.state_file {
+            Some(file) => {
+                let opened = StateLog::open(file)
+                    .and_then(|mut log| log.compact(inner.instances.values()).map(|()| log));
+                match opened {
+                    Ok(log) => Some(log),
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot write the mock IaaS state: instances will not outlive a restart");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let mock = Arc::new(MockIaas {
             clock: MockClock::new(config.speed),
             config,
             events,
             inner: Mutex::new(inner),
             addresses: AtomicU32::new(addresses),
-            file_lock: Mutex::new(()),
+            log: Mutex::new(log),
         });
         let me = mock.clone();
         tokio::spawn(async move {
@@ -281,44 +383,35 @@ impl MockIaas {
         }
     }
 
-    /// Writes the instances to the state file (a temporary file renamed over it).
-    fn persist(&self) {
-        let Some(file) = &self.config.state_file else {
-            return;
+    /// Records a change in the state file: a line, and now and then a rewrite of the live
+    /// instances (`inner`, still locked by the caller, so that lines stay in the order of the
+    /// changes).
+    fn record(&self, inner: &Inner, line: LogLine) {
+        let Ok(mut log) = self.log.lock() else { return };
+        let Some(log) = log.as_mut() else { return };
+        let result = if log.lines > 2 * inner.instances.len() + 1_000 {
+            log.compact(inner.instances.values())
+        } else {
+            log.append(&line)
         };
-        let Ok(_guard) = self.file_lock.lock() else {
-            return;
-        };
-        let list = self.list();
-        let result = serde_json::to_vec(&list)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let tmp = file.with_extension("json.tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, file)
-            });
         if let Err(e) = result {
-            tracing::warn!(file = %file.display(), error = %e, "cannot write the mock IaaS state");
+            tracing::warn!(file = %log.path.display(), error = %e, "cannot write the mock IaaS state");
         }
     }
 
     fn remove(&self, instance_id: &str) -> Option<MockInstance> {
-        let gone = self.remove_inner(instance_id)?;
-        self.persist();
-        Some(gone)
-    }
-
-    fn remove_inner(&self, instance_id: &str) -> Option<MockInstance> {
         let mut i = self.inner.lock().ok()?;
         let gone = i.instances.remove(instance_id)?;
         // The last instance of a type gone: its patterns start over with the next one.
-        if !i
-            .instances
-            .values()
-            .any(|m| m.service_name == gone.service_name)
-        {
+        let left = i.per_type.get_mut(&gone.service_name).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left.unwrap_or(0) == 0 {
+            i.per_type.remove(&gone.service_name);
             i.epochs.remove(&gone.service_name);
         }
+        self.record(&i, LogLine::Del(gone.instance_id.clone()));
         Some(gone)
     }
 
@@ -335,8 +428,8 @@ impl MockIaas {
         }
         m.state = to;
         let r = m.instance_ref();
-        drop(i);
-        self.persist();
+        let line = LogLine::Put(m.clone());
+        self.record(&i, line);
         Some(r)
     }
 
@@ -484,9 +577,11 @@ impl Provider for MockIaas {
             }
             let now = self.clock.now();
             i.epochs.entry(m.service_name.clone()).or_insert(now);
+            *i.per_type.entry(m.service_name.clone()).or_default() += 1;
+            let line = LogLine::Put(instance.clone());
             i.instances.insert(m.member_id.clone(), instance);
+            self.record(&i, line);
         }
-        self.persist();
         tracing::debug!(member = %m.member_id, %ip, "mock instance started");
         Ok(StartedMember {
             ip,
@@ -519,5 +614,115 @@ impl Provider for MockIaas {
 
     async fn running(&self) -> Result<Vec<String>, IaasError> {
         Ok(self.list().into_iter().map(|m| m.member_id).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use nubo_bus::MemoryBus;
+    use nubo_events::{ClusterPort, Member, MemberStatus};
+
+    use super::*;
+
+    fn spec(id: &str) -> MemberSpec {
+        MemberSpec {
+            member: Member {
+                member_id: id.into(),
+                cluster_id: "app.web.svc.domain".into(),
+                cluster_instance_id: "app-1".into(),
+                service_name: "svc".into(),
+                application_id: "app".into(),
+                network_partition_id: "np".into(),
+                partition_id: "p1".into(),
+                status: MemberStatus::Created,
+                default_private_ip: None,
+                default_public_ip: None,
+                ports: vec![],
+                init_time: 0,
+                failure: None,
+                properties: BTreeMap::new(),
+            },
+            image: "svc".into(),
+            ports: vec![ClusterPort {
+                name: "http".into(),
+                protocol: "http".into(),
+                port: 80,
+                proxy_port: None,
+            }],
+            bus_url: String::new(),
+            parameters: BTreeMap::new(),
+        }
+    }
+
+    async fn mock(file: &std::path::Path) -> Arc<MockIaas> {
+        let events = EventBus::new(Arc::new(MemoryBus::new()));
+        MockIaas::start(
+            events,
+            MockConfig {
+                state_file: Some(file.to_path_buf()),
+                ..MockConfig::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    fn ids(m: &MockIaas) -> Vec<String> {
+        m.list().into_iter().map(|i| i.instance_id).collect()
+    }
+
+    #[tokio::test]
+    async fn instances_outlive_a_restart_and_the_file_grows_by_a_line_per_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mock-iaas.json");
+        let m = mock(&file).await;
+        for i in 0..5 {
+            m.start(spec(&format!("m{i}"))).await.unwrap();
+        }
+        assert!(m.kill("m1"));
+        m.set_state("m2", &[InstanceState::Starting], InstanceState::Active)
+            .unwrap();
+        let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+        assert_eq!(lines, 7, "5 starts, a removal, a change: a line each");
+        drop(m);
+        let again = mock(&file).await;
+        assert_eq!(ids(&again), vec!["m0", "m2", "m3", "m4"]);
+        assert_eq!(again.get("m2").unwrap().state, InstanceState::Active);
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap().lines().count(),
+            4,
+            "rewritten with the live instances at start"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_file_is_compacted_and_a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mock-iaas.json");
+        let m = mock(&file).await;
+        for i in 0..3_000 {
+            let id = format!("m{i}");
+            m.start(spec(&id)).await.unwrap();
+            if i % 2 == 1 {
+                assert!(m.kill(&id));
+            }
+        }
+        let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+        assert!(
+            lines < 4_500,
+            "compacted: {lines} lines for 1,500 instances"
+        );
+        drop(m);
+        // A crash in the middle of a line: the lines before it stand.
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str("{\"put\":{\"instanceId\":\"m9");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(mock(&file).await.list().len(), 1_500);
+        // The format of earlier versions (one JSON list) is read too.
+        let old = serde_json::to_vec(&vec![mock(&file).await.get("m0").unwrap()]).unwrap();
+        std::fs::write(&file, old).unwrap();
+        assert_eq!(ids(&*mock(&file).await), vec!["m0".to_owned()]);
     }
 }
