@@ -27,6 +27,26 @@ pub async fn run_all(publisher: &dyn Bus, subscriber: &dyn Bus) {
     fan_out(publisher, subscriber).await;
     invalid_topics(publisher, subscriber).await;
     awkward_levels(publisher, subscriber).await;
+    a_lagging_subscriber_loses_no_lifecycle_event(publisher, subscriber).await;
+}
+
+/// A subscriber that reads nothing while more than [`crate::SUBSCRIPTION_BUFFER`] messages
+/// arrive on a topic of lifecycle events gets every one of them, in order, once it reads.
+async fn a_lagging_subscriber_loses_no_lifecycle_event(p: &dyn Bus, s: &dyn Bus) {
+    let topic = Category::InstanceStatus.topic();
+    let mut sub = s.subscribe(&topic).await.unwrap();
+    let n = crate::SUBSCRIPTION_BUFFER + 500;
+    for i in 0..n {
+        p.publish(&topic, format!("lag-{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let mut got = 0;
+    while got < n {
+        let m = next(&mut sub).await;
+        assert_eq!(m.payload, format!("lag-{got}").into_bytes(), "in order, none lost");
+        got += 1;
+    }
 }
 
 /// Three overlapping filters of one connection. Each gets the message, but the embedded broker

@@ -64,23 +64,123 @@ pub enum BusError {
 
 /// Messages matching one filter, in publication order per publisher.
 pub struct Subscription {
-    rx: mpsc::Receiver<Message>,
+    rx: Rx,
+}
+
+enum Rx {
+    Lossless(mpsc::UnboundedReceiver<Message>),
+    Lossy(mpsc::Receiver<Message>),
 }
 
 impl Subscription {
     /// The next message; `None` once the bus is gone.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        match &mut self.rx {
+            Rx::Lossless(rx) => rx.recv().await,
+            Rx::Lossy(rx) => rx.recv().await,
+        }
     }
 
     /// A message already received, if any (never waits).
     pub fn try_recv(&mut self) -> Option<Message> {
-        self.rx.try_recv().ok()
+        match &mut self.rx {
+            Rx::Lossless(rx) => rx.try_recv().ok(),
+            Rx::Lossy(rx) => rx.try_recv().ok(),
+        }
+    }
+
+    /// Messages received and not yet taken (how far this subscriber lags).
+    pub fn backlog(&self) -> usize {
+        match &self.rx {
+            Rx::Lossless(rx) => rx.len(),
+            Rx::Lossy(rx) => rx.len(),
+        }
     }
 }
 
-/// How many messages a subscriber may lag before newer ones are dropped (and counted).
+/// How many health statistics or predictions a subscriber may lag before newer ones are dropped
+/// (and counted: `nubo_bus_messages_dropped_total{reason="lagging"}`). Every other message is kept
+/// however far its subscriber lags: a lost lifecycle event would leave a member starting for
+/// good, and their number is bounded by the members' lifecycles.
 pub const SUBSCRIPTION_BUFFER: usize = 8192;
+
+/// Whether a subscription to `filter` may drop messages when it lags: the statistics topics
+/// only (each message is superseded by the next of the same member within seconds).
+fn lossy(filter: &str) -> bool {
+    filter == Category::HealthStats.filter() || filter == Category::Predictions.filter()
+}
+
+/// The sending side of a subscription, as a bus's dispatch holds it.
+pub(crate) struct Sink {
+    tx: Tx,
+}
+
+enum Tx {
+    Lossless(mpsc::UnboundedSender<Message>),
+    Lossy(mpsc::Sender<Message>),
+}
+
+/// A message could not be delivered: the subscription is gone.
+pub(crate) struct Gone;
+
+impl Sink {
+    /// A sink and its subscription for `filter`.
+    pub(crate) fn pair(filter: &str) -> (Sink, Subscription) {
+        if lossy(filter) {
+            let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+            (
+                Sink { tx: Tx::Lossy(tx) },
+                Subscription { rx: Rx::Lossy(rx) },
+            )
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (
+                Sink {
+                    tx: Tx::Lossless(tx),
+                },
+                Subscription {
+                    rx: Rx::Lossless(rx),
+                },
+            )
+        }
+    }
+
+    /// Delivers a message without waiting; a lagging statistics subscriber loses it (counted).
+    pub(crate) fn deliver(&self, msg: Message) -> Result<(), Gone> {
+        match &self.tx {
+            Tx::Lossless(tx) => tx.send(msg).map_err(|_| Gone),
+            Tx::Lossy(tx) => match tx.try_send(msg) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    MessageDropped {
+                        topic: &m.topic,
+                        reason: "lagging",
+                        detail: "the subscriber is more than SUBSCRIPTION_BUFFER messages behind",
+                    }
+                    .emit();
+                    Ok(())
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
+            },
+        }
+    }
+
+    /// Whether its subscription is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        match &self.tx {
+            Tx::Lossless(tx) => tx.is_closed(),
+            Tx::Lossy(tx) => tx.is_closed(),
+        }
+    }
+
+    /// Completes once its subscription is gone.
+    pub(crate) async fn closed(&self) {
+        match &self.tx {
+            Tx::Lossless(tx) => tx.closed().await,
+            Tx::Lossy(tx) => tx.closed().await,
+        }
+    }
+}
 
 /// The message bus.
 #[async_trait]

@@ -1,32 +1,21 @@
 //! The in-process bus: subscribers are channels; publishing fans out to the matching ones.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
-use crate::{
-    Bus, BusError, Message, SUBSCRIPTION_BUFFER, Subscription, topic_matches, valid_filter,
-    valid_topic,
-};
+use crate::{Bus, BusError, Message, Sink, Subscription, topic_matches, valid_filter, valid_topic};
 
 /// A bus inside one process.
 #[derive(Default)]
 pub struct MemoryBus {
-    subscribers: Mutex<Vec<(String, mpsc::Sender<Message>)>>,
-    dropped: AtomicU64,
+    subscribers: Mutex<Vec<(String, Sink)>>,
 }
 
 impl MemoryBus {
     /// An empty bus.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Messages dropped because a subscriber lagged by more than [`SUBSCRIPTION_BUFFER`].
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -47,10 +36,7 @@ impl Bus for MemoryBus {
                     topic: topic.to_owned(),
                     payload: payload.clone(),
                 };
-                if tx.try_send(msg).is_err() {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(topic, filter = %filter, "a subscriber lags: message dropped");
-                }
+                let _ = tx.deliver(msg);
             }
         }
         Ok(())
@@ -60,12 +46,12 @@ impl Bus for MemoryBus {
         if !valid_filter(filter) {
             return Err(BusError::InvalidTopic(filter.to_owned()));
         }
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let (tx, sub) = Sink::pair(filter);
         self.subscribers
             .lock()
             .map_err(|_| BusError::Unavailable("poisoned".into()))?
             .push((filter.to_owned(), tx));
-        Ok(Subscription { rx })
+        Ok(sub)
     }
 
     fn kind(&self) -> &'static str {

@@ -6,12 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::{
-    Bus, BusError, Message, SUBSCRIPTION_BUFFER, Subscription, topic_matches, valid_filter,
-    valid_topic,
-};
+use crate::{Bus, BusError, Message, Sink, Subscription, topic_matches, valid_filter, valid_topic};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -67,7 +64,7 @@ impl MqttConfig {
     }
 }
 
-type Subscribers = Arc<Mutex<Vec<(String, mpsc::Sender<Message>)>>>;
+type Subscribers = Arc<Mutex<Vec<(String, Sink)>>>;
 
 /// A bus over one MQTT connection.
 pub struct MqttBus {
@@ -118,9 +115,7 @@ impl MqttBus {
                                     topic: topic.clone(),
                                     payload: p.payload.to_vec(),
                                 };
-                                if tx.try_send(msg).is_err() {
-                                    tracing::warn!(topic = %topic, "a subscriber lags: message dropped");
-                                }
+                                let _ = tx.deliver(msg);
                             }
                         }
                     }
@@ -186,7 +181,7 @@ impl Bus for MqttBus {
         if !valid_filter(filter) {
             return Err(BusError::InvalidTopic(filter.to_owned()));
         }
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let (tx, sub) = Sink::pair(filter);
         let _guard = self.subscribe_lock.lock().await;
         self.subscribers
             .lock()
@@ -204,7 +199,7 @@ impl Bus for MqttBus {
                 tokio::time::timeout(Duration::from_secs(5), acks.wait_for(|n| *n > before)).await;
         }
         // Otherwise the subscription is made on (re)connection.
-        Ok(Subscription { rx })
+        Ok(sub)
     }
 
     fn kind(&self) -> &'static str {

@@ -16,10 +16,10 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::{Bus, BusError, Message, SUBSCRIPTION_BUFFER, Subscription, valid_filter, valid_topic};
+use crate::{Bus, BusError, Message, Sink, Subscription, valid_filter, valid_topic};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -220,8 +220,7 @@ impl Bus for NatsBus {
                     .map_err(|e| BusError::Unavailable(e.to_string()))?,
             );
         }
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        let filter_name = filter.to_owned();
+        let (tx, sub) = Sink::pair(filter);
         let mut merged = futures_util::stream::select_all(subs);
         let forward = async move {
             loop {
@@ -236,12 +235,8 @@ impl Bus for NatsBus {
                     topic: subject_to_topic(&msg.subject),
                     payload: msg.payload.to_vec(),
                 };
-                match tx.try_send(msg) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(m)) => {
-                        tracing::warn!(topic = %m.topic, filter = %filter_name, "a subscriber lags: message dropped");
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                if tx.deliver(msg).is_err() {
+                    break;
                 }
             }
         };
@@ -258,7 +253,7 @@ impl Bus for NatsBus {
             self.sync().await?;
         }
         // Otherwise async-nats makes the subscription on connection.
-        Ok(Subscription { rx })
+        Ok(sub)
     }
 
     fn kind(&self) -> &'static str {

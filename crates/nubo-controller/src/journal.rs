@@ -3,9 +3,10 @@
 //! dropped. A write costs the size of the input, never the size of the state (see ARCHITECTURE.md,
 //! "Persistence of the controller").
 //!
-//! The state machine is deterministic: replaying the entries after the snapshot through
-//! [`ControllerState::step`] (their actions ignored: they were carried out, or the reconciliation
-//! at start takes care of them) gives back the state. A reader in another process (an API-only
+//! The state machine is deterministic: replaying the entries after the snapshot (inputs through
+//! [`ControllerState::apply`], convergences through [`ControllerState::converge_dirty`], their
+//! actions ignored: they were carried out, or the reconciliation at start takes care of them)
+//! gives back the state. A reader in another process (an API-only
 //! server, a standby, an autoscaler of its own) keeps a [`Replica`] the same way, reading only
 //! the entries written since it last looked.
 
@@ -27,24 +28,44 @@ const LEGACY_TENANT: i64 = nubo_model::SUPER_TENANT_ID;
 /// Entries read per query while catching up.
 const PAGE: i64 = 4_096;
 
-/// One journal entry: an input and when it was applied.
+/// One journal entry: an input applied at `at` ([`ControllerState::apply`]), or the convergence
+/// of what the inputs before it touched ([`ControllerState::converge_dirty`]).
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     /// Milliseconds since the epoch.
     at: u64,
-    input: Input,
+    #[serde(default)]
+    input: Option<Input>,
+    #[serde(default)]
+    converge: bool,
 }
 
 /// An entry to write, borrowing its input.
 #[derive(Serialize)]
 struct EntryRef<'a> {
     at: u64,
-    input: &'a Input,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a Input>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    converge: bool,
 }
 
 /// The journal line of `input` applied at `at`.
 pub fn line(at: u64, input: &Input) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&EntryRef { at, input })
+    serde_json::to_string(&EntryRef {
+        at,
+        input: Some(input),
+        converge: false,
+    })
+}
+
+/// The journal line of a convergence at `at`.
+pub fn converge_line(at: u64) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&EntryRef {
+        at,
+        input: None,
+        converge: true,
+    })
 }
 
 /// Runs `f` without logs or internal events: what a replay does happened already, and was
@@ -67,7 +88,12 @@ fn apply(
             let entry: Entry = serde_json::from_str(&e.body).map_err(|err| {
                 StoreError::Corrupt(format!("controller journal entry {}: {err}", e.seq))
             })?;
-            state.step(entry.at, entry.input);
+            if let Some(input) = entry.input {
+                state.apply(entry.at, input);
+            }
+            if entry.converge {
+                state.converge_dirty(entry.at);
+            }
             last = e.seq;
         }
         Ok::<(), StoreError>(())

@@ -30,8 +30,9 @@ pub const MIN_SNAPSHOT_GAP: usize = 1 << 20;
 /// How long to wait before writing the journal again after the store failed.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// How often time advances in the state machine.
-pub const TICK: Duration = Duration::from_millis(200);
+/// How often time advances in the state machine: timeouts, retries after a backoff, clean-up
+/// requests sent again (each tick converges every deployment).
+pub const TICK: Duration = Duration::from_secs(1);
 /// How often the complete topology is re-published (Stratos: 60 s).
 pub const RESYNC: Duration = Duration::from_secs(10);
 
@@ -396,21 +397,26 @@ impl Runner {
             let Ok(mut s) = self.state.lock() else { return };
             for (input, ack) in batch {
                 let at = nubo_bus::now_ms();
-                // Serialized before the step consumes it; kept only if the step changed
-                // something (a step that changes the state always has something to do).
+                // Every input is written (serialized before `apply` consumes it), but a tick
+                // only when its timeouts did something.
                 let line = match &input {
                     Input::Tick => None,
                     other => journal::line(at, other).ok(),
                 };
-                let out = s.step(at, input);
-                if !out.is_empty() {
-                    match line {
-                        Some(l) => lines.push(l),
-                        None => lines.extend(journal::line(at, &Input::Tick).ok()),
-                    }
+                let out = s.apply(at, input);
+                match line {
+                    Some(l) => lines.push(l),
+                    None if !out.is_empty() => lines.extend(journal::line(at, &Input::Tick).ok()),
+                    None => {}
                 }
                 actions.extend(out);
                 acks.extend(ack);
+            }
+            // One convergence for the batch: each deployment it touched, once.
+            if s.needs_convergence() {
+                let at = nubo_bus::now_ms();
+                lines.extend(journal::converge_line(at).ok());
+                actions.extend(s.converge_dirty(at));
             }
         }
         if !lines.is_empty() && !self.append(&lines).await {

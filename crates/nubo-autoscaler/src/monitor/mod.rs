@@ -225,7 +225,7 @@ pub enum Target {
     Remote {
         /// The controller's state, a replica kept current from its journal in the store (each
         /// round reads only what changed).
-        control: RemoteControl,
+        control: Box<RemoteControl>,
         /// The bus the commands go on.
         events: EventBus,
     },
@@ -235,7 +235,7 @@ impl Target {
     /// A controller in another process, reached through the store (its state) and the bus.
     pub fn remote(store: Arc<dyn Store>, events: EventBus) -> Target {
         Target::Remote {
-            control: RemoteControl::new(store, events.clone()),
+            control: Box::new(RemoteControl::new(store, events.clone())),
             events,
         }
     }

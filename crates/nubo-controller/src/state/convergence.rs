@@ -7,48 +7,45 @@ use super::*;
 impl ControllerState {
     /// Brings every deployment towards its goal: minimum members, startup order, statuses,
     /// timeouts, and the end of undeployments.
-    pub(super) fn converge(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let app_ids: Vec<String> = self.deployments.keys().cloned().collect();
-        for app_id in app_ids {
-            self.timeouts(now_ms, &app_id, out);
-            let Some(d) = self.deployments.get(&app_id).cloned() else {
-                continue;
-            };
-            match d.status {
-                DeploymentStatus::Deployed => {
-                    // Again while cluster instances change status, so that what waits for a
-                    // cluster that has just become Active starts in the same step.
-                    for _ in 0..=d.plan.clusters.len() {
-                        let before = out.len();
-                        for c in &d.plan.clusters {
-                            for (instance_id, np, _) in d.slots(c) {
-                                if self.converge_cluster(now_ms, &d, &instance_id, &np, c, out) {
-                                    self.termination_behaviour(
-                                        now_ms,
-                                        &app_id,
-                                        &c.cluster_id,
-                                        &instance_id,
-                                        out,
-                                    );
-                                    self.converge_cluster(now_ms, &d, &instance_id, &np, c, out);
-                                }
+    /// Brings one deployment towards its goal: its cluster instances (again while they change
+    /// status, so that what waits for a cluster that has just become Active starts in the same
+    /// step), terminations, application instances; or the end of its undeployment.
+    pub(super) fn converge_app(&mut self, now_ms: u64, app_id: &str, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get(app_id).cloned() else {
+            return;
+        };
+        match d.status {
+            DeploymentStatus::Deployed => {
+                for _ in 0..=d.plan.clusters.len() {
+                    let before = out.len();
+                    for c in &d.plan.clusters {
+                        for (instance_id, np, _) in d.slots(c) {
+                            if self.converge_cluster(now_ms, &d, &instance_id, &np, c, out) {
+                                self.termination_behaviour(
+                                    now_ms,
+                                    app_id,
+                                    &c.cluster_id,
+                                    &instance_id,
+                                    out,
+                                );
+                                self.converge_cluster(now_ms, &d, &instance_id, &np, c, out);
                             }
                         }
-                        let changed = out[before..].iter().any(|a| {
-                            matches!(
-                                a,
-                                Action::Publish(Event::ClusterInstanceStatusChanged { .. })
-                            )
-                        });
-                        if !changed {
-                            break;
-                        }
                     }
-                    self.finish_terminations(&app_id, out);
-                    self.update_app_instances(&app_id, out);
+                    let changed = out[before..].iter().any(|a| {
+                        matches!(
+                            a,
+                            Action::Publish(Event::ClusterInstanceStatusChanged { .. })
+                        )
+                    });
+                    if !changed {
+                        break;
+                    }
                 }
-                DeploymentStatus::Undeploying => self.finish_undeploy(&app_id, out),
+                self.finish_terminations(app_id, out);
+                self.update_app_instances(app_id, out);
             }
+            DeploymentStatus::Undeploying => self.finish_undeploy(app_id, out),
         }
     }
 
@@ -155,7 +152,20 @@ impl ControllerState {
             }
         }
         // Maximum check (a maximum or a partitionMax lowered while running): the newest members
-        // above it leave, drained.
+        // above it leave, drained. (Counted first: the members are sorted only when some must go.)
+        let placement_caps = plan
+            .placements
+            .iter()
+            .find(|p| p.network_partition_id == inst.network_partition_id);
+        let over_a_cap = placement_caps.is_some_and(|p| {
+            p.partitions.iter().any(|part| {
+                part.max
+                    .is_some_and(|cap| per_partition.get(&part.id).copied().unwrap_or(0) > cap)
+            })
+        });
+        if live_count <= plan.max.max(plan.min) && !over_a_cap {
+            return self.fill(now_ms, d, &inst, plan, live_count, per_partition, out);
+        }
         let mut newest: Vec<&Member> = live.clone();
         newest.sort_by_key(|m| std::cmp::Reverse((m.init_time, m.member_id.clone())));
         let mut excess: Vec<Member> = newest
@@ -197,7 +207,22 @@ impl ControllerState {
             out.push(Action::Persist);
             return false;
         }
-        // Minimum check (and scale-up): the desired count, at least the minimum.
+        self.fill(now_ms, d, &inst, plan, live_count, per_partition, out)
+    }
+
+    /// Minimum check (and scale-up): starts members up to the desired count, at least the
+    /// minimum, placed by the partition algorithm. Always `false` (nothing turned Inactive).
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &mut self,
+        now_ms: u64,
+        d: &Deployment,
+        inst: &AppInstance,
+        plan: &ClusterPlan,
+        live_count: u32,
+        mut per_partition: BTreeMap<String, u32>,
+        out: &mut Vec<Action>,
+    ) -> bool {
         let key = InstanceKey::new(&plan.cluster_id, &inst.instance_id);
         let target = d
             .desired

@@ -185,14 +185,16 @@ impl ControllerState {
             return;
         };
         let undeploying = d.status == DeploymentStatus::Undeploying;
-        let members: Vec<Member> = d
+        // One pass over the members by reference; only those with something due are looked at
+        // again (a tick costs a read of every member, not a copy).
+        let mut due: Vec<(String, MemberStatus, bool, bool)> = Vec::new();
+        for m in d
             .plan
             .clusters
             .iter()
             .filter_map(|c| self.topology.clusters.get(&c.cluster_id))
-            .flat_map(|c| c.members.values().cloned())
-            .collect();
-        for m in members {
+            .flat_map(|c| c.members.values())
+        {
             let since = self.since_ms.get(&m.member_id).copied().unwrap_or(now_ms);
             let late = match m.status {
                 MemberStatus::InMaintenance | MemberStatus::ReadyToShutdown => {
@@ -201,7 +203,6 @@ impl ControllerState {
                 MemberStatus::Created | MemberStatus::Initialized | MemberStatus::Starting => {
                     now_ms.saturating_sub(since) > ACTIVATION_TIMEOUT_MS
                 }
-                // A graceful clean-up that got no answer from the agent.
                 // A graceful clean-up (undeploy or scale-down) that got no answer from the agent.
                 MemberStatus::Active => {
                     (undeploying || m.failure.is_some())
@@ -212,27 +213,32 @@ impl ControllerState {
             let unanswered = m.status == MemberStatus::Active
                 && (undeploying || m.failure.is_some())
                 && self.since_ms.contains_key(&m.member_id);
+            if late || unanswered || self.cleanup_sent_ms.contains_key(&m.member_id) {
+                due.push((m.member_id.clone(), m.status, late, unanswered));
+            }
+        }
+        for (member_id, status, late, unanswered) in due {
+            let since = self.since_ms.get(&member_id).copied().unwrap_or(now_ms);
             if unanswered && !late {
-                let sent = self.cleanup_sent_ms.get(&m.member_id).copied().unwrap_or(0);
+                let sent = self.cleanup_sent_ms.get(&member_id).copied().unwrap_or(0);
                 if now_ms.saturating_sub(sent.max(since)) >= CLEANUP_RESEND_MS {
-                    self.cleanup_sent_ms.insert(m.member_id.clone(), now_ms);
+                    self.cleanup_sent_ms.insert(member_id.clone(), now_ms);
                     out.push(Action::Publish(Event::InstanceCleanupMember {
-                        member_id: m.member_id.clone(),
+                        member_id: member_id.clone(),
                     }));
                 }
                 continue;
             }
-            self.cleanup_sent_ms.remove(&m.member_id);
-            if late && let Some(provider) = self.provider_of(&m.member_id) {
-                tracing::warn!(member = %m.member_id, status = m.status.as_str(), "member timed out in its status: terminating it");
-                if let Some(mm) = self.member_mut(&m.member_id) {
-                    mm.failure.get_or_insert_with(|| {
-                        format!("timed out in status {}", m.status.as_str())
-                    });
+            self.cleanup_sent_ms.remove(&member_id);
+            if late && let Some(provider) = self.provider_of(&member_id) {
+                tracing::warn!(member = %member_id, status = status.as_str(), "member timed out in its status: terminating it");
+                if let Some(mm) = self.member_mut(&member_id) {
+                    mm.failure
+                        .get_or_insert_with(|| format!("timed out in status {}", status.as_str()));
                 }
-                self.since_ms.insert(m.member_id.clone(), now_ms);
+                self.since_ms.insert(member_id.clone(), now_ms);
                 out.push(Action::Terminate {
-                    member_id: m.member_id.clone(),
+                    member_id,
                     provider,
                 });
             }

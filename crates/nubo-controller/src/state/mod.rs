@@ -253,12 +253,38 @@ pub struct ControllerState {
     /// persisted: after a restart the next one goes at once).
     #[serde(skip)]
     pub cleanup_sent_ms: BTreeMap<String, u64>,
+    /// Deployments an input touched since the last convergence (not persisted: a snapshot is
+    /// taken between batches, after their convergence).
+    #[serde(skip)]
+    dirty: BTreeSet<String>,
+    /// Every deployment is to converge (a tick: time passed for all of them).
+    #[serde(skip)]
+    all_dirty: bool,
 }
 
 impl ControllerState {
-    /// Applies one input at `now_ms` and returns what to do.
+    /// Applies one input at `now_ms` and converges what it touched; returns what to do.
+    /// ([`Self::apply`] then [`Self::converge_dirty`].)
     pub fn step(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
+        let mut out = self.apply(now_ms, input);
+        out.extend(self.converge_dirty(now_ms));
+        out
+    }
+
+    /// Applies one input at `now_ms` without converging: the deployment it concerns is marked,
+    /// and converges at the next [`Self::converge_dirty`]. A batch of inputs applied then
+    /// converged once costs one convergence of each deployment they touched, not one per input.
+    /// A tick runs the timeouts and marks every deployment (time passed for all).
+    pub fn apply(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
+        match self.application_of(&input) {
+            Some(app) => {
+                if !self.dirty.contains(&app) {
+                    self.dirty.insert(app);
+                }
+            }
+            None => self.all_dirty = true,
+        }
         match input {
             Input::Deploy(plan) => self.deploy(plan, &mut out),
             Input::Undeploy {
@@ -297,10 +323,69 @@ impl ControllerState {
             Input::Event(e) => self.event(now_ms, e, &mut out),
             Input::Scale(command) => self.scale(now_ms, command, &mut out),
             Input::UpdatePlan(plan) => self.update_plan(plan, &mut out),
-            Input::Tick => {}
+            Input::Tick => {
+                let apps: Vec<String> = self.deployments.keys().cloned().collect();
+                for app in apps {
+                    self.timeouts(now_ms, &app, &mut out);
+                }
+            }
         }
-        self.converge(now_ms, &mut out);
         out
+    }
+
+    /// Whether a deployment waits to converge.
+    pub fn needs_convergence(&self) -> bool {
+        self.all_dirty || !self.dirty.is_empty()
+    }
+
+    /// Converges the deployments inputs touched since the last call (all of them after a tick):
+    /// minimum members, startup order, statuses, terminations, the end of undeployments.
+    pub fn converge_dirty(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        let apps: Vec<String> = if std::mem::take(&mut self.all_dirty) {
+            self.dirty.clear();
+            self.deployments.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
+        for app in apps {
+            self.converge_app(now_ms, &app, &mut out);
+        }
+        out
+    }
+
+    /// The application an input concerns (`None`: it may concern any, or is a tick).
+    fn application_of(&self, input: &Input) -> Option<String> {
+        let of_member = |id: &str| self.topology.member(id).map(|m| m.application_id.clone());
+        match input {
+            Input::Deploy(plan) | Input::UpdatePlan(plan) => Some(plan.application_id.clone()),
+            Input::Undeploy { application_id, .. } => Some(application_id.clone()),
+            Input::Started { member_id, .. } | Input::StartFailed { member_id, .. } => {
+                of_member(member_id)
+            }
+            Input::Event(e) => match e {
+                Event::InstanceStarted(r)
+                | Event::InstanceActivated(r)
+                | Event::InstanceMaintenanceMode(r)
+                | Event::InstanceReadyToShutdown(r)
+                | Event::InstanceFailed { instance: r, .. } => Some(r.application_id.clone()),
+                Event::MemberProcessExited { member_id, .. } => of_member(member_id),
+                _ => None,
+            },
+            Input::Scale(c) => match c {
+                ScaleCommand::ScaleTo { cluster_id, .. }
+                | ScaleCommand::ScaleDown { cluster_id, .. }
+                | ScaleCommand::BeyondMax { cluster_id, .. } => self
+                    .topology
+                    .clusters
+                    .get(cluster_id)
+                    .map(|c| c.application_id.clone()),
+                ScaleCommand::ScaleIn { application_id, .. } => Some(application_id.clone()),
+                ScaleCommand::MemberFault { member_id, .. } => of_member(member_id),
+                ScaleCommand::MemberActive { instance } => Some(instance.application_id.clone()),
+            },
+            Input::Tick => None,
+        }
     }
 
     pub(super) fn cluster_plan(&self, cluster_id: &str) -> Option<(String, ClusterPlan)> {
