@@ -52,7 +52,7 @@ fn config(listen: SocketAddr) -> Config {
         connections: ConnectionSettings {
             connection_timeout_ms: 60_000,
             max_payload_size: 16 * 1024 * 1024,
-            max_inflight_count: 500,
+            max_inflight_count: 5_000,
             auth: None,
             external_auth: None,
             dynamic_filters: true,
@@ -62,7 +62,7 @@ fn config(listen: SocketAddr) -> Config {
         id: 0,
         router: RouterConfig {
             max_connections: 10_000,
-            max_outgoing_packet_count: 1_000,
+            max_outgoing_packet_count: 10_000,
             max_segment_size: 100 * 1024 * 1024,
             max_segment_count: 10,
             custom_segment: None,

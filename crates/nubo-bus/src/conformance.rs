@@ -44,7 +44,11 @@ async fn a_lagging_subscriber_loses_no_lifecycle_event(p: &dyn Bus, s: &dyn Bus)
     let mut got = 0;
     while got < n {
         let m = next(&mut sub).await;
-        assert_eq!(m.payload, format!("lag-{got}").into_bytes(), "in order, none lost");
+        assert_eq!(
+            m.payload,
+            format!("lag-{got}").into_bytes(),
+            "in order, none lost"
+        );
         got += 1;
     }
 }

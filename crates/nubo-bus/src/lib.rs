@@ -326,6 +326,11 @@ impl EventStream {
 }
 
 impl EventStream {
+    /// Messages received and not yet taken.
+    pub fn backlog(&self) -> usize {
+        self.sub.backlog()
+    }
+
     /// An event already received, if any (never waits); malformed messages are skipped.
     pub fn try_recv(&mut self) -> Option<Event> {
         loop {

@@ -90,7 +90,7 @@ impl MqttBus {
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_clean_session(true);
         opts.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        opts.set_inflight(100);
+        opts.set_inflight(1_000);
         if let Some((u, p)) = &config.credentials {
             opts.set_credentials(u.clone(), p.clone());
         }

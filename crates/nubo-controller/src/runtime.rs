@@ -58,9 +58,35 @@ pub struct Fence {
     pub token: u64,
 }
 
+/// The controller loop's own measures: how it keeps up.
+#[derive(Clone)]
+struct LoopMetrics {
+    /// Inputs per batch.
+    batch: prometheus_client::metrics::histogram::Histogram,
+    /// Seconds to write a batch's journal entries.
+    journal: prometheus_client::metrics::histogram::Histogram,
+    /// Seconds to apply and converge a batch (under the state's lock).
+    step: prometheus_client::metrics::histogram::Histogram,
+    /// Inputs waiting in the loop's queues (after the last batch was taken).
+    queued: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl LoopMetrics {
+    fn new() -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        LoopMetrics {
+            batch: Histogram::new(exponential_buckets(1.0, 4.0, 7)),
+            journal: Histogram::new(exponential_buckets(0.0005, 4.0, 8)),
+            step: Histogram::new(exponential_buckets(0.0001, 4.0, 9)),
+            queued: Default::default(),
+        }
+    }
+}
+
 /// A handle to the running controller (cheap to clone).
 #[derive(Clone)]
 pub struct ControllerHandle {
+    metrics: LoopMetrics,
     commands: mpsc::UnboundedSender<(Input, tokio::sync::oneshot::Sender<()>)>,
     state: Arc<Mutex<ControllerState>>,
     deposed: tokio::sync::watch::Receiver<bool>,
@@ -198,7 +224,9 @@ impl Controller {
             mpsc::unbounded_channel::<(Input, tokio::sync::oneshot::Sender<()>)>();
         let shared = Arc::new(Mutex::new(std::mem::take(&mut state)));
         let (deposed_tx, deposed) = tokio::sync::watch::channel(false);
+        let metrics = LoopMetrics::new();
         let handle = ControllerHandle {
+            metrics: metrics.clone(),
             commands,
             state: shared.clone(),
             deposed,
@@ -234,6 +262,7 @@ impl Controller {
                 since_snapshot: 0,
                 snapshot_bytes,
             }),
+            metrics,
         };
         tokio::spawn(async move {
             let mut rx = rx;
@@ -285,6 +314,10 @@ impl Controller {
                         break;
                     }
                 }
+                runner
+                    .metrics
+                    .queued
+                    .set((rx.len() + agents.backlog() + command_rx.len()) as i64);
                 runner.handle(batch).await;
             }
         });
@@ -321,6 +354,7 @@ struct JournalState {
 }
 
 struct Runner {
+    metrics: LoopMetrics,
     journal: Mutex<JournalState>,
     deposed: tokio::sync::watch::Sender<bool>,
     state: Arc<Mutex<ControllerState>>,
@@ -393,6 +427,8 @@ impl Runner {
         let mut lines = Vec::new();
         let mut actions = Vec::new();
         let mut acks = Vec::new();
+        self.metrics.batch.observe(batch.len() as f64);
+        let stepping = std::time::Instant::now();
         {
             let Ok(mut s) = self.state.lock() else { return };
             for (input, ack) in batch {
@@ -419,9 +455,14 @@ impl Runner {
                 actions.extend(s.converge_dirty(at));
             }
         }
+        self.metrics.step.observe(stepping.elapsed().as_secs_f64());
+        let writing = std::time::Instant::now();
         if !lines.is_empty() && !self.append(&lines).await {
             return;
         }
+        self.metrics
+            .journal
+            .observe(writing.elapsed().as_secs_f64());
         for a in actions {
             match a {
                 // A failure is logged and counted by the bus (`PublishFailed`).
@@ -729,5 +770,25 @@ impl ControllerHandle {
     /// Registers the controller's metrics.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register_collector(Box::new(ControllerCollector(self.state.clone())));
+        registry.register(
+            "nubo_controller_batch_inputs",
+            "Inputs the controller stepped together (one journal write, one convergence)",
+            self.metrics.batch.clone(),
+        );
+        registry.register(
+            "nubo_controller_step_seconds",
+            "Time to apply and converge a batch",
+            self.metrics.step.clone(),
+        );
+        registry.register(
+            "nubo_controller_journal_write_seconds",
+            "Time to write a batch to the controller's journal",
+            self.metrics.journal.clone(),
+        );
+        registry.register(
+            "nubo_controller_queued_inputs",
+            "Inputs waiting for the controller when it took its last batch",
+            self.metrics.queued.clone(),
+        );
     }
 }
