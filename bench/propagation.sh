@@ -58,7 +58,7 @@ ARGS=()
 if command -v mosquitto >/dev/null; then
   for _ in 1 2 3; do
     PORT=$(port)
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$PORT" >"$WORK/mosquitto.conf"
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n' "$PORT" >"$WORK/mosquitto.conf"
     if launch mosquitto mosquitto -c "$WORK/mosquitto.conf"; then
       ARGS+=(--mqtt "mqtt://127.0.0.1:$PORT")
       break

@@ -86,7 +86,7 @@ async fn scenario(broker: &str) {
         let conf = broker_dir.path().join("m.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n"),
         )
         .unwrap();
         (
@@ -348,7 +348,7 @@ async fn the_platform_converges_after_its_broker_restarts() {
     let conf = broker_dir.path().join("m.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n"),
     )
     .unwrap();
     let start_broker = || {
