@@ -284,3 +284,81 @@ fn a_remote_engine_finds_no_fault_while_no_predictions_arrive() {
     assert_eq!(member, "app.c1.php-0");
     assert!(s >= 63, "not before the fault timeout: {s}");
 }
+
+/// The faults a direct engine reports over `seconds` of statistics that reach it `lag_ms` after
+/// they were sent, with member c0-2 silent from 8 s: (second, member) of each.
+fn faults_with_lag(
+    lag_ms: impl Fn(u64) -> u64,
+    seconds: std::ops::Range<u64>,
+) -> Vec<(u64, String)> {
+    let state = state();
+    let mut engine = Engine::new(config());
+    let t0 = 1_000_000;
+    let mut found = Vec::new();
+    for s in seconds {
+        let now = t0 + s * 1_000;
+        for e in statistics(s * 1_000, now - lag_ms(s)) {
+            engine.feed(&e, now);
+        }
+        for c in engine.round(&state, now).commands {
+            if let nubo_events::ScaleCommand::MemberFault { member_id, .. } = c {
+                found.push((s, member_id));
+            }
+        }
+    }
+    found
+}
+
+/// When each member was first found faulty.
+fn first(found: &[(u64, String)]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (s, m) in found {
+        out.entry(m.clone()).or_insert(*s);
+    }
+    out
+}
+
+#[test]
+fn a_lagging_statistics_path_holds_fault_detection() {
+    // On time: the silent member (c0-2, from 8 s) is found once the 3 s timeout passes, and the
+    // one reporting its ports closed (c1-1, from 15 s) at once.
+    let on_time = first(&faults_with_lag(|_| 0, 0..20));
+    assert_eq!(on_time["app.c0.php-2"], 11);
+    assert_eq!(on_time["app.c1.php-1"], 15);
+    // The same statistics taken in 2 s after they were sent (more than half the timeout): the
+    // platform lags, and nobody is found faulty while it does.
+    assert_eq!(faults_with_lag(|_| 2_000, 0..20), []);
+    // Lagging until 11 s only: detection resumes a fault timeout after the lag was last seen
+    // (14 s), and a member silent meanwhile is judged from then: found a timeout later.
+    let resumed = first(&faults_with_lag(|s| if s < 12 { 2_000 } else { 0 }, 0..20));
+    assert_eq!(resumed["app.c0.php-2"], 18, "{resumed:?}");
+    assert_eq!(resumed["app.c1.php-1"], 15, "{resumed:?}");
+}
+
+#[test]
+fn lost_statistics_hold_fault_detection_for_a_fault_timeout() {
+    let state = state();
+    let mut engine = Engine::new(config());
+    let t0 = 2_000_000;
+    let mut found = Vec::new();
+    for s in 0..20u64 {
+        let now = t0 + s * 1_000;
+        if s == 10 {
+            // The subscription says it lost statistics.
+            engine.statistics_dropped(now);
+        }
+        for e in statistics(s * 1_000, now) {
+            engine.feed(&e, now);
+        }
+        assert_eq!(engine.faults_held(now), (10..13).contains(&s), "at {s} s");
+        for c in engine.round(&state, now).commands {
+            if let nubo_events::ScaleCommand::MemberFault { member_id, .. } = c {
+                found.push((s, member_id));
+            }
+        }
+    }
+    // c0-2 would be found at 11 s: held until 13 s.
+    let found = first(&found);
+    assert_eq!(found["app.c0.php-2"], 13);
+    assert_eq!(found["app.c1.php-1"], 15);
+}

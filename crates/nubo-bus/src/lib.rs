@@ -65,6 +65,8 @@ pub enum BusError {
 /// Messages matching one filter, in publication order per publisher.
 pub struct Subscription {
     rx: Rx,
+    /// Messages this subscription lost because it lagged (statistics topics only).
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum Rx {
@@ -87,6 +89,11 @@ impl Subscription {
             Rx::Lossless(rx) => rx.try_recv().ok(),
             Rx::Lossy(rx) => rx.try_recv().ok(),
         }
+    }
+
+    /// Messages this subscription lost so far because it lagged (only a statistics topic's can).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Messages received and not yet taken (how far this subscriber lags).
@@ -113,6 +120,7 @@ fn lossy(filter: &str) -> bool {
 /// The sending side of a subscription, as a bus's dispatch holds it.
 pub(crate) struct Sink {
     tx: Tx,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum Tx {
@@ -126,20 +134,29 @@ pub(crate) struct Gone;
 impl Sink {
     /// A sink and its subscription for `filter`.
     pub(crate) fn pair(filter: &str) -> (Sink, Subscription) {
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
         if lossy(filter) {
             let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
             (
-                Sink { tx: Tx::Lossy(tx) },
-                Subscription { rx: Rx::Lossy(rx) },
+                Sink {
+                    tx: Tx::Lossy(tx),
+                    dropped: dropped.clone(),
+                },
+                Subscription {
+                    rx: Rx::Lossy(rx),
+                    dropped,
+                },
             )
         } else {
             let (tx, rx) = mpsc::unbounded_channel();
             (
                 Sink {
                     tx: Tx::Lossless(tx),
+                    dropped: dropped.clone(),
                 },
                 Subscription {
                     rx: Rx::Lossless(rx),
+                    dropped,
                 },
             )
         }
@@ -152,6 +169,8 @@ impl Sink {
             Tx::Lossy(tx) => match tx.try_send(msg) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(m)) => {
+                    self.dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     MessageDropped {
                         topic: &m.topic,
                         reason: "lagging",
@@ -305,6 +324,8 @@ pub struct EventBus {
 /// A stream of decoded events.
 pub struct EventStream {
     sub: Subscription,
+    /// Only events of these names are decoded and returned (`None`: all).
+    only: Option<&'static [&'static str]>,
 }
 
 impl EventStream {
@@ -312,14 +333,29 @@ impl EventStream {
     pub async fn recv(&mut self) -> Option<Event> {
         loop {
             let msg = self.sub.recv().await?;
-            match Event::decode(&msg.payload) {
-                Ok(e) => return Some(e),
-                Err(e) => MessageDropped {
+            if let Some(e) = self.decode(&msg) {
+                return Some(e);
+            }
+        }
+    }
+
+    /// The event `msg` carries, if this stream wants it (malformed ones are dropped, counted).
+    fn decode(&self, msg: &Message) -> Option<Event> {
+        if let Some(only) = self.only
+            && Event::peek_name(&msg.payload).is_some_and(|n| !only.contains(&n))
+        {
+            return None;
+        }
+        match Event::decode(&msg.payload) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                MessageDropped {
                     topic: &msg.topic,
                     reason: "malformed",
                     detail: &e.to_string(),
                 }
-                .emit(),
+                .emit();
+                None
             }
         }
     }
@@ -331,18 +367,17 @@ impl EventStream {
         self.sub.backlog()
     }
 
+    /// Messages lost so far because this subscriber lagged (statistics topics only).
+    pub fn dropped(&self) -> u64 {
+        self.sub.dropped()
+    }
+
     /// An event already received, if any (never waits); malformed messages are skipped.
     pub fn try_recv(&mut self) -> Option<Event> {
         loop {
             let msg = self.sub.try_recv()?;
-            match Event::decode(&msg.payload) {
-                Ok(e) => return Some(e),
-                Err(e) => MessageDropped {
-                    topic: &msg.topic,
-                    reason: "malformed",
-                    detail: &e.to_string(),
-                }
-                .emit(),
+            if let Some(e) = self.decode(&msg) {
+                return Some(e);
             }
         }
     }
@@ -377,6 +412,21 @@ impl EventBus {
     pub async fn subscribe(&self, category: Category) -> Result<EventStream, BusError> {
         Ok(EventStream {
             sub: self.bus.subscribe(&category.filter()).await?,
+            only: None,
+        })
+    }
+
+    /// Receives the events of a category with one of these names; the others are skipped
+    /// without being decoded (a large complete topology, say, for a receiver that does not use
+    /// it).
+    pub async fn subscribe_only(
+        &self,
+        category: Category,
+        names: &'static [&'static str],
+    ) -> Result<EventStream, BusError> {
+        Ok(EventStream {
+            sub: self.bus.subscribe(&category.filter()).await?,
+            only: Some(names),
         })
     }
 
@@ -384,6 +434,7 @@ impl EventBus {
     pub async fn subscribe_filter(&self, filter: &str) -> Result<EventStream, BusError> {
         Ok(EventStream {
             sub: self.bus.subscribe(filter).await?,
+            only: None,
         })
     }
 }

@@ -33,8 +33,9 @@ const RETRY: Duration = Duration::from_millis(500);
 /// How often time advances in the state machine: timeouts, retries after a backoff, clean-up
 /// requests sent again (each tick converges every deployment).
 pub const TICK: Duration = Duration::from_secs(1);
-/// How often the complete topology is re-published (Stratos: 60 s).
-pub const RESYNC: Duration = Duration::from_secs(10);
+/// How often the complete topology is re-published, for a receiver that missed events (as
+/// Stratos does); a receiver that starts asks for it at once (`CompleteTopologyRequest`).
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// Settings of the controller.
 #[derive(Clone)]

@@ -508,7 +508,20 @@ struct EnvelopeIn {
     event: serde_json::Value,
 }
 
+/// How `encode` starts every message.
+const VERSION_PREFIX: &str = concat!("{\"v\":", "1", ",\"event\":\"");
+
+const _: () = assert!(EVENT_VERSION == 1, "VERSION_PREFIX names the version");
+
 impl Event {
+    /// The name of the event `bytes` encode, read without decoding it (`None`: not as `encode`
+    /// writes it): lets a receiver skip what it does not use, a large complete topology say.
+    pub fn peek_name(bytes: &[u8]) -> Option<&str> {
+        let rest = bytes.strip_prefix(VERSION_PREFIX.as_bytes())?;
+        let end = rest.iter().position(|b| *b == b'"')?;
+        std::str::from_utf8(&rest[..end]).ok()
+    }
+
     /// The event's name (its variant), the last segment of its topic.
     pub fn name(&self) -> &'static str {
         match self {
@@ -608,6 +621,13 @@ impl Event {
 
     /// Reads the wire form; a malformed or unknown message is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        // What `encode` writes (the version first): read in one pass, without an intermediate
+        // JSON value.
+        if bytes.starts_with(VERSION_PREFIX.as_bytes())
+            && let Ok(e) = serde_json::from_slice::<Event>(bytes)
+        {
+            return Ok(e);
+        }
         let env: EnvelopeIn =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if env.v != EVENT_VERSION {
@@ -930,6 +950,9 @@ mod catalogue {
         for e in examples() {
             let wire = e.encode();
             assert_eq!(Event::decode(&wire).unwrap(), e, "{} round-trips", e.name());
+            assert_eq!(Event::peek_name(&wire), Some(e.name()));
+            // The fast path is what decoded it (no intermediate JSON value).
+            assert_eq!(serde_json::from_slice::<Event>(&wire).unwrap(), e);
             let pretty: serde_json::Value = serde_json::from_slice(&wire).unwrap();
             out.push_str(&format!(
                 "\n## {} on `{}`\n{}\n",

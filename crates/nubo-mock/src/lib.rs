@@ -260,6 +260,17 @@ fn read_state(bytes: &[u8]) -> Result<Vec<MockInstance>, serde_json::Error> {
     Ok(live.into_values().collect())
 }
 
+/// Slices of the statistics interval: each instance reports in one of them.
+const SLICES: u32 = 10;
+
+/// The slice an instance reports in (from its id: stable across restarts).
+fn slice_of(instance_id: &str) -> u32 {
+    let h = instance_id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    h % SLICES
+}
+
 fn address(prefix: u8, n: u32) -> String {
     format!(
         "{prefix}.{}.{}.{}",
@@ -276,8 +287,16 @@ impl MockIaas {
         events: EventBus,
         config: MockConfig,
     ) -> Result<Arc<Self>, nubo_bus::BusError> {
-        let mut topology = events.subscribe(Category::Topology).await?;
-        let mut notifier = events.subscribe(Category::InstanceNotifier).await?;
+        // What a mock instance answers; the complete topology is large, and never decoded here.
+        let mut topology = events
+            .subscribe_only(Category::Topology, &["MemberInitialized", "MemberStarted"])
+            .await?;
+        let mut notifier = events
+            .subscribe_only(
+                Category::InstanceNotifier,
+                &["InstanceCleanupMember", "InstanceCleanupCluster"],
+            )
+            .await?;
         let mut inner = Inner::default();
         let mut addresses = 0;
         if let Some(file) = &config.state_file {
@@ -341,11 +360,15 @@ impl MockIaas {
         });
         let me = mock.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.config.stats_interval);
+            // Each instance reports once per interval, in its own slice of it (as agents that
+            // started at different times do), not all at once.
+            let mut tick = tokio::time::interval(me.config.stats_interval / SLICES);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut slice = 0;
             loop {
                 tick.tick().await;
-                me.publish_statistics().await;
+                me.publish_statistics(slice).await;
+                slice = (slice + 1) % SLICES;
             }
         });
         Ok(mock)
@@ -494,9 +517,9 @@ impl MockIaas {
         }
     }
 
-    /// One round of statistics: every Active instance its type's values now; requests in flight
-    /// once per cluster instance.
-    async fn publish_statistics(&self) {
+    /// One slice of a round of statistics: the Active instances of that slice their type's
+    /// values now; with the first slice, requests in flight once per cluster instance.
+    async fn publish_statistics(&self, slice: u32) {
         let now = self.clock.now();
         let at_ms = nubo_bus::now_ms();
         let mut stats = Vec::new();
@@ -507,9 +530,13 @@ impl MockIaas {
                 .values()
                 .filter(|m| m.state == InstanceState::Active)
             {
+                let mine = slice_of(&m.instance_id) == slice;
+                if !mine && slice != 0 {
+                    continue;
+                }
                 let since = i.epochs.get(&m.service_name).copied().unwrap_or(now);
                 let v = self.config.patterns.values(&m.service_name, now - since);
-                if v.memory_consumption.is_some() || v.load_average.is_some() {
+                if mine && (v.memory_consumption.is_some() || v.load_average.is_some()) {
                     stats.push(MemberHealth {
                         instance: m.instance_ref(),
                         memory_consumption: v.memory_consumption,
@@ -518,7 +545,7 @@ impl MockIaas {
                         at_ms,
                     });
                 }
-                if let Some(count) = v.requests_in_flight {
+                if let Some(count) = v.requests_in_flight.filter(|_| slice == 0) {
                     rif.entry((m.cluster_id.clone(), m.cluster_instance_id.clone()))
                         .or_insert((m.network_partition_id.clone(), count));
                 }

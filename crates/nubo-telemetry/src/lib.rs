@@ -16,6 +16,7 @@ use std::sync::LazyLock;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -29,6 +30,8 @@ struct Counters {
     member_faults: Family<Labels, Counter>,
     publish_failures: Family<Labels, Counter>,
     messages_dropped: Family<Labels, Counter>,
+    statistics_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    faults_held: Gauge,
 }
 
 static COUNTERS: LazyLock<Counters> = LazyLock::new(|| Counters {
@@ -39,6 +42,8 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| Counters {
     member_faults: Family::default(),
     publish_failures: Family::default(),
     messages_dropped: Family::default(),
+    statistics_lag: Gauge::default(),
+    faults_held: Gauge::default(),
 });
 
 /// Adds the internal events' counters to `registry` (once per registry).
@@ -75,10 +80,27 @@ pub fn register(registry: &mut Registry) {
         c.publish_failures.clone(),
     );
     registry.register(
+        "nubo_statistics_lag_seconds",
+        "The largest delay, over the last decision round, between a health statistic's sending and the autoscaler taking it in",
+        c.statistics_lag.clone(),
+    );
+    registry.register(
+        "nubo_fault_detection_held",
+        "1 while no member is found faulty because the statistics path lags or lost messages (a member's silence would be the platform's)",
+        c.faults_held.clone(),
+    );
+    registry.register(
         "nubo_bus_messages_dropped",
         "Messages received from the bus and dropped, by reason",
         c.messages_dropped.clone(),
     );
+}
+
+/// The statistics path's state, as the autoscaler last saw it: the delay between a statistic's
+/// sending and its taking in (ms), and whether fault detection is held meanwhile.
+pub fn statistics_path(lag_ms: u64, faults_held: bool) {
+    COUNTERS.statistics_lag.set(lag_ms as f64 / 1000.0);
+    COUNTERS.faults_held.set(i64::from(faults_held));
 }
 
 /// Something that happened, logged and counted by [`InternalEvent::emit`].

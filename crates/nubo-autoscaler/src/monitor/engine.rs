@@ -112,6 +112,23 @@ pub struct Engine {
     config: MonitorConfig,
     w: Windows,
     liveness: Liveness,
+    /// The largest delay seen since the last round between a statistic's sending and its
+    /// taking in here (ms): how far behind the statistics path runs.
+    lag_ms: u64,
+    /// The largest delay seen in the last round.
+    last_lag_ms: u64,
+    /// No member is found faulty before this time (ms): the statistics path lagged or lost
+    /// messages, so a member's silence may be the platform's.
+    hold_until_ms: u64,
+}
+
+/// Why fault detection is held in a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Statistics arrive later than half the fault timeout after they were sent.
+    Lagging,
+    /// The statistics subscription lost messages (it lagged by more than its buffer).
+    Dropped,
 }
 
 impl Engine {
@@ -122,6 +139,9 @@ impl Engine {
             config,
             w: Windows::default(),
             liveness: Liveness::default(),
+            lag_ms: 0,
+            last_lag_ms: 0,
+            hold_until_ms: 0,
         }
     }
 
@@ -137,7 +157,37 @@ impl Engine {
                 ..Windows::default()
             },
             liveness: Liveness::default(),
+            lag_ms: 0,
+            last_lag_ms: 0,
+            hold_until_ms: 0,
         }
+    }
+
+    /// The statistics subscription lost messages at `now`: no member is found faulty for a
+    /// fault timeout (a healthy member reports within it once nothing is lost).
+    pub fn statistics_dropped(&mut self, now: u64) {
+        self.hold(now, Held::Dropped);
+    }
+
+    fn hold(&mut self, now: u64, why: Held) {
+        let until = now + self.config.fault_timeout.as_millis() as u64;
+        if until > self.hold_until_ms {
+            if self.hold_until_ms <= now {
+                tracing::warn!(reason = ?why, lag_ms = self.last_lag_ms.max(self.lag_ms), "fault detection held: the statistics path is behind, so silence proves nothing now");
+            }
+            self.hold_until_ms = until;
+        }
+    }
+
+    /// Whether fault detection is held at `now`.
+    pub fn faults_held(&self, now: u64) -> bool {
+        now < self.hold_until_ms
+    }
+
+    /// The largest delay between a statistic's sending and its taking in, over the last round
+    /// (ms).
+    pub fn statistics_lag_ms(&self) -> u64 {
+        self.last_lag_ms
     }
 
     /// Whether this engine's statistics come as predictions, and have within the fault timeout.
@@ -178,6 +228,7 @@ impl Engine {
                 }
             }
             Event::MemberHealthStat(h) if self.w.received.is_none() => {
+                self.lag_ms = self.lag_ms.max(now_ms.saturating_sub(h.at_ms));
                 self.liveness
                     .stat(&h.instance.member_id, now_ms, h.ports_open);
                 feed_windows(&mut self.w, self.config, e);
@@ -193,11 +244,14 @@ impl Engine {
     /// that follow from them.
     pub fn round(&mut self, state: &ControllerState, now: u64) -> Round {
         let config = self.config;
-        let mut commands = if self.predictions_fresh(now) {
-            self.liveness_commands(state, now)
-        } else {
-            Vec::new()
-        };
+        // Statistics taken in more than half the fault timeout after they were sent: the
+        // platform lags, and a member's silence may be its own queue.
+        self.last_lag_ms = std::mem::take(&mut self.lag_ms);
+        if self.last_lag_ms > config.fault_timeout.as_millis() as u64 / 2 {
+            self.hold(now, Held::Lagging);
+        }
+        let faults = self.predictions_fresh(now) && !self.faults_held(now);
+        let mut commands = self.liveness_commands(state, now, faults);
         let events = evaluate(state, &mut self.w, config, now);
         for e in &events {
             if let Some(c) = self.command(state, e, now) {
@@ -230,22 +284,28 @@ impl Engine {
     }
 
     /// Faulty Active members, and starting members whose statistics prove them active.
+    /// Faulty Active members (unless `faults` is off: detection held), and starting members
+    /// whose statistics prove them active.
     pub(super) fn liveness_commands(
         &mut self,
         state: &ControllerState,
         now: u64,
+        faults: bool,
     ) -> Vec<ScaleCommand> {
         let fault_ms = self.config.fault_timeout.as_millis() as u64;
         let mut activated: Vec<ScaleCommand> = starting_members(state)
             .filter(|m| self.liveness.reporting(&m.member_id, now, fault_ms))
             .map(|m| ScaleCommand::MemberActive { instance: m.into() })
             .collect();
-        let mut commands: Vec<ScaleCommand> = self
-            .liveness
-            .check(active_members(state), now, fault_ms)
-            .into_iter()
-            .map(|(member_id, reason)| ScaleCommand::MemberFault { member_id, reason })
-            .collect();
+        let mut commands: Vec<ScaleCommand> = if faults {
+            self.liveness
+                .check(active_members(state), now, fault_ms)
+                .into_iter()
+                .map(|(member_id, reason)| ScaleCommand::MemberFault { member_id, reason })
+                .collect()
+        } else {
+            Vec::new()
+        };
         commands.append(&mut activated);
         commands
     }

@@ -302,6 +302,7 @@ pub async fn start(
             Statistics::Remote => Engine::remote(config),
         };
         let mut silent_since = Some(nubo_bus::now_ms());
+        let mut dropped = 0;
         let mut tick = tokio::time::interval(config.tick.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -312,6 +313,10 @@ pub async fn start(
                 },
                 _ = tick.tick() => {
                     let now = nubo_bus::now_ms();
+                    if stats.dropped() > dropped {
+                        dropped = stats.dropped();
+                        engine.statistics_dropped(now);
+                    }
                     if statistics == Statistics::Remote {
                         let fresh = engine.predictions_fresh(now);
                         match silent_since {
@@ -329,6 +334,7 @@ pub async fn start(
                     let Some(round) = target.round(&mut engine, now).await else {
                         continue;
                     };
+                    nubo_telemetry::statistics_path(engine.statistics_lag_ms(), engine.faults_held(now));
                     for e in round.events {
                         if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown | Decision::AtMax) {
                             log.push(e);
