@@ -362,3 +362,28 @@ fn lost_statistics_hold_fault_detection_for_a_fault_timeout() {
     assert_eq!(found["app.c0.php-2"], 13);
     assert_eq!(found["app.c1.php-1"], 15);
 }
+
+#[test]
+fn a_stalled_autoscaler_finds_nobody_faulty_when_it_runs_again() {
+    let state = state();
+    let mut engine = Engine::new(config());
+    let t0 = 3_000_000;
+    let mut faults = Vec::new();
+    // Rounds every second until 5 s, then none for 10 s (the process did not run), then on.
+    for s in (0..6).chain(16..30) {
+        let now = t0 + s * 1_000;
+        // The round comes first (when it runs again, before the members' next statistics):
+        // every member looks silent for 10 s.
+        for c in engine.round(&state, now).commands {
+            if let nubo_events::ScaleCommand::MemberFault { member_id, .. } = c {
+                faults.push((s, member_id));
+            }
+        }
+        for e in statistics(2_000, now) {
+            engine.feed(&e, now);
+        }
+    }
+    assert_eq!(faults, [], "the silence was this process's own");
+    assert!(engine.faults_held(t0 + 16_000));
+    assert!(!engine.faults_held(t0 + 20_000));
+}

@@ -120,6 +120,8 @@ pub struct Engine {
     /// No member is found faulty before this time (ms): the statistics path lagged or lost
     /// messages, so a member's silence may be the platform's.
     hold_until_ms: u64,
+    /// When the last round ran (ms; 0 before the first).
+    last_round_ms: u64,
 }
 
 /// Why fault detection is held in a round.
@@ -129,6 +131,9 @@ pub enum Held {
     Lagging,
     /// The statistics subscription lost messages (it lagged by more than its buffer).
     Dropped,
+    /// This process did not run for a while (its rounds stopped: starved of CPU, or stopped):
+    /// what it did not take in meanwhile says nothing of the members.
+    Stalled,
 }
 
 impl Engine {
@@ -142,6 +147,7 @@ impl Engine {
             lag_ms: 0,
             last_lag_ms: 0,
             hold_until_ms: 0,
+            last_round_ms: 0,
         }
     }
 
@@ -160,6 +166,7 @@ impl Engine {
             lag_ms: 0,
             last_lag_ms: 0,
             hold_until_ms: 0,
+            last_round_ms: 0,
         }
     }
 
@@ -247,9 +254,17 @@ impl Engine {
         // Statistics taken in more than half the fault timeout after they were sent: the
         // platform lags, and a member's silence may be its own queue.
         self.last_lag_ms = std::mem::take(&mut self.lag_ms);
-        if self.last_lag_ms > config.fault_timeout.as_millis() as u64 / 2 {
+        let half_timeout = config.fault_timeout.as_millis() as u64 / 2;
+        if self.last_lag_ms > half_timeout {
             self.hold(now, Held::Lagging);
         }
+        // Rounds run every tick: a gap of half the fault timeout beyond it means this process
+        // itself did not run.
+        let gap = now.saturating_sub(self.last_round_ms);
+        if self.last_round_ms > 0 && gap > config.tick.as_millis() as u64 + half_timeout {
+            self.hold(now, Held::Stalled);
+        }
+        self.last_round_ms = now;
         let faults = self.predictions_fresh(now) && !self.faults_held(now);
         let mut commands = self.liveness_commands(state, now, faults);
         let events = evaluate(state, &mut self.w, config, now);

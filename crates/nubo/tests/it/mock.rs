@@ -1006,3 +1006,120 @@ async fn an_api_only_server_shows_the_decisions_of_the_autoscaler_of_another() {
     );
     drop(controller);
 }
+
+/// Artifacts of an application of 3 members on the mock provider that never scales (thresholds
+/// far above the default statistics).
+fn steady_artifacts(app: &str, members: u32) -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "autoscalingPolicies",
+            json!({"id": "steady", "loadThresholds": {"memoryConsumption": {"threshold": 95}, "loadAverage": {"threshold": 95}}}),
+        ),
+        (
+            "networkPartitions",
+            json!({"id": "mock-np", "provider": "mock", "partitions": [{"id": "p1"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "steady-dp", "networkPartitions": [{"id": "mock-np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "steady-ap", "algorithm": "one-after-another", "networkPartitions": ["mock-np"]}),
+        ),
+        (
+            "cartridges",
+            json!({"type": "steady", "category": "framework", "host": "mock.local",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
+            "iaasProvider": [{"type": "mock", "imageId": "mock-image"}]}),
+        ),
+        (
+            "applications",
+            json!({"applicationId": app, "components": {"cartridges": [
+            {"type": "steady", "cartridgeMin": members, "cartridgeMax": members,
+             "subscribableInfo": {"alias": "s", "autoscalingPolicy": "steady", "deploymentPolicy": "steady-dp"}}]}}),
+        ),
+    ]
+}
+
+fn member_ids(members: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = members
+        .iter()
+        .map(|m| m["memberId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_stalled_control_plane_replaces_no_healthy_member_and_still_the_lost_one() {
+    // The server (controller, autoscaler, mock IaaS: the whole control plane) is stopped for
+    // more than twice the 1.5 s fault timeout while its members are fine; one member's
+    // instance vanished just before. Afterwards the healthy ones are kept and the lost one is
+    // replaced.
+    let dir = tempfile::tempdir().unwrap();
+    // Statistics every second (each member in its own slice of it): when the control plane
+    // runs again, most members' last statistics are 4 s old.
+    let args: Vec<String> = mock_args("1", "mock-iaas.xml")
+        .into_iter()
+        .map(|a| if a == "0.2" { "1".to_owned() } else { a })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = ServerProcess::start_with(dir.path(), &args);
+    let api = Api::new(&server);
+    api.add_all(&steady_artifacts("steady", 3)).await;
+    assert_eq!(
+        api.post("/api/applications/steady/deploy/steady-ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let before = eventually(30, "3 members Active", || async {
+        let a = api.active("steady", "s").await;
+        (a.len() == 3).then(|| member_ids(&a))
+    })
+    .await;
+    let victim = before[0].clone();
+    let (code, _) = api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/mock-iaas/instances/{victim}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+    let pid = server.child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let survivors: Vec<String> = before[1..].to_vec();
+    holds(
+        Duration::from_secs(2),
+        "the healthy members are kept",
+        || async {
+            let all: Vec<Value> = api
+                .members("steady")
+                .await
+                .into_iter()
+                .map(|(_, m)| m)
+                .collect();
+            let ids = member_ids(&all);
+            survivors.iter().all(|s| ids.contains(s))
+        },
+    )
+    .await;
+    let after = eventually(30, "the lost member replaced", || async {
+        let a = member_ids(&api.active("steady", "s").await);
+        (a.len() == 3 && !a.contains(&victim)).then_some(a)
+    })
+    .await;
+    assert!(
+        survivors.iter().all(|s| after.contains(s)),
+        "{after:?} keeps {survivors:?}"
+    );
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains("nubo_fault_detection_held"),
+        "the hold is exposed: {metrics}"
+    );
+}
