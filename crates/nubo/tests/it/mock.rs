@@ -1123,3 +1123,51 @@ async fn a_stalled_control_plane_replaces_no_healthy_member_and_still_the_lost_o
         "the hold is exposed: {metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_server_killed_in_the_middle_of_a_1000_member_deploy_converges_to_exactly_1000() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = mock_args("1", "mock-iaas.xml");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = ServerProcess::start_with(dir.path(), &args);
+    let api = Api::new(&server);
+    api.add_all(&steady_artifacts("big", 1000)).await;
+    assert_eq!(
+        api.post("/api/applications/big/deploy/steady-ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    // Killed once some members are Active and others are still on their way.
+    let reached = eventually(60, "some members Active", || async {
+        let n = api.active("big", "s").await.len();
+        (n >= 100).then_some(n)
+    })
+    .await;
+    server.kill9();
+    eprintln!("killed at {reached} Active");
+    let server = ServerProcess::start_with(dir.path(), &args);
+    let api = Api::new(&server);
+    eventually(120, "1000 members Active after the restart", || async {
+        (api.active("big", "s").await.len() == 1000).then_some(())
+    })
+    .await;
+    // Exactly those: no member twice, no instance without its member.
+    let members = api.members("big").await;
+    let (_, instances) = api.get("/api/mock-iaas/instances").await;
+    let instances = instances.as_array().unwrap().len();
+    holds(
+        Duration::from_secs(2),
+        "1000 members, 1000 instances",
+        || async {
+            let (_, i) = api.get("/api/mock-iaas/instances").await;
+            api.members("big").await.len() == 1000 && i.as_array().map(Vec::len) == Some(1000)
+        },
+    )
+    .await;
+    assert_eq!(
+        (members.len(), instances),
+        (1000, 1000),
+        "killed at {reached} Active"
+    );
+}
