@@ -154,7 +154,27 @@ def lost(m):
     return m.get('nubo_members_ended_total{how="lost"}', 0.0) + m.get('nubo_members_ended_total{how="failed_to_start"}', 0.0)
 
 
+def fresh_database(admin_url, n):
+    """A new database on the PostgreSQL server of `admin_url` (psql), its URL and a way to drop it."""
+    name = f"nubo_scale_{n}_{os.getpid()}"
+    subprocess.run(["psql", admin_url, "-qc", f"CREATE DATABASE {name}"], check=True)
+    base = admin_url.rsplit("/", 1)[0]
+    return f"{base}/{name}", lambda: subprocess.run(
+        ["psql", admin_url, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
+
+
 def run(args, n):
+    drop = None
+    if args.postgres:
+        args.store, drop = fresh_database(args.postgres, n)
+    try:
+        return run_on(args, n)
+    finally:
+        if drop:
+            drop()
+
+
+def run_on(args, n):
     server = Server(args)
     try:
         arts, per = artifacts(n)
@@ -181,8 +201,9 @@ def run(args, n):
         took = time.time() - t0
         reached = active(m)
         deploy_cpu = server.cpu() - cpu0
-        # Steady state.
-        time.sleep(min(5.0, args.hold))
+        # Steady state, once the deploy's tail (the last snapshot of the controller's journal, the
+        # mock IaaS rewriting its state file) is over.
+        time.sleep(args.settle)
         m0, cpu1, w1, t1 = server.metrics(), server.cpu(), server.written(), time.time()
         time.sleep(args.hold)
         m1, cpu2, w2, t2 = server.metrics(), server.cpu(), server.written(), time.time()
@@ -220,8 +241,11 @@ def main():
     ap.add_argument("--stats-interval", type=float, default=1.0)
     ap.add_argument("--fault-timeout", type=float, default=5.0)
     ap.add_argument("--hold", type=float, default=20.0, help="seconds of steady state measured")
+    ap.add_argument("--settle", type=float, default=15.0, help="seconds between all Active and the steady-state measure")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to reach N Active")
     ap.add_argument("--store", help="store URL (default: SQLite in the data directory)")
+    ap.add_argument("--postgres", metavar="ADMIN_URL",
+                    help="a PostgreSQL server (a user that may create databases): each size runs on a fresh database of its own, dropped afterwards")
     ap.add_argument("--bus", help="bus URL (default: the embedded broker)")
     args = ap.parse_args()
     if not os.path.exists(NUBO):
@@ -232,7 +256,8 @@ def main():
         rows.append(r)
         print(json.dumps(r), flush=True)
     print()
-    print(f"store: {args.store or 'sqlite'}, bus: {args.bus or 'embedded'}, statistics every "
+    store = "postgres" if args.postgres else (args.store or "sqlite")
+    print(f"store: {store}, bus: {args.bus or 'embedded'}, statistics every "
           f"{args.stats_interval:g} s, fault timeout {args.fault_timeout:g} s, hold {args.hold:g} s")
     print("| members | time to Active | placements/s | deploy CPU | steady CPU (% core) | per 1,000 | RSS MiB | "
           "disk writes KiB/s | members lost (no fault injected) | runtime view (members) |")

@@ -63,8 +63,8 @@ fn config(listen: SocketAddr) -> Config {
         router: RouterConfig {
             max_connections: 10_000,
             max_outgoing_packet_count: 10_000,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 8,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),

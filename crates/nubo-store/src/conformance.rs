@@ -941,6 +941,24 @@ async fn journals_append_read_and_snapshot(s: &dyn Store) {
     // An empty append changes nothing.
     assert_eq!(s.journal_append("j", &[], None).await.unwrap(), 7);
     assert_eq!(s.journal_read("other", 0, 10).await.unwrap().len(), 1);
+    // A large batch (more entries than one statement takes): every one, numbered in order.
+    assert_eq!(
+        s.journal_append("big", &bodies(1..=2_500), None)
+            .await
+            .unwrap(),
+        2_500
+    );
+    let mut seen = 0;
+    loop {
+        let page = s.journal_read("big", seen, 1_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        for (i, e) in page.iter().enumerate() {
+            assert_eq!(e.seq, seen + 1 + i as i64);
+            assert_eq!(e.body, format!("{{\"n\":{}}}", e.seq));
+        }
+        seen = last.seq;
+    }
+    assert_eq!(seen, 2_500);
 }
 
 async fn journal_writes_are_fenced(s: &dyn Store) {

@@ -77,6 +77,9 @@ CREATE TABLE journal_snapshots (
 "#,
 ];
 
+/// Journal entries per `INSERT` (3 parameters each, well under SQLite's limit of 32,766).
+const JOURNAL_ROWS_PER_INSERT: usize = 1_000;
+
 /// SQLite store under a file.
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -536,14 +539,18 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         check_fence(&mut tx, fence).await?;
         let mut last = last_seq(&mut tx, stream).await?;
-        for body in bodies {
-            last += 1;
-            sqlx::query("INSERT INTO journal_entries (stream, seq, body) VALUES (?, ?, ?)")
-                .bind(stream)
-                .bind(last)
-                .bind(body)
-                .execute(&mut *tx)
-                .await?;
+        // Many rows per statement: one round through the driver per chunk, not per entry.
+        for chunk in bodies.chunks(JOURNAL_ROWS_PER_INSERT) {
+            let mut sql = String::from("INSERT INTO journal_entries (stream, seq, body) VALUES ");
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "(?, ?, ?)" } else { ", (?, ?, ?)" });
+            }
+            let mut q = sqlx::query(&sql);
+            for body in chunk {
+                last += 1;
+                q = q.bind(stream).bind(last).bind(body);
+            }
+            q.execute(&mut *tx).await?;
         }
         set_last_seq(&mut tx, stream, last).await?;
         tx.commit().await?;
