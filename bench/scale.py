@@ -44,8 +44,8 @@ CLUSTERS = 10
 
 
 class Server:
-    def __init__(self, args, extra=()):
-        self.dir = tempfile.mkdtemp(prefix="nubo-scale-")
+    def __init__(self, args, extra=(), data_dir=None):
+        self.dir = data_dir or tempfile.mkdtemp(prefix="nubo-scale-")
         env = dict(os.environ, NUBO_ADMIN_PASSWORD=PASSWORD, NUBO_LOG=os.environ.get("NUBO_LOG", "warn"))
         cmd = [NUBO, "server", "--data-dir", self.dir, "--api-addr", "127.0.0.1:0", "--insecure-http",
                "--mock-iaas", "-", "--mock-stats-interval", str(args.stats_interval),
@@ -57,7 +57,7 @@ class Server:
         if args.store:
             cmd += ["--store", args.store]
         cmd += list(extra)
-        self.log = open(os.path.join(self.dir, "server.log"), "w")
+        self.log = open(os.path.join(self.dir, "server.log"), "a")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True,
                                      start_new_session=True)
         self.url = None
@@ -111,13 +111,17 @@ class Server:
                 return int(line.split()[1])
         return 0
 
-    def stop(self):
+    def kill9(self):
+        """kill -9 of the server (its data directory stays)."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait()
         self.log.close()
+
+    def stop(self):
+        self.kill9()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -172,6 +176,43 @@ def run(args, n):
     finally:
         if drop:
             drop()
+
+
+def kill_and_restart(args, n):
+    """kill -9 of the server once half the members are Active, a restart on its data directory:
+    the time until every member is Active again, and whether exactly the members wanted run."""
+    server = Server(args)
+    try:
+        arts, per = artifacts(n)
+        for coll, body in arts[:-1]:
+            status, answer = server.call("POST", f"/api/{coll}", body)
+            assert status == 201, (coll, answer)
+        want = n
+        status, answer = server.call("POST", "/api/applications/big/deploy/ap")
+        assert status == 202, answer
+        while active(server.metrics()) < want / 2:
+            time.sleep(0.05)
+        killed_at = int(active(server.metrics()))
+        server.kill9()
+        t0 = time.time()
+        server = Server(args, data_dir=server.dir)
+        deadline = t0 + args.timeout
+        m = {}
+        while time.time() < deadline:
+            m = server.metrics()
+            if active(m) >= want:
+                break
+            time.sleep(0.25)
+        took = time.time() - t0
+        time.sleep(args.settle)
+        m = server.metrics()
+        status, body = server.call("GET", "/api/mock-iaas/instances")
+        instances = len(json.loads(body))
+        members = int(sum(v for k, v in m.items() if k.startswith("nubo_members{")))
+        return {"members": want, "killed_at_active": killed_at, "seconds_to_active_after_restart": took,
+                "active": int(active(m)), "members_known": members, "instances_running": instances}
+    finally:
+        server.stop()
 
 
 def run_on(args, n):
@@ -247,9 +288,15 @@ def main():
     ap.add_argument("--postgres", metavar="ADMIN_URL",
                     help="a PostgreSQL server (a user that may create databases): each size runs on a fresh database of its own, dropped afterwards")
     ap.add_argument("--bus", help="bus URL (default: the embedded broker)")
+    ap.add_argument("--kill", action="store_true",
+                    help="instead: kill -9 the server when half the members are Active, restart it, and check that exactly the members wanted run")
     args = ap.parse_args()
     if not os.path.exists(NUBO):
         raise SystemExit(f"{NUBO} is missing: cargo build --release -p nubo")
+    if args.kill:
+        for n in [int(x) for x in args.members.split(",")]:
+            print(json.dumps(kill_and_restart(args, n)), flush=True)
+        return
     rows = []
     for n in [int(x) for x in args.members.split(",")]:
         r = run(args, n)
