@@ -27,6 +27,12 @@ pub const MAX_BATCH: usize = 1_024;
 /// last snapshot, whichever is larger: the cost of snapshots stays proportional to what changed,
 /// and a restart replays at most about a snapshot's worth of entries.
 pub const MIN_SNAPSHOT_GAP: usize = 1 << 20;
+/// Starts in flight per provider (each a batch of at most [`START_BATCH`] members): a deploy or
+/// scale-up of thousands of members never asks a provider (a node, an engine) for thousands of
+/// starts at once.
+pub const STARTS_IN_FLIGHT: usize = 8;
+/// Members per start batch.
+pub const START_BATCH: usize = 256;
 /// How long to wait before writing the journal again after the store failed.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -251,7 +257,18 @@ impl Controller {
         for p in pending {
             let _ = tx.send(p);
         }
+        let start_limits = config
+            .providers
+            .keys()
+            .map(|p| {
+                (
+                    p.clone(),
+                    Arc::new(tokio::sync::Semaphore::new(STARTS_IN_FLIGHT)),
+                )
+            })
+            .collect();
         let runner = Runner {
+            start_limits,
             deposed: deposed_tx,
             state: shared,
             events,
@@ -355,6 +372,8 @@ struct JournalState {
 }
 
 struct Runner {
+    /// Start batches in flight, per provider (at most [`STARTS_IN_FLIGHT`]).
+    start_limits: BTreeMap<String, Arc<tokio::sync::Semaphore>>,
     metrics: LoopMetrics,
     journal: Mutex<JournalState>,
     deposed: tokio::sync::watch::Sender<bool>,
@@ -464,6 +483,8 @@ impl Runner {
         self.metrics
             .journal
             .observe(writing.elapsed().as_secs_f64());
+        // The batch's starts, per provider, go in batches of their own.
+        let mut starts: BTreeMap<String, Vec<MemberSpec>> = BTreeMap::new();
         for a in actions {
             match a {
                 // A failure is logged and counted by the bus (`PublishFailed`).
@@ -475,7 +496,13 @@ impl Runner {
                     provider,
                     image,
                     cluster,
-                } => self.start(member, provider, image, *cluster),
+                } => starts.entry(provider).or_default().push(MemberSpec {
+                    parameters: parameters(&member, &cluster),
+                    member,
+                    image,
+                    ports: cluster.ports.clone(),
+                    bus_url: self.config.bus_url.clone(),
+                }),
                 Action::Terminate {
                     member_id,
                     provider,
@@ -488,6 +515,9 @@ impl Runner {
                 }
                 Action::Persist => {}
             }
+        }
+        for (provider, specs) in starts {
+            self.start(provider, specs);
         }
         for ack in acks {
             let _ = ack.send(());
@@ -575,59 +605,62 @@ impl Runner {
         }
     }
 
-    fn start(
-        &self,
-        member: nubo_events::Member,
-        provider: String,
-        image: String,
-        cluster: ClusterPlan,
-    ) {
-        let Some(p) = self.config.providers.get(&provider).cloned() else {
-            let _ = self.tx.send(Input::StartFailed {
-                member_id: member.member_id.clone(),
-                reason: format!("no IaaS provider `{provider}` on this platform"),
-            });
+    /// Starts members on `provider`, in batches of [`START_BATCH`], at most [`STARTS_IN_FLIGHT`]
+    /// batches at a time per provider; each answer comes back as an input.
+    fn start(&self, provider: String, specs: Vec<MemberSpec>) {
+        let (Some(p), Some(limit)) = (
+            self.config.providers.get(&provider).cloned(),
+            self.start_limits.get(&provider).cloned(),
+        ) else {
+            for spec in specs {
+                let _ = self.tx.send(Input::StartFailed {
+                    member_id: spec.member.member_id,
+                    reason: format!("no IaaS provider `{provider}` on this platform"),
+                });
+            }
             return;
         };
-        let tx = self.tx.clone();
-        let req = MemberSpec {
-            parameters: parameters(&member, &cluster),
-            member: member.clone(),
-            image,
-            ports: cluster.ports.clone(),
-            bus_url: self.config.bus_url.clone(),
-        };
-        tokio::spawn(async move {
-            let input = match p.start(req).await {
-                Ok(started) => {
-                    MemberStarted {
-                        member_id: &member.member_id,
-                        provider: &provider,
-                        ip: &started.ip,
-                    }
-                    .emit();
-                    Input::Started {
-                        member_id: member.member_id,
-                        ip: started.ip,
-                        ports: started.ports,
-                    }
+        let mut specs = specs.into_iter().peekable();
+        while specs.peek().is_some() {
+            let batch: Vec<MemberSpec> = specs.by_ref().take(START_BATCH).collect();
+            let (p, limit, tx, provider) =
+                (p.clone(), limit.clone(), self.tx.clone(), provider.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = limit.acquire_owned().await else {
+                    return;
+                };
+                let ids: Vec<String> = batch.iter().map(|s| s.member.member_id.clone()).collect();
+                let answers = p.start_many(batch).await;
+                for (member_id, answer) in ids.into_iter().zip(answers) {
+                    let input = match answer {
+                        Ok(started) => {
+                            MemberStarted {
+                                member_id: &member_id,
+                                provider: &provider,
+                                ip: &started.ip,
+                            }
+                            .emit();
+                            Input::Started {
+                                member_id,
+                                ip: started.ip,
+                                ports: started.ports,
+                            }
+                        }
+                        Err(e) => {
+                            let reason = e.to_string();
+                            MemberStartFailed {
+                                member_id: &member_id,
+                                provider: &provider,
+                                error: &reason,
+                            }
+                            .emit();
+                            Input::StartFailed { member_id, reason }
+                        }
+                    };
+                    let _ = tx.send(input);
                 }
-                Err(e) => {
-                    let reason = e.to_string();
-                    MemberStartFailed {
-                        member_id: &member.member_id,
-                        provider: &provider,
-                        error: &reason,
-                    }
-                    .emit();
-                    Input::StartFailed {
-                        member_id: member.member_id,
-                        reason,
-                    }
-                }
-            };
-            let _ = tx.send(input);
-        });
+            });
+        }
     }
 
     fn terminate(&self, member_id: String, provider: String) {

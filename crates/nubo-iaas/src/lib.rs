@@ -61,6 +61,16 @@ pub enum IaasError {
 pub trait Provider: Send + Sync + 'static {
     /// Starts a member.
     async fn start(&self, spec: MemberSpec) -> Result<StartedMember, IaasError>;
+    /// Starts several members (what one controller step placed on this provider); the answers
+    /// in the order of `specs`. By default one after another; a provider that can start many
+    /// at once (one request, one lock, one write) does so.
+    async fn start_many(&self, specs: Vec<MemberSpec>) -> Vec<Result<StartedMember, IaasError>> {
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            out.push(self.start(spec).await);
+        }
+        out
+    }
     /// Stops a member (its exit is then reported on the bus).
     async fn terminate(&self, member_id: &str) -> Result<(), IaasError>;
     /// Member ids this provider runs now (to reconcile after a restart); an error when it cannot

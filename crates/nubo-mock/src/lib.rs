@@ -207,12 +207,15 @@ impl StateLog {
         })
     }
 
-    fn append(&mut self, line: &LogLine) -> std::io::Result<()> {
+    fn append(&mut self, lines: &[LogLine]) -> std::io::Result<()> {
         use std::io::Write;
-        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        for line in lines {
+            serde_json::to_writer(&mut bytes, line).map_err(std::io::Error::other)?;
+            bytes.push(b'\n');
+        }
         self.file.write_all(&bytes)?;
-        self.lines += 1;
+        self.lines += lines.len();
         Ok(())
     }
 
@@ -410,12 +413,20 @@ impl MockIaas {
     /// instances (`inner`, still locked by the caller, so that lines stay in the order of the
     /// changes).
     fn record(&self, inner: &Inner, line: LogLine) {
+        self.record_all(inner, vec![line]);
+    }
+
+    /// Records changes in the state file with one write.
+    fn record_all(&self, inner: &Inner, lines: Vec<LogLine>) {
+        if lines.is_empty() {
+            return;
+        }
         let Ok(mut log) = self.log.lock() else { return };
         let Some(log) = log.as_mut() else { return };
-        let result = if log.lines > 2 * inner.instances.len() + 1_000 {
+        let result = if log.lines + lines.len() > 2 * inner.instances.len() + 1_000 {
             log.compact(inner.instances.values())
         } else {
-            log.append(&line)
+            log.append(&lines)
         };
         if let Err(e) = result {
             tracing::warn!(file = %log.path.display(), error = %e, "cannot write the mock IaaS state");
@@ -569,10 +580,24 @@ impl MockIaas {
     }
 }
 
-#[async_trait]
-impl Provider for MockIaas {
-    async fn start(&self, req: MemberSpec) -> Result<StartedMember, IaasError> {
+impl MockIaas {
+    /// Starts one instance under the state's lock (`inner`); the line to record it with.
+    fn start_locked(
+        &self,
+        i: &mut Inner,
+        req: &MemberSpec,
+    ) -> (Result<StartedMember, IaasError>, Option<LogLine>) {
         let m = &req.member;
+        if let Some(left) = i.fail_next.get_mut(&m.service_name).filter(|n| **n > 0) {
+            *left -= 1;
+            return (
+                Err(IaasError::Failed(format!(
+                    "mock IaaS: injected start failure for cartridge type {}",
+                    m.service_name
+                ))),
+                None,
+            );
+        }
         let n = self.addresses.fetch_add(1, Ordering::Relaxed) + 1;
         let instance = MockInstance {
             instance_id: m.member_id.clone(),
@@ -590,27 +615,12 @@ impl Provider for MockIaas {
             started_at_ms: nubo_bus::now_ms(),
         };
         let ip = instance.default_private_ip.clone();
-        {
-            let mut i = self
-                .inner
-                .lock()
-                .map_err(|_| IaasError::Failed("mock IaaS state poisoned".into()))?;
-            if let Some(left) = i.fail_next.get_mut(&m.service_name).filter(|n| **n > 0) {
-                *left -= 1;
-                return Err(IaasError::Failed(format!(
-                    "mock IaaS: injected start failure for cartridge type {}",
-                    m.service_name
-                )));
-            }
-            let now = self.clock.now();
-            i.epochs.entry(m.service_name.clone()).or_insert(now);
-            *i.per_type.entry(m.service_name.clone()).or_default() += 1;
-            let line = LogLine::Put(instance.clone());
-            i.instances.insert(m.member_id.clone(), instance);
-            self.record(&i, line);
-        }
-        tracing::debug!(member = %m.member_id, %ip, "mock instance started");
-        Ok(StartedMember {
+        let now = self.clock.now();
+        i.epochs.entry(m.service_name.clone()).or_insert(now);
+        *i.per_type.entry(m.service_name.clone()).or_default() += 1;
+        let line = LogLine::Put(instance.clone());
+        i.instances.insert(m.member_id.clone(), instance);
+        let started = StartedMember {
             ip,
             ports: req
                 .ports
@@ -622,7 +632,38 @@ impl Provider for MockIaas {
                     proxy_port: p.proxy_port,
                 })
                 .collect(),
-        })
+        };
+        (Ok(started), Some(line))
+    }
+}
+
+#[async_trait]
+impl Provider for MockIaas {
+    async fn start(&self, req: MemberSpec) -> Result<StartedMember, IaasError> {
+        self.start_many(vec![req])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(IaasError::Failed("mock IaaS: no answer".into())))
+    }
+
+    /// Every instance under one lock, recorded with one write.
+    async fn start_many(&self, specs: Vec<MemberSpec>) -> Vec<Result<StartedMember, IaasError>> {
+        let Ok(mut i) = self.inner.lock() else {
+            return specs
+                .iter()
+                .map(|_| Err(IaasError::Failed("mock IaaS state poisoned".into())))
+                .collect();
+        };
+        let mut answers = Vec::with_capacity(specs.len());
+        let mut lines = Vec::with_capacity(specs.len());
+        for req in &specs {
+            let (answer, line) = self.start_locked(&mut i, req);
+            answers.push(answer);
+            lines.extend(line);
+        }
+        self.record_all(&i, lines);
+        tracing::debug!(instances = answers.len(), "mock instances started");
+        answers
     }
 
     async fn terminate(&self, member_id: &str) -> Result<(), IaasError> {

@@ -377,6 +377,9 @@ impl Provider for NodeSupervisor {
 /// How often a node served on the bus publishes its inventory.
 pub const INVENTORY_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Members a node starts at once (each a process to spawn); the others wait their turn.
+pub const NODE_STARTS_AT_ONCE: usize = 32;
+
 /// Serves the supervisor on the bus as node `node` (`nubo node`): starts and terminates members
 /// on the controller's `NodeStartMember` / `NodeTerminateMember`, answers with
 /// `NodeMemberStarted` / `NodeMemberStartFailed`, and publishes its `NodeInventory` every
@@ -422,6 +425,7 @@ pub async fn serve(
             }
         }
     };
+    let starting = Arc::new(tokio::sync::Semaphore::new(NODE_STARTS_AT_ONCE));
     // The first inventory is the one above; the next ones every INVENTORY_INTERVAL.
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + INVENTORY_INTERVAL,
@@ -447,7 +451,10 @@ pub async fn serve(
                         let sup = sup.clone();
                         let events = events.clone();
                         let node = node.clone();
+                        let starting = starting.clone();
                         tokio::spawn(async move {
+                            // At most NODE_STARTS_AT_ONCE members start at a time on a node.
+                            let Ok(_permit) = starting.acquire_owned().await else { return };
                             let member_id = member.member_id.clone();
                             let req = MemberSpec { member, image, ports, bus_url, parameters: payload };
                             let answer = match sup.start(req).await {

@@ -96,35 +96,53 @@ impl NodeProvider {
 #[async_trait]
 impl Provider for NodeProvider {
     async fn start(&self, req: MemberSpec) -> Result<StartedMember, IaasError> {
-        let member_id = req.member.member_id.clone();
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(member_id.clone(), tx);
-        }
-        self.publish(Event::NodeStartMember {
-            node: self.node.clone(),
-            member: req.member,
-            image: req.image,
-            ports: req.ports,
-            payload: req.parameters,
-            bus_url: req.bus_url,
-            fence: self.fence(),
-        })
-        .await;
-        match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Ok(Ok(answer)) => answer,
-            _ => {
-                if let Ok(mut p) = self.pending.lock() {
-                    p.remove(&member_id);
-                }
-                Err(IaasError::Failed(format!(
-                    "node `{}` did not answer within {} s: is `nubo node --name {}` running and on the same bus?",
-                    self.node,
-                    START_TIMEOUT.as_secs(),
-                    self.node
-                )))
+        self.start_many(vec![req])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(IaasError::Failed("no answer".into())))
+    }
+
+    /// Every start command goes at once; then the answers are awaited (the node starts them as
+    /// they come).
+    async fn start_many(&self, specs: Vec<MemberSpec>) -> Vec<Result<StartedMember, IaasError>> {
+        let mut waiting = Vec::with_capacity(specs.len());
+        for req in specs {
+            let member_id = req.member.member_id.clone();
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut p) = self.pending.lock() {
+                p.insert(member_id.clone(), tx);
             }
+            self.publish(Event::NodeStartMember {
+                node: self.node.clone(),
+                member: req.member,
+                image: req.image,
+                ports: req.ports,
+                payload: req.parameters,
+                bus_url: req.bus_url,
+                fence: self.fence(),
+            })
+            .await;
+            waiting.push((member_id, rx));
         }
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let mut answers = Vec::with_capacity(waiting.len());
+        for (member_id, rx) in waiting {
+            answers.push(match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(answer)) => answer,
+                _ => {
+                    if let Ok(mut p) = self.pending.lock() {
+                        p.remove(&member_id);
+                    }
+                    Err(IaasError::Failed(format!(
+                        "node `{}` did not answer within {} s: is `nubo node --name {}` running and on the same bus?",
+                        self.node,
+                        START_TIMEOUT.as_secs(),
+                        self.node
+                    )))
+                }
+            });
+        }
+        answers
     }
 
     async fn terminate(&self, member_id: &str) -> Result<(), IaasError> {
