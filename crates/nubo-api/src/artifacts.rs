@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{StatusCode, header};
 use nubo_controller::DeploymentStatus;
-use nubo_events::view::ApplicationRuntime;
+use nubo_events::view::{ApplicationRuntime, MemberPage};
 use nubo_manager::Principal;
 use nubo_model::{
     Application, ApplicationPolicy, Artifact, AutoscalingPolicy, Cartridge, CartridgeGroup,
@@ -225,6 +225,55 @@ async fn runtime(
     Ok(Json(view))
 }
 
+/// `?offset=&limit=` of a page of members.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+/// Members per page unless `?limit=` says otherwise; at most [`MAX_PAGE`].
+fn default_limit() -> usize {
+    1_000
+}
+
+/// The largest page of members.
+pub const MAX_PAGE: usize = 10_000;
+
+async fn members(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<MemberPage>, ApiError> {
+    if page.limit == 0 || page.limit > MAX_PAGE {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("limit must be between 1 and {MAX_PAGE}"),
+            errors: vec![nubo_model::FieldError {
+                field: "limit".into(),
+                reason: format!("{} is not between 1 and {MAX_PAGE}", page.limit),
+            }],
+        });
+    }
+    let page = s
+        .deployments
+        .members(p.tenant_id, &id, page.offset, page.limit)
+        .await
+        .map_err(|e| match e {
+            nubo_controller::DeployError::Control(nubo_controller::ControlError::NotDeployed(
+                _,
+            )) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("application `{id}` is not deployed: deploy it first"),
+            ),
+            e => e.into(),
+        })?;
+    Ok(Json(page))
+}
+
 /// `?criteria=` of the cartridge filters.
 #[derive(Debug, Deserialize)]
 pub struct Criteria {
@@ -342,6 +391,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     .route("/applications/{id}/deploy/{policy}", post(deploy))
     .route("/applications/{id}/undeploy", post(undeploy))
     .route("/applications/{id}/runtime", get(runtime))
+    .route("/applications/{id}/members", get(members))
     .route("/cartridges/filter/{filter}", get(filter_cartridges))
     .route("/cartridges/{id}/filter/{filter}", get(filter_cartridge))
 }

@@ -250,6 +250,32 @@ pub fn document() -> OpenApi {
             .response("404", message("No such application, or not deployed"))
             .build(),
     );
+    paths.add_path_operation(
+        "/api/applications/{id}/members",
+        vec![HttpMethod::Get],
+        op("application_members".into(), "A page of the application's members, flat (Nubo's; the runtime tree has them too): however large the application, a page costs its own size".into(), "applications")
+            .parameter(id_param("id"))
+            .parameter(
+                ParameterBuilder::new()
+                    .name("offset")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some("Members to skip (clusters in the application's order, members by id) [default: 0]"))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))),
+            )
+            .parameter(
+                ParameterBuilder::new()
+                    .name("limit")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some("Members in the page, 1 to 10,000 [default: 1,000]"))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(10_000)))),
+            )
+            .response("200", ResponseBuilder::new().description("`total`, `offset`, and `members`: each with its application, cluster alias and cluster instance").build())
+            .response("400", message("limit out of range"))
+            .response("404", message("No such application, or not deployed"))
+            .build(),
+    );
     let simple: &[SimpleOp] = &[
         (
             "/api/tenants",

@@ -106,10 +106,11 @@ impl Subscription {
 }
 
 /// How many health statistics or predictions a subscriber may lag before newer ones are dropped
-/// (and counted: `nubo_bus_messages_dropped_total{reason="lagging"}`). Every other message is kept
+/// (and counted: `nubo_bus_messages_dropped_total{reason="lagging"}`); a burst of tens of thousands
+/// of statistics fits (about 20 MiB). Every other message is kept
 /// however far its subscriber lags: a lost lifecycle event would leave a member starting for
 /// good, and their number is bounded by the members' lifecycles.
-pub const SUBSCRIPTION_BUFFER: usize = 8192;
+pub const SUBSCRIPTION_BUFFER: usize = 65_536;
 
 /// Whether a subscription to `filter` may drop messages when it lags: the statistics topics
 /// only (each message is superseded by the next of the same member within seconds).

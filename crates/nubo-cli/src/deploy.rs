@@ -5,23 +5,13 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use nubo_events::MemberStatus;
-use nubo_events::view::{ApplicationRuntime, MemberView};
+use nubo_events::view::{ApplicationRuntime, MemberPage, MemberRow};
+
+/// Members per request of `nubo members`.
+const MEMBERS_PAGE: usize = 5_000;
 
 use crate::client::escape;
 use crate::{ApiClient, DeployArgs, Output, UndeployArgs, render};
-
-/// A member in `nubo members`: the runtime view's, with its application and cluster alias.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MemberRow {
-    /// Application.
-    pub application_id: String,
-    /// The cluster's alias.
-    pub alias: String,
-    /// The member.
-    #[serde(flatten)]
-    pub member: MemberView,
-}
 
 /// (active members, members wanted) over every cluster instance started so far, and clusters waiting.
 fn progress(view: &ApplicationRuntime) -> (u64, u64, u64) {
@@ -203,15 +193,30 @@ pub async fn members(client: &ApiClient, out: Output, id: Option<&str>) -> anyho
             .filter_map(|a| a["applicationId"].as_str().map(str::to_owned))
             .collect(),
     };
-    let mut rows = Vec::new();
+    // Page by page: a page costs the server its own size, however large the application.
+    let mut rows: Vec<MemberRow> = Vec::new();
     for app in ids {
-        let view = runtime(client, &app).await?;
-        for (c, m) in view.members() {
-            rows.push(MemberRow {
-                application_id: app.clone(),
-                alias: c.alias.clone(),
-                member: m.clone(),
-            });
+        let mut offset = 0;
+        loop {
+            let v = client
+                .send(
+                    "GET",
+                    &format!(
+                        "/api/applications/{}/members?offset={offset}&limit={MEMBERS_PAGE}",
+                        escape(&app)
+                    ),
+                    None,
+                )
+                .await?;
+            let page: MemberPage = serde_json::from_value(v).map_err(|e| {
+                anyhow::anyhow!("the server's members of {app} are not what this client reads ({e}): is the client the server's version?")
+            })?;
+            let n = page.members.len();
+            rows.extend(page.members);
+            offset += n;
+            if n == 0 || offset >= page.total {
+                break;
+            }
         }
     }
     match out {

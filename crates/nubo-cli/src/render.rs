@@ -270,7 +270,7 @@ pub fn runtime_tree(v: &ApplicationRuntime) -> String {
 }
 
 /// Members as a table.
-pub fn members_table(rows: &[crate::deploy::MemberRow]) {
+pub fn members_table(rows: &[nubo_events::view::MemberRow]) {
     if rows.is_empty() {
         eprintln!("(no members)");
         return;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nubo_bus::EventBus;
 use nubo_events::Event;
-use nubo_events::view::ApplicationRuntime;
+use nubo_events::view::{ApplicationRuntime, MemberPage};
 use nubo_store::Store;
 
 use crate::journal::Replica;
@@ -115,6 +115,16 @@ pub trait ControlPlane: Send + Sync + 'static {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(crate::view::runtime_view(&s, application_id))
     }
+    /// A page of an application's members (`None`: not deployed).
+    async fn members(
+        &self,
+        application_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Option<MemberPage>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(crate::view::member_page(&s, application_id, offset, limit))
+    }
 }
 
 fn summaries(s: &ControllerState, tenant: i64) -> Vec<DeploymentSummary> {
@@ -164,6 +174,15 @@ impl ControlPlane for ControllerHandle {
         application_id: &str,
     ) -> Result<Option<ApplicationRuntime>, ControlError> {
         self.read(|s| crate::view::runtime_view(s, application_id))
+            .ok_or_else(unreadable)
+    }
+    async fn members(
+        &self,
+        application_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Option<MemberPage>, ControlError> {
+        self.read(|s| crate::view::member_page(s, application_id, offset, limit))
             .ok_or_else(unreadable)
     }
 }
@@ -266,6 +285,17 @@ impl ControlPlane for RemoteControl {
         application_id: &str,
     ) -> Result<Option<ApplicationRuntime>, ControlError> {
         self.read(|s, _| crate::view::runtime_view(s, application_id))
+            .await
+            .ok_or_else(unreadable)
+    }
+
+    async fn members(
+        &self,
+        application_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Option<MemberPage>, ControlError> {
+        self.read(|s, _| crate::view::member_page(s, application_id, offset, limit))
             .await
             .ok_or_else(unreadable)
     }
@@ -453,6 +483,14 @@ impl ControlPlane for SwitchableControl {
         application_id: &str,
     ) -> Result<Option<ApplicationRuntime>, ControlError> {
         self.current().runtime(application_id).await
+    }
+    async fn members(
+        &self,
+        application_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Option<MemberPage>, ControlError> {
+        self.current().members(application_id, offset, limit).await
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use nubo_events::view::ApplicationRuntime;
+use nubo_events::view::{ApplicationRuntime, MemberPage};
 use nubo_plan::{DeploymentStatus, Planner};
 
 use crate::control::{ControlError, ControlPlane};
@@ -107,6 +107,25 @@ impl<P: Planner> Deployments<P> {
             .map_err(DeployError::Plan)?;
         self.control()?
             .runtime(application_id)
+            .await?
+            .ok_or_else(|| ControlError::NotDeployed(application_id.to_owned()).into())
+    }
+
+    /// A page of the members of `tenant`'s application (`ControlError::NotDeployed` when it is
+    /// not deployed).
+    pub async fn members(
+        &self,
+        tenant: i64,
+        application_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<MemberPage, P> {
+        self.planner
+            .application(tenant, application_id)
+            .await
+            .map_err(DeployError::Plan)?;
+        self.control()?
+            .members(application_id, offset, limit)
             .await?
             .ok_or_else(|| ControlError::NotDeployed(application_id.to_owned()).into())
     }

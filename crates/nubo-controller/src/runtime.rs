@@ -423,6 +423,7 @@ impl Runner {
             .snapshot
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
+        let started = std::time::Instant::now();
         let topology = match self.state.lock() {
             Ok(s) => s.topology.clone(),
             Err(_) => return,
@@ -434,6 +435,11 @@ impl Runner {
                 return;
             }
         }
+        tracing::info!(
+            parts = events.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "complete topology published"
+        );
     }
 
     /// Steps a batch of inputs, writes those that changed the state to the journal (one

@@ -4,7 +4,7 @@
 
 use nubo_events::view::{
     ApplicationInstanceView, ApplicationRuntime, ClusterInstanceState, ClusterInstanceView,
-    GroupInstanceView, MemberView,
+    GroupInstanceView, MemberPage, MemberRow, MemberView,
 };
 use nubo_events::{InstanceKey, InstanceStatus};
 use nubo_plan::group_instance_id;
@@ -36,16 +36,7 @@ fn cluster_instance_view(
         .members
         .values()
         .filter(|m| m.cluster_instance_id == instance_id)
-        .map(|m| MemberView {
-            member_id: m.member_id.clone(),
-            status: m.status,
-            default_private_ip: m.default_private_ip.clone(),
-            default_public_ip: m.default_public_ip.clone(),
-            network_partition_id: m.network_partition_id.clone(),
-            partition_id: m.partition_id.clone(),
-            ports: m.ports.clone(),
-            failure: m.failure.clone(),
-        })
+        .map(member_view)
         .collect();
     Some(ClusterInstanceView {
         alias: c.alias.clone(),
@@ -121,6 +112,54 @@ fn level(
         }
     }
     (clusters, groups)
+}
+
+/// A page of the members of `application_id` (clusters in the plan's order, members by id), or
+/// `None` when it is not deployed. Costs the page and the members skipped, nothing else.
+pub fn member_page(
+    state: &ControllerState,
+    application_id: &str,
+    offset: usize,
+    limit: usize,
+) -> Option<MemberPage> {
+    let d = state.deployments.get(application_id)?;
+    let clusters: Vec<&nubo_events::Cluster> = d
+        .plan
+        .clusters
+        .iter()
+        .filter_map(|c| state.topology.clusters.get(&c.cluster_id))
+        .collect();
+    let total = clusters.iter().map(|c| c.members.len()).sum();
+    let members = clusters
+        .iter()
+        .flat_map(|c| c.members.values().map(move |m| (*c, m)))
+        .skip(offset)
+        .take(limit)
+        .map(|(c, m)| MemberRow {
+            application_id: application_id.to_owned(),
+            alias: c.alias.clone(),
+            cluster_instance_id: m.cluster_instance_id.clone(),
+            member: member_view(m),
+        })
+        .collect();
+    Some(MemberPage {
+        total,
+        offset,
+        members,
+    })
+}
+
+fn member_view(m: &nubo_events::Member) -> MemberView {
+    MemberView {
+        member_id: m.member_id.clone(),
+        status: m.status,
+        default_private_ip: m.default_private_ip.clone(),
+        default_public_ip: m.default_public_ip.clone(),
+        network_partition_id: m.network_partition_id.clone(),
+        partition_id: m.partition_id.clone(),
+        ports: m.ports.clone(),
+        failure: m.failure.clone(),
+    }
 }
 
 /// The runtime tree of `application_id`, or `None` when it is not deployed.

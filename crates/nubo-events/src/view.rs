@@ -146,6 +146,35 @@ pub struct MemberView {
     pub failure: Option<String>,
 }
 
+/// A member with where it belongs: a row of `GET /api/applications/{id}/members` and of
+/// `nubo members`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRow {
+    /// Application.
+    pub application_id: String,
+    /// The cluster's alias.
+    pub alias: String,
+    /// The cluster instance.
+    pub cluster_instance_id: String,
+    /// The member.
+    #[serde(flatten)]
+    pub member: MemberView,
+}
+
+/// A page of an application's members (`?offset=&limit=`): however many members an application
+/// has, a page costs its own size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberPage {
+    /// Members of the application in all.
+    pub total: usize,
+    /// Where this page starts.
+    pub offset: usize,
+    /// The page (clusters in the application's order, members by id).
+    pub members: Vec<MemberRow>,
+}
+
 impl ApplicationRuntime {
     /// Every cluster instance of the tree, application level first, then each group's, depth
     /// first.

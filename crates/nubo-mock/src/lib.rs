@@ -138,6 +138,9 @@ pub struct MockInstance {
     pub state: InstanceState,
     /// When it was started (ms since the epoch).
     pub started_at_ms: u64,
+    /// The slice of the statistics interval it reports in (from its id: stable; computed once).
+    #[serde(skip)]
+    slice: u32,
 }
 
 impl MockInstance {
@@ -264,7 +267,7 @@ fn read_state(bytes: &[u8]) -> Result<Vec<MockInstance>, serde_json::Error> {
 }
 
 /// Slices of the statistics interval: each instance reports in one of them.
-const SLICES: u32 = 10;
+const SLICES: u32 = 20;
 
 /// The slice an instance reports in (from its id: stable across restarts).
 fn slice_of(instance_id: &str) -> u32 {
@@ -307,7 +310,8 @@ impl MockIaas {
                 Ok(bytes) => match read_state(&bytes) {
                     Ok(list) => {
                         // Patterns start over: the mock clock restarts with the server.
-                        for m in list {
+                        for mut m in list {
+                            m.slice = slice_of(&m.instance_id);
                             inner.epochs.entry(m.service_name.clone()).or_insert(0.0);
                             *inner.per_type.entry(m.service_name.clone()).or_default() += 1;
                             addresses += 1;
@@ -541,7 +545,7 @@ impl MockIaas {
                 .values()
                 .filter(|m| m.state == InstanceState::Active)
             {
-                let mine = slice_of(&m.instance_id) == slice;
+                let mine = m.slice == slice;
                 if !mine && slice != 0 {
                     continue;
                 }
@@ -613,6 +617,7 @@ impl MockIaas {
             payload: req.parameters.clone(),
             state: InstanceState::Starting,
             started_at_ms: nubo_bus::now_ms(),
+            slice: slice_of(&m.member_id),
         };
         let ip = instance.default_private_ip.clone();
         let now = self.clock.now();

@@ -308,13 +308,28 @@ pub struct MessageDropped<'a> {
     pub detail: &'a str,
 }
 
+/// Drops come in bursts (a subscriber thousands of messages behind): each is counted, but one
+/// log line a second says how many there were.
+static DROPS_LOGGED: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
+    std::sync::Mutex::new((None, 0));
+
 impl InternalEvent for MessageDropped<'_> {
     fn record(self) {
-        tracing::warn!(topic = %self.topic, reason = self.reason, detail = %self.detail, "message dropped");
         count(
             &COUNTERS.messages_dropped,
             vec![("reason", self.reason.to_owned())],
         );
+        let Ok(mut last) = DROPS_LOGGED.lock() else {
+            return;
+        };
+        let (logged, since) = &mut *last;
+        *since += 1;
+        if logged.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            return;
+        }
+        tracing::warn!(topic = %self.topic, reason = self.reason, detail = %self.detail, dropped = *since, "messages dropped (this one, and the others since the last such line)");
+        *logged = Some(std::time::Instant::now());
+        *since = 0;
     }
 }
 

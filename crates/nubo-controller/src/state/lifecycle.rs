@@ -195,6 +195,14 @@ impl ControllerState {
             .filter_map(|c| self.topology.clusters.get(&c.cluster_id))
             .flat_map(|c| c.members.values())
         {
+            // Most members: Active, nothing asked of them. No lookup at all.
+            if m.status == MemberStatus::Active
+                && !undeploying
+                && m.failure.is_none()
+                && self.cleanup_sent_ms.is_empty()
+            {
+                continue;
+            }
             let since = self.since_ms.get(&m.member_id).copied().unwrap_or(now_ms);
             let late = match m.status {
                 MemberStatus::InMaintenance | MemberStatus::ReadyToShutdown => {
