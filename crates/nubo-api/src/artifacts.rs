@@ -201,6 +201,22 @@ async fn undeploy(
     Ok((StatusCode::ACCEPTED, Json(msg)).into_response())
 }
 
+/// For what reads a deployment: "not deployed" is a missing resource (404), not a conflict.
+fn not_deployed_is_404(
+    id: &str,
+    e: nubo_controller::DeployError<nubo_manager::ManagerError>,
+) -> ApiError {
+    match e {
+        nubo_controller::DeployError::Control(nubo_controller::ControlError::NotDeployed(_)) => {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("application `{id}` is not deployed: deploy it first"),
+            )
+        }
+        e => e.into(),
+    }
+}
+
 async fn runtime(
     State(s): S,
     Extension(p): Extension<Principal>,
@@ -210,15 +226,7 @@ async fn runtime(
         .deployments
         .runtime(p.tenant_id, &id)
         .await
-        .map_err(|e| match e {
-            nubo_controller::DeployError::Control(nubo_controller::ControlError::NotDeployed(
-                _,
-            )) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("application `{id}` is not deployed: deploy it first"),
-            ),
-            e => e.into(),
-        })?;
+        .map_err(|e| not_deployed_is_404(&id, e))?;
     let app = s.manager.get::<Application>(p.tenant_id, &id).await?;
     view.name = app.name;
     view.description = app.description;
@@ -262,15 +270,7 @@ async fn members(
         .deployments
         .members(p.tenant_id, &id, page.offset, page.limit)
         .await
-        .map_err(|e| match e {
-            nubo_controller::DeployError::Control(nubo_controller::ControlError::NotDeployed(
-                _,
-            )) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("application `{id}` is not deployed: deploy it first"),
-            ),
-            e => e.into(),
-        })?;
+        .map_err(|e| not_deployed_is_404(&id, e))?;
     Ok(Json(page))
 }
 
