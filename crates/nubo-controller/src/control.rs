@@ -173,8 +173,12 @@ impl ControlPlane for ControllerHandle {
         &self,
         application_id: &str,
     ) -> Result<Option<ApplicationRuntime>, ControlError> {
-        self.read(|s| crate::view::runtime_view(s, application_id))
-            .ok_or_else(unreadable)
+        // Under the lock, only a copy of this application's part of the state; the tree is
+        // built (and later serialized) without holding up the controller.
+        let part = self
+            .read(|s| s.application_part(application_id))
+            .ok_or_else(unreadable)?;
+        Ok(part.and_then(|p| crate::view::runtime_view(&p, application_id)))
     }
     async fn members(
         &self,

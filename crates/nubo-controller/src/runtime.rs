@@ -21,6 +21,9 @@ use nubo_plan::DeploymentStatus;
 use nubo_plan::{ClusterPlan, DeploymentPlan};
 use nubo_telemetry::{InternalEvent, MemberStartFailed, MemberStarted};
 
+/// Commands (from the API and the autoscaler in this process) waiting for the controller at
+/// most; more wait to be taken in.
+pub const COMMAND_INBOX: usize = 1_024;
 /// Most inputs stepped and written to the journal together.
 pub const MAX_BATCH: usize = 1_024;
 /// A snapshot is written once the journal since the last one is larger than this, or than the
@@ -94,7 +97,7 @@ impl LoopMetrics {
 #[derive(Clone)]
 pub struct ControllerHandle {
     metrics: LoopMetrics,
-    commands: mpsc::UnboundedSender<(Input, tokio::sync::oneshot::Sender<()>)>,
+    commands: mpsc::Sender<(Input, tokio::sync::oneshot::Sender<()>)>,
     state: Arc<Mutex<ControllerState>>,
     deposed: tokio::sync::watch::Receiver<bool>,
 }
@@ -135,7 +138,11 @@ impl ControllerHandle {
     async fn command(&self, input: Input) -> Result<(), ControlError> {
         let stopped = || ControlError::Unavailable("the controller has stopped".to_owned());
         let (ack, done) = tokio::sync::oneshot::channel();
-        self.commands.send((input, ack)).map_err(|_| stopped())?;
+        // Bounded: a flood of commands waits here (the API answers later), never piles up.
+        self.commands
+            .send((input, ack))
+            .await
+            .map_err(|_| stopped())?;
         done.await.map_err(|_| stopped())
     }
 
@@ -228,7 +235,7 @@ impl Controller {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (commands, mut command_rx) =
-            mpsc::unbounded_channel::<(Input, tokio::sync::oneshot::Sender<()>)>();
+            mpsc::channel::<(Input, tokio::sync::oneshot::Sender<()>)>(COMMAND_INBOX);
         let shared = Arc::new(Mutex::new(std::mem::take(&mut state)));
         let (deposed_tx, deposed) = tokio::sync::watch::channel(false);
         let metrics = LoopMetrics::new();
@@ -491,6 +498,7 @@ impl Runner {
             .observe(writing.elapsed().as_secs_f64());
         // The batch's starts, per provider, go in batches of their own.
         let mut starts: BTreeMap<String, Vec<MemberSpec>> = BTreeMap::new();
+        let mut stops: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for a in actions {
             match a {
                 // A failure is logged and counted by the bus (`PublishFailed`).
@@ -512,7 +520,7 @@ impl Runner {
                 Action::Terminate {
                     member_id,
                     provider,
-                } => self.terminate(member_id, provider),
+                } => stops.entry(provider).or_default().push(member_id),
                 Action::ApplicationStatus {
                     application_id,
                     status,
@@ -524,6 +532,9 @@ impl Runner {
         }
         for (provider, specs) in starts {
             self.start(provider, specs);
+        }
+        for (provider, ids) in stops {
+            self.terminate(provider, ids);
         }
         for ack in acks {
             let _ = ack.send(());
@@ -669,26 +680,39 @@ impl Runner {
         }
     }
 
-    fn terminate(&self, member_id: String, provider: String) {
+    /// Terminates members on `provider`, in batches of [`START_BATCH`] under the same limit of
+    /// batches in flight as starts; a member the provider does not run is reported gone.
+    fn terminate(&self, provider: String, ids: Vec<String>) {
         let p = self.config.providers.get(&provider).cloned();
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let gone = match p {
-                Some(p) => matches!(
-                    p.terminate(&member_id).await,
-                    Err(nubo_iaas::IaasError::NotFound(_))
-                ),
-                None => true,
-            };
-            if gone {
-                let _ = tx.send(Input::Event(Event::MemberProcessExited {
-                    member_id,
-                    code: None,
-                    signal: None,
-                    reason: "not running".into(),
-                }));
-            }
-        });
+        let limit = self.start_limits.get(&provider).cloned();
+        let mut ids = ids.into_iter().peekable();
+        while ids.peek().is_some() {
+            let batch: Vec<String> = ids.by_ref().take(START_BATCH).collect();
+            let (p, limit, tx) = (p.clone(), limit.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                let _permit = match limit {
+                    Some(l) => l.acquire_owned().await.ok(),
+                    None => None,
+                };
+                for member_id in batch {
+                    let gone = match &p {
+                        Some(p) => matches!(
+                            p.terminate(&member_id).await,
+                            Err(nubo_iaas::IaasError::NotFound(_))
+                        ),
+                        None => true,
+                    };
+                    if gone {
+                        let _ = tx.send(Input::Event(Event::MemberProcessExited {
+                            member_id,
+                            code: None,
+                            signal: None,
+                            reason: "not running".into(),
+                        }));
+                    }
+                }
+            });
+        }
     }
 }
 

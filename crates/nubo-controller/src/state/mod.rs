@@ -333,6 +333,23 @@ impl ControllerState {
         out
     }
 
+    /// A copy of what concerns one application (its deployment, its clusters, its members'
+    /// timers), `None` when it is not deployed: what its views are built from, outside the lock.
+    pub fn application_part(&self, application_id: &str) -> Option<ControllerState> {
+        let d = self.deployments.get(application_id)?;
+        let mut part = ControllerState::default();
+        for c in &d.plan.clusters {
+            if let Some(cluster) = self.topology.clusters.get(&c.cluster_id) {
+                part.topology
+                    .clusters
+                    .insert(c.cluster_id.clone(), cluster.clone());
+            }
+        }
+        part.deployments
+            .insert(application_id.to_owned(), d.clone());
+        Some(part)
+    }
+
     /// Whether a deployment waits to converge.
     pub fn needs_convergence(&self) -> bool {
         self.all_dirty || !self.dirty.is_empty()
