@@ -26,6 +26,7 @@ use nubo_bus::EventBus;
 use nubo_events::{Category, Event, RequestsInFlight, Topology};
 
 pub mod h1;
+pub mod io;
 mod proxy;
 pub mod table;
 
@@ -413,7 +414,7 @@ impl LoadBalancer {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(proxy::serve(self.clone(), port, stream, peer));
+                tokio::spawn(proxy::serve(self.clone(), port, stream, peer, io::Tcp));
             }
         });
     }
