@@ -212,7 +212,18 @@ impl Controller {
                 }
             }
         }
+        // A member still Created whose instance runs was started but its start's result (its
+        // address) never recorded: it is stopped and replaced like one that is not running.
+        for m in state.members_created() {
+            if running.remove(&m) {
+                tracing::info!(member = %m, "member started but not recorded before the restart: it will be replaced");
+                if let Some(p) = state.provider_of(&m).and_then(|p| config.providers.get(&p)) {
+                    let _ = p.terminate(&m).await;
+                }
+            }
+        }
         let known = state.member_ids();
+        let announcements = state.restart_announcements(&running);
         let mut pending = Vec::new();
         for m in known
             .iter()
@@ -263,6 +274,15 @@ impl Controller {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         for p in pending {
             let _ = tx.send(p);
+        }
+        if !announcements.is_empty() {
+            tracing::info!(
+                members = announcements.len(),
+                "members on their way to Active: their statuses published again"
+            );
+        }
+        for e in &announcements {
+            let _ = events.publish(e).await;
         }
         let start_limits = config
             .providers

@@ -150,11 +150,17 @@ impl ControllerState {
                 .backoff
                 .entry(InstanceKey::new(&m.cluster_id, &m.cluster_instance_id))
                 .or_default();
-            b.failures += 1;
-            let delay = FIRST_BACKOFF_MS
-                .saturating_mul(1 << (b.failures - 1).min(16))
-                .min(MAX_BACKOFF_MS);
-            b.not_before_ms = now_ms + delay;
+            // The delay doubles per round of retries, not per member: members that fail
+            // while a delay already runs (a round started together fails together, a restart
+            // finds many gone at once) wait for that delay, and do not lengthen it.
+            if b.not_before_ms <= now_ms {
+                b.failures += 1;
+                let delay = FIRST_BACKOFF_MS
+                    .saturating_mul(1 << (b.failures - 1).min(16))
+                    .min(MAX_BACKOFF_MS);
+                b.not_before_ms = now_ms + delay;
+            }
+            let delay = b.not_before_ms - now_ms;
             b.last_reason = m.failure.clone().or(reason.clone());
             retry = Some((b.failures, delay));
         }

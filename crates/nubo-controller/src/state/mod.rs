@@ -58,7 +58,8 @@ pub struct AppInstance {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Backoff {
-    /// Failures in a row (members that never became Active).
+    /// Rounds of retries failed in a row (members that never became Active; those failing
+    /// while a delay runs count with the round that set it).
     pub failures: u32,
     /// No new member before this time (ms).
     pub not_before_ms: u64,
@@ -443,6 +444,38 @@ impl ControllerState {
             .get(cluster_id)
             .and_then(|c| c.instances.get(instance_id))
             .is_some_and(|i| i.status == InstanceStatus::Active)
+    }
+
+    /// Members still Created: asked of the provider, its answer not recorded.
+    pub fn members_created(&self) -> Vec<String> {
+        self.topology
+            .clusters
+            .values()
+            .flat_map(|c| c.members.values())
+            .filter(|m| m.status == MemberStatus::Created)
+            .map(|m| m.member_id.clone())
+            .collect()
+    }
+
+    /// What a controller starting over tells the members still on their way to Active: the
+    /// status each one reached (`MemberInitialized`, `MemberStarted`), published again. An agent
+    /// that waits for its member's status (the mock IaaS' simulated agents do) or missed it while
+    /// the controller was away goes on from there instead of waiting out the activation timeout.
+    pub fn restart_announcements(&self, running: &BTreeSet<String>) -> Vec<Event> {
+        self.topology
+            .clusters
+            .values()
+            .flat_map(|c| c.members.values())
+            .filter(|m| running.contains(&m.member_id))
+            .filter_map(|m| {
+                let change = MemberChange { member: m.clone() };
+                match m.status {
+                    MemberStatus::Initialized => Some(Event::MemberInitialized(change)),
+                    MemberStatus::Starting => Some(Event::MemberStarted(change)),
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     /// Member ids of every member the state believes exists.

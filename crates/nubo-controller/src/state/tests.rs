@@ -197,6 +197,94 @@ fn a_dead_active_member_is_replaced_at_once_and_a_failing_one_with_backoff() {
 }
 
 #[test]
+fn members_failing_together_lengthen_the_backoff_once() {
+    let mut s = ControllerState::default();
+    let out = s.step(0, Input::Deploy(deployment(3, "round-robin", None)));
+    let db = starts(&out);
+    assert_eq!(db.len(), 3);
+    for (i, m) in db.iter().enumerate() {
+        let out = s.step(
+            10 + i as u64,
+            Input::StartFailed {
+                member_id: m.member_id.clone(),
+                reason: "boom".into(),
+            },
+        );
+        assert!(starts(&out).is_empty(), "nothing retried during the delay");
+    }
+    let b = &s.deployments["app"].backoff[&InstanceKey::new("app.db.db.domain", "app-1")];
+    assert_eq!(
+        (b.failures, b.not_before_ms),
+        (1, 10 + FIRST_BACKOFF_MS),
+        "one round failed, whatever the number of its members"
+    );
+    // The next round: all three again, and they fail together again.
+    let again = starts(&s.step(10 + FIRST_BACKOFF_MS, Input::Tick));
+    assert_eq!(again.len(), 3, "the whole round is retried at once");
+    for m in &again {
+        s.step(
+            20 + FIRST_BACKOFF_MS,
+            Input::StartFailed {
+                member_id: m.member_id.clone(),
+                reason: "boom".into(),
+            },
+        );
+    }
+    let b = &s.deployments["app"].backoff[&InstanceKey::new("app.db.db.domain", "app-1")];
+    assert_eq!(
+        (b.failures, b.not_before_ms),
+        (2, 20 + 3 * FIRST_BACKOFF_MS)
+    );
+}
+
+#[test]
+fn a_restarted_controller_announces_the_statuses_of_members_on_their_way() {
+    let mut s = ControllerState::default();
+    let out = s.step(0, Input::Deploy(deployment(3, "round-robin", None)));
+    let db = starts(&out);
+    s.step(
+        1,
+        Input::Started {
+            member_id: db[0].member_id.clone(),
+            ip: "127.0.0.1".into(),
+            ports: vec![],
+        },
+    );
+    activate(&mut s, 1, &db[1]);
+    s.step(
+        1,
+        Input::Started {
+            member_id: db[2].member_id.clone(),
+            ip: "127.0.0.1".into(),
+            ports: vec![],
+        },
+    );
+    s.step(1, Input::Event(Event::InstanceStarted(r(&db[2]))));
+    let running: BTreeSet<String> = db.iter().map(|m| m.member_id.clone()).collect();
+    let said: Vec<(&str, String)> = s
+        .restart_announcements(&running)
+        .iter()
+        .map(|e| match e {
+            Event::MemberInitialized(c) | Event::MemberStarted(c) => {
+                (e.name(), c.member.member_id.clone())
+            }
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("MemberInitialized", db[0].member_id.clone()),
+            ("MemberStarted", db[2].member_id.clone())
+        ],
+        "the Active member is not announced"
+    );
+    // What does not run is not announced: it will be replaced.
+    assert!(s.restart_announcements(&BTreeSet::new()).is_empty());
+    assert!(s.members_created().is_empty());
+}
+
+#[test]
 fn an_active_member_reported_failed_is_replaced_before_its_process_exits() {
     let mut s = ControllerState::default();
     let out = s.step(0, Input::Deploy(deployment(1, "round-robin", None)));
