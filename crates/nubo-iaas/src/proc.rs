@@ -69,7 +69,9 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Sends `signal` to every process of the session led by `sid` (and its process group).
+/// Sends `signal` to every process of the session led by `sid` (and its process group), without
+/// asking whether `sid` is still the process meant: for a session this process created and has
+/// not reaped yet. A recorded pid goes through [`signal_recorded_session`].
 pub fn kill_session(sid: i32, signal: i32) {
     if sid <= 1 {
         return;
@@ -82,6 +84,40 @@ pub fn kill_session(sid: i32, signal: i32) {
     }
     // SAFETY: plain kill(2) on the process group.
     unsafe { libc::kill(-sid, signal) };
+}
+
+/// Signals the session a recorded process leads (the process, its children, whatever they left
+/// in its session and process group), only when that is still what the record says:
+/// - the pid runs with the recorded start time and leads its own session: it and its session
+///   are signalled;
+/// - the pid runs but is another process (its start time differs: the pid was reused, after a
+///   reboot for example) or leads no session: nothing is signalled;
+/// - the pid is gone: what is left in its session and group is signalled (the kernel reserves a
+///   session or group id while a process uses it, so those are the recorded process's own
+///   descendants).
+///
+/// Returns whether anything was signalled.
+pub fn signal_recorded_session(pid: i32, recorded_start: u64, signal: i32) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    if let Some(now) = start_time(pid)
+        && (now != recorded_start || session(pid) != Some(pid))
+    {
+        return false;
+    }
+    kill_session(pid, signal);
+    true
+}
+
+/// Signals one recorded process, only while the pid still has the recorded start time.
+pub fn signal_recorded(pid: i32, recorded_start: u64, signal: i32) -> bool {
+    if pid <= 1 || start_time(pid) != Some(recorded_start) {
+        return false;
+    }
+    // SAFETY: plain kill(2) on a pid checked to be the recorded process.
+    unsafe { libc::kill(pid, signal) };
+    true
 }
 
 /// Total memory of the host in bytes.
@@ -109,5 +145,46 @@ mod tests {
         assert!(rss > 0);
         assert!(super::host_memory() > rss);
         assert!(super::start_time(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_reused_pid_is_left_alone() {
+        use std::os::unix::process::CommandExt;
+        // A live session leader, as an unrelated process holding a recorded pid would be.
+        let mut child = unsafe {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                })
+                .spawn()
+                .unwrap()
+        };
+        let pid = child.id() as i32;
+        let start = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                (super::session(pid) == Some(pid)).then(|| super::start_time(pid))
+            })
+            .flatten()
+            .unwrap();
+        // A record of another process that had this pid: another start time.
+        assert!(!super::signal_recorded_session(
+            pid,
+            start + 1,
+            libc::SIGKILL
+        ));
+        assert!(child.try_wait().unwrap().is_none(), "still running");
+        // The record of this very process: signalled.
+        assert!(super::signal_recorded_session(pid, start, libc::SIGKILL));
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        // A process that leads no session of its own is never signalled through a record.
+        let me = std::process::id() as i32;
+        if super::session(me) != Some(me) {
+            let mine = super::start_time(me).unwrap();
+            assert!(!super::signal_recorded_session(me, mine, 0));
+        }
     }
 }

@@ -39,6 +39,7 @@ struct Record {
 
 struct Tracked {
     pid: i32,
+    start_time: u64,
 }
 
 /// How the supervisor starts agents.
@@ -103,17 +104,18 @@ fn write_record(dir: &Path, rec: &Record) {
     }
 }
 
-/// Every pid recorded in a member's directory (the supervisor's and the agent's own).
-fn recorded_pids(member_dir: &Path) -> Vec<i32> {
+/// Every process recorded in a member's directory (the supervisor's record and the agent's own),
+/// as (pid, start time).
+fn recorded_processes(member_dir: &Path) -> Vec<(i32, u64)> {
     let sup: Option<Record> = read_json(&member_dir.join("supervisor.json"));
     let agent: Option<AgentRecord> = read_json(&member_dir.join("agent.json"));
-    let mut pids: Vec<i32> = sup.map(|r| r.pid).into_iter().collect();
+    let mut out: Vec<(i32, u64)> = sup.map(|r| (r.pid, r.start_time)).into_iter().collect();
     if let Some(a) = agent
-        && !pids.contains(&a.pid)
+        && !out.contains(&(a.pid, a.start_time))
     {
-        pids.push(a.pid);
+        out.push((a.pid, a.start_time));
     }
-    pids
+    out
 }
 
 impl NodeSupervisor {
@@ -135,7 +137,7 @@ impl NodeSupervisor {
             if let Some(rec) = running_record(&member_dir) {
                 tracing::info!(member = %rec.member_id, pid = rec.pid, "re-adopted a running member");
                 write_record(&dir, &rec);
-                sup.track(rec.member_id.clone(), rec.pid);
+                sup.track(rec.member_id.clone(), rec.pid, rec.start_time);
                 sup.watch_foreign(rec.member_id, rec.pid, rec.start_time);
                 continue;
             }
@@ -143,7 +145,7 @@ impl NodeSupervisor {
                 continue;
             };
             tracing::info!(member = %rec.member_id, pid = rec.pid, "a recorded member is no longer running: cleaning up");
-            proc::kill_session(rec.pid, libc::SIGKILL);
+            proc::signal_recorded_session(rec.pid, rec.start_time, libc::SIGKILL);
             let _ = std::fs::remove_file(&path);
             gone.push(rec.member_id);
         }
@@ -166,15 +168,21 @@ impl NodeSupervisor {
         Ok(sup)
     }
 
-    fn track(&self, member_id: String, pid: i32) {
+    fn track(&self, member_id: String, pid: i32, start_time: u64) {
         if let Ok(mut m) = self.members.lock() {
-            m.insert(member_id, Tracked { pid });
+            m.insert(member_id, Tracked { pid, start_time });
         }
     }
 
-    fn exited(members: &Mutex<HashMap<String, Tracked>>, dir: &Path, member_id: &str, pid: i32) {
+    fn exited(
+        members: &Mutex<HashMap<String, Tracked>>,
+        dir: &Path,
+        member_id: &str,
+        pid: i32,
+        start_time: u64,
+    ) {
         // Whatever the agent left in its session goes with it.
-        proc::kill_session(pid, libc::SIGKILL);
+        proc::signal_recorded_session(pid, start_time, libc::SIGKILL);
         if let Ok(mut m) = members.lock() {
             m.remove(member_id);
         }
@@ -190,7 +198,7 @@ impl NodeSupervisor {
             while proc::start_time(pid) == Some(start_time) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Self::exited(&members, &dir, &member_id, pid);
+            Self::exited(&members, &dir, &member_id, pid, start_time);
             let e = Event::MemberProcessExited {
                 member_id,
                 code: None,
@@ -238,7 +246,7 @@ impl Provider for NodeSupervisor {
         if let Some(rec) = running_record(&self.dir.join(&m.member_id)) {
             tracing::warn!(member = %m.member_id, pid = rec.pid, "an agent of this member already runs: adopting it");
             write_record(&self.dir, &rec);
-            self.track(rec.member_id.clone(), rec.pid);
+            self.track(rec.member_id.clone(), rec.pid, rec.start_time);
             self.watch_foreign(rec.member_id.clone(), rec.pid, rec.start_time);
             return Ok(StartedMember {
                 ip: self.host.clone(),
@@ -301,7 +309,7 @@ impl Provider for NodeSupervisor {
             ports: ports.clone(),
         };
         write_record(&self.dir, &rec);
-        self.track(m.member_id.clone(), pid);
+        self.track(m.member_id.clone(), pid, start_time);
         tracing::info!(member = %m.member_id, pid, ports = ?ports.iter().map(|p| p.port).collect::<Vec<_>>(), "member started");
         let members = self.members.clone();
         let dir = self.dir.clone();
@@ -309,7 +317,7 @@ impl Provider for NodeSupervisor {
         let member_id = m.member_id.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
-            Self::exited(&members, &dir, &member_id, pid);
+            Self::exited(&members, &dir, &member_id, pid, start_time);
             use std::os::unix::process::ExitStatusExt;
             let (code, signal) = match &status {
                 Ok(s) => (s.code(), s.signal()),
@@ -341,15 +349,14 @@ impl Provider for NodeSupervisor {
     }
 
     async fn terminate(&self, member_id: &str) -> Result<(), IaasError> {
-        let pid = self
+        let (pid, start_time) = self
             .members
             .lock()
             .ok()
-            .and_then(|m| m.get(member_id).map(|t| t.pid))
+            .and_then(|m| m.get(member_id).map(|t| (t.pid, t.start_time)))
             .ok_or_else(|| IaasError::NotFound(member_id.to_owned()))?;
         // The agent stops its workload on SIGTERM; anything still there after the grace period is killed.
-        // SAFETY: plain kill(2) on a pid we started.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        proc::signal_recorded(pid, start_time, libc::SIGTERM);
         let members = self.members.clone();
         let id = member_id.to_owned();
         tokio::spawn(async move {
@@ -360,7 +367,7 @@ impl Provider for NodeSupervisor {
                 .unwrap_or(false);
             if still {
                 tracing::warn!(member = %id, pid, "the agent did not stop within 15 s: killing its session");
-                proc::kill_session(pid, libc::SIGKILL);
+                proc::signal_recorded_session(pid, start_time, libc::SIGKILL);
             }
         });
         Ok(())
@@ -503,7 +510,7 @@ fn live_records(dir: &Path) -> Vec<Record> {
 pub fn stop_all(dir: &Path) -> usize {
     let live = live_records(dir);
     for r in &live {
-        proc::kill_session(r.pid, libc::SIGTERM);
+        proc::signal_recorded_session(r.pid, r.start_time, libc::SIGTERM);
     }
     live.len()
 }
@@ -519,8 +526,8 @@ pub fn kill_all(dir: &Path) {
         return;
     };
     for e in entries.flatten() {
-        for pid in recorded_pids(&e.path()) {
-            proc::kill_session(pid, libc::SIGKILL);
+        for (pid, start_time) in recorded_processes(&e.path()) {
+            proc::signal_recorded_session(pid, start_time, libc::SIGKILL);
         }
     }
 }
@@ -728,5 +735,70 @@ mod tests {
         let _ = child.wait();
         assert_eq!(proc::start_time(pid), None);
         assert_eq!(stop_all_pending(&members), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stale_record_pointing_at_an_unrelated_process_leaves_it_alone() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let members = dir.path().join("members");
+        // An unrelated process that leads a session of its own, now holding the recorded pid
+        // (as after a reboot): the record's start time is another process's.
+        let mut other = unsafe {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                })
+                .spawn()
+                .unwrap()
+        };
+        let pid = other.id() as i32;
+        let start = proc::start_time(pid).unwrap();
+        let workdir = members.join("app.web.web-3");
+        std::fs::create_dir_all(&workdir).unwrap();
+        let rec = Record {
+            member_id: "app.web.web-3".into(),
+            pid,
+            start_time: start.saturating_sub(1),
+            ports: vec![],
+        };
+        std::fs::write(
+            workdir.join("supervisor.json"),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            workdir.join("agent.json"),
+            serde_json::to_vec(&AgentRecord {
+                pid,
+                start_time: start + 7,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let agent = AgentCommand {
+            program: "/nonexistent/nubo".into(),
+            args: vec!["agent".into()],
+        };
+        // The supervisor starting over, `nubo down` and the tests' clean-up all leave it alone.
+        let sup = NodeSupervisor::new(
+            members.clone(),
+            agent,
+            EventBus::new(Arc::new(MemoryBus::new())),
+        )
+        .unwrap();
+        assert!(sup.running().await.unwrap().is_empty(), "not adopted");
+        assert_eq!(stop_all(&members), 0);
+        kill_all(&members);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the unrelated process still runs"
+        );
+        assert_eq!(proc::start_time(pid), Some(start));
+        other.kill().unwrap();
+        let _ = other.wait();
     }
 }
