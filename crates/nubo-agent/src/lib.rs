@@ -70,13 +70,13 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     // MQTT or NATS, as the server's URL says.
     let bus = nubo_bus::connect_url(&p.bus_url, "agent")
         .await
-        .with_context(|| format!("cannot use the bus {}", p.bus_url))?;
+        .with_context(|| format!("cannot use the bus {}", nubo_bus::redact_url(&p.bus_url)))?;
     let events = EventBus::new(bus.clone());
     // Subscriptions are made now (and renewed on every reconnection).
     let mut notifier = events.subscribe(Category::InstanceNotifier).await?;
     let mut topology = events.subscribe(Category::Topology).await?;
     if bus.wait_connected(Duration::from_secs(30)).await.is_err() {
-        tracing::warn!(bus = %p.bus_url, "the bus is not reachable yet; starting anyway and reporting once it is");
+        tracing::warn!(bus = %nubo_bus::redact_url(&p.bus_url), "the bus is not reachable yet; starting anyway and reporting once it is");
     }
     wait_for_member(&events, &mut topology, &p.member_id).await;
     publish(&events, Event::InstanceStarted(me.clone())).await;

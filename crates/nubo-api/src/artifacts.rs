@@ -264,6 +264,7 @@ async fn members(
                 field: "limit".into(),
                 reason: format!("{} is not between 1 and {MAX_PAGE}", page.limit),
             }],
+            retry_after: None,
         });
     }
     let page = s

@@ -41,7 +41,13 @@ pub async fn require_basic(
     let (user, password) = decoded
         .split_once(':')
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "malformed Basic credentials"))?;
-    let principal = state.manager.authenticate(user, password).await?;
+    // The client's address (the server puts it in each request), the key of the rate limit.
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "local".to_owned());
+    let principal = state.manager.authenticate(&client, user, password).await?;
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }

@@ -40,6 +40,8 @@ pub struct ApiError {
     pub message: String,
     /// Field errors.
     pub errors: Vec<FieldError>,
+    /// Seconds after which to try again (`Retry-After`), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -49,6 +51,7 @@ impl ApiError {
             status,
             message: message.into(),
             errors: Vec::new(),
+            retry_after: None,
         }
     }
 }
@@ -63,7 +66,14 @@ impl From<ManagerError> for ApiError {
             | ManagerError::StateConflict(_) => StatusCode::CONFLICT,
             ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
             ManagerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ManagerError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ManagerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let retry_after = match &e {
+            ManagerError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         };
         if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %e, "request failed");
@@ -72,6 +82,7 @@ impl From<ManagerError> for ApiError {
             status,
             errors: e.field_errors(),
             message: e.to_string(),
+            retry_after,
         }
     }
 }
@@ -131,6 +142,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"nubo\""),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -250,7 +250,7 @@ impl std::str::FromStr for BusUrl {
             Ok(BusUrl::Nats(url.to_owned()))
         } else {
             Err(BusError::InvalidUrl {
-                url: url.to_owned(),
+                url: redact_url(url),
                 reason: "expected `embedded`, `mqtt://host:port` or `nats://host:port`".into(),
             })
         }
@@ -264,7 +264,7 @@ impl std::str::FromStr for BusUrl {
 pub async fn connect_url(url: &str, client_id: &str) -> Result<Arc<dyn Bus>, BusError> {
     match url.parse::<BusUrl>()? {
         BusUrl::Embedded => Err(BusError::InvalidUrl {
-            url: url.to_owned(),
+            url: redact_url(url),
             reason: "only `nubo server` runs the embedded broker; give the URL it prints (`nubo: bus: mqtt://…`)".into(),
         }),
         BusUrl::Mqtt(u) => Ok(Arc::new(MqttBus::connect(MqttConfig::from_url(
@@ -273,6 +273,24 @@ pub async fn connect_url(url: &str, client_id: &str) -> Result<Arc<dyn Bus>, Bus
         BusUrl::Nats(u) => Ok(Arc::new(
             NatsBus::connect(NatsConfig::from_url(&u, client_id)?).await?,
         )),
+    }
+}
+
+/// A URL as it may be shown or logged: the password of its user information (`scheme://user:PASSWORD@host`)
+/// replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -442,6 +460,22 @@ impl EventBus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_in_urls_are_hidden() {
+        use super::redact_url;
+        assert_eq!(
+            redact_url("mqtt://nubo:s3cr3t@h:1883"),
+            "mqtt://nubo:***@h:1883"
+        );
+        assert_eq!(
+            redact_url("nats://u:p@w@h:4222/x?y"),
+            "nats://u:***@h:4222/x?y"
+        );
+        assert_eq!(redact_url("mqtt://token@h"), "mqtt://token@h");
+        assert_eq!(redact_url("mqtt://h:1883"), "mqtt://h:1883");
+        assert_eq!(redact_url("embedded"), "embedded");
+    }
+
     use super::*;
 
     #[test]

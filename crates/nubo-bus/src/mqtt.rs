@@ -30,7 +30,7 @@ impl MqttConfig {
             .strip_prefix("mqtt://")
             .or_else(|| url.strip_prefix("tcp://"))
             .ok_or_else(|| BusError::InvalidUrl {
-                url: url.to_owned(),
+                url: crate::redact_url(url),
                 reason: "an MQTT URL starts with mqtt://".into(),
             })?;
         let rest = rest.trim_end_matches('/');
@@ -42,7 +42,7 @@ impl MqttConfig {
             Some((h, p)) => (
                 h,
                 p.parse().map_err(|_| BusError::InvalidUrl {
-                    url: url.to_owned(),
+                    url: crate::redact_url(url),
                     reason: format!("`{p}` is not a port"),
                 })?,
             ),

@@ -38,7 +38,7 @@ impl NatsConfig {
     /// Parses `nats://[user:password@]host[:port][,nats://…]` (port 4222 by default).
     pub fn from_url(url: &str, name: &str) -> Result<Self, BusError> {
         let invalid = |reason: String| BusError::InvalidUrl {
-            url: url.to_owned(),
+            url: crate::redact_url(url),
             reason,
         };
         let mut servers = Vec::new();

@@ -10,8 +10,7 @@
 )]
 #![warn(missing_docs)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use nubo_model::json;
 use nubo_model::{
@@ -26,7 +25,7 @@ mod auth;
 pub mod kubernetes;
 mod tenants;
 
-pub use auth::{Principal, Role};
+pub use auth::{CACHE_TTL, Principal, Role, constant_time_eq};
 
 /// The IaaS providers this build of the platform can place members on.
 pub const DEFAULT_PROVIDERS: [&str; 2] = ["local", "mock"];
@@ -88,6 +87,14 @@ pub enum ManagerError {
     /// Credentials are missing or wrong.
     #[error("{0}")]
     Unauthenticated(String),
+    /// Too many attempts, or too many at once: try again after the delay.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What happened and what to do.
+        message: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
     /// The store is unavailable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -163,7 +170,7 @@ fn key<T: Artifact>(id: &str) -> Key {
 pub struct Manager {
     store: Arc<dyn Store>,
     providers: Vec<String>,
-    auth_cache: Mutex<HashMap<(i64, String), [u8; 32]>>,
+    auth: auth::AuthState,
 }
 
 impl Manager {
@@ -172,7 +179,7 @@ impl Manager {
         Manager {
             store,
             providers,
-            auth_cache: Mutex::new(HashMap::new()),
+            auth: auth::AuthState::new(),
         }
     }
 

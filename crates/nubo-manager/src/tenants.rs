@@ -158,8 +158,8 @@ impl Manager {
             })
             .await
             .map_err(|e| store_err(Kind::Tenant, e))?;
-        if let Ok(mut c) = self.auth_cache.lock() {
-            c.retain(|(tid, _), _| Some(*tid) != t.tenant_id);
+        if let Some(tid) = t.tenant_id {
+            self.auth.forget_tenant(tid);
         }
         Ok(t)
     }

@@ -318,11 +318,11 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     };
     let bus = nubo_bus::connect_url(&bus_url, "nubo-server")
         .await
-        .with_context(|| format!("cannot use the bus {bus_url}"))?;
+        .with_context(|| format!("cannot use the bus {}", nubo_bus::redact_url(&bus_url)))?;
     bus.wait_connected(Duration::from_secs(15))
         .await
-        .with_context(|| format!("cannot reach the bus at {bus_url}"))?;
-    tracing::info!(bus = %bus_url, kind = bus.kind(), "bus ready");
+        .with_context(|| format!("cannot reach the bus at {}", nubo_bus::redact_url(&bus_url)))?;
+    tracing::info!(bus = %nubo_bus::redact_url(&bus_url), kind = bus.kind(), "bus ready");
     let events = nubo_bus::EventBus::new(bus);
     let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_iaas::Provider>> =
         Default::default();
@@ -686,7 +686,11 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Each request carries the client's address (the key of the password rate limit).
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         match acceptor {
             None => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);

@@ -334,7 +334,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                     "nubo: set NUBO_ADMIN_PASSWORD before the first start to choose it instead"
                 );
             }
-            println!("nubo: bus: {}", ready.bus_url);
+            println!("nubo: bus: {}", nubo_bus::redact_url(&ready.bus_url));
             println!("nubo: store: {}", ready.store);
             println!("nubo: data directory: {}", data_dir.display());
         },

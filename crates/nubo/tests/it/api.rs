@@ -788,6 +788,40 @@ async fn authentication_is_required_everywhere_but_health() {
             .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
     }
+    // Guessing passwords: after a burst, 429 with Retry-After, before any verification. A
+    // password verified before is not verified again: its user goes on.
+    assert_eq!(api.get("/api/init").await.status, StatusCode::OK);
+    let mut limited = None;
+    for _ in 0..40 {
+        let a = api
+            .call_as(
+                Some(&basic("admin", "guess")),
+                Method::GET,
+                "/api/init",
+                None,
+            )
+            .await;
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(a);
+            break;
+        }
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    let a = limited.expect("password guessing is rate-limited");
+    assert!(
+        a.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many password attempts")
+    );
     let a = api.call_as(None, Method::GET, "/health", None).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(
