@@ -11,6 +11,7 @@
 )]
 #![warn(missing_docs)]
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -208,9 +209,15 @@ fn start_workload(p: &AgentPayload, workdir: &Path) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(workdir.join("workload.log"))?;
     let log2 = log.try_clone()?;
     let mut cmd = tokio::process::Command::new("sh");
+    // An explicit environment: where programs are, the member's ports and parameters, and
+    // nothing of the agent's own.
+    cmd.env_clear()
+        .envs(nubo_iaas::base_environment())
+        .env("HOME", workdir.join("app"));
     cmd.arg("-c")
         .arg(&p.command)
         .current_dir(workdir.join("app"))

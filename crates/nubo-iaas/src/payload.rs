@@ -57,6 +57,26 @@ impl AgentPayload {
     }
 }
 
+/// Where programs are when the platform's `PATH` is unset.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The environment a platform process hands to what it starts (an agent, a workload): where
+/// programs are and the locale, nothing else: never the platform's settings or secrets
+/// (`NUBO_ADMIN_PASSWORD`, `NUBO_STORE`, `NUBO_BUS`, …). Whoever starts a process clears its
+/// environment and gives it this, plus what that process needs.
+pub fn base_environment() -> Vec<(String, String)> {
+    let mut env = vec![(
+        "PATH".to_owned(),
+        std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned()),
+    )];
+    for k in ["LANG", "LC_ALL", "TZ"] {
+        if let Ok(v) = std::env::var(k) {
+            env.push((k.to_owned(), v));
+        }
+    }
+    env
+}
+
 /// What an agent writes in its directory as it starts (`agent.json`): the supervisor's own record
 /// is written just after the spawn, and a supervisor killed in between would otherwise leave an
 /// agent nobody knows of.

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -92,6 +93,18 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// Writes a file only its owner reads.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
 /// Writes the supervisor's record of a running member (atomically).
 fn write_record(dir: &Path, rec: &Record) {
     let Ok(text) = serde_json::to_vec(rec) else {
@@ -99,7 +112,7 @@ fn write_record(dir: &Path, rec: &Record) {
     };
     let path = record_path(dir, &rec.member_id);
     let tmp = path.with_extension("json.tmp");
-    if std::fs::write(&tmp, text).is_ok() {
+    if write_private(&tmp, &text).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
 }
@@ -258,21 +271,38 @@ impl Provider for NodeSupervisor {
         let fail = |what: &str, e: std::io::Error| {
             IaasError::Failed(format!("{what} {}: {e}", workdir.display()))
         };
-        std::fs::create_dir_all(workdir.join("app")).map_err(|e| fail("cannot create", e))?;
+        // The member's directory is its own: no other member (nor any other user) reads it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(workdir.join("app"))
+            .map_err(|e| fail("cannot create", e))?;
+        std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail("cannot make private", e))?;
         let payload = AgentPayload::new(&req, ports.clone());
         let payload_file = workdir.join("payload.json");
         let text =
             serde_json::to_vec_pretty(&payload).map_err(|e| IaasError::Failed(e.to_string()))?;
-        std::fs::write(&payload_file, text).map_err(|e| fail("cannot write the payload in", e))?;
+        write_private(&payload_file, &text).map_err(|e| fail("cannot write the payload in", e))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(workdir.join("agent.log"))
             .map_err(|e| fail("cannot open the agent log in", e))?;
         let log2 = log
             .try_clone()
             .map_err(|e| fail("cannot open the agent log in", e))?;
         let mut cmd = tokio::process::Command::new(&self.agent.program);
+        // Nothing of the platform's environment (its secrets and settings) reaches the agent.
+        cmd.env_clear()
+            .envs(nubo_iaas::base_environment())
+            .env("HOME", &workdir);
+        for k in ["NUBO_LOG", "NUBO_LOG_FORMAT"] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
         cmd.args(&self.agent.args)
             .arg("--payload")
             .arg(&payload_file)

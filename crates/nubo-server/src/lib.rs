@@ -837,6 +837,14 @@ pub fn install_crypto_provider() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes what this process creates its own: files `0600`, directories `0700` (the store, the TLS
+/// key, members' directories and payloads), and so the files of the workloads it starts, unless
+/// they choose otherwise. For the processes of the platform (`nubo server`, `nubo node`).
+pub fn private_files() {
+    // SAFETY: umask(2) has no preconditions.
+    unsafe { libc::umask(0o077) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

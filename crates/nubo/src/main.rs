@@ -287,6 +287,7 @@ impl ServerArgs {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    nubo_server::private_files();
     let config_file = args.config.clone();
     let file = match &config_file {
         Some(path) => Settings::from_file(path)?,
@@ -416,11 +417,12 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
 }
 
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    nubo_server::private_files();
     init_logging(nubo_server::config::LogFormat::Text);
     let dir = args.data_dir.unwrap_or_else(nubo_server::default_node_dir);
     let bus = nubo_bus::connect_url(&args.bus, &format!("nubo-node-{}", args.name))
         .await
-        .with_context(|| format!("cannot use the bus {}", args.bus))?;
+        .with_context(|| format!("cannot use the bus {}", nubo_bus::redact_url(&args.bus)))?;
     bus.wait_connected(std::time::Duration::from_secs(15))
         .await
         .with_context(|| format!("cannot reach the bus at {}", args.bus))?;

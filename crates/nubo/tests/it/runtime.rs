@@ -250,6 +250,109 @@ async fn killed_workloads_and_agents_are_replaced() {
 }
 
 #[tokio::test]
+async fn a_member_sees_no_platform_secret_and_its_files_are_private() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let mut arts = base_artifacts();
+    let mut cartridge = http_cartridge("probe", proxy);
+    cartridge["iaasProvider"][0]["imageId"] = json!(
+        "env > env.txt; umask > umask.txt; exec python3 -m http.server $PORT --bind 127.0.0.1"
+    );
+    arts.push(("cartridges", cartridge));
+    arts.push(("applications", json!({"applicationId": "probe", "components": {"cartridges": [
+        {"type": "probe", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "p", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})));
+    api.add_all(&arts).await;
+    let (status, body) = api
+        .post("/api/applications/probe/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let m = eventually(30, "the probe member active", || async {
+        api.active("probe", "p").await.into_iter().next()
+    })
+    .await;
+    let member_dir = dir
+        .path()
+        .join("members")
+        .join(m["memberId"].as_str().unwrap());
+    let env = std::fs::read_to_string(member_dir.join("app/env.txt")).unwrap();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    // The server runs with NUBO_ADMIN_PASSWORD (and whatever else the test runner has).
+    for k in &names {
+        assert!(
+            !k.starts_with("NUBO_") || *k == "NUBO_MEMBER_ID",
+            "{k} reached the workload: {env}"
+        );
+        assert!(
+            std::env::var(k).is_err()
+                || ["PATH", "LANG", "LC_ALL", "TZ", "HOME", "PWD", "SHLVL", "_"].contains(k),
+            "{k} of the platform's environment reached the workload"
+        );
+    }
+    assert!(names.contains(&"PORT") && names.contains(&"NUBO_MEMBER_ID"));
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        mode(&member_dir),
+        0o700,
+        "the member's directory is private"
+    );
+    assert_eq!(mode(&member_dir.join("payload.json")), 0o600);
+    assert_eq!(mode(&member_dir.join("agent.log")), 0o600);
+    assert_eq!(mode(&member_dir.join("workload.log")), 0o600);
+    assert_eq!(
+        mode(&member_dir.join("app/env.txt")),
+        0o600,
+        "the workload's own files are private"
+    );
+    assert_eq!(
+        std::fs::read_to_string(member_dir.join("app/umask.txt"))
+            .unwrap()
+            .trim(),
+        "0077"
+    );
+    assert_eq!(
+        mode(&dir.path().join("nubo.db")),
+        0o600,
+        "the store is the platform's alone"
+    );
+    // Nothing in the data directory is readable by another user.
+    let mut todo = vec![dir.path().to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                todo.push(e.path());
+            }
+            if !meta.file_type().is_symlink() && !meta.file_type().is_socket() {
+                seen += 1;
+                assert_eq!(
+                    meta.permissions().mode() & 0o077,
+                    0,
+                    "{} is readable by others",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert!(seen > 5);
+}
+
+#[tokio::test]
 async fn a_workload_that_cannot_start_is_retried_with_backoff_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path());
