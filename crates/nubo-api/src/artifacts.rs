@@ -52,6 +52,7 @@ async fn add<T: Artifact>(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = body?;
+    s.manager.may_write::<T>(&p, &body)?;
     let a = s.manager.add::<T>(p.tenant_id, &body).await?;
     let location = format!("{}/{}", uri.path().trim_end_matches('/'), a.id());
     let msg = Message::success(format!(
@@ -74,6 +75,7 @@ async fn update<T: Artifact>(
     body: Body,
 ) -> Result<Json<Message>, ApiError> {
     let body = body?;
+    s.manager.may_write::<T>(&p, &body)?;
     let a = s.manager.update::<T>(p.tenant_id, &body).await?;
     let mut msg = format!(
         "{} updated successfully: [{}] {}",

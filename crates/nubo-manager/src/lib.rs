@@ -16,7 +16,7 @@ use nubo_model::json;
 use nubo_model::{
     Application, ApplicationPolicy, Artifact, AutoscalingPolicy, Cartridge, CartridgeGroup,
     Catalog, DeploymentPolicy, FieldError, Kind, KubernetesCluster, NetworkPartition, ParseError,
-    Problems, SUPER_TENANT_ID,
+    Problems,
 };
 use nubo_store::{Key, Store, StoreError, Write};
 use serde_json::Value;
@@ -270,6 +270,32 @@ impl Manager {
         Ok((artifact, write))
     }
 
+    /// Whether `p` may write this artifact, beyond what its role allows for the kind: a cartridge
+    /// with a `local` iaasProvider (its `imageId` is a command line the platform runs as its own
+    /// user) is for the super tenant's admin only. A body that does not parse is left to the
+    /// validation that follows.
+    pub fn may_write<T: Artifact>(&self, p: &Principal, body: &[u8]) -> Result<(), ManagerError> {
+        if T::KIND != Kind::Cartridge
+            || (p.role == Role::Admin && p.tenant_id == nubo_model::SUPER_TENANT_ID)
+        {
+            return Ok(());
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return Ok(());
+        };
+        let providers = v.get("iaasProvider").and_then(Value::as_array);
+        if let Some(i) = providers.into_iter().flatten().position(|e| {
+            e.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("local"))
+        }) {
+            return Err(ManagerError::Forbidden(format!(
+                "iaasProvider[{i}].type: a `local` cartridge runs its imageId as a command line on the platform's hosts; only the platform's administrator (the super tenant's admin) may define one"
+            )));
+        }
+        Ok(())
+    }
+
     /// Adds a new artifact.
     pub async fn add<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
         let (artifact, write) = self.checked::<T>(tenant, body).await?;
@@ -500,17 +526,6 @@ impl Manager {
             .map_err(|e| store_err(T::KIND, e))?;
         tracing::info!(kind = T::KIND.as_str(), id, tenant, "artifact removed");
         Ok(())
-    }
-}
-
-/// Checks that keep tenants and users in order (used by the API for super-tenant-only calls).
-pub fn require_super_tenant(p: &Principal) -> Result<(), ManagerError> {
-    if p.tenant_id == SUPER_TENANT_ID {
-        Ok(())
-    } else {
-        Err(ManagerError::Forbidden(
-            "only the super tenant may do this".into(),
-        ))
     }
 }
 

@@ -1234,3 +1234,238 @@ async fn kubernetes_cluster_hosts_and_runtime_lookups() {
     let a = api.post("/api/applications/app1/deploy/ap1", b"").await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
 }
+
+/// Who calls, in the permission matrix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Caller {
+    SuperAdmin,
+    SuperUser,
+    AAdmin,
+    AUser,
+    BAdmin,
+    Anonymous,
+}
+
+/// The documented answer (`docs/api.md`, "Who may do what"): `Some(status)` for a refusal,
+/// `None` when the call is allowed (whatever it then answers).
+fn documented(caller: Caller, method: &Method, path: &str) -> Option<StatusCode> {
+    if path == "/health" || path == "/api/health" {
+        return None;
+    }
+    if caller == Caller::Anonymous {
+        return Some(StatusCode::UNAUTHORIZED);
+    }
+    let platform = path.starts_with("/api/tenants")
+        || path.starts_with("/api/mock-iaas")
+        || path == "/metrics";
+    let users = path.starts_with("/api/users");
+    let read = method == Method::GET;
+    let allowed = match caller {
+        Caller::SuperAdmin => true,
+        Caller::AAdmin | Caller::BAdmin => !platform,
+        Caller::SuperUser | Caller::AUser => read && !platform && !users,
+        Caller::Anonymous => false,
+    };
+    (!allowed).then_some(StatusCode::FORBIDDEN)
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_each_role_as_documented() {
+    let api = TestApi::new().await;
+    // Two tenants, each with an admin; a user in tenant A and one in the super tenant.
+    for (domain, admin) in [("a.com", "alice"), ("b.com", "bob")] {
+        let t = json!({"admin": admin, "firstName": "F", "lastName": "L", "adminPassword": "s3cret!", "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
+        let a = api.post("/api/tenants", t.to_string().as_bytes()).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    let alice = basic("alice@a.com", "s3cret!");
+    let user = json!({"userName": "dev", "credential": "devpass1", "role": "Internal/user", "email": "dev@a.com"});
+    let a = api
+        .call_as(
+            Some(&alice),
+            Method::POST,
+            "/api/users",
+            Some(user.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let viewer = json!({"userName": "viewer", "credential": "viewpass1", "role": "Internal/user", "email": "v@x.org"});
+    let a = api.post("/api/users", viewer.to_string().as_bytes()).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    // Tenant A's own definitions, which tenant B must not see.
+    let asp = json!({"id": "asp-a", "loadThresholds": {"requestsInFlight": {"threshold": 20}}});
+    let a = api
+        .call_as(
+            Some(&alice),
+            Method::POST,
+            "/api/autoscalingPolicies",
+            Some(asp.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+
+    let auth = |c: Caller| -> Option<String> {
+        match c {
+            Caller::SuperAdmin => Some(basic("admin", crate::support::PASSWORD)),
+            Caller::SuperUser => Some(basic("viewer", "viewpass1")),
+            Caller::AAdmin => Some(basic("alice@a.com", "s3cret!")),
+            Caller::AUser => Some(basic("dev@a.com", "devpass1")),
+            Caller::BAdmin => Some(basic("bob@b.com", "s3cret!")),
+            Caller::Anonymous => None,
+        }
+    };
+    let doc: Value =
+        serde_json::from_str(&nubo_api::openapi::document_json()).expect("the OpenAPI document");
+    let mut calls = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            // Parameters get values that name nothing that exists (nothing is changed by an
+            // allowed call but the refusal of its empty body), tenants' domains included.
+            let concrete = path
+                .replace("{domain}", "nowhere.org")
+                .replace("{policy}", "no-policy")
+                .replace("{host}", "no-host")
+                .replace("{name}", "nobody")
+                .replace("{part}", "zzz")
+                .replace("{filter}", "zzz")
+                .replace("{id}", "no-such-id");
+            calls.push((method, path.clone(), concrete));
+        }
+    }
+    assert!(calls.len() > 60, "{} operations", calls.len());
+    let all = [
+        Caller::SuperAdmin,
+        Caller::SuperUser,
+        Caller::AAdmin,
+        Caller::AUser,
+        Caller::BAdmin,
+        Caller::Anonymous,
+    ];
+    // Refusals first: none of them changes anything, for any tenant.
+    let before_super = snapshot(&api).await;
+    let seen_by = |c: Caller| {
+        let api = &api;
+        let h = auth(c);
+        async move {
+            let mut out = Vec::new();
+            for coll in COLLECTIONS {
+                out.push(
+                    api.call_as(h.as_deref(), Method::GET, &format!("/api/{coll}"), None)
+                        .await
+                        .body,
+                );
+            }
+            out
+        }
+    };
+    let before_a = seen_by(Caller::AAdmin).await;
+    let mut refused = 0;
+    for (method, pattern, concrete) in &calls {
+        for caller in all {
+            let Some(status) = documented(caller, method, pattern) else {
+                continue;
+            };
+            let body =
+                (*method != Method::GET && *method != Method::DELETE).then(|| b"{}".to_vec());
+            let a = api
+                .call_as(auth(caller).as_deref(), method.clone(), concrete, body)
+                .await;
+            assert_eq!(
+                a.status, status,
+                "{caller:?} {method} {concrete}: {}",
+                a.body
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused > 100, "{refused} refusals");
+    assert_eq!(
+        snapshot(&api).await,
+        before_super,
+        "a refused call changed the super tenant's state"
+    );
+    assert_eq!(
+        seen_by(Caller::AAdmin).await,
+        before_a,
+        "a refused call changed tenant A's state"
+    );
+    // The allowed calls are allowed.
+    for (method, pattern, concrete) in &calls {
+        for caller in all {
+            if documented(caller, method, pattern).is_some() {
+                continue;
+            }
+            let body =
+                (*method != Method::GET && *method != Method::DELETE).then(|| b"{}".to_vec());
+            let a = api
+                .call_as(auth(caller).as_deref(), method.clone(), concrete, body)
+                .await;
+            assert!(
+                a.status != StatusCode::UNAUTHORIZED && a.status != StatusCode::FORBIDDEN,
+                "{caller:?} {method} {concrete} is allowed, got {}: {}",
+                a.status,
+                a.body
+            );
+            assert!(
+                !a.status.is_server_error() || a.status == StatusCode::SERVICE_UNAVAILABLE,
+                "{caller:?} {method} {concrete}: {}",
+                a.status
+            );
+        }
+    }
+    // No cross-tenant reads: tenant B sees nothing of tenant A's.
+    let bob = auth(Caller::BAdmin);
+    let a = api
+        .call_as(
+            bob.as_deref(),
+            Method::GET,
+            "/api/autoscalingPolicies/asp-a",
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = api
+        .call_as(
+            auth(Caller::AUser).as_deref(),
+            Method::GET,
+            "/api/autoscalingPolicies/asp-a",
+            None,
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "tenant A's user reads tenant A's definitions"
+    );
+    // Command-line cartridges are the platform administrator's.
+    let local = json!({"type": "cmd", "category": "framework", "provider": "nubo", "host": "localhost",
+        "portMapping": [{"protocol": "http", "port": "8080", "proxyPort": 8280}],
+        "iaasProvider": [{"type": "local", "imageId": "id > /tmp/owned"}]});
+    let a = api
+        .call_as(
+            Some(&alice),
+            Method::POST,
+            "/api/cartridges",
+            Some(local.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("iaasProvider[0].type"),
+        "{}",
+        a.body
+    );
+    let a = api
+        .post("/api/cartridges", local.to_string().as_bytes())
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "the super tenant's admin may: {}",
+        a.body
+    );
+}
