@@ -72,10 +72,25 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let bus = nubo_bus::connect_url(&p.bus_url, "agent")
         .await
         .with_context(|| format!("cannot use the bus {}", nubo_bus::redact_url(&p.bus_url)))?;
-    let events = EventBus::new(bus.clone());
+    let auth = match &p.bus_key {
+        Some(hex) => nubo_bus::BusAuth::Member {
+            member_id: p.member_id.clone(),
+            key: nubo_bus::BusKey::from_hex(hex)
+                .context("the payload's bus key is not 64 hex digits")?,
+        },
+        // A platform whose bus proves nothing (a test's in-process bus).
+        None => nubo_bus::BusAuth::Open,
+    };
+    let events = EventBus::with_auth(bus.clone(), auth);
     // Subscriptions are made now (and renewed on every reconnection).
     let mut notifier = events.subscribe(Category::InstanceNotifier).await?;
-    let mut topology = events.subscribe(Category::Topology).await?;
+    // Only what it needs of the topology: whether its member shows there yet.
+    let mut topology = events
+        .subscribe_only(
+            Category::Topology,
+            &["CompleteTopology", "MemberInitialized"],
+        )
+        .await?;
     if bus.wait_connected(Duration::from_secs(30)).await.is_err() {
         tracing::warn!(bus = %nubo_bus::redact_url(&p.bus_url), "the bus is not reachable yet; starting anyway and reporting once it is");
     }

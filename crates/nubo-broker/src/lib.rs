@@ -30,20 +30,34 @@ pub enum BrokerError {
 }
 
 /// A running embedded broker. It lives as long as the process (rumqttd cannot be stopped).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EmbeddedBroker {
     /// Where it listens.
     pub addr: SocketAddr,
+    credentials: Option<(String, String)>,
 }
 
-impl EmbeddedBroker {
-    /// The URL clients use: `mqtt://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("mqtt://{}", self.addr)
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("addr", &self.addr)
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .finish()
     }
 }
 
-fn config(listen: SocketAddr) -> Config {
+impl EmbeddedBroker {
+    /// The URL clients use: `mqtt://[USER:PASSWORD@]127.0.0.1:PORT` (a secret, when it holds a
+    /// password: show it through `nubo_bus::redact_url`).
+    pub fn url(&self) -> String {
+        match &self.credentials {
+            Some((u, p)) => format!("mqtt://{u}:{p}@{}", self.addr),
+            None => format!("mqtt://{}", self.addr),
+        }
+    }
+}
+
+fn config(listen: SocketAddr, credentials: Option<&(String, String)>) -> Config {
     let server = ServerSettings {
         name: "nubo-v4".into(),
         listen,
@@ -53,7 +67,10 @@ fn config(listen: SocketAddr) -> Config {
             connection_timeout_ms: 60_000,
             max_payload_size: 16 * 1024 * 1024,
             max_inflight_count: 5_000,
-            auth: None,
+            // With credentials, a connection without them (or with others) is refused. There is
+            // no per-topic access control: whoever connects may publish and subscribe anywhere,
+            // which is why every message carries proof of its sender (nubo-bus).
+            auth: credentials.map(|(u, p)| HashMap::from([(u.clone(), p.clone())])),
             external_auth: None,
             dynamic_filters: true,
         },
@@ -80,8 +97,18 @@ fn config(listen: SocketAddr) -> Config {
     }
 }
 
-/// Starts the broker on `listen` (port 0: a free port) and waits until it accepts connections.
+/// Starts the broker on `listen` (port 0: a free port), open to anyone who connects, and waits
+/// until it accepts connections (tests and benchmarks; the server gives credentials).
 pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
+    start_with_credentials(listen, None)
+}
+
+/// Starts the broker on `listen`, accepting only clients that connect with `credentials`
+/// (user name, password).
+pub fn start_with_credentials(
+    listen: SocketAddr,
+    credentials: Option<(String, String)>,
+) -> Result<EmbeddedBroker, BrokerError> {
     let bind_err = |reason: String| BrokerError::Bind {
         addr: listen,
         reason,
@@ -90,7 +117,7 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
     let probe = TcpListener::bind(listen).map_err(|e| bind_err(e.to_string()))?;
     let addr = probe.local_addr().map_err(|e| bind_err(e.to_string()))?;
     drop(probe);
-    let cfg = config(addr);
+    let cfg = config(addr, credentials.as_ref());
     std::thread::Builder::new()
         .name("nubo-broker".into())
         .spawn(move || {
@@ -110,7 +137,7 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     tracing::info!(%addr, "embedded MQTT broker listening");
-    Ok(EmbeddedBroker { addr })
+    Ok(EmbeddedBroker { addr, credentials })
 }
 
 #[cfg(test)]
@@ -132,6 +159,30 @@ mod tests {
             nubo_bus::EventBus::new(std::sync::Arc::new(b)),
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn with_credentials_only_clients_that_hold_them_connect() {
+        let broker = super::start_with_credentials(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(("nubo".into(), "s3cret".into())),
+        )
+        .unwrap();
+        assert!(broker.url().contains("nubo:s3cret@"));
+        assert!(!format!("{broker:?}").contains("s3cret"));
+        let good = MqttBus::connect(MqttConfig::from_url(&broker.url(), "good").unwrap());
+        good.wait_connected(Duration::from_secs(10)).await.unwrap();
+        let anonymous = format!("mqtt://{}", broker.addr);
+        let wrong = format!("mqtt://nubo:guess@{}", broker.addr);
+        for url in [anonymous, wrong] {
+            let bad = MqttBus::connect(MqttConfig::from_url(&url, "bad").unwrap());
+            assert!(
+                bad.wait_connected(Duration::from_millis(1500))
+                    .await
+                    .is_err(),
+                "{url} connected"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use nubo_events::{Category, Event};
 use nubo_telemetry::{InternalEvent, MessageDropped, PublishFailed};
 use tokio::sync::mpsc;
 
+mod auth;
 #[cfg(feature = "conformance")]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod conformance;
@@ -27,6 +28,7 @@ pub mod nats;
 #[cfg(test)]
 mod testing;
 
+pub use auth::{BusAuth, BusCredentials, BusKey, MAX_SKEW_MS, Refusal};
 pub use memory::MemoryBus;
 pub use mqtt::{MqttBus, MqttConfig};
 pub use nats::{NatsBus, NatsConfig};
@@ -334,10 +336,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Events over a [`Bus`].
+/// Events over a [`Bus`], proved and checked as its [`BusAuth`] says.
 #[derive(Clone)]
 pub struct EventBus {
     bus: Arc<dyn Bus>,
+    auth: Arc<BusAuth>,
+    sender: Arc<auth::Sender>,
 }
 
 /// A stream of decoded events.
@@ -345,10 +349,12 @@ pub struct EventStream {
     sub: Subscription,
     /// Only events of these names are decoded and returned (`None`: all).
     only: Option<&'static [&'static str]>,
+    auth: Arc<BusAuth>,
+    replay: auth::ReplayGuard,
 }
 
 impl EventStream {
-    /// The next event; malformed or unknown messages are logged and skipped.
+    /// The next event; malformed, unproven or unknown messages are logged and skipped.
     pub async fn recv(&mut self) -> Option<Event> {
         loop {
             let msg = self.sub.recv().await?;
@@ -358,22 +364,37 @@ impl EventStream {
         }
     }
 
-    /// The event `msg` carries, if this stream wants it (malformed ones are dropped, counted).
-    fn decode(&self, msg: &Message) -> Option<Event> {
+    /// The event `msg` carries, if this stream wants it and its sender may send it (the others
+    /// are dropped, counted).
+    fn decode(&mut self, msg: &Message) -> Option<Event> {
+        let drop = |reason: &'static str, detail: &str| {
+            MessageDropped {
+                topic: &msg.topic,
+                reason,
+                detail,
+            }
+            .emit();
+        };
+        let opened = match self.auth.open(&mut self.replay, &msg.payload, now_ms()) {
+            Ok(o) => o,
+            Err(r) => {
+                drop(r.label(), "");
+                return None;
+            }
+        };
         if let Some(only) = self.only
-            && Event::peek_name(&msg.payload).is_some_and(|n| !only.contains(&n))
+            && Event::peek_name(opened.body).is_some_and(|n| !only.contains(&n))
         {
             return None;
         }
-        match Event::decode(&msg.payload) {
-            Ok(e) => Some(e),
+        match Event::decode(opened.body) {
+            Ok(e) if opened.permits(&e) => Some(e),
+            Ok(e) => {
+                drop(Refusal::NotPermitted.label(), e.name());
+                None
+            }
             Err(e) => {
-                MessageDropped {
-                    topic: &msg.topic,
-                    reason: "malformed",
-                    detail: &e.to_string(),
-                }
-                .emit();
+                drop("malformed", &e.to_string());
                 None
             }
         }
@@ -403,9 +424,26 @@ impl EventStream {
 }
 
 impl EventBus {
-    /// Events over `bus`.
+    /// Events over `bus`, neither proved nor checked: for a bus inside one process and tests.
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        EventBus { bus }
+        Self::with_auth(bus, BusAuth::Open)
+    }
+
+    /// Events over `bus`, proved with `auth`'s key and checked against it.
+    pub fn with_auth(bus: Arc<dyn Bus>, auth: BusAuth) -> Self {
+        EventBus {
+            bus,
+            auth: Arc::new(auth),
+            sender: Arc::new(auth::Sender::default()),
+        }
+    }
+
+    /// The key of `member_id`, for its agent's payload (platform components only).
+    pub fn member_key(&self, member_id: &str) -> Option<BusKey> {
+        match self.auth.as_ref() {
+            BusAuth::Platform(k) => Some(k.member_key(member_id)),
+            _ => None,
+        }
     }
 
     /// The underlying bus.
@@ -415,7 +453,13 @@ impl EventBus {
 
     /// Publishes an event on its topic.
     pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let r = self.bus.publish(&event.topic(), event.encode()).await;
+        let r = self
+            .bus
+            .publish(
+                &event.topic(),
+                self.auth.seal(&self.sender, event, now_ms()),
+            )
+            .await;
         if let Err(e) = &r {
             PublishFailed {
                 event: event.name(),
@@ -429,10 +473,7 @@ impl EventBus {
 
     /// Receives every event of a category.
     pub async fn subscribe(&self, category: Category) -> Result<EventStream, BusError> {
-        Ok(EventStream {
-            sub: self.bus.subscribe(&category.filter()).await?,
-            only: None,
-        })
+        Ok(self.stream(self.bus.subscribe(&category.filter()).await?, None))
     }
 
     /// Receives the events of a category with one of these names; the others are skipped
@@ -443,18 +484,21 @@ impl EventBus {
         category: Category,
         names: &'static [&'static str],
     ) -> Result<EventStream, BusError> {
-        Ok(EventStream {
-            sub: self.bus.subscribe(&category.filter()).await?,
-            only: Some(names),
-        })
+        Ok(self.stream(self.bus.subscribe(&category.filter()).await?, Some(names)))
     }
 
     /// Receives every event whose topic matches `filter`.
     pub async fn subscribe_filter(&self, filter: &str) -> Result<EventStream, BusError> {
-        Ok(EventStream {
-            sub: self.bus.subscribe(filter).await?,
-            only: None,
-        })
+        Ok(self.stream(self.bus.subscribe(filter).await?, None))
+    }
+
+    fn stream(&self, sub: Subscription, only: Option<&'static [&'static str]>) -> EventStream {
+        EventStream {
+            sub,
+            only,
+            auth: self.auth.clone(),
+            replay: auth::ReplayGuard::default(),
+        }
     }
 }
 

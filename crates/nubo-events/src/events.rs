@@ -563,6 +563,30 @@ impl Event {
         }
     }
 
+    /// The member an event is addressed to, when it is one member's alone (a clean-up request):
+    /// the platform proves such an event with that member's key, so that its agent can check it.
+    pub fn addressed_to(&self) -> Option<&str> {
+        match self {
+            Event::InstanceCleanupMember { member_id } => Some(member_id),
+            _ => None,
+        }
+    }
+
+    /// Whether the agent of `member_id` may send this event: its own lifecycle reports and
+    /// health statistics, and a request for the complete topology.
+    pub fn member_may_send(&self, member_id: &str) -> bool {
+        match self {
+            Event::InstanceStarted(r)
+            | Event::InstanceActivated(r)
+            | Event::InstanceMaintenanceMode(r)
+            | Event::InstanceReadyToShutdown(r)
+            | Event::InstanceFailed { instance: r, .. } => r.member_id == member_id,
+            Event::MemberHealthStat(h) => h.instance.member_id == member_id,
+            Event::CompleteTopologyRequest {} => true,
+            _ => false,
+        }
+    }
+
     /// The event's category.
     pub fn category(&self) -> Category {
         match self {

@@ -35,6 +35,10 @@ pub struct AgentPayload {
     pub bus_url: String,
     /// Stratos' launch parameters and the rest, exported to the workload's environment.
     pub parameters: BTreeMap<String, String>,
+    /// The member's own bus key (64 hex digits), derived from the platform's: the agent proves
+    /// its messages with it, and can check only what the platform addresses to its member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus_key: Option<String>,
 }
 
 impl AgentPayload {
@@ -53,6 +57,7 @@ impl AgentPayload {
             ports,
             bus_url: spec.bus_url.clone(),
             parameters: spec.parameters.clone(),
+            bus_key: None,
         }
     }
 }

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 mod auth;
 pub mod kubernetes;
+mod secrets;
 mod tenants;
 
 pub use auth::{CACHE_TTL, Principal, Role, constant_time_eq};

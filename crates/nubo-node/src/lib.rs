@@ -279,7 +279,8 @@ impl Provider for NodeSupervisor {
             .map_err(|e| fail("cannot create", e))?;
         std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| fail("cannot make private", e))?;
-        let payload = AgentPayload::new(&req, ports.clone());
+        let mut payload = AgentPayload::new(&req, ports.clone());
+        payload.bus_key = self.events.member_key(&m.member_id).map(|k| k.to_hex());
         let payload_file = workdir.join("payload.json");
         let text =
             serde_json::to_vec_pretty(&payload).map_err(|e| IaasError::Failed(e.to_string()))?;
@@ -298,7 +299,7 @@ impl Provider for NodeSupervisor {
         cmd.env_clear()
             .envs(nubo_iaas::base_environment())
             .env("HOME", &workdir);
-        for k in ["NUBO_LOG", "NUBO_LOG_FORMAT"] {
+        for k in ["NUBO_AGENT_LOG", "NUBO_LOG_FORMAT"] {
             if let Ok(v) = std::env::var(k) {
                 cmd.env(k, v);
             }
@@ -704,6 +705,7 @@ mod tests {
             }],
             bus_url: String::new(),
             parameters: BTreeMap::new(),
+            bus_key: None,
         };
         std::fs::write(
             workdir.join("payload.json"),

@@ -235,6 +235,9 @@ macro_rules! merge {
 pub struct Environment {
     /// The admin password to set at first start (`NUBO_ADMIN_PASSWORD`).
     pub admin_password: Option<String>,
+    /// The platform's bus key from a credentials file (`--bus-credentials`), to seed a store
+    /// that has none yet.
+    pub bus_key: Option<String>,
     /// How the node supervisor starts agents (this binary, `agent`).
     pub agent: nubo_node::AgentCommand,
     /// This process's name as a lease holder (`host:pid`).
@@ -386,6 +389,7 @@ impl Settings {
             api_addr: self.api_addr.unwrap_or(([127, 0, 0, 1], 9443).into()),
             tls,
             admin_password: env.admin_password.filter(|p| !p.is_empty()),
+            bus_key: env.bus_key,
             providers: vec!["local".into(), "mock".into()],
             bus,
             agent: env.agent,
@@ -534,6 +538,9 @@ pub struct ServerConfig {
     pub tls: TlsMode,
     /// The admin password to set at first start (else one is generated and printed once).
     pub admin_password: Option<String>,
+    /// The platform's bus key to seed the store with, when it has none yet (else one is
+    /// generated); a store with another key is an error.
+    pub bus_key: Option<String>,
     /// IaaS providers to offer.
     pub providers: Vec<String>,
     /// The message bus.
@@ -574,6 +581,7 @@ mod tests {
     fn env() -> Environment {
         Environment {
             admin_password: None,
+            bus_key: None,
             agent: nubo_node::AgentCommand {
                 program: "/bin/nubo".into(),
                 args: vec!["agent".into()],

@@ -234,8 +234,10 @@ pub struct Ready {
     pub ca_cert: Option<PathBuf>,
     /// The admin password, when it was generated at this start.
     pub generated_password: Option<String>,
-    /// The bus URL (agents connect to it).
+    /// The bus URL (agents connect to it; with the broker's password: show it redacted).
     pub bus_url: String,
+    /// The file with the bus URL and the platform's key, for `nubo lb` and `nubo node`.
+    pub bus_credentials: PathBuf,
     /// The store, without its password (`sqlite:///…/nubo.db`, `postgres://…`).
     pub store: String,
 }
@@ -310,12 +312,38 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
         .ensure_admin(config.admin_password.as_deref())
         .await
         .context("cannot create the admin user")?;
+    // The platform's key, which proves every message on the bus, and the embedded broker's
+    // password: secrets in the store, shared by every server of the platform.
+    let bus_key = manager
+        .platform_secret_or("bus-key", config.bus_key.as_deref())
+        .await
+        .context("cannot read the platform's bus key from the store")?;
     let bus_url = match &config.bus {
-        BusMode::Embedded(addr) => nubo_broker::start(embedded_bus_addr(&config.data_dir, *addr))
+        BusMode::Embedded(addr) => {
+            let password = manager
+                .platform_secret("broker-password")
+                .await
+                .context("cannot read the embedded broker's password from the store")?;
+            nubo_broker::start_with_credentials(
+                embedded_bus_addr(&config.data_dir, *addr),
+                Some(("nubo".to_owned(), password)),
+            )
             .with_context(|| format!("cannot start the embedded MQTT broker on {addr}: pass --bus-addr with a free port, or --bus mqtt://… or nats://… for an external broker"))?
-            .url(),
+            .url()
+        }
         BusMode::External(url) => url.clone(),
     };
+    let credentials = nubo_bus::BusCredentials {
+        url: bus_url.clone(),
+        key: bus_key,
+    };
+    let credentials_file = config.data_dir.join("bus.json");
+    credentials.write(&credentials_file).with_context(|| {
+        format!(
+            "cannot write the bus credentials to {}",
+            credentials_file.display()
+        )
+    })?;
     let bus = nubo_bus::connect_url(&bus_url, "nubo-server")
         .await
         .with_context(|| format!("cannot use the bus {}", nubo_bus::redact_url(&bus_url)))?;
@@ -323,7 +351,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
         .await
         .with_context(|| format!("cannot reach the bus at {}", nubo_bus::redact_url(&bus_url)))?;
     tracing::info!(bus = %nubo_bus::redact_url(&bus_url), kind = bus.kind(), "bus ready");
-    let events = nubo_bus::EventBus::new(bus);
+    let events = nubo_bus::EventBus::with_auth(bus, credentials.auth());
     let mut providers: std::collections::BTreeMap<String, Arc<dyn nubo_iaas::Provider>> =
         Default::default();
     let mut registry = Registry::default();
@@ -508,6 +536,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
         ca_cert,
         generated_password,
         bus_url,
+        bus_credentials: credentials_file,
         store: location.to_string(),
     };
     tracing::info!(url = %ready.api_url, data_dir = %config.data_dir.display(), store = store.backend(), store_location = %ready.store, "nubo server ready");

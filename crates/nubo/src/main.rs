@@ -102,6 +102,9 @@ struct ServerArgs {
         conflicts_with = "bus"
     )]
     bus_url: Option<String>,
+    /// The bus of another server of the same platform: the credentials file it wrote (`<data-dir>/bus.json`, printed at its start as `nubo: bus credentials: FILE`); the platform's key itself comes from the shared store
+    #[arg(long, env = "NUBO_BUS_CREDENTIALS", value_name = "FILE", conflicts_with_all = ["bus", "bus_url"])]
+    bus_credentials: Option<PathBuf>,
     /// Address of the embedded MQTT broker (with `--bus embedded`) [default: 127.0.0.1:1883]
     #[arg(long, env = "NUBO_BUS_ADDR")]
     bus_addr: Option<SocketAddr>,
@@ -189,9 +192,12 @@ impl From<LbStrategy> for nubo_lb::Strategy {
 
 #[derive(Args)]
 struct NodeArgs {
-    /// The bus the controller is on: the server's (it prints `nubo: bus: URL` at start), mqtt://host:port or nats://host:port
+    /// The platform's bus credentials: the file `nubo server` writes (it prints `nubo: bus credentials: FILE` at start; `<data-dir>/bus.json`), with the bus URL and the key that proves every message
+    #[arg(long, env = "NUBO_BUS_CREDENTIALS", value_name = "FILE")]
+    bus_credentials: PathBuf,
+    /// Another URL for the same bus than the credentials' (an address this host reaches it at)
     #[arg(long, env = "NUBO_BUS", value_name = "URL")]
-    bus: String,
+    bus: Option<String>,
     /// The node's name: the controller's `--node` names it [default: local]
     #[arg(long, env = "NUBO_NODE_NAME", default_value = "local")]
     name: String,
@@ -202,12 +208,20 @@ struct NodeArgs {
 
 #[derive(Args)]
 struct LbArgs {
-    /// The bus to follow the topology on: the server's (it prints `nubo: bus: URL` at start), mqtt://host:port or nats://host:port
+    /// The platform's bus credentials, to follow the topology: the file `nubo server` writes (it prints `nubo: bus credentials: FILE` at start; `<data-dir>/bus.json`), with the bus URL and the key that proves every message
+    #[arg(
+        long,
+        env = "NUBO_BUS_CREDENTIALS",
+        value_name = "FILE",
+        required_unless_present_any = ["route"]
+    )]
+    bus_credentials: Option<PathBuf>,
+    /// Another URL for the same bus than the credentials' (an address this host reaches it at)
     #[arg(
         long,
         env = "NUBO_BUS",
         value_name = "URL",
-        required_unless_present_any = ["route", "bus_url"]
+        requires = "bus_credentials"
     )]
     bus: Option<String>,
     /// The former name of --bus
@@ -286,8 +300,14 @@ impl ServerArgs {
     }
 }
 
-async fn server(args: ServerArgs) -> anyhow::Result<()> {
+async fn server(mut args: ServerArgs) -> anyhow::Result<()> {
     nubo_server::private_files();
+    let mut bus_key = None;
+    if let Some(file) = args.bus_credentials.take() {
+        let creds = nubo_bus::BusCredentials::read(&file).map_err(anyhow::Error::msg)?;
+        args.bus = Some(creds.url);
+        bus_key = Some(creds.key);
+    }
     let config_file = args.config.clone();
     let file = match &config_file {
         Some(path) => Settings::from_file(path)?,
@@ -297,6 +317,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(settings.log_format.unwrap_or_default());
     let config = settings.resolve(nubo_server::config::Environment {
         admin_password: std::env::var("NUBO_ADMIN_PASSWORD").ok(),
+        bus_key,
         agent: nubo_node::AgentCommand {
             program: std::env::current_exe().context("cannot tell where the nubo binary is")?,
             args: vec!["agent".into()],
@@ -336,6 +357,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 );
             }
             println!("nubo: bus: {}", nubo_bus::redact_url(&ready.bus_url));
+            println!("nubo: bus credentials: {}", ready.bus_credentials.display());
             println!("nubo: store: {}", ready.store);
             println!("nubo: data directory: {}", data_dir.display());
         },
@@ -381,6 +403,27 @@ fn agent(payload: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Joins the platform's bus as one of its components, with the credentials `nubo server` wrote
+/// (`url`, when given, is another address of the same bus); the events and the URL used.
+async fn join_bus(
+    credentials: &std::path::Path,
+    url: Option<String>,
+    client_id: &str,
+) -> anyhow::Result<(nubo_bus::EventBus, String)> {
+    let creds = nubo_bus::BusCredentials::read(credentials).map_err(|e| {
+        anyhow::anyhow!("{e}: pass the file `nubo server` writes (`<data-dir>/bus.json`, printed at its start as `nubo: bus credentials: FILE`)")
+    })?;
+    let url = url.unwrap_or_else(|| creds.url.clone());
+    let shown = nubo_bus::redact_url(&url);
+    let bus = nubo_bus::connect_url(&url, client_id)
+        .await
+        .with_context(|| format!("cannot use the bus {shown}"))?;
+    bus.wait_connected(std::time::Duration::from_secs(15))
+        .await
+        .with_context(|| format!("cannot reach the bus at {shown}"))?;
+    Ok((nubo_bus::EventBus::with_auth(bus, creds.auth()), url))
+}
+
 async fn lb(args: LbArgs) -> anyhow::Result<()> {
     init_logging(nubo_server::config::LogFormat::Text);
     let config = nubo_lb::LbConfig {
@@ -389,6 +432,7 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
         id: args.id.unwrap_or_else(|| format!("lb-{}", args.bind)),
         ..Default::default()
     };
+    let config_id = config.id.clone();
     let lb = nubo_lb::LoadBalancer::new(config);
     if !args.route.is_empty() {
         let topology = nubo_lb::static_topology(&args.route).map_err(anyhow::Error::msg)?;
@@ -399,16 +443,17 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
             args.bind
         );
     }
-    if let Some(url) = args.bus.or(args.bus_url) {
-        let bus = nubo_bus::connect_url(&url, "nubo-lb")
-            .await
-            .with_context(|| format!("cannot use the bus {url}"))?;
-        bus.wait_connected(std::time::Duration::from_secs(15))
-            .await
-            .with_context(|| format!("cannot reach the bus at {url}"))?;
-        lb.follow(nubo_bus::EventBus::new(bus)).await?;
+    if let Some(file) = &args.bus_credentials {
+        let (events, url) = join_bus(
+            file,
+            args.bus.or(args.bus_url),
+            &format!("nubo-lb-{}", config_id),
+        )
+        .await?;
+        lb.follow(events).await?;
         println!(
-            "nubo: load balancer following {url} (proxy ports bind to {})",
+            "nubo: load balancer following {} (proxy ports bind to {})",
+            nubo_bus::redact_url(&url),
             args.bind
         );
     }
@@ -420,13 +465,12 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
     nubo_server::private_files();
     init_logging(nubo_server::config::LogFormat::Text);
     let dir = args.data_dir.unwrap_or_else(nubo_server::default_node_dir);
-    let bus = nubo_bus::connect_url(&args.bus, &format!("nubo-node-{}", args.name))
-        .await
-        .with_context(|| format!("cannot use the bus {}", nubo_bus::redact_url(&args.bus)))?;
-    bus.wait_connected(std::time::Duration::from_secs(15))
-        .await
-        .with_context(|| format!("cannot reach the bus at {}", args.bus))?;
-    let events = nubo_bus::EventBus::new(bus);
+    let (events, url) = join_bus(
+        &args.bus_credentials,
+        args.bus,
+        &format!("nubo-node-{}", args.name),
+    )
+    .await?;
     let agent = nubo_node::AgentCommand {
         program: std::env::current_exe().context("cannot tell where the nubo binary is")?,
         args: vec!["agent".into()],
@@ -436,7 +480,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
     println!(
         "nubo: node `{}` on {} (members in {})",
         args.name,
-        args.bus,
+        nubo_bus::redact_url(&url),
         dir.join("members").display()
     );
     tokio::select! {

@@ -85,8 +85,8 @@ async fn an_application_runs_with_its_agents_on_a_nats_bus() {
     let mut lb = std::process::Command::new(env!("CARGO_BIN_EXE_nubo"))
         .args([
             "lb",
-            "--bus",
-            &url,
+            "--bus-credentials",
+            &server.bus_credentials,
             "--bind",
             "127.0.0.3",
             "--id",

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::node::NodeProcess;
 use crate::support::{
-    Api, ServerProcess, eventually, free_port, holds, web_app, web_app_artifacts,
+    Api, ServerProcess, bus_credentials_file, eventually, free_port, holds, web_app,
+    web_app_artifacts,
 };
 
 /// A process of the test's own (broker, load balancer), in its own process group, killed on drop.
@@ -110,13 +111,16 @@ async fn scenario(broker: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // The operator's credentials file: the broker's URL and the platform's key, for every
+    // process of the platform (the first server seeds the store with the key).
+    let creds = bus_credentials_file(broker_dir.path(), &bus);
     let node_dir = tempfile::tempdir().unwrap();
-    let _node = NodeProcess::start(&bus, "n1", node_dir.path());
+    let _node = NodeProcess::start(&creds, "n1", node_dir.path());
     let proxy = free_port();
     let lb = |ip: &str, id: &str| {
         Proc::spawn(
             Command::new(env!("CARGO_BIN_EXE_nubo"))
-                .args(["lb", "--bus", &bus, "--bind", ip, "--id", id])
+                .args(["lb", "--bus-credentials", &creds, "--bind", ip, "--id", id])
                 .env("NUBO_LOG", "warn"),
         )
     };
@@ -127,8 +131,8 @@ async fn scenario(broker: &str) {
         "--insecure-http",
         "--store",
         db.url(),
-        "--bus",
-        &bus,
+        "--bus-credentials",
+        &creds,
         "--components",
         "api,controller,autoscaler,event-processor",
         "--node",
@@ -173,8 +177,8 @@ async fn scenario(broker: &str) {
             "--insecure-http",
             "--store",
             db.url(),
-            "--bus",
-            &bus,
+            "--bus-credentials",
+            &creds,
             "--components",
             "api",
         ],

@@ -201,8 +201,8 @@ async fn a_standalone_load_balancer_follows_the_bus() {
     let mut lb = std::process::Command::new(env!("CARGO_BIN_EXE_nubo"))
         .args([
             "lb",
-            "--bus-url",
-            &server.bus_url,
+            "--bus-credentials",
+            &server.bus_credentials,
             "--bind",
             "127.0.0.2",
             "--id",

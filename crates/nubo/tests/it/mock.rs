@@ -323,7 +323,7 @@ async fn the_event_processor_and_the_autoscaler_in_processes_of_their_own_scale_
         dir.path(),
         &["--components", "manager,cloud-controller,node"],
     );
-    let bus = ["--bus", server.bus_url.as_str()];
+    let bus = ["--bus-credentials", server.bus_credentials.as_str()];
     let cep = start(dir_e.path(), &[bus[0], bus[1], "--components", "cep"]);
     let autoscaler = start(
         dir_a.path(),
@@ -373,9 +373,9 @@ async fn autoscalers_of_their_own_elect_one_and_the_standby_takes_over() {
         &["--components", "manager,cloud-controller,node,cep"],
     );
     let autoscaler = |dir: &std::path::Path| {
-        let bus = server.bus_url.as_str();
+        let bus = server.bus_credentials.as_str();
         let extra = [
-            "--bus",
+            "--bus-credentials",
             bus,
             "--components",
             "autoscaler",
@@ -962,8 +962,8 @@ async fn an_api_only_server_shows_the_decisions_of_the_autoscaler_of_another() {
             "--insecure-http",
             "--store",
             &store,
-            "--bus",
-            &controller.bus_url,
+            "--bus-credentials",
+            &controller.bus_credentials,
             "--components",
             "api",
         ],

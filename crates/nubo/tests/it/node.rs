@@ -20,10 +20,18 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    pub fn start(bus: &str, name: &str, dir: &Path) -> Self {
+    /// A node on the bus `credentials` (a bus credentials file) names.
+    pub fn start(credentials: &str, name: &str, dir: &Path) -> Self {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(env!("CARGO_BIN_EXE_nubo"))
-            .args(["node", "--bus", bus, "--name", name, "--data-dir"])
+            .args([
+                "node",
+                "--bus-credentials",
+                credentials,
+                "--name",
+                name,
+                "--data-dir",
+            ])
             .arg(dir)
             .env("NUBO_LOG", "warn")
             .stdout(Stdio::piped())
@@ -84,7 +92,7 @@ async fn members_run_on_a_node_supervisor_in_another_process() {
         "n1",
     ];
     let mut server = ServerProcess::start_with(dir.path(), &args);
-    let mut node = NodeProcess::start(&server.bus_url, "n1", node_dir.path());
+    let mut node = NodeProcess::start(&server.bus_credentials, "n1", node_dir.path());
     let api = Api::new(&server);
     let proxy = free_port();
     api.add_all(&web_app_artifacts("far", 2, 2, proxy)).await;
@@ -156,7 +164,7 @@ async fn members_run_on_a_node_supervisor_in_another_process() {
     unsafe { libc::kill(victim_pid, libc::SIGKILL) };
     let survivor_pid = agent_pid(node_dir.path(), &before[1]).unwrap();
     assert!(alive(survivor_pid));
-    let _node = NodeProcess::start(&server.bus_url, "n1", node_dir.path());
+    let _node = NodeProcess::start(&server.bus_credentials, "n1", node_dir.path());
     let after = eventually(
         40,
         "the dead member replaced, the living one kept",
@@ -214,8 +222,8 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
             "--insecure-http",
             "--store",
             &store,
-            "--bus",
-            &controller.bus_url,
+            "--bus-credentials",
+            &controller.bus_credentials,
             "--components",
             "api,node",
             "--node",

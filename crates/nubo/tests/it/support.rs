@@ -199,12 +199,28 @@ pub fn equivalent(sent: &Value, got: &Value, path: &str, extra_ok: &[&str]) -> R
     }
 }
 
+/// A bus credentials file for an external broker at `url`, with a new platform key: what an
+/// operator writes to start the platform's processes before any server ran.
+pub fn bus_credentials_file(dir: &Path, url: &str) -> String {
+    let path = dir.join("bus.json");
+    nubo_bus::BusCredentials {
+        url: url.to_owned(),
+        key: nubo_bus::BusKey::generate().to_hex(),
+    }
+    .write(&path)
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
 /// A real `nubo server` process on a free loopback port, in its own process group; killed (with
 /// its group) when dropped, whatever happens.
 pub struct ServerProcess {
     pub child: Option<Child>,
     pub url: String,
+    /// The bus URL as the server shows it (its password hidden).
     pub bus_url: String,
+    /// The file with the bus URL and the platform's key (`--bus-credentials`).
+    pub bus_credentials: String,
     pub data_dir: PathBuf,
     /// The `nubo: …` lines the server printed so far.
     pub said: Arc<std::sync::Mutex<Vec<String>>>,
@@ -228,7 +244,10 @@ impl ServerProcess {
             .arg(data_dir)
             .args(["--api-addr", "127.0.0.1:0"])
             .args(
-                if extra.contains(&"--bus-url") || extra.contains(&"--bus") {
+                if extra.contains(&"--bus-url")
+                    || extra.contains(&"--bus")
+                    || extra.contains(&"--bus-credentials")
+                {
                     &[][..]
                 } else {
                     &["--bus-addr", "127.0.0.1:0"][..]
@@ -276,6 +295,7 @@ impl ServerProcess {
             child: Some(child),
             url: String::new(),
             bus_url: String::new(),
+            bus_credentials: data_dir.join("bus.json").to_string_lossy().into_owned(),
             data_dir: data_dir.to_owned(),
             said,
         };

@@ -1,0 +1,117 @@
+//! The platform's secrets in the store: random values created once, shared by every process of
+//! the platform that uses the store, never served by the API (their kind, `secret`, has no
+//! route). The store itself is the root of trust: its file is the platform's alone (`0600`), and
+//! a PostgreSQL store is protected by its own credentials.
+
+use nubo_model::{Kind, SUPER_TENANT_ID};
+use nubo_store::{Key, StoreError, Write};
+use rand::Rng;
+use serde_json::json;
+
+use crate::{Manager, ManagerError, store_err};
+
+/// The store kind of the platform's secrets.
+const SECRET: &str = "secret";
+
+impl Manager {
+    /// The secret `name`: 32 random bytes in hex, created by whichever process asks first.
+    pub async fn platform_secret(&self, name: &str) -> Result<String, ManagerError> {
+        self.platform_secret_or(name, None).await
+    }
+
+    /// The secret `name`; when the store has none yet, `seed` becomes it (else a random one).
+    /// A store holding another value than `seed` is an error: two platforms' secrets mixed.
+    pub async fn platform_secret_or(
+        &self,
+        name: &str,
+        seed: Option<&str>,
+    ) -> Result<String, ManagerError> {
+        let value = self.secret_or_create(name, seed).await?;
+        match seed {
+            Some(s) if s != value => Err(ManagerError::StateConflict(format!(
+                "the store holds another `{name}` than the one given: these credentials belong to another platform"
+            ))),
+            _ => Ok(value),
+        }
+    }
+
+    async fn secret_or_create(
+        &self,
+        name: &str,
+        seed: Option<&str>,
+    ) -> Result<String, ManagerError> {
+        let key = Key::new(SECRET, name);
+        for _ in 0..3 {
+            if let Some(doc) = self
+                .store
+                .get(SUPER_TENANT_ID, &key)
+                .await
+                .map_err(|e| store_err(Kind::User, e))?
+                && let Some(v) = doc.body.get("value").and_then(|v| v.as_str())
+            {
+                return Ok(v.to_owned());
+            }
+            let value = match seed {
+                Some(s) => s.to_owned(),
+                None => {
+                    let bytes: [u8; 32] = rand::thread_rng().r#gen();
+                    bytes.iter().map(|b| format!("{b:02x}")).collect()
+                }
+            };
+            match self
+                .store
+                .create(Write {
+                    tenant: SUPER_TENANT_ID,
+                    key: key.clone(),
+                    body: json!({ "value": value }),
+                    refs: vec![],
+                })
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(secret = name, "platform secret created");
+                    return Ok(value);
+                }
+                // Another process created it first: read theirs.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(Kind::User, e)),
+            }
+        }
+        Err(ManagerError::Unavailable(format!(
+            "cannot read or create the platform secret `{name}`"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use nubo_store::SqliteStore;
+
+    use crate::Manager;
+
+    #[tokio::test]
+    async fn a_secret_is_created_once_and_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let one = Manager::new(Arc::new(SqliteStore::open(&path).await.unwrap()), vec![]);
+        let two = Manager::new(Arc::new(SqliteStore::open(&path).await.unwrap()), vec![]);
+        let a = one.platform_secret("bus-key").await.unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(two.platform_secret("bus-key").await.unwrap(), a);
+        assert_ne!(one.platform_secret("broker-password").await.unwrap(), a);
+        // A seed: taken when there is none yet, checked against the store's otherwise.
+        let seed = "ab".repeat(32);
+        assert_eq!(
+            one.platform_secret_or("k", Some(&seed)).await.unwrap(),
+            seed
+        );
+        assert_eq!(two.platform_secret("k").await.unwrap(), seed);
+        assert!(
+            two.platform_secret_or("k", Some(&"cd".repeat(32)))
+                .await
+                .is_err()
+        );
+    }
+}
