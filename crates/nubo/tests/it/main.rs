@@ -14,3 +14,4 @@ mod samples;
 mod server;
 mod store;
 mod support;
+mod trust;

@@ -1,0 +1,233 @@
+//! A hostile bus: clients that reach the platform's broker and try to command it.
+
+use std::time::Duration;
+
+use nubo_bus::{Bus, BusAuth, BusCredentials, BusKey, EventBus, MqttBus, MqttConfig};
+use nubo_events::{Event, InstanceRef, Member, MemberChange, MemberPort, MemberStatus};
+use serde_json::{Value, json};
+
+use crate::support::{Api, ServerProcess, eventually, free_port, holds, web_app_artifacts};
+
+fn instance(payload: &Value) -> InstanceRef {
+    let s = |k: &str| payload[k].as_str().unwrap().to_owned();
+    InstanceRef {
+        member_id: s("memberId"),
+        cluster_id: s("clusterId"),
+        cluster_instance_id: s("clusterInstanceId"),
+        application_id: s("applicationId"),
+        service_name: s("serviceName"),
+        network_partition_id: s("networkPartitionId"),
+        partition_id: s("partitionId"),
+    }
+}
+
+async fn get_through(proxy: u16, host: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{proxy}/"))
+        .header("host", host)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    (r.status() == 200).then_some(())?;
+    r.text().await.ok()
+}
+
+/// The count of `nubo_bus_messages_dropped_total{reason=…}` in a metrics text.
+fn dropped(metrics: &str, reason: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("nubo_bus_messages_dropped_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn forged_replayed_and_unsigned_messages_on_the_bus_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    api.add_all(&web_app_artifacts("safe", 2, 4, proxy)).await;
+    let (status, body) = api
+        .post("/api/applications/safe/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let active = eventually(30, "two members active", || async {
+        let a = api.active("safe", "web").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    let ids: Vec<String> = active
+        .iter()
+        .map(|m| m["memberId"].as_str().unwrap().to_owned())
+        .collect();
+    eventually(20, "the load balancer routes to them", || async {
+        get_through(proxy, "safe.web.localhost").await
+    })
+    .await;
+    let creds = BusCredentials::read(std::path::Path::new(&server.bus_credentials)).unwrap();
+    assert!(
+        !server
+            .bus_url
+            .contains(&creds.url[creds.url.find(':').unwrap() + 3..]),
+        "the printed bus URL hides the broker's password"
+    );
+
+    // Anonymous, or with a wrong password: the broker refuses the connection.
+    let addr = creds.url.rsplit('@').next().unwrap().to_owned();
+    for url in [
+        format!("mqtt://{addr}"),
+        format!("mqtt://nubo:guess@{addr}"),
+    ] {
+        let c = MqttBus::connect(MqttConfig::from_url(&url, "intruder").unwrap());
+        assert!(
+            c.wait_connected(Duration::from_millis(1500)).await.is_err(),
+            "{url} connected"
+        );
+    }
+
+    // A client holding what a member holds: the broker's credentials and member A's own key.
+    let payload: Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("members")
+                .join(&ids[0])
+                .join("payload.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let member_key = BusKey::from_hex(payload["busKey"].as_str().expect("a member key")).unwrap();
+    let raw = std::sync::Arc::new(MqttBus::connect(
+        MqttConfig::from_url(&creds.url, "member-a").unwrap(),
+    ));
+    raw.wait_connected(Duration::from_secs(10)).await.unwrap();
+    // Real messages of member A, captured to be replayed.
+    let mut captured = raw.subscribe("nubo/v1/health/#").await.unwrap();
+    let mut replays = Vec::new();
+    while replays.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(10), captured.recv())
+            .await
+            .expect("health statistics on the bus")
+            .unwrap();
+        if String::from_utf8_lossy(&m.payload).contains(&format!("m/{}", ids[0])) {
+            replays.push(m);
+        }
+    }
+    let as_member_a = EventBus::with_auth(
+        raw.clone(),
+        BusAuth::Member {
+            member_id: ids[0].clone(),
+            key: member_key.clone(),
+        },
+    );
+    let as_stranger = EventBus::with_auth(raw.clone(), BusAuth::Platform(BusKey::generate()));
+    let unsigned = EventBus::new(raw.clone());
+    // An address the attacker would like the load balancer to send traffic to.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    let a = instance(&payload);
+    let fake = Member {
+        member_id: "safe.web.web-666".into(),
+        cluster_id: a.cluster_id.clone(),
+        cluster_instance_id: a.cluster_instance_id.clone(),
+        service_name: a.service_name.clone(),
+        application_id: a.application_id.clone(),
+        network_partition_id: a.network_partition_id.clone(),
+        partition_id: a.partition_id.clone(),
+        status: MemberStatus::Active,
+        default_private_ip: Some("127.0.0.1".into()),
+        default_public_ip: None,
+        ports: vec![MemberPort {
+            name: "http".into(),
+            protocol: "http".into(),
+            port: trap_port,
+            proxy_port: Some(proxy),
+        }],
+        init_time: 0,
+        failure: None,
+        properties: Default::default(),
+    };
+    let mut b = a.clone();
+    b.member_id = ids[1].clone();
+    let forged = [
+        Event::ControlUndeploy {
+            application_id: "safe".into(),
+            force: true,
+        },
+        Event::NodeTerminateMember {
+            node: "local".into(),
+            member_id: ids[1].clone(),
+            fence: Some(u64::MAX),
+        },
+        Event::MemberActivated(MemberChange {
+            member: fake.clone(),
+        }),
+        Event::InstanceFailed {
+            instance: b.clone(),
+            reason: "forged".into(),
+        },
+        Event::InstanceCleanupMember {
+            member_id: ids[1].clone(),
+        },
+        Event::ControlScale {
+            command: nubo_events::ScaleCommand::ScaleTo {
+                cluster_id: a.cluster_id.clone(),
+                instance_id: a.cluster_instance_id.clone(),
+                count: 4,
+            },
+        },
+    ];
+    for bus in [&unsigned, &as_stranger, &as_member_a] {
+        for e in &forged {
+            bus.publish(e).await.unwrap();
+        }
+    }
+    for m in &replays {
+        for _ in 0..3 {
+            raw.publish(&m.topic, m.payload.clone()).await.unwrap();
+        }
+    }
+
+    // Nothing is deployed, started, routed or terminated.
+    holds(Duration::from_secs(4), "the platform unchanged", || async {
+        let now: Vec<String> = api
+            .active("safe", "web")
+            .await
+            .iter()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+            .collect();
+        let members = api.members("safe").await.len();
+        now == ids && members == 2
+    })
+    .await;
+    for _ in 0..20 {
+        let body = get_through(proxy, "safe.web.localhost")
+            .await
+            .unwrap_or_default();
+        assert!(
+            body.starts_with("safe.web.web-"),
+            "answered by a member: {body}"
+        );
+    }
+    assert!(
+        trap.accept().is_err(),
+        "the load balancer never connected to the forged member's address"
+    );
+    let metrics = api.metrics().await;
+    for reason in ["unsigned", "forged", "not_permitted", "replayed"] {
+        assert!(
+            dropped(&metrics, reason) > 0,
+            "{reason} drops counted:\n{metrics}"
+        );
+    }
+    // A member's own reports still count: the platform keeps working.
+    let (status, _) = api.get("/api/applications/safe/runtime").await;
+    assert_eq!(status, 200);
+}
