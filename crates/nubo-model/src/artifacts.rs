@@ -1582,7 +1582,7 @@ impl Artifact for Application {
         &self.application_id
     }
     fn validate(&self, p: &mut Problems) {
-        p.require_id("applicationId", &self.application_id);
+        p.require_name("applicationId", &self.application_id);
         if self.components.cartridges.iter().flatten().next().is_none()
             && self.components.groups.iter().flatten().next().is_none()
         {
@@ -1596,7 +1596,7 @@ impl Artifact for Application {
             let c = spec.cartridge;
             let f = &spec.field;
             p.require_id(&format!("{f}.type"), &c.cartridge_type);
-            p.require_id(
+            p.require_name(
                 &format!("{f}.subscribableInfo.alias"),
                 &c.subscribable_info.alias,
             );
@@ -1645,7 +1645,7 @@ impl Artifact for Application {
         }
         for (g, f) in self.groups() {
             p.require_id(&format!("{f}.name"), &g.name);
-            p.require_id(&format!("{f}.alias"), &g.alias);
+            p.require_name(&format!("{f}.alias"), &g.alias);
             if let Some(prev) = aliases.insert(&g.alias, f.clone()) {
                 p.add(
                     format!("{f}.alias"),

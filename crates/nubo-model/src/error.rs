@@ -65,6 +65,27 @@ impl Problems {
         }
     }
 
+    /// Requires a name that becomes part of cluster ids, member ids and host names (an
+    /// application's id, an alias): letters, digits, `-` and `_`, so that `.`, which separates
+    /// their parts, can never make two of them equal (`a.b` + `c` against `a` + `b.c`).
+    pub fn require_name(&mut self, field: &str, value: &str) {
+        self.require_id(field, value);
+        if !value.is_empty()
+            && !value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            self.add(
+                field,
+                format!(
+                    "`{value}` may contain only letters, digits, `-` and `_`: it becomes part of cluster ids and host names, whose parts `.` separates"
+                ),
+            );
+        } else if value.starts_with('-') {
+            self.add(field, format!("`{value}` must not start with `-`"));
+        }
+    }
+
     /// Requires `value` to be one of `allowed`.
     pub fn require_one_of(&mut self, field: &str, value: &str, allowed: &[&str]) {
         if !allowed.contains(&value) {

@@ -363,6 +363,26 @@ fn cases() -> Vec<Bad> {
             400,
             &["alias `x` is already used"],
         ),
+        // Names that become parts of cluster ids: no dots (`a.b` + `c` would be `a` + `b.c`).
+        bad(
+            "applications",
+            app(json!({"cartridges": [cart("c1", "b.c", 1, 1)]})),
+            400,
+            &[
+                "components.cartridges[0].subscribableInfo.alias",
+                "only letters, digits",
+            ],
+        ),
+        bad(
+            "applications",
+            {
+                let mut a = app(json!({"cartridges": [cart("c1", "c", 1, 1)]}));
+                a["applicationId"] = json!("a.b");
+                a
+            },
+            400,
+            &["applicationId", "`a.b` may contain only letters, digits"],
+        ),
         bad(
             "applications",
             app(
