@@ -127,8 +127,8 @@ async fn remove<T: Artifact>(
     ))))
 }
 
-async fn decorate(s: &AppState, app: &mut Application) -> Result<(), ApiError> {
-    let status = s.deployments.status(&app.application_id).await?;
+async fn decorate(s: &AppState, tenant: i64, app: &mut Application) -> Result<(), ApiError> {
+    let status = s.deployments.status(tenant, &app.application_id).await?;
     app.status = Some(
         match status {
             None => "Created",
@@ -147,7 +147,7 @@ async fn list_applications(
 ) -> Result<Json<Vec<Application>>, ApiError> {
     let mut apps = s.manager.list::<Application>(p.tenant_id).await?;
     for a in apps.iter_mut() {
-        decorate(&s, a).await?;
+        decorate(&s, p.tenant_id, a).await?;
     }
     Ok(Json(apps))
 }
@@ -158,7 +158,7 @@ async fn get_application(
     Path(id): Path<String>,
 ) -> Result<Json<Application>, ApiError> {
     let mut app = s.manager.get::<Application>(p.tenant_id, &id).await?;
-    decorate(&s, &mut app).await?;
+    decorate(&s, p.tenant_id, &mut app).await?;
     Ok(Json(app))
 }
 
@@ -167,7 +167,7 @@ async fn remove_application(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
-    s.deployments.ensure_not_deployed(&id).await?;
+    s.deployments.ensure_not_deployed(p.tenant_id, &id).await?;
     remove::<Application>(State(s), Extension(p), Path(id)).await
 }
 

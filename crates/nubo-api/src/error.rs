@@ -91,7 +91,7 @@ impl From<nubo_controller::ControlError> for ApiError {
     fn from(e: nubo_controller::ControlError) -> Self {
         use nubo_controller::ControlError as E;
         let status = match &e {
-            E::AlreadyDeployed(_) | E::NotDeployed(_) => StatusCode::CONFLICT,
+            E::AlreadyDeployed(_) | E::NotDeployed(_) | E::HostTaken(_) => StatusCode::CONFLICT,
             E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())

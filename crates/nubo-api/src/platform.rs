@@ -287,6 +287,7 @@ async fn scaling_events(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<nubo_autoscaler::monitor::ScalingEvent>>, ApiError> {
     s.manager.get::<Application>(p.tenant_id, &id).await?;
+    let id = nubo_controller::Deployments::<nubo_manager::Manager>::runtime_id(p.tenant_id, &id);
     if let Some(log) = s.scaling.get() {
         return Ok(Json(log.for_application(&id)));
     }
@@ -302,17 +303,21 @@ async fn scaling_events(
         })
 }
 
-async fn cluster(State(s): S, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let c = match &s.controller {
-        Some(c) => c.cluster(&id).await?,
-        None => None,
-    }
-    .ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("cluster `{id}` does not exist (is its application deployed?)"),
-        )
-    })?;
+async fn cluster(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = s
+        .deployments
+        .cluster(p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("cluster `{id}` does not exist (is its application deployed?)"),
+            )
+        })?;
     Ok(Json(serde_json::to_value(&c).unwrap_or_default()))
 }
 

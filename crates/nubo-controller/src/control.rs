@@ -56,6 +56,11 @@ pub enum ControlError {
     /// Undeploy or change: the application is not deployed.
     #[error("application `{0}` is not deployed")]
     NotDeployed(String),
+    /// Deploy: another application (of any tenant) has one of its host names.
+    #[error(
+        "host name `{0}` is used by another application: give the cartridge another `host`, or the application another id or alias"
+    )]
+    HostTaken(String),
     /// The controller cannot be reached or read now (stopped, another process not answering,
     /// the store unreachable); the reason says what to check.
     #[error("{0}")]
@@ -308,6 +313,13 @@ impl ControlPlane for RemoteControl {
         let app = plan.application_id.clone();
         if self.status(&app).await?.is_some() {
             return Err(ControlError::AlreadyDeployed(app));
+        }
+        if let Some(host) = self
+            .read(|s, _| s.host_conflict(&plan))
+            .await
+            .ok_or_else(unreadable)?
+        {
+            return Err(ControlError::HostTaken(host));
         }
         self.send(Event::ControlDeploy {
             plan: Box::new(plan),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use nubo_events::view::{ApplicationRuntime, MemberPage};
-use nubo_plan::{DeploymentStatus, Planner};
+use nubo_plan::{DeploymentStatus, Planner, runtime_id, split_runtime_id};
 
 use crate::control::{ControlError, ControlPlane};
 
@@ -43,6 +43,16 @@ impl<P> Clone for Deployments<P> {
 
 type Result<T, P> = std::result::Result<T, DeployError<<P as Planner>::Error>>;
 
+/// The controller's errors about a runtime id, told with the application's own id (a tenant
+/// never sees another's, nor its own runtime id).
+fn named(e: ControlError, application_id: &str) -> ControlError {
+    match e {
+        ControlError::AlreadyDeployed(_) => ControlError::AlreadyDeployed(application_id.into()),
+        ControlError::NotDeployed(_) => ControlError::NotDeployed(application_id.into()),
+        other => other,
+    }
+}
+
 impl<P: Planner> Deployments<P> {
     /// Over `planner`, carried out by `control` (`None`: this server cannot deploy).
     pub fn new(planner: Arc<P>, control: Option<Arc<dyn ControlPlane>>) -> Self {
@@ -66,7 +76,17 @@ impl<P: Planner> Deployments<P> {
             .plan(tenant, application_id, policy_id)
             .await
             .map_err(DeployError::Plan)?;
-        Ok(self.control()?.deploy(plan).await?)
+        Ok(self
+            .control()?
+            .deploy(plan)
+            .await
+            .map_err(|e| named(e, application_id))?)
+    }
+
+    /// The id `tenant`'s application runs under (in the topology, the events, the scaling
+    /// decisions).
+    pub fn runtime_id(tenant: i64, application_id: &str) -> String {
+        runtime_id(tenant, application_id)
     }
 
     /// Undeploys `tenant`'s application (draining its members unless `force`).
@@ -76,20 +96,27 @@ impl<P: Planner> Deployments<P> {
             .application(tenant, application_id)
             .await
             .map_err(DeployError::Plan)?;
-        Ok(control.undeploy(application_id, force).await?)
+        Ok(control
+            .undeploy(&runtime_id(tenant, application_id), force)
+            .await
+            .map_err(|e| named(e, application_id))?)
     }
 
-    /// An application's deployment status (`None`: not deployed, or no controller here).
-    pub async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, P> {
+    /// `tenant`'s application's deployment status (`None`: not deployed, or no controller here).
+    pub async fn status(
+        &self,
+        tenant: i64,
+        application_id: &str,
+    ) -> Result<Option<DeploymentStatus>, P> {
         match &self.control {
-            Some(c) => Ok(c.status(application_id).await?),
+            Some(c) => Ok(c.status(&runtime_id(tenant, application_id)).await?),
             None => Ok(None),
         }
     }
 
-    /// Refuses while the application is deployed (before its definition is removed).
-    pub async fn ensure_not_deployed(&self, application_id: &str) -> Result<(), P> {
-        match self.status(application_id).await? {
+    /// Refuses while `tenant`'s application is deployed (before its definition is removed).
+    pub async fn ensure_not_deployed(&self, tenant: i64, application_id: &str) -> Result<(), P> {
+        match self.status(tenant, application_id).await? {
             Some(_) => Err(DeployError::Deployed(application_id.to_owned())),
             None => Ok(()),
         }
@@ -105,10 +132,27 @@ impl<P: Planner> Deployments<P> {
             .application(tenant, application_id)
             .await
             .map_err(DeployError::Plan)?;
-        self.control()?
-            .runtime(application_id)
+        let mut view = self
+            .control()?
+            .runtime(&runtime_id(tenant, application_id))
             .await?
-            .ok_or_else(|| ControlError::NotDeployed(application_id.to_owned()).into())
+            .ok_or_else(|| ControlError::NotDeployed(application_id.to_owned()))?;
+        view.id = application_id.to_owned();
+        Ok(view)
+    }
+
+    /// A cluster of `tenant`'s applications (`None`: no such cluster, or another tenant's).
+    pub async fn cluster(
+        &self,
+        tenant: i64,
+        cluster_id: &str,
+    ) -> Result<Option<nubo_events::Cluster>, P> {
+        let Some(c) = &self.control else {
+            return Ok(None);
+        };
+        Ok(c.cluster(cluster_id)
+            .await?
+            .filter(|c| c.tenant_id == tenant))
     }
 
     /// A page of the members of `tenant`'s application (`ControlError::NotDeployed` when it is
@@ -125,7 +169,7 @@ impl<P: Planner> Deployments<P> {
             .await
             .map_err(DeployError::Plan)?;
         self.control()?
-            .members(application_id, offset, limit)
+            .members(&runtime_id(tenant, application_id), offset, limit)
             .await?
             .ok_or_else(|| ControlError::NotDeployed(application_id.to_owned()).into())
     }
@@ -148,7 +192,7 @@ impl<P: Planner> Deployments<P> {
             if d.status != DeploymentStatus::Deployed {
                 continue;
             }
-            let app = &d.plan.application_id;
+            let app = split_runtime_id(&d.plan.application_id).1;
             match self
                 .planner
                 .plan(tenant, app, &d.plan.application_policy)

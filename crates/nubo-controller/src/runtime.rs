@@ -109,6 +109,9 @@ impl ControllerHandle {
         if self.status(&plan.application_id).is_some() {
             return Err(ControlError::AlreadyDeployed(plan.application_id));
         }
+        if let Some(Some(host)) = self.read(|s| s.host_conflict(&plan)) {
+            return Err(ControlError::HostTaken(host));
+        }
         self.command(Input::Deploy(plan)).await
     }
 

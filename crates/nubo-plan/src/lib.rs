@@ -166,11 +166,35 @@ pub struct ScopePlan {
     pub scaling_dependents: Vec<Vec<String>>,
 }
 
+/// The id an application of `tenant_id` runs under: its own id for the super tenant (as in
+/// Stratos), `<id>.t<tenant>` for another tenant. Application ids hold no `.`, so no two tenants'
+/// applications (nor their clusters, whose ids start with it) can share one.
+pub fn runtime_id(tenant_id: i64, application_id: &str) -> String {
+    if tenant_id == nubo_model::SUPER_TENANT_ID {
+        application_id.to_owned()
+    } else {
+        format!("{application_id}.t{tenant_id}")
+    }
+}
+
+/// The tenant and the application's own id a runtime id stands for (the inverse of
+/// [`runtime_id`]).
+pub fn split_runtime_id(runtime_id: &str) -> (i64, &str) {
+    if let Some((app, t)) = runtime_id.rsplit_once(".t")
+        && !app.contains('.')
+        && let Ok(tenant) = t.parse::<i64>()
+    {
+        return (tenant, app);
+    }
+    (nubo_model::SUPER_TENANT_ID, runtime_id)
+}
+
 /// Everything needed to deploy an application.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentPlan {
-    /// Application.
+    /// The application's runtime id ([`runtime_id`]): what the topology, the events and the
+    /// controller know it by.
     pub application_id: String,
     /// Owning tenant.
     pub tenant_id: i64,
@@ -238,7 +262,9 @@ pub fn plan(
     tenant_id: i64,
     inputs: &PlanInputs,
 ) -> Result<DeploymentPlan, PlanError> {
-    let app_id = &app.application_id;
+    // Clusters, members and instances carry the runtime id; host names the application's own.
+    let app_id = &runtime_id(tenant_id, &app.application_id);
+    let name = &app.application_id;
     let mut clusters = Vec::new();
     for spec in app.clusters() {
         let c = spec.cartridge;
@@ -284,8 +310,8 @@ pub fn plan(
         }
         let multi_tenant = cartridge.multi_tenant == Some(true);
         let host_names = match &cartridge.host {
-            Some(h) if multi_tenant => vec![format!("{app_id}.{h}")],
-            Some(h) => vec![format!("{app_id}.{alias}.{h}")],
+            Some(h) if multi_tenant => vec![format!("{name}.{h}")],
+            Some(h) => vec![format!("{name}.{alias}.{h}")],
             None => Vec::new(),
         };
         let ports = cartridge
@@ -383,7 +409,7 @@ pub fn plan(
         )));
     }
     Ok(DeploymentPlan {
-        application_id: app_id.clone(),
+        application_id: app_id.to_owned(),
         tenant_id,
         application_policy: policy.id.clone(),
         instances,
@@ -562,6 +588,31 @@ pub trait Planner: Send + Sync + 'static {
         tenant: i64,
         application_id: &str,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
+
+#[cfg(test)]
+mod runtime_id_tests {
+    use super::*;
+
+    #[test]
+    fn runtime_ids_keep_tenants_apart_and_read_back() {
+        assert_eq!(runtime_id(nubo_model::SUPER_TENANT_ID, "shop"), "shop");
+        assert_eq!(runtime_id(3, "shop"), "shop.t3");
+        assert_eq!(split_runtime_id("shop.t3"), (3, "shop"));
+        assert_eq!(
+            split_runtime_id("shop"),
+            (nubo_model::SUPER_TENANT_ID, "shop")
+        );
+        // A super-tenant application may be called `shop-t3`: it is not tenant 3's `shop`.
+        assert_ne!(
+            runtime_id(nubo_model::SUPER_TENANT_ID, "shop-t3"),
+            runtime_id(3, "shop")
+        );
+        assert_eq!(
+            split_runtime_id("a.b.t1"),
+            (nubo_model::SUPER_TENANT_ID, "a.b.t1")
+        );
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@ impl ControllerState {
         if self.deployments.contains_key(&app_id) {
             return;
         }
+        if let Some(host) = self.host_conflict(&plan) {
+            // Refused before (ControlError::HostTaken); two deploys racing end here.
+            tracing::warn!(application = %app_id, host, "deploy refused: another application has this host name");
+            return;
+        }
         let mut clusters = Vec::new();
         for c in &plan.clusters {
             let cluster = Cluster {

@@ -446,6 +446,23 @@ impl ControllerState {
             .is_some_and(|i| i.status == InstanceStatus::Active)
     }
 
+    /// A host name of `plan` that another deployed application's cluster already has: host names
+    /// are unique across the platform, since the load balancer routes by them.
+    pub fn host_conflict(&self, plan: &DeploymentPlan) -> Option<String> {
+        let wanted: BTreeSet<&str> = plan
+            .clusters
+            .iter()
+            .flat_map(|c| c.host_names.iter().map(String::as_str))
+            .collect();
+        self.topology
+            .clusters
+            .values()
+            .filter(|c| c.application_id != plan.application_id)
+            .flat_map(|c| c.host_names.iter())
+            .find(|h| wanted.contains(h.as_str()))
+            .cloned()
+    }
+
     /// Members still Created: asked of the provider, its answer not recorded.
     pub fn members_created(&self) -> Vec<String> {
         self.topology

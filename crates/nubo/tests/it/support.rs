@@ -395,6 +395,8 @@ where
 pub struct Api {
     pub url: String,
     pub http: reqwest::Client,
+    pub user: String,
+    pub password: String,
 }
 
 impl Api {
@@ -402,6 +404,17 @@ impl Api {
         Api {
             url: server.url.clone(),
             http: client(),
+            user: "admin".into(),
+            password: PASSWORD.into(),
+        }
+    }
+
+    /// The same server's API, as another user (`user@tenant.domain`).
+    pub fn as_user(server: &ServerProcess, user: &str, password: &str) -> Self {
+        Api {
+            user: user.into(),
+            password: password.into(),
+            ..Api::new(server)
         }
     }
 
@@ -414,7 +427,7 @@ impl Api {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url))
-            .basic_auth("admin", Some(PASSWORD));
+            .basic_auth(&self.user, Some(&self.password));
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -436,7 +449,7 @@ impl Api {
         let r = self
             .http
             .get(format!("{}/metrics", self.url))
-            .basic_auth("admin", Some(PASSWORD))
+            .basic_auth(&self.user, Some(&self.password))
             .send()
             .await
             .unwrap();

@@ -231,3 +231,140 @@ async fn forged_replayed_and_unsigned_messages_on_the_bus_change_nothing() {
     let (status, _) = api.get("/api/applications/safe/runtime").await;
     assert_eq!(status, 200);
 }
+
+/// The artifacts of a mock-IaaS application `shop` whose cartridge has host `host`.
+fn shop(host: &str) -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "autoscalingPolicies",
+            json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}}),
+        ),
+        (
+            "networkPartitions",
+            json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]}),
+        ),
+        (
+            "cartridges",
+            json!({"type": "php", "category": "framework", "host": host,
+                "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": 8280}],
+                "iaasProvider": [{"type": "mock", "imageId": "mock"}]}),
+        ),
+        (
+            "applications",
+            json!({"applicationId": "shop", "components": {"cartridges": [
+                {"type": "php", "cartridgeMin": 1, "cartridgeMax": 2,
+                 "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}}),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn tenants_run_applications_of_the_same_id_apart_and_host_names_are_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &["--insecure-http", "--no-lb", "--mock-iaas", "-"],
+    );
+    let root = Api::new(&server);
+    for (domain, admin) in [("a.com", "alice"), ("b.com", "bob")] {
+        let t = json!({"admin": admin, "firstName": "F", "lastName": "L", "adminPassword": "s3cret!", "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
+        assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    }
+    let a = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let b = Api::as_user(&server, "bob@b.com", "s3cret!");
+    a.add_all(&shop("a.example")).await;
+    b.add_all(&shop("b.example")).await;
+    // The same application id in two tenants: both deploy, each its own.
+    for api in [&a, &b] {
+        let (status, body) = api
+            .post("/api/applications/shop/deploy/ap", json!({}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    for api in [&a, &b] {
+        eventually(30, "each tenant's shop active", || async {
+            (api.active("shop", "web").await.len() == 1).then_some(())
+        })
+        .await;
+    }
+    let (_, view_a) = a.get("/api/applications/shop/runtime").await;
+    let (_, view_b) = b.get("/api/applications/shop/runtime").await;
+    assert_eq!(
+        view_a["id"], "shop",
+        "a tenant sees its application's own id"
+    );
+    let member = |v: &Value| {
+        v.to_string()
+            .split("\"memberId\":\"")
+            .nth(1)
+            .map(|s| s.split('"').next().unwrap().to_owned())
+            .unwrap()
+    };
+    let (ma, mb) = (member(&view_a), member(&view_b));
+    assert_ne!(ma, mb, "two members, one per tenant");
+    assert!(!view_a.to_string().contains(&mb) && !view_b.to_string().contains(&ma));
+    // A tenant cannot read another's clusters.
+    let cluster_a = view_a
+        .to_string()
+        .split("\"clusterId\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(a.get(&format!("/api/cluster/{cluster_a}")).await.0, 200);
+    assert_eq!(b.get(&format!("/api/cluster/{cluster_a}")).await.0, 404);
+    // Undeploying is a tenant's own: B's undeploy leaves A's running.
+    let (status, body) = b
+        .post("/api/applications/shop/undeploy?force=true", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(30, "B's shop gone", || async {
+        (b.get("/api/applications/shop/runtime").await.0 != 200).then_some(())
+    })
+    .await;
+    holds(Duration::from_secs(1), "A's shop keeps running", || async {
+        a.active("shop", "web").await.len() == 1
+    })
+    .await;
+    // Host names are unique across the platform: the 409 names the host, nothing of tenant A's.
+    let (status, _) = b
+        .send(
+            reqwest::Method::PUT,
+            "/api/cartridges",
+            Some(shop("a.example")[4].1.clone()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = b.post("/api/applications/shop/deploy/ap", json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("host name `shop.web.a.example`"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("t1") && !message.contains("alice"),
+        "{message}"
+    );
+    // A tenant's user reads, and cannot deploy.
+    let dev = json!({"userName": "dev", "credential": "devpass1", "role": "Internal/user", "email": "dev@a.com"});
+    assert_eq!(a.post("/api/users", dev).await.0, 201);
+    let dev = Api::as_user(&server, "dev@a.com", "devpass1");
+    assert_eq!(dev.get("/api/applications/shop/runtime").await.0, 200);
+    assert_eq!(
+        dev.post("/api/applications/shop/undeploy", json!({}))
+            .await
+            .0,
+        403
+    );
+}
