@@ -18,20 +18,22 @@ use nubo_events::{Category, Event};
 use nubo_telemetry::{InternalEvent, MessageDropped, PublishFailed};
 use tokio::sync::mpsc;
 
-mod auth;
 #[cfg(feature = "conformance")]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod conformance;
+mod credentials;
 mod memory;
 mod mqtt;
 pub mod nats;
 #[cfg(test)]
 mod testing;
 
-pub use auth::{BusAuth, BusCredentials, BusKey, MAX_SKEW_MS, Refusal};
+pub use credentials::BusCredentials;
 pub use memory::MemoryBus;
 pub use mqtt::{MqttBus, MqttConfig};
 pub use nats::{NatsBus, NatsConfig};
+use nubo_envelope as auth;
+pub use nubo_envelope::{BusAuth, BusKey, MAX_SKEW_MS, Refusal};
 
 /// A message on a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

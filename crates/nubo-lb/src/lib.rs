@@ -25,7 +25,7 @@ use std::time::Duration;
 use nubo_bus::EventBus;
 use nubo_events::{Category, Event, RequestsInFlight, Topology};
 
-pub mod h1;
+pub use nubo_h1 as h1;
 pub mod io;
 mod proxy;
 pub mod table;

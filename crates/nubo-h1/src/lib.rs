@@ -4,6 +4,12 @@
 //! proxy knows where a body ends, and the load balancer's own answers. No I/O, no allocation beyond
 //! the caller's buffers.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
 use std::ops::Range;
 
 /// Most headers in one message.
