@@ -105,6 +105,9 @@ const HOP_BY_HOP: [&[u8]; 8] = [
     b"upgrade",
 ];
 
+/// Headers a `Connection` option may never remove: the message's routing and framing.
+const END_TO_END: [&[u8]; 3] = [b"host", b"content-length", b"transfer-encoding"];
+
 fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
@@ -185,6 +188,14 @@ impl<'a> Meta<'a> {
                             m.keep_alive = true;
                         } else if t.eq_ignore_ascii_case(b"upgrade") {
                             m.upgrade_token = true;
+                        } else if END_TO_END.iter().any(|e| t.eq_ignore_ascii_case(e)) {
+                            // Dropping it on the way would change where the message goes or
+                            // where it ends (a request smuggled inside another's body). RFC 9110
+                            // §7.6.1 forbids sending such an option. Found by the `h1` fuzz
+                            // target.
+                            return Err(HeadError::Malformed(
+                                "Connection names a header the message needs end to end",
+                            ));
                         } else if m.n_listed < MAX_LISTED {
                             m.listed[m.n_listed] = t;
                             m.n_listed += 1;
@@ -321,7 +332,13 @@ pub fn parse_request(
         (None, None) if minor >= 1 => {
             return Err(HeadError::Malformed("missing Host header"));
         }
-        (None, None) => 0..0,
+        (None, None) => {
+            // An HTTP/1.0 client may send no Host; the member is spoken to in HTTP/1.1, which
+            // requires one, empty when the target has no authority (RFC 9112 §3.2). Found by
+            // the `h1` fuzz target.
+            put_header(out, b"Host", b"");
+            0..0
+        }
     };
     // Earlier hops' addresses, then the client's.
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -692,6 +709,27 @@ mod tests {
         assert!(!head.keep_alive, "HTTP/1.0 closes unless asked");
         let (head, _) = request("GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n");
         assert!(head.keep_alive);
+        // A Connection option may not remove what routes or frames the message.
+        for listed in ["host", "Content-Length", "transfer-encoding"] {
+            let raw = format!(
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: keep-alive, {listed}\r\n\r\nhello"
+            );
+            let mut out = Vec::new();
+            assert_eq!(
+                parse_request(raw.as_bytes(), FWD, &mut out),
+                Err(HeadError::Malformed(
+                    "Connection names a header the message needs end to end"
+                )),
+                "{listed}"
+            );
+        }
+        // HTTP/1.0 without Host: the member gets HTTP/1.1 with an empty Host, as 1.1 requires.
+        let (head, out) = request("GET /x HTTP/1.0\r\nAccept: */*\r\n\r\n");
+        assert!(head.host.is_empty());
+        assert!(
+            out.starts_with("GET /x HTTP/1.1\r\nAccept: */*\r\nHost: \r\n"),
+            "{out}"
+        );
     }
 
     #[test]
