@@ -112,6 +112,79 @@ async fn an_application_runs_with_its_agents_on_a_nats_bus() {
     .await;
     unsafe { libc::killpg(lb.id() as i32, libc::SIGTERM) };
     let _ = lb.wait();
+    // A raw NATS client on the platform's bus, unsigned and then with member A's own key, orders
+    // an undeploy and reports member B failed: nothing happens, and the drops are counted.
+    let ids: Vec<String> = members
+        .iter()
+        .map(|m| m["memberId"].as_str().unwrap().to_owned())
+        .collect();
+    let payload: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("members")
+                .join(&ids[0])
+                .join("payload.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let raw = nubo_bus::connect_url(&url, "intruder").await.unwrap();
+    raw.wait_connected(Duration::from_secs(10)).await.unwrap();
+    let as_member = nubo_bus::EventBus::with_auth(
+        raw.clone(),
+        nubo_bus::BusAuth::Member {
+            member_id: ids[0].clone(),
+            key: nubo_bus::BusKey::from_hex(payload["busKey"].as_str().unwrap()).unwrap(),
+        },
+    );
+    let field = |k: &str| payload[k].as_str().unwrap().to_owned();
+    let b = nubo_events::InstanceRef {
+        member_id: ids[1].clone(),
+        cluster_id: field("clusterId"),
+        cluster_instance_id: field("clusterInstanceId"),
+        application_id: field("applicationId"),
+        service_name: field("serviceName"),
+        network_partition_id: field("networkPartitionId"),
+        partition_id: field("partitionId"),
+    };
+    for bus in [nubo_bus::EventBus::new(raw.clone()), as_member] {
+        for e in [
+            nubo_events::Event::ControlUndeploy {
+                application_id: "natsy".into(),
+                force: true,
+            },
+            nubo_events::Event::InstanceFailed {
+                instance: b.clone(),
+                reason: "forged".into(),
+            },
+        ] {
+            bus.publish(&e).await.unwrap();
+        }
+    }
+    crate::support::holds(
+        Duration::from_secs(3),
+        "nothing forged is obeyed",
+        || async {
+            let now: Vec<String> = api
+                .active("natsy", "www")
+                .await
+                .iter()
+                .map(|m| m["memberId"].as_str().unwrap().to_owned())
+                .collect();
+            now == ids
+        },
+    )
+    .await;
+    let metrics = api.metrics().await;
+    for reason in ["unsigned", "not_permitted"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("nubo_bus_messages_dropped_total")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "{reason} drops counted"
+        );
+    }
     assert_eq!(
         api.post("/api/applications/natsy/undeploy", json!({}))
             .await
