@@ -11,9 +11,9 @@
 )]
 #![warn(missing_docs)]
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -22,6 +22,8 @@ use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberStatus};
 pub use nubo_iaas::record_agent;
 use nubo_iaas::{AgentPayload, proc};
 use tokio::process::Child;
+
+mod logs;
 
 /// How long the workload has to stop after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -97,7 +99,9 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     wait_for_member(&events, &mut topology, &p.member_id).await;
     publish(&events, Event::InstanceStarted(me.clone())).await;
 
-    let mut workload = start_workload(&p, &workdir)?;
+    let started_workload = start_workload(&p, &workdir)?;
+    let mut workload = started_workload.child;
+    let mut output = started_workload.output;
     let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
     tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
 
@@ -108,6 +112,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             break;
         }
         if let Ok(Some(status)) = workload.try_wait() {
+            flush(&mut output).await;
             let reason = format!(
                 "the workload exited ({status}) before its ports opened; last output: {}",
                 tail(&workdir.join("workload.log"))
@@ -149,6 +154,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     loop {
         tokio::select! {
             status = workload.wait() => {
+                flush(&mut output).await;
                 let reason = match status {
                     Ok(s) => format!("the workload exited ({s}); last output: {}", tail(&workdir.join("workload.log"))),
                     Err(e) => format!("lost the workload: {e}"),
@@ -220,13 +226,25 @@ async fn wait_for_member(events: &EventBus, topology: &mut nubo_bus::EventStream
     }
 }
 
-fn start_workload(p: &AgentPayload, workdir: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(workdir.join("workload.log"))?;
-    let log2 = log.try_clone()?;
+/// The workload's process and the tasks writing its output to `workload.log` (bounded).
+struct Workload {
+    child: Child,
+    output: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Waits (briefly: a daemonized child may keep the pipes open) until the workload's output so
+/// far is in its log, before the log's last lines are reported.
+async fn flush(output: &mut [tokio::task::JoinHandle<()>]) {
+    for h in output.iter_mut() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), h).await;
+    }
+}
+
+fn start_workload(p: &AgentPayload, workdir: &Path) -> anyhow::Result<Workload> {
+    let log = Arc::new(Mutex::new(logs::RotatingLog::open(
+        &workdir.join("workload.log"),
+        logs::WORKLOAD_LOG_MAX,
+    )?));
     let mut cmd = tokio::process::Command::new("sh");
     // An explicit environment: where programs are, the member's ports and parameters, and
     // nothing of the agent's own.
@@ -237,8 +255,8 @@ fn start_workload(p: &AgentPayload, workdir: &Path) -> anyhow::Result<Child> {
         .arg(&p.command)
         .current_dir(workdir.join("app"))
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in &p.parameters {
         cmd.env(k, v);
     }
@@ -253,8 +271,17 @@ fn start_workload(p: &AgentPayload, workdir: &Path) -> anyhow::Result<Child> {
         .env("HOST", "127.0.0.1");
     // Its own process group, so that it (with its children) can be stopped as one.
     cmd.process_group(0);
-    cmd.spawn()
-        .with_context(|| format!("cannot start the workload `{}`", p.command))
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start the workload `{}`", p.command))?;
+    let mut output = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        output.push(tokio::spawn(logs::pump(out, log.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        output.push(tokio::spawn(logs::pump(err, log)));
+    }
+    Ok(Workload { child, output })
 }
 
 async fn stop_workload(child: &mut Child, pgid: i32) {

@@ -117,6 +117,63 @@ fn write_record(dir: &Path, rec: &Record) {
     }
 }
 
+/// How many ended members' last logs are kept (the oldest go first).
+pub const ENDED_KEPT: usize = 200;
+/// How long an ended member's last logs are kept.
+pub const ENDED_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// Where the last logs of ended members are kept: `ended/<member>/` beside the members' directory.
+pub fn ended_dir(members: &Path) -> PathBuf {
+    members
+        .parent()
+        .map(|p| p.join("ended"))
+        .unwrap_or_else(|| members.join(".ended"))
+}
+
+/// An ended member's directory goes: its logs move to [`ended_dir`] (kept for [`ENDED_FOR`], the
+/// [`ENDED_KEPT`] most recent), the rest (its payload with its key, its files) is removed.
+fn retire(dir: &Path, member_id: &str) {
+    let from = dir.join(member_id);
+    if !from.is_dir() {
+        return;
+    }
+    let ended = ended_dir(dir);
+    let to = ended.join(member_id);
+    let moved = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&to)
+        .is_ok();
+    if moved {
+        for f in ["agent.log", "workload.log", "workload.log.1"] {
+            let _ = std::fs::rename(from.join(f), to.join(f));
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&from) {
+        tracing::warn!(member = %member_id, error = %e, "cannot remove an ended member's directory");
+    }
+    prune_ended(&ended);
+}
+
+/// Drops the ended members' logs beyond what is kept.
+fn prune_ended(ended: &Path) {
+    let Ok(entries) = std::fs::read_dir(ended) else {
+        return;
+    };
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    all.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let now = std::time::SystemTime::now();
+    for (i, (at, path)) in all.iter().enumerate() {
+        let old = now.duration_since(*at).is_ok_and(|d| d > ENDED_FOR);
+        if i >= ENDED_KEPT || old {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
 /// Every process recorded in a member's directory (the supervisor's record and the agent's own),
 /// as (pid, start time).
 fn recorded_processes(member_dir: &Path) -> Vec<(i32, u64)> {
@@ -160,6 +217,7 @@ impl NodeSupervisor {
             tracing::info!(member = %rec.member_id, pid = rec.pid, "a recorded member is no longer running: cleaning up");
             proc::signal_recorded_session(rec.pid, rec.start_time, libc::SIGKILL);
             let _ = std::fs::remove_file(&path);
+            retire(&dir, &rec.member_id);
             gone.push(rec.member_id);
         }
         // Said on the bus, for a controller in another process that cannot see this directory.
@@ -199,7 +257,7 @@ impl NodeSupervisor {
         if let Ok(mut m) = members.lock() {
             m.remove(member_id);
         }
-        let _ = std::fs::remove_file(record_path(dir, member_id));
+        retire(dir, member_id);
     }
 
     /// Watches an adopted member (not our child) by polling `/proc`.
@@ -358,7 +416,7 @@ impl Provider for NodeSupervisor {
                 (Some(0), _) => "the agent exited".to_owned(),
                 (Some(c), _) => format!(
                     "the agent exited with code {c}; see {}",
-                    dir.join(&member_id).join("agent.log").display()
+                    ended_dir(&dir).join(&member_id).join("agent.log").display()
                 ),
                 (None, Some(s)) => format!("the agent was killed by signal {s}"),
                 _ => "the agent exited".to_owned(),

@@ -193,15 +193,27 @@ async fn a_grouped_application_starts_in_order_and_undeploys_completely() {
         409,
         "not deployed any more"
     );
-    // The drain was graceful: the agents logged it.
-    let log = std::fs::read_to_string(
-        dir.path()
-            .join("members")
-            .join(web[0]["memberId"].as_str().unwrap())
-            .join("agent.log"),
-    )
-    .unwrap_or_default();
+    // The drain was graceful: the agents logged it, and their last logs are kept while their
+    // directories (payload, key, files) are gone.
+    let id = web[0]["memberId"].as_str().unwrap();
+    let log = eventually(10, "the ended member's log kept", || async {
+        crate::support::member_file(dir.path(), id, "agent.log")
+            .filter(|l| l.contains("drained and stopped"))
+    })
+    .await;
     assert!(log.contains("drained and stopped"), "{log}");
+    eventually(10, "the ended member's directory removed", || async {
+        (!dir.path().join("members").join(id).exists()).then_some(())
+    })
+    .await;
+    assert!(dir.path().join("ended").join(id).join("agent.log").exists());
+    assert!(
+        !dir.path()
+            .join("ended")
+            .join(id)
+            .join("payload.json")
+            .exists()
+    );
 }
 
 #[tokio::test]
@@ -387,17 +399,15 @@ async fn a_workload_that_cannot_start_is_retried_with_backoff_and_reported() {
         took >= Duration::from_millis(1400),
         "3 failures in {took:?}"
     );
-    let attempts = std::fs::read_dir(dir.path().join("members"))
-        .unwrap()
-        .count() as u64;
+    let seen = crate::support::members_seen(dir.path());
+    let attempts = seen.iter().collect::<std::collections::BTreeSet<_>>().len() as u64;
     assert!(
         (failures..=failures + 1).contains(&attempts),
         "{attempts} attempts for {failures} failures"
     );
-    let agent_log = std::fs::read_dir(dir.path().join("members"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("agent.log")).ok())
+    let agent_log = seen
+        .iter()
+        .filter_map(|id| crate::support::member_file(dir.path(), id, "agent.log"))
         .collect::<String>();
     assert!(
         agent_log.contains("exited") && agent_log.contains("starting"),

@@ -506,6 +506,24 @@ impl Api {
 }
 
 /// Pid of the agent of a member (from the supervisor's record).
+/// A file of a member's directory (`agent.log`, `workload.log`), whether the member still runs
+/// (`members/<id>/`) or ended (its last logs, in `ended/<id>/`).
+pub fn member_file(data_dir: &Path, member_id: &str, file: &str) -> Option<String> {
+    ["members", "ended"]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(data_dir.join(d).join(member_id).join(file)).ok())
+}
+
+/// The members a node's data directory knows, running or ended.
+pub fn members_seen(data_dir: &Path) -> Vec<String> {
+    ["members", "ended"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(data_dir.join(d)).ok())
+        .flat_map(|r| r.flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 pub fn agent_pid(data_dir: &Path, member_id: &str) -> Option<i32> {
     let text = std::fs::read_to_string(
         data_dir
