@@ -504,11 +504,16 @@ impl Runner {
                 actions.extend(out);
                 acks.extend(ack);
             }
-            // One convergence for the batch: each deployment it touched, once.
+            // One convergence for the batch: each deployment it touched, once. Written when
+            // the batch wrote anything, or the convergence did something (a state change always
+            // comes with an action): a quiet tick writes nothing.
             if s.needs_convergence() {
                 let at = nubo_bus::now_ms();
-                lines.extend(journal::converge_line(at).ok());
-                actions.extend(s.converge_dirty(at));
+                let converged = s.converge_dirty(at);
+                if !lines.is_empty() || !converged.is_empty() {
+                    lines.extend(journal::converge_line(at).ok());
+                }
+                actions.extend(converged);
             }
         }
         self.metrics.step.observe(stepping.elapsed().as_secs_f64());
@@ -535,6 +540,12 @@ impl Runner {
                     cluster,
                 } => starts.entry(provider).or_default().push(MemberSpec {
                     parameters: parameters(&member, &cluster),
+                    run_as: cluster
+                        .placements
+                        .iter()
+                        .find(|p| p.network_partition_id == member.network_partition_id)
+                        .and_then(|p| p.partitions.iter().find(|q| q.id == member.partition_id))
+                        .and_then(|q| q.run_as.clone()),
                     member,
                     image,
                     ports: cluster.ports.clone(),

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::topology::{Cluster, ClusterInstance, InstanceStatus, Member, MemberPort, Topology};
-use crate::{ClusterPort, DeploymentPlan};
+use crate::{ClusterPort, DeploymentPlan, RunAs};
 use crate::{EVENT_VERSION, TOPIC_PREFIX, TopologyPart};
 
 /// The topic families (as in Apache Stratos 4.1), each a topic prefix.
@@ -389,6 +389,9 @@ pub enum Event {
         /// commands with a token older than the newest it has seen.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fence: Option<u64>,
+        /// Who its processes run as (its partition's setting).
+        #[serde(rename = "runAs", default, skip_serializing_if = "Option::is_none")]
+        run_as: Option<RunAs>,
     },
     /// Terminate a member on a node (its exit is reported as `MemberProcessExited`).
     NodeTerminateMember {
@@ -927,6 +930,7 @@ mod catalogue {
                 payload: BTreeMap::from([("MEMBER_ID".to_owned(), "shop.web.php-1".to_owned())]),
                 bus_url: "mqtt://127.0.0.1:1883".into(),
                 fence: Some(3),
+                run_as: Some(RunAs::UidRange(61000, 61999)),
             },
             Event::NodeTerminateMember {
                 node: "host-a".into(),

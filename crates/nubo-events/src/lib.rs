@@ -16,7 +16,7 @@ mod topology;
 pub mod view;
 
 pub use events::*;
-pub use nubo_plan::{ClusterPort, DeploymentPlan, DeploymentStatus};
+pub use nubo_plan::{ClusterPort, DeploymentPlan, DeploymentStatus, RunAs};
 pub use parts::{Assembler, TopologyPart};
 pub use topology::*;
 

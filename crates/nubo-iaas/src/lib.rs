@@ -33,6 +33,8 @@ pub struct MemberSpec {
     pub bus_url: String,
     /// Stratos' launch parameters (`KEY → VALUE`), exported to the workload's environment.
     pub parameters: BTreeMap<String, String>,
+    /// Who its processes run as (its partition's setting; `None`: the provider's own user).
+    pub run_as: Option<nubo_events::RunAs>,
 }
 
 /// What the provider reports once the member runs.

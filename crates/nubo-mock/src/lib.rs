@@ -726,6 +726,7 @@ mod tests {
             }],
             bus_url: String::new(),
             parameters: BTreeMap::new(),
+            run_as: None,
         }
     }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nubo_bus::EventBus;
+use nubo_events::RunAs;
 use nubo_events::{Event, MemberPort};
 use nubo_iaas::{AgentPayload, AgentRecord, IaasError, MemberSpec, Provider, StartedMember, proc};
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,8 @@ pub struct NodeSupervisor {
     members: Arc<Mutex<HashMap<String, Tracked>>>,
     /// Address members listen on.
     host: String,
+    /// Choosing a member's user and making its directory, one member at a time.
+    run_as_lock: tokio::sync::Mutex<()>,
 }
 
 fn record_path(dir: &Path, member_id: &str) -> PathBuf {
@@ -116,6 +119,26 @@ fn write_record(dir: &Path, rec: &Record) {
         let _ = std::fs::rename(&tmp, path);
     }
 }
+
+/// A user by name (from `/etc/passwd`) or as `uid[:gid]`: (uid, gid).
+fn user_named(user: &str) -> Option<(u32, u32)> {
+    if let Some((u, g)) = user.split_once(':')
+        && let (Ok(u), Ok(g)) = (u.parse(), g.parse())
+    {
+        return Some((u, g));
+    }
+    if let Ok(u) = user.parse::<u32>() {
+        return Some((u, u));
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[0] == user).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+/// The descriptor the agent program is executed through when a member runs as its own user.
+const AGENT_FD: i32 = 100;
 
 /// How many ended members' last logs are kept (the oldest go first).
 pub const ENDED_KEPT: usize = 200;
@@ -199,6 +222,7 @@ impl NodeSupervisor {
             events,
             members: Arc::new(Mutex::new(HashMap::new())),
             host: "127.0.0.1".into(),
+            run_as_lock: tokio::sync::Mutex::new(()),
         });
         let mut gone = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
@@ -280,6 +304,57 @@ impl NodeSupervisor {
         });
     }
 
+    /// The (uid, gid) a member runs as. Needs the supervisor to run as root. A uid range gives
+    /// the lowest uid no member directory of this node belongs to.
+    fn user_for(&self, run_as: &RunAs) -> Result<(u32, u32), IaasError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(IaasError::Failed(
+                "the partition's runAsUser / runAsUidRange needs the node supervisor to run as root".into(),
+            ));
+        }
+        match run_as {
+            RunAs::User(u) => user_named(u).ok_or_else(|| {
+                IaasError::Failed(format!(
+                    "runAsUser `{u}`: no such user (a name from /etc/passwd, or uid[:gid])"
+                ))
+            }),
+            RunAs::UidRange(a, b) => {
+                use std::os::unix::fs::MetadataExt;
+                let used: std::collections::BTreeSet<u32> = std::fs::read_dir(&self.dir)
+                    .map(|d| {
+                        d.flatten()
+                            .filter_map(|e| e.metadata().ok().map(|m| m.uid()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (*a..=*b)
+                    .find(|u| *u != 0 && !used.contains(u))
+                    .map(|u| (u, u))
+                    .ok_or_else(|| {
+                        IaasError::Failed(format!(
+                            "every uid of runAsUidRange {a}-{b} is in use on this node: widen the range"
+                        ))
+                    })
+            }
+        }
+    }
+
+    /// Lets members' users reach their own directories: the members' directory and the data
+    /// directory above it become traversable by all (`--x`), never listable or readable.
+    fn traversable(&self) -> std::io::Result<()> {
+        for d in [Some(self.dir.as_path()), self.dir.parent()]
+            .into_iter()
+            .flatten()
+        {
+            let mode = std::fs::metadata(d)?.permissions().mode();
+            if mode & 0o011 != 0o011 {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011))?;
+            }
+        }
+        Ok(())
+    }
+
     fn allocate_ports(&self, req: &MemberSpec) -> Result<Vec<MemberPort>, IaasError> {
         let mut out = Vec::new();
         let mut held = Vec::new();
@@ -329,14 +404,32 @@ impl Provider for NodeSupervisor {
         let fail = |what: &str, e: std::io::Error| {
             IaasError::Failed(format!("{what} {}: {e}", workdir.display()))
         };
-        // The member's directory is its own: no other member (nor any other user) reads it.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(workdir.join("app"))
-            .map_err(|e| fail("cannot create", e))?;
-        std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| fail("cannot make private", e))?;
+        // Who it runs as is chosen, and its directory made, under one lock: two members of a
+        // uid range never get the same uid.
+        let user = {
+            let _one_at_a_time = self.run_as_lock.lock().await;
+            let user = match &req.run_as {
+                Some(r) => Some(self.user_for(r)?),
+                None => None,
+            };
+            // The member's directory is its own: no other member (nor any other user) reads it.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(workdir.join("app"))
+                .map_err(|e| fail("cannot create", e))?;
+            std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail("cannot make private", e))?;
+            if let Some((uid, gid)) = user {
+                for d in [workdir.clone(), workdir.join("app")] {
+                    std::os::unix::fs::chown(&d, Some(uid), Some(gid))
+                        .map_err(|e| fail("cannot give to its user", e))?;
+                }
+                self.traversable()
+                    .map_err(|e| fail("cannot open the way to", e))?;
+            }
+            user
+        };
         let mut payload = AgentPayload::new(&req, ports.clone());
         payload.bus_key = self.events.member_key(&m.member_id).map(|k| k.to_hex());
         let payload_file = workdir.join("payload.json");
@@ -352,7 +445,32 @@ impl Provider for NodeSupervisor {
         let log2 = log
             .try_clone()
             .map_err(|e| fail("cannot open the agent log in", e))?;
-        let mut cmd = tokio::process::Command::new(&self.agent.program);
+        if let Some((uid, gid)) = user {
+            for f in [payload_file.clone(), workdir.join("agent.log")] {
+                std::os::unix::fs::chown(&f, Some(uid), Some(gid))
+                    .map_err(|e| fail("cannot give to its user", e))?;
+            }
+        }
+        // A member's user may not reach the agent program's directory (a build under /root):
+        // it is executed through a descriptor opened here, as `/proc/self/fd/N` in the child.
+        let program_file = match user {
+            Some(_) => Some(std::fs::File::open(&self.agent.program).map_err(|e| {
+                IaasError::Failed(format!(
+                    "cannot open the agent {}: {e}",
+                    self.agent.program.display()
+                ))
+            })?),
+            None => None,
+        };
+        let program = match &program_file {
+            Some(_) => PathBuf::from(format!("/proc/self/fd/{AGENT_FD}")),
+            None => self.agent.program.clone(),
+        };
+        let program_fd = program_file.as_ref().map(|f| {
+            use std::os::fd::AsRawFd;
+            f.as_raw_fd()
+        });
+        let mut cmd = tokio::process::Command::new(&program);
         // Nothing of the platform's environment (its secrets and settings) reaches the agent.
         cmd.env_clear()
             .envs(nubo_iaas::base_environment())
@@ -361,6 +479,11 @@ impl Provider for NodeSupervisor {
             if let Ok(v) = std::env::var(k) {
                 cmd.env(k, v);
             }
+        }
+        if let Some((uid, gid)) = user {
+            // The agent and its workload run as the member's user (supplementary groups
+            // dropped): the store, the platform's files and other members' are out of reach.
+            cmd.uid(uid).gid(gid);
         }
         cmd.args(&self.agent.args)
             .arg("--payload")
@@ -373,14 +496,22 @@ impl Provider for NodeSupervisor {
         // SAFETY: setsid is async-signal-safe; the child gets its own session (and process group),
         // so that stopping the server never stops it, and its whole session can be cleaned up.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dup2 is async-signal-safe, and the copy is not closed at exec.
+                if let Some(fd) = program_fd
+                    && libc::dup2(fd, AGENT_FD) == -1
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let spawned = cmd.spawn();
+        drop(program_file);
+        let mut child = spawned.map_err(|e| {
             IaasError::Failed(format!(
                 "cannot start the agent {}: {e}",
                 self.agent.program.display()
@@ -543,7 +674,7 @@ pub async fn serve(
                     Event::NodeTerminateMember { node: n, member_id, fence } if n == node && !admit(fence) => {
                         tracing::warn!(member = %member_id, ?fence, "a terminate from an older controller: refused");
                     }
-                    Event::NodeStartMember { node: n, member, image, ports, payload, bus_url, .. } if n == node => {
+                    Event::NodeStartMember { node: n, member, image, ports, payload, bus_url, run_as, .. } if n == node => {
                         let sup = sup.clone();
                         let events = events.clone();
                         let node = node.clone();
@@ -552,7 +683,7 @@ pub async fn serve(
                             // At most NODE_STARTS_AT_ONCE members start at a time on a node.
                             let Ok(_permit) = starting.acquire_owned().await else { return };
                             let member_id = member.member_id.clone();
-                            let req = MemberSpec { member, image, ports, bus_url, parameters: payload };
+                            let req = MemberSpec { member, image, ports, bus_url, parameters: payload, run_as };
                             let answer = match sup.start(req).await {
                                 Ok(s) => Event::NodeMemberStarted { node, member_id, ip: s.ip, ports: s.ports },
                                 Err(e) => Event::NodeMemberStartFailed { node, member_id, reason: e.to_string() },
@@ -717,6 +848,7 @@ mod tests {
             payload: BTreeMap::new(),
             bus_url: String::new(),
             fence,
+            run_as: None,
         };
         events.publish(&start(Some(3))).await.unwrap();
         match next_answer(&mut answers).await {
@@ -815,6 +947,7 @@ mod tests {
                 ports: vec![],
                 bus_url: String::new(),
                 parameters: BTreeMap::new(),
+                run_as: None,
             })
             .await
             .unwrap();

@@ -120,6 +120,7 @@ impl Provider for NodeProvider {
                 payload: req.parameters,
                 bus_url: req.bus_url,
                 fence: self.fence(),
+                run_as: req.run_as,
             })
             .await;
             waiting.push((member_id, rx));

@@ -47,6 +47,50 @@ pub struct PlacementPartition {
     pub id: String,
     /// Cap on members in it (`None`: no cap).
     pub max: Option<u32>,
+    /// Who its members run as (the partition's `runAsUser` or `runAsUidRange` property), for
+    /// providers that run processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
+}
+
+/// Who a member's processes run as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunAs {
+    /// A user (a name, or `uid[:gid]`), the same for every member of the partition.
+    User(String),
+    /// A user id of its own per member, from this range (its group id is the same number).
+    UidRange(u32, u32),
+}
+
+impl RunAs {
+    /// Reads a partition's properties: `runAsUidRange` (`A-B`) or `runAsUser`.
+    pub fn from_properties(props: &[nubo_model::Property]) -> Result<Option<RunAs>, String> {
+        let get = |name: &str| {
+            props
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.value.trim())
+        };
+        if let Some(range) = get("runAsUidRange") {
+            let parsed = range
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+                })
+                .filter(|(a, b)| *a >= 1000 && a <= b);
+            return match parsed {
+                Some((a, b)) => Ok(Some(RunAs::UidRange(a, b))),
+                None => Err(format!(
+                    "runAsUidRange `{range}` is not a range of user ids `A-B` with 1000 <= A <= B"
+                )),
+            };
+        }
+        match get("runAsUser") {
+            Some("") | None => Ok(None),
+            Some(u) => Ok(Some(RunAs::User(u.to_owned()))),
+        }
+    }
 }
 
 /// Where a cluster's members go in one network partition.
@@ -301,11 +345,25 @@ pub fn plan(
                 partitions: r
                     .partitions
                     .iter()
-                    .map(|p| PlacementPartition {
-                        id: p.id.clone(),
-                        max: p.partition_max,
+                    .map(|p| {
+                        let props = np
+                            .partitions
+                            .iter()
+                            .find(|q| q.id == p.id)
+                            .and_then(|q| q.property.clone())
+                            .unwrap_or_default();
+                        Ok(PlacementPartition {
+                            id: p.id.clone(),
+                            max: p.partition_max,
+                            run_as: RunAs::from_properties(&props).map_err(|e| {
+                                PlanError(format!(
+                                    "network partition `{}`, partition `{}`: {e}",
+                                    r.id, p.id
+                                ))
+                            })?,
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<Vec<_>, PlanError>>()?,
             });
         }
         let multi_tenant = cartridge.multi_tenant == Some(true);

@@ -365,6 +365,98 @@ async fn a_member_sees_no_platform_secret_and_its_files_are_private() {
 }
 
 #[tokio::test]
+async fn members_of_a_uid_range_run_as_users_of_their_own_and_cannot_read_each_other() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED members_of_a_uid_range_run_as…: needs root (the node supervisor switches users)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let mut arts = base_artifacts();
+    arts[1].1 = json!({"id": "np", "provider": "local", "partitions": [
+        {"id": "p1", "property": [{"name": "runAsUidRange", "value": "61000-61099"}]},
+        {"id": "p2", "property": [{"name": "runAsUidRange", "value": "61000-61099"}]}]});
+    let mut cartridge = http_cartridge("iso", proxy);
+    cartridge["iaasProvider"][0]["imageId"] =
+        json!("id -u > uid.txt; exec python3 -m http.server $PORT --bind 127.0.0.1");
+    arts.push(("cartridges", cartridge));
+    arts.push(("applications", json!({"applicationId": "iso", "components": {"cartridges": [
+        {"type": "iso", "cartridgeMin": 2, "cartridgeMax": 2, "subscribableInfo": {"alias": "i", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})));
+    api.add_all(&arts).await;
+    let (status, body) = api.post("/api/applications/iso/deploy/ap", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let members = eventually(30, "two members active", || async {
+        let a = api.active("iso", "i").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    let dirs: Vec<std::path::PathBuf> = members
+        .iter()
+        .map(|m| {
+            dir.path()
+                .join("members")
+                .join(m["memberId"].as_str().unwrap())
+        })
+        .collect();
+    let uids: Vec<u32> = dirs
+        .iter()
+        .map(|d| {
+            std::fs::read_to_string(d.join("app/uid.txt"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(uids.iter().all(|u| (61000..=61099).contains(u)), "{uids:?}");
+    assert_ne!(uids[0], uids[1], "a user of its own per member");
+    for (d, u) in dirs.iter().zip(&uids) {
+        let meta = std::fs::metadata(d).unwrap();
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (*u, 0o700));
+    }
+    // As member 0's user: its own payload yes; member 1's, the store, the members' list no.
+    let as_member = |path: &std::path::Path, what: &str| {
+        std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={}", uids[0]),
+                &format!("--regid={}", uids[0]),
+                "--clear-groups",
+                what,
+            ])
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(
+        as_member(&dirs[0].join("payload.json"), "cat"),
+        "its own files"
+    );
+    assert!(
+        !as_member(&dirs[1].join("payload.json"), "cat"),
+        "another member's payload"
+    );
+    assert!(!as_member(&dirs[1], "ls"), "another member's directory");
+    assert!(!as_member(&dir.path().join("nubo.db"), "cat"), "the store");
+    assert!(
+        !as_member(&dir.path().join("bus.json"), "cat"),
+        "the bus credentials"
+    );
+    assert!(
+        !as_member(&dir.path().join("members"), "ls"),
+        "the list of members"
+    );
+}
+
+#[tokio::test]
 async fn a_workload_that_cannot_start_is_retried_with_backoff_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path());
