@@ -82,17 +82,38 @@ async fn search_tenants(
 }
 
 async fn activate(State(s): S, Path(domain): Path<String>) -> Result<Json<Message>, ApiError> {
-    s.manager.set_tenant_active(&domain, true).await?;
+    set_active(&s, &domain, true).await?;
     Ok(Json(Message::success(format!(
         "Tenant activated successfully: [tenant-domain] {domain}"
     ))))
 }
 
+/// A deactivated tenant can do nothing (its users cannot authenticate) and its applications get
+/// no traffic; their members keep running, so that activating it again routes them at once.
 async fn deactivate(State(s): S, Path(domain): Path<String>) -> Result<Json<Message>, ApiError> {
-    s.manager.set_tenant_active(&domain, false).await?;
+    set_active(&s, &domain, false).await?;
     Ok(Json(Message::success(format!(
-        "Tenant deactivated successfully: [tenant-domain] {domain}"
+        "Tenant deactivated successfully: its applications get no traffic (their members keep running): [tenant-domain] {domain}"
     ))))
+}
+
+async fn set_active(s: &AppState, domain: &str, active: bool) -> Result<(), ApiError> {
+    let t = s.manager.set_tenant_active(domain, active).await?;
+    if let Some(id) = t.tenant_id {
+        s.deployments
+            .tenant_routing(id, !active)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the tenant is {}, but its applications' routing could not be changed ({e}): try again",
+                        if active { "active" } else { "deactivated" }
+                    ),
+                )
+            })?;
+    }
+    Ok(())
 }
 
 async fn delete_tenant(Path(domain): Path<String>) -> Result<Response, ApiError> {

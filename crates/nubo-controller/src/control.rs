@@ -94,6 +94,13 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn undeploy(&self, application_id: &str, force: bool) -> Result<(), ControlError>;
     /// Applies changed artifacts to a running application.
     async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError>;
+    /// Routes a tenant's applications, or no more (`suspended`: its tenant was deactivated).
+    async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
+        let _ = (tenant_id, suspended);
+        Err(ControlError::Unavailable(
+            "this controller cannot change a tenant's routing".into(),
+        ))
+    }
     /// An application's deployment status (`None`: not deployed).
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         let s = self.state().await.ok_or_else(unreadable)?;
@@ -159,6 +166,9 @@ impl ControlPlane for ControllerHandle {
     }
     async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         ControllerHandle::update_plan(self, plan).await
+    }
+    async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
+        ControllerHandle::tenant_routing(self, tenant_id, suspended).await
     }
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         self.read(|s| s.deployments.get(application_id).map(|d| d.status))
@@ -346,6 +356,18 @@ impl ControlPlane for RemoteControl {
         .await
     }
 
+    async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
+        self.send(Event::ControlTenantRouting {
+            tenant_id,
+            suspended,
+        })
+        .await?;
+        self.until("tenant routing", |s| {
+            s.topology.suspended_tenants.contains(&tenant_id) == suspended
+        })
+        .await
+    }
+
     async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         let app = plan.application_id.clone();
         let wanted = plan.clone();
@@ -461,6 +483,10 @@ impl ControlPlane for SwitchableControl {
             ok => ok,
         }
     }
+    async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
+        self.current().tenant_routing(tenant_id, suspended).await
+    }
+
     async fn update_plan(&self, plan: DeploymentPlan) -> Result<(), ControlError> {
         let remote = !self.leads();
         match self.current().update_plan(plan.clone()).await {

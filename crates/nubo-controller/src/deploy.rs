@@ -102,6 +102,15 @@ impl<P: Planner> Deployments<P> {
             .map_err(|e| named(e, application_id))?)
     }
 
+    /// A tenant's applications get traffic again (`suspended: false`), or no more (its tenant
+    /// was deactivated; its members keep running). Nothing to do without a controller here.
+    pub async fn tenant_routing(&self, tenant: i64, suspended: bool) -> Result<(), P> {
+        match &self.control {
+            Some(c) => Ok(c.tenant_routing(tenant, suspended).await?),
+            None => Ok(()),
+        }
+    }
+
     /// `tenant`'s application's deployment status (`None`: not deployed, or no controller here).
     pub async fn status(
         &self,

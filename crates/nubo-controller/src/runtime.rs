@@ -138,6 +138,19 @@ impl ControllerHandle {
         self.command(Input::UpdatePlan(plan)).await
     }
 
+    /// Routes a tenant's applications, or no more; returns once the controller has taken it in.
+    pub async fn tenant_routing(
+        &self,
+        tenant_id: i64,
+        suspended: bool,
+    ) -> Result<(), ControlError> {
+        self.command(Input::TenantRouting {
+            tenant_id,
+            suspended,
+        })
+        .await
+    }
+
     async fn command(&self, input: Input) -> Result<(), ControlError> {
         let stopped = || ControlError::Unavailable("the controller has stopped".to_owned());
         let (ack, done) = tokio::sync::oneshot::channel();
@@ -386,6 +399,13 @@ fn command_from(e: Event) -> Option<Input> {
         }),
         Event::ControlUpdatePlan { plan } => Some(Input::UpdatePlan(*plan)),
         Event::ControlScale { command } => Some(Input::Scale(command)),
+        Event::ControlTenantRouting {
+            tenant_id,
+            suspended,
+        } => Some(Input::TenantRouting {
+            tenant_id,
+            suspended,
+        }),
         _ => None,
     }
 }

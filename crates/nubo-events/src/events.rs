@@ -208,6 +208,15 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         part: Option<TopologyPart>,
     },
+    /// A tenant's applications get traffic again (`suspended: false`) or no more (its tenant
+    /// was deactivated: its members keep running).
+    TenantRouting {
+        /// The tenant.
+        #[serde(rename = "tenantId")]
+        tenant_id: i64,
+        /// No traffic to its applications.
+        suspended: bool,
+    },
     /// Clusters of an application were created.
     ApplicationClustersCreated {
         /// Application.
@@ -432,6 +441,14 @@ pub enum Event {
         /// The request.
         command: ScaleCommand,
     },
+    /// Route a tenant's applications, or no more (from an API-only server or a standby).
+    ControlTenantRouting {
+        /// The tenant.
+        #[serde(rename = "tenantId")]
+        tenant_id: i64,
+        /// No traffic to its applications.
+        suspended: bool,
+    },
 }
 
 /// A request of the autoscaler to the cloud controller.
@@ -529,6 +546,7 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Event::CompleteTopology { .. } => "CompleteTopology",
+            Event::TenantRouting { .. } => "TenantRouting",
             Event::ApplicationClustersCreated { .. } => "ApplicationClustersCreated",
             Event::ApplicationClustersRemoved { .. } => "ApplicationClustersRemoved",
             Event::ClusterInstanceCreated { .. } => "ClusterInstanceCreated",
@@ -563,6 +581,7 @@ impl Event {
             Event::ControlUndeploy { .. } => "ControlUndeploy",
             Event::ControlUpdatePlan { .. } => "ControlUpdatePlan",
             Event::ControlScale { .. } => "ControlScale",
+            Event::ControlTenantRouting { .. } => "ControlTenantRouting",
         }
     }
 
@@ -594,6 +613,7 @@ impl Event {
     pub fn category(&self) -> Category {
         match self {
             Event::CompleteTopology { .. }
+            | Event::TenantRouting { .. }
             | Event::ApplicationClustersCreated { .. }
             | Event::ApplicationClustersRemoved { .. }
             | Event::ClusterInstanceCreated { .. }
@@ -627,7 +647,8 @@ impl Event {
             Event::ControlDeploy { .. }
             | Event::ControlUndeploy { .. }
             | Event::ControlUpdatePlan { .. }
-            | Event::ControlScale { .. } => Category::Control,
+            | Event::ControlScale { .. }
+            | Event::ControlTenantRouting { .. } => Category::Control,
         }
     }
 
@@ -806,12 +827,14 @@ mod catalogue {
             Event::CompleteTopology {
                 topology: Topology {
                     clusters: BTreeMap::from([("shop.web.php.domain".to_owned(), cluster())]),
+                    suspended_tenants: [3].into(),
                 },
                 part: None,
             },
             Event::CompleteTopology {
                 topology: Topology {
                     clusters: BTreeMap::from([("shop.web.php.domain".to_owned(), cluster())]),
+                    suspended_tenants: Default::default(),
                 },
                 part: Some(TopologyPart {
                     snapshot: 1_763_800_000_000,
@@ -955,6 +978,14 @@ mod catalogue {
                     count: 3,
                 },
             },
+            Event::ControlTenantRouting {
+                tenant_id: 3,
+                suspended: true,
+            },
+            Event::TenantRouting {
+                tenant_id: 3,
+                suspended: true,
+            },
         ]
     }
 
@@ -1007,6 +1038,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 35, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 37, "one example per event variant: {names:?}");
     }
 }

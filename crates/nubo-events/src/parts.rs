@@ -27,7 +27,7 @@ pub const PART_BYTES: usize = 256 * 1024;
 /// cluster too big for one part, the cluster with a share of its members (a part may exceed the
 /// bound only by one member, or by one cluster without members). Takes the topology by value:
 /// its clusters and members move into the parts.
-pub fn split(topology: Topology, snapshot: u64, max_bytes: usize) -> Vec<Event> {
+pub fn split(mut topology: Topology, snapshot: u64, max_bytes: usize) -> Vec<Event> {
     if json_len(&topology) <= max_bytes {
         return vec![Event::CompleteTopology {
             topology,
@@ -35,7 +35,10 @@ pub fn split(topology: Topology, snapshot: u64, max_bytes: usize) -> Vec<Event> 
         }];
     }
     let mut parts: Vec<Topology> = Vec::new();
-    let mut current = Topology::default();
+    let mut current = Topology {
+        suspended_tenants: std::mem::take(&mut topology.suspended_tenants),
+        ..Topology::default()
+    };
     let mut size = 0usize;
     for (cluster_id, mut shell) in topology.clusters {
         let members = std::mem::take(&mut shell.members);
@@ -174,6 +177,9 @@ impl Assembler {
             return Vec::new();
         }
         *seen = true;
+        p.topology
+            .suspended_tenants
+            .extend(topology.suspended_tenants);
         for (id, cluster) in topology.clusters {
             match p.topology.clusters.get_mut(&id) {
                 Some(c) => c.members.extend(cluster.members),

@@ -1,6 +1,6 @@
 //! The topology: what runs where. The cloud controller is its only writer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -211,6 +211,17 @@ impl Cluster {
 pub struct Topology {
     /// Clusters by id.
     pub clusters: BTreeMap<String, Cluster>,
+    /// Tenants whose applications get no traffic (deactivated tenants: their members keep
+    /// running, the load balancers route nothing to them).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub suspended_tenants: BTreeSet<i64>,
+}
+
+impl Topology {
+    /// Whether the load balancers route to this cluster (its tenant is not suspended).
+    pub fn routed(&self, cluster: &Cluster) -> bool {
+        !self.suspended_tenants.contains(&cluster.tenant_id)
+    }
 }
 
 impl Topology {

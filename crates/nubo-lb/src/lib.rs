@@ -277,6 +277,7 @@ impl LoadBalancer {
                 let routes = t
                     .clusters
                     .get(id)
+                    .filter(|c| t.routed(c))
                     .map(table::cluster_routes)
                     .unwrap_or_default();
                 for (port, host) in keys.remove(id).unwrap_or_default() {

@@ -82,7 +82,12 @@ impl Routes {
     /// Builds the table from a topology: only Active members get traffic.
     pub fn from_topology(t: &Topology) -> Self {
         Routes {
-            by_host: t.clusters.values().flat_map(cluster_routes).collect(),
+            by_host: t
+                .clusters
+                .values()
+                .filter(|c| t.routed(c))
+                .flat_map(cluster_routes)
+                .collect(),
         }
     }
 
@@ -142,7 +147,8 @@ pub fn apply(t: &mut Topology, e: &Event) -> Change {
         } => {
             let mut changed = BTreeSet::new();
             for (id, c) in &topology.clusters {
-                if t.clusters.get(id) != Some(c) {
+                let routing = t.routed(c) != topology.routed(c);
+                if routing || t.clusters.get(id) != Some(c) {
                     changed.insert(id.clone());
                 }
             }
@@ -158,6 +164,27 @@ pub fn apply(t: &mut Topology, e: &Event) -> Change {
             Change::Clusters(changed)
         }
         Event::CompleteTopology { part: Some(_), .. } => Change::None,
+        Event::TenantRouting {
+            tenant_id,
+            suspended,
+        } => {
+            let was = t.suspended_tenants.contains(tenant_id);
+            if was == *suspended {
+                return Change::None;
+            }
+            if *suspended {
+                t.suspended_tenants.insert(*tenant_id);
+            } else {
+                t.suspended_tenants.remove(tenant_id);
+            }
+            Change::Clusters(
+                t.clusters
+                    .values()
+                    .filter(|c| c.tenant_id == *tenant_id)
+                    .map(|c| c.cluster_id.clone())
+                    .collect(),
+            )
+        }
         Event::ApplicationClustersCreated { clusters, .. } => {
             let mut changed = BTreeSet::new();
             for c in clusters {
@@ -364,6 +391,7 @@ mod tests {
         };
         Topology {
             clusters: BTreeMap::from([("c".to_owned(), c)]),
+            suspended_tenants: Default::default(),
         }
     }
 
@@ -376,6 +404,54 @@ mod tests {
         assert!(r.lookup("a.web.localhost", 9999).is_none());
         assert!(r.lookup("other", 8280).is_none());
         assert_eq!(r.ports(), [8280]);
+    }
+
+    #[test]
+    fn a_suspended_tenant_gets_no_routes_until_it_is_routed_again() {
+        let mut t = topology();
+        let tenant = t.clusters["c"].tenant_id;
+        let suspend = |suspended| Event::TenantRouting {
+            tenant_id: tenant,
+            suspended,
+        };
+        assert_eq!(
+            apply(&mut t, &suspend(true)),
+            Change::Clusters(BTreeSet::from(["c".to_owned()]))
+        );
+        assert!(
+            Routes::from_topology(&t)
+                .lookup("a.web.localhost", 8280)
+                .is_none()
+        );
+        assert_eq!(apply(&mut t, &suspend(true)), Change::None, "no change");
+        // Another tenant's suspension changes nothing here.
+        let other = Event::TenantRouting {
+            tenant_id: tenant + 1,
+            suspended: true,
+        };
+        assert_eq!(apply(&mut t, &other), Change::Clusters(BTreeSet::new()));
+        apply(&mut t, &suspend(false));
+        assert!(
+            Routes::from_topology(&t)
+                .lookup("a.web.localhost", 8280)
+                .is_some()
+        );
+        // A complete topology that says it is suspended is a change of its clusters.
+        let mut complete = t.clone();
+        complete.suspended_tenants.insert(tenant);
+        let e = Event::CompleteTopology {
+            topology: complete,
+            part: None,
+        };
+        assert_eq!(
+            apply(&mut t, &e),
+            Change::Clusters(BTreeSet::from(["c".to_owned()]))
+        );
+        assert!(
+            Routes::from_topology(&t)
+                .lookup("a.web.localhost", 8280)
+                .is_none()
+        );
     }
 
     #[test]

@@ -200,6 +200,14 @@ pub enum Input {
     /// The application's artifacts changed while it runs (a policy, its own min / max): the
     /// new plan replaces the old one; the clusters must be the same.
     UpdatePlan(DeploymentPlan),
+    /// A tenant was deactivated (its applications get no traffic; its members keep running) or
+    /// activated again.
+    TenantRouting {
+        /// The tenant.
+        tenant_id: i64,
+        /// No traffic to its applications.
+        suspended: bool,
+    },
     /// Time passed.
     Tick,
 }
@@ -324,6 +332,23 @@ impl ControllerState {
             Input::Event(e) => self.event(now_ms, e, &mut out),
             Input::Scale(command) => self.scale(now_ms, command, &mut out),
             Input::UpdatePlan(plan) => self.update_plan(plan, &mut out),
+            Input::TenantRouting {
+                tenant_id,
+                suspended,
+            } => {
+                let changed = if suspended {
+                    self.topology.suspended_tenants.insert(tenant_id)
+                } else {
+                    self.topology.suspended_tenants.remove(&tenant_id)
+                };
+                if changed {
+                    out.push(Action::Publish(Event::TenantRouting {
+                        tenant_id,
+                        suspended,
+                    }));
+                    out.push(Action::Persist);
+                }
+            }
             Input::Tick => {
                 let apps: Vec<String> = self.deployments.keys().cloned().collect();
                 for app in apps {
@@ -402,7 +427,7 @@ impl ControllerState {
                 ScaleCommand::MemberFault { member_id, .. } => of_member(member_id),
                 ScaleCommand::MemberActive { instance } => Some(instance.application_id.clone()),
             },
-            Input::Tick => None,
+            Input::Tick | Input::TenantRouting { .. } => None,
         }
     }
 

@@ -368,3 +368,68 @@ async fn tenants_run_applications_of_the_same_id_apart_and_host_names_are_unique
         403
     );
 }
+
+/// Whether the load balancer on `proxy` routes `host`: a host it does not serve gets its own 404
+/// at once; a routed one goes on to a member (here a mock one, whose address answers nothing,
+/// or whatever the network puts there).
+async fn routed(proxy: u16, host: &str) -> bool {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{proxy}/"))
+        .header("host", host)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    match r {
+        Ok(r) if r.status() == 404 => !r
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("no application is served"),
+        _ => true,
+    }
+}
+
+#[tokio::test]
+async fn a_deactivated_tenants_applications_get_no_traffic_and_keep_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--mock-iaas", "-"]);
+    let root = Api::new(&server);
+    let t = json!({"admin": "alice", "firstName": "F", "lastName": "L", "adminPassword": "s3cret!", "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
+    assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    let a = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let proxy = free_port();
+    let mut arts = shop("a.example");
+    arts[4].1["portMapping"][0]["proxyPort"] = json!(proxy);
+    a.add_all(&arts).await;
+    assert_eq!(
+        a.post("/api/applications/shop/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    eventually(30, "the shop active", || async {
+        (a.active("shop", "web").await.len() == 1).then_some(())
+    })
+    .await;
+    let host = "shop.web.a.example";
+    eventually(20, "the shop routed", || async {
+        routed(proxy, host).await.then_some(())
+    })
+    .await;
+    let send = |path: &'static str| root.send(reqwest::Method::PUT, path, None);
+    assert_eq!(send("/api/tenants/deactivate/a.com").await.0, 200);
+    eventually(20, "no traffic to a deactivated tenant", || async {
+        (!routed(proxy, host).await).then_some(())
+    })
+    .await;
+    // Its members keep running, and its users can do nothing.
+    assert_eq!(a.get("/api/applications/shop/runtime").await.0, 401);
+    let (_, instances) = root.get("/api/mock-iaas/instances").await;
+    assert_eq!(instances.as_array().unwrap().len(), 1, "{instances}");
+    assert_eq!(send("/api/tenants/activate/a.com").await.0, 200);
+    eventually(20, "routed again", || async {
+        routed(proxy, host).await.then_some(())
+    })
+    .await;
+    assert_eq!(a.active("shop", "web").await.len(), 1);
+}
