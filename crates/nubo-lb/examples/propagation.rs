@@ -276,7 +276,10 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
         .wait_connected(Duration::from_secs(15))
         .await
         .unwrap();
-    let controller = EventBus::new(controller);
+    // The platform's bus proves every message (nubo-envelope): the benchmark signs and checks
+    // as the controller and the load balancers do.
+    let key = nubo_bus::BusKey::generate();
+    let controller = EventBus::with_auth(controller, nubo_bus::BusAuth::Platform(key.clone()));
 
     let (tx, rx) = mpsc::unbounded_channel();
     let mut binds = Vec::new();
@@ -302,7 +305,12 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
                 }
             }
         });
-        lb.follow(EventBus::new(bus)).await.unwrap();
+        lb.follow(EventBus::with_auth(
+            bus,
+            nubo_bus::BusAuth::Platform(key.clone()),
+        ))
+        .await
+        .unwrap();
     }
     drop(tx);
     let mut tables = Tables {
