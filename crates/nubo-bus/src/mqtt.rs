@@ -246,6 +246,15 @@ mod tests {
             );
             return;
         };
+        // A broker that wants credentials refuses a client without them.
+        if let Some(anonymous) = crate::testing::without_credentials(&url) {
+            let c = MqttBus::connect(MqttConfig::from_url(&anonymous, "anonymous").unwrap());
+            assert!(
+                c.wait_connected(Duration::from_millis(1500)).await.is_err(),
+                "an anonymous client connected to {}",
+                crate::redact_url(&url)
+            );
+        }
         let a = MqttBus::connect(MqttConfig::from_url(&url, "conf-pub").unwrap());
         let b = MqttBus::connect(MqttConfig::from_url(&url, "conf-sub").unwrap());
         a.wait_connected(Duration::from_secs(10)).await.unwrap();

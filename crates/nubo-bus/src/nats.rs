@@ -443,6 +443,17 @@ mod tests {
             );
             return;
         };
+        if let Some(anonymous) = crate::testing::without_credentials(&url) {
+            let refused = match crate::connect_url(&anonymous, "anonymous").await {
+                Err(_) => true,
+                Ok(c) => c.wait_connected(Duration::from_millis(1500)).await.is_err(),
+            };
+            assert!(
+                refused,
+                "an anonymous client connected to {}",
+                crate::redact_url(&url)
+            );
+        }
         let a = crate::connect_url(&url, "conf-pub").await.unwrap();
         let b = crate::connect_url(&url, "conf-sub").await.unwrap();
         assert_eq!(a.kind(), "nats");

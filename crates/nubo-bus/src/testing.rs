@@ -148,3 +148,10 @@ pub fn free_addr() -> SocketAddr {
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
 }
+
+/// The URL without its user information, when it has some (`mqtt://u:p@h:1` → `mqtt://h:1`).
+pub fn without_credentials(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (_, host) = rest.rsplit_once('@')?;
+    Some(format!("{scheme}://{host}"))
+}
