@@ -122,16 +122,7 @@ async fn an_application_runs_with_its_agents_on_a_nats_bus() {
         .iter()
         .map(|m| m["memberId"].as_str().unwrap().to_owned())
         .collect();
-    let payload: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            dir.path()
-                .join("members")
-                .join(&ids[0])
-                .join("payload.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let payload = crate::support::member_payload(dir.path(), &ids[0]);
     let raw = nubo_bus::connect_url(&url, "intruder").await.unwrap();
     raw.wait_connected(Duration::from_secs(10)).await.unwrap();
     let as_member = nubo_bus::EventBus::with_auth(
@@ -141,16 +132,8 @@ async fn an_application_runs_with_its_agents_on_a_nats_bus() {
             key: nubo_bus::BusKey::from_hex(payload["busKey"].as_str().unwrap()).unwrap(),
         },
     );
-    let field = |k: &str| payload[k].as_str().unwrap().to_owned();
-    let b = nubo_events::InstanceRef {
-        member_id: ids[1].clone(),
-        cluster_id: field("clusterId"),
-        cluster_instance_id: field("clusterInstanceId"),
-        application_id: field("applicationId"),
-        service_name: field("serviceName"),
-        network_partition_id: field("networkPartitionId"),
-        partition_id: field("partitionId"),
-    };
+    let mut b = crate::support::instance_of(&payload);
+    b.member_id = ids[1].clone();
     for bus in [nubo_bus::EventBus::new(raw.clone()), as_member] {
         for e in [
             nubo_events::Event::ControlUndeploy {
@@ -182,10 +165,7 @@ async fn an_application_runs_with_its_agents_on_a_nats_bus() {
     let metrics = api.metrics().await;
     for reason in ["unsigned", "not_permitted"] {
         assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("nubo_bus_messages_dropped_total")
-                    && l.contains(&format!("reason=\"{reason}\""))),
+            crate::support::dropped(&metrics, reason) > 0,
             "{reason} drops counted"
         );
     }

@@ -624,3 +624,44 @@ pub fn web_app(app: &str, min: u32, max: u32) -> Value {
         {"type": "web", "cartridgeMin": min, "cartridgeMax": max,
          "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})
 }
+
+/// A member's payload (`members/<id>/payload.json`), as JSON.
+pub fn member_payload(data_dir: &Path, member_id: &str) -> Value {
+    serde_json::from_slice(
+        &std::fs::read(
+            data_dir
+                .join("members")
+                .join(member_id)
+                .join("payload.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The member a payload describes, as its agent reports it.
+pub fn instance_of(payload: &Value) -> nubo_events::InstanceRef {
+    let s = |k: &str| payload[k].as_str().unwrap().to_owned();
+    nubo_events::InstanceRef {
+        member_id: s("memberId"),
+        cluster_id: s("clusterId"),
+        cluster_instance_id: s("clusterInstanceId"),
+        application_id: s("applicationId"),
+        service_name: s("serviceName"),
+        network_partition_id: s("networkPartitionId"),
+        partition_id: s("partitionId"),
+    }
+}
+
+/// The count of `nubo_bus_messages_dropped_total{reason=…}` in a metrics text.
+pub fn dropped(metrics: &str, reason: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("nubo_bus_messages_dropped_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}

@@ -3,23 +3,13 @@
 use std::time::Duration;
 
 use nubo_bus::{Bus, BusAuth, BusCredentials, BusKey, EventBus, MqttBus, MqttConfig};
-use nubo_events::{Event, InstanceRef, Member, MemberChange, MemberPort, MemberStatus};
+use nubo_events::{Event, Member, MemberChange, MemberPort, MemberStatus};
 use serde_json::{Value, json};
 
-use crate::support::{Api, ServerProcess, eventually, free_port, holds, web_app_artifacts};
-
-fn instance(payload: &Value) -> InstanceRef {
-    let s = |k: &str| payload[k].as_str().unwrap().to_owned();
-    InstanceRef {
-        member_id: s("memberId"),
-        cluster_id: s("clusterId"),
-        cluster_instance_id: s("clusterInstanceId"),
-        application_id: s("applicationId"),
-        service_name: s("serviceName"),
-        network_partition_id: s("networkPartitionId"),
-        partition_id: s("partitionId"),
-    }
-}
+use crate::support::{
+    Api, ServerProcess, dropped, eventually, free_port, holds, instance_of, member_payload,
+    web_app_artifacts,
+};
 
 async fn get_through(proxy: u16, host: &str) -> Option<String> {
     let r = reqwest::Client::new()
@@ -31,19 +21,6 @@ async fn get_through(proxy: u16, host: &str) -> Option<String> {
         .ok()?;
     (r.status() == 200).then_some(())?;
     r.text().await.ok()
-}
-
-/// The count of `nubo_bus_messages_dropped_total{reason=…}` in a metrics text.
-fn dropped(metrics: &str, reason: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("nubo_bus_messages_dropped_total")
-                && l.contains(&format!("reason=\"{reason}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 #[tokio::test]
@@ -92,16 +69,7 @@ async fn forged_replayed_and_unsigned_messages_on_the_bus_change_nothing() {
     }
 
     // A client holding what a member holds: the broker's credentials and member A's own key.
-    let payload: Value = serde_json::from_slice(
-        &std::fs::read(
-            dir.path()
-                .join("members")
-                .join(&ids[0])
-                .join("payload.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let payload = member_payload(dir.path(), &ids[0]);
     let member_key = BusKey::from_hex(payload["busKey"].as_str().expect("a member key")).unwrap();
     let raw = std::sync::Arc::new(MqttBus::connect(
         MqttConfig::from_url(&creds.url, "member-a").unwrap(),
@@ -132,7 +100,7 @@ async fn forged_replayed_and_unsigned_messages_on_the_bus_change_nothing() {
     let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     trap.set_nonblocking(true).unwrap();
     let trap_port = trap.local_addr().unwrap().port();
-    let a = instance(&payload);
+    let a = instance_of(&payload);
     let fake = Member {
         member_id: "safe.web.web-666".into(),
         cluster_id: a.cluster_id.clone(),
