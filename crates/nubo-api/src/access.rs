@@ -10,7 +10,7 @@
 //! | changes to definitions, deploy, undeploy, Kubernetes hosts | yes | yes (own tenant) | no |
 //! | a cartridge with a `local` iaasProvider (its `imageId` is a command line run by the platform) | yes | no | no |
 //! | `/users` | yes | yes (own tenant) | no |
-//! | `/tenants`, `/metrics`, `/mock-iaas` | yes | no | no |
+//! | `/tenants`, `/platform` (the bus key), `/metrics`, `/mock-iaas` | yes | no | no |
 //! | `/health` | anyone, unauthenticated | | |
 
 use std::sync::Arc;
@@ -67,7 +67,7 @@ pub fn required(method: &Method, route: &str) -> Access {
         .or_else(|| route.strip_prefix("/api"))
         .unwrap_or(route);
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
-    if under("/tenants") || under("/mock-iaas") || path == "/metrics" {
+    if under("/tenants") || under("/mock-iaas") || under("/platform") || path == "/metrics" {
         Access::SuperAdmin
     } else if under("/users") {
         Access::TenantAdmin

@@ -521,6 +521,28 @@ pub fn document() -> OpenApi {
             &[("200", "Armed"), ("404", "The mock IaaS is not enabled")],
         ),
         (
+            "/api/platform/busKey/rotate",
+            HttpMethod::Post,
+            "rotate_bus_key",
+            "Rotate the platform's bus key: a new key signs from each process's next start; the previous one is still accepted until it is forgotten (super tenant's admin)",
+            "platform",
+            &[
+                ("200", "Rotated: restart every process of the platform"),
+                ("409", "A rotation is under way"),
+            ],
+        ),
+        (
+            "/api/platform/busKey/previous",
+            HttpMethod::Delete,
+            "forget_previous_bus_key",
+            "End a rotation of the bus key: the previous key is no longer accepted from each process's next start (super tenant's admin)",
+            "platform",
+            &[
+                ("200", "Forgotten: restart every process of the platform"),
+                ("404", "No rotation under way"),
+            ],
+        ),
+        (
             "/api/cartridges/{id}/filter/{filter}",
             HttpMethod::Get,
             "filter_cartridge",

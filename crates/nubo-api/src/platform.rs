@@ -116,6 +116,26 @@ async fn set_active(s: &AppState, domain: &str, active: bool) -> Result<(), ApiE
     Ok(())
 }
 
+/// The platform's secrets: rotating the bus key (docs/distributed.md, "Who may speak on the bus").
+async fn rotate_bus_key(State(s): S) -> Result<Json<Message>, ApiError> {
+    s.manager.rotate_bus_key().await?;
+    Ok(Json(Message::success(
+        "The bus key was rotated: restart every server, then every node and load balancer with the new bus.json, then the members over time; then DELETE /api/platform/busKey/previous",
+    )))
+}
+
+async fn forget_previous_bus_key(State(s): S) -> Result<Json<Message>, ApiError> {
+    if !s.manager.forget_previous_bus_key().await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no rotation of the bus key is under way",
+        ));
+    }
+    Ok(Json(Message::success(
+        "The previous bus key is forgotten: restart every process of the platform; members started before the rotation must be restarted first",
+    )))
+}
+
 async fn delete_tenant(Path(domain): Path<String>) -> Result<Response, ApiError> {
     Err(ApiError::new(
         StatusCode::NOT_ACCEPTABLE,
@@ -353,6 +373,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/tenants/search/{part}", get(search_tenants))
         .route("/tenants/activate/{domain}", put(activate))
         .route("/tenants/deactivate/{domain}", put(deactivate))
+        .route("/platform/busKey/rotate", post(rotate_bus_key))
+        .route("/platform/busKey/previous", delete(forget_previous_bus_key))
         .route("/users", post(add_user).put(update_user).get(list_users))
         .route("/users/{name}", delete(remove_user))
         .route("/kubernetesClusters/{id}/minion", post(add_minion))

@@ -11,6 +11,13 @@ pub struct BusCredentials {
     pub url: String,
     /// The platform's key (64 hex digits).
     pub key: String,
+    /// While the key rotates: the previous key, still accepted.
+    #[serde(
+        rename = "previousKey",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub previous_key: Option<String>,
 }
 
 impl std::fmt::Debug for BusCredentials {
@@ -53,10 +60,12 @@ impl BusCredentials {
 
     /// How a platform component holding these credentials speaks on the bus.
     pub fn auth(&self) -> BusAuth {
-        match BusKey::from_hex(&self.key) {
-            Some(k) => BusAuth::Platform(k),
+        let previous = self.previous_key.as_deref().and_then(BusKey::from_hex);
+        match (BusKey::from_hex(&self.key), previous) {
+            (Some(current), Some(previous)) => BusAuth::PlatformRotating { current, previous },
+            (Some(k), None) => BusAuth::Platform(k),
             // `read` refuses such a file.
-            None => BusAuth::Platform(BusKey::generate()),
+            (None, _) => BusAuth::Platform(BusKey::generate()),
         }
     }
 }

@@ -443,7 +443,9 @@ impl EventBus {
     /// The key of `member_id`, for its agent's payload (platform components only).
     pub fn member_key(&self, member_id: &str) -> Option<BusKey> {
         match self.auth.as_ref() {
-            BusAuth::Platform(k) => Some(k.member_key(member_id)),
+            BusAuth::Platform(k) | BusAuth::PlatformRotating { current: k, .. } => {
+                Some(k.member_key(member_id))
+            }
             _ => None,
         }
     }

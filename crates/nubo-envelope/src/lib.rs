@@ -92,6 +92,14 @@ pub enum BusAuth {
     /// A platform component: signs with the platform key, accepts what the platform and each
     /// member may send.
     Platform(BusKey),
+    /// A platform component while the key rotates: signs with the new key, and accepts what
+    /// was proved with either (processes and members not restarted yet hold the previous one).
+    PlatformRotating {
+        /// The key it signs with.
+        current: BusKey,
+        /// The key it still accepts.
+        previous: BusKey,
+    },
     /// A member's agent: signs with its own key; accepts what the platform addresses to it.
     Member {
         /// The member.
@@ -153,10 +161,12 @@ impl BusAuth {
         let body = event.encode();
         let (from, key) = match self {
             BusAuth::Open => return body,
-            BusAuth::Platform(k) => match event.addressed_to() {
-                Some(m) => (format!("p>m/{m}"), k.member_key(m)),
-                None => ("p".to_owned(), k.clone()),
-            },
+            BusAuth::Platform(k) | BusAuth::PlatformRotating { current: k, .. } => {
+                match event.addressed_to() {
+                    Some(m) => (format!("p>m/{m}"), k.member_key(m)),
+                    None => ("p".to_owned(), k.clone()),
+                }
+            }
             BusAuth::Member { member_id, key } => (format!("m/{member_id}"), key.clone()),
         };
         let seq = sender.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -222,26 +232,34 @@ impl BusAuth {
         } else {
             return Err(Refusal::Forged);
         };
-        let key = match (self, &sender) {
-            (BusAuth::Platform(k), From::Platform) => Some(k.clone()),
-            (BusAuth::Platform(k), From::PlatformTo(m) | From::Member(m)) => Some(k.member_key(m)),
-            (BusAuth::Member { member_id, key }, From::PlatformTo(m)) if m == member_id => {
-                Some(key.clone())
+        // The keys that may have made the proof: one, or two while the platform's key rotates.
+        let for_sender = |k: &BusKey| match &sender {
+            From::Platform => k.clone(),
+            From::PlatformTo(m) | From::Member(m) => k.member_key(m),
+        };
+        let keys: Vec<BusKey> = match (self, &sender) {
+            (BusAuth::Platform(k), _) => vec![for_sender(k)],
+            (BusAuth::PlatformRotating { current, previous }, _) => {
+                vec![for_sender(current), for_sender(previous)]
             }
-            (BusAuth::Member { .. }, From::Platform) => None,
+            (BusAuth::Member { member_id, key }, From::PlatformTo(m)) if m == member_id => {
+                vec![key.clone()]
+            }
+            (BusAuth::Member { .. }, From::Platform) => Vec::new(),
             _ => return Err(Refusal::Forged),
         };
-        let checked = match key {
-            Some(key) => {
+        let checked = !keys.is_empty();
+        if checked
+            && !keys.iter().any(|key| {
                 let mut mac = key.mac();
                 mac.update(signed.as_bytes());
                 mac.update(b"\n");
                 mac.update(body);
-                mac.verify_slice(&tag).map_err(|_| Refusal::Forged)?;
-                true
-            }
-            None => false,
-        };
+                mac.verify_slice(&tag).is_ok()
+            })
+        {
+            return Err(Refusal::Forged);
+        }
         if at.abs_diff(now_ms) > MAX_SKEW_MS {
             return Err(Refusal::Replayed);
         }
@@ -486,6 +504,72 @@ mod tests {
         let other = BusAuth::Platform(BusKey::generate());
         assert_eq!(
             accept(&platform, &mut g, &other.seal(&s, &deploy, now), now).unwrap_err(),
+            Refusal::Forged
+        );
+    }
+
+    #[test]
+    fn while_the_key_rotates_both_keys_are_accepted_and_the_new_one_signs() {
+        let old = BusKey::generate();
+        let new = BusKey::generate();
+        let before = BusAuth::Platform(old.clone());
+        let rotating = BusAuth::PlatformRotating {
+            current: new.clone(),
+            previous: old.clone(),
+        };
+        let after = BusAuth::Platform(new.clone());
+        let member_of_old = BusAuth::Member {
+            member_id: "m1".into(),
+            key: old.member_key("m1"),
+        };
+        let s = Sender::default();
+        let now = 1_000_000;
+        let e = Event::CompleteTopologyRequest {};
+        // A process not restarted yet, and a member started before: still accepted.
+        for (who, sealed) in [
+            ("the old key", before.seal(&s, &e, now)),
+            (
+                "a member of the old key",
+                member_of_old.seal(&s, &health("m1"), now),
+            ),
+            ("the new key", rotating.seal(&s, &e, now)),
+        ] {
+            assert!(
+                accept(&rotating, &mut ReplayGuard::default(), &sealed, now).is_ok(),
+                "{who}"
+            );
+        }
+        // What the rotating process sends, the restarted ones check with the new key alone.
+        assert!(
+            accept(
+                &after,
+                &mut ReplayGuard::default(),
+                &rotating.seal(&s, &e, now),
+                now
+            )
+            .is_ok()
+        );
+        // Once the previous key is forgotten, its messages are forged.
+        assert_eq!(
+            accept(
+                &after,
+                &mut ReplayGuard::default(),
+                &before.seal(&s, &e, now),
+                now
+            )
+            .unwrap_err(),
+            Refusal::Forged
+        );
+        // Another key is refused while rotating too.
+        let stranger = BusAuth::Platform(BusKey::generate());
+        assert_eq!(
+            accept(
+                &rotating,
+                &mut ReplayGuard::default(),
+                &stranger.seal(&s, &e, now),
+                now
+            )
+            .unwrap_err(),
             Refusal::Forged
         );
     }

@@ -27,6 +27,7 @@ mod secrets;
 mod tenants;
 
 pub use auth::{CACHE_TTL, Principal, Role, constant_time_eq};
+pub use secrets::{BUS_KEY, BUS_KEY_PREVIOUS};
 
 /// The IaaS providers this build of the platform can place members on.
 pub const DEFAULT_PROVIDERS: [&str; 2] = ["local", "mock"];

@@ -83,6 +83,73 @@ impl Manager {
     }
 }
 
+/// The platform's bus key.
+pub const BUS_KEY: &str = "bus-key";
+/// While the bus key rotates: the previous one, still accepted until it is forgotten.
+pub const BUS_KEY_PREVIOUS: &str = "bus-key-previous";
+
+impl Manager {
+    /// A secret, when it exists (never created here).
+    pub async fn platform_secret_if_any(&self, name: &str) -> Result<Option<String>, ManagerError> {
+        Ok(self
+            .store
+            .get(SUPER_TENANT_ID, &Key::new(SECRET, name))
+            .await
+            .map_err(|e| store_err(Kind::User, e))?
+            .and_then(|d| {
+                d.body
+                    .get("value")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            }))
+    }
+
+    /// Rotates the platform's bus key: a new one signs from each process's next start, and the
+    /// current one becomes the previous, still accepted until [`Self::forget_previous_bus_key`].
+    /// Refused while a previous key is still kept (a rotation at a time).
+    pub async fn rotate_bus_key(&self) -> Result<(), ManagerError> {
+        if self
+            .platform_secret_if_any(BUS_KEY_PREVIOUS)
+            .await?
+            .is_some()
+        {
+            return Err(ManagerError::StateConflict(
+                "a rotation of the bus key is under way: restart every process of the platform, then forget the previous key (DELETE /api/platform/busKey/previous) before rotating again".into(),
+            ));
+        }
+        let current = self.platform_secret(BUS_KEY).await?;
+        let bytes: [u8; 32] = rand::thread_rng().r#gen();
+        let new: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        for (name, value) in [(BUS_KEY_PREVIOUS, current), (BUS_KEY, new)] {
+            self.store
+                .upsert(Write {
+                    tenant: SUPER_TENANT_ID,
+                    key: Key::new(SECRET, name),
+                    body: json!({ "value": value }),
+                    refs: vec![],
+                })
+                .await
+                .map_err(|e| store_err(Kind::User, e))?;
+        }
+        tracing::warn!("the platform's bus key was rotated: restart every process of the platform");
+        Ok(())
+    }
+
+    /// Ends a rotation: the previous bus key is no longer accepted (from each process's next
+    /// start). `false` when there was none.
+    pub async fn forget_previous_bus_key(&self) -> Result<bool, ManagerError> {
+        match self
+            .store
+            .delete(SUPER_TENANT_ID, &Key::new(SECRET, BUS_KEY_PREVIOUS))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(store_err(Kind::User, e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -112,6 +179,28 @@ mod tests {
             two.platform_secret_or("k", Some(&"cd".repeat(32)))
                 .await
                 .is_err()
+        );
+        // Rotating the bus key: the current one becomes the previous, once at a time.
+        let before = one.platform_secret(super::BUS_KEY).await.unwrap();
+        one.rotate_bus_key().await.unwrap();
+        assert_eq!(
+            two.platform_secret_if_any(super::BUS_KEY_PREVIOUS)
+                .await
+                .unwrap(),
+            Some(before.clone())
+        );
+        assert_ne!(two.platform_secret(super::BUS_KEY).await.unwrap(), before);
+        assert!(
+            one.rotate_bus_key().await.is_err(),
+            "one rotation at a time"
+        );
+        assert!(two.forget_previous_bus_key().await.unwrap());
+        assert!(!two.forget_previous_bus_key().await.unwrap());
+        assert_eq!(
+            one.platform_secret_if_any(super::BUS_KEY_PREVIOUS)
+                .await
+                .unwrap(),
+            None
         );
     }
 }

@@ -315,7 +315,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     // The platform's key, which proves every message on the bus, and the embedded broker's
     // password: secrets in the store, shared by every server of the platform.
     let bus_key = manager
-        .platform_secret_or("bus-key", config.bus_key.as_deref())
+        .platform_secret_or(nubo_manager::BUS_KEY, config.bus_key.as_deref())
         .await
         .context("cannot read the platform's bus key from the store")?;
     let bus_url = match &config.bus {
@@ -336,6 +336,11 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     let credentials = nubo_bus::BusCredentials {
         url: bus_url.clone(),
         key: bus_key,
+        // While the key rotates, the previous one is still accepted.
+        previous_key: manager
+            .platform_secret_if_any(nubo_manager::BUS_KEY_PREVIOUS)
+            .await
+            .context("cannot read the platform's previous bus key from the store")?,
     };
     let credentials_file = config.data_dir.join("bus.json");
     credentials.write(&credentials_file).with_context(|| {

@@ -1276,6 +1276,7 @@ fn documented(caller: Caller, method: &Method, path: &str) -> Option<StatusCode>
         return Some(StatusCode::UNAUTHORIZED);
     }
     let platform = path.starts_with("/api/tenants")
+        || path.starts_with("/api/platform")
         || path.starts_with("/api/mock-iaas")
         || path == "/metrics";
     let users = path.starts_with("/api/users");

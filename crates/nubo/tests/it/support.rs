@@ -206,6 +206,7 @@ pub fn bus_credentials_file(dir: &Path, url: &str) -> String {
     nubo_bus::BusCredentials {
         url: url.to_owned(),
         key: nubo_bus::BusKey::generate().to_hex(),
+        previous_key: None,
     }
     .write(&path)
     .unwrap();

@@ -401,3 +401,92 @@ async fn a_deactivated_tenants_applications_get_no_traffic_and_keep_running() {
     .await;
     assert_eq!(a.active("shop", "web").await.len(), 1);
 }
+
+#[tokio::test]
+async fn the_bus_key_rotates_without_stopping_the_members_of_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    api.add_all(&web_app_artifacts("rot", 2, 4, proxy)).await;
+    assert_eq!(
+        api.post("/api/applications/rot/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let ids = |a: Vec<Value>| -> Vec<String> {
+        a.iter()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = ids(eventually(30, "two members active", || async {
+        let a = api.active("rot", "web").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await);
+    let old_key = BusCredentials::read(std::path::Path::new(&server.bus_credentials))
+        .unwrap()
+        .key;
+    let (status, body) = api.post("/api/platform/busKey/rotate", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        api.post("/api/platform/busKey/rotate", json!({})).await.0,
+        409,
+        "one rotation at a time"
+    );
+    // The server starts again with the new key, still accepting the previous one: the members
+    // started before (their keys derived from the previous key) go on, and are not replaced.
+    server.kill9();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let creds = BusCredentials::read(std::path::Path::new(&server.bus_credentials)).unwrap();
+    assert_ne!(creds.key, old_key);
+    assert_eq!(creds.previous_key.as_deref(), Some(old_key.as_str()));
+    eventually(30, "the members re-adopted", || async {
+        (ids(api.active("rot", "web").await) == before).then_some(())
+    })
+    .await;
+    holds(
+        Duration::from_secs(7),
+        "the previous key's members are not taken for faulty",
+        || async { ids(api.active("rot", "web").await) == before },
+    )
+    .await;
+    // A member started now gets a key derived from the new one.
+    let (status, _) = api
+        .send(
+            reqwest::Method::PUT,
+            "/api/applications",
+            Some(crate::support::web_app("rot", 3, 4)),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let third = eventually(30, "a third member active", || async {
+        let a = ids(api.active("rot", "web").await);
+        (a.len() == 3).then_some(a)
+    })
+    .await;
+    let new_member = third.iter().find(|m| !before.contains(m)).unwrap();
+    let payload = member_payload(dir.path(), new_member);
+    let new = BusKey::from_hex(&creds.key).unwrap();
+    assert_eq!(
+        payload["busKey"].as_str(),
+        Some(new.member_key(new_member).to_hex().as_str())
+    );
+    assert_eq!(
+        api.send(
+            reqwest::Method::DELETE,
+            "/api/platform/busKey/previous",
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let bus = BusCredentials::read(std::path::Path::new(&server.bus_credentials)).unwrap();
+    assert!(
+        bus.previous_key.is_some(),
+        "this server keeps accepting it until it starts again"
+    );
+}
