@@ -55,6 +55,8 @@ struct Options {
     reps: usize,
     clusters: usize,
     members: usize,
+    /// Messages neither proved nor checked (to compare with the platform's signed bus).
+    unsigned: bool,
 }
 
 fn options() -> Options {
@@ -66,6 +68,7 @@ fn options() -> Options {
         reps: 50,
         clusters: 0,
         members: 10,
+        unsigned: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -83,9 +86,10 @@ fn options() -> Options {
             "--reps" => o.reps = v().parse::<usize>().unwrap().max(1),
             "--clusters" => o.clusters = v().parse().unwrap(),
             "--members" => o.members = v().parse().unwrap(),
+            "--unsigned" => o.unsigned = true,
             "-h" | "--help" => {
                 println!(
-                    "propagation [--mqtt URL] [--nats URL] [--lbs 1,4,16] [--rounds R] [--reps N] [--clusters C] [--members M]"
+                    "propagation [--mqtt URL] [--nats URL] [--lbs 1,4,16] [--rounds R] [--reps N] [--clusters C] [--members M] [--unsigned]"
                 );
                 std::process::exit(0);
             }
@@ -279,7 +283,11 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
     // The platform's bus proves every message (nubo-envelope): the benchmark signs and checks
     // as the controller and the load balancers do.
     let key = nubo_bus::BusKey::generate();
-    let controller = EventBus::with_auth(controller, nubo_bus::BusAuth::Platform(key.clone()));
+    let auth = || match o.unsigned {
+        true => nubo_bus::BusAuth::Open,
+        false => nubo_bus::BusAuth::Platform(key.clone()),
+    };
+    let controller = EventBus::with_auth(controller, auth());
 
     let (tx, rx) = mpsc::unbounded_channel();
     let mut binds = Vec::new();
@@ -305,12 +313,7 @@ async fn run(bus_name: &str, url: &str, n: usize, o: &Options, out: &mut Samples
                 }
             }
         });
-        lb.follow(EventBus::with_auth(
-            bus,
-            nubo_bus::BusAuth::Platform(key.clone()),
-        ))
-        .await
-        .unwrap();
+        lb.follow(EventBus::with_auth(bus, auth())).await.unwrap();
     }
     drop(tx);
     let mut tables = Tables {
