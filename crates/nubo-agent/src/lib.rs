@@ -99,9 +99,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     wait_for_member(&events, &mut topology, &p.member_id).await;
     publish(&events, Event::InstanceStarted(me.clone())).await;
 
-    let started_workload = start_workload(&p, &workdir)?;
-    let mut workload = started_workload.child;
-    let mut output = started_workload.output;
+    let (mut workload, mut output) = start_workload(&p, &workdir)?;
     let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
     tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
 
@@ -226,12 +224,6 @@ async fn wait_for_member(events: &EventBus, topology: &mut nubo_bus::EventStream
     }
 }
 
-/// The workload's process and the tasks writing its output to `workload.log` (bounded).
-struct Workload {
-    child: Child,
-    output: Vec<tokio::task::JoinHandle<()>>,
-}
-
 /// Waits (briefly: a daemonized child may keep the pipes open) until the workload's output so
 /// far is in its log, before the log's last lines are reported.
 async fn flush(output: &mut [tokio::task::JoinHandle<()>]) {
@@ -240,7 +232,11 @@ async fn flush(output: &mut [tokio::task::JoinHandle<()>]) {
     }
 }
 
-fn start_workload(p: &AgentPayload, workdir: &Path) -> anyhow::Result<Workload> {
+/// Starts the workload; returns it and the tasks writing its output to `workload.log` (bounded).
+fn start_workload(
+    p: &AgentPayload,
+    workdir: &Path,
+) -> anyhow::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
     let log = Arc::new(Mutex::new(logs::RotatingLog::open(
         &workdir.join("workload.log"),
         logs::WORKLOAD_LOG_MAX,
@@ -281,7 +277,7 @@ fn start_workload(p: &AgentPayload, workdir: &Path) -> anyhow::Result<Workload> 
     if let Some(err) = child.stderr.take() {
         output.push(tokio::spawn(logs::pump(err, log)));
     }
-    Ok(Workload { child, output })
+    Ok((child, output))
 }
 
 async fn stop_workload(child: &mut Child, pgid: i32) {

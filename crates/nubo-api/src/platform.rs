@@ -328,7 +328,7 @@ async fn scaling_events(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<nubo_autoscaler::monitor::ScalingEvent>>, ApiError> {
     s.manager.get::<Application>(p.tenant_id, &id).await?;
-    let id = nubo_controller::Deployments::<nubo_manager::Manager>::runtime_id(p.tenant_id, &id);
+    let id = nubo_controller::runtime_id(p.tenant_id, &id);
     if let Some(log) = s.scaling.get() {
         return Ok(Json(log.for_application(&id)));
     }

@@ -83,12 +83,6 @@ impl<P: Planner> Deployments<P> {
             .map_err(|e| named(e, application_id))?)
     }
 
-    /// The id `tenant`'s application runs under (in the topology, the events, the scaling
-    /// decisions).
-    pub fn runtime_id(tenant: i64, application_id: &str) -> String {
-        runtime_id(tenant, application_id)
-    }
-
     /// Undeploys `tenant`'s application (draining its members unless `force`).
     pub async fn undeploy(&self, tenant: i64, application_id: &str, force: bool) -> Result<(), P> {
         let control = self.control()?;

@@ -22,6 +22,8 @@ pub use control::{
     RemoteControl, SwitchableControl,
 };
 pub use deploy::{DeployError, Deployments};
-pub use nubo_plan::{DeploymentPlan, DeploymentStatus, PlanError, PlanInputs, Planner, Thresholds};
+pub use nubo_plan::{
+    DeploymentPlan, DeploymentStatus, PlanError, PlanInputs, Planner, Thresholds, runtime_id,
+};
 pub use runtime::{Controller, ControllerConfig, ControllerHandle, Fence};
 pub use state::{Action, ControllerState, Input};

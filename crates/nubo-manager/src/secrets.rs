@@ -13,6 +13,12 @@ use crate::{Manager, ManagerError, store_err};
 /// The store kind of the platform's secrets.
 const SECRET: &str = "secret";
 
+/// 32 random bytes, in hex.
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::thread_rng().r#gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Manager {
     /// The secret `name`: 32 random bytes in hex, created by whichever process asks first.
     pub async fn platform_secret(&self, name: &str) -> Result<String, ManagerError> {
@@ -51,13 +57,7 @@ impl Manager {
             {
                 return Ok(v.to_owned());
             }
-            let value = match seed {
-                Some(s) => s.to_owned(),
-                None => {
-                    let bytes: [u8; 32] = rand::thread_rng().r#gen();
-                    bytes.iter().map(|b| format!("{b:02x}")).collect()
-                }
-            };
+            let value = seed.map_or_else(random_secret, str::to_owned);
             match self
                 .store
                 .create(Write {
@@ -118,9 +118,7 @@ impl Manager {
             ));
         }
         let current = self.platform_secret(BUS_KEY).await?;
-        let bytes: [u8; 32] = rand::thread_rng().r#gen();
-        let new: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        for (name, value) in [(BUS_KEY_PREVIOUS, current), (BUS_KEY, new)] {
+        for (name, value) in [(BUS_KEY_PREVIOUS, current), (BUS_KEY, random_secret())] {
             self.store
                 .upsert(Write {
                     tenant: SUPER_TENANT_ID,
