@@ -95,6 +95,14 @@ async fn update<T: Artifact>(
             msg.push_str("; ");
             msg.push_str(&note);
         }
+        // A shared definition of the super tenant's: the tenants deploying on it re-plan too.
+        if T::KIND.is_shared() && p.tenant_id == nubo_model::SUPER_TENANT_ID {
+            for tenant in s.manager.tenants_using(T::KIND, a.id()).await? {
+                for note in s.deployments.replan_running(tenant).await {
+                    msg.push_str(&format!("; tenant {tenant}: {note}"));
+                }
+            }
+        }
     }
     Ok(Json(Message::success(msg)))
 }

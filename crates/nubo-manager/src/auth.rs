@@ -3,7 +3,7 @@
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use nubo_model::{Kind, SUPER_TENANT_ID, User};
-use nubo_store::{Key, Write};
+use nubo_store::{Key, Ref, Write};
 use rand::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -284,7 +284,7 @@ impl Manager {
                 tenant,
                 key: cred_key,
                 body: json!({ "passwordHash": hash }),
-                refs: vec![Key::new(Kind::User.as_str(), "admin")],
+                refs: vec![Ref::new(tenant, Key::new(Kind::User.as_str(), "admin"))],
             })
             .await
             .map_err(|e| store_err(Kind::User, e))?;
@@ -386,7 +386,7 @@ impl Manager {
             tenant,
             key: Key::new(CREDENTIAL, user),
             body: json!({ "passwordHash": hash }),
-            refs: vec![Key::new(Kind::User.as_str(), user)],
+            refs: vec![Ref::new(tenant, Key::new(Kind::User.as_str(), user))],
         };
         let r = self.store.upsert(w).await;
         r.map_err(|e| store_err(Kind::User, e))?;

@@ -18,7 +18,7 @@ use nubo_model::{
     Catalog, DeploymentPolicy, FieldError, Kind, KubernetesCluster, NetworkPartition, ParseError,
     Problems,
 };
-use nubo_store::{Key, Store, StoreError, Write};
+use nubo_store::{Key, Record, Ref, Store, StoreError, Write};
 use serde_json::Value;
 
 mod auth;
@@ -136,7 +136,7 @@ fn store_err(kind: Kind, e: StoreError) -> ManagerError {
         StoreError::InUse { key, by } => ManagerError::InUse {
             kind: Kind::parse(&key.kind).unwrap_or(kind),
             id: key.id,
-            by: users(by),
+            by: users(SHARED, by),
             detail: None,
         },
         StoreError::MissingReference(k) => ManagerError::Invalid {
@@ -145,8 +145,8 @@ fn store_err(kind: Kind, e: StoreError) -> ManagerError {
                 field: String::new(),
                 reason: format!(
                     "{} `{}` does not exist (it was removed meanwhile): add it first",
-                    Kind::parse(&k.kind).map_or(k.kind.clone(), |x| x.label().to_owned()),
-                    k.id
+                    Kind::parse(&k.key.kind).map_or(k.key.kind.clone(), |x| x.label().to_owned()),
+                    k.key.id
                 ),
             }],
         },
@@ -158,10 +158,54 @@ fn store_err(kind: Kind, e: StoreError) -> ManagerError {
     }
 }
 
-fn users(keys: Vec<Key>) -> Vec<(Kind, String)> {
-    keys.into_iter()
-        .filter_map(|k| Kind::parse(&k.kind).map(|kind| (kind, k.id)))
+/// The tenant whose definitions of the shared kinds ([`Kind::is_shared`]) every tenant uses.
+const SHARED: i64 = nubo_model::SUPER_TENANT_ID;
+
+/// Users of a document, for a message to `caller`: another tenant's are named with their tenant
+/// (only the super tenant's shared definitions have users in other tenants).
+fn users(caller: i64, refs: Vec<Ref>) -> Vec<(Kind, String)> {
+    refs.into_iter()
+        .filter_map(|r| {
+            Kind::parse(&r.key.kind).map(|kind| {
+                if r.tenant == caller {
+                    (kind, r.key.id)
+                } else {
+                    (kind, format!("{}` of tenant `{}", r.key.id, r.tenant))
+                }
+            })
+        })
         .collect()
+}
+
+/// A network partition's `runAsUser` / `runAsUidRange` properties choose which user of the
+/// platform's hosts runs members (root included): the platform administrator's choice only.
+fn run_as_is_for_the_platform(np: &Value) -> Result<(), ManagerError> {
+    let names = |v: Option<&Value>| -> Option<usize> {
+        v.and_then(Value::as_array)?.iter().position(|prop| {
+            prop.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n == "runAsUser" || n == "runAsUidRange")
+        })
+    };
+    let mut found = names(np.get("properties").or_else(|| np.get("property")))
+        .map(|j| format!("property[{j}]"));
+    if found.is_none() {
+        let partitions = np.get("partitions").and_then(Value::as_array);
+        found = partitions
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .find_map(|(i, part)| {
+                names(part.get("property").or_else(|| part.get("properties")))
+                    .map(|j| format!("partitions[{i}].property[{j}]"))
+            });
+    }
+    match found {
+        None => Ok(()),
+        Some(field) => Err(ManagerError::Forbidden(format!(
+            "{field}: runAsUser and runAsUidRange choose which user of the platform's hosts runs members; only the platform's administrator (the super tenant's admin) may set them: use one of the platform's global network partitions"
+        ))),
+    }
 }
 
 fn key<T: Artifact>(id: &str) -> Key {
@@ -223,26 +267,69 @@ impl Manager {
         Ok(artifact)
     }
 
+    /// The definition `tenant` means by `kind`/`id`, with the tenant that owns it: its own, else,
+    /// for a shared kind, the super tenant's (a tenant's own definition of an id hides a shared
+    /// one of the same id from it).
+    async fn resolve(
+        &self,
+        tenant: i64,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<(i64, Record)>, StoreError> {
+        let key = Key::new(kind.as_str(), id);
+        if let Some(rec) = self.store.get(tenant, &key).await? {
+            return Ok(Some((tenant, rec)));
+        }
+        if tenant == SHARED || !kind.is_shared() {
+            return Ok(None);
+        }
+        Ok(self.store.get(SHARED, &key).await?.map(|rec| (SHARED, rec)))
+    }
+
+    /// The artifacts `artifact` names, as `tenant` sees them, and the references to record.
     async fn catalog_for<T: Artifact>(
         &self,
         tenant: i64,
         artifact: &T,
-    ) -> Result<Catalog, ManagerError> {
+    ) -> Result<(Catalog, Vec<Ref>), ManagerError> {
         let mut catalog = Catalog::new(self.providers.clone());
+        let mut refs = Vec::new();
         for r in artifact.references() {
             if catalog.contains(r.kind, &r.id) {
                 continue;
             }
-            if let Some(rec) = self
-                .store
-                .get(tenant, &Key::new(r.kind.as_str(), &r.id))
+            if let Some((owner, rec)) = self
+                .resolve(tenant, r.kind, &r.id)
                 .await
                 .map_err(|e| store_err(T::KIND, e))?
             {
                 catalog.insert(r.kind, &r.id, rec.body);
+                refs.push(Ref::new(owner, Key::new(r.kind.as_str(), &r.id)));
             }
         }
-        Ok(catalog)
+        Ok((catalog, refs))
+    }
+
+    /// The error for a write of `tenant` to `kind`/`id` that it does not own: a shared definition
+    /// of the super tenant's is the platform administrator's to change (403), anything else is
+    /// `otherwise`.
+    async fn not_own(
+        &self,
+        tenant: i64,
+        kind: Kind,
+        id: &str,
+        otherwise: ManagerError,
+    ) -> ManagerError {
+        if tenant == SHARED || !kind.is_shared() {
+            return otherwise;
+        }
+        match self.store.get(SHARED, &Key::new(kind.as_str(), id)).await {
+            Ok(Some(_)) => ManagerError::Forbidden(format!(
+                "{} `{id}` is a global definition of the platform (the super tenant's), shared by every tenant: only the platform's administrator may change or remove it; define one of your own under another id",
+                kind.label()
+            )),
+            _ => otherwise,
+        }
     }
 
     async fn checked<T: Artifact>(
@@ -251,7 +338,7 @@ impl Manager {
         body: &[u8],
     ) -> Result<(T, Write), ManagerError> {
         let artifact = Self::parse::<T>(body)?;
-        let catalog = self.catalog_for(tenant, &artifact).await?;
+        let (catalog, refs) = self.catalog_for(tenant, &artifact).await?;
         let mut p = Problems::default();
         artifact.check_references(&catalog, &mut p);
         p.into_result().map_err(|errors| ManagerError::Invalid {
@@ -263,11 +350,7 @@ impl Manager {
             key: key::<T>(artifact.id()),
             body: serde_json::to_value(&artifact)
                 .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
-            refs: artifact
-                .references()
-                .into_iter()
-                .map(|r| Key::new(r.kind.as_str(), r.id))
-                .collect(),
+            refs,
         };
         Ok((artifact, write))
     }
@@ -277,7 +360,7 @@ impl Manager {
     /// user) is for the super tenant's admin only. A body that does not parse is left to the
     /// validation that follows.
     pub fn may_write<T: Artifact>(&self, p: &Principal, body: &[u8]) -> Result<(), ManagerError> {
-        if T::KIND != Kind::Cartridge
+        if !matches!(T::KIND, Kind::Cartridge | Kind::NetworkPartition)
             || (p.role == Role::Admin && p.tenant_id == nubo_model::SUPER_TENANT_ID)
         {
             return Ok(());
@@ -285,6 +368,9 @@ impl Manager {
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             return Ok(());
         };
+        if T::KIND == Kind::NetworkPartition {
+            return run_as_is_for_the_platform(&v);
+        }
         let providers = v.get("iaasProvider").and_then(Value::as_array);
         if let Some(i) = providers.into_iter().flatten().position(|e| {
             e.get("type")
@@ -301,6 +387,22 @@ impl Manager {
     /// Adds a new artifact.
     pub async fn add<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
         let (artifact, write) = self.checked::<T>(tenant, body).await?;
+        if tenant != SHARED
+            && T::KIND.is_shared()
+            && self
+                .store
+                .version(SHARED, &write.key)
+                .await
+                .map_err(|e| store_err(T::KIND, e))?
+                .is_some()
+        {
+            return Err(ManagerError::StateConflict(format!(
+                "{} `{}` is a global definition of the platform (the super tenant's), shared by every tenant: use it as it is, or choose another {}",
+                T::KIND.label(),
+                artifact.id(),
+                T::ID_FIELD
+            )));
+        }
         // The store refuses an existing id (Conflict) in the same transaction as the write.
         self.store
             .create(write)
@@ -320,10 +422,15 @@ impl Manager {
         let (artifact, write) = self.checked::<T>(tenant, body).await?;
         // A missing artifact has no users; the store answers NotFound on the write itself.
         self.check_users_still_valid::<T>(tenant, &write).await?;
-        self.store
-            .update(write)
-            .await
-            .map_err(|e| store_err(T::KIND, e))?;
+        if let Err(e) = self.store.update(write).await {
+            let e = store_err(T::KIND, e);
+            return Err(match e {
+                ManagerError::NotFound { .. } => {
+                    self.not_own(tenant, T::KIND, artifact.id(), e).await
+                }
+                e => e,
+            });
+        }
         tracing::info!(
             kind = T::KIND.as_str(),
             id = artifact.id(),
@@ -346,15 +453,18 @@ impl Manager {
         const ATTEMPTS: usize = 8;
         let key = key::<T>(id);
         for attempt in 1..=ATTEMPTS {
-            let rec = self
+            let Some(rec) = self
                 .store
                 .get(tenant, &key)
                 .await
                 .map_err(|e| store_err(T::KIND, e))?
-                .ok_or_else(|| ManagerError::NotFound {
+            else {
+                let missing = ManagerError::NotFound {
                     kind: T::KIND,
                     id: id.to_owned(),
-                })?;
+                };
+                return Err(self.not_own(tenant, T::KIND, id, missing).await);
+            };
             let mut artifact: T = serde_json::from_value(rec.body).map_err(|e| {
                 ManagerError::Unavailable(format!("stored {key} is unreadable: {e}"))
             })?;
@@ -398,12 +508,12 @@ impl Manager {
         let mut broken = Vec::new();
         let mut details = Vec::new();
         for user in by {
-            let Some(kind) = Kind::parse(&user.kind) else {
+            let Some(kind) = Kind::parse(&user.key.kind) else {
                 continue;
             };
             let Some(rec) = self
                 .store
-                .get(tenant, &user)
+                .get(user.tenant, &user.key)
                 .await
                 .map_err(|e| store_err(T::KIND, e))?
             else {
@@ -411,19 +521,22 @@ impl Manager {
             };
             let problems = self
                 .recheck(
-                    tenant,
+                    user.tenant,
                     kind,
                     rec.body,
                     (T::KIND, &write.key.id, &write.body),
                 )
                 .await?;
             if !problems.is_empty() {
+                let (_, named) = users(tenant, vec![user])
+                    .pop()
+                    .unwrap_or((kind, String::new()));
                 details.extend(
                     problems
                         .iter()
-                        .map(|p| format!("{} `{}`: {p}", kind.label(), user.id)),
+                        .map(|p| format!("{} `{named}`: {p}", kind.label())),
                 );
-                broken.push((kind, user.id));
+                broken.push((kind, named));
             }
         }
         if broken.is_empty() {
@@ -474,18 +587,17 @@ impl Manager {
         let Ok(artifact) = serde_json::from_value::<T>(body) else {
             return Ok(Vec::new());
         };
-        let mut catalog = self.catalog_for(tenant, &artifact).await?;
+        let (mut catalog, _) = self.catalog_for(tenant, &artifact).await?;
         catalog.insert(replaced.0, replaced.1, replaced.2.clone());
         let mut p = Problems::default();
         artifact.check_references(&catalog, &mut p);
         Ok(p.0)
     }
 
-    /// One artifact.
+    /// One artifact, as `tenant` sees it: its own, else a shared one of the super tenant's.
     pub async fn get<T: Artifact>(&self, tenant: i64, id: &str) -> Result<T, ManagerError> {
-        let rec = self
-            .store
-            .get(tenant, &key::<T>(id))
+        let (_, rec) = self
+            .resolve(tenant, T::KIND, id)
             .await
             .map_err(|e| store_err(T::KIND, e))?
             .ok_or_else(|| ManagerError::NotFound {
@@ -500,13 +612,25 @@ impl Manager {
         })
     }
 
-    /// Every artifact of a kind, ordered by id.
+    /// Every artifact of a kind that `tenant` sees, ordered by id: its own, and for a shared
+    /// kind the super tenant's that none of its own hides.
     pub async fn list<T: Artifact>(&self, tenant: i64) -> Result<Vec<T>, ManagerError> {
-        let recs = self
+        let mut recs = self
             .store
             .list(tenant, T::KIND.as_str())
             .await
             .map_err(|e| store_err(T::KIND, e))?;
+        if tenant != SHARED && T::KIND.is_shared() {
+            let shared = self
+                .store
+                .list(SHARED, T::KIND.as_str())
+                .await
+                .map_err(|e| store_err(T::KIND, e))?;
+            let own: std::collections::HashSet<String> =
+                recs.iter().map(|r| r.key.id.clone()).collect();
+            recs.extend(shared.into_iter().filter(|r| !own.contains(&r.key.id)));
+            recs.sort_by(|a, b| a.key.id.cmp(&b.key.id));
+        }
         recs.into_iter()
             .map(|r| {
                 serde_json::from_value(r.body).map_err(|e| {
@@ -520,12 +644,40 @@ impl Manager {
             .collect()
     }
 
+    /// The tenants other than the super tenant whose definitions name the super tenant's shared
+    /// `kind`/`id` (their running applications may need a new plan after it changed).
+    pub async fn tenants_using(&self, kind: Kind, id: &str) -> Result<Vec<i64>, ManagerError> {
+        let mut tenants: Vec<i64> = self
+            .store
+            .referrers(SHARED, &Key::new(kind.as_str(), id))
+            .await
+            .map_err(|e| store_err(kind, e))?
+            .into_iter()
+            .map(|r| r.tenant)
+            .filter(|t| *t != SHARED)
+            .collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        Ok(tenants)
+    }
+
     /// Removes an artifact; refused with `InUse` naming its users.
     pub async fn remove<T: Artifact>(&self, tenant: i64, id: &str) -> Result<(), ManagerError> {
-        self.store
-            .delete(tenant, &key::<T>(id))
-            .await
-            .map_err(|e| store_err(T::KIND, e))?;
+        if let Err(e) = self.store.delete(tenant, &key::<T>(id)).await {
+            return Err(match e {
+                StoreError::NotFound(_) => {
+                    let e = store_err(T::KIND, e);
+                    self.not_own(tenant, T::KIND, id, e).await
+                }
+                StoreError::InUse { key, by } => ManagerError::InUse {
+                    kind: T::KIND,
+                    id: key.id,
+                    by: users(tenant, by),
+                    detail: None,
+                },
+                e => store_err(T::KIND, e),
+            });
+        }
         tracing::info!(kind = T::KIND.as_str(), id, tenant, "artifact removed");
         Ok(())
     }

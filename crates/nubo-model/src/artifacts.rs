@@ -83,6 +83,23 @@ impl Kind {
         }
     }
 
+    /// Whether the super tenant's definitions of this kind are shared with every tenant
+    /// (Stratos' global definitions): a tenant reads them, names them in its own definitions and
+    /// deploys on them, and changes only its own. Applications, and the platform's own records
+    /// (tenants, users, signups, domain mappings), are never shared.
+    pub const fn is_shared(self) -> bool {
+        matches!(
+            self,
+            Kind::NetworkPartition
+                | Kind::DeploymentPolicy
+                | Kind::AutoscalingPolicy
+                | Kind::ApplicationPolicy
+                | Kind::Cartridge
+                | Kind::CartridgeGroup
+                | Kind::KubernetesCluster
+        )
+    }
+
     /// Every kind.
     pub const ALL: [Kind; 12] = [
         Kind::NetworkPartition,

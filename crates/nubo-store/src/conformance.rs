@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::{Fence, Key, Lease, Store, StoreError, Write};
+use crate::{Fence, Key, Lease, Ref, Store, StoreError, Write};
 
 /// A TTL that outlives every check using it (those end with a release).
 const LONG: Duration = Duration::from_secs(60);
@@ -25,7 +25,10 @@ fn w(tenant: i64, kind: &str, id: &str, body: serde_json::Value, refs: &[(&str, 
         tenant,
         key: Key::new(kind, id),
         body,
-        refs: refs.iter().map(|(k, i)| Key::new(*k, *i)).collect(),
+        refs: refs
+            .iter()
+            .map(|(k, i)| Ref::new(tenant, Key::new(*k, *i)))
+            .collect(),
     }
 }
 
@@ -35,6 +38,7 @@ pub async fn run_all(store: &dyn Store) {
     conflicts_and_not_found(store).await;
     references_are_enforced(store).await;
     tenants_are_separate(store).await;
+    references_across_tenants(store).await;
     strings_and_bodies_come_back_as_written(store).await;
     concurrent_creates_of_one_key(store).await;
     one_holder_at_a_time(store).await;
@@ -187,7 +191,7 @@ async fn conflicts_and_not_found(s: &dyn Store) {
 async fn references_are_enforced(s: &dyn Store) {
     let missing = s.create(w(1, "dp", "d1", json!({}), &[("np", "n1")])).await;
     assert!(
-        matches!(missing, Err(StoreError::MissingReference(ref k)) if k.id == "n1"),
+        matches!(missing, Err(StoreError::MissingReference(ref k)) if k.key.id == "n1"),
         "{missing:?}"
     );
     assert!(
@@ -204,13 +208,19 @@ async fn references_are_enforced(s: &dyn Store) {
         .unwrap();
     match s.delete(1, &Key::new("np", "n1")).await {
         Err(StoreError::InUse { by, .. }) => {
-            assert_eq!(by, vec![Key::new("dp", "d1"), Key::new("dp", "d2")])
+            assert_eq!(
+                by,
+                vec![
+                    Ref::new(1, Key::new("dp", "d1")),
+                    Ref::new(1, Key::new("dp", "d2"))
+                ]
+            )
         }
         other => panic!("expected InUse, got {other:?}"),
     }
     assert_eq!(
         s.referrers(1, &Key::new("np", "n2")).await.unwrap(),
-        vec![Key::new("dp", "d2")]
+        vec![Ref::new(1, Key::new("dp", "d2"))]
     );
     // An update replaces the references.
     s.update(w(1, "dp", "d2", json!({}), &[("np", "n1")]))
@@ -259,6 +269,56 @@ async fn tenants_are_separate(s: &dyn Store) {
     s.delete(2, &Key::new("app", "a")).await.unwrap();
 }
 
+/// A tenant's document may name another tenant's (the super tenant's shared definitions): the
+/// named one must exist there, cannot be deleted while named, and names its users in any tenant.
+async fn references_across_tenants(s: &dyn Store) {
+    s.create(w(1, "np", "shared", json!({}), &[]))
+        .await
+        .unwrap();
+    let cross = |tenant: i64, id: &str, to: &str| Write {
+        tenant,
+        key: Key::new("dp", id),
+        body: json!({}),
+        refs: vec![Ref::new(1, Key::new("np", to))],
+    };
+    // Tenant 2 has no `np/shared` of its own: the reference is to tenant 1's.
+    assert!(matches!(
+        s.create(cross(2, "d", "missing")).await,
+        Err(StoreError::MissingReference(r)) if r == Ref::new(1, Key::new("np", "missing"))
+    ));
+    s.create(cross(2, "d", "shared")).await.unwrap();
+    s.create(cross(3, "d", "shared")).await.unwrap();
+    s.create(w(1, "dp", "own", json!({}), &[("np", "shared")]))
+        .await
+        .unwrap();
+    let users = vec![
+        Ref::new(1, Key::new("dp", "own")),
+        Ref::new(2, Key::new("dp", "d")),
+        Ref::new(3, Key::new("dp", "d")),
+    ];
+    assert_eq!(
+        s.referrers(1, &Key::new("np", "shared")).await.unwrap(),
+        users
+    );
+    match s.delete(1, &Key::new("np", "shared")).await {
+        Err(StoreError::InUse { by, .. }) => assert_eq!(by, users),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    // Tenant 2's own document of the same key is not what is named.
+    assert!(
+        s.referrers(2, &Key::new("np", "shared"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An update that drops the reference releases it.
+    s.update(w(2, "dp", "d", json!({}), &[])).await.unwrap();
+    s.delete(3, &Key::new("dp", "d")).await.unwrap();
+    s.delete(1, &Key::new("dp", "own")).await.unwrap();
+    s.delete(1, &Key::new("np", "shared")).await.unwrap();
+    s.delete(2, &Key::new("dp", "d")).await.unwrap();
+}
+
 async fn strings_and_bodies_come_back_as_written(s: &dyn Store) {
     // Ids are opaque: ordered bytewise whatever the database's collation, quotes and non-ASCII kept.
     let ids = [
@@ -300,9 +360,9 @@ async fn strings_and_bodies_come_back_as_written(s: &dyn Store) {
     assert_eq!(
         s.referrers(1, &Key::new("str", "B")).await.unwrap(),
         vec![
-            Key::new("str-ref", "Q"),
-            Key::new("str-ref", "a"),
-            Key::new("str-ref", "r")
+            Ref::new(1, Key::new("str-ref", "Q")),
+            Ref::new(1, Key::new("str-ref", "a")),
+            Ref::new(1, Key::new("str-ref", "r"))
         ],
         "referrers are ordered by kind and id, bytewise"
     );
@@ -508,7 +568,7 @@ async fn fenced_writes_need_the_current_token(s: &dyn Store) {
     assert_eq!(r.version, 2);
     assert_eq!(
         s.referrers(1, &Key::new("np", "fence-ref")).await.unwrap(),
-        vec![doc.clone()]
+        vec![Ref::new(1, doc.clone())]
     );
     // A missing reference is refused as by any write.
     let missing = s
@@ -770,11 +830,11 @@ async fn delete_and_new_reference_never_dangle(a: &dyn Store, b: &dyn Store) {
         let np_there = b.get(1, &Key::new("np", &np)).await.unwrap().is_some();
         let dp_there = a.get(1, &Key::new("dp", &dp)).await.unwrap().is_some();
         match (&del, &cre) {
-            (Ok(()), Err(StoreError::MissingReference(k))) if k.id == np => {
+            (Ok(()), Err(StoreError::MissingReference(k))) if k.key.id == np => {
                 assert!(!np_there && !dp_there, "round {round}")
             }
             (Err(StoreError::InUse { by, .. }), Ok(_)) => {
-                assert_eq!(by, &vec![Key::new("dp", &dp)], "round {round}");
+                assert_eq!(by, &vec![Ref::new(1, Key::new("dp", &dp))], "round {round}");
                 assert!(np_there && dp_there, "round {round}");
                 b.delete(1, &Key::new("dp", &dp)).await.unwrap();
                 a.delete(1, &Key::new("np", &np)).await.unwrap();
@@ -806,7 +866,7 @@ async fn no_update_is_lost_across_handles(a: &dyn Store, b: &dyn Store) {
     let got = b.get(1, &Key::new("counter", "c")).await.unwrap().unwrap();
     assert_eq!(got.version, 1 + 2 * ROUNDS, "every update counted once");
     let expect = if got.body["i"].as_i64().unwrap() % 2 == 0 {
-        vec![Key::new("counter", "c")]
+        vec![Ref::new(1, Key::new("counter", "c"))]
     } else {
         vec![]
     };

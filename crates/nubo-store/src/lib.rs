@@ -86,7 +86,30 @@ pub struct Record {
     pub updated_at: String,
 }
 
-/// A document to write, with the documents it references (same tenant).
+/// A document named by another one: in the writer's own tenant, or in another tenant (a tenant's
+/// definition naming one of the super tenant's shared definitions).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ref {
+    /// The tenant the named document belongs to.
+    pub tenant: i64,
+    /// Its kind and id.
+    pub key: Key,
+}
+
+impl Ref {
+    /// A reference to `key` in `tenant`.
+    pub fn new(tenant: i64, key: Key) -> Self {
+        Ref { tenant, key }
+    }
+}
+
+impl std::fmt::Display for Ref {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (tenant {})", self.key, self.tenant)
+    }
+}
+
+/// A document to write, with the documents it references.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
     /// Owning tenant.
@@ -95,8 +118,9 @@ pub struct Write {
     pub key: Key,
     /// The document.
     pub body: Value,
-    /// Documents this one names; each must exist, and cannot be deleted while this one does.
-    pub refs: Vec<Key>,
+    /// Documents this one names (in its own tenant or another); each must exist, and cannot be
+    /// deleted while this one does.
+    pub refs: Vec<Ref>,
 }
 
 /// What can go wrong in a store call; callers act on the variant.
@@ -113,12 +137,12 @@ pub enum StoreError {
     InUse {
         /// The document that was to be deleted.
         key: Key,
-        /// Who references it.
-        by: Vec<Key>,
+        /// Who references it (any tenant).
+        by: Vec<Ref>,
     },
     /// A referenced document does not exist.
     #[error("{0} does not exist (referenced)")]
-    MissingReference(Key),
+    MissingReference(Ref),
     /// The backend cannot be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -174,8 +198,8 @@ pub trait Store: Send + Sync + 'static {
     async fn update_if(&self, write: Write, expected_version: i64) -> Result<Record, StoreError>;
     /// Deletes a document: `NotFound`, or `InUse` naming who references it.
     async fn delete(&self, tenant: i64, key: &Key) -> Result<(), StoreError>;
-    /// Who references a document.
-    async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Key>, StoreError>;
+    /// Who references a document, in any tenant (ordered by tenant, kind, id).
+    async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Ref>, StoreError>;
     /// A short name for logs and metrics (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
     /// Closes the connections (the store is not used afterwards).

@@ -46,7 +46,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
 use crate::lease::{LeaseRow, token_from_db, token_to_db};
-use crate::{Fence, JournalEntry, Key, Lease, Record, Store, StoreError, Write, now_rfc3339};
+use crate::{Fence, JournalEntry, Key, Lease, Record, Ref, Store, StoreError, Write, now_rfc3339};
 
 /// Schema migrations, applied in order; the applied version is kept in `nubo_schema`.
 const MIGRATIONS: &[&str] = &[
@@ -101,6 +101,18 @@ CREATE TABLE journal_snapshots (
     seq    BIGINT NOT NULL,
     body   TEXT   NOT NULL
 );
+"#,
+    // 4: references across tenants (a tenant's definition naming one of the super tenant's
+    // shared definitions): the named document's tenant, and the foreign key on it.
+    r#"
+ALTER TABLE document_refs ADD COLUMN to_tenant_id BIGINT;
+UPDATE document_refs SET to_tenant_id = tenant_id;
+ALTER TABLE document_refs ALTER COLUMN to_tenant_id SET NOT NULL;
+ALTER TABLE document_refs DROP CONSTRAINT document_refs_tenant_id_to_kind_to_id_fkey;
+ALTER TABLE document_refs ADD CONSTRAINT document_refs_to_fkey
+    FOREIGN KEY (to_tenant_id, to_kind, to_id) REFERENCES documents (tenant_id, kind, id);
+DROP INDEX document_refs_to;
+CREATE INDEX document_refs_to ON document_refs (to_tenant_id, to_kind, to_id);
 "#,
 ];
 
@@ -721,9 +733,9 @@ async fn lock_refs(tx: &mut PgConnection, w: &Write) -> Result<(), Fail> {
         let found = sqlx::query(
             "SELECT 1 FROM documents WHERE tenant_id = $1 AND kind = $2 AND id = $3 FOR KEY SHARE",
         )
-        .bind(w.tenant)
-        .bind(&r.kind)
-        .bind(&r.id)
+        .bind(r.tenant)
+        .bind(&r.key.kind)
+        .bind(&r.key.id)
         .fetch_optional(&mut *tx)
         .await?;
         if found.is_none() {
@@ -744,14 +756,15 @@ async fn write_refs(tx: &mut PgConnection, w: &Write) -> Result<(), sqlx::Error>
     .await?;
     for r in &w.refs {
         sqlx::query(
-            "INSERT INTO document_refs (tenant_id, from_kind, from_id, to_kind, to_id) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO document_refs (tenant_id, from_kind, from_id, to_tenant_id, to_kind, to_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(w.tenant)
         .bind(&w.key.kind)
         .bind(&w.key.id)
-        .bind(&r.kind)
-        .bind(&r.id)
+        .bind(r.tenant)
+        .bind(&r.key.kind)
+        .bind(&r.key.id)
         .execute(&mut *tx)
         .await?;
     }
@@ -762,10 +775,10 @@ async fn referrers_in(
     conn: &mut PgConnection,
     tenant: i64,
     key: &Key,
-) -> Result<Vec<Key>, StoreError> {
+) -> Result<Vec<Ref>, StoreError> {
     let rows = sqlx::query(
-        "SELECT from_kind, from_id FROM document_refs WHERE tenant_id = $1 AND to_kind = $2 AND to_id = $3 \
-         ORDER BY from_kind COLLATE \"C\", from_id COLLATE \"C\"",
+        "SELECT tenant_id, from_kind, from_id FROM document_refs WHERE to_tenant_id = $1 AND to_kind = $2 AND to_id = $3 \
+         ORDER BY tenant_id, from_kind COLLATE \"C\", from_id COLLATE \"C\"",
     )
     .bind(tenant)
     .bind(&key.kind)
@@ -774,9 +787,9 @@ async fn referrers_in(
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(Key::new(
-                r.try_get::<String, _>(0)?,
-                r.try_get::<String, _>(1)?,
+            Ok(Ref::new(
+                r.try_get::<i64, _>(0)?,
+                Key::new(r.try_get::<String, _>(1)?, r.try_get::<String, _>(2)?),
             ))
         })
         .collect()
@@ -839,7 +852,7 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Key>, StoreError> {
+    async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Ref>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         referrers_in(&mut conn, tenant, key).await
     }

@@ -20,7 +20,8 @@ use tokio::sync::Mutex;
 
 use crate::lease::{LeaseRow, token_from_db, token_to_db};
 use crate::{
-    Fence, JournalEntry, Key, Lease, Record, Store, StoreError, Write, now_rfc3339, now_unix_ms,
+    Fence, JournalEntry, Key, Lease, Record, Ref, Store, StoreError, Write, now_rfc3339,
+    now_unix_ms,
 };
 
 /// Schema migrations, applied in order; the applied version is kept in `nubo_schema`.
@@ -74,6 +75,14 @@ CREATE TABLE journal_snapshots (
     seq    INTEGER NOT NULL,
     body   TEXT    NOT NULL
 );
+"#,
+    // 4: references across tenants (a tenant's definition naming one of the super tenant's
+    // shared definitions): the named document's tenant.
+    r#"
+ALTER TABLE document_refs ADD COLUMN to_tenant_id INTEGER;
+UPDATE document_refs SET to_tenant_id = tenant_id;
+DROP INDEX document_refs_to;
+CREATE INDEX document_refs_to ON document_refs (to_tenant_id, to_kind, to_id);
 "#,
 ];
 
@@ -165,9 +174,9 @@ async fn check_refs(tx: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), St
     for r in &w.refs {
         let found =
             sqlx::query("SELECT 1 FROM documents WHERE tenant_id = ? AND kind = ? AND id = ?")
-                .bind(w.tenant)
-                .bind(&r.kind)
-                .bind(&r.id)
+                .bind(r.tenant)
+                .bind(&r.key.kind)
+                .bind(&r.key.id)
                 .fetch_optional(&mut *tx)
                 .await?;
         if found.is_none() {
@@ -186,13 +195,14 @@ async fn write_refs(tx: &mut sqlx::SqliteConnection, w: &Write) -> Result<(), St
         .await?;
     for r in &w.refs {
         sqlx::query(
-            "INSERT OR IGNORE INTO document_refs (tenant_id, from_kind, from_id, to_kind, to_id) VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO document_refs (tenant_id, from_kind, from_id, to_tenant_id, to_kind, to_id) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(w.tenant)
         .bind(&w.key.kind)
         .bind(&w.key.id)
-        .bind(&r.kind)
-        .bind(&r.id)
+        .bind(r.tenant)
+        .bind(&r.key.kind)
+        .bind(&r.key.id)
         .execute(&mut *tx)
         .await?;
     }
@@ -435,7 +445,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Key>, StoreError> {
+    async fn referrers(&self, tenant: i64, key: &Key) -> Result<Vec<Ref>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         referrers_in(&mut conn, tenant, key).await
     }
@@ -638,9 +648,9 @@ async fn referrers_in(
     conn: &mut sqlx::SqliteConnection,
     tenant: i64,
     key: &Key,
-) -> Result<Vec<Key>, StoreError> {
+) -> Result<Vec<Ref>, StoreError> {
     let rows = sqlx::query(
-        "SELECT from_kind, from_id FROM document_refs WHERE tenant_id = ? AND to_kind = ? AND to_id = ? ORDER BY from_kind, from_id",
+        "SELECT tenant_id, from_kind, from_id FROM document_refs WHERE to_tenant_id = ? AND to_kind = ? AND to_id = ? ORDER BY tenant_id, from_kind, from_id",
     )
     .bind(tenant)
     .bind(&key.kind)
@@ -649,9 +659,9 @@ async fn referrers_in(
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(Key::new(
-                r.try_get::<String, _>(0)?,
-                r.try_get::<String, _>(1)?,
+            Ok(Ref::new(
+                r.try_get::<i64, _>(0)?,
+                Key::new(r.try_get::<String, _>(1)?, r.try_get::<String, _>(2)?),
             ))
         })
         .collect()

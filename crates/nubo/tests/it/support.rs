@@ -445,6 +445,10 @@ impl Api {
         self.send(reqwest::Method::GET, path, None).await
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
     /// The Prometheus exposition of `/metrics`.
     pub async fn metrics(&self) -> String {
         let r = self

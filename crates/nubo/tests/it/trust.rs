@@ -200,6 +200,21 @@ async fn forged_replayed_and_unsigned_messages_on_the_bus_change_nothing() {
     assert_eq!(status, 200);
 }
 
+/// A server on the mock IaaS without a load balancer, its administrator, and the admins of two
+/// tenants, `alice@a.com` and `bob@b.com`.
+async fn two_tenants(dir: &std::path::Path) -> (ServerProcess, Api, Api, Api) {
+    let server =
+        ServerProcess::start_with(dir, &["--insecure-http", "--no-lb", "--mock-iaas", "-"]);
+    let root = Api::new(&server);
+    for (domain, admin) in [("a.com", "alice"), ("b.com", "bob")] {
+        let t = json!({"admin": admin, "firstName": "F", "lastName": "L", "adminPassword": "s3cret!", "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
+        assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    }
+    let a = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let b = Api::as_user(&server, "bob@b.com", "s3cret!");
+    (server, root, a, b)
+}
+
 /// The artifacts of a mock-IaaS application `shop` whose cartridge has host `host`.
 fn shop(host: &str) -> Vec<(&'static str, Value)> {
     vec![
@@ -237,17 +252,7 @@ fn shop(host: &str) -> Vec<(&'static str, Value)> {
 #[tokio::test]
 async fn tenants_run_applications_of_the_same_id_apart_and_host_names_are_unique() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        &["--insecure-http", "--no-lb", "--mock-iaas", "-"],
-    );
-    let root = Api::new(&server);
-    for (domain, admin) in [("a.com", "alice"), ("b.com", "bob")] {
-        let t = json!({"admin": admin, "firstName": "F", "lastName": "L", "adminPassword": "s3cret!", "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
-        assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    }
-    let a = Api::as_user(&server, "alice@a.com", "s3cret!");
-    let b = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let (server, _root, a, b) = two_tenants(dir.path()).await;
     a.add_all(&shop("a.example")).await;
     b.add_all(&shop("b.example")).await;
     // The same application id in two tenants: both deploy, each its own.
@@ -334,6 +339,91 @@ async fn tenants_run_applications_of_the_same_id_apart_and_host_names_are_unique
             .await
             .0,
         403
+    );
+}
+
+#[tokio::test]
+async fn tenants_deploy_on_the_platforms_global_definitions_and_change_only_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, root, a, b) = two_tenants(dir.path()).await;
+    // The platform's administrator defines everything but the application.
+    let defs = shop("global.example");
+    root.add_all(&defs[..5]).await;
+    for api in [&a, &b] {
+        let (status, list) = api.get("/api/cartridges").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            list[0]["type"], "php",
+            "a tenant sees the global cartridge: {list}"
+        );
+        assert_eq!(api.get("/api/autoscalingPolicies/asp").await.0, 200);
+    }
+    // Tenant A's own application names the global cartridge and policies, and runs on them.
+    a.add_all(&defs[5..]).await;
+    let (status, body) = a.post("/api/applications/shop/deploy/ap", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    eventually(30, "A's shop active on global definitions", || async {
+        (a.active("shop", "web").await.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        b.get("/api/applications/shop").await.0,
+        404,
+        "applications are never shared"
+    );
+    // Tenants change only their own definitions.
+    let (status, body) = a
+        .send(
+            reqwest::Method::PUT,
+            "/api/cartridges",
+            Some(defs[4].1.clone()),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("global definition"),
+        "{body}"
+    );
+    assert_eq!(a.delete("/api/autoscalingPolicies/asp").await.0, 403);
+    let (status, body) = a.post("/api/cartridges", defs[4].1.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    // Choosing which user of the platform's hosts runs members is the administrator's.
+    let np = json!({"id": "mine", "provider": "mock", "partitions": [{"id": "p1", "property": [{"name": "runAsUser", "value": "root"}]}]});
+    let (status, body) = a.post("/api/networkPartitions", np).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("partitions[0].property[0]"),
+        "{body}"
+    );
+    // The administrator cannot remove a global definition a tenant uses; the 409 says who.
+    let (status, body) = root.delete("/api/autoscalingPolicies/asp").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("`shop` of tenant"),
+        "{body}"
+    );
+    // A change of a global policy re-plans the tenants' running applications at once.
+    let mut asp = defs[0].1.clone();
+    asp["loadThresholds"]["memoryConsumption"]["threshold"] = json!(90);
+    let (status, body) = root
+        .send(reqwest::Method::PUT, "/api/autoscalingPolicies", Some(asp))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("applied to running application `shop`"),
+        "{body}"
     );
 }
 
