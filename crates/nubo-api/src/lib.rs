@@ -322,7 +322,11 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let manager = Arc::new(Manager::new(store.clone(), vec!["mock".into()]));
+        let manager = Arc::new(Manager::new(
+            store.clone(),
+            vec!["mock".into()],
+            nubo_manager::SecretsKey::random().unwrap(),
+        ));
         manager.ensure_admin(Some("pw")).await.unwrap();
         nubo_store::Store::acquire_lease(
             store.as_ref(),

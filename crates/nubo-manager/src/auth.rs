@@ -443,7 +443,11 @@ mod tests {
     async fn admin_is_created_once_and_authenticates() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let m = Manager::new(store, vec!["local".into()]);
+        let m = Manager::new(
+            store,
+            vec!["local".into()],
+            crate::SecretsKey::random().unwrap(),
+        );
         let generated = m
             .ensure_admin(None)
             .await
@@ -479,10 +483,12 @@ mod tests {
         let one = Manager::new(
             Arc::new(SqliteStore::open(&path).await.unwrap()),
             vec!["local".into()],
+            crate::SecretsKey::random().unwrap(),
         );
         let two = Manager::new(
             Arc::new(SqliteStore::open(&path).await.unwrap()),
             vec!["local".into()],
+            crate::SecretsKey::random().unwrap(),
         );
         one.ensure_admin(Some("first")).await.unwrap();
         assert!(one.authenticate("c", "admin", "first").await.is_ok());
@@ -507,7 +513,11 @@ mod tests {
     async fn password_guessing_is_rate_limited_per_client_whether_the_user_exists_or_not() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let mut m = Manager::new(store, vec!["local".into()]);
+        let mut m = Manager::new(
+            store,
+            vec!["local".into()],
+            crate::SecretsKey::random().unwrap(),
+        );
         // Tokens come back slowly enough that the test's own pace does not matter.
         m.auth.limit = (VERIFY_BURST, 0.01);
         m.ensure_admin(Some("right")).await.unwrap();

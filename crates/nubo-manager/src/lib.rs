@@ -23,11 +23,13 @@ use serde_json::Value;
 
 mod auth;
 pub mod kubernetes;
+mod sealing;
 mod secrets;
 mod tenants;
 
 pub use auth::{CACHE_TTL, Principal, Role, constant_time_eq};
-pub use secrets::{BUS_KEY, BUS_KEY_PREVIOUS};
+pub use sealing::{SealError, SecretsKey};
+pub use secrets::{BUS_KEY, BUS_KEY_PREVIOUS, sealed_with};
 
 /// The IaaS providers this build of the platform can place members on.
 pub const DEFAULT_PROVIDERS: [&str; 2] = ["local", "mock"];
@@ -217,15 +219,17 @@ pub struct Manager {
     store: Arc<dyn Store>,
     providers: Vec<String>,
     auth: auth::AuthState,
+    secrets_key: SecretsKey,
 }
 
 impl Manager {
-    /// A manager over `store`, placing members on `providers`.
-    pub fn new(store: Arc<dyn Store>, providers: Vec<String>) -> Self {
+    /// A manager of `store`, offering `providers`, sealing secrets with `secrets_key`.
+    pub fn new(store: Arc<dyn Store>, providers: Vec<String>, secrets_key: SecretsKey) -> Self {
         Manager {
             store,
             providers,
             auth: auth::AuthState::new(),
+            secrets_key,
         }
     }
 

@@ -173,6 +173,10 @@ pub enum LogFormat {
 pub struct Settings {
     /// Where state lives.
     pub data_dir: Option<PathBuf>,
+    /// The key that seals the stored secrets (default `<data-dir>/secrets.key`).
+    pub secrets_key: Option<PathBuf>,
+    /// The previous secrets key, during a rotation.
+    pub secrets_key_previous: Option<PathBuf>,
     /// The store's URL.
     pub store: Option<String>,
     /// The API's address.
@@ -262,6 +266,8 @@ impl Settings {
             a,
             b,
             data_dir,
+            secrets_key,
+            secrets_key_previous,
             store,
             api_addr,
             insecure_http,
@@ -384,6 +390,11 @@ impl Settings {
             ..Default::default()
         });
         Ok(ServerConfig {
+            secrets_key: self
+                .secrets_key
+                .clone()
+                .unwrap_or_else(|| data_dir.join("secrets.key")),
+            secrets_key_previous: self.secrets_key_previous.clone(),
             data_dir,
             store,
             api_addr: self.api_addr.unwrap_or(([127, 0, 0, 1], 9443).into()),
@@ -530,6 +541,10 @@ pub struct HaConfig {
 pub struct ServerConfig {
     /// Where state lives.
     pub data_dir: PathBuf,
+    /// The file of the key that seals the stored secrets (created when missing).
+    pub secrets_key: PathBuf,
+    /// The previous secrets key's file, during a rotation.
+    pub secrets_key_previous: Option<PathBuf>,
     /// The store (`None`: SQLite at `<data-dir>/nubo.db`).
     pub store: Option<StoreLocation>,
     /// Where the API listens (port 0: any free port).

@@ -307,7 +307,41 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     let store = nubo_store::open(&location)
         .await
         .with_context(|| format!("cannot open the store {location} (--store, NUBO_STORE or `store` in the configuration file)"))?;
-    let manager = Arc::new(Manager::new(store.clone(), config.providers.clone()));
+    // A new key only for a store whose secrets no other key sealed.
+    let sealed_with = if config.secrets_key.exists() {
+        None
+    } else {
+        nubo_manager::sealed_with(store.as_ref())
+            .await
+            .context("cannot read the platform's secrets in the store")?
+    };
+    if let Some(id) = sealed_with {
+        bail!(
+            "this store's secrets are sealed with the secrets key {id}, and {} does not exist: copy the key file (`secrets.key` in the data directory of the platform's first server) there, or name it with --secrets-key",
+            config.secrets_key.display()
+        );
+    }
+    let secrets_key = nubo_manager::SecretsKey::load_or_create(
+        &config.secrets_key,
+        config.secrets_key_previous.as_deref(),
+        true,
+    )
+    .context("cannot read the key that seals the platform's secrets (--secrets-key)")?;
+    let manager = Arc::new(Manager::new(
+        store.clone(),
+        config.providers.clone(),
+        secrets_key,
+    ));
+    let resealed = manager
+        .reseal_secrets()
+        .await
+        .context("cannot open the platform's secrets in the store")?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "stored secrets sealed again with the current secrets key"
+        );
+    }
     let generated_password = manager
         .ensure_admin(config.admin_password.as_deref())
         .await

@@ -75,6 +75,12 @@ struct ServerArgs {
     /// Where artifacts and state are stored: sqlite://PATH, or postgres://USER:PASSWORD@HOST:PORT/DATABASE (an existing database; tables are created) [default: sqlite://<data-dir>/nubo.db]
     #[arg(long, env = "NUBO_STORE", value_name = "URL")]
     store: Option<String>,
+    /// The key that seals the secrets kept in the store (64 hex digits; created when missing). Every server sharing a store needs the same file: copy it from the first server [default: <data-dir>/secrets.key]
+    #[arg(long, env = "NUBO_SECRETS_KEY_FILE", value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
+    /// While the secrets key rotates: the previous key's file. The server seals every stored secret again with --secrets-key at its start; drop this flag once every server has restarted
+    #[arg(long, env = "NUBO_SECRETS_KEY_PREVIOUS_FILE", value_name = "FILE")]
+    secrets_key_previous: Option<PathBuf>,
     /// Address of the REST API; port 0 picks a free port [default: 127.0.0.1:9443]
     #[arg(long, env = "NUBO_API_ADDR")]
     api_addr: Option<SocketAddr>,
@@ -272,6 +278,8 @@ impl ServerArgs {
     fn settings(self) -> Settings {
         Settings {
             data_dir: self.data_dir,
+            secrets_key: self.secrets_key,
+            secrets_key_previous: self.secrets_key_previous,
             store: self.store,
             api_addr: self.api_addr,
             insecure_http: self.insecure_http.then_some(true),

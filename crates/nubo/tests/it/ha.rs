@@ -127,10 +127,15 @@ async fn scenario(broker: &str) {
     let mut lb_a = lb("127.0.0.2", "lb-a");
     let _lb_b = lb("127.0.0.3", "lb-b");
 
+    // The secrets key, which every server sharing the store holds (the first one makes it).
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secrets.key").display().to_string();
     let args = [
         "--insecure-http",
         "--store",
         db.url(),
+        "--secrets-key",
+        &key,
         "--bus-credentials",
         &creds,
         "--components",
@@ -177,6 +182,8 @@ async fn scenario(broker: &str) {
             "--insecure-http",
             "--store",
             db.url(),
+            "--secrets-key",
+            &key,
             "--bus-credentials",
             &creds,
             "--components",

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Api, ServerProcess, eventually, holds, manifest_dir, read_sample, samples};
+use crate::support::{
+    Api, ServerProcess, eventually, holds, manifest_dir, read_sample, samples, shared_secrets_key,
+};
 
 /// A server offering the mock IaaS with the repository's patterns, its clock `speed` times real
 /// time, statistics every 200 ms, a 2 s statistics window and a 1.5 s fault timeout.
@@ -241,8 +243,9 @@ async fn c7_active(api: &Api, n: usize) -> Option<()> {
 /// split over several.
 fn mock_server_on(dir: &std::path::Path, store: &str, extra: &[&str]) -> ServerProcess {
     let mut args = mock_args("20", "mock-iaas.xml");
+    let key = shared_secrets_key(store);
     args.extend(
-        ["--store", store]
+        ["--store", store, "--secrets-key", &key]
             .iter()
             .chain(extra)
             .map(|s| (*s).to_owned()),
@@ -962,6 +965,8 @@ async fn an_api_only_server_shows_the_decisions_of_the_autoscaler_of_another() {
             "--insecure-http",
             "--store",
             &store,
+            "--secrets-key",
+            &shared_secrets_key(&store),
             "--bus-credentials",
             &controller.bus_credentials,
             "--components",

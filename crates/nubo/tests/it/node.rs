@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{
-    Api, ServerProcess, agent_pid, alive, eventually, free_port, holds, web_app_artifacts,
+    Api, ServerProcess, agent_pid, alive, eventually, free_port, holds, shared_secrets_key,
+    web_app_artifacts,
 };
 
 /// A `nubo node` process in its own process group; killed (with its members) when dropped.
@@ -199,6 +200,7 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
     let dir_a = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", shared.path().join("nubo.db").display());
+    let key = shared_secrets_key(&store);
     // The controller's process serves no API at all.
     let controller = ServerProcess::start_with(
         dir_c.path(),
@@ -206,6 +208,8 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
             "--insecure-http",
             "--store",
             &store,
+            "--secrets-key",
+            &key,
             "--components",
             "controller,autoscaler,event-processor,lb",
             "--node",
@@ -222,6 +226,8 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
             "--insecure-http",
             "--store",
             &store,
+            "--secrets-key",
+            &key,
             "--bus-credentials",
             &controller.bus_credentials,
             "--components",

@@ -41,9 +41,29 @@ async fn artifacts_survive_a_restart_on_postgres() {
         "nothing is stored in SQLite when --store names PostgreSQL"
     );
 
-    // Another server, with an empty data directory of its own: everything comes from the database.
+    // Another server, with an empty data directory of its own: everything comes from the
+    // database, but the key that seals the platform's secrets, which the store does not hold.
     let second_dir = tempfile::tempdir().unwrap();
-    let s = ServerProcess::start_with(second_dir.path(), &["--insecure-http", "--store", db.url()]);
+    let said = failing_server(second_dir.path(), &["--store", db.url()], &[]);
+    assert!(
+        said.contains("sealed with the secrets key") && said.contains("--secrets-key"),
+        "a server without the platform's secrets key refuses to start: {said}"
+    );
+    assert!(
+        !second_dir.path().join("secrets.key").exists(),
+        "and makes no key of its own"
+    );
+    let key = first_dir.path().join("secrets.key").display().to_string();
+    let s = ServerProcess::start_with(
+        second_dir.path(),
+        &[
+            "--insecure-http",
+            "--store",
+            db.url(),
+            "--secrets-key",
+            &key,
+        ],
+    );
     let api = Api::new(&s);
     assert_eq!(
         api.get("/api/networkPartitions/np-fixture").await,

@@ -81,6 +81,7 @@ impl TestApi {
         let manager = Arc::new(nubo_manager::Manager::new(
             store,
             vec!["local".into(), "mock".into()],
+            nubo_manager::SecretsKey::random().unwrap(),
         ));
         manager.ensure_admin(Some(PASSWORD)).await.unwrap();
         let state = nubo_api::AppState::new(
@@ -390,6 +391,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The secrets key file for the servers sharing the SQLite store `store` (`sqlite://DIR/FILE`):
+/// `DIR/secrets.key`, made by the first server and read by the others, as an operator would copy it.
+pub fn shared_secrets_key(store: &str) -> String {
+    let path = std::path::Path::new(store.strip_prefix("sqlite://").expect("a SQLite store URL"));
+    path.with_file_name("secrets.key").display().to_string()
 }
 
 /// A client of one server process, with the admin's credentials.
