@@ -149,8 +149,8 @@ mod tests {
     #[tokio::test]
     async fn the_embedded_broker_passes_the_bus_conformance_suite() {
         let broker = super::start("127.0.0.1:0".parse().unwrap()).unwrap();
-        let a = MqttBus::connect(MqttConfig::from_url(&broker.url(), "a").unwrap());
-        let b = MqttBus::connect(MqttConfig::from_url(&broker.url(), "b").unwrap());
+        let a = MqttBus::connect(MqttConfig::from_url(&broker.url(), "a").unwrap()).unwrap();
+        let b = MqttBus::connect(MqttConfig::from_url(&broker.url(), "b").unwrap()).unwrap();
         a.wait_connected(Duration::from_secs(10)).await.unwrap();
         b.wait_connected(Duration::from_secs(10)).await.unwrap();
         nubo_bus::conformance::run_all(&a, &b).await;
@@ -170,12 +170,12 @@ mod tests {
         .unwrap();
         assert!(broker.url().contains("nubo:s3cret@"));
         assert!(!format!("{broker:?}").contains("s3cret"));
-        let good = MqttBus::connect(MqttConfig::from_url(&broker.url(), "good").unwrap());
+        let good = MqttBus::connect(MqttConfig::from_url(&broker.url(), "good").unwrap()).unwrap();
         good.wait_connected(Duration::from_secs(10)).await.unwrap();
         let anonymous = format!("mqtt://{}", broker.addr);
         let wrong = format!("mqtt://nubo:guess@{}", broker.addr);
         for url in [anonymous, wrong] {
-            let bad = MqttBus::connect(MqttConfig::from_url(&url, "bad").unwrap());
+            let bad = MqttBus::connect(MqttConfig::from_url(&url, "bad").unwrap()).unwrap();
             assert!(
                 bad.wait_connected(Duration::from_millis(1500))
                     .await

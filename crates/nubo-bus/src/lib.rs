@@ -27,6 +27,7 @@ mod mqtt;
 pub mod nats;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 pub use credentials::BusCredentials;
 pub use memory::MemoryBus;
@@ -64,6 +65,9 @@ pub enum BusError {
     /// The payload is larger than the broker accepts.
     #[error("message too large: {0}")]
     TooLarge(String),
+    /// TLS to the broker cannot be set up (its certificate authorities).
+    #[error("TLS to the broker: {0}")]
+    Tls(String),
 }
 
 /// Messages matching one filter, in publication order per publisher.
@@ -233,9 +237,11 @@ pub enum BusUrl {
     /// `embedded`: the MQTT broker inside `nubo server`, which resolves it to `mqtt://…` for
     /// everything else (agents, `nubo lb`).
     Embedded,
-    /// `mqtt://[user:password@]host[:port]` (also `tcp://`): an MQTT 3.1.1 broker.
+    /// `mqtt://[user:password@]host[:port]` (also `tcp://`): an MQTT 3.1.1 broker; `mqtts://`
+    /// (also `ssl://`) over TLS, with `?ca=FILE` for certificate authorities of its own.
     Mqtt(String),
-    /// `nats://[user:password@]host[:port]`: a NATS server.
+    /// `nats://[user:password@]host[:port]`: a NATS server; `tls://` with TLS required, with
+    /// `?ca=FILE` for certificate authorities of its own.
     Nats(String),
 }
 
@@ -246,16 +252,19 @@ impl std::str::FromStr for BusUrl {
         let url = url.trim();
         if url == "embedded" {
             Ok(BusUrl::Embedded)
-        } else if url.starts_with("mqtt://") || url.starts_with("tcp://") {
+        } else if ["mqtt://", "tcp://", "mqtts://", "ssl://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+        {
             MqttConfig::from_url(url, "check")?;
             Ok(BusUrl::Mqtt(url.to_owned()))
-        } else if url.starts_with("nats://") {
+        } else if url.starts_with("nats://") || url.starts_with("tls://") {
             NatsConfig::from_url(url, "check")?;
             Ok(BusUrl::Nats(url.to_owned()))
         } else {
             Err(BusError::InvalidUrl {
                 url: redact_url(url),
-                reason: "expected `embedded`, `mqtt://host:port` or `nats://host:port`".into(),
+                reason: "expected `embedded`, `mqtt://host:port`, `mqtts://host:port`, `nats://host:port` or `tls://host:port`".into(),
             })
         }
     }
@@ -273,7 +282,7 @@ pub async fn connect_url(url: &str, client_id: &str) -> Result<Arc<dyn Bus>, Bus
         }),
         BusUrl::Mqtt(u) => Ok(Arc::new(MqttBus::connect(MqttConfig::from_url(
             &u, client_id,
-        )?))),
+        )?)?)),
         BusUrl::Nats(u) => Ok(Arc::new(
             NatsBus::connect(NatsConfig::from_url(&u, client_id)?).await?,
         )),

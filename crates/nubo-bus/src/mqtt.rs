@@ -21,18 +21,35 @@ pub struct MqttConfig {
     pub client_id: String,
     /// User name and password, if the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// TLS (`mqtts://`), with the certificate authorities to check the broker with.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl MqttConfig {
-    /// Parses `mqtt://[user:password@]host:port`.
+    /// Parses `mqtt://[user:password@]host:port`, or `mqtts://…[?ca=FILE]` for TLS.
     pub fn from_url(url: &str, client_id: &str) -> Result<Self, BusError> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| BusError::InvalidUrl {
+        let (base, ca_file) = crate::tls::split_query(url)?;
+        let (rest, tls) = if let Some(r) = base
+            .strip_prefix("mqtts://")
+            .or_else(|| base.strip_prefix("ssl://"))
+        {
+            (r, true)
+        } else {
+            let r = base
+                .strip_prefix("mqtt://")
+                .or_else(|| base.strip_prefix("tcp://"))
+                .ok_or_else(|| BusError::InvalidUrl {
+                    url: crate::redact_url(url),
+                    reason: "an MQTT URL starts with mqtt:// (or mqtts:// for TLS)".into(),
+                })?;
+            (r, false)
+        };
+        if !tls && ca_file.is_some() {
+            return Err(BusError::InvalidUrl {
                 url: crate::redact_url(url),
-                reason: "an MQTT URL starts with mqtt://".into(),
-            })?;
+                reason: "?ca= names certificate authorities for TLS: use mqtts://".into(),
+            });
+        }
         let rest = rest.trim_end_matches('/');
         let (creds, hostport) = match rest.rsplit_once('@') {
             Some((c, h)) => (Some(c), h),
@@ -46,7 +63,7 @@ impl MqttConfig {
                     reason: format!("`{p}` is not a port"),
                 })?,
             ),
-            None => (hostport, 1883),
+            None => (hostport, if tls { 8883 } else { 1883 }),
         };
         let credentials = creds.map(|c| match c.split_once(':') {
             Some((u, p)) => (u.to_owned(), p.to_owned()),
@@ -60,6 +77,7 @@ impl MqttConfig {
             port,
             client_id: client_id.to_owned(),
             credentials,
+            tls: tls.then_some(crate::tls::TlsSettings { ca_file }),
         })
     }
 }
@@ -83,8 +101,19 @@ impl Drop for MqttBus {
 }
 
 impl MqttBus {
-    /// Connects (in the background; it keeps retrying) and returns at once.
-    pub fn connect(config: MqttConfig) -> Self {
+    /// Connects (in the background; it keeps retrying) and returns at once; fails only when
+    /// TLS cannot be set up (its certificate authorities).
+    pub fn connect(config: MqttConfig) -> Result<Self, BusError> {
+        let transport = match &config.tls {
+            Some(settings) => Some(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(crate::tls::client_config(settings)?)),
+            )),
+            None => None,
+        };
+        Ok(Self::connect_with(config, transport))
+    }
+
+    fn connect_with(config: MqttConfig, transport: Option<rumqttc::Transport>) -> Self {
         let id = format!("{}-{:08x}", config.client_id, rand::random::<u32>());
         let mut opts = MqttOptions::new(id, config.host.clone(), config.port);
         opts.set_keep_alive(Duration::from_secs(5));
@@ -93,6 +122,9 @@ impl MqttBus {
         opts.set_inflight(1_000);
         if let Some((u, p)) = &config.credentials {
             opts.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(t) = transport {
+            opts.set_transport(t);
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 4096);
         let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
@@ -248,15 +280,16 @@ mod tests {
         };
         // A broker that wants credentials refuses a client without them.
         if let Some(anonymous) = crate::testing::without_credentials(&url) {
-            let c = MqttBus::connect(MqttConfig::from_url(&anonymous, "anonymous").unwrap());
+            let c =
+                MqttBus::connect(MqttConfig::from_url(&anonymous, "anonymous").unwrap()).unwrap();
             assert!(
                 c.wait_connected(Duration::from_millis(1500)).await.is_err(),
                 "an anonymous client connected to {}",
                 crate::redact_url(&url)
             );
         }
-        let a = MqttBus::connect(MqttConfig::from_url(&url, "conf-pub").unwrap());
-        let b = MqttBus::connect(MqttConfig::from_url(&url, "conf-sub").unwrap());
+        let a = MqttBus::connect(MqttConfig::from_url(&url, "conf-pub").unwrap()).unwrap();
+        let b = MqttBus::connect(MqttConfig::from_url(&url, "conf-sub").unwrap()).unwrap();
         a.wait_connected(Duration::from_secs(10)).await.unwrap();
         b.wait_connected(Duration::from_secs(10)).await.unwrap();
         crate::conformance::run_all(&a, &b).await;
@@ -265,6 +298,41 @@ mod tests {
             crate::EventBus::new(Arc::new(b)),
         )
         .await;
+    }
+
+    /// Mosquitto with TLS: `mqtts://…?ca=FILE` passes the conformance suite; without the
+    /// broker's certificate authority, or without TLS, no connection is made.
+    #[tokio::test]
+    async fn mqtt_bus_over_tls_passes_the_conformance_suite_and_checks_the_broker() {
+        let Some((broker, ca)) = crate::testing::BrokerProcess::mosquitto_tls() else {
+            crate::testing::skipped(
+                "mqtt_bus over TLS: `mosquitto` is not on PATH (scripts/test installs it)",
+            );
+            return;
+        };
+        let port = broker.url("x").rsplit(':').next().unwrap().to_owned();
+        let url = format!("mqtts://127.0.0.1:{port}?ca={}", ca.display());
+        let a = crate::connect_url(&url, "tls-pub").await.unwrap();
+        let b = crate::connect_url(
+            &format!("mqtts://localhost:{port}?ca={}", ca.display()),
+            "tls-sub",
+        )
+        .await
+        .unwrap();
+        a.wait_connected(Duration::from_secs(10)).await.unwrap();
+        b.wait_connected(Duration::from_secs(10)).await.unwrap();
+        crate::conformance::run_all(a.as_ref(), b.as_ref()).await;
+        // The system's roots do not know the test's authority: no connection.
+        for refused in [
+            format!("mqtts://127.0.0.1:{port}"),
+            format!("mqtt://127.0.0.1:{port}"),
+        ] {
+            let c = crate::connect_url(&refused, "tls-refused").await.unwrap();
+            assert!(
+                c.wait_connected(Duration::from_millis(1500)).await.is_err(),
+                "{refused} connected"
+            );
+        }
     }
 
     /// Mosquitto killed and started again on the same port: the bus resumes by itself. A

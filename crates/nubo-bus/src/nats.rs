@@ -32,22 +32,39 @@ pub struct NatsConfig {
     pub user_password: Option<(String, String)>,
     /// `token@` of the first URL (a user name without a password, as NATS clients read it).
     pub token: Option<String>,
+    /// TLS required (`tls://`), with the certificate authorities to check the server with.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl NatsConfig {
-    /// Parses `nats://[user:password@]host[:port][,nats://…]` (port 4222 by default).
+    /// Parses `nats://[user:password@]host[:port][,nats://…]` (port 4222 by default), or
+    /// `tls://…` with TLS required, and `?ca=FILE` at the end for certificate authorities.
     pub fn from_url(url: &str, name: &str) -> Result<Self, BusError> {
         let invalid = |reason: String| BusError::InvalidUrl {
             url: crate::redact_url(url),
             reason,
         };
+        let (base, ca_file) = crate::tls::split_query(url)?;
         let mut servers = Vec::new();
-        for part in url.split(',').map(str::trim) {
-            if !part.starts_with("nats://") {
-                return Err(invalid("a NATS URL starts with nats://".into()));
-            }
-            let addr: ServerAddr = part.parse().map_err(|e| invalid(format!("{e}")))?;
+        let mut tls = false;
+        for part in base.split(',').map(str::trim) {
+            let plain = if let Some(rest) = part.strip_prefix("tls://") {
+                tls = true;
+                format!("nats://{rest}")
+            } else if part.starts_with("nats://") {
+                part.to_owned()
+            } else {
+                return Err(invalid(
+                    "a NATS URL starts with nats:// (or tls:// for TLS)".into(),
+                ));
+            };
+            let addr: ServerAddr = plain.parse().map_err(|e| invalid(format!("{e}")))?;
             servers.push(addr);
+        }
+        if ca_file.is_some() && !tls {
+            return Err(invalid(
+                "?ca= names certificate authorities for TLS: use tls://".into(),
+            ));
         }
         let first = servers.first().ok_or_else(|| invalid("no server".into()))?;
         let (user_password, token) = match (first.username(), first.password()) {
@@ -60,6 +77,7 @@ impl NatsConfig {
             name: name.to_owned(),
             user_password,
             token,
+            tls: tls.then_some(crate::tls::TlsSettings { ca_file }),
         })
     }
 }
@@ -94,6 +112,11 @@ impl NatsBus {
         }
         if let Some(t) = config.token {
             options = options.token(t);
+        }
+        if let Some(settings) = &config.tls {
+            options = options
+                .require_tls(true)
+                .tls_client_config(crate::tls::client_config(settings)?);
         }
         let options = options
             .name(&name)
@@ -461,6 +484,35 @@ mod tests {
         b.wait_connected(Duration::from_secs(10)).await.unwrap();
         crate::conformance::run_all(a.as_ref(), b.as_ref()).await;
         crate::conformance::events(crate::EventBus::new(a), crate::EventBus::new(b)).await;
+    }
+
+    /// nats-server requiring TLS: `tls://…?ca=FILE` passes the conformance suite; without the
+    /// server's certificate authority, or without TLS, no connection is made.
+    #[tokio::test]
+    async fn nats_bus_over_tls_passes_the_conformance_suite_and_checks_the_server() {
+        let Some((server, ca)) = crate::testing::BrokerProcess::nats_tls() else {
+            crate::testing::skipped(
+                "nats_bus over TLS: `nats-server` is not on PATH (scripts/test installs it)",
+            );
+            return;
+        };
+        let port = server.url("x").rsplit(':').next().unwrap().to_owned();
+        let url = format!("tls://127.0.0.1:{port}?ca={}", ca.display());
+        let a = crate::connect_url(&url, "tls-pub").await.unwrap();
+        let b = crate::connect_url(&url, "tls-sub").await.unwrap();
+        a.wait_connected(Duration::from_secs(10)).await.unwrap();
+        b.wait_connected(Duration::from_secs(10)).await.unwrap();
+        crate::conformance::run_all(a.as_ref(), b.as_ref()).await;
+        for refused in [
+            format!("tls://127.0.0.1:{port}"),
+            format!("nats://127.0.0.1:{port}"),
+        ] {
+            let ok = match crate::connect_url(&refused, "tls-refused").await {
+                Err(_) => false,
+                Ok(c) => c.wait_connected(Duration::from_millis(1500)).await.is_ok(),
+            };
+            assert!(!ok, "{refused} connected");
+        }
     }
 
     /// One connection both publishing and subscribing (as the server uses its bus).

@@ -36,6 +36,53 @@ impl BrokerProcess {
         Some(Self::start(program, args, addr, dir))
     }
 
+    /// Mosquitto with TLS only on a free port (a certificate for `127.0.0.1` and `localhost`
+    /// signed by a certificate authority of the test's own), and the authority's PEM file.
+    pub fn mosquitto_tls() -> Option<(Self, PathBuf)> {
+        let program = on_path("mosquitto")?;
+        let dir = tempfile::tempdir().ok()?;
+        let (ca, cert, key) = test_certificates(dir.path());
+        let addr = free_addr();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n",
+                addr.port(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .ok()?;
+        let args = vec!["-c".to_owned(), conf.display().to_string()];
+        Some((Self::start(program, args, addr, dir), ca))
+    }
+
+    /// nats-server requiring TLS on a free port (as [`Self::mosquitto_tls`]), and the
+    /// certificate authority's PEM file.
+    pub fn nats_tls() -> Option<(Self, PathBuf)> {
+        let program = on_path("nats-server")?;
+        let dir = tempfile::tempdir().ok()?;
+        let (ca, cert, key) = test_certificates(dir.path());
+        let addr = free_addr();
+        let port = addr.port().to_string();
+        let args = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--tls",
+            "--tlscert",
+            &cert.display().to_string(),
+            "--tlskey",
+            &key.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Some((Self::start(program, args, addr, dir), ca))
+    }
+
     /// nats-server on a free port, if `nats-server` is on `PATH`.
     pub fn nats() -> Option<Self> {
         Self::nats_at(free_addr())
@@ -140,6 +187,43 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A certificate authority, and a certificate it signed for `127.0.0.1` and `localhost` with its
+/// key, written into `dir` (readable by a broker that drops to a user of its own): the files
+/// `ca.pem`, `server.pem`, `server.key`.
+fn test_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    use std::os::unix::fs::PermissionsExt;
+    let ca_key = KeyPair::generate().expect("a key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "nubo test authority");
+    let ca = ca_params.self_signed(&ca_key).expect("a CA");
+    let key = KeyPair::generate().expect("a key");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("parameters");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("a certificate");
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", cert.pem()),
+        ("server.key", key.serialize_pem()),
+    ];
+    for (name, pem) in &files {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("a certificate file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 /// A loopback address with a port nobody listens on (now).

@@ -22,6 +22,96 @@ async fn through(client: &reqwest::Client, addr: &str, proxy: u16, host: &str) -
     r.text().await.ok()
 }
 
+/// The artifacts of application `app`: `min` members of the whoami script (`local` provider),
+/// alias `www`, host `localhost`, behind the load balancer's `proxy` port.
+fn whoami_app(app: &str, min: u32, proxy: u16) -> Vec<(&'static str, serde_json::Value)> {
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    vec![
+        (
+            "autoscalingPolicies",
+            json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 20}}}),
+        ),
+        (
+            "networkPartitions",
+            json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]}),
+        ),
+        (
+            "cartridges",
+            json!({"type": "web", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]}),
+        ),
+        (
+            "applications",
+            json!({"applicationId": app, "components": {"cartridges": [
+            {"type": "web", "cartridgeMin": min, "cartridgeMax": min + 1, "subscribableInfo": {"alias": "www", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}}),
+        ),
+    ]
+}
+
+/// Adds and deploys [`whoami_app`], and waits for its `min` members to be Active: returns them.
+async fn run_whoami(api: &Api, app: &str, min: u32, proxy: u16) -> Vec<serde_json::Value> {
+    api.add_all(&whoami_app(app, min, proxy)).await;
+    let (status, body) = api
+        .post(&format!("/api/applications/{app}/deploy/ap"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(60, "the members active", || async {
+        let a = api.active(app, "www").await;
+        (a.len() == min as usize).then_some(a)
+    })
+    .await
+}
+
+/// The whole platform over an MQTT broker reached with TLS (`mqtts://…?ca=FILE`): the server,
+/// its load balancer and the members' agents all connect with TLS and check the broker's
+/// certificate against the authority the URL names.
+#[tokio::test]
+async fn an_application_runs_with_its_agents_on_an_mqtt_bus_over_tls() {
+    let Some(url) = nubo_testing::service("NUBO_TEST_MQTTS_URL", "the platform on MQTT over TLS")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--bus", &url]);
+    assert!(
+        server.bus_url.starts_with("mqtts://nubo:***@"),
+        "{}",
+        server.bus_url
+    );
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let members = run_whoami(&api, "tlsy", 1, proxy).await;
+    let id = members[0]["memberId"].as_str().unwrap();
+    let payload = crate::support::member_payload(dir.path(), id);
+    assert_eq!(payload["busUrl"].as_str(), Some(url.as_str()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let body = eventually(
+        30,
+        "the application answers through the load balancer",
+        || through(&client, "127.0.0.1", proxy, "tlsy.www.localhost"),
+    )
+    .await;
+    assert!(body.starts_with("tlsy.www.web-"), "{body}");
+    // Without the authority the broker's certificate is not trusted: no connection.
+    let untrusted = url.split('?').next().unwrap();
+    let c = nubo_bus::connect_url(untrusted, "untrusting")
+        .await
+        .unwrap();
+    assert!(c.wait_connected(Duration::from_millis(1500)).await.is_err());
+}
+
 #[tokio::test]
 async fn an_application_runs_with_its_agents_on_a_nats_bus() {
     use std::os::unix::process::CommandExt;
@@ -37,30 +127,9 @@ async fn an_application_runs_with_its_agents_on_a_nats_bus() {
     );
     let api = Api::new(&server);
     let proxy = free_port();
-    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"requestsInFlight": {"threshold": 20}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "web", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": "8080", "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "natsy", "components": {"cartridges": [
-            {"type": "web", "cartridgeMin": 2, "cartridgeMax": 3, "subscribableInfo": {"alias": "www", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
-    let (status, body) = api
-        .post("/api/applications/natsy/deploy/ap", json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
     // Active means each agent reported InstanceStarted and InstanceActivated: over NATS, the
     // only bus this server has.
-    let members = eventually(60, "two members active over NATS", || async {
-        let a = api.active("natsy", "www").await;
-        (a.len() == 2).then_some(a)
-    })
-    .await;
+    let members = run_whoami(&api, "natsy", 2, proxy).await;
     for m in &members {
         let id = m["memberId"].as_str().unwrap();
         let workdir = dir.path().join("members").join(id);

@@ -61,7 +61,7 @@ async fn forged_replayed_and_unsigned_messages_on_the_bus_change_nothing() {
         format!("mqtt://{addr}"),
         format!("mqtt://nubo:guess@{addr}"),
     ] {
-        let c = MqttBus::connect(MqttConfig::from_url(&url, "intruder").unwrap());
+        let c = MqttBus::connect(MqttConfig::from_url(&url, "intruder").unwrap()).unwrap();
         assert!(
             c.wait_connected(Duration::from_millis(1500)).await.is_err(),
             "{url} connected"
@@ -71,9 +71,9 @@ async fn forged_replayed_and_unsigned_messages_on_the_bus_change_nothing() {
     // A client holding what a member holds: the broker's credentials and member A's own key.
     let payload = member_payload(dir.path(), &ids[0]);
     let member_key = BusKey::from_hex(payload["busKey"].as_str().expect("a member key")).unwrap();
-    let raw = std::sync::Arc::new(MqttBus::connect(
-        MqttConfig::from_url(&creds.url, "member-a").unwrap(),
-    ));
+    let raw = std::sync::Arc::new(
+        MqttBus::connect(MqttConfig::from_url(&creds.url, "member-a").unwrap()).unwrap(),
+    );
     raw.wait_connected(Duration::from_secs(10)).await.unwrap();
     // Real messages of member A, captured to be replayed.
     let mut captured = raw.subscribe("nubo/v1/health/#").await.unwrap();
