@@ -85,7 +85,11 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     };
     let events = EventBus::with_auth(bus.clone(), auth);
     // Subscriptions are made now (and renewed on every reconnection).
-    let mut notifier = events.subscribe(Category::InstanceNotifier).await?;
+    // Only what the platform addresses to this member (its clean-up request), on its own topic.
+    let own = Category::InstanceNotifier
+        .member_topic(&p.member_id)
+        .with_context(|| format!("member id `{}` cannot name a topic", p.member_id))?;
+    let mut notifier = events.subscribe_filter(&own).await?;
     // Only what it needs of the topology: whether its member shows there yet.
     let mut topology = events
         .subscribe_only(
@@ -97,6 +101,10 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         tracing::warn!(bus = %nubo_bus::redact_url(&p.bus_url), "the bus is not reachable yet; starting anyway and reporting once it is");
     }
     wait_for_member(&events, &mut topology, &p.member_id).await;
+    // The rest of the topology is not this member's business: the broker stops sending it here
+    // (every agent following every topology change would cost the platform a message per member
+    // per change).
+    drop(topology);
     publish(&events, Event::InstanceStarted(me.clone())).await;
 
     let (mut workload, mut output) = start_workload(&p, &workdir)?;

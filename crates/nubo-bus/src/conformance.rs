@@ -28,6 +28,28 @@ pub async fn run_all(publisher: &dyn Bus, subscriber: &dyn Bus) {
     invalid_topics(publisher, subscriber).await;
     awkward_levels(publisher, subscriber).await;
     a_lagging_subscriber_loses_no_lifecycle_event(publisher, subscriber).await;
+    a_filter_subscribed_again_after_a_drop_misses_nothing(publisher, subscriber).await;
+}
+
+/// A subscription dropped (the broker may stop sending its filter) and the same filter
+/// subscribed again at once, over and over: the new subscription gets what is published after it,
+/// and a second subscription of a filter outlives the first one's drop.
+async fn a_filter_subscribed_again_after_a_drop_misses_nothing(p: &dyn Bus, s: &dyn Bus) {
+    let topic = unique("again");
+    for round in 0..20 {
+        drop(s.subscribe(&topic).await.unwrap());
+        // Whatever is received next notices the drop.
+        p.publish(&topic, b"nudge".to_vec()).await.unwrap();
+        let mut again = s.subscribe(&topic).await.unwrap();
+        let want = format!("round-{round}").into_bytes();
+        p.publish(&topic, want.clone()).await.unwrap();
+        while next(&mut again).await.payload != want {}
+    }
+    let mut kept = s.subscribe(&topic).await.unwrap();
+    drop(s.subscribe(&topic).await.unwrap());
+    p.publish(&topic, b"nudge".to_vec()).await.unwrap();
+    p.publish(&topic, b"still".to_vec()).await.unwrap();
+    while next(&mut kept).await.payload != b"still" {}
 }
 
 /// A subscriber that reads nothing while more than [`crate::SUBSCRIPTION_BUFFER`] messages

@@ -140,7 +140,23 @@ impl MqttBus {
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                         let topic = p.topic.clone();
                         let Ok(mut list) = subs.lock() else { return };
+                        // Subscriptions dropped by their owners: the broker stops sending what
+                        // no one here reads any more (under the lock, so that a new subscription
+                        // of the same filter is sent after this, never before).
+                        let before: Vec<String> = list.iter().map(|(f, _)| f.clone()).collect();
                         list.retain(|(_, tx)| !tx.is_closed());
+                        if list.len() < before.len() {
+                            let mut gone: Vec<&String> = before
+                                .iter()
+                                .filter(|f| !list.iter().any(|(g, _)| g == *f))
+                                .collect();
+                            gone.dedup();
+                            for f in gone {
+                                if let Err(e) = resub_client.try_unsubscribe(f.clone()) {
+                                    tracing::debug!(filter = %f, error = %e, "cannot unsubscribe");
+                                }
+                            }
+                        }
                         for (filter, tx) in list.iter() {
                             if topic_matches(filter, &topic) {
                                 let msg = Message {
@@ -215,18 +231,24 @@ impl Bus for MqttBus {
         }
         let (tx, sub) = Sink::pair(filter);
         let _guard = self.subscribe_lock.lock().await;
-        self.subscribers
-            .lock()
-            .map_err(|_| BusError::Unavailable("poisoned".into()))?
-            .push((filter.to_owned(), tx));
-        if self.is_connected() {
+        let mut acks = self.subacks.clone();
+        let before = *acks.borrow_and_update();
+        let connected = self.is_connected();
+        {
+            // Listed and requested under the lock that unsubscribing takes too (see `connect`).
+            let mut list = self
+                .subscribers
+                .lock()
+                .map_err(|_| BusError::Unavailable("poisoned".into()))?;
+            list.push((filter.to_owned(), tx));
+            if connected {
+                self.client
+                    .try_subscribe(filter, QoS::AtLeastOnce)
+                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            }
+        }
+        if connected {
             // Wait for the broker's acknowledgement, so that what is published next reaches us.
-            let mut acks = self.subacks.clone();
-            let before = *acks.borrow_and_update();
-            self.client
-                .subscribe(filter, QoS::AtLeastOnce)
-                .await
-                .map_err(|e| BusError::Unavailable(e.to_string()))?;
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), acks.wait_for(|n| *n > before)).await;
         }

@@ -61,9 +61,21 @@ impl Category {
         format!("{TOPIC_PREFIX}/{}", self.segment())
     }
 
-    /// The filter to subscribe to this category with (its topic).
+    /// The filter to subscribe to this category with: its topic, and for the commands to agents
+    /// every member's topic below it too ([`Category::member_topic`]).
     pub fn filter(self) -> String {
-        self.topic()
+        match self {
+            Category::InstanceNotifier => format!("{}/#", self.topic()),
+            _ => self.topic(),
+        }
+    }
+
+    /// The topic of what this category addresses to one member: below the category's topic, so
+    /// that an agent subscribes to its own commands only (and the broker sends each agent only
+    /// its own). `None` for an id that cannot be a topic level.
+    pub fn member_topic(self, member_id: &str) -> Option<String> {
+        let valid = !member_id.is_empty() && !member_id.contains(['/', '+', '#', '\0']);
+        valid.then(|| format!("{}/{member_id}", self.topic()))
     }
 }
 
@@ -655,7 +667,10 @@ impl Event {
     /// The topic it is published on: its category's (`nubo/v1/<category>`); the event's name is in
     /// the payload.
     pub fn topic(&self) -> String {
-        self.category().topic()
+        let category = self.category();
+        self.addressed_to()
+            .and_then(|m| category.member_topic(m))
+            .unwrap_or_else(|| category.topic())
     }
 
     /// The wire form: `{"v":1,"event":"Name","body":{…}}`.
