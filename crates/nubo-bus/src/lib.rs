@@ -25,6 +25,7 @@ mod credentials;
 mod memory;
 mod mqtt;
 pub mod nats;
+pub mod secrecy;
 #[cfg(test)]
 mod testing;
 pub mod tls;
@@ -353,6 +354,7 @@ pub struct EventBus {
     bus: Arc<dyn Bus>,
     auth: Arc<BusAuth>,
     sender: Arc<auth::Sender>,
+    secrecy: Arc<Option<secrecy::Secrecy>>,
 }
 
 /// A stream of decoded events.
@@ -361,6 +363,7 @@ pub struct EventStream {
     /// Only events of these names are decoded and returned (`None`: all).
     only: Option<&'static [&'static str]>,
     auth: Arc<BusAuth>,
+    secrecy: Arc<Option<secrecy::Secrecy>>,
     replay: auth::ReplayGuard,
 }
 
@@ -398,16 +401,42 @@ impl EventStream {
         {
             return None;
         }
-        match Event::decode(opened.body) {
-            Ok(e) if opened.permits(&e) => Some(e),
-            Ok(e) => {
-                drop(Refusal::NotPermitted.label(), e.name());
-                None
+        let event = match secrecy::sealed_part(opened.body) {
+            // Only the platform's processes open the platform's secret commands.
+            Some((name, sealed)) => {
+                match self
+                    .secrecy
+                    .as_ref()
+                    .as_ref()
+                    .and_then(|k| k.open(name, sealed))
+                {
+                    Some(e) => e,
+                    None => {
+                        drop(Refusal::NotPermitted.label(), name);
+                        return None;
+                    }
+                }
             }
-            Err(e) => {
-                drop("malformed", &e.to_string());
-                None
-            }
+            None => match Event::decode(opened.body) {
+                // A platform process never sends a secret command in the clear.
+                Ok(e)
+                    if secrecy::is_secret(e.category()) && !matches!(*self.auth, BusAuth::Open) =>
+                {
+                    drop(Refusal::NotPermitted.label(), e.name());
+                    return None;
+                }
+                Ok(e) => e,
+                Err(e) => {
+                    drop("malformed", &e.to_string());
+                    return None;
+                }
+            },
+        };
+        if opened.permits(&event) {
+            Some(event)
+        } else {
+            drop(Refusal::NotPermitted.label(), event.name());
+            None
         }
     }
 }
@@ -444,6 +473,7 @@ impl EventBus {
     pub fn with_auth(bus: Arc<dyn Bus>, auth: BusAuth) -> Self {
         EventBus {
             bus,
+            secrecy: Arc::new(secrecy::Secrecy::of(&auth)),
             auth: Arc::new(auth),
             sender: Arc::new(auth::Sender::default()),
         }
@@ -466,11 +496,18 @@ impl EventBus {
 
     /// Publishes an event on its topic.
     pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        let body = match self.secrecy.as_ref() {
+            Some(keys) if secrecy::is_secret(event.category()) => keys
+                .seal(event)
+                .ok_or_else(|| BusError::Unavailable(format!("cannot seal {}", event.name())))?,
+            _ => event.encode(),
+        };
         let r = self
             .bus
             .publish(
                 &event.topic(),
-                self.auth.seal(&self.sender, event, now_ms()),
+                self.auth
+                    .seal_body(&self.sender, event.addressed_to(), body, now_ms()),
             )
             .await;
         if let Err(e) = &r {
@@ -510,6 +547,7 @@ impl EventBus {
             sub,
             only,
             auth: self.auth.clone(),
+            secrecy: self.secrecy.clone(),
             replay: auth::ReplayGuard::default(),
         }
     }

@@ -78,6 +78,14 @@ impl BusKey {
         BusKey(mac.finalize().into_bytes().into())
     }
 
+    /// The key that keeps the platform's commands secret from members (`secrecy/v1`, derived:
+    /// 32 bytes for an AEAD, never used for proofs).
+    pub fn secrecy_key(&self) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(b"secrecy/v1");
+        mac.finalize().into_bytes().into()
+    }
+
     fn mac(&self) -> HmacSha256 {
         // HMAC takes a key of any length: this cannot fail.
         <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!())
@@ -158,11 +166,22 @@ impl Default for Sender {
 impl BusAuth {
     /// The bytes to publish for `event`.
     pub fn seal(&self, sender: &Sender, event: &Event, now_ms: u64) -> Vec<u8> {
-        let body = event.encode();
+        self.seal_body(sender, event.addressed_to(), event.encode(), now_ms)
+    }
+
+    /// The bytes to publish for an event's wire form `body` (perhaps kept secret: see
+    /// `nubo_bus`), addressed to one member or not.
+    pub fn seal_body(
+        &self,
+        sender: &Sender,
+        addressed_to: Option<&str>,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Vec<u8> {
         let (from, key) = match self {
             BusAuth::Open => return body,
             BusAuth::Platform(k) | BusAuth::PlatformRotating { current: k, .. } => {
-                match event.addressed_to() {
+                match addressed_to {
                     Some(m) => (format!("p>m/{m}"), k.member_key(m)),
                     None => ("p".to_owned(), k.clone()),
                 }
