@@ -10,7 +10,7 @@
 //! | changes to definitions, deploy, undeploy, Kubernetes hosts | yes | yes (own tenant) | no |
 //! | a cartridge with a `local` iaasProvider (its `imageId` is a command line run by the platform) | yes | no | no |
 //! | `/users` | yes | yes (own tenant) | no |
-//! | `/tenants`, `/platform` (the bus key), `/metrics`, `/mock-iaas` | yes | no | no |
+//! | `/tenants`, `/platform` (the bus key, the broker's password), `/metrics`, `/mock-iaas` | yes | no | no |
 //! | `/health` | anyone, unauthenticated | | |
 
 use std::sync::Arc;

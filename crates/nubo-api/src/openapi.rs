@@ -543,6 +543,28 @@ pub fn document() -> OpenApi {
             ],
         ),
         (
+            "/api/platform/brokerPassword/rotate",
+            HttpMethod::Post,
+            "rotate_broker_password",
+            "Rotate the embedded broker's password: a new one is used from each process's next start; the previous one is still accepted until it is forgotten (super tenant's admin)",
+            "platform",
+            &[
+                ("200", "Rotated: restart every process of the platform"),
+                ("409", "A rotation is under way"),
+            ],
+        ),
+        (
+            "/api/platform/brokerPassword/previous",
+            HttpMethod::Delete,
+            "forget_previous_broker_password",
+            "End a rotation of the embedded broker's password: the previous one is refused from the broker's next start (super tenant's admin)",
+            "platform",
+            &[
+                ("200", "Forgotten: restart every process of the platform"),
+                ("404", "No rotation under way"),
+            ],
+        ),
+        (
             "/api/cartridges/{id}/filter/{filter}",
             HttpMethod::Get,
             "filter_cartridge",

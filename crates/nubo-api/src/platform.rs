@@ -10,7 +10,7 @@ use axum::extract::{Extension, OriginalUri, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use http::{StatusCode, header};
-use nubo_manager::Principal;
+use nubo_manager::{Principal, Rotating};
 use nubo_model::{Application, DeploymentPolicy, KubernetesCluster, KubernetesHost, Tenant, User};
 
 use crate::AppState;
@@ -116,24 +116,42 @@ async fn set_active(s: &AppState, domain: &str, active: bool) -> Result<(), ApiE
     Ok(())
 }
 
-/// The platform's secrets: rotating the bus key (docs/distributed.md, "Who may speak on the bus").
-async fn rotate_bus_key(State(s): S) -> Result<Json<Message>, ApiError> {
-    s.manager.rotate_bus_key().await?;
-    Ok(Json(Message::success(
-        "The bus key was rotated: restart every server, then every node and load balancer with the new bus.json, then the members over time; then DELETE /api/platform/busKey/previous",
-    )))
+/// The platform's secrets: rotating the bus key and the embedded broker's password
+/// (docs/distributed.md, "Secrets").
+async fn rotate(s: &AppState, which: Rotating) -> Result<Json<Message>, ApiError> {
+    s.manager.rotate(which).await?;
+    Ok(Json(Message::success(format!(
+        "Rotated: restart every server, then every node and load balancer with the new bus.json, then the members over time; then DELETE /api/platform/{}/previous",
+        which.path()
+    ))))
 }
 
-async fn forget_previous_bus_key(State(s): S) -> Result<Json<Message>, ApiError> {
-    if !s.manager.forget_previous_bus_key().await? {
+async fn forget_previous(s: &AppState, which: Rotating) -> Result<Json<Message>, ApiError> {
+    if !s.manager.forget_previous(which).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "no rotation of the bus key is under way",
+            format!("no rotation of {} is under way", which.path()),
         ));
     }
     Ok(Json(Message::success(
-        "The previous bus key is forgotten: restart every process of the platform; members started before the rotation must be restarted first",
+        "The previous value is forgotten: restart every process of the platform; members started before the rotation must be restarted first",
     )))
+}
+
+async fn rotate_bus_key(State(s): S) -> Result<Json<Message>, ApiError> {
+    rotate(&s, Rotating::BusKey).await
+}
+
+async fn forget_previous_bus_key(State(s): S) -> Result<Json<Message>, ApiError> {
+    forget_previous(&s, Rotating::BusKey).await
+}
+
+async fn rotate_broker_password(State(s): S) -> Result<Json<Message>, ApiError> {
+    rotate(&s, Rotating::BrokerPassword).await
+}
+
+async fn forget_previous_broker_password(State(s): S) -> Result<Json<Message>, ApiError> {
+    forget_previous(&s, Rotating::BrokerPassword).await
 }
 
 async fn delete_tenant(Path(domain): Path<String>) -> Result<Response, ApiError> {
@@ -375,6 +393,14 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/tenants/deactivate/{domain}", put(deactivate))
         .route("/platform/busKey/rotate", post(rotate_bus_key))
         .route("/platform/busKey/previous", delete(forget_previous_bus_key))
+        .route(
+            "/platform/brokerPassword/rotate",
+            post(rotate_broker_password),
+        )
+        .route(
+            "/platform/brokerPassword/previous",
+            delete(forget_previous_broker_password),
+        )
         .route("/users", post(add_user).put(update_user).get(list_users))
         .route("/users/{name}", delete(remove_user))
         .route("/kubernetesClusters/{id}/minion", post(add_minion))

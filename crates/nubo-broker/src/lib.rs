@@ -34,6 +34,7 @@ pub enum BrokerError {
 pub struct EmbeddedBroker {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The user name, and the password the URL carries (the first accepted).
     credentials: Option<(String, String)>,
 }
 
@@ -57,7 +58,19 @@ impl EmbeddedBroker {
     }
 }
 
-fn config(listen: SocketAddr, credentials: Option<&(String, String)>) -> Config {
+/// Who may connect: a user name and the passwords accepted for it (during a rotation, the new
+/// one and the previous one).
+#[derive(Clone)]
+struct Accepted {
+    user: String,
+    passwords: Vec<String>,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn config(listen: SocketAddr, accepted: Option<Accepted>) -> Config {
     let server = ServerSettings {
         name: "nubo-v4".into(),
         listen,
@@ -70,11 +83,23 @@ fn config(listen: SocketAddr, credentials: Option<&(String, String)>) -> Config 
             // With credentials, a connection without them (or with others) is refused. There is
             // no per-topic access control: whoever connects may publish and subscribe anywhere,
             // which is why every message carries proof of its sender (nubo-bus).
-            auth: credentials.map(|(u, p)| HashMap::from([(u.clone(), p.clone())])),
+            auth: None,
             external_auth: None,
             dynamic_filters: true,
         },
     };
+    let mut server = server;
+    if let Some(a) = accepted {
+        server
+            .connections
+            .set_auth_handler(move |_client, user: String, password: String| {
+                let ok = constant_time_eq(user.as_bytes(), a.user.as_bytes())
+                    & a.passwords.iter().fold(false, |any, p| {
+                        any | constant_time_eq(password.as_bytes(), p.as_bytes())
+                    });
+                std::future::ready(ok)
+            });
+    }
     Config {
         id: 0,
         router: RouterConfig {
@@ -109,6 +134,21 @@ pub fn start_with_credentials(
     listen: SocketAddr,
     credentials: Option<(String, String)>,
 ) -> Result<EmbeddedBroker, BrokerError> {
+    let passwords = credentials.map(|(user, password)| (user, vec![password]));
+    start_with_passwords(listen, passwords)
+}
+
+/// Starts the broker on `listen`, accepting only clients that connect as the user given with one
+/// of its passwords (the first is the one [`EmbeddedBroker::url`] carries; a second one is the
+/// previous password, during a rotation).
+pub fn start_with_passwords(
+    listen: SocketAddr,
+    passwords: Option<(String, Vec<String>)>,
+) -> Result<EmbeddedBroker, BrokerError> {
+    let credentials = passwords
+        .as_ref()
+        .and_then(|(u, ps)| ps.first().map(|p| (u.clone(), p.clone())));
+    let accepted = passwords.map(|(user, passwords)| Accepted { user, passwords });
     let bind_err = |reason: String| BrokerError::Bind {
         addr: listen,
         reason,
@@ -117,7 +157,7 @@ pub fn start_with_credentials(
     let probe = TcpListener::bind(listen).map_err(|e| bind_err(e.to_string()))?;
     let addr = probe.local_addr().map_err(|e| bind_err(e.to_string()))?;
     drop(probe);
-    let cfg = config(addr, credentials.as_ref());
+    let cfg = config(addr, accepted);
     std::thread::Builder::new()
         .name("nubo-broker".into())
         .spawn(move || {
@@ -174,7 +214,8 @@ mod tests {
         good.wait_connected(Duration::from_secs(10)).await.unwrap();
         let anonymous = format!("mqtt://{}", broker.addr);
         let wrong = format!("mqtt://nubo:guess@{}", broker.addr);
-        for url in [anonymous, wrong] {
+        let other_user = format!("mqtt://admin:s3cret@{}", broker.addr);
+        for url in [anonymous, wrong, other_user] {
             let bad = MqttBus::connect(MqttConfig::from_url(&url, "bad").unwrap()).unwrap();
             assert!(
                 bad.wait_connected(Duration::from_millis(1500))
@@ -182,6 +223,26 @@ mod tests {
                     .is_err(),
                 "{url} connected"
             );
+        }
+    }
+
+    /// During a rotation both the new password and the previous one connect.
+    #[tokio::test]
+    async fn while_the_password_rotates_both_passwords_connect() {
+        let broker = super::start_with_passwords(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(("nubo".into(), vec!["new".into(), "old".into()])),
+        )
+        .unwrap();
+        assert!(
+            broker.url().contains("nubo:new@"),
+            "the URL carries the new one"
+        );
+        for (password, ok) in [("new", true), ("old", true), ("older", false)] {
+            let url = format!("mqtt://nubo:{password}@{}", broker.addr);
+            let c = MqttBus::connect(MqttConfig::from_url(&url, "rot").unwrap()).unwrap();
+            let connected = c.wait_connected(Duration::from_millis(1500)).await.is_ok();
+            assert_eq!(connected, ok, "{password}");
         }
     }
 

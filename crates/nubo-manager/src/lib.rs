@@ -29,7 +29,9 @@ mod tenants;
 
 pub use auth::{CACHE_TTL, Principal, Role, constant_time_eq};
 pub use sealing::{SealError, SecretsKey};
-pub use secrets::{BUS_KEY, BUS_KEY_PREVIOUS, sealed_with};
+pub use secrets::{
+    BROKER_PASSWORD, BROKER_PASSWORD_PREVIOUS, BUS_KEY, BUS_KEY_PREVIOUS, Rotating, sealed_with,
+};
 
 /// The IaaS providers this build of the platform can place members on.
 pub const DEFAULT_PROVIDERS: [&str; 2] = ["local", "mock"];

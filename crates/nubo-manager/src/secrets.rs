@@ -180,6 +180,45 @@ pub async fn sealed_with(store: &dyn nubo_store::Store) -> Result<Option<String>
 pub const BUS_KEY: &str = "bus-key";
 /// While the bus key rotates: the previous one, still accepted until it is forgotten.
 pub const BUS_KEY_PREVIOUS: &str = "bus-key-previous";
+/// The embedded broker's password (user `nubo`).
+pub const BROKER_PASSWORD: &str = "broker-password";
+/// While the broker's password rotates: the previous one, still accepted until it is forgotten.
+pub const BROKER_PASSWORD_PREVIOUS: &str = "broker-password-previous";
+
+/// A platform secret that rotates: a new value is used from each process's next start, the
+/// previous one is still accepted until it is forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotating {
+    /// The key that proves every message on the bus.
+    BusKey,
+    /// The embedded broker's password.
+    BrokerPassword,
+}
+
+impl Rotating {
+    /// The names of its current and previous values.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Rotating::BusKey => (BUS_KEY, BUS_KEY_PREVIOUS),
+            Rotating::BrokerPassword => (BROKER_PASSWORD, BROKER_PASSWORD_PREVIOUS),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Rotating::BusKey => "the bus key",
+            Rotating::BrokerPassword => "the broker's password",
+        }
+    }
+
+    /// Its path in the API (`/api/platform/<path>/rotate`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Rotating::BusKey => "busKey",
+            Rotating::BrokerPassword => "brokerPassword",
+        }
+    }
+}
 
 impl Manager {
     /// A secret, when it exists (never created here).
@@ -195,21 +234,20 @@ impl Manager {
         }
     }
 
-    /// Rotates the platform's bus key: a new one signs from each process's next start, and the
-    /// current one becomes the previous, still accepted until [`Self::forget_previous_bus_key`].
-    /// Refused while a previous key is still kept (a rotation at a time).
-    pub async fn rotate_bus_key(&self) -> Result<(), ManagerError> {
-        if self
-            .platform_secret_if_any(BUS_KEY_PREVIOUS)
-            .await?
-            .is_some()
-        {
-            return Err(ManagerError::StateConflict(
-                "a rotation of the bus key is under way: restart every process of the platform, then forget the previous key (DELETE /api/platform/busKey/previous) before rotating again".into(),
-            ));
+    /// Rotates a platform secret: a new value is used from each process's next start, and the
+    /// current one becomes the previous, still accepted until [`Self::forget_previous`].
+    /// Refused while a previous value is still kept (a rotation at a time).
+    pub async fn rotate(&self, which: Rotating) -> Result<(), ManagerError> {
+        let (name_now, name_before) = which.names();
+        if self.platform_secret_if_any(name_before).await?.is_some() {
+            return Err(ManagerError::StateConflict(format!(
+                "a rotation of {} is under way: restart every process of the platform, then forget the previous value (DELETE /api/platform/{}/previous) before rotating again",
+                which.label(),
+                which.path()
+            )));
         }
-        let current = self.platform_secret(BUS_KEY).await?;
-        for (name, value) in [(BUS_KEY_PREVIOUS, current), (BUS_KEY, random_secret())] {
+        let current = self.platform_secret(name_now).await?;
+        for (name, value) in [(name_before, current), (name_now, random_secret())] {
             self.store
                 .upsert(Write {
                     tenant: SUPER_TENANT_ID,
@@ -220,16 +258,19 @@ impl Manager {
                 .await
                 .map_err(|e| store_err(Kind::User, e))?;
         }
-        tracing::warn!("the platform's bus key was rotated: restart every process of the platform");
+        tracing::warn!(
+            secret = name_now,
+            "a platform secret was rotated: restart every process of the platform"
+        );
         Ok(())
     }
 
-    /// Ends a rotation: the previous bus key is no longer accepted (from each process's next
+    /// Ends a rotation: the previous value is no longer accepted (from each process's next
     /// start). `false` when there was none.
-    pub async fn forget_previous_bus_key(&self) -> Result<bool, ManagerError> {
+    pub async fn forget_previous(&self, which: Rotating) -> Result<bool, ManagerError> {
         match self
             .store
-            .delete(SUPER_TENANT_ID, &Key::new(SECRET, BUS_KEY_PREVIOUS))
+            .delete(SUPER_TENANT_ID, &Key::new(SECRET, which.names().1))
             .await
         {
             Ok(()) => Ok(true),
@@ -283,7 +324,7 @@ mod tests {
         );
         // Rotating the bus key: the current one becomes the previous, once at a time.
         let before = one.platform_secret(super::BUS_KEY).await.unwrap();
-        one.rotate_bus_key().await.unwrap();
+        one.rotate(super::Rotating::BusKey).await.unwrap();
         assert_eq!(
             two.platform_secret_if_any(super::BUS_KEY_PREVIOUS)
                 .await
@@ -292,11 +333,11 @@ mod tests {
         );
         assert_ne!(two.platform_secret(super::BUS_KEY).await.unwrap(), before);
         assert!(
-            one.rotate_bus_key().await.is_err(),
+            one.rotate(super::Rotating::BusKey).await.is_err(),
             "one rotation at a time"
         );
-        assert!(two.forget_previous_bus_key().await.unwrap());
-        assert!(!two.forget_previous_bus_key().await.unwrap());
+        assert!(two.forget_previous(super::Rotating::BusKey).await.unwrap());
+        assert!(!two.forget_previous(super::Rotating::BusKey).await.unwrap());
         assert_eq!(
             one.platform_secret_if_any(super::BUS_KEY_PREVIOUS)
                 .await

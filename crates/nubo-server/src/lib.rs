@@ -355,12 +355,21 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     let bus_url = match &config.bus {
         BusMode::Embedded(addr) => {
             let password = manager
-                .platform_secret("broker-password")
+                .platform_secret(nubo_manager::BROKER_PASSWORD)
                 .await
                 .context("cannot read the embedded broker's password from the store")?;
-            nubo_broker::start_with_credentials(
+            // While the password rotates, clients that still hold the previous one (members
+            // started before) are accepted too.
+            let previous = manager
+                .platform_secret_if_any(nubo_manager::BROKER_PASSWORD_PREVIOUS)
+                .await
+                .context("cannot read the embedded broker's previous password from the store")?;
+            nubo_broker::start_with_passwords(
                 embedded_bus_addr(&config.data_dir, *addr),
-                Some(("nubo".to_owned(), password)),
+                Some((
+                    "nubo".to_owned(),
+                    std::iter::once(password).chain(previous).collect(),
+                )),
             )
             .with_context(|| format!("cannot start the embedded MQTT broker on {addr}: pass --bus-addr with a free port, or --bus mqtt://… or nats://… for an external broker"))?
             .url()

@@ -515,10 +515,14 @@ async fn the_bus_key_rotates_without_stopping_the_members_of_the_previous_one() 
         (a.len() == 2).then_some(a)
     })
     .await);
-    let old_key = BusCredentials::read(std::path::Path::new(&server.bus_credentials))
-        .unwrap()
-        .key;
+    let old = BusCredentials::read(std::path::Path::new(&server.bus_credentials)).unwrap();
+    let (old_key, old_url) = (old.key, old.url);
     let (status, body) = api.post("/api/platform/busKey/rotate", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    // The embedded broker's password rotates the same way, at the same time.
+    let (status, body) = api
+        .post("/api/platform/brokerPassword/rotate", json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         api.post("/api/platform/busKey/rotate", json!({})).await.0,
@@ -533,6 +537,15 @@ async fn the_bus_key_rotates_without_stopping_the_members_of_the_previous_one() 
     let creds = BusCredentials::read(std::path::Path::new(&server.bus_credentials)).unwrap();
     assert_ne!(creds.key, old_key);
     assert_eq!(creds.previous_key.as_deref(), Some(old_key.as_str()));
+    assert_ne!(creds.url, old_url, "a new broker password in the URL");
+    let connects = |url: String| async move {
+        let c = nubo_bus::connect_url(&url, "rotation").await.unwrap();
+        c.wait_connected(Duration::from_secs(2)).await.is_ok()
+    };
+    assert!(
+        connects(old_url.clone()).await,
+        "the previous password still connects"
+    );
     eventually(30, "the members re-adopted", || async {
         (ids(api.active("rot", "web").await) == before).then_some(())
     })
@@ -579,4 +592,22 @@ async fn the_bus_key_rotates_without_stopping_the_members_of_the_previous_one() 
         bus.previous_key.is_some(),
         "this server keeps accepting it until it starts again"
     );
+    assert_eq!(
+        api.send(
+            reqwest::Method::DELETE,
+            "/api/platform/brokerPassword/previous",
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    // Started again: the previous password is refused, the new one connects.
+    let mut server = server;
+    server.kill9();
+    let server = ServerProcess::start(dir.path());
+    let creds = BusCredentials::read(std::path::Path::new(&server.bus_credentials)).unwrap();
+    assert!(creds.previous_key.is_none());
+    assert!(!connects(old_url).await, "the previous password is refused");
+    assert!(connects(creds.url).await);
 }
