@@ -190,8 +190,12 @@ async fn init(Extension(p): Extension<Principal>) -> Json<Message> {
     )))
 }
 
-async fn iaas_providers(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "iaasProviders": s.manager.providers() }))
+async fn iaas_providers(
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        json!({ "iaasProviders": s.manager.providers().await? }),
+    ))
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {

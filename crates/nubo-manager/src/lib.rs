@@ -162,6 +162,10 @@ fn store_err(kind: Kind, e: StoreError) -> ManagerError {
     }
 }
 
+/// The store kind of the platform's own facts, and the id of the providers it offers.
+const PLATFORM: &str = "platform";
+const PROVIDERS: &str = "providers";
+
 /// The tenant whose definitions of the shared kinds ([`Kind::is_shared`]) every tenant uses.
 const SHARED: i64 = nubo_model::SUPER_TENANT_ID;
 
@@ -235,9 +239,36 @@ impl Manager {
         }
     }
 
-    /// The IaaS providers available.
-    pub fn providers(&self) -> &[String] {
-        &self.providers
+    /// The IaaS providers network partitions may name: this process's own when it runs a
+    /// controller; otherwise those the platform's controller published in the store
+    /// ([`Self::publish_providers`]), so that an API-only server knows them.
+    pub async fn providers(&self) -> Result<Vec<String>, ManagerError> {
+        if !self.providers.is_empty() {
+            return Ok(self.providers.clone());
+        }
+        let doc = self
+            .store
+            .get(SHARED, &Key::new(PLATFORM, PROVIDERS))
+            .await
+            .map_err(|e| store_err(Kind::NetworkPartition, e))?;
+        Ok(doc
+            .and_then(|d| serde_json::from_value(d.body.get("providers")?.clone()).ok())
+            .unwrap_or_default())
+    }
+
+    /// Publishes this process's providers in the store, for the API-only servers of the
+    /// platform (a process running the controller calls it at its start).
+    pub async fn publish_providers(&self) -> Result<(), ManagerError> {
+        self.store
+            .upsert(Write {
+                tenant: SHARED,
+                key: Key::new(PLATFORM, PROVIDERS),
+                body: serde_json::json!({ "providers": self.providers }),
+                refs: vec![],
+            })
+            .await
+            .map_err(|e| store_err(Kind::NetworkPartition, e))?;
+        Ok(())
     }
 
     /// The store (for health checks).
@@ -298,7 +329,7 @@ impl Manager {
         tenant: i64,
         artifact: &T,
     ) -> Result<(Catalog, Vec<Ref>), ManagerError> {
-        let mut catalog = Catalog::new(self.providers.clone());
+        let mut catalog = Catalog::new(self.providers().await?);
         let mut refs = Vec::new();
         for r in artifact.references() {
             if catalog.contains(r.kind, &r.id) {

@@ -247,12 +247,21 @@ impl Artifact for NetworkPartition {
     }
     fn check_references(&self, catalog: &Catalog, p: &mut Problems) {
         if !catalog.providers.iter().any(|x| x == &self.provider) {
+            let available = if catalog.providers.is_empty() {
+                "none yet (no server of this platform runs the controller: start one)".to_owned()
+            } else {
+                catalog.providers.join(", ")
+            };
+            let hint = if self.provider == "mock" {
+                " (the mock IaaS is offered by a server started with --mock-iaas)"
+            } else {
+                ""
+            };
             p.add(
                 "provider",
                 format!(
-                    "provider `{}` is not available on this platform; available providers: {}",
+                    "provider `{}` is not available on this platform{hint}; available providers: {available}",
                     self.provider,
-                    catalog.providers.join(", ")
                 ),
             );
         }

@@ -401,7 +401,15 @@ impl Settings {
             tls,
             admin_password: env.admin_password.filter(|p| !p.is_empty()),
             bus_key: env.bus_key,
-            providers: vec!["local".into(), "mock".into()],
+            // What the controller of this process can place members on; none without one (an
+            // API-only server takes the providers the controller published in the store).
+            providers: if controller {
+                std::iter::once("local".to_owned())
+                    .chain(mock.is_some().then(|| "mock".to_owned()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             bus,
             agent: env.agent,
             lb,

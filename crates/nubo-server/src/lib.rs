@@ -332,6 +332,12 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
         config.providers.clone(),
         secrets_key,
     ));
+    if config.runs(Component::Controller) {
+        manager
+            .publish_providers()
+            .await
+            .context("cannot publish this server's IaaS providers in the store")?;
+    }
     let resealed = manager
         .reseal_secrets()
         .await

@@ -31,7 +31,7 @@ fn text(o: &Output) -> (String, String) {
 #[test]
 fn the_cli_manages_artifacts_and_explains_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let s = ServerProcess::start_with(dir.path(), &[]);
+    let s = ServerProcess::start_with(dir.path(), &["--mock-iaas", "-"]);
     let np = fixture_path("network-partition.json");
     let np = np.to_str().unwrap();
     let o = nubo(&s, &["network-partition", "add", "-f", np]);

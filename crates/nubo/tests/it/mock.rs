@@ -975,6 +975,11 @@ async fn an_api_only_server_shows_the_decisions_of_the_autoscaler_of_another() {
     );
     let api = Api::new(&api_only);
     assert_eq!(api.get("/health").await.1["controller"], "remote");
+    // The controller's providers, as it published them in the store.
+    assert_eq!(
+        api.get("/api/iaasProviders").await.1,
+        json!({"iaasProviders": ["local", "mock"]})
+    );
     api.add_all(&c7_artifacts()).await;
     let (_, events) = api.get("/api/applications/c7/scalingEvents").await;
     assert_eq!(events, json!([]), "no decision before the deployment");

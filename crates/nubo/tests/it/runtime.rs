@@ -631,3 +631,25 @@ async fn the_platform_runs_on_an_external_mosquitto() {
     })
     .await;
 }
+
+/// A network partition names a provider this platform offers: without `--mock-iaas`, `mock` is
+/// refused when the partition is added (Stratos validates partitions against the IaaS), naming
+/// the providers there are.
+#[tokio::test]
+async fn a_partition_of_a_provider_this_platform_lacks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    assert_eq!(
+        api.get("/api/iaasProviders").await,
+        (200, json!({"iaasProviders": ["local"]}))
+    );
+    let np = json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]});
+    let (status, body) = api.post("/api/networkPartitions", np).await;
+    assert_eq!(status, 400, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("provider") && text.contains("--mock-iaas") && text.contains("local"),
+        "{text}"
+    );
+}

@@ -36,7 +36,7 @@ fn policy(n: u64) -> Value {
 async fn everything_survives_a_graceful_restart() {
     let dir = tempfile::tempdir().unwrap();
     let c = client();
-    let mut s = ServerProcess::start(dir.path());
+    let mut s = ServerProcess::start_with(dir.path(), &["--insecure-http", "--mock-iaas", "-"]);
     for (path, file) in [
         ("/api/networkPartitions", "network-partition.json"),
         ("/api/autoscalingPolicies", "autoscaling-policy.json"),
@@ -50,7 +50,7 @@ async fn everything_survives_a_graceful_restart() {
     }
     let before = get(&c, &s.url, "/api/applications/fixture-app").await.1;
     assert!(s.terminate(), "SIGTERM ends the server cleanly");
-    let s = ServerProcess::start(dir.path());
+    let s = ServerProcess::start_with(dir.path(), &["--insecure-http", "--mock-iaas", "-"]);
     let (status, after) = get(&c, &s.url, "/api/applications/fixture-app").await;
     assert_eq!(status, 200);
     assert_eq!(after, before);

@@ -13,8 +13,10 @@ async fn artifacts_survive_a_restart_on_postgres() {
         return;
     };
     let first_dir = tempfile::tempdir().unwrap();
-    let mut s =
-        ServerProcess::start_with(first_dir.path(), &["--insecure-http", "--store", db.url()]);
+    let mut s = ServerProcess::start_with(
+        first_dir.path(),
+        &["--insecure-http", "--store", db.url(), "--mock-iaas", "-"],
+    );
     let api = Api::new(&s);
     assert_eq!(
         api.get("/health").await,
@@ -62,6 +64,8 @@ async fn artifacts_survive_a_restart_on_postgres() {
             db.url(),
             "--secrets-key",
             &key,
+            "--mock-iaas",
+            "-",
         ],
     );
     let api = Api::new(&s);
