@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nubo_bus::EventBus;
-use nubo_events::Event;
 use nubo_events::view::{ApplicationRuntime, MemberPage};
+use nubo_events::{Event, InstanceStatus};
 use nubo_store::Store;
 
 use crate::journal::Replica;
@@ -106,6 +106,16 @@ pub trait ControlPlane: Send + Sync + 'static {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(s.deployments.get(application_id).map(|d| d.status))
     }
+    /// An application's status in the topology (`None`: not deployed).
+    async fn application_status(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<InstanceStatus>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(s.deployments
+            .get(application_id)
+            .map(|d| d.application_status()))
+    }
     /// The deployments of a tenant.
     async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
         let s = self.state().await.ok_or_else(unreadable)?;
@@ -173,6 +183,17 @@ impl ControlPlane for ControllerHandle {
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         self.read(|s| s.deployments.get(application_id).map(|d| d.status))
             .ok_or_else(unreadable)
+    }
+    async fn application_status(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<InstanceStatus>, ControlError> {
+        self.read(|s| {
+            s.deployments
+                .get(application_id)
+                .map(|d| d.application_status())
+        })
+        .ok_or_else(unreadable)
     }
     async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
         self.read(|s| summaries(s, tenant)).ok_or_else(unreadable)
@@ -282,6 +303,19 @@ impl ControlPlane for RemoteControl {
         self.read(|s, _| s.deployments.get(application_id).map(|d| d.status))
             .await
             .ok_or_else(unreadable)
+    }
+
+    async fn application_status(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<InstanceStatus>, ControlError> {
+        self.read(|s, _| {
+            s.deployments
+                .get(application_id)
+                .map(|d| d.application_status())
+        })
+        .await
+        .ok_or_else(unreadable)
     }
 
     async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
@@ -510,6 +544,12 @@ impl ControlPlane for SwitchableControl {
     }
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         self.current().status(application_id).await
+    }
+    async fn application_status(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<InstanceStatus>, ControlError> {
+        self.current().application_status(application_id).await
     }
     async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
         self.current().deployments(tenant).await

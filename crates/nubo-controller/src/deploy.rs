@@ -117,6 +117,21 @@ impl<P: Planner> Deployments<P> {
         }
     }
 
+    /// `tenant`'s application's status in the topology (`None`: not deployed, or no controller
+    /// here).
+    pub async fn application_status(
+        &self,
+        tenant: i64,
+        application_id: &str,
+    ) -> Result<Option<nubo_events::InstanceStatus>, P> {
+        match &self.control {
+            Some(c) => Ok(c
+                .application_status(&runtime_id(tenant, application_id))
+                .await?),
+            None => Ok(None),
+        }
+    }
+
     /// Refuses while `tenant`'s application is deployed (before its definition is removed).
     pub async fn ensure_not_deployed(&self, tenant: i64, application_id: &str) -> Result<(), P> {
         match self.status(tenant, application_id).await? {

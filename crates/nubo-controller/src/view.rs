@@ -183,7 +183,8 @@ pub fn runtime_view(state: &ControllerState, application_id: &str) -> Option<App
         id: application_id.to_owned(),
         name: None,
         description: None,
-        status: d.status,
+        status: d.application_status(),
+        deployment_status: d.status,
         application_policy: d.plan.application_policy.clone(),
         application_instances,
     })

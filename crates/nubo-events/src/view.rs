@@ -20,8 +20,12 @@ pub struct ApplicationRuntime {
     /// The application's description (from its definition).
     #[serde(default)]
     pub description: Option<String>,
-    /// The deployment's status.
-    pub status: DeploymentStatus,
+    /// The application's status in the topology, as Stratos gives it: `Created` until it is
+    /// Active, `Active` while its application instances are, `Inactive` when one of them is
+    /// (a cluster below its minimum), `Terminating` while it is undeployed.
+    pub status: InstanceStatus,
+    /// The deployment's status (Nubo's): `Deployed`, or `Undeploying`.
+    pub deployment_status: DeploymentStatus,
     /// The application policy it was deployed with.
     pub application_policy: String,
     /// Its application instances.

@@ -105,6 +105,31 @@ fn group_key(parent: &str, path: &[String]) -> String {
 }
 
 impl Deployment {
+    /// The application's status in the topology (Stratos' `ApplicationStatus`): `Terminating`
+    /// while it is undeployed; `Inactive` while one of its application instances is; `Active`
+    /// once one is Active (an instance opened later, a burst, does not take the application back
+    /// to Created); `Created` before.
+    pub fn application_status(&self) -> InstanceStatus {
+        if self.status == DeploymentStatus::Undeploying {
+            return InstanceStatus::Terminating;
+        }
+        let live = self.instances.iter().filter(|i| {
+            !matches!(
+                i.status,
+                InstanceStatus::Terminating | InstanceStatus::Terminated
+            )
+        });
+        let mut status = InstanceStatus::Created;
+        for i in live {
+            match i.status {
+                InstanceStatus::Inactive => return InstanceStatus::Inactive,
+                InstanceStatus::Active => status = InstanceStatus::Active,
+                _ => {}
+            }
+        }
+        status
+    }
+
     /// The numbers of the group instances of `path` inside the parent instance `parent`.
     pub fn group_numbers(&self, parent: &str, path: &[String]) -> Vec<u32> {
         self.group_instances

@@ -77,17 +77,30 @@ async fn load_scenario(api: &Api, name: &str) -> String {
     deploy.split('/').nth(1).unwrap().to_owned()
 }
 
-/// "Active" when every application instance is Active.
+/// The application's status at the top of its runtime view (Stratos' topology status), when
+/// its definition agrees (`Active` there too, else `Deployed`); the view itself otherwise.
 async fn status(api: &Api, app: &str) -> String {
     let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
-    let instances = view["applicationInstances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !instances.is_empty() && instances.iter().all(|i| i["status"] == "Active") {
-        "Active".into()
+    let (_, definition) = api.get(&format!("/api/applications/{app}")).await;
+    let top = view["status"].as_str().unwrap_or_default().to_owned();
+    let agrees = match top.as_str() {
+        "Active" => definition["status"] == "Active",
+        _ => definition["status"] == "Deployed",
+    };
+    if agrees {
+        top
     } else {
-        format!("{view}")
+        format!("{view} / {definition}")
+    }
+}
+
+/// The first line of `nubo application runtime APP`: `APP (STATUS)`.
+fn cli_status(server: &ServerProcess, app: &str) -> String {
+    let o = crate::cli::nubo(server, &["application", "runtime", app]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    match out.lines().next() {
+        Some(first) => first.to_owned(),
+        None => format!("no output: {}", String::from_utf8_lossy(&o.stderr)),
     }
 }
 
@@ -114,6 +127,7 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
         (status(&api, &app).await == "Active").then_some(())
     })
     .await;
+    assert_eq!(cli_status(&server, &app), format!("{app} (Active)"));
     let (code, instances) = api.get("/api/mock-iaas/instances").await;
     assert_eq!(code, 200);
     let instances = instances.as_array().unwrap().clone();
@@ -131,9 +145,18 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
     );
     assert_eq!(instances[0]["payload"]["MEMBER_ID"], victim.as_str());
     let before = instances.len();
+    // Its replacement's first two starts fail, so that the application stays Inactive a while.
+    let (code, _) = api
+        .post(
+            "/api/mock-iaas/failures",
+            json!({"cartridgeType": "php", "failNextStarts": 2}),
+        )
+        .await;
+    assert_eq!(code, 200);
 
     // The instance vanishes: its statistics stop, the event processor finds the member faulty,
-    // and the controller replaces it.
+    // and the controller replaces it. Meanwhile the application is Inactive (its cluster below
+    // its minimum), in the API and in the CLI.
     let (code, _) = api
         .send(
             reqwest::Method::DELETE,
@@ -144,6 +167,11 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
     assert_eq!(code, 200);
     let (code, _) = api.get(&format!("/api/mock-iaas/instances/{victim}")).await;
     assert_eq!(code, 404);
+    eventually(20, "the application Inactive", || async {
+        (status(&api, &app).await == "Inactive").then_some(())
+    })
+    .await;
+    assert_eq!(cli_status(&server, &app), format!("{app} (Inactive)"));
     eventually(
         30,
         "a replacement Active and the vanished member gone",
@@ -159,6 +187,10 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
             (gone && active == before).then_some(())
         },
     )
+    .await;
+    eventually(20, "the application Active again", || async {
+        (status(&api, &app).await == "Active").then_some(())
+    })
     .await;
     // The internal events counted what happened: starts on the mock provider, and one Active
     // member lost (then replaced).

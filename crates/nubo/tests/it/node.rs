@@ -244,7 +244,10 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
         .await;
     assert_eq!(code, 202, "{answer}");
     let (_, app) = api.get("/api/applications/split").await;
-    assert_eq!(app["status"], "Deployed", "{app}");
+    assert!(
+        app["status"] == "Deployed" || app["status"] == "Active",
+        "{app}"
+    );
     let (code, _) = api
         .post("/api/applications/split/deploy/ap", json!({}))
         .await;

@@ -149,8 +149,15 @@ async fn a_grouped_application_starts_in_order_and_undeploys_completely() {
         group["clusterInstances"][1]["accessUrls"][0],
         format!("http://shop.web.localhost:{proxy}")
     );
+    // Every member Active: the application is Active, in its definition and at the top of its
+    // runtime view (Stratos' statuses).
     let (_, app) = api.get("/api/applications/shop").await;
-    assert_eq!(app["status"], "Deployed");
+    assert_eq!(app["status"], "Active");
+    let (_, view) = api.get("/api/applications/shop/runtime").await;
+    assert_eq!(
+        (&view["status"], &view["deploymentStatus"]),
+        (&json!("Active"), &json!("Deployed"))
+    );
     assert_eq!(
         api.post("/api/applications/shop/deploy/ap", json!({}))
             .await
