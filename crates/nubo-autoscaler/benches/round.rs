@@ -153,6 +153,7 @@ fn main() {
                 next_group_instance: 0,
                 burst_level: 0,
                 next_instance: 1,
+                group_status: BTreeMap::new(),
             },
         );
     }

@@ -135,6 +135,7 @@ fn state() -> ControllerState {
             next_group_instance: 0,
             burst_level: 0,
             next_instance: 1,
+            group_status: BTreeMap::new(),
         },
     );
     state

@@ -89,7 +89,7 @@ fn level(
                 .map(|c| c.status)
                 .chain(children.iter().map(|g| g.status.into()))
                 .collect();
-            let status = if statuses.iter().all(|s| *s == ClusterInstanceState::Active) {
+            let derived = if statuses.iter().all(|s| *s == ClusterInstanceState::Active) {
                 InstanceStatus::Active
             } else if statuses.iter().any(|s| {
                 matches!(
@@ -101,6 +101,12 @@ fn level(
             } else {
                 InstanceStatus::Created
             };
+            // The group lifecycle's status, once the controller has recorded one.
+            let status = d
+                .group_status
+                .get(&crate::state::group_status_key(&child, &id))
+                .copied()
+                .unwrap_or(derived);
             groups.push(GroupInstanceView {
                 group_id: alias.clone(),
                 instance_id: id.clone(),

@@ -346,6 +346,114 @@ impl ControllerState {
                 out.push(Action::Persist);
             }
         }
+        self.update_group_instances(app_id, out);
+    }
+
+    /// Group instances through Stratos' group lifecycle, each change an event: `Created` when
+    /// first wanted; `Active` once every cluster instance inside it is; `Inactive` when one of
+    /// them is Inactive or Terminating after it was Active (and Active again); `Terminating`
+    /// once it is no longer wanted (scaled in, or its application undeployed) while cluster
+    /// instances of it remain; `Terminated` when none does.
+    pub(super) fn update_group_instances(&mut self, app_id: &str, out: &mut Vec<Action>) {
+        let Some(d) = self.deployments.get(app_id) else {
+            return;
+        };
+        // The statuses of the cluster instances inside each wanted group instance.
+        let mut wanted: BTreeMap<String, Vec<Option<InstanceStatus>>> = BTreeMap::new();
+        for c in &d.plan.clusters {
+            for (id, _, _) in d.slots(c) {
+                let status = self
+                    .topology
+                    .clusters
+                    .get(&c.cluster_id)
+                    .and_then(|cl| cl.instances.get(&id))
+                    .map(|i| i.status);
+                for depth in 1..=c.group_path.len() {
+                    let gid = scope_instance(&id, &c.group_path, depth);
+                    wanted
+                        .entry(group_status_key(&c.group_path[..depth], &gid))
+                        .or_default()
+                        .push(status);
+                }
+            }
+        }
+        let mut changes: Vec<(String, Option<InstanceStatus>)> = Vec::new();
+        for (key, children) in &wanted {
+            let all_active = children.iter().all(|s| *s == Some(InstanceStatus::Active));
+            let any_down = children.iter().any(|s| {
+                matches!(
+                    s,
+                    Some(InstanceStatus::Inactive | InstanceStatus::Terminating)
+                )
+            });
+            match d.group_status.get(key) {
+                None => {
+                    changes.push((key.clone(), Some(InstanceStatus::Created)));
+                    if all_active {
+                        changes.push((key.clone(), Some(InstanceStatus::Active)));
+                    }
+                }
+                Some(InstanceStatus::Created | InstanceStatus::Inactive) if all_active => {
+                    changes.push((key.clone(), Some(InstanceStatus::Active)));
+                }
+                Some(InstanceStatus::Active) if any_down => {
+                    changes.push((key.clone(), Some(InstanceStatus::Inactive)));
+                }
+                _ => {}
+            }
+        }
+        // Those no longer wanted: Terminating while cluster instances of theirs remain.
+        for (key, status) in &d.group_status {
+            if wanted.contains_key(key) {
+                continue;
+            }
+            let (path, gid) = key.split_once('|').unwrap_or(("", key));
+            let path: Vec<String> = path.split('/').map(str::to_owned).collect();
+            let remains = d
+                .plan
+                .clusters
+                .iter()
+                .filter(|c| c.group_path.starts_with(&path))
+                .filter_map(|c| self.topology.clusters.get(&c.cluster_id).map(|cl| (c, cl)))
+                .any(|(c, cl)| {
+                    cl.instances
+                        .keys()
+                        .any(|k| scope_instance(k, &c.group_path, path.len()) == gid)
+                });
+            if remains {
+                if *status != InstanceStatus::Terminating {
+                    changes.push((key.clone(), Some(InstanceStatus::Terminating)));
+                }
+            } else {
+                if *status != InstanceStatus::Terminating {
+                    changes.push((key.clone(), Some(InstanceStatus::Terminating)));
+                }
+                changes.push((key.clone(), None));
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let Some(d) = self.deployments.get_mut(app_id) else {
+            return;
+        };
+        for (key, status) in changes {
+            match status {
+                Some(s) => {
+                    d.group_status.insert(key.clone(), s);
+                    out.push(super::deployments::group_event(app_id, &key, s));
+                }
+                None => {
+                    d.group_status.remove(&key);
+                    out.push(super::deployments::group_event(
+                        app_id,
+                        &key,
+                        InstanceStatus::Terminated,
+                    ));
+                }
+            }
+        }
+        out.push(Action::Persist);
     }
 
     /// Takes a cluster instance out: Terminating, its members retired gracefully. It is removed

@@ -69,6 +69,7 @@ impl ControllerState {
                 burst_level: 0,
                 next_instance: instances.len() as u32,
                 instances,
+                group_status: BTreeMap::new(),
             },
         );
         out.push(Action::ApplicationStatus {
@@ -101,6 +102,12 @@ impl ControllerState {
                     group_alias: None,
                     status: InstanceStatus::Terminating,
                 }));
+            }
+            for (key, status) in d.group_status.iter_mut() {
+                if *status != InstanceStatus::Terminating {
+                    *status = InstanceStatus::Terminating;
+                    out.push(group_event(app_id, key, InstanceStatus::Terminating));
+                }
             }
             out.push(Action::ApplicationStatus {
                 application_id: app_id.to_owned(),
@@ -203,6 +210,9 @@ impl ControllerState {
             self.topology.clusters.remove(cid);
         }
         if let Some(d) = self.deployments.remove(app_id) {
+            for key in d.group_status.keys() {
+                out.push(group_event(app_id, key, InstanceStatus::Terminated));
+            }
             for i in d.instances {
                 out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
                     application_id: app_id.to_owned(),
@@ -222,4 +232,15 @@ impl ControllerState {
         });
         out.push(Action::Persist);
     }
+}
+
+/// The event of a group instance's new status, from its [`group_status_key`].
+pub(super) fn group_event(app_id: &str, key: &str, status: InstanceStatus) -> Action {
+    let (path, id) = key.split_once('|').unwrap_or(("", key));
+    Action::Publish(Event::ApplicationInstanceStatusChanged {
+        application_id: app_id.to_owned(),
+        instance_id: id.to_owned(),
+        group_alias: Some(path.rsplit('/').next().unwrap_or(path).to_owned()),
+        status,
+    })
 }

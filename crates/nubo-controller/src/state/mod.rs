@@ -98,6 +98,16 @@ pub struct Deployment {
     /// The last application instance number given.
     #[serde(default)]
     pub next_instance: u32,
+    /// Each group instance's status (Stratos' group lifecycle: Created → Active ⇄ Inactive →
+    /// Terminating → Terminated), by [`group_status_key`].
+    #[serde(default)]
+    pub group_status: BTreeMap<String, InstanceStatus>,
+}
+
+/// The key of a group instance's status: its group path and its id (group instance 1 shares
+/// its parent's id, so the id alone is not unique).
+pub fn group_status_key(path: &[String], instance_id: &str) -> String {
+    format!("{}|{instance_id}", path.join("/"))
 }
 
 fn group_key(parent: &str, path: &[String]) -> String {

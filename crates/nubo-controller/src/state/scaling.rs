@@ -166,12 +166,7 @@ impl ControllerState {
                 d.next_group_instance = n + 1;
                 d.group_instances.insert(group_key(&parent, path), numbers);
             }
-            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
-                application_id: app.clone(),
-                instance_id: id,
-                group_alias: Some(alias),
-                status: InstanceStatus::Created,
-            }));
+            // Its `Created` event comes with the group lifecycle (`update_group_instances`).
             out.push(Action::Persist);
             return;
         }
@@ -303,12 +298,7 @@ impl ControllerState {
                 instance = instance_id,
                 "load fell: group instance scaled in"
             );
-            out.push(Action::Publish(Event::ApplicationInstanceStatusChanged {
-                application_id: app_id.to_owned(),
-                instance_id: instance_id.to_owned(),
-                group_alias: Some(alias.to_owned()),
-                status: InstanceStatus::Terminating,
-            }));
+            // Its `Terminating`, then `Terminated`, come with the group lifecycle.
             reason = "scaled in: group instance removed";
         }
         let prefix = format!("{instance_id}.");

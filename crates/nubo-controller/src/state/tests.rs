@@ -918,3 +918,102 @@ fn group_scaling_adds_a_group_instance_up_to_its_maximum_then_bursts() {
         [1]
     );
 }
+
+/// The group instance events in `out`: (instance id, status).
+fn group_events(out: &[Action]) -> Vec<(String, InstanceStatus)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Publish(Event::ApplicationInstanceStatusChanged {
+                instance_id,
+                group_alias: Some(g),
+                status,
+                ..
+            }) if g == "grp" => Some((instance_id.clone(), *status)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn group_instances_go_through_stratos_group_lifecycle_with_an_event_per_change() {
+    let grp = |id: &str| group_status_key(&["grp".to_owned()], id);
+    let mut s = ControllerState::default();
+    let out = s.step(0, Input::Deploy(tree("terminate-none", 2, "np1,np2")));
+    assert_eq!(
+        group_events(&out),
+        [("app-1".to_owned(), InstanceStatus::Created)]
+    );
+    let up = run_up(&mut s, 1, out);
+    assert_eq!(
+        s.deployments["app"].group_status[&grp("app-1")],
+        InstanceStatus::Active
+    );
+    // A member of the group lost: the group instance is Inactive, then Active once replaced.
+    let victim = up.iter().find(|m| alias(m) == "db").unwrap();
+    let out = exit(&mut s, 2, victim);
+    assert!(
+        group_events(&out).contains(&("app-1".to_owned(), InstanceStatus::Inactive)),
+        "{:?}",
+        group_events(&out)
+    );
+    run_up(&mut s, 3, out);
+    assert_eq!(
+        s.deployments["app"].group_status[&grp("app-1")],
+        InstanceStatus::Active
+    );
+    // Group scaling: a second instance, Created then Active; scaled in: Terminating, then
+    // Terminated once its members are gone.
+    let full = Input::Scale(ScaleCommand::BeyondMax {
+        cluster_id: "app.web.web.domain".into(),
+        instance_id: "app-1".into(),
+    });
+    let out = s.step(4, full);
+    assert_eq!(
+        group_events(&out),
+        [("app-1.grp-2".to_owned(), InstanceStatus::Created)]
+    );
+    run_up(&mut s, 5, out);
+    assert_eq!(
+        s.deployments["app"].group_status[&grp("app-1.grp-2")],
+        InstanceStatus::Active
+    );
+    let out = s.step(
+        6,
+        Input::Scale(ScaleCommand::ScaleIn {
+            application_id: "app".into(),
+            instance_id: "app-1.grp-2".into(),
+        }),
+    );
+    assert_eq!(
+        group_events(&out),
+        [("app-1.grp-2".to_owned(), InstanceStatus::Terminating)]
+    );
+    let mut out = Vec::new();
+    for id in cleaned_ids(&s, &["db", "web"]) {
+        let m = s.topology.member(&id).unwrap().clone();
+        if m.cluster_instance_id != "app-1.grp-2" {
+            continue;
+        }
+        s.step(7, Input::Event(Event::InstanceReadyToShutdown(r(&m))));
+        out.extend(exit(&mut s, 8, &m));
+    }
+    out.extend(s.step(9, Input::Tick));
+    assert_eq!(
+        group_events(&out),
+        [("app-1.grp-2".to_owned(), InstanceStatus::Terminated)]
+    );
+    assert!(
+        !s.deployments["app"]
+            .group_status
+            .contains_key(&grp("app-1.grp-2"))
+    );
+    // Undeployed: the remaining group instance is Terminating, then Terminated.
+    let out = s.step(
+        10,
+        Input::Undeploy {
+            application_id: "app".into(),
+            force: true,
+        },
+    );
+    assert!(group_events(&out).contains(&("app-1".to_owned(), InstanceStatus::Terminating)));
+}
