@@ -111,7 +111,14 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
     tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
 
-    // Wait for the ports, or the workload's early death.
+    // Wait for the ports, or the workload's early death, as long as the platform says.
+    let port_check = Duration::from_secs(
+        p.parameters
+            .get("PORT_CHECK_TIMEOUT")
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .unwrap_or(120),
+    );
     let started = Instant::now();
     loop {
         if ports_open(&p).await {
@@ -135,8 +142,11 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             linger().await;
             return Ok(2);
         }
-        if started.elapsed() > Duration::from_secs(120) {
-            let reason = "the workload's ports did not open within 120 s".to_owned();
+        if started.elapsed() > port_check {
+            let reason = format!(
+                "the workload's ports did not open within {} s (the cartridge's portCheckTimeout property, or the server's --port-check-timeout)",
+                port_check.as_secs()
+            );
             publish(
                 &events,
                 Event::InstanceFailed {

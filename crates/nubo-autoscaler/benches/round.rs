@@ -51,6 +51,7 @@ fn main() {
         for c in 0..per_app {
             let cluster_id = format!("{app}.c{c}.php.domain");
             clusters.push(ClusterPlan {
+                timeouts: Default::default(),
                 cluster_id: cluster_id.clone(),
                 alias: format!("c{c}"),
                 service_name: "php".into(),

@@ -40,6 +40,7 @@ fn state() -> ControllerState {
     let mut plans = Vec::new();
     for c in 0..2 {
         plans.push(ClusterPlan {
+            timeouts: Default::default(),
             cluster_id: cluster_id(c),
             alias: format!("c{c}"),
             service_name: "php".into(),

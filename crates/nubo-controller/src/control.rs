@@ -805,6 +805,7 @@ mod tests {
             providers: Default::default(),
             bus_url: String::new(),
             fence: None,
+            timeouts: Default::default(),
         };
         let controller = crate::Controller::start(store.clone(), events.clone(), config)
             .await

@@ -23,7 +23,8 @@ pub use control::{
 };
 pub use deploy::{DeployError, Deployments};
 pub use nubo_plan::{
-    DeploymentPlan, DeploymentStatus, PlanError, PlanInputs, Planner, Thresholds, runtime_id,
+    DeploymentPlan, DeploymentStatus, PlanError, PlanInputs, Planner, Thresholds, Timeouts,
+    runtime_id,
 };
 pub use runtime::{Controller, ControllerConfig, ControllerHandle, Fence};
 pub use state::{Action, ControllerState, Input};

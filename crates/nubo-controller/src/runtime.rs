@@ -53,6 +53,9 @@ pub struct ControllerConfig {
     pub providers: BTreeMap<String, Arc<dyn Provider>>,
     /// The bus URL given to agents.
     pub bus_url: String,
+    /// The server's timeouts where a cluster's properties set none (`--activation-timeout`,
+    /// `--port-check-timeout`, `--drain-timeout`); unset, Nubo's defaults.
+    pub timeouts: nubo_plan::Timeouts,
     /// In a highly available control plane, the lease this controller holds and its fencing
     /// token: every state write is fenced with it, and the controller stops (acting on nothing
     /// more) the moment a write is refused because another controller took over.
@@ -202,6 +205,7 @@ impl Controller {
         config: ControllerConfig,
     ) -> Result<ControllerHandle, StoreError> {
         let (mut state, seq) = journal::load(store.as_ref()).await?;
+        state.timeouts = config.timeouts;
         let fence = config.fence.as_ref().map(|f| StoreFence {
             lease: &f.lease,
             token: f.token,
@@ -559,7 +563,7 @@ impl Runner {
                     image,
                     cluster,
                 } => starts.entry(provider).or_default().push(MemberSpec {
-                    parameters: parameters(&member, &cluster),
+                    parameters: parameters(&member, &cluster, self.config.timeouts),
                     run_as: cluster
                         .placements
                         .iter()
@@ -770,10 +774,27 @@ impl Runner {
     }
 }
 
-/// The agent's launch parameters: Stratos' (§6.13 of the reference) and the cartridge's
-/// `payload_parameter.*` properties.
-pub fn parameters(member: &nubo_events::Member, cluster: &ClusterPlan) -> BTreeMap<String, String> {
+/// How long the agent waits for a workload's ports where nothing says otherwise (seconds).
+pub const PORT_CHECK_TIMEOUT_SECS: u64 = 120;
+
+/// The agent's launch parameters: Stratos' (§6.13 of the reference), the cartridge's
+/// `payload_parameter.*` properties, and `PORT_CHECK_TIMEOUT` (seconds: the cluster's
+/// `portCheckTimeout`, else the server's default).
+pub fn parameters(
+    member: &nubo_events::Member,
+    cluster: &ClusterPlan,
+    defaults: nubo_plan::Timeouts,
+) -> BTreeMap<String, String> {
     let mut p = BTreeMap::new();
+    p.insert(
+        "PORT_CHECK_TIMEOUT".to_owned(),
+        cluster
+            .timeouts
+            .or(defaults)
+            .port_check
+            .unwrap_or(PORT_CHECK_TIMEOUT_SECS)
+            .to_string(),
+    );
     let mut put = |k: &str, v: String| {
         p.insert(k.to_owned(), v);
     };

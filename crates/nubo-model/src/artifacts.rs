@@ -156,10 +156,29 @@ pub struct Property {
     pub extra: Extra,
 }
 
+/// The properties that set a cluster's timeouts, in seconds: from creation to Active, the
+/// agent's wait for the workload's ports, and a member's drain.
+pub const TIMEOUT_PROPERTIES: [&str; 3] = ["activationTimeout", "portCheckTimeout", "drainTimeout"];
+
+/// A timeout property's value: a whole number of seconds from 1 to 86,400.
+pub fn timeout_seconds(name: &str, value: &str) -> Result<u64, String> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (1..=86_400).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "property `{name}` is `{value}`: a whole number of seconds from 1 to 86400"
+        )),
+    }
+}
+
 fn check_properties(p: &mut Problems, field: &str, props: &Option<Vec<Property>>) {
     let mut seen = HashSet::new();
     for (i, prop) in props.iter().flatten().enumerate() {
         p.require_text(&format!("{field}[{i}].name"), &prop.name);
+        if TIMEOUT_PROPERTIES.contains(&prop.name.as_str())
+            && let Err(e) = timeout_seconds(&prop.name, &prop.value)
+        {
+            p.add(format!("{field}[{i}].value"), e);
+        }
         if !seen.insert(prop.name.as_str()) {
             p.add(
                 format!("{field}[{i}].name"),

@@ -139,9 +139,64 @@ pub struct ClusterPlan {
     pub properties: BTreeMap<String, String>,
     /// Enclosing group aliases, outermost first.
     pub group_path: Vec<String>,
+    /// Its members' timeouts, from the cartridge's or the subscription's properties (the
+    /// server's defaults where they say nothing).
+    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
     /// The autoscaling policy's thresholds, as they were at deployment.
     #[serde(default)]
     pub thresholds: Thresholds,
+}
+
+/// A cluster's timeouts, in seconds, each `None` where the server's default applies. Set with
+/// the cartridge's (or the subscription's) properties `activationTimeout` (creation to Active),
+/// `portCheckTimeout` (the agent's wait for the workload's ports) and `drainTimeout` (maintenance
+/// to ready-to-shut-down, and an unanswered clean-up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Seconds from a member's creation to Active before it is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<u64>,
+    /// Seconds the agent waits for the workload's ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_check: Option<u64>,
+    /// Seconds a member may drain before it is terminated anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<u64>,
+}
+
+impl Timeouts {
+    /// Whether none is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Timeouts::default()
+    }
+
+    /// Reads the properties; a value that is not a whole number of seconds from 1 to 86,400 is
+    /// an error naming the property.
+    pub fn from_properties(props: &BTreeMap<String, String>) -> Result<Timeouts, String> {
+        let get = |name: &str| -> Result<Option<u64>, String> {
+            match props.get(name).map(|v| v.trim()) {
+                None | Some("") => Ok(None),
+                Some(v) => nubo_model::timeout_seconds(name, v).map(Some),
+            }
+        };
+        let [a, p, d] = nubo_model::TIMEOUT_PROPERTIES;
+        Ok(Timeouts {
+            activation: get(a)?,
+            port_check: get(p)?,
+            drain: get(d)?,
+        })
+    }
+
+    /// Each timeout from `self`, else from `defaults`.
+    pub fn or(self, defaults: Timeouts) -> Timeouts {
+        Timeouts {
+            activation: self.activation.or(defaults.activation),
+            port_check: self.port_check.or(defaults.port_check),
+            drain: self.drain.or(defaults.drain),
+        }
+    }
 }
 
 /// Load thresholds of an autoscaling policy (`None`: the factor is not used).
@@ -403,7 +458,10 @@ pub fn plan(
                 .flatten()
                 .map(|p| (p.name.clone(), p.value.clone())),
         );
+        let timeouts = Timeouts::from_properties(&properties)
+            .map_err(|e| PlanError(format!("cartridge `{alias}`: {e}")))?;
         clusters.push(ClusterPlan {
+            timeouts,
             cluster_id: cluster_id(app_id, alias, &c.cartridge_type),
             alias: alias.clone(),
             service_name: c.cartridge_type.clone(),

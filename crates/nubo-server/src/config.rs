@@ -218,6 +218,12 @@ pub struct Settings {
     pub scale_down_cooldown: Option<f64>,
     /// Seconds without statistics before an Active member is faulty.
     pub fault_timeout: Option<f64>,
+    /// Seconds from a member's creation to Active before it is replaced.
+    pub activation_timeout: Option<u64>,
+    /// Seconds the agent waits for a workload's ports.
+    pub port_check_timeout: Option<u64>,
+    /// Seconds a member may drain.
+    pub drain_timeout: Option<u64>,
     /// The mock IaaS's patterns (`-`: the defaults).
     pub mock_iaas: Option<PathBuf>,
     /// The mock clock's speed.
@@ -288,6 +294,9 @@ impl Settings {
             scale_up_cooldown,
             scale_down_cooldown,
             fault_timeout,
+            activation_timeout,
+            port_check_timeout,
+            drain_timeout,
             mock_iaas,
             mock_speed,
             mock_stats_interval,
@@ -389,7 +398,21 @@ impl Settings {
             strategy,
             ..Default::default()
         });
+        for (flag, v) in [
+            ("--activation-timeout", self.activation_timeout),
+            ("--port-check-timeout", self.port_check_timeout),
+            ("--drain-timeout", self.drain_timeout),
+        ] {
+            if v.is_some_and(|s| !(1..=86_400).contains(&s)) {
+                bail!("{flag}: a whole number of seconds from 1 to 86400");
+            }
+        }
         Ok(ServerConfig {
+            timeouts: nubo_controller::Timeouts {
+                activation: self.activation_timeout,
+                port_check: self.port_check_timeout,
+                drain: self.drain_timeout,
+            },
             secrets_key: self
                 .secrets_key
                 .clone()
@@ -549,6 +572,8 @@ pub struct HaConfig {
 pub struct ServerConfig {
     /// Where state lives.
     pub data_dir: PathBuf,
+    /// Members' timeouts where a cartridge's properties set none.
+    pub timeouts: nubo_controller::Timeouts,
     /// The file of the key that seals the stored secrets (created when missing).
     pub secrets_key: PathBuf,
     /// The previous secrets key's file, during a rotation.

@@ -102,6 +102,7 @@ struct ControllerParts {
     autoscale: bool,
     statistics: nubo_autoscaler::monitor::Statistics,
     autoscaler: nubo_autoscaler::monitor::MonitorConfig,
+    timeouts: nubo_controller::Timeouts,
 }
 
 impl ControllerParts {
@@ -127,6 +128,7 @@ impl ControllerParts {
                 providers: self.providers,
                 bus_url: self.bus_url,
                 fence,
+                timeouts: self.timeouts,
             },
         )
         .await
@@ -452,6 +454,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
             None => None,
         };
         let parts = ControllerParts {
+            timeouts: config.timeouts,
             store: store.clone(),
             events: events.clone(),
             providers,

@@ -155,6 +155,15 @@ struct ServerArgs {
     /// Seconds an Active member may go without health statistics before it is replaced (Stratos: 60) [default: 5]
     #[arg(long, env = "NUBO_FAULT_TIMEOUT", value_name = "SECONDS")]
     fault_timeout: Option<f64>,
+    /// Seconds a member may take from creation to Active before it is replaced; a cartridge's `activationTimeout` property wins (Stratos: 900) [default: 120]
+    #[arg(long, env = "NUBO_ACTIVATION_TIMEOUT", value_name = "SECONDS")]
+    activation_timeout: Option<u64>,
+    /// Seconds the agent waits for a workload's ports to open; a cartridge's `portCheckTimeout` property wins (Stratos: 600) [default: 120]
+    #[arg(long, env = "NUBO_PORT_CHECK_TIMEOUT", value_name = "SECONDS")]
+    port_check_timeout: Option<u64>,
+    /// Seconds a member may drain before it is terminated anyway; a cartridge's `drainTimeout` property wins (Stratos: 1800) [default: 30]
+    #[arg(long, env = "NUBO_DRAIN_TIMEOUT", value_name = "SECONDS")]
+    drain_timeout: Option<u64>,
     /// Offer the `mock` IaaS provider, with the health-statistics patterns of this Stratos mock-iaas.xml (`-` for the defaults: memory 20, load 20, requests 1)
     #[arg(long, env = "NUBO_MOCK_IAAS", value_name = "FILE")]
     mock_iaas: Option<PathBuf>,
@@ -300,6 +309,9 @@ impl ServerArgs {
             scale_up_cooldown: self.scale_up_cooldown,
             scale_down_cooldown: self.scale_down_cooldown,
             fault_timeout: self.fault_timeout,
+            activation_timeout: self.activation_timeout,
+            port_check_timeout: self.port_check_timeout,
+            drain_timeout: self.drain_timeout,
             mock_iaas: self.mock_iaas,
             mock_speed: self.mock_speed,
             mock_stats_interval: self.mock_stats_interval,

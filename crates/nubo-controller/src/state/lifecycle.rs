@@ -194,13 +194,24 @@ impl ControllerState {
         // One pass over the members by reference; only those with something due are looked at
         // again (a tick costs a read of every member, not a copy).
         let mut due: Vec<(String, MemberStatus, bool, bool)> = Vec::new();
-        for m in d
+        for (m, limits) in d
             .plan
             .clusters
             .iter()
-            .filter_map(|c| self.topology.clusters.get(&c.cluster_id))
-            .flat_map(|c| c.members.values())
+            .filter_map(|c| {
+                let limits = c.timeouts.or(self.timeouts);
+                let activation_ms = limits
+                    .activation
+                    .map_or(ACTIVATION_TIMEOUT_MS, |s| s * 1000);
+                let drain_ms = limits.drain.map_or(DRAIN_TIMEOUT_MS, |s| s * 1000);
+                self.topology
+                    .clusters
+                    .get(&c.cluster_id)
+                    .map(|cl| (cl, (activation_ms, drain_ms)))
+            })
+            .flat_map(|(c, limits)| c.members.values().map(move |m| (m, limits)))
         {
+            let (activation_ms, drain_ms) = limits;
             // Most members: Active, nothing asked of them. No lookup at all.
             if m.status == MemberStatus::Active
                 && !undeploying
@@ -212,15 +223,14 @@ impl ControllerState {
             let since = self.since_ms.get(&m.member_id).copied().unwrap_or(now_ms);
             let late = match m.status {
                 MemberStatus::InMaintenance | MemberStatus::ReadyToShutdown => {
-                    now_ms.saturating_sub(since) > DRAIN_TIMEOUT_MS
+                    now_ms.saturating_sub(since) > drain_ms
                 }
                 MemberStatus::Created | MemberStatus::Initialized | MemberStatus::Starting => {
-                    now_ms.saturating_sub(since) > ACTIVATION_TIMEOUT_MS
+                    now_ms.saturating_sub(since) > activation_ms
                 }
                 // A graceful clean-up (undeploy or scale-down) that got no answer from the agent.
                 MemberStatus::Active => {
-                    (undeploying || m.failure.is_some())
-                        && now_ms.saturating_sub(since) > DRAIN_TIMEOUT_MS
+                    (undeploying || m.failure.is_some()) && now_ms.saturating_sub(since) > drain_ms
                 }
                 MemberStatus::Terminated => false,
             };

@@ -293,6 +293,10 @@ pub struct ControllerState {
     pub next_member: u64,
     /// When each member entered its current status (ms), for timeouts.
     pub since_ms: BTreeMap<String, u64>,
+    /// The server's timeouts, where a cluster's properties set none (not persisted: the
+    /// configuration's; unset, [`ACTIVATION_TIMEOUT_MS`] and [`DRAIN_TIMEOUT_MS`]).
+    #[serde(skip)]
+    pub timeouts: nubo_plan::Timeouts,
     /// When a clean-up request was last sent to each member that has not answered it (ms; not
     /// persisted: after a restart the next one goes at once).
     #[serde(skip)]

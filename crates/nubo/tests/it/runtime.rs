@@ -660,3 +660,72 @@ async fn a_partition_of_a_provider_this_platform_lacks_is_refused() {
         "{text}"
     );
 }
+
+/// Timeouts are settings: with the server's at 2 s, a workload that takes 4 s to open its port
+/// is replaced, unless its cartridge sets `activationTimeout` and `portCheckTimeout` above its
+/// start, and then it becomes Active.
+#[tokio::test]
+async fn a_slow_cartridge_with_timeouts_above_its_start_becomes_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--insecure-http",
+            "--activation-timeout",
+            "2",
+            "--port-check-timeout",
+            "2",
+        ],
+    );
+    let api = Api::new(&server);
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    let command = format!("sleep 4; exec python3 {}", script.display());
+    let cartridge = |ty: &str, props: Value| {
+        json!({"type": ty, "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": "8080"}],
+            "property": props,
+            "iaasProvider": [{"type": "local", "imageId": command}]})
+    };
+    let sub = |ty: &str| {
+        json!({"type": ty, "cartridgeMin": 1, "cartridgeMax": 1,
+            "subscribableInfo": {"alias": ty, "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}})
+    };
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", cartridge("patient", json!([
+            {"name": "activationTimeout", "value": "20"},
+            {"name": "portCheckTimeout", "value": "20"}]))),
+        ("cartridges", cartridge("hasty", json!([]))),
+        ("applications", json!({"applicationId": "slow", "components": {"cartridges": [sub("patient"), sub("hasty")]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/slow/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(30, "the patient cartridge Active", || async {
+        (api.active("slow", "patient").await.len() == 1).then_some(())
+    })
+    .await;
+    // The hasty one's members never made it: each was cut off at 2 s, with the reason.
+    assert!(api.active("slow", "hasty").await.is_empty());
+    let (_, view) = api.get("/api/applications/slow/runtime").await;
+    let text = view.to_string();
+    assert!(
+        text.contains("did not open within 2 s") || text.contains("not Active within"),
+        "{text}"
+    );
+    // A value that is not a number of seconds is refused, naming the property.
+    let bad = cartridge(
+        "patient",
+        json!([{"name": "drainTimeout", "value": "soon"}]),
+    );
+    let (status, body) = api
+        .send(reqwest::Method::PUT, "/api/cartridges", Some(bad))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("property[0].value"), "{body}");
+}
