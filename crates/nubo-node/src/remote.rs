@@ -2,7 +2,8 @@
 //! provider of a controller that does not run members itself. Starts and terminates are commands
 //! on the `node` topic; the node answers on its `supervisor` topic and publishes its inventory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,10 +25,23 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<StartedMember, I
 pub struct NodeProvider {
     node: String,
     /// The controller's lease token sent with every command (0: none).
-    fence: std::sync::atomic::AtomicU64,
+    fence: Arc<AtomicU64>,
     events: EventBus,
     pending: Pending,
     inventory: watch::Receiver<Option<Vec<String>>>,
+    /// Members asked to terminate whose exit the node has not reported yet: the command is sent
+    /// again with each of the node's inventories (every 2 s) until it does, so that a command
+    /// lost with a broker's restart is not lost for good (a node asked to terminate a member it
+    /// does not run reports it exited).
+    terminating: Arc<Mutex<BTreeSet<String>>>,
+}
+
+fn terminate_command(node: &str, member_id: &str, fence: &AtomicU64) -> Event {
+    Event::NodeTerminateMember {
+        node: node.to_owned(),
+        member_id: member_id.to_owned(),
+        fence: Some(fence.load(Ordering::Relaxed)).filter(|t| *t > 0),
+    }
 }
 
 impl NodeProvider {
@@ -38,9 +52,18 @@ impl NodeProvider {
         let (inventory_tx, inventory) = watch::channel(None);
         let p = pending.clone();
         let me = node.to_owned();
+        let fence = Arc::new(AtomicU64::new(0));
+        let terminating: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let (bus, f, t) = (events.clone(), fence.clone(), terminating.clone());
         tokio::spawn(async move {
             while let Some(e) = replies.recv().await {
                 let (member_id, answer) = match e {
+                    Event::MemberProcessExited { ref member_id, .. } => {
+                        if let Ok(mut t) = t.lock() {
+                            t.remove(member_id);
+                        }
+                        continue;
+                    }
                     Event::NodeMemberStarted {
                         node,
                         member_id,
@@ -54,6 +77,14 @@ impl NodeProvider {
                     } if node == me => (member_id, Err(IaasError::Failed(reason))),
                     Event::NodeInventory { node, members, .. } if node == me => {
                         let _ = inventory_tx.send(Some(members));
+                        let again: Vec<String> = t
+                            .lock()
+                            .map(|t| t.iter().cloned().collect())
+                            .unwrap_or_default();
+                        for m in again {
+                            tracing::debug!(node = %me, member = %m, "terminate again: no exit reported yet");
+                            let _ = bus.publish(&terminate_command(&me, &m, &f)).await;
+                        }
                         continue;
                     }
                     _ => continue,
@@ -66,10 +97,11 @@ impl NodeProvider {
         });
         let provider = Arc::new(NodeProvider {
             node: node.to_owned(),
-            fence: std::sync::atomic::AtomicU64::new(0),
+            fence,
             events,
             pending,
             inventory,
+            terminating,
         });
         provider.publish(Event::NodeInventoryRequest {}).await;
         Ok(provider)
@@ -78,12 +110,11 @@ impl NodeProvider {
     /// Sends `token` (the controller lease's) with every command from now on: the node refuses
     /// commands of an older leader.
     pub fn set_fence(&self, token: u64) {
-        self.fence
-            .store(token, std::sync::atomic::Ordering::Relaxed);
+        self.fence.store(token, Ordering::Relaxed);
     }
 
     fn fence(&self) -> Option<u64> {
-        Some(self.fence.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t > 0)
+        Some(self.fence.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
     async fn publish(&self, e: Event) {
@@ -147,12 +178,11 @@ impl Provider for NodeProvider {
     }
 
     async fn terminate(&self, member_id: &str) -> Result<(), IaasError> {
-        self.publish(Event::NodeTerminateMember {
-            node: self.node.clone(),
-            member_id: member_id.to_owned(),
-            fence: self.fence(),
-        })
-        .await;
+        if let Ok(mut t) = self.terminating.lock() {
+            t.insert(member_id.to_owned());
+        }
+        self.publish(terminate_command(&self.node, member_id, &self.fence))
+            .await;
         Ok(())
     }
 
@@ -167,5 +197,57 @@ impl Provider for NodeProvider {
                 INVENTORY_WAIT.as_secs()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nubo_bus::{EventBus, MemoryBus};
+    use nubo_events::{Category, Event};
+    use nubo_iaas::Provider;
+
+    use super::NodeProvider;
+
+    /// A terminate command lost (a broker restarting) is sent again with each inventory of the
+    /// node, until the node reports the member's exit.
+    #[tokio::test]
+    async fn a_terminate_is_sent_again_until_the_node_reports_the_exit() {
+        let events = EventBus::new(Arc::new(MemoryBus::new()));
+        let mut commands = events.subscribe(Category::Node).await.unwrap();
+        let node = NodeProvider::connect(events.clone(), "n1").await.unwrap();
+        let mut next_terminate = async || loop {
+            match tokio::time::timeout(Duration::from_millis(500), commands.recv()).await {
+                Ok(Some(Event::NodeTerminateMember { member_id, .. })) => return Some(member_id),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        };
+        node.terminate("m1").await.unwrap();
+        assert_eq!(next_terminate().await.as_deref(), Some("m1"));
+        let inventory = Event::NodeInventory {
+            node: "n1".into(),
+            members: vec!["m1".into()],
+            at_ms: 0,
+        };
+        events.publish(&inventory).await.unwrap();
+        assert_eq!(
+            next_terminate().await.as_deref(),
+            Some("m1"),
+            "sent again: no exit reported yet"
+        );
+        events
+            .publish(&Event::MemberProcessExited {
+                member_id: "m1".into(),
+                code: None,
+                signal: Some(15),
+                reason: "terminated".into(),
+            })
+            .await
+            .unwrap();
+        events.publish(&inventory).await.unwrap();
+        assert_eq!(next_terminate().await, None, "the exit ends it");
     }
 }

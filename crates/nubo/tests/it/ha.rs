@@ -351,11 +351,22 @@ async fn scenario(broker: &str) {
 }
 
 #[tokio::test]
-async fn the_platform_converges_after_its_broker_restarts() {
-    // The server, its agents and its load balancer on a Mosquitto of the test's own; Mosquitto
-    // restarts (same port, no persistence): everyone reconnects, and a member lost afterwards is
-    // replaced and routed, without restarting Nubo.
-    if nubo_testing::program("mosquitto", "the broker restart").is_none() {
+async fn the_platform_converges_after_its_broker_restarts_on_mosquitto() {
+    converges_through_broker_restarts("mosquitto").await;
+}
+
+#[tokio::test]
+async fn the_platform_converges_after_its_broker_restarts_on_nats() {
+    converges_through_broker_restarts("nats-server").await;
+}
+
+/// The server, its agents and its load balancer on a broker of the test's own (Mosquitto or
+/// nats-server), which restarts (same port, nothing kept): everyone reconnects, and a member lost
+/// afterwards is replaced and routed, without restarting Nubo. Then an undeploy issued while the
+/// broker is down completes within seconds of its return: nothing relies on the broker keeping
+/// a message across its restart.
+async fn converges_through_broker_restarts(program: &str) {
+    if nubo_testing::program(program, "the broker restart").is_none() {
         return;
     }
     let broker_dir = tempfile::tempdir().unwrap();
@@ -367,16 +378,30 @@ async fn the_platform_converges_after_its_broker_restarts() {
     )
     .unwrap();
     let start_broker = || {
-        let p = Proc::spawn(Command::new("mosquitto").arg("-c").arg(&conf));
+        let p = if program == "mosquitto" {
+            Proc::spawn(Command::new("mosquitto").arg("-c").arg(&conf))
+        } else {
+            Proc::spawn(Command::new("nats-server").args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ]))
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
+            assert!(Instant::now() < deadline, "{program} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
         p
     };
     let mut broker = start_broker();
-    let bus = format!("mqtt://127.0.0.1:{port}");
+    let scheme = if program == "mosquitto" {
+        "mqtt"
+    } else {
+        "nats"
+    };
+    let bus = format!("{scheme}://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--bus", &bus]);
     let api = Api::new(&server);
@@ -407,11 +432,35 @@ async fn the_platform_converges_after_its_broker_restarts() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let pid = crate::support::agent_pid(dir.path(), &first).unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    eventually(40, "replaced and served again", || async {
+    let second = eventually(40, "replaced and served again", || async {
         let a = api.active("mq", "web").await;
         let replaced = a.len() == 1 && a[0]["memberId"] != first.as_str();
-        (replaced && get(&addr, "mq.web.localhost").await == 200).then_some(())
+        (replaced && get(&addr, "mq.web.localhost").await == 200)
+            .then(|| a[0]["memberId"].as_str().unwrap().to_owned())
     })
     .await;
-    drop(broker);
+
+    // The broker goes away; an undeploy is issued meanwhile (graceful: the agent must hear its
+    // clean-up request); the broker comes back after 3 s.
+    let agent = crate::support::agent_pid(dir.path(), &second).unwrap();
+    broker.kill9();
+    let (code, body) = api.post("/api/applications/mq/undeploy", json!({})).await;
+    assert_eq!(code, 202, "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _broker = start_broker();
+    let back = Instant::now();
+    eventually(
+        10,
+        "the member gone within 10 s of the broker's return",
+        || async {
+            (!crate::support::alive(agent)
+                && api.get("/api/applications/mq/runtime").await.0 == 404)
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "{program}: undeployed {:.1} s after the broker came back",
+        back.elapsed().as_secs_f64()
+    );
 }
