@@ -165,6 +165,10 @@ impl Provider for NodeProvider {
                     if let Ok(mut p) = self.pending.lock() {
                         p.remove(&member_id);
                     }
+                    // It may have started and its answer been lost (a broker restarting): it is
+                    // terminated, so that nothing runs on the node that the controller does not
+                    // know (a node asked about a member it does not run reports it exited).
+                    let _ = self.terminate(&member_id).await;
                     Err(IaasError::Failed(format!(
                         "node `{}` did not answer within {} s: is `nubo node --name {}` running and on the same bus?",
                         self.node,
