@@ -570,6 +570,12 @@ impl ControllerState {
                         }
                         set.extend(more);
                     }
+                    // Stratos (`DependencyTree.getTerminationDependencies`): a child without
+                    // dependents is not terminated at all; it recovers on its own, as with
+                    // terminate-none.
+                    if set.len() == child.len() {
+                        return;
+                    }
                     break ("terminate-dependents", set);
                 }
             }
