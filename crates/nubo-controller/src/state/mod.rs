@@ -569,6 +569,25 @@ impl ControllerState {
     }
 }
 
+/// The partition to take a member from when scaling down, as Stratos' partition algorithms do:
+/// `one-after-another` empties the last partition (in the policy's order) that has members;
+/// `round-robin` takes from the fullest (the last on a tie). `None` when no partition has one.
+pub fn choose_victim_partition(
+    placement: &Placement,
+    per_partition: &BTreeMap<String, u32>,
+) -> Option<String> {
+    let count = |p: &nubo_plan::PlacementPartition| per_partition.get(&p.id).copied().unwrap_or(0);
+    let with_members = placement.partitions.iter().filter(|p| count(p) > 0);
+    if placement.algorithm == "one-after-another" {
+        with_members.map(|p| p.id.clone()).next_back()
+    } else {
+        with_members
+            .enumerate()
+            .max_by_key(|(i, p)| (count(p), *i))
+            .map(|(_, p)| p.id.clone())
+    }
+}
+
 /// The partition for the next member: `one-after-another` fills partitions in order;
 /// `round-robin` picks the partition with the fewest members (the first on a tie). Partitions
 /// at their `partitionMax` are skipped; `None` when every partition is full.

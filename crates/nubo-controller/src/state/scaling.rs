@@ -99,10 +99,23 @@ impl ControllerState {
         if live.len() as u32 <= plan.min {
             return;
         }
+        // The partition algorithm chooses the partition; the newest member there goes.
+        let from = live.first().and_then(|m| {
+            let placement = plan
+                .placements
+                .iter()
+                .find(|p| p.network_partition_id == m.network_partition_id)?;
+            let mut per_partition = BTreeMap::new();
+            for m in &live {
+                *per_partition.entry(m.partition_id.clone()).or_insert(0u32) += 1;
+            }
+            choose_victim_partition(placement, &per_partition)
+        });
         let victim = match member_id {
             Some(id) => live.iter().find(|m| m.member_id == id).copied(),
             None => live
                 .iter()
+                .filter(|m| from.as_ref().is_none_or(|p| &m.partition_id == p))
                 .max_by_key(|m| (m.init_time, m.member_id.clone()))
                 .copied(),
         };

@@ -1024,3 +1024,48 @@ fn group_instances_go_through_stratos_group_lifecycle_with_an_event_per_change()
     );
     assert!(group_events(&out).contains(&("app-1".to_owned(), InstanceStatus::Terminating)));
 }
+
+/// The member cleaned up by a scale-down's first output, and its partition.
+fn scaled_down_partition(s: &ControllerState, out: &[Action]) -> String {
+    let id = cleaned(out).into_iter().next().expect("a member cleaned up");
+    s.topology.member(&id).unwrap().partition_id.clone()
+}
+
+#[test]
+fn scale_down_takes_a_member_from_the_partition_the_algorithm_names() {
+    let scale_to = |count| {
+        Input::Scale(ScaleCommand::ScaleTo {
+            cluster_id: "app.db.db.domain".into(),
+            instance_id: "app-1".into(),
+            count,
+        })
+    };
+    let down = Input::Scale(ScaleCommand::ScaleDown {
+        cluster_id: "app.db.db.domain".into(),
+        instance_id: "app-1".into(),
+        member_id: None,
+    });
+    for (algo, max, want) in [
+        // p1 full at 2, then p2: the last partition with members goes first.
+        ("one-after-another", Some(2), "p2"),
+        // p1, p2, p1: the fullest goes first.
+        ("round-robin", None, "p1"),
+    ] {
+        let mut s = ControllerState::default();
+        let out = s.step(0, Input::Deploy(deployment(1, algo, max)));
+        let db = starts(&out)[0].clone();
+        activate(&mut s, 1, &db);
+        for m in starts(&s.step(2, scale_to(3))) {
+            activate(&mut s, 3, &m);
+        }
+        let mut parts: Vec<String> = s.topology.clusters["app.db.db.domain"]
+            .members
+            .values()
+            .map(|m| m.partition_id.clone())
+            .collect();
+        parts.sort();
+        assert_eq!(parts, ["p1", "p1", "p2"], "{algo}");
+        let out = s.step(4, down.clone());
+        assert_eq!(scaled_down_partition(&s, &out), want, "{algo}");
+    }
+}
