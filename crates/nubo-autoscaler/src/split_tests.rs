@@ -389,3 +389,109 @@ fn a_stalled_autoscaler_finds_nobody_faulty_when_it_runs_again() {
     assert!(engine.faults_held(t0 + 16_000));
     assert!(!engine.faults_held(t0 + 20_000));
 }
+
+/// Cluster c1 with a second instance `app-2` of one active member, in network partition `np`
+/// (`same_np`) or `np2` (a burst).
+fn two_instances(same_np: bool) -> ControllerState {
+    let mut s = state();
+    let np = if same_np { "np" } else { "np2" };
+    let c = s.topology.clusters.get_mut(&cluster_id(1)).unwrap();
+    c.instances.insert(
+        "app-2".into(),
+        ClusterInstance {
+            instance_id: "app-2".into(),
+            network_partition_id: np.into(),
+            status: InstanceStatus::Active,
+            min_members: 1,
+            max_members: 6,
+        },
+    );
+    let mut m = c.members.values().next().unwrap().clone();
+    m.member_id = "app.c1.php-burst".into();
+    m.cluster_instance_id = "app-2".into();
+    m.network_partition_id = np.into();
+    c.members.insert(m.member_id.clone(), m);
+    s
+}
+
+fn rif(instance: Option<&str>, np: &str, count: f64, at: u64) -> Event {
+    Event::InFlightRequests(RequestsInFlight {
+        cluster_id: cluster_id(1),
+        network_partition_id: np.into(),
+        cluster_instance_id: instance.map(str::to_owned),
+        count,
+        served: 0,
+        load_balancer_id: "lb-1".into(),
+        at_ms: at,
+    })
+}
+
+/// The predicted requests in flight of c1's instances after a round.
+fn predicted(e: &mut Engine, state: &ControllerState, now: u64) -> BTreeMap<String, Option<f64>> {
+    e.round(state, now)
+        .events
+        .into_iter()
+        .filter(|ev| ev.cluster_id == cluster_id(1))
+        .map(|ev| (ev.instance_id, ev.predicted.requests_in_flight))
+        .collect()
+}
+
+#[test]
+fn requests_in_flight_are_per_cluster_instance_and_a_whole_cluster_figure_is_split_by_active_members()
+ {
+    let t0 = 1_700_000_000_000u64;
+    let feed = |e: &mut Engine, events: &[Event]| {
+        for ev in events {
+            e.feed(ev, t0);
+        }
+    };
+    // A burst instance in np2: the first instance's load (reported for the whole cluster in np)
+    // stays its own, and the burst instance's own figure is its alone.
+    let state = two_instances(false);
+    let mut e = Engine::new(config());
+    feed(
+        &mut e,
+        &[
+            rif(None, "np", 30.0, t0),
+            rif(Some("app-2"), "np2", 2.0, t0),
+        ],
+    );
+    let round = e.round(&state, t0);
+    let of = |i: &str| {
+        round
+            .events
+            .iter()
+            .find(|ev| ev.cluster_id == cluster_id(1) && ev.instance_id == i)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of("app-1").predicted.requests_in_flight, Some(30.0));
+    assert_eq!(of("app-2").predicted.requests_in_flight, Some(2.0));
+    // So the burst instance, at its minimum of 1 with 2 requests (threshold 10), may be scaled in
+    // while the first keeps its 3 members for its 30: had each seen the cluster's 32 (Stratos'
+    // unsplit figure), the burst instance would have scaled up to 4.
+    assert_eq!(of("app-1").required.requests_in_flight, Some(3));
+    assert_eq!(of("app-2").required.requests_in_flight, Some(1));
+    assert_eq!(of("app-2").decision, crate::rules::Decision::AtMin);
+    // Two instances in one network partition (3 and 1 active members): a figure for the whole
+    // cluster there is split 3 to 1, as Stratos does; one tagged with an instance is its own.
+    let state = two_instances(true);
+    let mut e = Engine::new(config());
+    feed(
+        &mut e,
+        &[rif(None, "np", 40.0, t0), rif(Some("app-1"), "np", 5.0, t0)],
+    );
+    let p = predicted(&mut e, &state, t0);
+    assert_eq!(p["app-1"], Some(35.0), "{p:?}");
+    assert_eq!(p["app-2"], Some(10.0), "{p:?}");
+    // Through an event processor in another process: the same figures.
+    let mut cep = EventProcessor::new(config());
+    let mut remote = Engine::remote(config());
+    for ev in [rif(None, "np", 40.0, t0), rif(Some("app-1"), "np", 5.0, t0)] {
+        cep.feed(&ev, t0);
+    }
+    for ev in cep.predictions(t0, 10) {
+        remote.feed(&Event::decode(&ev.encode()).unwrap(), t0);
+    }
+    assert_eq!(predicted(&mut remote, &state, t0), p);
+}

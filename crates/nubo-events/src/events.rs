@@ -183,6 +183,14 @@ pub struct Predictions {
 pub struct ClusterPrediction {
     /// Cluster.
     pub cluster_id: String,
+    /// The cluster instance the figure is for, when the load balancers said which; `None` for
+    /// a figure of the whole cluster in a network partition, which the autoscaler splits across
+    /// that network partition's instances by their active members (as Stratos does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_instance_id: Option<String>,
+    /// The network partition of the load balancers that reported it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network_partition_id: String,
     /// Requests in flight, summed over the load balancers.
     pub requests_in_flight: f64,
 }
@@ -922,6 +930,8 @@ mod catalogue {
                 at_ms: 1_763_769_601_000,
                 clusters: vec![ClusterPrediction {
                     cluster_id: "shop.web.php.domain".into(),
+                    cluster_instance_id: Some("shop-1".into()),
+                    network_partition_id: "np1".into(),
                     requests_in_flight: 4.5,
                 }],
                 members: vec![MemberPrediction {

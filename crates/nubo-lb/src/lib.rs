@@ -16,7 +16,7 @@
 )]
 #![warn(missing_docs)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +84,16 @@ struct ClusterCounters {
     served: AtomicU64,
     total: AtomicU64,
     network_partition_id: Mutex<String>,
+    /// Per cluster instance (a member's requests count for its instance), by instance id.
+    instances: Mutex<BTreeMap<String, Arc<InstanceCounters>>>,
+}
+
+/// Requests in flight and served of one cluster instance.
+#[derive(Default)]
+struct InstanceCounters {
+    network_partition_id: String,
+    in_flight: AtomicI64,
+    served: AtomicU64,
 }
 
 /// A member as the proxy uses it.
@@ -91,6 +101,8 @@ struct Target {
     member_id: String,
     addr: SocketAddr,
     outstanding: Arc<AtomicI64>,
+    instance: Arc<InstanceCounters>,
+    instance_id: String,
 }
 
 /// A route with its counters attached.
@@ -139,6 +151,10 @@ fn plain(r: &CompiledRoute) -> table::Route {
             .map(|t| table::Backend {
                 member_id: t.member_id.clone(),
                 addr: t.addr,
+                instance: (
+                    t.instance_id.clone(),
+                    t.instance.network_partition_id.clone(),
+                ),
             })
             .collect(),
     }
@@ -307,16 +323,41 @@ impl LoadBalancer {
                     if let Ok(mut np) = counters.network_partition_id.lock() {
                         np.clone_from(&route.network_partition_id);
                     }
+                    // Instances without members any more are forgotten once idle.
+                    if let Ok(mut i) = counters.instances.lock() {
+                        i.retain(|id, c| {
+                            c.in_flight.load(Ordering::Relaxed) > 0
+                                || route.backends.iter().any(|b| b.instance.0 == *id)
+                        });
+                    }
                     let targets = route
                         .backends
                         .iter()
-                        .map(|b| Target {
-                            member_id: b.member_id.clone(),
-                            addr: b.addr,
-                            outstanding: outstanding
-                                .entry(b.member_id.clone())
-                                .or_default()
-                                .clone(),
+                        .map(|b| {
+                            let instance = counters
+                                .instances
+                                .lock()
+                                .map(|mut i| {
+                                    i.entry(b.instance.0.clone())
+                                        .or_insert_with(|| {
+                                            Arc::new(InstanceCounters {
+                                                network_partition_id: b.instance.1.clone(),
+                                                ..Default::default()
+                                            })
+                                        })
+                                        .clone()
+                                })
+                                .unwrap_or_default();
+                            Target {
+                                member_id: b.member_id.clone(),
+                                addr: b.addr,
+                                outstanding: outstanding
+                                    .entry(b.member_id.clone())
+                                    .or_default()
+                                    .clone(),
+                                instance,
+                                instance_id: b.instance.0.clone(),
+                            }
                         })
                         .collect();
                     let host: Arc<str> = host.into();
@@ -371,20 +412,43 @@ impl LoadBalancer {
                     .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                     .unwrap_or_default();
                 for (cluster_id, c) in clusters {
-                    let stat = RequestsInFlight {
-                        cluster_id,
-                        network_partition_id: c
-                            .network_partition_id
-                            .lock()
-                            .map(|n| n.clone())
-                            .unwrap_or_default(),
-                        cluster_instance_id: None,
-                        count: c.in_flight.load(Ordering::Relaxed).max(0) as f64,
-                        served: c.served.swap(0, Ordering::Relaxed),
-                        load_balancer_id: lb.config.id.clone(),
-                        at_ms: nubo_bus::now_ms(),
-                    };
-                    let _ = events.publish(&Event::InFlightRequests(stat)).await;
+                    // Per cluster instance: the autoscaler scales each on its own load.
+                    let instances: Vec<(String, Arc<InstanceCounters>)> = c
+                        .instances
+                        .lock()
+                        .map(|i| i.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default();
+                    let served = c.served.swap(0, Ordering::Relaxed);
+                    if instances.is_empty() {
+                        // No member yet: the whole cluster's figure.
+                        let stat = RequestsInFlight {
+                            cluster_id,
+                            network_partition_id: c
+                                .network_partition_id
+                                .lock()
+                                .map(|n| n.clone())
+                                .unwrap_or_default(),
+                            cluster_instance_id: None,
+                            count: c.in_flight.load(Ordering::Relaxed).max(0) as f64,
+                            served,
+                            load_balancer_id: lb.config.id.clone(),
+                            at_ms: nubo_bus::now_ms(),
+                        };
+                        let _ = events.publish(&Event::InFlightRequests(stat)).await;
+                        continue;
+                    }
+                    for (instance_id, i) in instances {
+                        let stat = RequestsInFlight {
+                            cluster_id: cluster_id.clone(),
+                            network_partition_id: i.network_partition_id.clone(),
+                            cluster_instance_id: Some(instance_id),
+                            count: i.in_flight.load(Ordering::Relaxed).max(0) as f64,
+                            served: i.served.swap(0, Ordering::Relaxed),
+                            load_balancer_id: lb.config.id.clone(),
+                            at_ms: nubo_bus::now_ms(),
+                        };
+                        let _ = events.publish(&Event::InFlightRequests(stat)).await;
+                    }
                 }
             }
         });

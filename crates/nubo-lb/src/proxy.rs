@@ -321,13 +321,16 @@ impl<C: Stream, K: Connect> Conn<C, K> {
             let pick = self.pick(&route, &failed);
             let target = &route.targets[pick];
             route.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+            target.instance.in_flight.fetch_add(1, Ordering::Relaxed);
             target.outstanding.fetch_add(1, Ordering::Relaxed);
             let result = self.attempt(target.addr, &head, retry_ok, streaming).await;
             route.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            target.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
             target.outstanding.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(next) => {
                     route.counters.served.fetch_add(1, Ordering::Relaxed);
+                    target.instance.served.fetch_add(1, Ordering::Relaxed);
                     route.counters.total.fetch_add(1, Ordering::Relaxed);
                     break next;
                 }

@@ -13,6 +13,9 @@ pub struct Backend {
     pub member_id: String,
     /// Where to send requests.
     pub addr: SocketAddr,
+    /// The member's cluster instance, and its network partition (requests in flight are
+    /// counted per instance).
+    pub instance: (String, String),
 }
 
 /// Where one host name and port go.
@@ -54,6 +57,10 @@ pub fn cluster_routes(c: &Cluster) -> Vec<((String, u16), Route)> {
                 Some(Backend {
                     member_id: m.member_id.clone(),
                     addr: SocketAddr::new(ip, mp.port),
+                    instance: (
+                        m.cluster_instance_id.clone(),
+                        m.network_partition_id.clone(),
+                    ),
                 })
             })
             .collect();

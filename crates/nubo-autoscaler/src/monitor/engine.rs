@@ -48,11 +48,16 @@ impl EventProcessor {
             .w
             .rif
             .keys()
-            .filter_map(|id| {
-                Some(nubo_events::ClusterPrediction {
-                    cluster_id: id.clone(),
-                    requests_in_flight: self.w.requests(id, now, window_ms)?,
-                })
+            .flat_map(|id| {
+                self.w
+                    .requests_by_scope(id, now, window_ms)
+                    .into_iter()
+                    .map(|(scope, v)| nubo_events::ClusterPrediction {
+                        cluster_id: id.clone(),
+                        cluster_instance_id: scope.instance,
+                        network_partition_id: scope.network_partition,
+                        requests_in_flight: v,
+                    })
             })
             .collect();
         let members: Vec<nubo_events::MemberPrediction> = self
@@ -216,9 +221,19 @@ impl Engine {
                     return;
                 };
                 r.last_ms = Some(now_ms);
+                // A cluster's figures come together, in one event: they replace its previous ones.
+                let mut fresh: HashMap<&str, Vec<(super::windows::Scope, f64)>> = HashMap::new();
                 for c in &p.clusters {
-                    r.clusters
-                        .insert(c.cluster_id.clone(), (c.requests_in_flight, now_ms));
+                    fresh.entry(c.cluster_id.as_str()).or_default().push((
+                        super::windows::Scope {
+                            instance: c.cluster_instance_id.clone(),
+                            network_partition: c.network_partition_id.clone(),
+                        },
+                        c.requests_in_flight,
+                    ));
+                }
+                for (id, scopes) in fresh {
+                    r.clusters.insert(id.to_owned(), (scopes, now_ms));
                 }
                 for m in &p.members {
                     self.liveness
@@ -451,6 +466,26 @@ pub(super) fn evaluate(
             let Some(cluster) = state.topology.clusters.get(&plan.cluster_id) else {
                 continue;
             };
+            // Active members per live instance, with its network partition (for the split of
+            // figures of the whole cluster).
+            let mut active_per_instance: HashMap<&str, (&str, u32)> = HashMap::new();
+            for i in cluster.instances.values().filter(|i| {
+                !matches!(
+                    i.status,
+                    InstanceStatus::Terminating | InstanceStatus::Terminated
+                )
+            }) {
+                active_per_instance.insert(&i.instance_id, (&i.network_partition_id, 0));
+            }
+            for m in cluster.members.values() {
+                if m.status == MemberStatus::Active
+                    && m.failure.is_none()
+                    && let Some((_, n)) =
+                        active_per_instance.get_mut(m.cluster_instance_id.as_str())
+                {
+                    *n += 1;
+                }
+            }
             for inst in cluster.instances.values() {
                 if matches!(
                     inst.status,
@@ -472,9 +507,27 @@ pub(super) fn evaluate(
                 }
                 let (min, max) = (inst.min_members, inst.max_members);
                 let t = plan.thresholds;
-                // Requests in flight: summed over the load balancers; a load balancer serving several
-                // instances of the cluster reports for all of them, shared by active members.
-                let rif = w.requests(&plan.cluster_id, now, window_ms);
+                // Requests in flight: what the load balancers reported for this instance, and
+                // its share, by active members, of what they reported for the whole cluster in
+                // its network partition (Stratos' split).
+                let in_np = active_per_instance
+                    .iter()
+                    .filter(|(_, (np, _))| *np == inst.network_partition_id.as_str());
+                let (np_active, np_instances) =
+                    in_np.fold((0u32, 0u32), |(a, n), (_, (_, k))| (a + k, n + 1));
+                let share = if np_active > 0 {
+                    f64::from(active.len() as u32) / f64::from(np_active)
+                } else {
+                    1.0 / f64::from(np_instances.max(1))
+                };
+                let rif = w.requests(
+                    &plan.cluster_id,
+                    &inst.instance_id,
+                    &inst.network_partition_id,
+                    share,
+                    now,
+                    window_ms,
+                );
                 // Memory and load: the mean over the active members of each one's prediction.
                 let (mut memory, mut load) = ((0.0, 0u32), (0.0, 0u32));
                 for a in &active {

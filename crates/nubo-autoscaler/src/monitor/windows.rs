@@ -6,10 +6,25 @@ use super::*;
 
 pub(super) type Fast = foldhash::fast::RandomState;
 
+/// What a figure of requests in flight is about, within a cluster: one cluster instance (the
+/// load balancer knew which its requests went to), or the whole cluster in a network partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Scope {
+    pub(super) instance: Option<String>,
+    pub(super) network_partition: String,
+}
+
+/// A cluster's samples of requests in flight: per scope, per load balancer.
+pub(super) type ClusterRequests = BTreeMap<Scope, BTreeMap<String, VecDeque<Sample>>>;
+
+/// Predicted requests in flight of a cluster, per scope.
+pub(super) type ScopedFigures = Vec<(Scope, f64)>;
+
 #[derive(Default)]
 pub(super) struct Windows {
-    /// Requests in flight per cluster (load balancers report per cluster), per load balancer.
-    pub(super) rif: HashMap<String, BTreeMap<String, VecDeque<Sample>>, Fast>,
+    /// Requests in flight per cluster, per scope (a cluster instance, or the whole cluster),
+    /// per load balancer.
+    pub(super) rif: HashMap<String, ClusterRequests, Fast>,
     /// Memory and load per member.
     pub(super) members: HashMap<String, MemberWindows, Fast>,
     pub(super) last_up: HashMap<InstanceKey, u64, Fast>,
@@ -26,25 +41,67 @@ pub(super) struct Windows {
 pub(super) struct Received {
     /// When the last predictions arrived (this process's clock).
     pub(super) last_ms: Option<u64>,
-    /// Requests in flight per cluster, and when it arrived.
-    pub(super) clusters: HashMap<String, (f64, u64), Fast>,
+    /// Requests in flight per cluster and scope, and when they arrived.
+    pub(super) clusters: HashMap<String, (ScopedFigures, u64), Fast>,
     /// Memory and load per member, and when they arrived.
     pub(super) members: HashMap<String, (Option<f64>, Option<f64>, u64), Fast>,
 }
 
 impl Windows {
-    /// A cluster's predicted requests in flight, summed over the load balancers.
-    pub(super) fn requests(&self, cluster_id: &str, now: u64, window_ms: u64) -> Option<f64> {
+    /// A cluster's predicted requests in flight per scope, each summed over the load balancers.
+    pub(super) fn requests_by_scope(
+        &self,
+        cluster_id: &str,
+        now: u64,
+        window_ms: u64,
+    ) -> Vec<(Scope, f64)> {
         if let Some(r) = &self.received {
-            return r.clusters.get(cluster_id).map(|(v, _)| *v);
+            return r
+                .clusters
+                .get(cluster_id)
+                .map(|(v, _)| v.clone())
+                .unwrap_or_default();
         }
-        let (sum, n) = self
-            .rif
-            .get(cluster_id)?
-            .values()
-            .filter_map(|q| predicted(Some(q), now, window_ms))
-            .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
-        (n > 0).then_some(sum)
+        let Some(scopes) = self.rif.get(cluster_id) else {
+            return Vec::new();
+        };
+        scopes
+            .iter()
+            .filter_map(|(scope, lbs)| {
+                let (sum, n) = lbs
+                    .values()
+                    .filter_map(|q| predicted(Some(q), now, window_ms))
+                    .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+                (n > 0).then(|| (scope.clone(), sum))
+            })
+            .collect()
+    }
+
+    /// The predicted requests in flight of one cluster instance in network partition `np`:
+    /// what the load balancers reported for it, plus `share` of what they reported for the whole
+    /// cluster in its network partition (Stratos splits that across the network partition's
+    /// instances by their active members). `None` when nothing was reported for either.
+    pub(super) fn requests(
+        &self,
+        cluster_id: &str,
+        instance: &str,
+        np: &str,
+        share: f64,
+        now: u64,
+        window_ms: u64,
+    ) -> Option<f64> {
+        let mut total = None;
+        for (scope, v) in self.requests_by_scope(cluster_id, now, window_ms) {
+            let part = match &scope.instance {
+                Some(i) if i == instance => v,
+                None if scope.network_partition == np || scope.network_partition.is_empty() => {
+                    v * share
+                }
+                _ => continue,
+            };
+            *total.get_or_insert(0.0) += part;
+        }
+        total
     }
 
     /// A member's predicted memory consumption and load average (`None` when no statistics).
@@ -68,12 +125,15 @@ impl Windows {
     pub(super) fn forget(&mut self, now: u64, keep_ms: u64) {
         self.members
             .retain(|_, m| now.saturating_sub(m.newest()) <= keep_ms);
-        self.rif.retain(|_, lbs| {
-            lbs.retain(|_, q| {
-                q.back()
-                    .is_some_and(|s| now.saturating_sub(s.at_ms) <= keep_ms)
+        self.rif.retain(|_, scopes| {
+            scopes.retain(|_, lbs| {
+                lbs.retain(|_, q| {
+                    q.back()
+                        .is_some_and(|s| now.saturating_sub(s.at_ms) <= keep_ms)
+                });
+                !lbs.is_empty()
             });
-            !lbs.is_empty()
+            !scopes.is_empty()
         });
         if let Some(r) = &mut self.received {
             r.clusters
@@ -117,10 +177,16 @@ pub(super) fn feed_windows(w: &mut Windows, config: MonitorConfig, e: &Event) {
     let keep = config.window.as_millis() as u64 * 2;
     match e {
         Event::InFlightRequests(r) => {
-            let lbs = match w.rif.get_mut(&r.cluster_id) {
+            let scopes = match w.rif.get_mut(&r.cluster_id) {
                 Some(l) => l,
                 None => w.rif.entry(r.cluster_id.clone()).or_default(),
             };
+            let lbs = scopes
+                .entry(Scope {
+                    instance: r.cluster_instance_id.clone(),
+                    network_partition: r.network_partition_id.clone(),
+                })
+                .or_default();
             let q = match lbs.get_mut(&r.load_balancer_id) {
                 Some(q) => q,
                 None => lbs.entry(r.load_balancer_id.clone()).or_default(),

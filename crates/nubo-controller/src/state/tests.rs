@@ -1027,7 +1027,10 @@ fn group_instances_go_through_stratos_group_lifecycle_with_an_event_per_change()
 
 /// The member cleaned up by a scale-down's first output, and its partition.
 fn scaled_down_partition(s: &ControllerState, out: &[Action]) -> String {
-    let id = cleaned(out).into_iter().next().expect("a member cleaned up");
+    let id = cleaned(out)
+        .into_iter()
+        .next()
+        .expect("a member cleaned up");
     s.topology.member(&id).unwrap().partition_id.clone()
 }
 
