@@ -508,6 +508,19 @@ pub enum ScaleCommand {
         /// The group or application instance.
         instance_id: String,
     },
+    /// A group in a `scalingDependents` list follows the list by its number of instances inside
+    /// one parent instance (Stratos' `GroupMonitor.onParentScalingEvent`): the controller adds or
+    /// scales in one group instance at a time towards `count` (within the group's bounds).
+    GroupInstances {
+        /// Application.
+        application_id: String,
+        /// The parent (application or group) instance.
+        parent_instance_id: String,
+        /// The group's path of aliases, outermost first.
+        group_path: Vec<String>,
+        /// Group instances wanted.
+        count: u32,
+    },
     /// An Active member is faulty: replace it.
     MemberFault {
         /// Member.

@@ -261,8 +261,13 @@ pub struct ScopePlan {
     pub max_instances: u32,
     /// Termination behaviour of the level's children.
     pub termination: Termination,
-    /// `scalingDependents`: each list's clusters scale together.
+    /// `scalingDependents`: each list's clusters scale together (its `cartridge.` entries).
     pub scaling_dependents: Vec<Vec<String>>,
+    /// The `group.` entries of each list (aligned with `scaling_dependents`), as group paths: a
+    /// group follows its list by its number of group instances, `groupMinInstances` times the
+    /// list's factor (Stratos' `GroupMonitor.onParentScalingEvent`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scaling_dependent_groups: Vec<Vec<Vec<String>>>,
 }
 
 /// The id an application of `tenant_id` runs under: its own id for the super tenant (as in
@@ -565,22 +570,40 @@ pub fn scope_instance(instance_id: &str, group_path: &[String], depth: usize) ->
 /// The application level and every group level, with their instance bounds, termination
 /// behaviour and scaling-dependent lists (expanded to cluster ids).
 fn scopes(app: &Application, inputs: &PlanInputs, clusters: &[ClusterPlan]) -> Vec<ScopePlan> {
+    /// Each list's clusters and groups (paths), lists of fewer than two entries left out.
+    type Lists = (Vec<Vec<String>>, Vec<Vec<Vec<String>>>);
     fn dependents(
         deps: Option<&nubo_model::Dependencies>,
         clusters: &[ClusterPlan],
         scope: &[String],
-    ) -> Vec<Vec<String>> {
-        deps.iter()
+    ) -> Lists {
+        let lists: Vec<(Vec<String>, Vec<Vec<String>>)> = deps
+            .iter()
             .flat_map(|d| d.scaling_dependents.iter().flatten())
             .filter_map(|l| l.parse().ok())
             .map(|entries: Vec<ChildRef>| {
-                entries
-                    .iter()
-                    .flat_map(|e| clusters_under(e, clusters, scope))
-                    .collect::<Vec<_>>()
+                let mut cs = Vec::new();
+                let mut gs = Vec::new();
+                for e in &entries {
+                    match e {
+                        ChildRef::Cartridge(_) => cs.extend(clusters_under(e, clusters, scope)),
+                        ChildRef::Group(g) => {
+                            let mut path = scope.to_vec();
+                            path.push(g.clone());
+                            gs.push(path);
+                        }
+                    }
+                }
+                (cs, gs)
             })
-            .filter(|l| l.len() > 1)
-            .collect()
+            .filter(|(cs, gs)| cs.len() + gs.len() > 1)
+            .collect();
+        let groups = if lists.iter().any(|(_, gs)| !gs.is_empty()) {
+            lists.iter().map(|(_, gs)| gs.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        (lists.into_iter().map(|(cs, _)| cs).collect(), groups)
     }
     fn walk(
         g: &GroupRef,
@@ -597,7 +620,8 @@ fn scopes(app: &Application, inputs: &PlanInputs, clusters: &[ClusterPlan]) -> V
             min_instances: min,
             max_instances: g.group_max_instances.unwrap_or(min).max(min),
             termination: Termination::parse(deps.and_then(|d| d.termination_behaviour.as_deref())),
-            scaling_dependents: dependents(deps, clusters, scope),
+            scaling_dependents: dependents(deps, clusters, scope).0,
+            scaling_dependent_groups: dependents(deps, clusters, scope).1,
         });
         for child in g.groups.iter().flatten() {
             let child_def =
@@ -612,7 +636,8 @@ fn scopes(app: &Application, inputs: &PlanInputs, clusters: &[ClusterPlan]) -> V
         min_instances: 1,
         max_instances: 1,
         termination: Termination::parse(deps.and_then(|d| d.termination_behaviour.as_deref())),
-        scaling_dependents: dependents(deps, clusters, &[]),
+        scaling_dependents: dependents(deps, clusters, &[]).0,
+        scaling_dependent_groups: dependents(deps, clusters, &[]).1,
     }];
     for g in app.components.groups.iter().flatten() {
         walk(

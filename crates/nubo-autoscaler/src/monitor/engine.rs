@@ -300,6 +300,7 @@ impl Engine {
                 instance_id: instance,
             });
         }
+        commands.extend(group_dependents(state, &events, &mut self.w, config, now));
         // Forget the members and clusters whose statistics stopped.
         self.w.forget(now, config.window.as_millis() as u64 * 2);
         // Forget the cluster instances that are gone.
@@ -449,6 +450,97 @@ pub(super) fn active_members(state: &ControllerState) -> impl Iterator<Item = &s
 
 /// Decides for every deployed cluster instance: each factor's requirement, the scaling
 /// dependents' (which replaces it), then the decision.
+/// Groups in scaling-dependent lists (Stratos' `GroupMonitor.onParentScalingEvent`): per list and
+/// instance of the list's level, the list's factor — the highest own requirement over minimum
+/// among its clusters and the clusters inside its groups — sets each of its groups to
+/// `ceil(groupMinInstances × factor)` instances, within the group's bounds; a change waits for the
+/// scale-up (or scale-down) cool-down of that group in that instance.
+fn group_dependents(
+    state: &ControllerState,
+    events: &[ScalingEvent],
+    w: &mut Windows,
+    config: MonitorConfig,
+    now: u64,
+) -> Vec<ScaleCommand> {
+    let mut out = Vec::new();
+    for d in state.deployments.values() {
+        if d.status != nubo_controller::DeploymentStatus::Deployed {
+            continue;
+        }
+        for scope in &d.plan.scopes {
+            let depth = scope.path.len();
+            for (i, groups) in scope.scaling_dependent_groups.iter().enumerate() {
+                if groups.is_empty() {
+                    continue;
+                }
+                let list = scope.scaling_dependents.get(i);
+                let mut factors: BTreeMap<String, f64> = BTreeMap::new();
+                for e in events
+                    .iter()
+                    .filter(|e| e.application_id == d.plan.application_id)
+                {
+                    let Some(c) = d.plan.cluster(&e.cluster_id) else {
+                        continue;
+                    };
+                    let counted = list.is_some_and(|l| l.contains(&e.cluster_id))
+                        || groups.iter().any(|g| c.group_path.starts_with(g));
+                    let own = [
+                        e.required.requests_in_flight,
+                        e.required.memory,
+                        e.required.load,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .max();
+                    let (true, Some(own)) = (counted, own) else {
+                        continue;
+                    };
+                    let f = f64::from(own) / f64::from(e.min.max(1));
+                    let level = scope_instance(&e.instance_id, &c.group_path, depth);
+                    let entry = factors.entry(level).or_insert(0.0);
+                    *entry = entry.max(f);
+                }
+                for (level, factor) in factors {
+                    for g in groups {
+                        let Some(gs) = d.plan.scope(g) else {
+                            continue;
+                        };
+                        let want = (f64::from(gs.min_instances) * factor - 1e-9)
+                            .ceil()
+                            .max(0.0) as u32;
+                        let want = want.clamp(gs.min_instances, gs.max_instances);
+                        let have = d.group_numbers(&level, g).len() as u32;
+                        if want == have {
+                            continue;
+                        }
+                        let key = InstanceKey::new(&format!("group:{}", g.join("/")), &level);
+                        let (last, cool) = if want > have {
+                            (w.last_up.get(&key), config.up_cooldown)
+                        } else {
+                            (w.last_down.get(&key), config.down_cooldown)
+                        };
+                        if last.is_some_and(|t| now.saturating_sub(*t) < cool.as_millis() as u64) {
+                            continue;
+                        }
+                        if want > have {
+                            w.last_up.insert(key, now);
+                        } else {
+                            w.last_down.insert(key, now);
+                        }
+                        out.push(ScaleCommand::GroupInstances {
+                            application_id: d.plan.application_id.clone(),
+                            parent_instance_id: level.clone(),
+                            group_path: g.clone(),
+                            count: want,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 pub(super) fn evaluate(
     state: &ControllerState,
     w: &mut Windows,
@@ -698,6 +790,21 @@ pub(super) fn scale_ins(
                 !d.instances
                     .iter()
                     .any(|i| i.instance_id == *instance && i.burst_group.is_none())
+            })
+        })
+        // Nor an instance of a group a scaling-dependent list sizes: its list decides.
+        .filter(|(app, instance)| {
+            let innermost = instance
+                .rsplit_once('.')
+                .and_then(|(_, last)| last.rsplit_once('-'))
+                .filter(|(_, n)| n.parse::<u32>().is_ok())
+                .map(|(alias, _)| alias);
+            state.deployments.get(app).is_none_or(|d| {
+                !d.plan
+                    .scopes
+                    .iter()
+                    .flat_map(|s| s.scaling_dependent_groups.iter().flatten())
+                    .any(|path| path.last().map(String::as_str) == innermost)
             })
         })
         .collect()

@@ -462,7 +462,10 @@ impl ControllerState {
                     .clusters
                     .get(cluster_id)
                     .map(|c| c.application_id.clone()),
-                ScaleCommand::ScaleIn { application_id, .. } => Some(application_id.clone()),
+                ScaleCommand::ScaleIn { application_id, .. }
+                | ScaleCommand::GroupInstances { application_id, .. } => {
+                    Some(application_id.clone())
+                }
                 ScaleCommand::MemberFault { member_id, .. } => of_member(member_id),
                 ScaleCommand::MemberActive { instance } => Some(instance.application_id.clone()),
             },

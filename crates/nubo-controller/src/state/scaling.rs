@@ -44,6 +44,67 @@ impl ControllerState {
                 application_id,
                 instance_id,
             } => self.scale_in(now_ms, &application_id, &instance_id, out),
+            ScaleCommand::GroupInstances {
+                application_id,
+                parent_instance_id,
+                group_path,
+                count,
+            } => self.group_instances(
+                now_ms,
+                &application_id,
+                &parent_instance_id,
+                &group_path,
+                count,
+                out,
+            ),
+        }
+    }
+
+    /// A group in a scaling-dependent list: one group instance more or fewer inside `parent`,
+    /// towards `count` within the group's bounds (one at a time, nothing while one is pending).
+    pub(super) fn group_instances(
+        &mut self,
+        now_ms: u64,
+        app_id: &str,
+        parent: &str,
+        path: &[String],
+        count: u32,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(d) = self.deployments.get(app_id) else {
+            return;
+        };
+        let (Some(scope), Some(alias)) = (d.plan.scope(path), path.last()) else {
+            return;
+        };
+        if d.status != DeploymentStatus::Deployed {
+            return;
+        }
+        let target = count.clamp(scope.min_instances, scope.max_instances);
+        let mut numbers = d.group_numbers(parent, path);
+        let current = numbers.len() as u32;
+        if target > current {
+            if self.group_pending(d, path, parent) {
+                return;
+            }
+            let n = d
+                .next_group_instance
+                .max(numbers.iter().copied().max().unwrap_or(1) + 1)
+                .max(scope.min_instances + 1);
+            numbers.push(n);
+            let alias = alias.clone();
+            tracing::info!(application = app_id, group = %alias, instance = %group_instance_id(parent, &alias, n), "dependent scaling: a new group instance");
+            if let Some(d) = self.deployments.get_mut(app_id) {
+                d.next_group_instance = n + 1;
+                d.group_instances.insert(group_key(parent, path), numbers);
+            }
+            out.push(Action::Persist);
+        } else if target < current
+            && let Some(n) = numbers.iter().copied().filter(|n| *n > 1).max()
+        {
+            let id = group_instance_id(parent, alias, n);
+            tracing::info!(application = app_id, instance = %id, "dependent scaling: a group instance scaled in");
+            self.scale_in(now_ms, app_id, &id, out);
         }
     }
 

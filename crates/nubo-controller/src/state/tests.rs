@@ -1072,3 +1072,39 @@ fn scale_down_takes_a_member_from_the_partition_the_algorithm_names() {
         assert_eq!(scaled_down_partition(&s, &out), want, "{algo}");
     }
 }
+
+#[test]
+fn a_dependent_group_follows_its_list_by_group_instances_one_at_a_time() {
+    let mut s = ControllerState::default();
+    let out = s.step(0, Input::Deploy(tree("terminate-none", 2, "np")));
+    run_up(&mut s, 1, out);
+    let to = |count| {
+        Input::Scale(ScaleCommand::GroupInstances {
+            application_id: "app".into(),
+            parent_instance_id: "app-1".into(),
+            group_path: vec!["grp".into()],
+            count,
+        })
+    };
+    // 5 wanted, 2 at most: one new group instance, its first cluster starting.
+    let out = s.step(2, to(5));
+    assert_eq!(
+        group_events(&out),
+        [("app-1.grp-2".to_owned(), InstanceStatus::Created)]
+    );
+    assert_eq!(starts(&out).len(), 1);
+    assert!(
+        starts(&s.step(3, to(5))).is_empty(),
+        "at the group's maximum: nothing more"
+    );
+    run_up(&mut s, 4, out);
+    // Back to 1: the added instance is scaled in (Terminating, its members cleaned up).
+    let out = s.step(5, to(1));
+    assert_eq!(
+        group_events(&out),
+        [("app-1.grp-2".to_owned(), InstanceStatus::Terminating)]
+    );
+    assert_eq!(cleaned(&out).len(), 2);
+    // Never below the group's minimum.
+    assert!(group_events(&s.step(6, to(0))).is_empty());
+}

@@ -607,6 +607,12 @@ async fn group_scaling_and_dependent_scaling_samples_scale_out_and_back_in() {
     let server = server_with(dir.path(), "20", "mock-iaas-groups.xml");
     let api = Api::new(&server);
     let grouped = load_scenario(&api, "scaling/group-scaling/single-group-group-scaling").await;
+    let dependent = load_scenario(&api, "scaling/dependent-scaling/sample-groups").await;
+    let dependent_groups = dependent.clone();
+    // - dependent-scaling/sample-groups: group my-esb-php-group (1..2 instances) and my-tomcat
+    //   (2..4) scale together: tomcat's factor (12 of 2) takes the group to its 2 instances
+    //   (Stratos' GroupMonitor.onParentScalingEvent), and back to 1 when the load falls.
+    let _ = &dependent_groups;
     let dependent = load_scenario(&api, "scaling/dependent-scaling/sample-cartridges").await;
     let grown = eventually(40, "three group instances of 4 tomcat members", || async {
         let g = group_instances(&api, &grouped).await;
@@ -625,6 +631,19 @@ async fn group_scaling_and_dependent_scaling_samples_scale_out_and_back_in() {
         (api.active(&dependent, "my-php").await.len() == 4).then_some(())
     })
     .await;
+    let two = eventually(30, "two instances of the dependent group", || async {
+        let g = group_instances(&api, &dependent_groups).await;
+        (g.len() == 2 && g.iter().all(|(_, _, m)| *m >= 2)).then_some(g)
+    })
+    .await;
+    assert_eq!(two[1].0, "my-esb-php-group", "{two:?}");
+    let (_, runtime) = api
+        .get(&format!("/api/applications/{dependent_groups}/runtime"))
+        .await;
+    assert!(
+        runtime.to_string().contains("my-esb-php-group-2"),
+        "the second group instance, the first ever added (never scaled in meanwhile): {runtime}"
+    );
     let (_, events) = api
         .get(&format!("/api/applications/{dependent}/scalingEvents"))
         .await;
@@ -652,6 +671,10 @@ async fn group_scaling_and_dependent_scaling_samples_scale_out_and_back_in() {
     eventually(60, "one group instance with one member", || async {
         let g = group_instances(&api, &grouped).await;
         (g.len() == 1 && g[0].2 == 1).then_some(())
+    })
+    .await;
+    eventually(60, "the dependent group back to one instance", || async {
+        (group_instances(&api, &dependent_groups).await.len() == 1).then_some(())
     })
     .await;
     eventually(30, "php back to 2", || async {
