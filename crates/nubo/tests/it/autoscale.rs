@@ -258,3 +258,108 @@ async fn a_group_with_a_startup_order_scales_two_clusters_on_two_factors() {
     })
     .await;
 }
+
+/// The application instances of `app`'s runtime view: (instance id, network partition).
+async fn instances(api: &Api, app: &str) -> Vec<(String, String)> {
+    let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
+    view["applicationInstances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            (
+                i["instanceId"].as_str().unwrap_or_default().to_owned(),
+                i["networkPartitionId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_instance_scales_in_while_the_first_keeps_its_load() {
+    // Real traffic through the load balancer, which counts requests per cluster instance. The
+    // cluster (1..2 members, 5 requests each) is full at 13 in flight: the application bursts
+    // into np2. Then 7 stay in flight, spread over the members: the burst instance carries its
+    // own share only (about 2, its minimum of 1), so it is closed while the first instance keeps
+    // its load, and then carries all 7 with 2 members, well within its maximum (no new burst). Had each instance seen the cluster's whole figure (Stratos' unsplit
+    // one), the burst instance would have wanted 2 members and stayed open while traffic lasted.
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--insecure-http",
+            "--scale-window",
+            "2",
+            "--scale-up-cooldown",
+            "1",
+            "--scale-down-cooldown",
+            "3",
+        ],
+    );
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    let np = |id: &str| json!({"id": id, "provider": "local", "partitions": [{"id": "p1"}]});
+    let dp_np = |id: &str| json!({"id": id, "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]});
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "busy", "loadThresholds": {"requestsInFlight": {"threshold": 5}}})),
+        ("networkPartitions", np("np1")),
+        ("networkPartitions", np("np2")),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [dp_np("np1"), dp_np("np2")]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np1", "np2"],
+            "properties": [{"name": "networkPartitionGroups", "value": "np1,np2"}]})),
+        ("cartridges", json!({"type": "slow", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "burst", "components": {"cartridges": [
+            {"type": "slow", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "busy", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/burst/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(30, "one member active", || async {
+        (api.active("burst", "web").await.len() == 1).then_some(())
+    })
+    .await;
+    let heavy = Arc::new(AtomicBool::new(false));
+    let heavy_clients = load(proxy, "burst.web.localhost", 6, heavy.clone());
+    let light = Arc::new(AtomicBool::new(false));
+    let light_clients = load(proxy, "burst.web.localhost", 7, light.clone());
+    eventually(40, "a burst instance in np2 with its member", || async {
+        let i = instances(&api, "burst").await;
+        (i.iter().any(|(_, np)| np == "np2") && api.active("burst", "web").await.len() == 3)
+            .then_some(())
+    })
+    .await;
+    // Some of the traffic stops: the burst instance closes; the first keeps its 2 members.
+    heavy.store(true, Ordering::Relaxed);
+    eventually(40, "the burst instance closed", || async {
+        let i = instances(&api, "burst").await;
+        (i.len() == 1 && i[0].1 == "np1").then_some(())
+    })
+    .await;
+    // The first instance carries the 7 with 2 members, and needs no burst for them (2 is its
+    // maximum, not beyond it).
+    eventually(30, "the first instance with 2 members", || async {
+        (api.active("burst", "web").await.len() == 2).then_some(())
+    })
+    .await;
+    crate::support::holds(Duration::from_secs(4), "no burst again", || async {
+        instances(&api, "burst").await.len() == 1
+    })
+    .await;
+    light.store(true, Ordering::Relaxed);
+    let mut failures = 0;
+    for c in heavy_clients.into_iter().chain(light_clients) {
+        failures += c.await.unwrap();
+    }
+    assert_eq!(
+        failures, 0,
+        "no request failed through the burst and its closing"
+    );
+}
