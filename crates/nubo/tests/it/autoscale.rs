@@ -12,18 +12,7 @@ use crate::support::{Api, ServerProcess, eventually, free_port};
 #[tokio::test]
 async fn requests_in_flight_scale_a_cluster_up_and_back_down() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        &[
-            "--insecure-http",
-            "--scale-window",
-            "2",
-            "--scale-up-cooldown",
-            "1",
-            "--scale-down-cooldown",
-            "2",
-        ],
-    );
+    let server = fast_scaling_server(dir.path(), "2");
     let api = Api::new(&server);
     let proxy = free_port();
     let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
@@ -110,6 +99,22 @@ async fn requests_in_flight_scale_a_cluster_up_and_back_down() {
     );
 }
 
+/// A server deciding on a 2 s window, with cool-downs of 1 s up and `down` seconds down.
+fn fast_scaling_server(dir: &std::path::Path, down: &str) -> ServerProcess {
+    ServerProcess::start_with(
+        dir,
+        &[
+            "--insecure-http",
+            "--scale-window",
+            "2",
+            "--scale-up-cooldown",
+            "1",
+            "--scale-down-cooldown",
+            down,
+        ],
+    )
+}
+
 /// `n` clients through the load balancer, each keeping one request in flight, until `stop`.
 fn load(
     proxy: u16,
@@ -149,18 +154,7 @@ async fn a_group_with_a_startup_order_scales_two_clusters_on_two_factors() {
     // flight through the load balancer and cache on its workload's memory (a process that holds
     // 2 % of the host's memory while a switch file exists; threshold 1 %).
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        &[
-            "--insecure-http",
-            "--scale-window",
-            "2",
-            "--scale-up-cooldown",
-            "1",
-            "--scale-down-cooldown",
-            "2",
-        ],
-    );
+    let server = fast_scaling_server(dir.path(), "2");
     let api = Api::new(&server);
     let proxy = free_port();
     let fixtures = crate::support::manifest_dir().join("tests/it/fixtures");
@@ -287,18 +281,7 @@ async fn a_burst_instance_scales_in_while_the_first_keeps_its_load() {
     // its load, and then carries all 7 with 2 members, well within its maximum (no new burst). Had each instance seen the cluster's whole figure (Stratos' unsplit
     // one), the burst instance would have wanted 2 members and stayed open while traffic lasted.
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        &[
-            "--insecure-http",
-            "--scale-window",
-            "2",
-            "--scale-up-cooldown",
-            "1",
-            "--scale-down-cooldown",
-            "3",
-        ],
-    );
+    let server = fast_scaling_server(dir.path(), "3");
     let api = Api::new(&server);
     let proxy = free_port();
     let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
