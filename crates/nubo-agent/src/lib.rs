@@ -111,6 +111,13 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
     tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
 
+    // How long the workload has from SIGTERM to its end (the cartridge's terminationTimeout).
+    let stop_grace = p
+        .parameters
+        .get("TERMINATION_TIMEOUT")
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(STOP_GRACE, Duration::from_secs);
     // Wait for the ports, or the workload's early death, as long as the platform says.
     let port_check = Duration::from_secs(
         p.parameters
@@ -155,7 +162,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 },
             )
             .await;
-            stop_workload(&mut workload, pgid).await;
+            stop_workload(&mut workload, pgid, stop_grace).await;
             linger().await;
             return Ok(2);
         }
@@ -191,7 +198,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                     publish(&events, Event::InstanceMaintenanceMode(me.clone())).await;
                     // Load balancers drop the member on this event; let them, before the workload goes.
                     tokio::time::sleep(DRAIN_DELAY).await;
-                    stop_workload(&mut workload, pgid).await;
+                    stop_workload(&mut workload, pgid, stop_grace).await;
                     publish(&events, Event::InstanceReadyToShutdown(me.clone())).await;
                     tracing::info!(member = %p.member_id, "drained and stopped");
                     linger().await;
@@ -200,7 +207,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
             _ = term.recv() => {
                 tracing::info!(member = %p.member_id, "SIGTERM: stopping the workload");
-                stop_workload(&mut workload, pgid).await;
+                stop_workload(&mut workload, pgid, stop_grace).await;
                 return Ok(0);
             }
             _ = health.tick() => {
@@ -298,15 +305,12 @@ fn start_workload(
     Ok((child, output))
 }
 
-async fn stop_workload(child: &mut Child, pgid: i32) {
+async fn stop_workload(child: &mut Child, pgid: i32, grace: Duration) {
     if pgid > 0 {
         // SAFETY: plain kill(2) on the workload's process group.
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
     }
-    if tokio::time::timeout(STOP_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
         tracing::warn!(
             pid = pgid,
             "the workload did not stop within the grace period: killing it"

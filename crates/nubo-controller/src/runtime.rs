@@ -776,6 +776,8 @@ impl Runner {
 
 /// How long the agent waits for a workload's ports where nothing says otherwise (seconds).
 pub const PORT_CHECK_TIMEOUT_SECS: u64 = 120;
+/// How long a workload has from SIGTERM to its end where nothing says otherwise (seconds).
+pub const TERMINATION_TIMEOUT_SECS: u64 = 10;
 
 /// The agent's launch parameters: Stratos' (§6.13 of the reference), the cartridge's
 /// `payload_parameter.*` properties, and `PORT_CHECK_TIMEOUT` (seconds: the cluster's
@@ -786,13 +788,19 @@ pub fn parameters(
     defaults: nubo_plan::Timeouts,
 ) -> BTreeMap<String, String> {
     let mut p = BTreeMap::new();
+    let limits = cluster.timeouts.or(defaults);
     p.insert(
         "PORT_CHECK_TIMEOUT".to_owned(),
-        cluster
-            .timeouts
-            .or(defaults)
+        limits
             .port_check
             .unwrap_or(PORT_CHECK_TIMEOUT_SECS)
+            .to_string(),
+    );
+    p.insert(
+        "TERMINATION_TIMEOUT".to_owned(),
+        limits
+            .termination
+            .unwrap_or(TERMINATION_TIMEOUT_SECS)
             .to_string(),
     );
     let mut put = |k: &str, v: String| {

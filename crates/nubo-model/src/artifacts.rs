@@ -157,8 +157,14 @@ pub struct Property {
 }
 
 /// The properties that set a cluster's timeouts, in seconds: from creation to Active, the
-/// agent's wait for the workload's ports, and a member's drain.
-pub const TIMEOUT_PROPERTIES: [&str; 3] = ["activationTimeout", "portCheckTimeout", "drainTimeout"];
+/// agent's wait for the workload's ports, a member's drain, and the workload's stop (SIGTERM to
+/// SIGKILL).
+pub const TIMEOUT_PROPERTIES: [&str; 4] = [
+    "activationTimeout",
+    "portCheckTimeout",
+    "drainTimeout",
+    "terminationTimeout",
+];
 
 /// A timeout property's value: a whole number of seconds from 1 to 86,400.
 pub fn timeout_seconds(name: &str, value: &str) -> Result<u64, String> {

@@ -575,18 +575,22 @@ impl Provider for NodeSupervisor {
             .ok()
             .and_then(|m| m.get(member_id).map(|t| (t.pid, t.start_time)))
             .ok_or_else(|| IaasError::NotFound(member_id.to_owned()))?;
-        // The agent stops its workload on SIGTERM; anything still there after the grace period is killed.
+        // The agent stops its workload on SIGTERM, giving it its termination timeout; anything
+        // still there 5 s after that is killed.
+        let grace = read_json::<AgentPayload>(&self.dir.join(member_id).join("payload.json"))
+            .and_then(|p| p.parameters.get("TERMINATION_TIMEOUT")?.parse::<u64>().ok())
+            .unwrap_or(10);
         proc::signal_recorded(pid, start_time, libc::SIGTERM);
         let members = self.members.clone();
         let id = member_id.to_owned();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(15)).await;
+            tokio::time::sleep(Duration::from_secs(grace + 5)).await;
             let still = members
                 .lock()
                 .map(|m| m.get(&id).is_some_and(|t| t.pid == pid))
                 .unwrap_or(false);
             if still {
-                tracing::warn!(member = %id, pid, "the agent did not stop within 15 s: killing its session");
+                tracing::warn!(member = %id, pid, after_s = grace + 5, "the agent did not stop in time: killing its session");
                 proc::signal_recorded_session(pid, start_time, libc::SIGKILL);
             }
         });

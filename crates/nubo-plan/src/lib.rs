@@ -150,8 +150,9 @@ pub struct ClusterPlan {
 
 /// A cluster's timeouts, in seconds, each `None` where the server's default applies. Set with
 /// the cartridge's (or the subscription's) properties `activationTimeout` (creation to Active),
-/// `portCheckTimeout` (the agent's wait for the workload's ports) and `drainTimeout` (maintenance
-/// to ready-to-shut-down, and an unanswered clean-up).
+/// `portCheckTimeout` (the agent's wait for the workload's ports), `drainTimeout` (maintenance
+/// to ready-to-shut-down, and an unanswered clean-up) and `terminationTimeout` (from SIGTERM to
+/// SIGKILL of the workload).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
@@ -164,6 +165,9 @@ pub struct Timeouts {
     /// Seconds a member may drain before it is terminated anyway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<u64>,
+    /// Seconds a workload has from SIGTERM to its end before it is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination: Option<u64>,
 }
 
 impl Timeouts {
@@ -181,11 +185,12 @@ impl Timeouts {
                 Some(v) => nubo_model::timeout_seconds(name, v).map(Some),
             }
         };
-        let [a, p, d] = nubo_model::TIMEOUT_PROPERTIES;
+        let [a, p, d, t] = nubo_model::TIMEOUT_PROPERTIES;
         Ok(Timeouts {
             activation: get(a)?,
             port_check: get(p)?,
             drain: get(d)?,
+            termination: get(t)?,
         })
     }
 
@@ -195,6 +200,7 @@ impl Timeouts {
             activation: self.activation.or(defaults.activation),
             port_check: self.port_check.or(defaults.port_check),
             drain: self.drain.or(defaults.drain),
+            termination: self.termination.or(defaults.termination),
         }
     }
 }

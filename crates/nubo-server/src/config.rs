@@ -224,6 +224,8 @@ pub struct Settings {
     pub port_check_timeout: Option<u64>,
     /// Seconds a member may drain.
     pub drain_timeout: Option<u64>,
+    /// Seconds a workload has from SIGTERM to its end.
+    pub termination_timeout: Option<u64>,
     /// The mock IaaS's patterns (`-`: the defaults).
     pub mock_iaas: Option<PathBuf>,
     /// The mock clock's speed.
@@ -297,6 +299,7 @@ impl Settings {
             activation_timeout,
             port_check_timeout,
             drain_timeout,
+            termination_timeout,
             mock_iaas,
             mock_speed,
             mock_stats_interval,
@@ -402,6 +405,7 @@ impl Settings {
             ("--activation-timeout", self.activation_timeout),
             ("--port-check-timeout", self.port_check_timeout),
             ("--drain-timeout", self.drain_timeout),
+            ("--termination-timeout", self.termination_timeout),
         ] {
             if v.is_some_and(|s| !(1..=86_400).contains(&s)) {
                 bail!("{flag}: a whole number of seconds from 1 to 86400");
@@ -412,6 +416,7 @@ impl Settings {
                 activation: self.activation_timeout,
                 port_check: self.port_check_timeout,
                 drain: self.drain_timeout,
+                termination: self.termination_timeout,
             },
             secrets_key: self
                 .secrets_key

@@ -164,6 +164,9 @@ struct ServerArgs {
     /// Seconds a member may drain before it is terminated anyway; a cartridge's `drainTimeout` property wins (Stratos: 1800) [default: 30]
     #[arg(long, env = "NUBO_DRAIN_TIMEOUT", value_name = "SECONDS")]
     drain_timeout: Option<u64>,
+    /// Seconds a workload has from SIGTERM to its end before it is killed; a cartridge's `terminationTimeout` property wins [default: 10]
+    #[arg(long, env = "NUBO_TERMINATION_TIMEOUT", value_name = "SECONDS")]
+    termination_timeout: Option<u64>,
     /// Offer the `mock` IaaS provider, with the health-statistics patterns of this Stratos mock-iaas.xml (`-` for the defaults: memory 20, load 20, requests 1)
     #[arg(long, env = "NUBO_MOCK_IAAS", value_name = "FILE")]
     mock_iaas: Option<PathBuf>,
@@ -312,6 +315,7 @@ impl ServerArgs {
             activation_timeout: self.activation_timeout,
             port_check_timeout: self.port_check_timeout,
             drain_timeout: self.drain_timeout,
+            termination_timeout: self.termination_timeout,
             mock_iaas: self.mock_iaas,
             mock_speed: self.mock_speed,
             mock_stats_interval: self.mock_stats_interval,

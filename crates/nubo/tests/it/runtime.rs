@@ -697,7 +697,8 @@ async fn a_slow_cartridge_with_timeouts_above_its_start_becomes_active() {
         ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
         ("cartridges", cartridge("patient", json!([
             {"name": "activationTimeout", "value": "20"},
-            {"name": "portCheckTimeout", "value": "20"}]))),
+            {"name": "portCheckTimeout", "value": "20"},
+            {"name": "terminationTimeout", "value": "3"}]))),
         ("cartridges", cartridge("hasty", json!([]))),
         ("applications", json!({"applicationId": "slow", "components": {"cartridges": [sub("patient"), sub("hasty")]}})),
     ])
@@ -706,10 +707,20 @@ async fn a_slow_cartridge_with_timeouts_above_its_start_becomes_active() {
         .post("/api/applications/slow/deploy/ap", json!({}))
         .await;
     assert_eq!(status, 202, "{body}");
-    eventually(30, "the patient cartridge Active", || async {
-        (api.active("slow", "patient").await.len() == 1).then_some(())
+    let patient = eventually(30, "the patient cartridge Active", || async {
+        api.active("slow", "patient").await.first().cloned()
     })
     .await;
+    // The agent is given its timeouts in its payload.
+    let payload = crate::support::member_payload(dir.path(), patient["memberId"].as_str().unwrap());
+    assert_eq!(
+        (
+            &payload["parameters"]["PORT_CHECK_TIMEOUT"],
+            &payload["parameters"]["TERMINATION_TIMEOUT"]
+        ),
+        (&json!("20"), &json!("3")),
+        "{payload}"
+    );
     // The hasty one's members never made it: each was cut off at 2 s, with the reason.
     assert!(api.active("slow", "hasty").await.is_empty());
     let (_, view) = api.get("/api/applications/slow/runtime").await;
