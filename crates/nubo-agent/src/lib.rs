@@ -23,6 +23,7 @@ pub use nubo_iaas::record_agent;
 use nubo_iaas::{AgentPayload, proc};
 use tokio::process::Child;
 
+mod health;
 mod logs;
 
 /// How long the workload has to stop after SIGTERM before it is killed.
@@ -127,8 +128,17 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             .unwrap_or(120),
     );
     let started = Instant::now();
+    // The readiness path, when the cartridge has one: the member is not Active before it answers.
+    let probe_port = p.ports.iter().find(|x| x.protocol != "udp").map(|x| x.port);
+    let readiness = p.parameters.get("READINESS_PATH").zip(probe_port);
+    let liveness_path = p.parameters.get("LIVENESS_PATH").zip(probe_port);
     loop {
-        if ports_open(&p).await {
+        if ports_open(&p).await
+            && match readiness {
+                Some((path, port)) => health::http_ok(port, path).await,
+                None => true,
+            }
+        {
             break;
         }
         if let Ok(Some(status)) = workload.try_wait() {
@@ -151,7 +161,10 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         }
         if started.elapsed() > port_check {
             let reason = format!(
-                "the workload's ports did not open within {} s (the cartridge's portCheckTimeout property, or the server's --port-check-timeout)",
+                "the workload's ports did not open{} within {} s (the cartridge's portCheckTimeout property, or the server's --port-check-timeout)",
+                readiness.map_or(String::new(), |(path, _)| format!(
+                    ", or its readiness path {path} did not answer 2xx or 3xx,"
+                )),
                 port_check.as_secs()
             );
             publish(
@@ -174,6 +187,8 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     let mut meter = Meter::new(pgid);
+    let mut liveness = health::Liveness::default();
+    let mut was_live = true;
     loop {
         tokio::select! {
             status = workload.wait() => {
@@ -212,7 +227,24 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
             _ = health.tick() => {
                 let (memory, load) = meter.sample();
-                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: ports_open(&p).await, at_ms: nubo_bus::now_ms() };
+                // Alive: its ports open, not stopped (a stopped process still completes TCP
+                // handshakes), and answering its liveness path when it has one. Reported as
+                // `portsOpen: false` otherwise: the platform takes it for faulty and replaces it.
+                let stopped = health::stopped(pgid);
+                let answers = match liveness_path {
+                    Some((path, port)) if !stopped => liveness.record(health::http_ok(port, path).await),
+                    _ => true,
+                };
+                let live = !stopped && answers && ports_open(&p).await;
+                if live != was_live {
+                    if live {
+                        tracing::info!(member = %p.member_id, "healthy again");
+                    } else {
+                        tracing::warn!(member = %p.member_id, stopped, answers, "unhealthy: reported to the platform");
+                    }
+                    was_live = live;
+                }
+                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: live, at_ms: nubo_bus::now_ms() };
                 publish(&events, Event::MemberHealthStat(stat)).await;
             }
         }
@@ -307,8 +339,12 @@ fn start_workload(
 
 async fn stop_workload(child: &mut Child, pgid: i32, grace: Duration) {
     if pgid > 0 {
-        // SAFETY: plain kill(2) on the workload's process group.
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        // SAFETY: plain kill(2) on the workload's process group. A stopped process acts on
+        // SIGTERM only once continued (as systemd does, SIGCONT follows).
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+            libc::kill(-pgid, libc::SIGCONT);
+        }
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         tracing::warn!(

@@ -796,6 +796,15 @@ pub fn parameters(
             .unwrap_or(PORT_CHECK_TIMEOUT_SECS)
             .to_string(),
     );
+    // Health probes (docs/api.md): the cartridge's readiness and liveness paths.
+    for (property, parameter) in [
+        ("readinessPath", "READINESS_PATH"),
+        ("livenessPath", "LIVENESS_PATH"),
+    ] {
+        if let Some(path) = cluster.properties.get(property) {
+            p.insert(parameter.to_owned(), path.clone());
+        }
+    }
     p.insert(
         "TERMINATION_TIMEOUT".to_owned(),
         limits

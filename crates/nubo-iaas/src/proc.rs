@@ -18,6 +18,13 @@ pub fn start_time(pid: i32) -> Option<u64> {
     f.get(19)?.parse().ok()
 }
 
+/// Whether the process is stopped (`SIGSTOP`, `SIGTSTP`, or traced): state `T` or `t`.
+pub fn stopped(pid: i32) -> bool {
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|s| s == "T" || s == "t")
+}
+
 /// The process's session id.
 pub fn session(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(3)?.parse().ok()

@@ -185,6 +185,22 @@ fn check_properties(p: &mut Problems, field: &str, props: &Option<Vec<Property>>
         {
             p.add(format!("{field}[{i}].value"), e);
         }
+        if (prop.name == "readinessPath" || prop.name == "livenessPath")
+            && (!prop.value.starts_with('/')
+                || prop.value.len() > 1024
+                || prop
+                    .value
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control()))
+        {
+            p.add(
+                format!("{field}[{i}].value"),
+                format!(
+                    "property `{}` is an HTTP path: it starts with `/` and holds no space",
+                    prop.name
+                ),
+            );
+        }
         if !seen.insert(prop.name.as_str()) {
             p.add(
                 format!("{field}[{i}].name"),

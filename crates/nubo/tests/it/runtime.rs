@@ -740,3 +740,66 @@ async fn a_slow_cartridge_with_timeouts_above_its_start_becomes_active() {
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("property[0].value"), "{body}");
 }
+
+/// Health beyond open ports: a member with readiness and liveness paths becomes Active once its
+/// readiness path answers; its workload stopped (`SIGSTOP`: the kernel still completes TCP
+/// handshakes for it, so an open-port check would not see it) is reported unhealthy and replaced.
+#[tokio::test]
+async fn a_stopped_workload_is_found_unhealthy_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "probed", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": "8080"}],
+            "property": [{"name": "readinessPath", "value": "/ready"}, {"name": "livenessPath", "value": "/alive"}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "probed", "components": {"cartridges": [
+            {"type": "probed", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/probed/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let first = eventually(30, "the member Active", || async {
+        api.active("probed", "web")
+            .await
+            .first()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let payload = crate::support::member_payload(dir.path(), &first);
+    assert_eq!(
+        payload["parameters"]["LIVENESS_PATH"], "/alive",
+        "{payload}"
+    );
+    // Stop the workload (the agent's child).
+    let agent = crate::support::agent_pid(dir.path(), &first).unwrap();
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &agent.to_string()])
+        .output()
+        .unwrap();
+    let workload: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the workload's pid");
+    unsafe { libc::kill(workload, libc::SIGSTOP) };
+    let second = eventually(30, "replaced by a healthy member", || async {
+        let a = api.active("probed", "web").await;
+        (a.len() == 1 && a[0]["memberId"] != first.as_str())
+            .then(|| a[0]["memberId"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert_ne!(second, first);
+    assert!(
+        !crate::support::alive(workload),
+        "the stopped workload was killed with its member"
+    );
+}
