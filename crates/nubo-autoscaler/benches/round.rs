@@ -52,6 +52,7 @@ fn main() {
             let cluster_id = format!("{app}.c{c}.php.domain");
             clusters.push(ClusterPlan {
                 timeouts: Default::default(),
+                payload: Default::default(),
                 cluster_id: cluster_id.clone(),
                 alias: format!("c{c}"),
                 service_name: "php".into(),

@@ -41,6 +41,7 @@ fn state() -> ControllerState {
     for c in 0..2 {
         plans.push(ClusterPlan {
             timeouts: Default::default(),
+            payload: Default::default(),
             cluster_id: cluster_id(c),
             alias: format!("c{c}"),
             service_name: "php".into(),

@@ -837,6 +837,15 @@ pub fn parameters(
             .join("|"),
     );
     put("MIN_COUNT", cluster.min.to_string());
+    // Stratos' other keys: what the definitions give (the plan's), the member's own, and fixed
+    // ones of a platform without Stratos' internal members and primaries.
+    for (k, v) in &cluster.payload {
+        put(k, v.clone());
+    }
+    put("INSTANCE_ID", member.member_id.clone());
+    put("DEPENDENCY_CLUSTER_IDS", cluster.depends_on.join(","));
+    put("INTERNAL", "false".into());
+    put("PRIMARY", "false".into());
     for (k, v) in &cluster.properties {
         if let Some(key) = k.strip_prefix("payload_parameter.") {
             put(key, v.clone());

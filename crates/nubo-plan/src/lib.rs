@@ -139,6 +139,11 @@ pub struct ClusterPlan {
     pub properties: BTreeMap<String, String>,
     /// Enclosing group aliases, outermost first.
     pub group_path: Vec<String>,
+    /// Stratos' payload keys the definitions give (`MULTITENANT`, `TENANT_ID`, `TENANT_RANGE`,
+    /// `PROVIDER`, `REPO_URL`, `DEPENDENCY_ALIASES`, `PORT_MAPPINGS`, `GROUP_NAME`,
+    /// `DEPLOYMENT`), for the agent's payload (docs/api.md, "The member's payload").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub payload: BTreeMap<String, String>,
     /// Its members' timeouts, from the cartridge's or the subscription's properties (the
     /// server's defaults where they say nothing).
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
@@ -471,7 +476,54 @@ pub fn plan(
         );
         let timeouts = Timeouts::from_properties(&properties)
             .map_err(|e| PlanError(format!("cartridge `{alias}`: {e}")))?;
+        let mut payload = BTreeMap::new();
+        payload.insert("MULTITENANT".to_owned(), multi_tenant.to_string());
+        payload.insert("TENANT_ID".to_owned(), tenant_id.to_string());
+        payload.insert(
+            "TENANT_RANGE".to_owned(),
+            if multi_tenant {
+                "*".to_owned()
+            } else {
+                tenant_id.to_string()
+            },
+        );
+        payload.insert("DEPLOYMENT".to_owned(), "default".to_owned());
+        if let Some(p) = &cartridge.provider {
+            payload.insert("PROVIDER".to_owned(), p.clone());
+        }
+        if let Some(url) = c
+            .subscribable_info
+            .artifact_repository
+            .as_ref()
+            .and_then(|r| r.repo_url.clone())
+        {
+            payload.insert("REPO_URL".to_owned(), url);
+        }
+        if let Some(d) = &c.subscribable_info.dependency_aliases {
+            payload.insert("DEPENDENCY_ALIASES".to_owned(), d.join(","));
+        }
+        if let Some(g) = spec.group_path.last() {
+            payload.insert("GROUP_NAME".to_owned(), g.to_string());
+        }
+        let mappings: Vec<String> = cartridge
+            .port_mapping
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, pm)| {
+                format!(
+                    "NAME:{}|PROTOCOL:{}|PORT:{}|PROXY_PORT:{}|TYPE:{}",
+                    pm.name.clone().unwrap_or_else(|| format!("port-{}", i + 1)),
+                    pm.protocol,
+                    pm.port,
+                    pm.proxy_port.unwrap_or(0),
+                    pm.kubernetes_port_type.as_deref().unwrap_or("ClusterIP")
+                )
+            })
+            .collect();
+        payload.insert("PORT_MAPPINGS".to_owned(), mappings.join(";"));
         clusters.push(ClusterPlan {
+            payload,
             timeouts,
             cluster_id: cluster_id(app_id, alias, &c.cartridge_type),
             alias: alias.clone(),

@@ -144,6 +144,31 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
             .starts_with("10.")
     );
     assert_eq!(instances[0]["payload"]["MEMBER_ID"], victim.as_str());
+    // Stratos' payload keys (docs/api.md, "The member's payload").
+    let payload = &instances[0]["payload"];
+    for (key, value) in [
+        ("APPLICATION_ID", "single-cartridge-app"),
+        ("CARTRIDGE_ALIAS", "my-php"),
+        ("MULTITENANT", "false"),
+        ("TENANT_ID", "-1234"),
+        ("TENANT_RANGE", "-1234"),
+        ("REPO_URL", "https://github.com/lakwarus/single-cartridge.git"),
+        ("DEPLOYMENT", "default"),
+        ("INTERNAL", "false"),
+    ] {
+        assert_eq!(payload[key], value, "{key}: {payload}");
+    }
+    assert!(
+        payload["PORT_MAPPINGS"]
+            .as_str()
+            .unwrap()
+            .contains("PROTOCOL:http|PORT:"),
+        "{payload}"
+    );
+    assert!(
+        !payload.to_string().to_lowercase().contains("password"),
+        "no repository credential in a payload: {payload}"
+    );
     let before = instances.len();
     // Its replacement's first two starts fail, so that the application stays Inactive a while.
     let (code, _) = api
