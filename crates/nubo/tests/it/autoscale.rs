@@ -346,3 +346,55 @@ async fn a_burst_instance_scales_in_while_the_first_keeps_its_load() {
         "no request failed through the burst and its closing"
     );
 }
+
+#[tokio::test]
+async fn scaling_down_under_load_fails_no_request() {
+    // Members drained as they are scaled down: the load balancer stops sending them requests
+    // (maintenance mode) before their workload stops, and the requests they hold finish.
+    let dir = tempfile::tempdir().unwrap();
+    let server = fast_scaling_server(dir.path(), "2");
+    let api = Api::new(&server);
+    let proxy = free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "busy", "loadThresholds": {"requestsInFlight": {"threshold": 4}}})),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "slow", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "drain", "components": {"cartridges": [
+            {"type": "slow", "cartridgeMin": 1, "cartridgeMax": 3, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "busy", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/drain/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(30, "one member active", || async {
+        (api.active("drain", "web").await.len() == 1).then_some(())
+    })
+    .await;
+    let extra = Arc::new(AtomicBool::new(false));
+    let extra_clients = load(proxy, "drain.web.localhost", 9, extra.clone());
+    let base = Arc::new(AtomicBool::new(false));
+    let base_clients = load(proxy, "drain.web.localhost", 3, base.clone());
+    eventually(30, "scaled up to 3", || async {
+        (api.active("drain", "web").await.len() == 3).then_some(())
+    })
+    .await;
+    // Most of the load stops; 3 clients go on while the cluster scales back down to 1.
+    extra.store(true, Ordering::Relaxed);
+    eventually(40, "scaled down to 1 under load", || async {
+        let m = api.members("drain").await;
+        (m.len() == 1 && m[0].1["status"] == "Active").then_some(())
+    })
+    .await;
+    base.store(true, Ordering::Relaxed);
+    let mut failures = 0;
+    for c in extra_clients.into_iter().chain(base_clients) {
+        failures += c.await.unwrap();
+    }
+    assert_eq!(failures, 0, "no request failed while members were drained");
+}

@@ -152,7 +152,10 @@ async fn stratos_mock_samples_deploy_unchanged_and_a_vanished_instance_is_replac
         ("MULTITENANT", "false"),
         ("TENANT_ID", "-1234"),
         ("TENANT_RANGE", "-1234"),
-        ("REPO_URL", "https://github.com/lakwarus/single-cartridge.git"),
+        (
+            "REPO_URL",
+            "https://github.com/lakwarus/single-cartridge.git",
+        ),
         ("DEPLOYMENT", "default"),
         ("INTERNAL", "false"),
     ] {
