@@ -284,31 +284,7 @@ async fn a_burst_instance_scales_in_while_the_first_keeps_its_load() {
     let server = fast_scaling_server(dir.path(), "3");
     let api = Api::new(&server);
     let proxy = free_port();
-    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
-    let np = |id: &str| json!({"id": id, "provider": "local", "partitions": [{"id": "p1"}]});
-    let dp_np = |id: &str| json!({"id": id, "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]});
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "busy", "loadThresholds": {"requestsInFlight": {"threshold": 5}}})),
-        ("networkPartitions", np("np1")),
-        ("networkPartitions", np("np2")),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [dp_np("np1"), dp_np("np2")]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np1", "np2"],
-            "properties": [{"name": "networkPartitionGroups", "value": "np1,np2"}]})),
-        ("cartridges", json!({"type": "slow", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "burst", "components": {"cartridges": [
-            {"type": "slow", "cartridgeMin": 1, "cartridgeMax": 2, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "busy", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
-    let (status, body) = api
-        .post("/api/applications/burst/deploy/ap", json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    eventually(30, "one member active", || async {
-        (api.active("burst", "web").await.len() == 1).then_some(())
-    })
-    .await;
+    deploy_slow(&api, "burst", 2, 5, proxy, &["np1", "np2"]).await;
     let heavy = Arc::new(AtomicBool::new(false));
     let heavy_clients = load(proxy, "burst.web.localhost", 6, heavy.clone());
     let light = Arc::new(AtomicBool::new(false));
@@ -355,27 +331,7 @@ async fn scaling_down_under_load_fails_no_request() {
     let server = fast_scaling_server(dir.path(), "2");
     let api = Api::new(&server);
     let proxy = free_port();
-    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "busy", "loadThresholds": {"requestsInFlight": {"threshold": 4}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "slow", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "drain", "components": {"cartridges": [
-            {"type": "slow", "cartridgeMin": 1, "cartridgeMax": 3, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "busy", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
-    let (status, body) = api
-        .post("/api/applications/drain/deploy/ap", json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    eventually(30, "one member active", || async {
-        (api.active("drain", "web").await.len() == 1).then_some(())
-    })
-    .await;
+    deploy_slow(&api, "drain", 3, 4, proxy, &["np"]).await;
     let extra = Arc::new(AtomicBool::new(false));
     let extra_clients = load(proxy, "drain.web.localhost", 9, extra.clone());
     let base = Arc::new(AtomicBool::new(false));
@@ -397,4 +353,45 @@ async fn scaling_down_under_load_fails_no_request() {
         failures += c.await.unwrap();
     }
     assert_eq!(failures, 0, "no request failed while members were drained");
+}
+
+/// Adds and deploys application `app`: one cluster `web` of `slow.py` (1 to `max` members, scaling
+/// at `threshold` requests in flight each) behind `proxy`, over network partitions `nps` (one
+/// group each, in order: the first at deployment, the next ones for bursting); waits for its
+/// first member.
+async fn deploy_slow(api: &Api, app: &str, max: u32, threshold: u32, proxy: u16, nps: &[&str]) {
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    let mut artifacts = vec![(
+        "autoscalingPolicies",
+        json!({"id": "busy", "loadThresholds": {"requestsInFlight": {"threshold": threshold}}}),
+    )];
+    for np in nps {
+        artifacts.push((
+            "networkPartitions",
+            json!({"id": np, "provider": "local", "partitions": [{"id": "p1"}]}),
+        ));
+    }
+    let dp_nps: Vec<_> = nps
+        .iter()
+        .map(|np| json!({"id": np, "partitionAlgo": "one-after-another", "partitions": [{"id": "p1"}]}))
+        .collect();
+    artifacts.extend([
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": dp_nps})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": nps,
+            "properties": [{"name": "networkPartitionGroups", "value": nps.join(",")}]})),
+        ("cartridges", json!({"type": "slow", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": app, "components": {"cartridges": [
+            {"type": "slow", "cartridgeMin": 1, "cartridgeMax": max, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "busy", "deploymentPolicy": "dp"}}]}})),
+    ]);
+    api.add_all(&artifacts).await;
+    let (status, body) = api
+        .post(&format!("/api/applications/{app}/deploy/ap"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(30, "one member active", || async {
+        (api.active(app, "web").await.len() == 1).then_some(())
+    })
+    .await;
 }
