@@ -24,6 +24,7 @@ use nubo_iaas::{AgentPayload, proc};
 use tokio::process::Child;
 
 mod health;
+mod hooks;
 mod logs;
 
 /// How long the workload has to stop after SIGTERM before it is killed.
@@ -102,6 +103,28 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         tracing::warn!(bus = %nubo_bus::redact_url(&p.bus_url), "the bus is not reachable yet; starting anyway and reporting once it is");
     }
     wait_for_member(&events, &mut topology, &p.member_id).await;
+    // Extension hooks (the cartridge's extensionsDir), with the member's values.
+    let extensions = p
+        .parameters
+        .get("EXTENSIONS_DIR")
+        .map(std::path::PathBuf::from);
+    let mut hook_env = p.parameters.clone();
+    hook_env.insert(
+        "APPLICATION_PATH".into(),
+        workdir.join("app").display().to_string(),
+    );
+    if let Some(first) = p.ports.first() {
+        hook_env.insert("PORT".into(), first.port.to_string());
+    }
+    let app_dir = workdir.join("app");
+    if let Some(script) = hooks::hook(extensions.as_deref(), "InstanceStartedEvent")
+        && let Err(reason) = hooks::run(&script, "InstanceStartedEvent", &hook_env, &app_dir).await
+    {
+        tracing::error!(member = %p.member_id, %reason, "start hook failed");
+        report_failure(&events, &me, reason).await;
+        linger().await;
+        return Ok(2);
+    }
     // The rest of the topology is not this member's business: the broker stops sending it here
     // (every agent following every topology change would cost the platform a message per member
     // per change).
@@ -167,19 +190,22 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 )),
                 port_check.as_secs()
             );
-            publish(
-                &events,
-                Event::InstanceFailed {
-                    instance: me.clone(),
-                    reason,
-                },
-            )
-            .await;
+            report_failure(&events, &me, reason).await;
             stop_workload(&mut workload, pgid, stop_grace).await;
             linger().await;
             return Ok(2);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(script) = hooks::hook(extensions.as_deref(), "InstanceActivatedEvent")
+        && let Err(reason) =
+            hooks::run(&script, "InstanceActivatedEvent", &hook_env, &app_dir).await
+    {
+        tracing::error!(member = %p.member_id, %reason, "activation hook failed");
+        report_failure(&events, &me, reason).await;
+        stop_workload(&mut workload, pgid, stop_grace).await;
+        linger().await;
+        return Ok(2);
     }
     publish(&events, Event::InstanceActivated(me.clone())).await;
     tracing::info!(member = %p.member_id, after_ms = started.elapsed().as_millis() as u64, "member active");
@@ -213,6 +239,13 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                     publish(&events, Event::InstanceMaintenanceMode(me.clone())).await;
                     // Load balancers drop the member on this event; let them, before the workload goes.
                     tokio::time::sleep(DRAIN_DELAY).await;
+                    // The clean hook (Stratos' `clean` extension): a failure is reported in the
+                    // member's log; the member goes anyway.
+                    if let Some(script) = hooks::hook(extensions.as_deref(), "clean")
+                        && let Err(reason) = hooks::run(&script, "clean", &hook_env, &app_dir).await
+                    {
+                        tracing::error!(member = %p.member_id, %reason, "clean hook failed");
+                    }
                     stop_workload(&mut workload, pgid, stop_grace).await;
                     publish(&events, Event::InstanceReadyToShutdown(me.clone())).await;
                     tracing::info!(member = %p.member_id, "drained and stopped");
@@ -249,6 +282,18 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+/// Reports the member failed, with `reason` (its agent ends after this).
+async fn report_failure(events: &EventBus, me: &InstanceRef, reason: String) {
+    publish(
+        events,
+        Event::InstanceFailed {
+            instance: me.clone(),
+            reason,
+        },
+    )
+    .await;
 }
 
 /// Gives the MQTT connection a moment to send what was published before the process exits.

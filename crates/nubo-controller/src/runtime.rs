@@ -800,6 +800,7 @@ pub fn parameters(
     for (property, parameter) in [
         ("readinessPath", "READINESS_PATH"),
         ("livenessPath", "LIVENESS_PATH"),
+        ("extensionsDir", "EXTENSIONS_DIR"),
     ] {
         if let Some(path) = cluster.properties.get(property) {
             p.insert(parameter.to_owned(), path.clone());

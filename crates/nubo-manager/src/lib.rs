@@ -408,6 +408,17 @@ impl Manager {
         if T::KIND == Kind::NetworkPartition {
             return run_as_is_for_the_platform(&v);
         }
+        // A cartridge's extensionsDir names scripts on the platform's hosts that its members run.
+        let props = v.get("property").and_then(Value::as_array);
+        if let Some(j) = props
+            .into_iter()
+            .flatten()
+            .position(|prop| prop.get("name").and_then(Value::as_str) == Some("extensionsDir"))
+        {
+            return Err(ManagerError::Forbidden(format!(
+                "property[{j}]: extensionsDir names scripts on the platform's hosts that members run; only the platform's administrator (the super tenant's admin) may set it"
+            )));
+        }
         let providers = v.get("iaasProvider").and_then(Value::as_array);
         if let Some(i) = providers.into_iter().flatten().position(|e| {
             e.get("type")

@@ -690,11 +690,8 @@ async fn a_slow_cartridge_with_timeouts_above_its_start_becomes_active() {
         json!({"type": ty, "cartridgeMin": 1, "cartridgeMax": 1,
             "subscribableInfo": {"alias": ty, "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}})
     };
+    api.add_all(&basics()).await;
     api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
         ("cartridges", cartridge("patient", json!([
             {"name": "activationTimeout", "value": "20"},
             {"name": "portCheckTimeout", "value": "20"},
@@ -750,11 +747,8 @@ async fn a_stopped_workload_is_found_unhealthy_and_replaced() {
     let server = ServerProcess::start(dir.path());
     let api = Api::new(&server);
     let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    api.add_all(&basics()).await;
     api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
         ("cartridges", json!({"type": "probed", "category": "framework", "host": "localhost",
             "portMapping": [{"name": "http", "protocol": "http", "port": "8080"}],
             "property": [{"name": "readinessPath", "value": "/ready"}, {"name": "livenessPath", "value": "/alive"}],
@@ -802,4 +796,113 @@ async fn a_stopped_workload_is_found_unhealthy_and_replaced() {
         !crate::support::alive(workload),
         "the stopped workload was killed with its member"
     );
+}
+
+/// Extension hooks, as Stratos' agent runs them: `<extensionsDir>/<Event>.sh` with the member's
+/// values under Stratos' names; a failing start hook fails the member, with the hook's words.
+#[tokio::test]
+async fn extension_hooks_run_with_stratos_values_and_a_failure_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let hooks = tempfile::tempdir().unwrap();
+    let seen = hooks.path().join("seen");
+    let good = hooks.path().join("good");
+    let bad = hooks.path().join("bad");
+    std::fs::create_dir(&good).unwrap();
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(
+        good.join("InstanceStartedEvent.sh"),
+        format!(
+            "echo \"$EVENT $STRATOS_MEMBER_ID $STRATOS_CARTRIDGE_ALIAS $STRATOS_APPLICATION_PATH\" >> {}\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        good.join("InstanceActivatedEvent.sh"),
+        format!("echo \"$EVENT $STRATOS_PORT\" >> {}\n", seen.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        bad.join("InstanceStartedEvent.sh"),
+        "echo 'cannot set up the cache' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    let cartridge = |ty: &str, ext: &std::path::Path| {
+        json!({"type": ty, "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": "8080"}],
+            "property": [{"name": "extensionsDir", "value": ext.display().to_string()}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})
+    };
+    let sub = |ty: &str| {
+        json!({"type": ty, "cartridgeMin": 1, "cartridgeMax": 1,
+            "subscribableInfo": {"alias": ty, "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}})
+    };
+    api.add_all(&basics()).await;
+    api.add_all(&[
+        ("cartridges", cartridge("hooked", &good)),
+        ("cartridges", cartridge("broken", &bad)),
+        ("applications", json!({"applicationId": "hooks", "components": {"cartridges": [sub("hooked"), sub("broken")]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/hooks/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let member = eventually(30, "the hooked member Active", || async {
+        api.active("hooks", "hooked")
+            .await
+            .first()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let lines = eventually(10, "both hooks ran", || async {
+        let text = std::fs::read_to_string(&seen).unwrap_or_default();
+        (text.lines().count() >= 2).then_some(text)
+    })
+    .await;
+    let mut lines = lines.lines();
+    let started = lines.next().unwrap();
+    assert!(
+        started.starts_with(&format!("InstanceStartedEvent {member} hooked /")),
+        "{started}"
+    );
+    assert!(
+        lines.next().unwrap().starts_with("InstanceActivatedEvent "),
+        "activated hook"
+    );
+    // The broken cartridge's start hook fails: its members fail, saying why.
+    eventually(30, "the hook's failure shown", || async {
+        let (_, view) = api.get("/api/applications/hooks/runtime").await;
+        view.to_string()
+            .contains("cannot set up the cache")
+            .then_some(())
+    })
+    .await;
+    assert!(api.active("hooks", "broken").await.is_empty());
+}
+
+/// The policies and network partition the `local` tests deploy on: `asp` (memory, 95 %), `np`
+/// (one partition `p1`), `dp`, and the application policy `ap`.
+fn basics() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "autoscalingPolicies",
+            json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}}),
+        ),
+        (
+            "networkPartitions",
+            json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]}),
+        ),
+    ]
 }
