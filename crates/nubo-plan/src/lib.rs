@@ -673,13 +673,14 @@ fn scopes(app: &Application, inputs: &PlanInputs, clusters: &[ClusterPlan]) -> V
         scope.push(g.alias.clone());
         let deps = def.and_then(|d| d.dependencies.as_ref());
         let min = g.group_min_instances.unwrap_or(1).max(1);
+        let (scaling_dependents, scaling_dependent_groups) = dependents(deps, clusters, scope);
         out.push(ScopePlan {
             path: scope.clone(),
             min_instances: min,
             max_instances: g.group_max_instances.unwrap_or(min).max(min),
             termination: Termination::parse(deps.and_then(|d| d.termination_behaviour.as_deref())),
-            scaling_dependents: dependents(deps, clusters, scope).0,
-            scaling_dependent_groups: dependents(deps, clusters, scope).1,
+            scaling_dependents,
+            scaling_dependent_groups,
         });
         for child in g.groups.iter().flatten() {
             let child_def =
@@ -689,13 +690,14 @@ fn scopes(app: &Application, inputs: &PlanInputs, clusters: &[ClusterPlan]) -> V
         scope.pop();
     }
     let deps = app.components.dependencies.as_ref();
+    let (scaling_dependents, scaling_dependent_groups) = dependents(deps, clusters, &[]);
     let mut out = vec![ScopePlan {
         path: Vec::new(),
         min_instances: 1,
         max_instances: 1,
         termination: Termination::parse(deps.and_then(|d| d.termination_behaviour.as_deref())),
-        scaling_dependents: dependents(deps, clusters, &[]).0,
-        scaling_dependent_groups: dependents(deps, clusters, &[]).1,
+        scaling_dependents,
+        scaling_dependent_groups,
     }];
     for g in app.components.groups.iter().flatten() {
         walk(
