@@ -64,12 +64,9 @@ impl Liveness {
     }
 }
 
-/// Whether any process of the workload's group is stopped.
-pub fn stopped(pgid: i32) -> bool {
-    pgid > 0
-        && nubo_iaas::proc::group_members(pgid)
-            .into_iter()
-            .any(nubo_iaas::proc::stopped)
+/// Whether any of the workload's processes `pids` is stopped.
+pub fn stopped(pids: &[i32]) -> bool {
+    pids.iter().any(|p| nubo_iaas::proc::stopped(*p))
 }
 
 #[cfg(test)]
@@ -132,11 +129,12 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        assert!(!stopped(pid));
+        let group = || nubo_iaas::proc::group_members(pid);
+        assert!(!stopped(&group()));
         // SAFETY: signals to the test's own child.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !stopped(pid) {
+        while !stopped(&group()) {
             assert!(std::time::Instant::now() < deadline, "not seen stopped");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -212,7 +212,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
-    let mut meter = Meter::new(pgid);
+    let mut meter = Meter::new();
     let mut liveness = health::Liveness::default();
     let mut was_live = true;
     loop {
@@ -259,11 +259,13 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             _ = health.tick() => {
-                let (memory, load) = meter.sample();
+                // One scan of /proc a tick, for the meter and the health check.
+                let pids = if pgid > 0 { proc::group_members(pgid) } else { Vec::new() };
+                let (memory, load) = meter.sample(&pids);
                 // Alive: its ports open, not stopped (a stopped process still completes TCP
                 // handshakes), and answering its liveness path when it has one. Reported as
                 // `portsOpen: false` otherwise: the platform takes it for faulty and replaces it.
-                let stopped = health::stopped(pgid);
+                let stopped = health::stopped(&pids);
                 let answers = match liveness_path {
                     Some((path, port)) if !stopped => liveness.record(health::http_ok(port, path).await),
                     _ => true,
@@ -435,28 +437,27 @@ fn tail(path: &Path) -> String {
 /// Measures the workload's process group: memory as a percentage of the host's, CPU as a
 /// percentage of the cores.
 struct Meter {
-    pgid: i32,
     last: Option<(Instant, u64)>,
     memory: u64,
     cores: f64,
 }
 
 impl Meter {
-    fn new(pgid: i32) -> Self {
+    fn new() -> Self {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1) as f64;
         Meter {
-            pgid,
             last: None,
             memory: proc::host_memory(),
             cores,
         }
     }
 
-    fn sample(&mut self) -> (f64, f64) {
+    /// Memory and load of the workload's processes `pids`.
+    fn sample(&mut self, pids: &[i32]) -> (f64, f64) {
         let (mut cpu, mut rss) = (0u64, 0u64);
-        for pid in proc::group_members(self.pgid) {
+        for &pid in pids {
             if let Some((c, r)) = proc::usage(pid) {
                 cpu += c;
                 rss += r;

@@ -138,18 +138,16 @@ async fn remove<T: Artifact>(
 async fn decorate(s: &AppState, tenant: i64, app: &mut Application) -> Result<(), ApiError> {
     // Stratos: `Active` once the application is active in the topology, else the definition's
     // status (`Created`, `Deployed`, `Undeploying`).
-    let status = s.deployments.status(tenant, &app.application_id).await?;
-    let active = status == Some(DeploymentStatus::Deployed)
-        && s.deployments
-            .application_status(tenant, &app.application_id)
-            .await?
-            == Some(nubo_events::InstanceStatus::Active);
+    let status = s
+        .deployments
+        .application_status(tenant, &app.application_id)
+        .await?;
     app.status = Some(
         match status {
             None => "Created",
-            Some(DeploymentStatus::Deployed) if active => "Active",
-            Some(DeploymentStatus::Deployed) => "Deployed",
-            Some(DeploymentStatus::Undeploying) => "Undeploying",
+            Some((DeploymentStatus::Deployed, nubo_events::InstanceStatus::Active)) => "Active",
+            Some((DeploymentStatus::Deployed, _)) => "Deployed",
+            Some((DeploymentStatus::Undeploying, _)) => "Undeploying",
         }
         .to_owned(),
     );

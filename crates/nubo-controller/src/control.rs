@@ -106,15 +106,15 @@ pub trait ControlPlane: Send + Sync + 'static {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(s.deployments.get(application_id).map(|d| d.status))
     }
-    /// An application's status in the topology (`None`: not deployed).
+    /// An application's deployment status and its status in the topology (`None`: not deployed).
     async fn application_status(
         &self,
         application_id: &str,
-    ) -> Result<Option<InstanceStatus>, ControlError> {
+    ) -> Result<Option<(DeploymentStatus, InstanceStatus)>, ControlError> {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(s.deployments
             .get(application_id)
-            .map(|d| d.application_status()))
+            .map(|d| (d.status, d.application_status())))
     }
     /// The deployments of a tenant.
     async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {
@@ -187,11 +187,11 @@ impl ControlPlane for ControllerHandle {
     async fn application_status(
         &self,
         application_id: &str,
-    ) -> Result<Option<InstanceStatus>, ControlError> {
+    ) -> Result<Option<(DeploymentStatus, InstanceStatus)>, ControlError> {
         self.read(|s| {
             s.deployments
                 .get(application_id)
-                .map(|d| d.application_status())
+                .map(|d| (d.status, d.application_status()))
         })
         .ok_or_else(unreadable)
     }
@@ -308,11 +308,11 @@ impl ControlPlane for RemoteControl {
     async fn application_status(
         &self,
         application_id: &str,
-    ) -> Result<Option<InstanceStatus>, ControlError> {
+    ) -> Result<Option<(DeploymentStatus, InstanceStatus)>, ControlError> {
         self.read(|s, _| {
             s.deployments
                 .get(application_id)
-                .map(|d| d.application_status())
+                .map(|d| (d.status, d.application_status()))
         })
         .await
         .ok_or_else(unreadable)
@@ -548,7 +548,7 @@ impl ControlPlane for SwitchableControl {
     async fn application_status(
         &self,
         application_id: &str,
-    ) -> Result<Option<InstanceStatus>, ControlError> {
+    ) -> Result<Option<(DeploymentStatus, InstanceStatus)>, ControlError> {
         self.current().application_status(application_id).await
     }
     async fn deployments(&self, tenant: i64) -> Result<Vec<DeploymentSummary>, ControlError> {

@@ -117,13 +117,13 @@ impl<P: Planner> Deployments<P> {
         }
     }
 
-    /// `tenant`'s application's status in the topology (`None`: not deployed, or no controller
-    /// here).
+    /// `tenant`'s application's deployment status and its status in the topology, in one read
+    /// (`None`: not deployed, or no controller here).
     pub async fn application_status(
         &self,
         tenant: i64,
         application_id: &str,
-    ) -> Result<Option<nubo_events::InstanceStatus>, P> {
+    ) -> Result<Option<(DeploymentStatus, nubo_events::InstanceStatus)>, P> {
         match &self.control {
             Some(c) => Ok(c
                 .application_status(&runtime_id(tenant, application_id))

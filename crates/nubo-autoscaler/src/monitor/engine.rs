@@ -376,21 +376,11 @@ impl Engine {
                     let (mem, ld) = w.member(id, now, window_ms).unwrap_or((None, None));
                     (ld.unwrap_or(0.0) + mem.unwrap_or(0.0)) / 2.0
                 };
-                let partition = live().next().and_then(|first| {
-                    let placement = state
-                        .deployments
-                        .get(&c.application_id)?
-                        .plan
-                        .cluster(cluster)?
-                        .placements
-                        .iter()
-                        .find(|p| p.network_partition_id == first.network_partition_id)?;
-                    let mut per_partition = BTreeMap::new();
-                    for m in live() {
-                        *per_partition.entry(m.partition_id.clone()).or_insert(0u32) += 1;
-                    }
-                    nubo_controller::state::choose_victim_partition(placement, &per_partition)
-                });
+                let partition = state
+                    .deployments
+                    .get(&c.application_id)
+                    .and_then(|d| d.plan.cluster(cluster))
+                    .and_then(|plan| nubo_controller::state::victim_partition(plan, live()));
                 let victim = live()
                     .filter(|m| m.status == MemberStatus::Active)
                     .filter(|m| partition.as_ref().is_none_or(|p| &m.partition_id == p))

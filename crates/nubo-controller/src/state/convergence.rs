@@ -358,6 +358,10 @@ impl ControllerState {
         let Some(d) = self.deployments.get(app_id) else {
             return;
         };
+        // An application without groups has nothing to do here (most do: no pass over its slots).
+        if d.group_status.is_empty() && d.plan.clusters.iter().all(|c| c.group_path.is_empty()) {
+            return;
+        }
         // The statuses of the cluster instances inside each wanted group instance.
         let mut wanted: BTreeMap<String, Vec<Option<InstanceStatus>>> = BTreeMap::new();
         for c in &d.plan.clusters {

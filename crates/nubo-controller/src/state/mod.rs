@@ -591,6 +591,26 @@ pub fn choose_victim_partition(
     }
 }
 
+/// The partition of cluster `plan` to take one of the `live` members of an instance from when
+/// scaling down ([`choose_victim_partition`] over their placement); `None` when their network
+/// partition has no placement (any member may go then).
+pub fn victim_partition<'a>(
+    plan: &ClusterPlan,
+    live: impl IntoIterator<Item = &'a Member>,
+) -> Option<String> {
+    let mut live = live.into_iter().peekable();
+    let np = live.peek()?.network_partition_id.clone();
+    let placement = plan
+        .placements
+        .iter()
+        .find(|p| p.network_partition_id == np)?;
+    let mut per_partition = BTreeMap::new();
+    for m in live {
+        *per_partition.entry(m.partition_id.clone()).or_insert(0u32) += 1;
+    }
+    choose_victim_partition(placement, &per_partition)
+}
+
 /// The partition for the next member: `one-after-another` fills partitions in order;
 /// `round-robin` picks the partition with the fewest members (the first on a tie). Partitions
 /// at their `partitionMax` are skipped; `None` when every partition is full.

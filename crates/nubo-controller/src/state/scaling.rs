@@ -161,17 +161,7 @@ impl ControllerState {
             return;
         }
         // The partition algorithm chooses the partition; the newest member there goes.
-        let from = live.first().and_then(|m| {
-            let placement = plan
-                .placements
-                .iter()
-                .find(|p| p.network_partition_id == m.network_partition_id)?;
-            let mut per_partition = BTreeMap::new();
-            for m in &live {
-                *per_partition.entry(m.partition_id.clone()).or_insert(0u32) += 1;
-            }
-            choose_victim_partition(placement, &per_partition)
-        });
+        let from = victim_partition(&plan, live.iter().copied());
         let victim = match member_id {
             Some(id) => live.iter().find(|m| m.member_id == id).copied(),
             None => live

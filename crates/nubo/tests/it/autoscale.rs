@@ -253,25 +253,6 @@ async fn a_group_with_a_startup_order_scales_two_clusters_on_two_factors() {
     .await;
 }
 
-/// The application instances of `app`'s runtime view: (instance id, network partition).
-async fn instances(api: &Api, app: &str) -> Vec<(String, String)> {
-    let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
-    view["applicationInstances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| {
-            (
-                i["instanceId"].as_str().unwrap_or_default().to_owned(),
-                i["networkPartitionId"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_burst_instance_scales_in_while_the_first_keeps_its_load() {
     // Real traffic through the load balancer, which counts requests per cluster instance. The
@@ -290,15 +271,15 @@ async fn a_burst_instance_scales_in_while_the_first_keeps_its_load() {
     let light = Arc::new(AtomicBool::new(false));
     let light_clients = load(proxy, "burst.web.localhost", 7, light.clone());
     eventually(40, "a burst instance in np2 with its member", || async {
-        let i = instances(&api, "burst").await;
-        (i.iter().any(|(_, np)| np == "np2") && api.active("burst", "web").await.len() == 3)
+        let i = crate::mock::app_instances(&api, "burst").await;
+        (i.iter().any(|(_, np, _)| np == "np2") && api.active("burst", "web").await.len() == 3)
             .then_some(())
     })
     .await;
     // Some of the traffic stops: the burst instance closes; the first keeps its 2 members.
     heavy.store(true, Ordering::Relaxed);
     eventually(40, "the burst instance closed", || async {
-        let i = instances(&api, "burst").await;
+        let i = crate::mock::app_instances(&api, "burst").await;
         (i.len() == 1 && i[0].1 == "np1").then_some(())
     })
     .await;
@@ -309,7 +290,7 @@ async fn a_burst_instance_scales_in_while_the_first_keeps_its_load() {
     })
     .await;
     crate::support::holds(Duration::from_secs(4), "no burst again", || async {
-        instances(&api, "burst").await.len() == 1
+        crate::mock::app_instances(&api, "burst").await.len() == 1
     })
     .await;
     light.store(true, Ordering::Relaxed);

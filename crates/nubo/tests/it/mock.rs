@@ -482,7 +482,7 @@ async fn autoscalers_of_their_own_elect_one_and_the_standby_takes_over() {
 }
 
 /// The runtime view's application instances: `(instance id, network partition, status)`.
-async fn app_instances(api: &Api, app: &str) -> Vec<(String, String, String)> {
+pub(crate) async fn app_instances(api: &Api, app: &str) -> Vec<(String, String, String)> {
     let (_, view) = api.get(&format!("/api/applications/{app}/runtime")).await;
     view["applicationInstances"]
         .as_array()
