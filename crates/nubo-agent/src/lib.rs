@@ -20,7 +20,7 @@ use anyhow::Context;
 use nubo_bus::EventBus;
 use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberStatus};
 pub use nubo_iaas::record_agent;
-use nubo_iaas::{AgentPayload, proc};
+use nubo_iaas::{API_CA_PARAMETER, AgentPayload, proc};
 use tokio::process::Child;
 
 mod health;
@@ -57,12 +57,20 @@ pub fn port_env_name(name: &str) -> String {
 pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let text = std::fs::read(payload_file)
         .with_context(|| format!("cannot read the payload {}", payload_file.display()))?;
-    let p: AgentPayload = serde_json::from_slice(&text)
+    let mut p: AgentPayload = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not an agent payload", payload_file.display()))?;
     let workdir = payload_file
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    // The API's certificate (when it is the server's self-signed one): a file the workload's
+    // clients of the metadata service can trust, named by METADATA_SERVICE_CA.
+    if let Some(pem) = p.parameters.remove(API_CA_PARAMETER) {
+        let path = workdir.join("api-ca.pem");
+        std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+        p.parameters
+            .insert("METADATA_SERVICE_CA".into(), path.display().to_string());
+    }
     let me = InstanceRef {
         application_id: p.application_id.clone(),
         service_name: p.service_name.clone(),

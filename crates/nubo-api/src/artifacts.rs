@@ -182,7 +182,11 @@ async fn remove_application(
     Path(id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
     s.deployments.ensure_not_deployed(p.tenant_id, &id).await?;
-    remove::<Application>(State(s), Extension(p), Path(id)).await
+    let tenant = p.tenant_id;
+    let answer = remove::<Application>(State(s.clone()), Extension(p), Path(id.clone())).await?;
+    // Its metadata goes with it (normally gone at the undeploy already).
+    s.manager.clear_metadata(tenant, &id).await?;
+    Ok(answer)
 }
 
 async fn deploy(
@@ -211,6 +215,8 @@ async fn undeploy(
     Query(q): Query<Force>,
 ) -> Result<Response, ApiError> {
     s.deployments.undeploy(p.tenant_id, &id, q.force).await?;
+    // As Stratos clears it when the application's clusters go: a new deployment starts afresh.
+    s.manager.clear_metadata(p.tenant_id, &id).await?;
     let msg = Message::success(format!(
         "Application undeployed successfully: [application-id] {id}"
     ));

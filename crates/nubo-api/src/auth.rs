@@ -18,6 +18,25 @@ pub async fn require_basic(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let credentials = basic_credentials(&req)?;
+    let principal = basic_principal(&state, credentials).await?;
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+/// The user that Basic credentials (of [`basic_credentials`]) prove.
+pub async fn basic_principal(
+    state: &AppState,
+    (client, user, password): (String, String, String),
+) -> Result<nubo_manager::Principal, ApiError> {
+    Ok(state
+        .manager
+        .authenticate(&client, &user, &password)
+        .await?)
+}
+
+/// The client's address, user and password of a request's Basic credentials.
+pub fn basic_credentials(req: &Request) -> Result<(String, String, String), ApiError> {
     let missing = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -47,7 +66,5 @@ pub async fn require_basic(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|| "local".to_owned());
-    let principal = state.manager.authenticate(&client, user, password).await?;
-    req.extensions_mut().insert(principal);
-    Ok(next.run(req).await)
+    Ok((client, user.to_owned(), password.to_owned()))
 }

@@ -59,7 +59,9 @@ impl ApiError {
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         let status = match &e {
-            ManagerError::Parse { .. } | ManagerError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ManagerError::Parse { .. }
+            | ManagerError::Invalid { .. }
+            | ManagerError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ManagerError::NotFound { .. } => StatusCode::NOT_FOUND,
             ManagerError::Conflict { .. }
             | ManagerError::InUse { .. }

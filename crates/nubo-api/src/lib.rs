@@ -28,6 +28,7 @@ pub mod access;
 pub mod artifacts;
 mod auth;
 pub mod error;
+pub mod metadata;
 pub mod metrics;
 mod mock;
 pub mod openapi;
@@ -58,6 +59,8 @@ pub struct AppState {
     registry: RwLock<Registry>,
     /// The mock IaaS, when the server offers it.
     mock: OnceLock<Arc<nubo_mock::MockIaas>>,
+    /// The platform's bus (with its key): checks members' tokens, carries what the API publishes.
+    bus: OnceLock<nubo_bus::EventBus>,
     metrics: metrics::ApiMetrics,
 }
 
@@ -82,6 +85,7 @@ impl AppState {
             scaling: OnceLock::new(),
             registry: RwLock::new(registry),
             mock: OnceLock::new(),
+            bus: OnceLock::new(),
             metrics,
         };
         if let Some(log) = scaling {
@@ -118,6 +122,17 @@ impl AppState {
     pub fn register_metrics(&self, register: impl FnOnce(&mut Registry)) {
         let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
         register(&mut registry);
+    }
+
+    /// The same state with the platform's bus: members' tokens are checked with its key.
+    pub fn with_bus(self: Arc<Self>, bus: nubo_bus::EventBus) -> Arc<Self> {
+        let _ = self.bus.set(bus);
+        self
+    }
+
+    /// The platform's bus, when the server gave it.
+    pub fn bus(&self) -> Option<&nubo_bus::EventBus> {
+        self.bus.get()
     }
 
     /// The mock IaaS, when this server offers it.
@@ -175,6 +190,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/api/health", get(health))
         .merge(authed)
+        .nest("/metadata/api", metadata::routes(state.clone()))
         .route_layer(from_fn_with_state(state.clone(), metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

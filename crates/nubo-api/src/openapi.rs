@@ -586,6 +586,7 @@ pub fn document() -> OpenApi {
         }
         paths.add_path_operation(path, vec![method], o.build());
     }
+    metadata_paths(&mut paths);
     paths.add_path_operation(
         "/api/init",
         vec![HttpMethod::Get],
@@ -644,9 +645,14 @@ pub fn document() -> OpenApi {
     let mut components = ComponentsBuilder::new()
         .schema("Message", Message::schema())
         .schema("FieldError", FieldError::schema())
+        .schema("Property", nubo_manager::metadata::Property::schema())
         .security_scheme(
             "basic",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        )
+        .security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     components = collect::<NetworkPartition>(components);
     components = collect::<DeploymentPolicy>(components);
@@ -662,7 +668,7 @@ pub fn document() -> OpenApi {
                 .title("Nubo API")
                 .version("4.1")
                 .description(Some(
-                    "The Stratos 4.1 REST API as served by Nubo, under /api and /api/v4.1. Every route but /health needs HTTP Basic credentials.",
+                    "The Stratos 4.1 REST API as served by Nubo, under /api and /api/v4.1, and Stratos' metadata service under /metadata/api. Every route but /health needs HTTP Basic credentials; the metadata service also takes a member's token (its payload's TOKEN) as a bearer token.",
                 ))
                 .build(),
         )
@@ -670,6 +676,118 @@ pub fn document() -> OpenApi {
         .components(Some(components.build()))
         .security(Some(vec![SecurityRequirement::new("basic", Vec::<String>::new())]))
         .build()
+}
+
+/// The metadata service (Stratos' `/metadata/api`): a member's bearer token or a user's Basic
+/// credentials.
+fn metadata_paths(paths: &mut Paths) {
+    let property = || json_content(Ref::from_schema_name("Property"));
+    let properties = || json_content(ArrayBuilder::new().items(Ref::from_schema_name("Property")));
+    let with_params = |mut o: OperationBuilder, path: &str| {
+        for seg in path.split('/').filter(|s| s.starts_with('{')) {
+            o = o.parameter(id_param(seg.trim_matches(|c| c == '{' || c == '}')));
+        }
+        o.security(SecurityRequirement::new("basic", Vec::<String>::new()))
+            .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
+            .response(
+                "403",
+                message("A member of another application, or a user who may not write"),
+            )
+    };
+    let reads: &[(&str, &str, &str, bool)] = &[
+        (
+            "/metadata/api/applications/{app}/properties",
+            "metadata_application_properties",
+            "The application's properties",
+            true,
+        ),
+        (
+            "/metadata/api/applications/{app}/properties/{name}",
+            "metadata_application_property",
+            "One key of the application's properties",
+            false,
+        ),
+        (
+            "/metadata/api/applications/{app}/clusters/{cluster}/properties",
+            "metadata_cluster_properties",
+            "A cluster's properties",
+            true,
+        ),
+        (
+            "/metadata/api/applications/{app}/cluster/{cluster}/properties/{name}",
+            "metadata_cluster_property",
+            "One key of a cluster's properties (Stratos' path)",
+            false,
+        ),
+        (
+            "/metadata/api/applications/{app}/clusters/{cluster}/properties/{name}",
+            "metadata_cluster_property_plural",
+            "One key of a cluster's properties",
+            false,
+        ),
+    ];
+    for (path, id, summary, many) in reads.iter().copied() {
+        let ok = ResponseBuilder::new()
+            .description("Found")
+            .content(
+                "application/json",
+                if many { properties() } else { property() },
+            )
+            .build();
+        let o = with_params(op(id.into(), summary.into(), "metadata"), path)
+            .response("200", ok)
+            .response("404", message("No such application, or no such key"));
+        paths.add_path_operation(path, vec![HttpMethod::Get], o.build());
+    }
+    for (path, id, summary) in [
+        (
+            "/metadata/api/applications/{app}/properties",
+            "metadata_add_application_property",
+            "Add values to a key of the application's (kept values stay, repeats are skipped)",
+        ),
+        (
+            "/metadata/api/applications/{app}/clusters/{cluster}/properties",
+            "metadata_add_cluster_property",
+            "Add values to a key of a cluster's",
+        ),
+    ] {
+        let o = with_params(op(id.into(), summary.into(), "metadata"), path)
+            .request_body(Some(
+                RequestBodyBuilder::new()
+                    .content("application/json", property())
+                    .required(Some(Required::True))
+                    .build(),
+            ))
+            .response("201", message("Added"))
+            .response(
+                "400",
+                message("Not a property, or beyond a bound (the field says which)"),
+            )
+            .response("404", message("No such application"));
+        paths.add_path_operation(path, vec![HttpMethod::Post], o.build());
+    }
+    for (path, id, summary) in [
+        (
+            "/metadata/api/applications/{app}/properties",
+            "metadata_delete_application",
+            "Delete all of the application's metadata",
+        ),
+        (
+            "/metadata/api/applications/{app}/properties/{name}",
+            "metadata_delete_property",
+            "Delete a key of the application's properties",
+        ),
+        (
+            "/metadata/api/applications/{app}/properties/{name}/value/{value}",
+            "metadata_delete_value",
+            "Delete one value of a key",
+        ),
+    ] {
+        let o = with_params(op(id.into(), summary.into(), "metadata"), path)
+            .response("200", message("Deleted"))
+            .response("404", message("No such application, key or value"));
+        paths.add_path_operation(path, vec![HttpMethod::Delete], o.build());
+    }
 }
 
 /// The document as pretty JSON (computed once).

@@ -489,6 +489,30 @@ impl EventBus {
         }
     }
 
+    /// The token of `member_id` for the platform's HTTP services (its payload's `TOKEN`),
+    /// platform components only.
+    pub fn member_token(&self, member_id: &str) -> Option<String> {
+        match self.auth.as_ref() {
+            BusAuth::Platform(k) | BusAuth::PlatformRotating { current: k, .. } => {
+                Some(k.member_token(member_id))
+            }
+            _ => None,
+        }
+    }
+
+    /// The member a token names, if the platform's key (or, while it rotates, the previous one)
+    /// issued it; `None` in a process without the platform's key.
+    pub fn member_of_token(&self, token: &str) -> Option<String> {
+        let keys: Vec<&BusKey> = match self.auth.as_ref() {
+            BusAuth::Platform(k) => vec![k],
+            BusAuth::PlatformRotating { current, previous } => vec![current, previous],
+            _ => Vec::new(),
+        };
+        keys.into_iter()
+            .find_map(|k| k.member_of_token(token))
+            .map(str::to_owned)
+    }
+
     /// The underlying bus.
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.bus

@@ -291,6 +291,45 @@ pub enum UserCommand {
     },
 }
 
+/// The metadata service: keys with values per application and per cluster, which members
+/// exchange at run time (Stratos' `/metadata/api`).
+#[derive(Debug, Clone, Subcommand)]
+pub enum MetadataCommand {
+    /// Show an application's metadata (or a cluster's, or one key)
+    Get {
+        /// Application id
+        app: String,
+        /// One key only
+        key: Option<String>,
+        /// A cluster's metadata instead of the application's
+        #[arg(long, value_name = "CLUSTER_ID")]
+        cluster: Option<String>,
+    },
+    /// Add values to a key (values already there stay; repeats are skipped)
+    Add {
+        /// Application id
+        app: String,
+        /// The key
+        key: String,
+        /// The values to add
+        #[arg(required = true)]
+        values: Vec<String>,
+        /// To a cluster's metadata instead of the application's
+        #[arg(long, value_name = "CLUSTER_ID")]
+        cluster: Option<String>,
+    },
+    /// Delete an application's metadata, a key of it, or one value of a key
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Application id
+        app: String,
+        /// The key (without it: all of the application's metadata)
+        key: Option<String>,
+        /// One value of the key
+        value: Option<String>,
+    },
+}
+
 /// Application commands: the artifact commands plus deployment.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ApplicationCommand {
@@ -379,6 +418,9 @@ pub enum Command {
         /// Application id
         id: String,
     },
+    /// The metadata service: what an application's members exchange at run time
+    #[command(subcommand)]
+    Metadata(MetadataCommand),
     /// Kubernetes clusters and their hosts
     #[command(subcommand, name = "kubernetes-cluster", visible_alias = "k8s")]
     KubernetesCluster(KubernetesCommand),
@@ -555,6 +597,7 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             render::scaling_events(out, &v);
             Ok(())
         }
+        Command::Metadata(c) => metadata(&client, out, c).await,
         Command::KubernetesCluster(KubernetesCommand::Artifact(c)) => {
             artifact(&client, out, "kubernetesClusters", c).await
         }
@@ -786,5 +829,65 @@ fn write_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(data)?;
+    Ok(())
+}
+
+/// The metadata service's path of an application's (or one of its clusters') properties.
+fn properties_path(app: &str, cluster: Option<&str>) -> String {
+    use client::escape;
+    match cluster {
+        Some(c) => format!(
+            "/metadata/api/applications/{}/clusters/{}/properties",
+            escape(app),
+            escape(c)
+        ),
+        None => format!("/metadata/api/applications/{}/properties", escape(app)),
+    }
+}
+
+async fn metadata(client: &ApiClient, out: Output, c: &MetadataCommand) -> anyhow::Result<()> {
+    use client::escape;
+    match c {
+        MetadataCommand::Get { app, key, cluster } => {
+            let base = properties_path(app, cluster.as_deref());
+            let path = match key {
+                Some(k) => format!("{base}/{}", escape(k)),
+                None => base,
+            };
+            let v = client.send("GET", &path, None).await?;
+            match out {
+                Output::Json => render::json(&v),
+                Output::Table => {
+                    let rows = match &v {
+                        Value::Array(a) => a.clone(),
+                        one => vec![one.clone()],
+                    };
+                    render::properties(&rows);
+                }
+            }
+        }
+        MetadataCommand::Add {
+            app,
+            key,
+            values,
+            cluster,
+        } => {
+            let path = properties_path(app, cluster.as_deref());
+            let body = serde_json::to_vec(&serde_json::json!({"key": key, "values": values}))?;
+            let v = client.send("POST", &path, Some(body)).await?;
+            render::message(out, &v);
+        }
+        MetadataCommand::Delete { app, key, value } => {
+            let mut path = format!("/metadata/api/applications/{}/properties", escape(app));
+            if let Some(k) = key {
+                path.push_str(&format!("/{}", escape(k)));
+                if let Some(v) = value {
+                    path.push_str(&format!("/value/{}", escape(v)));
+                }
+            }
+            let v = client.send("DELETE", &path, None).await?;
+            render::message(out, &v);
+        }
+    }
     Ok(())
 }

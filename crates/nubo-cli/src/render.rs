@@ -12,6 +12,21 @@ pub fn json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// Prints metadata properties (`{"key","values"}`) as a table.
+pub fn properties(rows: &[Value]) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(vec!["KEY", "VALUES"]);
+    for r in rows {
+        t.add_row(vec![
+            s(r, "key"),
+            join(arr(r, "values").map(|v| v.as_str().unwrap_or_default().to_owned())),
+        ]);
+    }
+    println!("{t}");
+}
+
 /// Prints a `{"status","message"}` answer.
 pub fn message(out: Output, v: &Value) {
     match out {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nubo_bus::EventBus;
 use nubo_events::view::{ApplicationRuntime, MemberPage};
-use nubo_events::{Event, InstanceStatus};
+use nubo_events::{Event, InstanceStatus, Member};
 use nubo_store::Store;
 
 use crate::journal::Replica;
@@ -137,6 +137,11 @@ pub trait ControlPlane: Send + Sync + 'static {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(crate::view::runtime_view(&s, application_id))
     }
+    /// A member of the topology and its application's tenant (`None`: no such member now).
+    async fn member(&self, member_id: &str) -> Result<Option<(Member, i64)>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(member_of(&s, member_id))
+    }
     /// A page of an application's members (`None`: not deployed).
     async fn members(
         &self,
@@ -147,6 +152,12 @@ pub trait ControlPlane: Send + Sync + 'static {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(crate::view::member_page(&s, application_id, offset, limit))
     }
+}
+
+fn member_of(s: &ControllerState, member_id: &str) -> Option<(Member, i64)> {
+    let m = s.topology.member(member_id)?;
+    let tenant = s.deployments.get(&m.application_id)?.plan.tenant_id;
+    Some((m.clone(), tenant))
 }
 
 fn summaries(s: &ControllerState, tenant: i64) -> Vec<DeploymentSummary> {
@@ -203,6 +214,10 @@ impl ControlPlane for ControllerHandle {
         cluster_id: &str,
     ) -> Result<Option<nubo_events::Cluster>, ControlError> {
         self.read(|s| s.topology.clusters.get(cluster_id).cloned())
+            .ok_or_else(unreadable)
+    }
+    async fn member(&self, member_id: &str) -> Result<Option<(Member, i64)>, ControlError> {
+        self.read(|s| member_of(s, member_id))
             .ok_or_else(unreadable)
     }
     async fn runtime(
@@ -329,6 +344,12 @@ impl ControlPlane for RemoteControl {
         cluster_id: &str,
     ) -> Result<Option<nubo_events::Cluster>, ControlError> {
         self.read(|s, _| s.topology.clusters.get(cluster_id).cloned())
+            .await
+            .ok_or_else(unreadable)
+    }
+
+    async fn member(&self, member_id: &str) -> Result<Option<(Member, i64)>, ControlError> {
+        self.read(|s, _| member_of(s, member_id))
             .await
             .ok_or_else(unreadable)
     }
@@ -559,6 +580,9 @@ impl ControlPlane for SwitchableControl {
         cluster_id: &str,
     ) -> Result<Option<nubo_events::Cluster>, ControlError> {
         self.current().cluster(cluster_id).await
+    }
+    async fn member(&self, member_id: &str) -> Result<Option<(Member, i64)>, ControlError> {
+        self.current().member(member_id).await
     }
     async fn runtime(
         &self,
@@ -806,6 +830,7 @@ mod tests {
             bus_url: String::new(),
             fence: None,
             timeouts: Default::default(),
+            platform_api: None,
         };
         let controller = crate::Controller::start(store.clone(), events.clone(), config)
             .await

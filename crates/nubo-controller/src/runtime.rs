@@ -60,6 +60,18 @@ pub struct ControllerConfig {
     /// token: every state write is fenced with it, and the controller stops (acting on nothing
     /// more) the moment a write is refused because another controller took over.
     pub fence: Option<Fence>,
+    /// Where members reach the platform's API (the metadata service): `None`, no metadata
+    /// service for members (no `METADATA_SERVICE_URL` nor `TOKEN` in their payloads).
+    pub platform_api: Option<PlatformApi>,
+}
+
+/// How members reach the platform's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformApi {
+    /// The API's URL as members see it (`https://127.0.0.1:9443`).
+    pub url: String,
+    /// The certificate to trust for it (PEM), when it is the server's own self-signed one.
+    pub ca_pem: Option<String>,
 }
 
 /// A lease name and the fencing token this controller holds it with.
@@ -563,7 +575,13 @@ impl Runner {
                     image,
                     cluster,
                 } => starts.entry(provider).or_default().push(MemberSpec {
-                    parameters: parameters(&member, &cluster, self.config.timeouts),
+                    parameters: {
+                        let mut p = parameters(&member, &cluster, self.config.timeouts);
+                        if let Some(api) = &self.config.platform_api {
+                            add_platform_api(&mut p, api);
+                        }
+                        p
+                    },
                     run_as: cluster
                         .placements
                         .iter()
@@ -853,6 +871,19 @@ pub fn parameters(
         }
     }
     p
+}
+
+/// Where the member finds the metadata service (Stratos' `/metadata/api`, on the platform's API),
+/// and the certificate to trust for it. The member's `TOKEN` is added by whoever starts it, with
+/// the platform's key.
+pub fn add_platform_api(p: &mut BTreeMap<String, String>, api: &PlatformApi) {
+    p.insert(
+        "METADATA_SERVICE_URL".to_owned(),
+        format!("{}/metadata/api", api.url.trim_end_matches('/')),
+    );
+    if let Some(pem) = &api.ca_pem {
+        p.insert(nubo_iaas::API_CA_PARAMETER.to_owned(), pem.clone());
+    }
 }
 
 /// Exposes the topology to Prometheus: members by status, clusters, deployments.

@@ -86,6 +86,33 @@ impl BusKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// The member's token for the platform's HTTP services (the metadata service, its
+    /// repository's credentials): `<member id>.<64 hex digits>`, derived from the platform's key
+    /// (`metadata/v1/<member>`, independent of the member's bus key). A process that holds the
+    /// platform's key checks it with [`BusKey::member_of_token`], without any stored state.
+    pub fn member_token(&self, member_id: &str) -> String {
+        format!("{member_id}.{}", hex::encode(self.token_mac(member_id)))
+    }
+
+    /// The member a token of [`BusKey::member_token`] was issued to, if it was issued with this key.
+    /// The comparison takes the same time whatever the token.
+    pub fn member_of_token<'t>(&self, token: &'t str) -> Option<&'t str> {
+        let (member, mac) = token.rsplit_once('.')?;
+        let given = hex::decode(mac).ok()?;
+        let mut check = self.mac();
+        check.update(b"metadata/v1/");
+        check.update(member.as_bytes());
+        check.verify_slice(&given).ok()?;
+        Some(member)
+    }
+
+    fn token_mac(&self, member_id: &str) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(b"metadata/v1/");
+        mac.update(member_id.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     fn mac(&self) -> HmacSha256 {
         // HMAC takes a key of any length: this cannot fail.
         <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!())
@@ -659,5 +686,28 @@ mod tests {
         assert_ne!(k.member_key("a"), k.member_key("b"));
         assert_eq!(k.member_key("a"), k.member_key("a"));
         assert_eq!(format!("{k:?}"), "BusKey(…)");
+    }
+
+    #[test]
+    fn a_member_token_names_its_member_and_nothing_else_passes() {
+        let k = BusKey::generate();
+        let t = k.member_token("app.web.member-1");
+        assert_eq!(k.member_of_token(&t), Some("app.web.member-1"));
+        // Another member's name on this member's proof, another key, a changed digit, garbage.
+        let (_, mac) = t.rsplit_once('.').unwrap();
+        assert_eq!(k.member_of_token(&format!("app.web.member-2.{mac}")), None);
+        assert_eq!(BusKey::generate().member_of_token(&t), None);
+        let mut bad = t.clone();
+        let last = bad.pop().unwrap();
+        bad.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(k.member_of_token(&bad), None);
+        for junk in ["", ".", "m.", "m.zz", "nodot"] {
+            assert_eq!(k.member_of_token(junk), None, "{junk}");
+        }
+        // Not the member's bus key: a member cannot make another member's token from its own.
+        assert_ne!(
+            k.member_key("m").to_hex(),
+            k.member_token("m").rsplit_once('.').unwrap().1
+        );
     }
 }

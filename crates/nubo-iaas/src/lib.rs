@@ -18,7 +18,7 @@ use nubo_events::{ClusterPort, Member, MemberPort};
 pub mod payload;
 pub mod proc;
 
-pub use payload::{AgentPayload, AgentRecord, base_environment, record_agent};
+pub use payload::{API_CA_PARAMETER, AgentPayload, AgentRecord, base_environment, record_agent};
 
 /// A member to start: everything a provider needs, and nothing of the plan it came from.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{MemberSpec, proc};
 
+/// The payload parameter that carries the platform API's certificate (PEM): the agent writes it
+/// to a file and gives the workload that file's path (`METADATA_SERVICE_CA`), never the text.
+pub const API_CA_PARAMETER: &str = "NUBO_API_CA_PEM";
+
 /// What the agent reads at start: `<workdir>/payload.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

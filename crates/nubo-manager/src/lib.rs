@@ -23,6 +23,7 @@ use serde_json::Value;
 
 mod auth;
 pub mod kubernetes;
+pub mod metadata;
 mod sealing;
 mod secrets;
 mod tenants;
@@ -101,6 +102,15 @@ pub enum ManagerError {
         /// Seconds to wait.
         retry_after_secs: u64,
     },
+    /// The request breaks a rule of something that is not an artifact (the metadata
+    /// service's bounds); each problem names its field.
+    #[error("{message}")]
+    BadRequest {
+        /// What was refused.
+        message: String,
+        /// Every problem found.
+        errors: Vec<FieldError>,
+    },
     /// The store is unavailable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -121,7 +131,9 @@ impl ManagerError {
                 field: error.field(),
                 reason: error.to_string(),
             }],
-            ManagerError::Invalid { errors, .. } => errors.clone(),
+            ManagerError::Invalid { errors, .. } | ManagerError::BadRequest { errors, .. } => {
+                errors.clone()
+            }
             _ => Vec::new(),
         }
     }

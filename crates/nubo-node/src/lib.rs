@@ -432,6 +432,12 @@ impl Provider for NodeSupervisor {
         };
         let mut payload = AgentPayload::new(&req, ports.clone());
         payload.bus_key = self.events.member_key(&m.member_id).map(|k| k.to_hex());
+        // Its token for the metadata service (Stratos' `TOKEN`), when the platform offers one.
+        if payload.parameters.contains_key("METADATA_SERVICE_URL")
+            && let Some(token) = self.events.member_token(&m.member_id)
+        {
+            payload.parameters.insert("TOKEN".to_owned(), token);
+        }
         let payload_file = workdir.join("payload.json");
         let text =
             serde_json::to_vec_pretty(&payload).map_err(|e| IaasError::Failed(e.to_string()))?;

@@ -181,6 +181,8 @@ pub struct Settings {
     pub store: Option<String>,
     /// The API's address.
     pub api_addr: Option<SocketAddr>,
+    /// The API's URL as members reach it (the metadata service).
+    pub api_url: Option<String>,
     /// Plain HTTP.
     pub insecure_http: Option<bool>,
     /// TLS certificate chain (PEM).
@@ -278,6 +280,7 @@ impl Settings {
             secrets_key_previous,
             store,
             api_addr,
+            api_url,
             insecure_http,
             tls_cert,
             tls_key,
@@ -426,6 +429,13 @@ impl Settings {
             data_dir,
             store,
             api_addr: self.api_addr.unwrap_or(([127, 0, 0, 1], 9443).into()),
+            api_url: match &self.api_url {
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    Some(u.trim_end_matches('/').to_owned())
+                }
+                Some(u) => bail!("--api-url `{u}` is not an http:// or https:// URL"),
+                None => None,
+            },
             tls,
             admin_password: env.admin_password.filter(|p| !p.is_empty()),
             bus_key: env.bus_key,
@@ -587,6 +597,8 @@ pub struct ServerConfig {
     pub store: Option<StoreLocation>,
     /// Where the API listens (port 0: any free port).
     pub api_addr: SocketAddr,
+    /// The API's URL as members reach it (`None`: this server's own API, if it serves one).
+    pub api_url: Option<String>,
     /// HTTPS or HTTP.
     pub tls: TlsMode,
     /// The admin password to set at first start (else one is generated and printed once).

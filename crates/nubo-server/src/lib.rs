@@ -103,6 +103,7 @@ struct ControllerParts {
     statistics: nubo_autoscaler::monitor::Statistics,
     autoscaler: nubo_autoscaler::monitor::MonitorConfig,
     timeouts: nubo_controller::Timeouts,
+    platform_api: Option<nubo_controller::PlatformApi>,
 }
 
 impl ControllerParts {
@@ -129,6 +130,7 @@ impl ControllerParts {
                 bus_url: self.bus_url,
                 fence,
                 timeouts: self.timeouts,
+                platform_api: self.platform_api,
             },
         )
         .await
@@ -302,6 +304,54 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
             config.data_dir.display()
         )
     })?;
+    let (acceptor, ca_cert) = match &config.tls {
+        _ if !config.runs(Component::Api) => (None, None),
+        TlsMode::Insecure => (None, None),
+        TlsMode::SelfSigned => {
+            let (cert, key) = tls::ensure_self_signed(&config.data_dir.join("tls"))?;
+            (Some(tls::acceptor(&cert, &key)?), Some(cert))
+        }
+        TlsMode::Files { cert, key } => (Some(tls::acceptor(cert, key)?), None),
+    };
+    let listener = if config.runs(Component::Api) {
+        Some(TcpListener::bind(config.api_addr).await.with_context(|| {
+            format!(
+                "cannot listen on {}: is another server running? pass --api-addr",
+                config.api_addr
+            )
+        })?)
+    } else {
+        None
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let api_url = match &listener {
+        Some(l) => format!("{scheme}://{}", l.local_addr()?),
+        None => String::new(),
+    };
+    // Where members reach the API (the metadata service): as configured, else this server's own
+    // (on loopback when it listens on every address), trusting its self-signed certificate.
+    let platform_api = match (&config.api_url, &listener) {
+        (Some(url), _) => Some(nubo_controller::PlatformApi {
+            url: url.clone(),
+            ca_pem: None,
+        }),
+        (None, Some(l)) => {
+            let mut addr = l.local_addr()?;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            Some(nubo_controller::PlatformApi {
+                url: format!("{scheme}://{addr}"),
+                ca_pem: match &ca_cert {
+                    Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read the API's certificate {}", path.display())
+                    })?),
+                    None => None,
+                },
+            })
+        }
+        (None, None) => None,
+    };
     let location = config
         .store
         .clone()
@@ -454,6 +504,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
             None => None,
         };
         let parts = ControllerParts {
+            platform_api: platform_api.clone(),
             timeouts: config.timeouts,
             store: store.clone(),
             events: events.clone(),
@@ -556,7 +607,8 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
             .await
             .context("cannot start the load balancer")?;
     }
-    let mut state = AppState::new(manager, Some(control), scaling, registry);
+    let mut state =
+        AppState::new(manager, Some(control), scaling, registry).with_bus(events.clone());
     if standby.is_none()
         && let Some(mock) = mock.clone()
     {
@@ -564,30 +616,6 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     }
     let app = nubo_api::router(state.clone());
 
-    let (acceptor, ca_cert) = match &config.tls {
-        _ if !config.runs(Component::Api) => (None, None),
-        TlsMode::Insecure => (None, None),
-        TlsMode::SelfSigned => {
-            let (cert, key) = tls::ensure_self_signed(&config.data_dir.join("tls"))?;
-            (Some(tls::acceptor(&cert, &key)?), Some(cert))
-        }
-        TlsMode::Files { cert, key } => (Some(tls::acceptor(cert, key)?), None),
-    };
-    let listener = if config.runs(Component::Api) {
-        Some(TcpListener::bind(config.api_addr).await.with_context(|| {
-            format!(
-                "cannot listen on {}: is another server running? pass --api-addr",
-                config.api_addr
-            )
-        })?)
-    } else {
-        None
-    };
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
-    let api_url = match &listener {
-        Some(l) => format!("{scheme}://{}", l.local_addr()?),
-        None => String::new(),
-    };
     let ready = Ready {
         api_url,
         ca_cert,

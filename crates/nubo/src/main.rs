@@ -84,6 +84,9 @@ struct ServerArgs {
     /// Address of the REST API; port 0 picks a free port [default: 127.0.0.1:9443]
     #[arg(long, env = "NUBO_API_ADDR")]
     api_addr: Option<SocketAddr>,
+    /// The API's URL as members reach it, for the metadata service (Stratos' METADATA_SERVICE_URL in their payloads) [default: this server's own API, on 127.0.0.1 when it listens on every address]
+    #[arg(long, env = "NUBO_API_URL", value_name = "URL")]
+    api_url: Option<String>,
     /// Serve plain HTTP instead of HTTPS
     #[arg(long, env = "NUBO_INSECURE_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
     insecure_http: bool,
@@ -294,6 +297,7 @@ impl ServerArgs {
             secrets_key_previous: self.secrets_key_previous,
             store: self.store,
             api_addr: self.api_addr,
+            api_url: self.api_url,
             insecure_http: self.insecure_http.then_some(true),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,

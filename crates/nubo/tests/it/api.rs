@@ -1350,6 +1350,9 @@ async fn every_endpoint_answers_each_role_as_documented() {
                 .replace("{name}", "nobody")
                 .replace("{part}", "zzz")
                 .replace("{filter}", "zzz")
+                .replace("{app}", "no-such-id")
+                .replace("{cluster}", "zzz")
+                .replace("{value}", "zzz")
                 .replace("{id}", "no-such-id");
             calls.push((method, path.clone(), concrete));
         }

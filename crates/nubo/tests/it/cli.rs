@@ -384,6 +384,8 @@ fn cli_help_matches_the_checked_in_copy() {
         vec!["tenant", "add"],
         vec!["user"],
         vec!["iaas-providers"],
+        vec!["metadata"],
+        vec!["metadata", "add"],
     ];
     for c in &commands {
         out.push_str(&format!("\n$ nubo {} --help\n{}", c.join(" "), help(c)));

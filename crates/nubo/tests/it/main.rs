@@ -1,5 +1,6 @@
 //! Nubo's integration tests: one binary, a module per area.
 
+mod agent;
 mod api;
 mod architecture;
 mod autoscale;

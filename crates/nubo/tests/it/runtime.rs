@@ -886,7 +886,7 @@ async fn extension_hooks_run_with_stratos_values_and_a_failure_is_reported() {
 
 /// The policies and network partition the `local` tests deploy on: `asp` (memory, 95 %), `np`
 /// (one partition `p1`), `dp`, and the application policy `ap`.
-fn basics() -> Vec<(&'static str, Value)> {
+pub(crate) fn basics() -> Vec<(&'static str, Value)> {
     vec![
         (
             "autoscalingPolicies",

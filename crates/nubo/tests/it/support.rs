@@ -418,6 +418,22 @@ impl Api {
         }
     }
 
+    /// The same server's API over HTTPS, trusting the server's own certificate
+    /// (`<data-dir>/tls/cert.pem`, generated at its first start).
+    pub fn trusting(server: &ServerProcess) -> Self {
+        let pem = std::fs::read(server.data_dir.join("tls/cert.pem")).unwrap();
+        let _ = nubo_server::install_crypto_provider();
+        Api {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .use_rustls_tls()
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+                .build()
+                .unwrap(),
+            ..Api::new(server)
+        }
+    }
+
     /// The same server's API, as another user (`user@tenant.domain`).
     pub fn as_user(server: &ServerProcess, user: &str, password: &str) -> Self {
         Api {
