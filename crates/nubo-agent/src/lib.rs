@@ -23,6 +23,7 @@ pub use nubo_iaas::record_agent;
 use nubo_iaas::{API_CA_PARAMETER, AgentPayload, proc};
 use tokio::process::Child;
 
+mod artifacts;
 mod health;
 mod hooks;
 mod logs;
@@ -139,6 +140,41 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     drop(topology);
     publish(&events, Event::InstanceStarted(me.clone())).await;
 
+    // The member's artifacts (its application's git repository), before the workload starts.
+    let repository = match artifacts::repository(&p).await {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("cannot get the member's repository: {e:#}");
+            tracing::error!(member = %p.member_id, %reason, "no artifacts");
+            report_failure(&events, &me, reason).await;
+            linger().await;
+            return Ok(2);
+        }
+    };
+    if let Some(repo) = &repository {
+        match artifacts::checkout(&app_dir, repo).await {
+            Ok(commit) => {
+                tracing::info!(member = %p.member_id, %commit, url = %repo.repo_url, "artifacts checked out");
+                publish(
+                    &events,
+                    Event::InstanceArtifactUpdated {
+                        instance: me.clone(),
+                        commit: Some(commit),
+                        error: None,
+                    },
+                )
+                .await;
+            }
+            Err(reason) => {
+                let reason = format!("cannot check out {}: {reason}", repo.repo_url);
+                tracing::error!(member = %p.member_id, %reason, "no artifacts");
+                report_failure(&events, &me, reason).await;
+                linger().await;
+                return Ok(2);
+            }
+        }
+    }
+
     let (mut workload, mut output) = start_workload(&p, &workdir)?;
     let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
     tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
@@ -223,8 +259,43 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let mut meter = Meter::new();
     let mut liveness = health::Liveness::default();
     let mut was_live = true;
+    // Artifact updates run beside the loop (health keeps being reported); one at a time, and
+    // one more when asked during one.
+    let (updated_tx, mut updated_rx) = tokio::sync::mpsc::channel::<Result<String, String>>(1);
+    let (mut updating, mut again) = (false, false);
+    let start_update = |tx: tokio::sync::mpsc::Sender<Result<String, String>>| {
+        let (p, app_dir, env, ext) = (
+            p.clone(),
+            app_dir.clone(),
+            hook_env.clone(),
+            extensions.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = tx
+                .send(update_artifacts(&p, &app_dir, env, ext.as_deref()).await)
+                .await;
+        });
+    };
     loop {
         tokio::select! {
+            Some(result) = updated_rx.recv() => {
+                updating = false;
+                let (commit, error) = match result {
+                    Ok(c) => {
+                        tracing::info!(member = %p.member_id, commit = %c, "artifacts updated");
+                        (Some(c), None)
+                    }
+                    Err(e) => {
+                        tracing::error!(member = %p.member_id, error = %e, "artifact update failed");
+                        (None, Some(e))
+                    }
+                };
+                publish(&events, Event::InstanceArtifactUpdated { instance: me.clone(), commit, error }).await;
+                if std::mem::take(&mut again) {
+                    updating = true;
+                    start_update(updated_tx.clone());
+                }
+            }
             status = workload.wait() => {
                 flush(&mut output).await;
                 let reason = match status {
@@ -238,6 +309,17 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 return Ok(3);
             }
             Some(e) = notifier.recv() => {
+                if let Event::InstanceArtifactUpdate { member_id } = &e {
+                    if *member_id == p.member_id {
+                        if updating {
+                            again = true;
+                        } else {
+                            updating = true;
+                            start_update(updated_tx.clone());
+                        }
+                    }
+                    continue;
+                }
                 let mine = match &e {
                     Event::InstanceCleanupMember { member_id } => *member_id == p.member_id,
                     Event::InstanceCleanupCluster { cluster_id, cluster_instance_id } => *cluster_id == p.cluster_id && *cluster_instance_id == p.cluster_instance_id,
@@ -292,6 +374,42 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+/// Fetches the member's repository again and checks out its latest commit, then runs the
+/// cartridge's `ArtifactUpdatedEvent` hook (Stratos' values `ARTIFACT_UPDATED_*`, never the
+/// password); the commit, or why it failed.
+async fn update_artifacts(
+    p: &AgentPayload,
+    app_dir: &Path,
+    mut env: std::collections::BTreeMap<String, String>,
+    extensions: Option<&Path>,
+) -> Result<String, String> {
+    let repo = artifacts::repository(p)
+        .await
+        .map_err(|e| format!("cannot get the member's repository: {e:#}"))?
+        .ok_or_else(|| "the member has no repository".to_owned())?;
+    let commit = artifacts::update(app_dir, &repo).await?;
+    if let Some(script) = hooks::hook(extensions, "ArtifactUpdatedEvent") {
+        for (k, v) in [
+            ("ARTIFACT_UPDATED_CLUSTER_ID", p.cluster_id.clone()),
+            (
+                "ARTIFACT_UPDATED_TENANT_ID",
+                p.parameters.get("TENANT_ID").cloned().unwrap_or_default(),
+            ),
+            ("ARTIFACT_UPDATED_REPO_URL", repo.repo_url.clone()),
+            (
+                "ARTIFACT_UPDATED_REPO_USERNAME",
+                repo.repo_username.clone().unwrap_or_default(),
+            ),
+            ("ARTIFACT_UPDATED_STATUS", "updated".to_owned()),
+            ("ARTIFACT_UPDATED_COMMIT", commit.clone()),
+        ] {
+            env.insert(k.to_owned(), v);
+        }
+        hooks::run(&script, "ArtifactUpdatedEvent", &env, app_dir).await?;
+    }
+    Ok(commit)
 }
 
 /// Reports the member failed, with `reason` (its agent ends after this).

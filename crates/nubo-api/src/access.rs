@@ -46,7 +46,8 @@ impl Access {
         }
     }
 
-    fn refusal(self) -> &'static str {
+    /// What a caller without this access is told.
+    pub fn refusal(self) -> &'static str {
         match self {
             Access::User => "",
             Access::TenantAdmin => {

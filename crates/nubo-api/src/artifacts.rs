@@ -152,6 +152,8 @@ async fn decorate(s: &AppState, tenant: i64, app: &mut Application) -> Result<()
         .to_owned(),
     );
     app.sign_ups_exist = Some(false);
+    // Repository passwords and webhook secrets are sealed in the store, and never served.
+    app.redact_secrets();
     Ok(())
 }
 

@@ -33,6 +33,7 @@ pub mod metrics;
 mod mock;
 pub mod openapi;
 mod platform;
+pub mod repo;
 
 use error::{ApiError, Message};
 
@@ -190,7 +191,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/api/health", get(health))
         .merge(authed)
+        .merge(repo::webhook_routes())
         .nest("/metadata/api", metadata::routes(state.clone()))
+        .nest("/agent/api", repo::agent_routes(state.clone()))
         .route_layer(from_fn_with_state(state.clone(), metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -34,6 +34,8 @@ pub enum Caller {
         application_id: String,
         /// The application's tenant.
         tenant_id: i64,
+        /// Its cluster's alias.
+        alias: String,
     },
     /// A user, by Basic credentials.
     User(Principal),
@@ -75,7 +77,7 @@ pub async fn authenticate(
     Ok(next.run(req).await)
 }
 
-async fn member_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+pub(crate) async fn member_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     let refused = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -92,7 +94,7 @@ async fn member_caller(state: &AppState, token: &str) -> Result<Caller, ApiError
             "no controller to check the member's token against",
         )
     })?;
-    let (member, tenant_id) = control.member(&member_id).await?.ok_or_else(|| {
+    let id = control.member(&member_id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!("member `{member_id}` is not running: its token is no longer good"),
@@ -100,8 +102,9 @@ async fn member_caller(state: &AppState, token: &str) -> Result<Caller, ApiError
     })?;
     Ok(Caller::Member {
         member_id,
-        application_id: member.application_id,
-        tenant_id,
+        application_id: id.member.application_id,
+        tenant_id: id.tenant_id,
+        alias: id.alias,
     })
 }
 

@@ -588,6 +588,52 @@ pub fn document() -> OpenApi {
     }
     metadata_paths(&mut paths);
     paths.add_path_operation(
+        "/api/repo/notify",
+        vec![HttpMethod::Post],
+        op(
+            "repo_notify".into(),
+            "A repository changed (Stratos' webhook; GitHub's and GitLab's push payloads too): the clusters it proves are updated, member after member".into(),
+            "applications",
+        )
+        .description(Some(
+            "Authenticated by a tenant admin's Basic credentials (the tenant's applications), by GitHub's `X-Hub-Signature-256` or by GitLab's `X-Gitlab-Token`, checked against the `webhookSecret` of each deployed cluster whose `artifactRepository.repoUrl` the payload names (`repository.url`, `clone_url`, `git_http_url`, …).",
+        ))
+        .security(SecurityRequirement::new("basic", Vec::<String>::new()))
+        .security(SecurityRequirement::default())
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .content(
+                    "application/json",
+                    json_content(ObjectBuilder::new().schema_type(Type::Object)),
+                )
+                .required(Some(Required::True))
+                .build(),
+        ))
+        .response("200", message("A GitHub event other than a push (a ping), proved"))
+        .response("202", message("Update started (or nothing of the caller's uses the repository)"))
+        .response("400", message("Not JSON, or no repository named"))
+        .response("403", message("Not an admin of the tenant"))
+        .build(),
+    );
+    paths.add_path_operation(
+        "/agent/api/repository",
+        vec![HttpMethod::Get],
+        op(
+            "agent_repository".into(),
+            "The calling member's artifact repository and its credentials (its agent's, with the member's token only)".into(),
+            "agent",
+        )
+        .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("`{\"repoUrl\", \"repoUsername\", \"repoPassword\"}` (the last two for a private repository)")
+                .build(),
+        )
+        .response("404", message("The member's cartridge has no repository"))
+        .build(),
+    );
+    paths.add_path_operation(
         "/api/init",
         vec![HttpMethod::Get],
         op("init".into(), "Check credentials".into(), "platform")

@@ -156,6 +156,7 @@ fn main() {
                 burst_level: 0,
                 next_instance: 1,
                 group_status: BTreeMap::new(),
+                rollouts: Default::default(),
             },
         );
     }

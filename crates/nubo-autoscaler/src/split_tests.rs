@@ -138,6 +138,7 @@ fn state() -> ControllerState {
             burst_level: 0,
             next_instance: 1,
             group_status: BTreeMap::new(),
+            rollouts: Default::default(),
         },
     );
     state

@@ -101,6 +101,26 @@ pub trait ControlPlane: Send + Sync + 'static {
             "this controller cannot change a tenant's routing".into(),
         ))
     }
+    /// Updates the artifacts of clusters of a deployed application, member after member.
+    async fn update_artifacts(
+        &self,
+        _application_id: &str,
+        _cluster_ids: Vec<String>,
+    ) -> Result<(), ControlError> {
+        Err(ControlError::Unavailable(
+            "this controller cannot update artifacts".into(),
+        ))
+    }
+    /// The clusters of deployed applications whose repository is `url` (`REPO_URL` of their
+    /// plan, compared without a trailing `/` or `.git`): `(tenant, application, cluster id,
+    /// cluster alias)`.
+    async fn clusters_of_repository(
+        &self,
+        url: &str,
+    ) -> Result<Vec<RepositoryCluster>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(clusters_of_repository(&s, url))
+    }
     /// An application's deployment status (`None`: not deployed).
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         let s = self.state().await.ok_or_else(unreadable)?;
@@ -137,8 +157,9 @@ pub trait ControlPlane: Send + Sync + 'static {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(crate::view::runtime_view(&s, application_id))
     }
-    /// A member of the topology and its application's tenant (`None`: no such member now).
-    async fn member(&self, member_id: &str) -> Result<Option<(Member, i64)>, ControlError> {
+    /// A member of the topology, its application's tenant and its cluster's alias (`None`: no
+    /// such member now).
+    async fn member(&self, member_id: &str) -> Result<Option<MemberIdentity>, ControlError> {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(member_of(&s, member_id))
     }
@@ -154,10 +175,81 @@ pub trait ControlPlane: Send + Sync + 'static {
     }
 }
 
-fn member_of(s: &ControllerState, member_id: &str) -> Option<(Member, i64)> {
-    let m = s.topology.member(member_id)?;
-    let tenant = s.deployments.get(&m.application_id)?.plan.tenant_id;
-    Some((m.clone(), tenant))
+/// A cluster whose artifacts come from a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryCluster {
+    /// The application's tenant.
+    pub tenant_id: i64,
+    /// The application.
+    pub application_id: String,
+    /// The cluster.
+    pub cluster_id: String,
+    /// Its alias in the application.
+    pub alias: String,
+}
+
+/// A repository URL as compared: without a trailing `/` or `.git`, the scheme and host in
+/// lower case.
+pub fn normalize_repository_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let url = url.strip_suffix(".git").unwrap_or(url);
+    match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            format!(
+                "{}://{}{}",
+                url[..i].to_ascii_lowercase(),
+                rest[..host_end].to_ascii_lowercase(),
+                &rest[host_end..]
+            )
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn clusters_of_repository(s: &ControllerState, url: &str) -> Vec<RepositoryCluster> {
+    let wanted = normalize_repository_url(url);
+    s.deployments
+        .iter()
+        .filter(|(_, d)| d.status == DeploymentStatus::Deployed)
+        .flat_map(|(app, d)| {
+            d.plan.clusters.iter().filter_map(|c| {
+                let repo = c.payload.get("REPO_URL")?;
+                (normalize_repository_url(repo) == wanted).then(|| RepositoryCluster {
+                    tenant_id: d.plan.tenant_id,
+                    application_id: app.clone(),
+                    cluster_id: c.cluster_id.clone(),
+                    alias: c.alias.clone(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// A member of the topology, with what a caller authenticating it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberIdentity {
+    /// The member.
+    pub member: Member,
+    /// Its application's tenant.
+    pub tenant_id: i64,
+    /// Its cluster's alias in the application.
+    pub alias: String,
+}
+
+fn member_of(s: &ControllerState, member_id: &str) -> Option<MemberIdentity> {
+    let (cluster, m) = s
+        .topology
+        .clusters
+        .values()
+        .find_map(|c| c.members.get(member_id).map(|m| (c, m)))?;
+    let tenant_id = s.deployments.get(&m.application_id)?.plan.tenant_id;
+    Some(MemberIdentity {
+        member: m.clone(),
+        tenant_id,
+        alias: cluster.alias.clone(),
+    })
 }
 
 fn summaries(s: &ControllerState, tenant: i64) -> Vec<DeploymentSummary> {
@@ -216,8 +308,22 @@ impl ControlPlane for ControllerHandle {
         self.read(|s| s.topology.clusters.get(cluster_id).cloned())
             .ok_or_else(unreadable)
     }
-    async fn member(&self, member_id: &str) -> Result<Option<(Member, i64)>, ControlError> {
+    async fn member(&self, member_id: &str) -> Result<Option<MemberIdentity>, ControlError> {
         self.read(|s| member_of(s, member_id))
+            .ok_or_else(unreadable)
+    }
+    async fn update_artifacts(
+        &self,
+        application_id: &str,
+        cluster_ids: Vec<String>,
+    ) -> Result<(), ControlError> {
+        ControllerHandle::update_artifacts(self, application_id, cluster_ids).await
+    }
+    async fn clusters_of_repository(
+        &self,
+        url: &str,
+    ) -> Result<Vec<RepositoryCluster>, ControlError> {
+        self.read(|s| clusters_of_repository(s, url))
             .ok_or_else(unreadable)
     }
     async fn runtime(
@@ -348,10 +454,31 @@ impl ControlPlane for RemoteControl {
             .ok_or_else(unreadable)
     }
 
-    async fn member(&self, member_id: &str) -> Result<Option<(Member, i64)>, ControlError> {
+    async fn member(&self, member_id: &str) -> Result<Option<MemberIdentity>, ControlError> {
         self.read(|s, _| member_of(s, member_id))
             .await
             .ok_or_else(unreadable)
+    }
+
+    async fn clusters_of_repository(
+        &self,
+        url: &str,
+    ) -> Result<Vec<RepositoryCluster>, ControlError> {
+        self.read(|s, _| clusters_of_repository(s, url))
+            .await
+            .ok_or_else(unreadable)
+    }
+
+    async fn update_artifacts(
+        &self,
+        application_id: &str,
+        cluster_ids: Vec<String>,
+    ) -> Result<(), ControlError> {
+        self.send(Event::ControlUpdateArtifacts {
+            application_id: application_id.to_owned(),
+            cluster_ids,
+        })
+        .await
     }
 
     async fn runtime(
@@ -581,8 +708,23 @@ impl ControlPlane for SwitchableControl {
     ) -> Result<Option<nubo_events::Cluster>, ControlError> {
         self.current().cluster(cluster_id).await
     }
-    async fn member(&self, member_id: &str) -> Result<Option<(Member, i64)>, ControlError> {
+    async fn member(&self, member_id: &str) -> Result<Option<MemberIdentity>, ControlError> {
         self.current().member(member_id).await
+    }
+    async fn update_artifacts(
+        &self,
+        application_id: &str,
+        cluster_ids: Vec<String>,
+    ) -> Result<(), ControlError> {
+        self.current()
+            .update_artifacts(application_id, cluster_ids)
+            .await
+    }
+    async fn clusters_of_repository(
+        &self,
+        url: &str,
+    ) -> Result<Vec<RepositoryCluster>, ControlError> {
+        self.current().clusters_of_repository(url).await
     }
     async fn runtime(
         &self,

@@ -19,7 +19,7 @@ pub mod view;
 
 pub use control::{
     AlreadyLeading, CONTROLLER_LEASE, ControlError, ControlPlane, ControlRole, DeploymentSummary,
-    RemoteControl, SwitchableControl,
+    MemberIdentity, RemoteControl, RepositoryCluster, SwitchableControl, normalize_repository_url,
 };
 pub use deploy::{DeployError, Deployments};
 pub use nubo_plan::{

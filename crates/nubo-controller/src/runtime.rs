@@ -166,6 +166,20 @@ impl ControllerHandle {
         .await
     }
 
+    /// Updates the artifacts of clusters of a deployed application, member after member;
+    /// returns once the controller has taken it in.
+    pub async fn update_artifacts(
+        &self,
+        application_id: &str,
+        cluster_ids: Vec<String>,
+    ) -> Result<(), ControlError> {
+        self.command(Input::UpdateArtifacts {
+            application_id: application_id.to_owned(),
+            cluster_ids,
+        })
+        .await
+    }
+
     async fn command(&self, input: Input) -> Result<(), ControlError> {
         let stopped = || ControlError::Unavailable("the controller has stopped".to_owned());
         let (ack, done) = tokio::sync::oneshot::channel();
@@ -421,6 +435,13 @@ fn command_from(e: Event) -> Option<Input> {
         } => Some(Input::TenantRouting {
             tenant_id,
             suspended,
+        }),
+        Event::ControlUpdateArtifacts {
+            application_id,
+            cluster_ids,
+        } => Some(Input::UpdateArtifacts {
+            application_id,
+            cluster_ids,
         }),
         _ => None,
     }

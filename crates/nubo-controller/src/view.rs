@@ -165,6 +165,11 @@ fn member_view(m: &nubo_events::Member) -> MemberView {
         partition_id: m.partition_id.clone(),
         ports: m.ports.clone(),
         failure: m.failure.clone(),
+        artifact_commit: m.properties.get(crate::state::COMMIT_PROPERTY).cloned(),
+        artifact_error: m
+            .properties
+            .get(crate::state::ARTIFACT_ERROR_PROPERTY)
+            .cloned(),
     }
 }
 

@@ -320,10 +320,30 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The member's artifacts (its git repository's checkout) are at `commit`, after the first
+    /// checkout or an update; `error` when an update failed (the member keeps what it had).
+    /// Nubo addition: Stratos' agent reported nothing.
+    InstanceArtifactUpdated {
+        /// Who.
+        instance: InstanceRef,
+        /// The commit checked out (its full id), when known.
+        commit: Option<String>,
+        /// Why the update failed, when it did.
+        error: Option<String>,
+    },
 
     // === instance notifier (to agents) ===
     /// Clean up one member before it is terminated.
     InstanceCleanupMember {
+        /// Member.
+        #[serde(rename = "memberId")]
+        member_id: String,
+    },
+    /// Fetch the member's artifacts again (the latest commit of its repository) and run the
+    /// cartridge's `ArtifactUpdatedEvent` hook: Stratos' `ArtifactUpdatedEvent`, addressed to one
+    /// member at a time (the controller updates a cluster's members one after another), without
+    /// credentials (the agent reads them from the platform's API with its token).
+    InstanceArtifactUpdate {
         /// Member.
         #[serde(rename = "memberId")]
         member_id: String,
@@ -469,6 +489,15 @@ pub enum Event {
         /// No traffic to its applications.
         suspended: bool,
     },
+    /// Update the artifacts of these clusters of a deployed application, member after member.
+    ControlUpdateArtifacts {
+        /// Application.
+        #[serde(rename = "applicationId")]
+        application_id: String,
+        /// Its clusters to update.
+        #[serde(rename = "clusterIds")]
+        cluster_ids: Vec<String>,
+    },
 }
 
 /// A request of the autoscaler to the cloud controller.
@@ -597,6 +626,8 @@ impl Event {
             Event::InstanceMaintenanceMode(_) => "InstanceMaintenanceMode",
             Event::InstanceReadyToShutdown(_) => "InstanceReadyToShutdown",
             Event::InstanceFailed { .. } => "InstanceFailed",
+            Event::InstanceArtifactUpdated { .. } => "InstanceArtifactUpdated",
+            Event::InstanceArtifactUpdate { .. } => "InstanceArtifactUpdate",
             Event::InstanceCleanupMember { .. } => "InstanceCleanupMember",
             Event::InstanceCleanupCluster { .. } => "InstanceCleanupCluster",
             Event::MemberHealthStat(_) => "MemberHealthStat",
@@ -615,6 +646,7 @@ impl Event {
             Event::ControlUpdatePlan { .. } => "ControlUpdatePlan",
             Event::ControlScale { .. } => "ControlScale",
             Event::ControlTenantRouting { .. } => "ControlTenantRouting",
+            Event::ControlUpdateArtifacts { .. } => "ControlUpdateArtifacts",
         }
     }
 
@@ -622,7 +654,8 @@ impl Event {
     /// the platform proves such an event with that member's key, so that its agent can check it.
     pub fn addressed_to(&self) -> Option<&str> {
         match self {
-            Event::InstanceCleanupMember { member_id } => Some(member_id),
+            Event::InstanceCleanupMember { member_id }
+            | Event::InstanceArtifactUpdate { member_id } => Some(member_id),
             _ => None,
         }
     }
@@ -635,7 +668,8 @@ impl Event {
             | Event::InstanceActivated(r)
             | Event::InstanceMaintenanceMode(r)
             | Event::InstanceReadyToShutdown(r)
-            | Event::InstanceFailed { instance: r, .. } => r.member_id == member_id,
+            | Event::InstanceFailed { instance: r, .. }
+            | Event::InstanceArtifactUpdated { instance: r, .. } => r.member_id == member_id,
             Event::MemberHealthStat(h) => h.instance.member_id == member_id,
             Event::CompleteTopologyRequest {} => true,
             _ => false,
@@ -663,10 +697,11 @@ impl Event {
             | Event::InstanceActivated(_)
             | Event::InstanceMaintenanceMode(_)
             | Event::InstanceReadyToShutdown(_)
-            | Event::InstanceFailed { .. } => Category::InstanceStatus,
-            Event::InstanceCleanupMember { .. } | Event::InstanceCleanupCluster { .. } => {
-                Category::InstanceNotifier
-            }
+            | Event::InstanceFailed { .. }
+            | Event::InstanceArtifactUpdated { .. } => Category::InstanceStatus,
+            Event::InstanceCleanupMember { .. }
+            | Event::InstanceCleanupCluster { .. }
+            | Event::InstanceArtifactUpdate { .. } => Category::InstanceNotifier,
             Event::MemberHealthStat(_) | Event::InFlightRequests(_) => Category::HealthStats,
             Event::PredictedStatistics(_) => Category::Predictions,
             Event::CompleteTopologyRequest {} => Category::Initializer,
@@ -681,7 +716,8 @@ impl Event {
             | Event::ControlUndeploy { .. }
             | Event::ControlUpdatePlan { .. }
             | Event::ControlScale { .. }
-            | Event::ControlTenantRouting { .. } => Category::Control,
+            | Event::ControlTenantRouting { .. }
+            | Event::ControlUpdateArtifacts { .. } => Category::Control,
         }
     }
 
@@ -916,6 +952,11 @@ mod catalogue {
                 instance: instance(),
                 reason: "the workload exited (exit status: 7)".into(),
             },
+            Event::InstanceArtifactUpdated {
+                instance: instance(),
+                commit: Some("0f1e2d3c".into()),
+                error: None,
+            },
             Event::InstanceCleanupMember {
                 member_id: "shop.web.php-1".into(),
             },
@@ -1020,6 +1061,13 @@ mod catalogue {
                 tenant_id: 3,
                 suspended: true,
             },
+            Event::ControlUpdateArtifacts {
+                application_id: "shop".into(),
+                cluster_ids: vec!["shop.web.php.domain".into()],
+            },
+            Event::InstanceArtifactUpdate {
+                member_id: "m-1".into(),
+            },
             Event::TenantRouting {
                 tenant_id: 3,
                 suspended: true,
@@ -1076,6 +1124,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 37, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 40, "one example per event variant: {names:?}");
     }
 }

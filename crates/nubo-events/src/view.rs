@@ -148,6 +148,12 @@ pub struct MemberView {
     pub ports: Vec<MemberPort>,
     /// Why it failed, when it did.
     pub failure: Option<String>,
+    /// The commit of its artifacts' repository it runs, when the cluster has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_commit: Option<String>,
+    /// Why its last artifact update failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_error: Option<String>,
 }
 
 /// A member with where it belongs: a row of `GET /api/applications/{id}/members` and of

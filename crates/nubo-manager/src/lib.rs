@@ -24,11 +24,13 @@ use serde_json::Value;
 mod auth;
 pub mod kubernetes;
 pub mod metadata;
+mod repositories;
 mod sealing;
 mod secrets;
 mod tenants;
 
 pub use auth::{CACHE_TTL, Principal, Role, constant_time_eq};
+pub use repositories::RepositoryAccess;
 pub use sealing::{SealError, SecretsKey};
 pub use secrets::{
     BROKER_PASSWORD, BROKER_PASSWORD_PREVIOUS, BUS_KEY, BUS_KEY_PREVIOUS, Rotating, sealed_with,
@@ -446,7 +448,10 @@ impl Manager {
 
     /// Adds a new artifact.
     pub async fn add<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
-        let (artifact, write) = self.checked::<T>(tenant, body).await?;
+        let (artifact, mut write) = self.checked::<T>(tenant, body).await?;
+        if T::KIND == Kind::Application {
+            self.seal_repositories(tenant, artifact.id(), &mut write.body, None)?;
+        }
         if tenant != SHARED
             && T::KIND.is_shared()
             && self
@@ -479,7 +484,20 @@ impl Manager {
 
     /// Replaces an existing artifact. Refused with `InUse` when an artifact using it would become invalid.
     pub async fn update<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
-        let (artifact, write) = self.checked::<T>(tenant, body).await?;
+        let (artifact, mut write) = self.checked::<T>(tenant, body).await?;
+        if T::KIND == Kind::Application {
+            let previous = self
+                .store
+                .get(tenant, &write.key)
+                .await
+                .map_err(|e| store_err(T::KIND, e))?;
+            self.seal_repositories(
+                tenant,
+                artifact.id(),
+                &mut write.body,
+                previous.as_ref().map(|r| &r.body),
+            )?;
+        }
         // A missing artifact has no users; the store answers NotFound on the write itself.
         self.check_users_still_valid::<T>(tenant, &write).await?;
         if let Err(e) = self.store.update(write).await {

@@ -300,7 +300,11 @@ impl MockIaas {
         let mut notifier = events
             .subscribe_only(
                 Category::InstanceNotifier,
-                &["InstanceCleanupMember", "InstanceCleanupCluster"],
+                &[
+                    "InstanceCleanupMember",
+                    "InstanceCleanupCluster",
+                    "InstanceArtifactUpdate",
+                ],
             )
             .await?;
         let mut inner = Inner::default();
@@ -503,6 +507,23 @@ impl MockIaas {
                 });
             }
             Event::InstanceCleanupMember { member_id } => self.clean_up(&[member_id]).await,
+            // A simulated instance has no files: it answers an artifact update at once.
+            Event::InstanceArtifactUpdate { member_id } => {
+                let active = self.inner.lock().ok().and_then(|i| {
+                    i.instances
+                        .get(&member_id)
+                        .filter(|m| m.state == InstanceState::Active)
+                        .map(|m| m.instance_ref())
+                });
+                if let Some(r) = active {
+                    self.publish(Event::InstanceArtifactUpdated {
+                        instance: r,
+                        commit: Some("mock".into()),
+                        error: None,
+                    })
+                    .await;
+                }
+            }
             Event::InstanceCleanupCluster {
                 cluster_id,
                 cluster_instance_id,

@@ -1495,9 +1495,14 @@ pub struct ArtifactRepository {
     /// User name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo_username: Option<String>,
-    /// Password.
+    /// Password: kept sealed in the store, never served back (a change that leaves it out,
+    /// for the same repository URL, keeps the stored one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo_password: Option<String>,
+    /// The secret that GitHub (`X-Hub-Signature-256`) and GitLab (`X-Gitlab-Token`) webhooks
+    /// prove their calls of `/api/repo/notify` with (Nubo's): sealed, never served back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
     /// Unknown fields, kept verbatim.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -1562,7 +1567,54 @@ pub struct ClusterSpec<'a> {
     pub group_path: Vec<&'a str>,
 }
 
+/// A repository URL the agent can clone: `https://`, `http://`, `git://`, `ssh://` or `file://`,
+/// without credentials in it (they go in `repoUsername` and `repoPassword`, which are sealed),
+/// and nothing git would read as an option.
+fn check_repository_url(field: &str, url: &str, p: &mut Problems) {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(
+        scheme.as_deref(),
+        Some("https" | "http" | "git" | "ssh" | "file")
+    ) {
+        p.add(
+            field,
+            "not a repository URL the agent can clone: use https://, http://, git://, ssh:// or file://",
+        );
+        return;
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        p.add(field, "contains white space or a control character");
+    }
+    let authority = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or_default())
+        .unwrap_or_default();
+    if authority.contains('@') && scheme.as_deref() != Some("ssh") {
+        p.add(
+            field,
+            "has credentials in it: give them as repoUsername and repoPassword, which are kept sealed and never shown",
+        );
+    }
+}
+
 impl Application {
+    /// The same application without its repositories' secrets (passwords, webhook secrets):
+    /// what the API serves.
+    pub fn redact_secrets(&mut self) {
+        fn level(cartridges: &mut Option<Vec<CartridgeRef>>, groups: &mut Option<Vec<GroupRef>>) {
+            for c in cartridges.iter_mut().flatten() {
+                if let Some(r) = c.subscribable_info.artifact_repository.as_mut() {
+                    r.repo_password = None;
+                    r.webhook_secret = None;
+                }
+            }
+            for g in groups.iter_mut().flatten() {
+                level(&mut g.cartridges, &mut g.groups);
+            }
+        }
+        level(&mut self.components.cartridges, &mut self.components.groups);
+    }
+
     /// Every cluster of the application, depth first.
     pub fn clusters(&self) -> Vec<ClusterSpec<'_>> {
         let mut out = Vec::new();
@@ -1674,6 +1726,18 @@ impl Artifact for Application {
                         "alias `{}` is already used at `{prev}`",
                         c.subscribable_info.alias
                     ),
+                );
+            }
+            if let Some(url) = c
+                .subscribable_info
+                .artifact_repository
+                .as_ref()
+                .and_then(|r| r.repo_url.as_deref())
+            {
+                check_repository_url(
+                    &format!("{f}.subscribableInfo.artifactRepository.repoUrl"),
+                    url,
+                    p,
                 );
             }
             if c.cartridge_min > c.cartridge_max {

@@ -44,6 +44,7 @@ impl ControllerState {
                 }
                 self.finish_terminations(app_id, out);
                 self.update_app_instances(app_id, out);
+                self.advance_rollouts(now_ms, app_id, out);
             }
             DeploymentStatus::Undeploying => self.finish_undeploy(app_id, out),
         }

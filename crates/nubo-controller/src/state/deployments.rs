@@ -70,6 +70,7 @@ impl ControllerState {
                 next_instance: instances.len() as u32,
                 instances,
                 group_status: BTreeMap::new(),
+                rollouts: BTreeMap::new(),
             },
         );
         out.push(Action::ApplicationStatus {

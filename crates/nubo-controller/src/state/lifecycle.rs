@@ -31,6 +31,11 @@ impl ControllerState {
                     });
                 }
             }
+            Event::InstanceArtifactUpdated {
+                instance,
+                commit,
+                error,
+            } => self.artifact_updated(&instance, commit, error, out),
             Event::MemberProcessExited {
                 member_id,
                 code,

@@ -11,6 +11,7 @@ use nubo_events::{
 use nubo_telemetry::{Ending, InternalEvent, MemberEnded};
 use serde::{Deserialize, Serialize};
 
+mod artifacts;
 mod convergence;
 mod deployments;
 mod lifecycle;
@@ -18,6 +19,9 @@ mod scaling;
 #[cfg(test)]
 mod tests;
 
+pub use artifacts::{
+    ARTIFACT_ERROR_PROPERTY, ARTIFACT_UPDATE_TIMEOUT_MS, COMMIT_PROPERTY, Rollout,
+};
 use nubo_plan::{
     ClusterPlan, DeploymentPlan, DeploymentStatus, Placement, Termination, group_instance_id,
     scope_instance,
@@ -102,6 +106,9 @@ pub struct Deployment {
     /// Terminating → Terminated), by [`group_status_key`].
     #[serde(default)]
     pub group_status: BTreeMap<String, InstanceStatus>,
+    /// Artifact updates under way, by cluster id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, Rollout>,
 }
 
 /// The key of a group instance's status: its group path and its id (group instance 1 shares
@@ -242,6 +249,14 @@ pub enum Input {
         tenant_id: i64,
         /// No traffic to its applications.
         suspended: bool,
+    },
+    /// The artifacts of these clusters changed (a repository's webhook): their members fetch
+    /// them again, one after another.
+    UpdateArtifacts {
+        /// Application.
+        application_id: String,
+        /// Its clusters.
+        cluster_ids: Vec<String>,
     },
     /// Time passed.
     Tick,
@@ -388,6 +403,10 @@ impl ControllerState {
                     out.push(Action::Persist);
                 }
             }
+            Input::UpdateArtifacts {
+                application_id,
+                cluster_ids,
+            } => self.update_artifacts(&application_id, &cluster_ids, &mut out),
             Input::Tick => {
                 let apps: Vec<String> = self.deployments.keys().cloned().collect();
                 for app in apps {
@@ -441,7 +460,8 @@ impl ControllerState {
         let of_member = |id: &str| self.topology.member(id).map(|m| m.application_id.clone());
         match input {
             Input::Deploy(plan) | Input::UpdatePlan(plan) => Some(plan.application_id.clone()),
-            Input::Undeploy { application_id, .. } => Some(application_id.clone()),
+            Input::Undeploy { application_id, .. }
+            | Input::UpdateArtifacts { application_id, .. } => Some(application_id.clone()),
             Input::Started { member_id, .. } | Input::StartFailed { member_id, .. } => {
                 of_member(member_id)
             }
@@ -450,7 +470,10 @@ impl ControllerState {
                 | Event::InstanceActivated(r)
                 | Event::InstanceMaintenanceMode(r)
                 | Event::InstanceReadyToShutdown(r)
-                | Event::InstanceFailed { instance: r, .. } => Some(r.application_id.clone()),
+                | Event::InstanceFailed { instance: r, .. }
+                | Event::InstanceArtifactUpdated { instance: r, .. } => {
+                    Some(r.application_id.clone())
+                }
                 Event::MemberProcessExited { member_id, .. } => of_member(member_id),
                 _ => None,
             },

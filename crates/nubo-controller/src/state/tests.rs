@@ -1108,3 +1108,99 @@ fn a_dependent_group_follows_its_list_by_group_instances_one_at_a_time() {
     // Never below the group's minimum.
     assert!(group_events(&s.step(6, to(0))).is_empty());
 }
+
+fn update_requests(out: &[Action]) -> Vec<String> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Publish(Event::InstanceArtifactUpdate { member_id }) => Some(member_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn updated(s: &mut ControllerState, now: u64, m: &Member, commit: &str) -> Vec<Action> {
+    s.step(
+        now,
+        Input::Event(Event::InstanceArtifactUpdated {
+            instance: r(m),
+            commit: Some(commit.into()),
+            error: None,
+        }),
+    )
+}
+
+#[test]
+fn an_artifact_update_goes_member_after_member_and_records_each_commit() {
+    let mut s = ControllerState::default();
+    let db = starts(&s.step(0, Input::Deploy(deployment(3, "round-robin", None))));
+    for m in &db {
+        activate(&mut s, 1, m);
+    }
+    for m in &db {
+        updated(&mut s, 2, m, "v1");
+    }
+    let cluster = db[0].cluster_id.clone();
+    let out = s.step(
+        10,
+        Input::UpdateArtifacts {
+            application_id: "app".into(),
+            cluster_ids: vec![cluster.clone(), "not.a.cluster".into()],
+        },
+    );
+    // One member at a time, in id order.
+    let mut ids: Vec<String> = db.iter().map(|m| m.member_id.clone()).collect();
+    ids.sort();
+    assert_eq!(update_requests(&out), [ids[0].clone()]);
+    let first = db.iter().find(|m| m.member_id == ids[0]).unwrap();
+    let second = db.iter().find(|m| m.member_id == ids[1]).unwrap();
+    // Nothing more until it answers (a tick changes nothing).
+    assert!(update_requests(&s.step(11, Input::Tick)).is_empty());
+    let out = updated(&mut s, 12, first, "v2");
+    assert_eq!(update_requests(&out), [ids[1].clone()]);
+    let member = |s: &ControllerState, id: &str| s.topology.member(id).unwrap().clone();
+    assert_eq!(member(&s, &ids[0]).properties[COMMIT_PROPERTY], "v2");
+    assert_eq!(member(&s, &ids[1]).properties[COMMIT_PROPERTY], "v1");
+    // The second never answers: after the timeout the third goes.
+    assert!(update_requests(&s.step(12 + ARTIFACT_UPDATE_TIMEOUT_MS - 1, Input::Tick)).is_empty());
+    let out = s.step(12 + ARTIFACT_UPDATE_TIMEOUT_MS, Input::Tick);
+    assert_eq!(update_requests(&out), [ids[2].clone()]);
+    // A failure is recorded, and ends the update.
+    let third = db.iter().find(|m| m.member_id == ids[2]).unwrap();
+    let out = s.step(
+        200_000,
+        Input::Event(Event::InstanceArtifactUpdated {
+            instance: r(third),
+            commit: None,
+            error: Some("git pull: conflict".into()),
+        }),
+    );
+    assert!(update_requests(&out).is_empty());
+    assert_eq!(
+        member(&s, &ids[2]).properties[ARTIFACT_ERROR_PROPERTY],
+        "git pull: conflict"
+    );
+    assert!(s.deployments["app"].rollouts.is_empty(), "done");
+    // A report from a member nobody asked is recorded, and starts nothing.
+    let out = updated(&mut s, 200_001, second, "v2");
+    assert!(update_requests(&out).is_empty());
+    assert_eq!(member(&s, &ids[1]).properties[COMMIT_PROPERTY], "v2");
+    // A member that leaves Active while it updates does not hold the others up.
+    s.step(
+        300_000,
+        Input::UpdateArtifacts {
+            application_id: "app".into(),
+            cluster_ids: vec![cluster.clone()],
+        },
+    );
+    let out = s.step(
+        300_001,
+        Input::Event(Event::InstanceMaintenanceMode(r(first))),
+    );
+    assert_eq!(update_requests(&out), [ids[1].clone()]);
+    // The rollout survives a restart (serialized with the deployment).
+    let copy: ControllerState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(
+        copy.deployments["app"].rollouts,
+        s.deployments["app"].rollouts
+    );
+}

@@ -170,3 +170,272 @@ async fn two_cartridges_exchange_an_address_through_the_metadata_service() {
     })
     .await;
 }
+
+/// Clients sending requests through the load balancer to `host` until `stop`: each returns its
+/// failed requests and the bodies it saw.
+fn clients(
+    proxy: u16,
+    host: &'static str,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u32, std::collections::BTreeSet<String>)>> {
+    use std::sync::atomic::Ordering;
+    (0..n)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                let (mut failures, mut seen) = (0, std::collections::BTreeSet::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match client
+                        .get(format!("http://127.0.0.1:{proxy}/"))
+                        .header("host", host)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => {
+                            seen.insert(r.text().await.unwrap_or_default());
+                        }
+                        _ => failures += 1,
+                    }
+                }
+                (failures, seen)
+            })
+        })
+        .collect()
+}
+
+/// Through the load balancer.
+async fn through(proxy: u16, host: &str) -> Option<String> {
+    let r = crate::support::client()
+        .get(format!("http://127.0.0.1:{proxy}/"))
+        .header("host", host)
+        .send()
+        .await
+        .ok()?;
+    (r.status() == 200).then_some(r.text().await.ok()?)
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The commits the members of an application run, from its runtime view.
+async fn commits(api: &Api, app: &str) -> Vec<String> {
+    api.members(app)
+        .await
+        .into_iter()
+        .filter(|(_, m)| m["status"] == "Active")
+        .map(|(_, m)| m["artifactCommit"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// An application whose artifact is a git repository serves its version 1; a commit is pushed
+/// and GitHub's webhook called (signed with the repository's secret): its members fetch it one
+/// after another, each shows its commit in the runtime view, and a client sending requests
+/// through the load balancer throughout sees no failed request. A private repository is cloned
+/// with its credentials, which appear in no API answer and no file of the platform but the
+/// sealed store.
+#[tokio::test]
+async fn a_git_artifact_is_updated_by_its_webhook_member_after_member_with_no_failed_request() {
+    use hmac::Mac;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const PASSWORD: &str = "pw-Zx81-never-shown";
+    const HOOK_SECRET: &str = "hook-secret-for-site";
+    let dir = tempfile::tempdir().unwrap();
+    let git =
+        crate::gitserver::GitServer::start(&dir.path().join("git"), "deployer", PASSWORD).await;
+    let work = dir.path().join("work");
+    let site = git.repository("site.git", &[("index.html", "version 1")], &work);
+    let first = crate::gitserver::git(&site, &["rev-parse", "HEAD"]);
+    git.repository("private/vault.git", &[("index.html", "private 1")], &work);
+    let data = dir.path().join("nubo");
+    let server = ServerProcess::start(&data);
+    let api = Api::new(&server);
+    let proxy = crate::support::free_port();
+    let sub = |app: &str, min: u32, repo: Value| {
+        json!({"applicationId": app, "components": {"cartridges": [
+            {"type": "static", "cartridgeMin": min, "cartridgeMax": min,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp",
+                "artifactRepository": repo}}]}})
+    };
+    api.add_all(&basics()).await;
+    api.add_all(&[
+        ("cartridges", json!({"type": "static", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": "exec python3 -m http.server $PORT --bind 127.0.0.1"}]})),
+        ("applications", sub("site", 2, json!({"privateRepo": false, "repoUrl": format!("{}/site.git", git.url), "webhookSecret": HOOK_SECRET}))),
+        ("applications", sub("vault", 1, json!({"privateRepo": true, "repoUrl": format!("{}/private/vault.git", git.url), "repoUsername": "deployer", "repoPassword": PASSWORD}))),
+    ])
+    .await;
+    for app in ["site", "vault"] {
+        let (status, body) = api
+            .post(&format!("/api/applications/{app}/deploy/ap"), json!({}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    eventually(
+        60,
+        "both members of site Active, at the first commit",
+        || async {
+            let c = commits(&api, "site").await;
+            (c.len() == 2 && c.iter().all(|c| *c == first)).then_some(())
+        },
+    )
+    .await;
+    let v1 = eventually(20, "version 1 through the load balancer", || async {
+        through(proxy, "site.web.localhost").await
+    })
+    .await;
+    assert_eq!(v1, "version 1");
+    // The private repository, cloned with its credentials.
+    let private = eventually(60, "the private repository's content served", || async {
+        through(proxy, "vault.web.localhost").await
+    })
+    .await;
+    assert_eq!(private, "private 1");
+    assert!(
+        git.served().iter().any(|s| s.path.starts_with("/private/")
+            && s.user.as_deref() == Some("deployer")
+            && s.status == 200),
+        "the clone authenticated: {:?}",
+        git.served()
+    );
+
+    // Traffic throughout the update.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = clients(proxy, "site.web.localhost", 4, stop.clone());
+    let second = git.push(&site, "site.git", &[("index.html", "version 2")], "v2");
+    let payload = json!({"ref": "refs/heads/main", "after": second,
+        "repository": {"url": format!("{}/site", git.url), "clone_url": format!("{}/site.git", git.url)}})
+    .to_string();
+    let sign = |secret: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(payload.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let hook = |signature: String| {
+        api.http
+            .post(format!("{}/api/repo/notify", api.url))
+            .header("x-github-event", "push")
+            .header("x-hub-signature-256", signature)
+            .header("content-type", "application/json")
+            .body(payload.clone())
+            .send()
+    };
+    // A wrong secret proves nothing; GitLab's header with a wrong token neither.
+    assert_eq!(hook(sign("guess")).await.unwrap().status().as_u16(), 401);
+    let r = api
+        .http
+        .post(format!("{}/api/repo/notify", api.url))
+        .header("x-gitlab-token", "guess")
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = hook(sign(HOOK_SECRET)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+    eventually(60, "every member of site at the new commit", || async {
+        let c = commits(&api, "site").await;
+        (c.len() == 2 && c.iter().all(|c| *c == second)).then_some(())
+    })
+    .await;
+    let v2 = eventually(20, "version 2 through the load balancer", || async {
+        through(proxy, "site.web.localhost")
+            .await
+            .filter(|b| b == "version 2")
+    })
+    .await;
+    assert_eq!(v2, "version 2");
+    stop.store(true, Ordering::Relaxed);
+    let (mut failures, mut seen) = (0, std::collections::BTreeSet::new());
+    for c in load {
+        let (f, s) = c.await.unwrap();
+        failures += f;
+        seen.extend(s);
+    }
+    assert_eq!(failures, 0, "no request failed during the update");
+    assert!(
+        seen.contains("version 1") && seen.contains("version 2"),
+        "{seen:?}"
+    );
+    // The vault's member was not touched: another repository.
+    let vault = commits(&api, "vault").await;
+    assert_eq!(vault.len(), 1);
+    assert_ne!(vault[0], second);
+    // Stratos' form, with an admin's credentials: the same update, asked again.
+    let (status, body) = api
+        .post(
+            "/api/repo/notify",
+            json!({"repository": {"url": format!("{}/site.git", git.url)}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.to_string().contains("site.web"), "{body}");
+
+    // The password: in no API answer, no log line, no file of the platform but the sealed store.
+    for path in [
+        "/api/applications/vault",
+        "/api/applications",
+        "/api/applications/vault/runtime",
+    ] {
+        let (_, body) = api.get(path).await;
+        let text = body.to_string();
+        assert!(
+            !text.contains(PASSWORD) && !text.contains("repoPassword"),
+            "{path}: {text}"
+        );
+    }
+    let (_, app) = api.get("/api/applications/site").await;
+    assert!(!app.to_string().contains(HOOK_SECRET), "{app}");
+    let leaks = files_containing(&data, PASSWORD.as_bytes());
+    assert!(leaks.is_empty(), "the password is in {leaks:?}");
+    // A definition read back and written again keeps its sealed password: a fresh member of the
+    // updated application still clones the private repository.
+    let (_, mut vault_app) = api.get("/api/applications/vault").await;
+    for k in ["status", "signUpsExist"] {
+        vault_app.as_object_mut().unwrap().remove(k);
+    }
+    let (status, body) = api
+        .send(reqwest::Method::PUT, "/api/applications", Some(vault_app))
+        .await;
+    assert!(status == 200 || status == 202, "{status} {body}");
+    let (status, body) = api
+        .post("/api/applications/vault/undeploy", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(60, "vault undeployed", || async {
+        (api.get("/api/applications/vault/runtime").await.0 == 404).then_some(())
+    })
+    .await;
+    let (status, body) = api
+        .post("/api/applications/vault/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let again = eventually(60, "the private content served again", || async {
+        through(proxy, "vault.web.localhost").await
+    })
+    .await;
+    assert_eq!(again, "private 1");
+    assert!(files_containing(&data, PASSWORD.as_bytes()).is_empty());
+}

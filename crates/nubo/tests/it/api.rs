@@ -1272,7 +1272,8 @@ fn documented(caller: Caller, method: &Method, path: &str) -> Option<StatusCode>
     if path == "/health" || path == "/api/health" {
         return None;
     }
-    if caller == Caller::Anonymous {
+    // What agents read takes a member's token, never a user's credentials.
+    if caller == Caller::Anonymous || path.starts_with("/agent/api") {
         return Some(StatusCode::UNAUTHORIZED);
     }
     let platform = path.starts_with("/api/tenants")

@@ -30,7 +30,7 @@ const ONLY_IN: [(&str, &[&str]); 12] = [
     ("axum", &["nubo-api", "nubo-server"]),
     ("hyper", &["nubo-server"]),
     ("hyper-util", &["nubo-server"]),
-    ("reqwest", &["nubo-cli"]),
+    ("reqwest", &["nubo-cli", "nubo-agent"]),
     ("argon2", &["nubo-manager"]),
     ("roxmltree", &["nubo-mock"]),
     ("rcgen", &["nubo-server"]),

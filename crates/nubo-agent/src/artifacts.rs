@@ -1,0 +1,291 @@
+//! Git artifacts (Stratos' artifact checkout): the member's repository is cloned into its
+//! application directory (`app/`) before the workload starts, and fetched again when the
+//! platform asks (`InstanceArtifactUpdate`).
+//!
+//! The `git` command does the work (gix has no push, which commit-back needs, and its HTTP
+//! credential handling differs from git's). A private repository's credentials come from the
+//! platform's API, with the member's token, for each clone or fetch; they are handed to git as an
+//! HTTP header in its environment (`GIT_CONFIG_*`), never on a command line (which any user can
+//! read in `/proc`), in a URL, or in a file: `.git/config` names the plain URL only.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use nubo_iaas::AgentPayload;
+
+/// How long one git command may take.
+pub const GIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Clone attempts before the member is reported failed (Stratos' `artifact.clone.retries`).
+pub const CLONE_ATTEMPTS: u32 = 3;
+
+/// Where the repository is and how to get in.
+#[derive(Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Repository {
+    /// Its URL.
+    pub repo_url: String,
+    /// User name (private repositories).
+    #[serde(default)]
+    pub repo_username: Option<String>,
+    /// Password (private repositories): kept in memory only.
+    #[serde(default)]
+    pub repo_password: Option<String>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("repo_url", &self.repo_url)
+            .field("repo_username", &self.repo_username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The platform API's base URL, from the payload's metadata service URL.
+fn api_base(p: &AgentPayload) -> Option<String> {
+    let url = p.parameters.get("METADATA_SERVICE_URL")?;
+    Some(
+        url.trim_end_matches('/')
+            .trim_end_matches("/metadata/api")
+            .to_owned(),
+    )
+}
+
+/// The member's repository, with its credentials, read from the platform's API with the
+/// member's token; without a way to the API, the payload's `REPO_URL` alone (a public one).
+/// `None`: the member has no repository.
+pub async fn repository(p: &AgentPayload) -> anyhow::Result<Option<Repository>> {
+    let Some(url) = p.parameters.get("REPO_URL").filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let (Some(base), Some(token)) = (api_base(p), p.parameters.get("TOKEN")) else {
+        return Ok(Some(Repository {
+            repo_url: url.clone(),
+            repo_username: None,
+            repo_password: None,
+        }));
+    };
+    let mut client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .use_rustls_tls();
+    if let Some(ca) = p.parameters.get("METADATA_SERVICE_CA") {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {ca}"))?;
+        client = client.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem).context("the API's certificate is not PEM")?,
+        );
+    }
+    let client = client.build().context("cannot make an HTTPS client")?;
+    let answer = client
+        .get(format!("{base}/agent/api/repository"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the platform's API at {base}"))?;
+    match answer.status().as_u16() {
+        200 => Ok(Some(answer.json().await.context(
+            "the platform's API answered something else than a repository",
+        )?)),
+        404 => Ok(None),
+        code => {
+            let text = answer.text().await.unwrap_or_default();
+            anyhow::bail!(
+                "the platform's API refused the member's repository ({code}): {}",
+                text.chars().take(300).collect::<String>()
+            )
+        }
+    }
+}
+
+/// A git command in `dir`, with nothing of the user's or the system's git configuration, no
+/// prompt, and the repository's credentials (if any) as an HTTP header in its environment.
+fn git(dir: &Path, repo: &Repository, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.env_clear()
+        .envs(nubo_iaas::base_environment())
+        .env("HOME", dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        )
+        // The committer of commit-back, and no question asked of anyone.
+        .env("GIT_AUTHOR_NAME", "nubo")
+        .env("GIT_AUTHOR_EMAIL", "nubo@localhost")
+        .env("GIT_COMMITTER_NAME", "nubo")
+        .env("GIT_COMMITTER_EMAIL", "nubo@localhost");
+    if let Some(user) = &repo.repo_username {
+        let pair = format!("{user}:{}", repo.repo_password.as_deref().unwrap_or(""));
+        let header = format!(
+            "Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        );
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env("GIT_CONFIG_VALUE_0", header);
+    }
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs a git command; its standard output, or why it failed (its last words).
+async fn run(dir: &Path, repo: &Repository, args: &[&str]) -> Result<String, String> {
+    let child = git(dir, repo, args)
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e} (git must be installed where members run)"))?;
+    let out = tokio::time::timeout(GIT_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            format!(
+                "git {} took more than {} s",
+                args.first().unwrap_or(&""),
+                GIT_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("git failed: {e}"))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    Err(format!(
+        "git {} failed ({}): {}",
+        args.first().unwrap_or(&""),
+        out.status,
+        last[last.len().saturating_sub(3)..].join(" | ")
+    ))
+}
+
+/// The commit checked out in `dir`.
+pub async fn head(dir: &Path, repo: &Repository) -> Result<String, String> {
+    run(dir, repo, &["rev-parse", "HEAD"]).await
+}
+
+/// Checks the repository out into `app` (the member's application directory, which a start
+/// hook may have put files in already): a repository there is made or reused, then the latest
+/// commit fetched and checked out, with a few attempts. Returns the commit.
+pub async fn checkout(app: &Path, repo: &Repository) -> Result<String, String> {
+    checkout_with(app, repo, Duration::from_secs(2)).await
+}
+
+/// [`checkout`], waiting `pause` between attempts.
+async fn checkout_with(app: &Path, repo: &Repository, pause: Duration) -> Result<String, String> {
+    if !app.join(".git").exists() {
+        run(app, repo, &["init", "--quiet"]).await?;
+        run(app, repo, &["remote", "add", "origin", &repo.repo_url]).await?;
+    }
+    let mut last = String::new();
+    for attempt in 1..=CLONE_ATTEMPTS {
+        match update(app, repo).await {
+            Ok(commit) => return Ok(commit),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "checkout failed");
+                last = e;
+                if attempt < CLONE_ATTEMPTS {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Fetches the latest commit of the repository's default branch and checks it out (the files
+/// the workload changed are reset, as Stratos' agent does when commits are not enabled).
+/// Returns the commit.
+pub async fn update(app: &Path, repo: &Repository) -> Result<String, String> {
+    // The URL was checked when the application was defined: it starts with its scheme, so git
+    // cannot read it as an option.
+    run(app, repo, &["remote", "set-url", "origin", &repo.repo_url]).await?;
+    run(app, repo, &["fetch", "--quiet", "origin", "HEAD"]).await?;
+    run(app, repo, &["reset", "--quiet", "--hard", "FETCH_HEAD"]).await?;
+    head(app, repo).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, script: &str) {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    }
+
+    #[tokio::test]
+    async fn a_repository_is_cloned_then_updated_to_its_latest_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = dir.path().join("origin");
+        std::fs::create_dir(&origin).unwrap();
+        sh(
+            &origin,
+            "git init -q -b main && echo v1 > index.html && git add . && git commit -qm v1",
+        );
+        let repo = Repository {
+            repo_url: format!("file://{}", origin.display()),
+            repo_username: None,
+            repo_password: None,
+        };
+        let app = dir.path().join("member/app");
+        std::fs::create_dir_all(&app).unwrap();
+        // A start hook put a file there first.
+        std::fs::write(app.join("from-hook.txt"), "x").unwrap();
+        let first = checkout(&app, &repo).await.unwrap();
+        assert!(app.join("from-hook.txt").exists());
+        assert_eq!(first.len(), 40, "{first}");
+        assert_eq!(
+            std::fs::read_to_string(app.join("index.html")).unwrap(),
+            "v1\n"
+        );
+        sh(&origin, "echo v2 > index.html && git commit -qam v2");
+        // The workload changed a file meanwhile: the update resets it.
+        std::fs::write(app.join("index.html"), "scribbled").unwrap();
+        let second = update(&app, &repo).await.unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            std::fs::read_to_string(app.join("index.html")).unwrap(),
+            "v2\n"
+        );
+        // A checkout already there is updated, not cloned again.
+        sh(&origin, "echo v3 > index.html && git commit -qam v3");
+        let third = checkout(&app, &repo).await.unwrap();
+        assert_ne!(second, third);
+        // A repository that is not there: the reason, after the attempts.
+        let missing = Repository {
+            repo_url: format!("file://{}/nothing", dir.path().display()),
+            ..repo.clone()
+        };
+        let empty = dir.path().join("other/app");
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = checkout_with(&empty, &missing, Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert!(err.contains("git fetch failed"), "{err}");
+        // Credentials never show in a Debug of the repository.
+        let private = Repository {
+            repo_password: Some("hunter2".into()),
+            repo_username: Some("u".into()),
+            ..repo
+        };
+        assert!(!format!("{private:?}").contains("hunter2"));
+    }
+}
