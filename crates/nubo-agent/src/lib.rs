@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nubo_bus::EventBus;
-use nubo_events::{Category, Event, InstanceRef, MemberHealth, MemberStatus};
+use nubo_events::{Category, Event, InstanceRef, LogStream, MemberHealth, MemberStatus};
 pub use nubo_iaas::record_agent;
 use nubo_iaas::{API_CA_PARAMETER, AgentPayload, proc};
 use tokio::process::Child;
@@ -175,7 +175,9 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         }
     }
 
-    let (mut workload, mut output) = start_workload(&p, &workdir)?;
+    // Its output goes to the platform too.
+    let shipper = logs::Shipper::start(events.clone(), p.member_id.clone());
+    let (mut workload, mut output) = start_workload(&p, &workdir, Some(shipper))?;
     let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
     tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
 
@@ -466,6 +468,7 @@ async fn flush(output: &mut [tokio::task::JoinHandle<()>]) {
 fn start_workload(
     p: &AgentPayload,
     workdir: &Path,
+    shipper: Option<logs::Shipper>,
 ) -> anyhow::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
     let log = Arc::new(Mutex::new(logs::RotatingLog::open(
         &workdir.join("workload.log"),
@@ -502,10 +505,20 @@ fn start_workload(
         .with_context(|| format!("cannot start the workload `{}`", p.command))?;
     let mut output = Vec::new();
     if let Some(out) = child.stdout.take() {
-        output.push(tokio::spawn(logs::pump(out, log.clone())));
+        output.push(tokio::spawn(logs::pump(
+            out,
+            log.clone(),
+            LogStream::Stdout,
+            shipper.clone(),
+        )));
     }
     if let Some(err) = child.stderr.take() {
-        output.push(tokio::spawn(logs::pump(err, log)));
+        output.push(tokio::spawn(logs::pump(
+            err,
+            log,
+            LogStream::Stderr,
+            shipper,
+        )));
     }
     Ok((child, output))
 }

@@ -1,13 +1,21 @@
 //! The workload's output, bounded: written to `workload.log` until it reaches a size, then that
 //! file becomes `workload.log.1` (replacing the previous one) and a new one starts. A member's
 //! logs take at most twice the bound on disk, however long it runs.
+//!
+//! Each line is also shipped to the platform (`InstanceLog` batches on the bus, about four a
+//! second), through a bounded queue: when the platform does not take them fast enough, lines are
+//! dropped and counted (the next batch says how many), and the workload is never slowed down.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use nubo_events::{Event, LogBatch, LogLine, LogStream};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
 
 /// Bytes of output kept per file (two files: the current and the previous).
 pub const WORKLOAD_LOG_MAX: u64 = 8 * 1024 * 1024;
@@ -56,17 +64,101 @@ impl RotatingLog {
     }
 }
 
-/// Copies `from` (a workload's standard output or error) into `log` until it ends.
-pub async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLog>>) {
+/// Longest line shipped (a longer one is cut there, and the rest shipped as lines of its own).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Lines waiting to be shipped before new ones are dropped.
+pub const SHIP_QUEUE: usize = 10_000;
+/// How long lines wait to be shipped together.
+pub const SHIP_EVERY: Duration = Duration::from_millis(250);
+/// Most lines in one batch.
+pub const BATCH_LINES: usize = 1_000;
+
+/// The sending end of the shipping queue: never waits.
+#[derive(Clone)]
+pub struct Shipper {
+    tx: mpsc::Sender<LogLine>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Shipper {
+    /// Starts shipping `member_id`'s lines on `events`.
+    pub fn start(events: nubo_bus::EventBus, member_id: String) -> Shipper {
+        let (tx, mut rx) = mpsc::channel::<LogLine>(SHIP_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut lines = vec![first];
+                let deadline = tokio::time::Instant::now() + SHIP_EVERY;
+                while lines.len() < BATCH_LINES {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(l)) => lines.push(l),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let batch = LogBatch {
+                    member_id: member_id.clone(),
+                    lines,
+                    dropped: lost.swap(0, Ordering::Relaxed),
+                };
+                // A bus that is away makes this wait: the queue fills, and lines are dropped.
+                let _ = events.publish(&Event::InstanceLog(batch)).await;
+            }
+        });
+        Shipper { tx, dropped }
+    }
+
+    fn ship(&self, stream: LogStream, text: &[u8]) {
+        let text = String::from_utf8_lossy(text);
+        let line = LogLine {
+            at_ms: nubo_bus::now_ms(),
+            stream,
+            text: text.trim_end_matches('\r').to_owned(),
+        };
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Copies `from` (a workload's standard output or error) into `log` until it ends, and ships
+/// each line with `shipper`.
+pub async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    log: Arc<Mutex<RotatingLog>>,
+    stream: LogStream,
+    shipper: Option<Shipper>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
     loop {
         match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                if let Some(s) = &shipper
+                    && !partial.is_empty()
+                {
+                    s.ship(stream, &partial);
+                }
+                return;
+            }
             Ok(n) => {
                 if let Ok(mut l) = log.lock()
                     && let Err(e) = l.write(&buf[..n])
                 {
                     tracing::warn!(error = %e, "cannot write the workload's output");
+                }
+                let Some(s) = &shipper else { continue };
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        s.ship(stream, &partial);
+                        partial.clear();
+                    } else {
+                        partial.push(b);
+                        if partial.len() >= MAX_LINE {
+                            s.ship(stream, &partial);
+                            partial.clear();
+                        }
+                    }
                 }
             }
         }
@@ -76,6 +168,44 @@ pub async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLog>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_are_shipped_whole_cut_at_their_bound_and_dropped_when_the_queue_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Mutex::new(
+            RotatingLog::open(&dir.path().join("w.log"), 1 << 20).unwrap(),
+        ));
+        let (tx, mut rx) = mpsc::channel(4);
+        let shipper = Shipper {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let long = "y".repeat(MAX_LINE + 10);
+        let input = "one\r\ntw".to_owned();
+        let rest = format!("o\n{long}\nlast without end");
+        let (mut w, r) = tokio::io::duplex(64);
+        let task = tokio::spawn(pump(r, log, LogStream::Stderr, Some(shipper.clone())));
+        use tokio::io::AsyncWriteExt;
+        w.write_all(input.as_bytes()).await.unwrap();
+        w.write_all(rest.as_bytes()).await.unwrap();
+        drop(w);
+        // The queue holds 4: the fifth line is dropped and counted, not waited for.
+        task.await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(l) = rx.try_recv() {
+            assert_eq!(l.stream, LogStream::Stderr);
+            got.push(l.text);
+        }
+        assert_eq!(got[0], "one");
+        assert_eq!(got[1], "two");
+        assert_eq!(got[2].len(), MAX_LINE);
+        assert_eq!(got[3], "y".repeat(10));
+        assert_eq!(got.len(), 4);
+        assert_eq!(shipper.dropped.load(Ordering::Relaxed), 1, "the last line");
+        // The file has everything.
+        let file = std::fs::read_to_string(dir.path().join("w.log")).unwrap();
+        assert!(file.ends_with("last without end"));
+    }
 
     #[test]
     fn the_log_rotates_at_its_bound_and_keeps_one_previous_file() {

@@ -417,6 +417,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     .route("/applications/{id}/undeploy", post(undeploy))
     .route("/applications/{id}/runtime", get(runtime))
     .route("/applications/{id}/members", get(members))
+    .route("/applications/{id}/logs", get(crate::logs::logs))
     .route("/cartridges/filter/{filter}", get(filter_cartridges))
     .route("/cartridges/{id}/filter/{filter}", get(filter_cartridge))
 }

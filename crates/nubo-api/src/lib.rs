@@ -28,6 +28,7 @@ pub mod access;
 pub mod artifacts;
 mod auth;
 pub mod error;
+pub mod logs;
 pub mod metadata;
 pub mod metrics;
 mod mock;
@@ -62,6 +63,8 @@ pub struct AppState {
     mock: OnceLock<Arc<nubo_mock::MockIaas>>,
     /// The platform's bus (with its key): checks members' tokens, carries what the API publishes.
     bus: OnceLock<nubo_bus::EventBus>,
+    /// Workloads' logs, kept by this process.
+    logs: OnceLock<Arc<nubo_logs::Logs>>,
     metrics: metrics::ApiMetrics,
 }
 
@@ -87,6 +90,7 @@ impl AppState {
             registry: RwLock::new(registry),
             mock: OnceLock::new(),
             bus: OnceLock::new(),
+            logs: OnceLock::new(),
             metrics,
         };
         if let Some(log) = scaling {
@@ -129,6 +133,17 @@ impl AppState {
     pub fn with_bus(self: Arc<Self>, bus: nubo_bus::EventBus) -> Arc<Self> {
         let _ = self.bus.set(bus);
         self
+    }
+
+    /// The same state serving workloads' logs from `logs`.
+    pub fn with_logs(self: Arc<Self>, logs: Arc<nubo_logs::Logs>) -> Arc<Self> {
+        let _ = self.logs.set(logs);
+        self
+    }
+
+    /// This process's log store, when it keeps one.
+    pub fn logs(&self) -> Option<&Arc<nubo_logs::Logs>> {
+        self.logs.get()
     }
 
     /// The platform's bus, when the server gave it.

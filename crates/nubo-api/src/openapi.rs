@@ -276,6 +276,48 @@ pub fn document() -> OpenApi {
             .response("404", message("No such application, or not deployed"))
             .build(),
     );
+    paths.add_path_operation(
+        "/api/applications/{id}/logs",
+        vec![HttpMethod::Get],
+        op("application_logs".into(), "The workload output of the application's members (Nubo's): kept by the server for an hour after a member's last line, 256 KiB per member".into(), "applications")
+            .parameter(id_param("id"))
+            .parameter(
+                ParameterBuilder::new()
+                    .name("member")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some("One member only"))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+            )
+            .parameter(
+                ParameterBuilder::new()
+                    .name("since")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some("Lines since an age (30s, 10m, 2h, 1d) or a time in milliseconds since the epoch"))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+            )
+            .parameter(
+                ParameterBuilder::new()
+                    .name("tail")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some("The last N lines only"))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))),
+            )
+            .parameter(
+                ParameterBuilder::new()
+                    .name("follow")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some("Keep the answer open: the lines so far, then each as it comes (newline-delimited JSON, `application/x-ndjson`); `{\"skipped\": N}` when the reader was too slow"))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::Boolean))),
+            )
+            .response("200", ResponseBuilder::new().description("`[{\"seq\", \"memberId\", \"atMs\", \"stream\": \"stdout\"|\"stderr\", \"text\"}]`, in the order the server took them").build())
+            .response("400", message("since is not an age or a time"))
+            .response("404", message("No such application"))
+            .build(),
+    );
     let simple: &[SimpleOp] = &[
         (
             "/api/tenants",

@@ -122,9 +122,12 @@ impl Subscription {
 pub const SUBSCRIPTION_BUFFER: usize = 65_536;
 
 /// Whether a subscription to `filter` may drop messages when it lags: the statistics topics
-/// only (each message is superseded by the next of the same member within seconds).
+/// (each message is superseded by the next of the same member within seconds) and workloads'
+/// logs (a log store that lags drops lines, and counts them, rather than hold the platform up).
 fn lossy(filter: &str) -> bool {
-    filter == Category::HealthStats.filter() || filter == Category::Predictions.filter()
+    filter == Category::HealthStats.filter()
+        || filter == Category::Predictions.filter()
+        || filter == Category::Logs.filter()
 }
 
 /// The sending side of a subscription, as a bus's dispatch holds it.

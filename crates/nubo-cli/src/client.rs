@@ -56,16 +56,69 @@ pub fn escape(s: &str) -> String {
 /// A client of one server.
 pub struct ApiClient {
     http: reqwest::Client,
+    /// Without a time limit on the whole answer: for answers that stream (`logs --follow`).
+    streaming: reqwest::Client,
     conn: Connection,
 }
 
 impl ApiClient {
     /// A client for `conn`.
     pub fn new(conn: &Connection) -> anyhow::Result<Self> {
+        Ok(ApiClient {
+            http: Self::builder(conn, Some(std::time::Duration::from_secs(60)))?
+                .build()
+                .context("cannot set up the HTTP client")?,
+            streaming: Self::builder(conn, None)?
+                .connect_timeout(std::time::Duration::from_secs(30))
+                .build()
+                .context("cannot set up the HTTP client")?,
+            conn: conn.clone(),
+        })
+    }
+
+    /// Reads a streamed answer (newline-delimited), calling `line` with each line as it comes,
+    /// until the server ends it.
+    pub async fn follow(&self, path: &str, mut line: impl FnMut(&str)) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.conn.url);
+        let mut resp = match self
+            .streaming
+            .get(&url)
+            .basic_auth(&self.conn.user, self.conn.password.as_deref())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Err(self.transport_error(e)),
+        };
+        if !resp.status().is_success() {
+            // The error as `send` explains it.
+            return self.send("GET", path, None).await.map(|_| ());
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .context("the server closed the connection mid-answer")?
+        {
+            pending.extend_from_slice(&chunk);
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let l: Vec<u8> = pending.drain(..=i).collect();
+                line(String::from_utf8_lossy(&l[..i]).as_ref());
+            }
+        }
+        Ok(())
+    }
+
+    fn builder(
+        conn: &Connection,
+        timeout: Option<std::time::Duration>,
+    ) -> anyhow::Result<reqwest::ClientBuilder> {
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
-            .timeout(std::time::Duration::from_secs(60))
             .user_agent(concat!("nubo-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(t) = timeout {
+            b = b.timeout(t);
+        }
         if let Some(ca) = &conn.ca_cert {
             let pem = std::fs::read(ca)
                 .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
@@ -76,10 +129,7 @@ impl ApiClient {
         if conn.insecure {
             b = b.danger_accept_invalid_certs(true);
         }
-        Ok(ApiClient {
-            http: b.build().context("cannot set up the HTTP client")?,
-            conn: conn.clone(),
-        })
+        Ok(b)
     }
 
     /// Sends a request and returns the JSON body of a successful answer.

@@ -418,6 +418,23 @@ pub enum Command {
         /// Application id
         id: String,
     },
+    /// The workload output of an application's members (kept by the server for an hour, bounded)
+    Logs {
+        /// Application id
+        app: String,
+        /// One member only
+        #[arg(long, value_name = "MEMBER_ID")]
+        member: Option<String>,
+        /// Lines since an age (30s, 10m, 2h, 1d) or a time in milliseconds since the epoch
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// The last N lines only
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Keep going: print lines as they come, until interrupted
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// The metadata service: what an application's members exchange at run time
     #[command(subcommand)]
     Metadata(MetadataCommand),
@@ -598,6 +615,50 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Metadata(c) => metadata(&client, out, c).await,
+        Command::Logs {
+            app,
+            member,
+            since,
+            tail,
+            follow,
+        } => {
+            let mut path = format!("/api/applications/{}/logs?", client::escape(app));
+            if let Some(m) = member {
+                path.push_str(&format!("member={}&", client::escape(m)));
+            }
+            if let Some(s) = since {
+                path.push_str(&format!("since={}&", client::escape(s)));
+            }
+            if let Some(n) = tail {
+                path.push_str(&format!("tail={n}&"));
+            }
+            if *follow {
+                path.push_str("follow=true");
+                client
+                    .follow(&path, |l| match out {
+                        Output::Json => println!("{l}"),
+                        Output::Table => {
+                            if let Ok(v) = serde_json::from_str::<Value>(l) {
+                                render::log_line(&v);
+                            }
+                        }
+                    })
+                    .await
+            } else {
+                let v = client
+                    .send("GET", path.trim_end_matches(['?', '&']), None)
+                    .await?;
+                match out {
+                    Output::Json => render::json(&v),
+                    Output::Table => {
+                        for l in v.as_array().into_iter().flatten() {
+                            render::log_line(l);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
         Command::KubernetesCluster(KubernetesCommand::Artifact(c)) => {
             artifact(&client, out, "kubernetesClusters", c).await
         }

@@ -12,6 +12,24 @@ pub fn json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// Prints one log line: time, member, stream, text (or how many lines a slow reader missed).
+pub fn log_line(v: &Value) {
+    if let Some(n) = v.get("skipped") {
+        println!("… {n} lines skipped (this reader was too slow)");
+        return;
+    }
+    let at = v.get("atMs").and_then(Value::as_u64).unwrap_or(0);
+    let secs = at / 1000;
+    let (h, m, sec) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    println!(
+        "{h:02}:{m:02}:{sec:02}.{:03} {} {}| {}",
+        at % 1000,
+        s(v, "memberId"),
+        if s(v, "stream") == "stderr" { "E" } else { " " },
+        s(v, "text")
+    );
+}
+
 /// Prints metadata properties (`{"key","values"}`) as a table.
 pub fn properties(rows: &[Value]) {
     let mut t = Table::new();

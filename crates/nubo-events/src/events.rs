@@ -34,6 +34,8 @@ pub enum Category {
     /// The event processor's predictions (publisher: an event processor in its own process;
     /// consumer: the autoscaler).
     Predictions,
+    /// Workloads' output (publisher: agents; consumers: the API servers' log stores).
+    Logs,
 }
 
 impl Category {
@@ -51,6 +53,7 @@ impl Category {
             Category::Node => "node",
             Category::Control => "control",
             Category::Predictions => "predictions",
+            Category::Logs => "logs",
         }
     }
 
@@ -138,6 +141,42 @@ pub struct MemberHealth {
     pub ports_open: bool,
     /// Measurement time, milliseconds since the epoch.
     pub at_ms: u64,
+}
+
+/// Which output of a workload a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a workload's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    /// When the agent read it, milliseconds since the epoch.
+    pub at_ms: u64,
+    /// Standard output or error.
+    pub stream: LogStream,
+    /// The line, without its end (at most 16 KiB; invalid UTF-8 replaced).
+    pub text: String,
+}
+
+/// Lines of one member's workload, as its agent ships them (about four times a second).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogBatch {
+    /// The member (the only id a receiver believes: its agent proved it).
+    pub member_id: String,
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// Lines the agent dropped since its last batch, because the platform did not take them fast
+    /// enough (a workload is never slowed down by its logs).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// Requests in flight at one load balancer for one cluster.
@@ -357,6 +396,10 @@ pub enum Event {
         #[serde(rename = "clusterInstanceId")]
         cluster_instance_id: String,
     },
+
+    // === logs ===
+    /// Lines of a member's workload output; Nubo addition.
+    InstanceLog(LogBatch),
 
     // === health statistics ===
     /// One member's health.
@@ -631,6 +674,7 @@ impl Event {
             Event::InstanceCleanupMember { .. } => "InstanceCleanupMember",
             Event::InstanceCleanupCluster { .. } => "InstanceCleanupCluster",
             Event::MemberHealthStat(_) => "MemberHealthStat",
+            Event::InstanceLog(_) => "InstanceLog",
             Event::InFlightRequests(_) => "InFlightRequests",
             Event::PredictedStatistics(_) => "PredictedStatistics",
             Event::CompleteTopologyRequest {} => "CompleteTopologyRequest",
@@ -671,6 +715,7 @@ impl Event {
             | Event::InstanceFailed { instance: r, .. }
             | Event::InstanceArtifactUpdated { instance: r, .. } => r.member_id == member_id,
             Event::MemberHealthStat(h) => h.instance.member_id == member_id,
+            Event::InstanceLog(b) => b.member_id == member_id,
             Event::CompleteTopologyRequest {} => true,
             _ => false,
         }
@@ -703,6 +748,7 @@ impl Event {
             | Event::InstanceCleanupCluster { .. }
             | Event::InstanceArtifactUpdate { .. } => Category::InstanceNotifier,
             Event::MemberHealthStat(_) | Event::InFlightRequests(_) => Category::HealthStats,
+            Event::InstanceLog(_) => Category::Logs,
             Event::PredictedStatistics(_) => Category::Predictions,
             Event::CompleteTopologyRequest {} => Category::Initializer,
             Event::MemberProcessExited { .. }
@@ -957,6 +1003,15 @@ mod catalogue {
                 commit: Some("0f1e2d3c".into()),
                 error: None,
             },
+            Event::InstanceLog(LogBatch {
+                member_id: "shop.web.php-1".into(),
+                lines: vec![LogLine {
+                    at_ms: 1_763_769_600_000,
+                    stream: LogStream::Stderr,
+                    text: "listening on 8080".into(),
+                }],
+                dropped: 0,
+            }),
             Event::InstanceCleanupMember {
                 member_id: "shop.web.php-1".into(),
             },
@@ -1124,6 +1179,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 40, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 41, "one example per event variant: {names:?}");
     }
 }

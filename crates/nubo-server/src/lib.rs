@@ -154,6 +154,20 @@ impl ControllerParts {
     }
 }
 
+/// Who owns a member, for the log store: its application and tenant in the controller's topology.
+struct TopologyOwners(Arc<dyn nubo_controller::ControlPlane>);
+
+#[async_trait::async_trait]
+impl nubo_logs::Owners for TopologyOwners {
+    async fn owner(&self, member_id: &str) -> Option<nubo_logs::Owner> {
+        let id = self.0.member(member_id).await.ok().flatten()?;
+        Some(nubo_logs::Owner {
+            application_id: id.member.application_id,
+            tenant_id: id.tenant_id,
+        })
+    }
+}
+
 /// An autoscaler for a controller in another process, kept by an `--ha` standby until it holds
 /// the autoscaler lease.
 struct RemoteAutoscaler {
@@ -607,8 +621,22 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
             .await
             .context("cannot start the load balancer")?;
     }
+    // Workloads' logs, kept by every process that serves the API (each follows the bus).
+    let logs = if config.runs(Component::Api) {
+        let logs = nubo_logs::Logs::new(nubo_logs::Limits::default());
+        logs.register_metrics(&mut registry);
+        logs.follow(&events, Arc::new(TopologyOwners(control.clone())))
+            .await
+            .context("cannot follow the workloads' logs")?;
+        Some(logs)
+    } else {
+        None
+    };
     let mut state =
         AppState::new(manager, Some(control), scaling, registry).with_bus(events.clone());
+    if let Some(logs) = logs {
+        state = state.with_logs(logs);
+    }
     if standby.is_none()
         && let Some(mock) = mock.clone()
     {

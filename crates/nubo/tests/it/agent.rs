@@ -439,3 +439,151 @@ async fn a_git_artifact_is_updated_by_its_webhook_member_after_member_with_no_fa
     assert_eq!(again, "private 1");
     assert!(files_containing(&data, PASSWORD.as_bytes()).is_empty());
 }
+
+/// The numbers in log lines `out N` / `err N` of a JSON list.
+fn numbers(lines: &[Value], prefix: &str) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l["text"].as_str()?.strip_prefix(prefix)?.parse().ok())
+        .collect()
+}
+
+/// A member's workload output, through its agent and the bus, read back through the API and the
+/// CLI (`nubo logs`, and `--follow` as lines come); another tenant reads none of it.
+#[tokio::test]
+async fn a_member_s_logs_are_read_and_followed_and_another_tenant_reads_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    api.add_all(&basics()).await;
+    let chatty = "(i=0; while true; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); sleep 0.1; done) & exec python3 -m http.server $PORT --bind 127.0.0.1";
+    api.add_all(&[
+        ("cartridges", json!({"type": "chatty", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
+            "iaasProvider": [{"type": "local", "imageId": chatty}]})),
+        ("applications", json!({"applicationId": "talk", "components": {"cartridges": [
+            {"type": "chatty", "cartridgeMin": 2, "cartridgeMax": 2,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/talk/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let members = eventually(60, "both members Active", || async {
+        let m = api.active("talk", "web").await;
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    let one = members[0]["memberId"].as_str().unwrap().to_owned();
+    let lines = eventually(30, "lines of both members and both streams", || async {
+        let (_, v) = api.get("/api/applications/talk/logs").await;
+        let lines = v.as_array().cloned().unwrap_or_default();
+        let members: std::collections::BTreeSet<&str> = lines
+            .iter()
+            .filter_map(|l| l["memberId"].as_str())
+            .collect();
+        (members.len() == 2
+            && lines.iter().any(|l| l["stream"] == "stderr")
+            && numbers(&lines, "out ").len() >= 6)
+            .then_some(lines)
+    })
+    .await;
+    // Each member's lines come in order, none lost on the way.
+    for m in [&one, members[1]["memberId"].as_str().unwrap()] {
+        let mine: Vec<Value> = lines
+            .iter()
+            .filter(|l| l["memberId"] == *m)
+            .cloned()
+            .collect();
+        let outs = numbers(&mine, "out ");
+        assert!(outs.windows(2).all(|w| w[1] == w[0] + 1), "{m}: {outs:?}");
+        assert_eq!(outs.first(), Some(&0), "{m} from its first line");
+    }
+    // One member, the last lines.
+    let (_, v) = api
+        .get(&format!("/api/applications/talk/logs?member={one}&tail=3"))
+        .await;
+    let last = v.as_array().unwrap();
+    assert_eq!(last.len(), 3);
+    assert!(last.iter().all(|l| l["memberId"] == one.as_str()));
+    let (status, _) = api.get("/api/applications/talk/logs?since=soon").await;
+    assert_eq!(status, 400);
+    // The CLI: a table, and --follow shows lines written after it started.
+    let o = crate::cli::nubo(&server, &["logs", "talk", "--member", &one, "--tail", "2"]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.contains(&one), "{table}");
+    let before = numbers(
+        api.get(&format!("/api/applications/talk/logs?member={one}"))
+            .await
+            .1
+            .as_array()
+            .unwrap(),
+        "out ",
+    )
+    .into_iter()
+    .max()
+    .unwrap();
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args(["logs", "talk", "--follow", "--member", &one])
+        .env("NUBO_URL", &server.url)
+        .env("NUBO_PASSWORD", crate::support::PASSWORD)
+        .env("NUBO_CONFIG", dir.path().join("no-config.toml"))
+        .env_remove("NUBO_USER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut newest = 0;
+    while newest <= before + 5 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200))
+            && let Some(n) = l
+                .split("| out ")
+                .nth(1)
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        {
+            newest = newest.max(n);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        newest > before + 5,
+        "--follow printed lines written after it started (newest {newest}, before {before})"
+    );
+    // Another tenant reads none of it.
+    let t = json!({"admin": "bob", "firstName": "B", "lastName": "B", "adminPassword": "s3cret!", "tenantDomain": "b.com", "email": "bob@b.com", "active": "true"});
+    let (status, body) = api.post("/api/tenants", t).await;
+    assert_eq!(status, 201, "{body}");
+    let bob = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let (status, _) = bob.get("/api/applications/talk/logs").await;
+    assert_eq!(status, 404);
+    let r = bob
+        .http
+        .get(format!(
+            "{}/api/applications/talk/logs?follow=true",
+            bob.url
+        ))
+        .basic_auth("bob@b.com", Some("s3cret!"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(api.metrics().await.contains("nubo_logs_lines_total"));
+}

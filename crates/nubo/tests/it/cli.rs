@@ -384,6 +384,7 @@ fn cli_help_matches_the_checked_in_copy() {
         vec!["tenant", "add"],
         vec!["user"],
         vec!["iaas-providers"],
+        vec!["logs"],
         vec!["metadata"],
         vec!["metadata", "add"],
     ];
