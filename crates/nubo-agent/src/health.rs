@@ -142,3 +142,63 @@ mod tests {
         let _ = child.wait();
     }
 }
+
+/// How many TCP connections to `ports` on this host are established (from `/proc/net/tcp` and
+/// `/proc/net/tcp6`): while a member drains, its requests in flight are its connections, since
+/// load balancers close their idle connections to a member they no longer route to.
+pub fn established(ports: &[u16]) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|text| established_in(&text, ports))
+        .sum()
+}
+
+/// [`established`] over the text of a `/proc/net/tcp` file.
+fn established_in(text: &str, ports: &[u16]) -> usize {
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1);
+            let state = fields.nth(1);
+            let port = local
+                .and_then(|l| l.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            state == Some("01") && port.is_some_and(|p| ports.contains(&p))
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    #[test]
+    fn established_connections_to_a_port_are_counted() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:1F90 0100007F:C351 06 00000000:00000000 03:00000000 00000000     0        0 0 3 0000000000000000
+";
+        // The listener (0A) and a TIME_WAIT (06) are not requests; the client side's local port
+        // is not 8080.
+        assert_eq!(established_in(text, &[8080]), 1);
+        assert_eq!(established_in(text, &[9090]), 0);
+        assert_eq!(established_in(text, &[8080, 50000]), 2);
+    }
+
+    #[test]
+    fn a_real_connection_shows_then_goes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(established(&[port]), 0);
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(established(&[port]), 1);
+        drop(c);
+        drop(s);
+        assert_eq!(established(&[port]), 0);
+    }
+}

@@ -331,6 +331,11 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                     publish(&events, Event::InstanceMaintenanceMode(me.clone())).await;
                     // Load balancers drop the member on this event; let them, before the workload goes.
                     tokio::time::sleep(DRAIN_DELAY).await;
+                    // Then its requests in flight end: load balancers close their idle
+                    // connections to a member they no longer route to, so its open connections
+                    // are its requests. Waited for within the drain timeout, less the time the
+                    // workload has to stop.
+                    drain_connections(&p, stop_grace).await;
                     // The clean hook (Stratos' `clean` extension): a failure is reported in the
                     // member's log; the member goes anyway.
                     if let Some(script) = hooks::hook(extensions.as_deref(), "clean")
@@ -412,6 +417,35 @@ async fn update_artifacts(
         hooks::run(&script, "ArtifactUpdatedEvent", &env, app_dir).await?;
     }
     Ok(commit)
+}
+
+/// Waits until no TCP connection to the member's ports is open, at most the drain timeout less
+/// the workload's termination grace and a margin (the platform terminates the member at the
+/// drain timeout).
+async fn drain_connections(p: &AgentPayload, stop_grace: Duration) {
+    let drain = p
+        .parameters
+        .get("DRAIN_TIMEOUT")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs);
+    let window = drain.saturating_sub(stop_grace + Duration::from_secs(2));
+    let ports: Vec<u16> = p
+        .ports
+        .iter()
+        .filter(|x| x.protocol != "udp")
+        .map(|x| x.port)
+        .collect();
+    let started = Instant::now();
+    let mut open = health::established(&ports);
+    while open > 0 && started.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open = health::established(&ports);
+    }
+    if open > 0 {
+        tracing::warn!(member = %p.member_id, open, waited_ms = started.elapsed().as_millis() as u64, "connections still open at the end of the drain window: stopping the workload anyway");
+    } else {
+        tracing::info!(member = %p.member_id, waited_ms = started.elapsed().as_millis() as u64, "drained: no connection left");
+    }
 }
 
 /// Reports the member failed, with `reason` (its agent ends after this).

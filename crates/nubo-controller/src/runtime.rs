@@ -845,6 +845,15 @@ pub fn parameters(
             p.insert(parameter.to_owned(), path.clone());
         }
     }
+    // How long a draining member may take (its agent waits that long, less the termination
+    // grace, for its requests in flight to end before it stops the workload).
+    p.insert(
+        "DRAIN_TIMEOUT".to_owned(),
+        limits
+            .drain
+            .unwrap_or(crate::state::DRAIN_TIMEOUT_MS / 1000)
+            .to_string(),
+    );
     p.insert(
         "TERMINATION_TIMEOUT".to_owned(),
         limits

@@ -100,9 +100,18 @@ struct InstanceCounters {
 struct Target {
     member_id: String,
     addr: SocketAddr,
-    outstanding: Arc<AtomicI64>,
+    member: Arc<MemberCounters>,
     instance: Arc<InstanceCounters>,
     instance_id: String,
+}
+
+/// One member's own: its requests outstanding here, and whether the table routes to it (a
+/// connection kept open to a member the table dropped, one draining, is closed once idle, so
+/// that the member sees its connections end as its requests do).
+#[derive(Default)]
+struct MemberCounters {
+    outstanding: AtomicI64,
+    routed: std::sync::atomic::AtomicBool,
 }
 
 /// A route with its counters attached.
@@ -214,7 +223,7 @@ pub struct LoadBalancer {
     keys: Mutex<HashMap<String, Vec<RouteKey>>>,
     held: AtomicUsize,
     clusters: Mutex<HashMap<String, Arc<ClusterCounters>>>,
-    outstanding: Mutex<HashMap<String, Arc<AtomicI64>>>,
+    outstanding: Mutex<HashMap<String, Arc<MemberCounters>>>,
     listening: Mutex<HashSet<u16>>,
     turn: AtomicUsize,
 }
@@ -299,8 +308,12 @@ impl LoadBalancer {
                 for (port, host) in keys.remove(id).unwrap_or_default() {
                     if let Some(hosts) = next.by_port.get_mut(&port)
                         && hosts.get(&host).is_some_and(|r| r.cluster_id == *id)
+                        && let Some(old) = Arc::make_mut(hosts).remove(&host)
                     {
-                        Arc::make_mut(hosts).remove(&host);
+                        // Routed again below if still there.
+                        for t in &old.targets {
+                            t.member.routed.store(false, Ordering::Relaxed);
+                        }
                     }
                 }
                 if routes.is_empty() {
@@ -348,13 +361,13 @@ impl LoadBalancer {
                                         .clone()
                                 })
                                 .unwrap_or_default();
+                            let member =
+                                outstanding.entry(b.member_id.clone()).or_default().clone();
+                            member.routed.store(true, Ordering::Relaxed);
                             Target {
                                 member_id: b.member_id.clone(),
                                 addr: b.addr,
-                                outstanding: outstanding
-                                    .entry(b.member_id.clone())
-                                    .or_default()
-                                    .clone(),
+                                member,
                                 instance,
                                 instance_id: b.instance.0.clone(),
                             }

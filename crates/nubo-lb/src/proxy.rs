@@ -33,6 +33,8 @@ const READ_CHUNK: usize = 8 * 1024;
 /// A kept-alive connection to a member.
 struct Upstream<U> {
     addr: SocketAddr,
+    /// The member's counters: whether the table still routes to it.
+    member: Arc<crate::MemberCounters>,
     stream: U,
     buf: BytesMut,
 }
@@ -187,12 +189,22 @@ impl<C: Stream, K: Connect> Conn<C, K> {
             self.idle
                 .as_mut()
                 .reset(Instant::now() + HEADER_READ_TIMEOUT);
+            let holding = !self.ups.is_empty();
             tokio::select! {
                 biased;
                 r = self.client.read_buf(&mut self.inbuf) => match r {
                     Ok(0) | Err(_) => return Ok(None),
                     Ok(_) => {}
                 },
+                // The table changed while this connection is idle: connections to members it
+                // no longer routes to (draining, gone) are closed now, not at the next request,
+                // so that a draining member sees its connections end.
+                r = self.routes.changed(), if holding => {
+                    if r.is_ok() {
+                        self.table = self.routes.borrow_and_update().clone();
+                        self.ups.retain(|u| u.member.routed.load(Ordering::Relaxed));
+                    }
+                }
                 _ = &mut self.idle => {
                     if self.inbuf.is_empty() {
                         return Ok(None);
@@ -322,11 +334,13 @@ impl<C: Stream, K: Connect> Conn<C, K> {
             let target = &route.targets[pick];
             route.counters.in_flight.fetch_add(1, Ordering::Relaxed);
             target.instance.in_flight.fetch_add(1, Ordering::Relaxed);
-            target.outstanding.fetch_add(1, Ordering::Relaxed);
-            let result = self.attempt(target.addr, &head, retry_ok, streaming).await;
+            target.member.outstanding.fetch_add(1, Ordering::Relaxed);
+            let result = self
+                .attempt(&target.member, target.addr, &head, retry_ok, streaming)
+                .await;
             route.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             target.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
-            target.outstanding.fetch_sub(1, Ordering::Relaxed);
+            target.member.outstanding.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(next) => {
                     route.counters.served.fetch_add(1, Ordering::Relaxed);
@@ -385,13 +399,17 @@ impl<C: Stream, K: Connect> Conn<C, K> {
         let outstanding: Vec<i64> = route
             .targets
             .iter()
-            .map(|t| t.outstanding.load(Ordering::Relaxed))
+            .map(|t| t.member.outstanding.load(Ordering::Relaxed))
             .collect();
         table::choose(self.lb.config.strategy, turn, &outstanding, &excluded).unwrap_or(0)
     }
 
     /// A kept-alive connection to `addr` that is still open, or a new one; and whether it was kept.
-    async fn upstream(&mut self, addr: SocketAddr) -> Result<(usize, bool), Failure> {
+    async fn upstream(
+        &mut self,
+        member: &Arc<crate::MemberCounters>,
+        addr: SocketAddr,
+    ) -> Result<(usize, bool), Failure> {
         if let Some(i) = self.ups.iter().position(|u| u.addr == addr) {
             if self.ups[i].stream.still_open() {
                 return Ok((i, true));
@@ -413,6 +431,7 @@ impl<C: Stream, K: Connect> Conn<C, K> {
         }
         self.ups.push(Upstream {
             addr,
+            member: member.clone(),
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
         });
@@ -422,12 +441,13 @@ impl<C: Stream, K: Connect> Conn<C, K> {
     /// One attempt on one member.
     async fn attempt(
         &mut self,
+        member: &Arc<crate::MemberCounters>,
         addr: SocketAddr,
         head: &RequestHead,
         retry_ok: bool,
         streaming: bool,
     ) -> Result<Next, Failure> {
-        let (i, reused) = self.upstream(addr).await?;
+        let (i, reused) = self.upstream(member, addr).await?;
         let result = self.attempt_on(i, reused, head, retry_ok, streaming).await;
         let keep = match &result {
             Ok(Outcome::Done { upstream_keep, .. }) => *upstream_keep,
@@ -1041,6 +1061,70 @@ mod tests {
             1,
             "one kept-alive member connection"
         );
+    }
+
+    /// A member on the in-memory network; counts its connections open now.
+    fn member_live(net: &Net) -> (SocketAddr, Arc<AtomicUsize>) {
+        let (addr, mut incoming) = net.listen();
+        let live = Arc::new(AtomicUsize::new(0));
+        let count = live.clone();
+        tokio::spawn(async move {
+            while let Some(s) = incoming.recv().await {
+                let count = count.clone();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    play_member(s).await;
+                    count.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, live)
+    }
+
+    /// A member the table drops (it drains) sees its kept-alive connection from an idle client
+    /// connection closed at once, not at that client's next request: a draining member can tell
+    /// when its last request is done by its connections.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_to_a_member_the_table_dropped_is_closed() {
+        let net = Net::default();
+        let (a, live_a) = member_live(&net);
+        let (b, live_b) = member_live(&net);
+        // One cluster of both (static member ids are by position: b first, so that it keeps
+        // its id below).
+        let lb = LoadBalancer::new(LbConfig::default());
+        let one_cluster = |lb: &LoadBalancer, members: &[SocketAddr]| {
+            let list: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+            let t = crate::static_topology(&[format!("app.localhost:{PORT}={}", list.join(","))])
+                .expect("routes");
+            let ids = t.clusters.keys().cloned().collect();
+            lb.update_table(&t, &ids);
+        };
+        one_cluster(&lb, &[b, a]);
+        let mut c = client(&lb, &net);
+        let mut buf = BytesMut::new();
+        for i in 0..4 {
+            assert_forwarded(roundtrip(&mut c, &mut buf, &get_echo(i)).await, i, PORT);
+        }
+        assert_eq!(live_a.load(Ordering::SeqCst), 1, "one kept connection each");
+        assert_eq!(live_b.load(Ordering::SeqCst), 1, "one kept connection each");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(live_a.load(Ordering::SeqCst), 1, "kept open while routed");
+        one_cluster(&lb, &[b]);
+        for _ in 0..100 {
+            if live_a.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            live_a.load(Ordering::SeqCst),
+            0,
+            "closed with no request sent"
+        );
+        assert_eq!(live_b.load(Ordering::SeqCst), 1, "b is still routed: kept");
+        // The client connection goes on, on the member still routed.
+        assert_forwarded(roundtrip(&mut c, &mut buf, &get_echo(9)).await, 9, PORT);
+        assert_eq!(live_b.load(Ordering::SeqCst), 1);
     }
 
     /// The same over TCP: the balancer listens on a port the OS chose and keeps one member

@@ -587,3 +587,178 @@ async fn a_member_s_logs_are_read_and_followed_and_another_tenant_reads_none() {
     assert_eq!(r.status().as_u16(), 404);
     assert!(api.metrics().await.contains("nubo_logs_lines_total"));
 }
+
+/// Clients through the load balancer that note, for each request, when it was sent and whether
+/// it succeeded.
+fn timed_clients(
+    proxy: u16,
+    host: &'static str,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(std::time::Instant, bool)>>> {
+    use std::sync::atomic::Ordering;
+    (0..n)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(20))
+                    .build()
+                    .unwrap();
+                let mut out = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = std::time::Instant::now();
+                    let ok = matches!(
+                        client
+                            .get(format!("http://127.0.0.1:{proxy}/"))
+                            .header("host", host)
+                            .send()
+                            .await,
+                        Ok(r) if r.status() == 200
+                    );
+                    out.push((sent, ok));
+                    if !ok {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                }
+                out
+            })
+        })
+        .collect()
+}
+
+/// Adds and deploys `app`: one cluster `web` of `min` members of `slow.py` holding each request
+/// `delay` seconds, behind `proxy`; the cartridge's `property` list too. Waits until they are
+/// Active.
+async fn deploy_slow(api: &Api, app: &str, min: u32, delay: &str, proxy: u16, property: Value) {
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/slow.py");
+    let mut props = vec![json!({"name": "payload_parameter.DELAY", "value": delay})];
+    props.extend(property.as_array().cloned().unwrap_or_default());
+    api.add_all(&basics()).await;
+    api.add_all(&[
+        ("cartridges", json!({"type": "slow", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "property": props,
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": app, "components": {"cartridges": [
+            {"type": "slow", "cartridgeMin": min, "cartridgeMax": min,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post(&format!("/api/applications/{app}/deploy/ap"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(60, "the members Active", || async {
+        (api.active(app, "web").await.len() == min as usize).then_some(())
+    })
+    .await;
+}
+
+/// Undeploy under load, with requests that take 1.5 s and a workload that dies at once on
+/// SIGTERM (Python's default): every request sent before the undeploy began is answered, since
+/// each member waits for its connections to end (the load balancer closes its idle ones to a
+/// draining member) before its workload is stopped.
+#[tokio::test]
+async fn undeploy_under_load_fails_no_request_sent_before_the_drain_began() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = crate::support::free_port();
+    deploy_slow(&api, "long", 2, "1.5", proxy, json!([])).await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = timed_clients(proxy, "long.web.localhost", 6, stop.clone());
+    // Requests in flight on both members.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let began = std::time::Instant::now();
+    let (status, body) = api.post("/api/applications/long/undeploy", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    eventually(60, "undeployed", || async {
+        (api.get("/api/applications/long/runtime").await.0 == 404).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut before = (0, 0);
+    for c in load {
+        for (sent, ok) in c.await.unwrap() {
+            if sent < began {
+                before.0 += 1;
+                if !ok {
+                    before.1 += 1;
+                }
+            }
+        }
+    }
+    assert!(before.0 >= 12, "{} requests before the undeploy", before.0);
+    assert_eq!(
+        before.1, 0,
+        "requests sent before the undeploy that failed (of {})",
+        before.0
+    );
+}
+
+/// A member whose workload stops (`SIGSTOP`) under load: its liveness path fails, it is taken
+/// out and replaced, and no client request fails (one sent to it is answered by another member
+/// once it is gone).
+#[tokio::test]
+async fn a_stopped_member_under_load_is_replaced_with_no_failed_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = crate::support::free_port();
+    deploy_slow(
+        &api,
+        "steady",
+        2,
+        "0.05",
+        proxy,
+        json!([{"name": "livenessPath", "value": "/"}]),
+    )
+    .await;
+    let victim = api.active("steady", "web").await[0]["memberId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = timed_clients(proxy, "steady.web.localhost", 4, stop.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let agent = crate::support::agent_pid(dir.path(), &victim).unwrap();
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &agent.to_string()])
+        .output()
+        .unwrap();
+    let workload: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the workload's pid");
+    unsafe { libc::kill(workload, libc::SIGSTOP) };
+    eventually(
+        60,
+        "replaced: two healthy members, the stopped one gone",
+        || async {
+            let a = api.active("steady", "web").await;
+            (a.len() == 2 && a.iter().all(|m| m["memberId"] != victim.as_str())).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failed) = (0, 0);
+    for c in load {
+        for (_, ok) in c.await.unwrap() {
+            sent += 1;
+            if !ok {
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        !crate::support::alive(workload),
+        "the stopped workload is gone"
+    );
+    assert!(sent > 20, "{sent} requests");
+    assert_eq!(failed, 0, "failed requests of {sent}");
+}
