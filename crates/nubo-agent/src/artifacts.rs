@@ -45,7 +45,7 @@ impl std::fmt::Debug for Repository {
 }
 
 /// The platform API's base URL, from the payload's metadata service URL.
-fn api_base(p: &AgentPayload) -> Option<String> {
+pub(crate) fn api_base(p: &AgentPayload) -> Option<String> {
     let url = p.parameters.get("METADATA_SERVICE_URL")?;
     Some(
         url.trim_end_matches('/')
@@ -68,16 +68,7 @@ pub async fn repository(p: &AgentPayload) -> anyhow::Result<Option<Repository>> 
             repo_password: None,
         }));
     };
-    let mut client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .use_rustls_tls();
-    if let Some(ca) = p.parameters.get("METADATA_SERVICE_CA") {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read {ca}"))?;
-        client = client.add_root_certificate(
-            reqwest::Certificate::from_pem(&pem).context("the API's certificate is not PEM")?,
-        );
-    }
-    let client = client.build().context("cannot make an HTTPS client")?;
+    let client = api_client(p, Duration::from_secs(30))?;
     let answer = client
         .get(format!("{base}/agent/api/repository"))
         .bearer_auth(token)
@@ -97,6 +88,18 @@ pub async fn repository(p: &AgentPayload) -> anyhow::Result<Option<Repository>> 
             )
         }
     }
+}
+
+/// A client of the platform's API that trusts its certificate (`METADATA_SERVICE_CA`).
+pub(crate) fn api_client(p: &AgentPayload, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut client = reqwest::Client::builder().timeout(timeout).use_rustls_tls();
+    if let Some(ca) = p.parameters.get("METADATA_SERVICE_CA") {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {ca}"))?;
+        client = client.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem).context("the API's certificate is not PEM")?,
+        );
+    }
+    client.build().context("cannot make an HTTPS client")
 }
 
 /// A git command in `dir`, with nothing of the user's or the system's git configuration, no

@@ -27,6 +27,7 @@ mod artifacts;
 mod health;
 mod hooks;
 mod logs;
+mod members;
 
 /// How long the workload has to stop after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -134,6 +135,34 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         linger().await;
         return Ok(2);
     }
+    // The hooks of other members' events, when the cartridge has any: topology events (which a
+    // member cannot check) are hints to read the application's members from the API; each hook
+    // runs in order beside the loop; a failure is logged and shown in the member's logs.
+    let member_hooks: Vec<&str> = members::HOOKS
+        .iter()
+        .copied()
+        .filter(|h| hooks::hook(extensions.as_deref(), h).is_some())
+        .collect();
+    let mut view_sub = if member_hooks.is_empty() {
+        None
+    } else {
+        Some(
+            events
+                .subscribe_only(
+                    Category::Topology,
+                    &[
+                        "CompleteTopology",
+                        "MemberInitialized",
+                        "MemberStarted",
+                        "MemberActivated",
+                        "MemberMaintenanceMode",
+                        "MemberReadyToShutdown",
+                        "MemberTerminated",
+                    ],
+                )
+                .await?,
+        )
+    };
     // The rest of the topology is not this member's business: the broker stops sending it here
     // (every agent following every topology change would cost the platform a message per member
     // per change).
@@ -177,7 +206,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
 
     // Its output goes to the platform too.
     let shipper = logs::Shipper::start(events.clone(), p.member_id.clone());
-    let (mut workload, mut output) = start_workload(&p, &workdir, Some(shipper))?;
+    let (mut workload, mut output) = start_workload(&p, &workdir, Some(shipper.clone()))?;
     let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
     tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
 
@@ -256,6 +285,47 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     publish(&events, Event::InstanceActivated(me.clone())).await;
     tracing::info!(member = %p.member_id, after_ms = started.elapsed().as_millis() as u64, "member active");
 
+    let mut view = members::AppView::new(&p.member_id);
+    let (listed_tx, mut listed_rx) =
+        tokio::sync::mpsc::channel::<anyhow::Result<Vec<nubo_events::view::MemberRow>>>(1);
+    let fetch_members = |tx: tokio::sync::mpsc::Sender<_>| {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(members::fetch(&p).await).await;
+        });
+    };
+    // A fetch now (the hooks' first view), then on every hint, and every 30 s in case a hint
+    // was missed; one at a time.
+    let (mut fetching, mut refetch) = (false, false);
+    if view_sub.is_some() {
+        fetching = true;
+        fetch_members(listed_tx.clone());
+    }
+    let mut resync = tokio::time::interval(Duration::from_secs(30));
+    let (hook_tx, mut hook_rx) = tokio::sync::mpsc::channel::<(
+        &'static str,
+        std::collections::BTreeMap<String, String>,
+    )>(256);
+    {
+        let (ext, app_dir, shipper, member) = (
+            extensions.clone(),
+            app_dir.clone(),
+            shipper.clone(),
+            p.member_id.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some((event, env)) = hook_rx.recv().await {
+                let Some(script) = hooks::hook(ext.as_deref(), event) else {
+                    continue;
+                };
+                if let Err(reason) = hooks::run(&script, event, &env, &app_dir).await {
+                    tracing::error!(%member, %reason, "hook failed");
+                    shipper.note(&format!("[nubo] {reason}"));
+                }
+            }
+        });
+    }
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     let mut meter = Meter::new();
@@ -280,6 +350,45 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     };
     loop {
         tokio::select! {
+            Some(_) = async {
+                match view_sub.as_mut() {
+                    Some(sub) => sub.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if fetching {
+                    refetch = true;
+                } else {
+                    fetching = true;
+                    fetch_members(listed_tx.clone());
+                }
+            }
+            _ = resync.tick(), if view_sub.is_some() && !fetching => {
+                fetching = true;
+                fetch_members(listed_tx.clone());
+            }
+            Some(listed) = listed_rx.recv() => {
+                fetching = false;
+                match listed {
+                    Ok(rows) => {
+                        for (event, values) in view.update(rows) {
+                            if !member_hooks.contains(&event) {
+                                continue;
+                            }
+                            let mut env = hook_env.clone();
+                            env.extend(values);
+                            if hook_tx.try_send((event, env)).is_err() {
+                                tracing::error!(member = %p.member_id, event, "hooks are behind: this one is skipped");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(member = %p.member_id, error = %format!("{e:#}"), "cannot read the application's members"),
+                }
+                if std::mem::take(&mut refetch) {
+                    fetching = true;
+                    fetch_members(listed_tx.clone());
+                }
+            }
             Some(result) = updated_rx.recv() => {
                 updating = false;
                 let (commit, error) = match result {

@@ -108,6 +108,12 @@ impl Shipper {
         Shipper { tx, dropped }
     }
 
+    /// Ships a line of the agent's own on the member's standard error (a hook's failure, say),
+    /// so that `nubo logs` shows it.
+    pub fn note(&self, text: &str) {
+        self.ship(LogStream::Stderr, text.as_bytes());
+    }
+
     fn ship(&self, stream: LogStream, text: &[u8]) {
         let text = String::from_utf8_lossy(text);
         let line = LogLine {

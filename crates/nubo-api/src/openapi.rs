@@ -676,6 +676,23 @@ pub fn document() -> OpenApi {
         .build(),
     );
     paths.add_path_operation(
+        "/agent/api/members",
+        vec![HttpMethod::Get],
+        op(
+            "agent_members".into(),
+            "The calling member's application's members, which its member-event hooks are given (its agent's, with the member's token only)".into(),
+            "agent",
+        )
+        .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("The members, as rows of `GET /api/applications/{id}/members`")
+                .build(),
+        )
+        .build(),
+    );
+    paths.add_path_operation(
         "/api/init",
         vec![HttpMethod::Get],
         op("init".into(), "Check credentials".into(), "platform")

@@ -273,6 +273,27 @@ async fn repository(
     Ok(resp)
 }
 
+/// `GET /agent/api/members`: the calling member's application's members (what its agent's
+/// member-event hooks are given), its own application's only.
+async fn members(State(s): S, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    let Caller::Member { application_id, .. } = caller else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only a member (with its payload's TOKEN) reads this",
+        ));
+    };
+    let control = s
+        .controller
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no controller to ask"))?;
+    let page = control
+        .members(&application_id, 0, 10_000)
+        .await?
+        .map(|p| p.members)
+        .unwrap_or_default();
+    Ok(Json(page).into_response())
+}
+
 /// Members only: a bearer token of the platform's.
 async fn members_only(State(state): S, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let token = req
@@ -303,6 +324,7 @@ pub fn webhook_routes() -> Router<Arc<AppState>> {
 pub fn agent_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/repository", get(repository))
+        .route("/members", get(members))
         .route_layer(axum::middleware::from_fn_with_state(state, members_only))
 }
 

@@ -169,10 +169,20 @@ impl Refusal {
     }
 }
 
-/// What a member's agent accepts from the platform without being able to check it: facts that
-/// only let it stop waiting for its member to show in the topology (it waits at most a few
-/// seconds anyway).
-const MEMBER_UNCHECKED: &[&str] = &["CompleteTopology", "MemberInitialized"];
+/// What a member's agent accepts from the platform without being able to check it: hints, never
+/// facts it acts on. `CompleteTopology` and `MemberInitialized` only let it stop waiting for its
+/// member to show in the topology (it waits at most a few seconds anyway); the other member
+/// events only make an agent with member-event hooks read its application's members from the
+/// platform's API (with its token, over TLS), which it believes instead.
+const MEMBER_UNCHECKED: &[&str] = &[
+    "CompleteTopology",
+    "MemberInitialized",
+    "MemberStarted",
+    "MemberActivated",
+    "MemberMaintenanceMode",
+    "MemberReadyToShutdown",
+    "MemberTerminated",
+];
 
 /// The sending side of a process: its nonce and sequence.
 #[derive(Debug)]

@@ -762,3 +762,126 @@ async fn a_stopped_member_under_load_is_replaced_with_no_failed_request() {
     assert!(sent > 20, "{sent} requests");
     assert_eq!(failed, 0, "failed requests of {sent}");
 }
+
+/// The hooks of other members' events, as Stratos' agent runs them: a member of `web` runs
+/// `MemberActivatedEvent.sh` when the application's `db` member activates (with its id, service
+/// and ports, and the application's member list), `CompleteTopologyEvent.sh` with the
+/// application's topology, and a failing `MemberTerminatedEvent.sh` when `db` goes, whose
+/// failure shows in the member's logs.
+#[tokio::test]
+async fn member_event_hooks_run_for_the_application_s_other_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let hooks = tempfile::tempdir().unwrap();
+    let seen = hooks.path().join("seen");
+    std::fs::write(
+        hooks.path().join("MemberActivatedEvent.sh"),
+        format!(
+            "echo \"$EVENT $STRATOS_EVENT_MEMBER_ID $EVENT_CLUSTER_ALIAS $EVENT_MEMBER_PORTS\" >> {0}\necho \"$MEMBER_LIST_JSON\" > {0}.list\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        hooks.path().join("CompleteTopologyEvent.sh"),
+        format!("echo \"$TOPOLOGY_JSON\" > {}.topology\n", seen.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        hooks.path().join("MemberTerminatedEvent.sh"),
+        "echo \"cannot forget $EVENT_MEMBER_ID\" >&2\nexit 3\n",
+    )
+    .unwrap();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    let cartridge = |ty: &str, hooked: bool| {
+        let mut c = json!({"type": ty, "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": "8080"}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]});
+        if hooked {
+            c["property"] =
+                json!([{"name": "extensionsDir", "value": hooks.path().display().to_string()}]);
+        }
+        c
+    };
+    let sub = |ty: &str| {
+        json!({"type": ty, "cartridgeMin": 1, "cartridgeMax": 1,
+            "subscribableInfo": {"alias": ty, "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}})
+    };
+    api.add_all(&basics()).await;
+    api.add_all(&[
+        ("cartridges", cartridge("web", true)),
+        ("cartridges", cartridge("db", false)),
+        // web first: it follows the topology when db activates.
+        (
+            "applications",
+            json!({"applicationId": "pair", "components": {"cartridges": [sub("web"), sub("db")],
+            "dependencies": {"startupOrders": [{"aliases": ["cartridge.web", "cartridge.db"]}]}}}),
+        ),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/pair/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let db = eventually(60, "db Active", || async {
+        api.active("pair", "db")
+            .await
+            .first()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let line = eventually(30, "the MemberActivatedEvent hook ran", || async {
+        std::fs::read_to_string(&seen)
+            .ok()
+            .filter(|t| t.contains(&db))
+    })
+    .await;
+    assert!(
+        line.starts_with(&format!("MemberActivatedEvent {db} db http:")),
+        "{line}"
+    );
+    let list: Value = serde_json::from_str(
+        std::fs::read_to_string(format!("{}.list", seen.display()))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "web and db: {list}");
+    let topology = eventually(30, "the CompleteTopologyEvent hook ran", || async {
+        std::fs::read_to_string(format!("{}.topology", seen.display())).ok()
+    })
+    .await;
+    assert!(topology.contains("\"alias\":\"web\""), "{topology}");
+    // db's workload dies: web's MemberTerminatedEvent hook fails, and its member's logs say so.
+    let agent = crate::support::agent_pid(dir.path(), &db).unwrap();
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &agent.to_string()])
+        .output()
+        .unwrap();
+    let workload: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    unsafe { libc::kill(workload, libc::SIGKILL) };
+    let lines = eventually(60, "the hook's failure in web's logs", || async {
+        let (_, v) = api.get("/api/applications/pair/logs").await;
+        let text = v.to_string();
+        text.contains(&format!("cannot forget {db}")).then_some(v)
+    })
+    .await;
+    let failure = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["text"].as_str().unwrap_or("").contains("cannot forget"))
+        .unwrap();
+    assert_eq!(failure["stream"], "stderr");
+    assert!(
+        failure["text"]
+            .as_str()
+            .unwrap()
+            .contains("MemberTerminatedEvent.sh failed")
+    );
+}
