@@ -214,6 +214,49 @@ pub async fn update(app: &Path, repo: &Repository) -> Result<String, String> {
     head(app, repo).await
 }
 
+/// The repository's default branch (`main`), as the remote names it.
+pub async fn default_branch(app: &Path, repo: &Repository) -> Result<String, String> {
+    let out = run(app, repo, &["ls-remote", "--symref", "origin", "HEAD"]).await?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("ref: refs/heads/"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .ok_or_else(|| "the repository names no default branch".to_owned())
+}
+
+/// Stratos' commit-back: commits what the workload changed in `app` and pushes it to the
+/// repository's default branch. `Ok(None)` when nothing changed. A push refused because the
+/// branch moved meanwhile is tried again once, after a fetch and a rebase; a conflict leaves the
+/// changes committed here only, and says so.
+pub async fn commit_back(
+    app: &Path,
+    repo: &Repository,
+    member_id: &str,
+) -> Result<Option<String>, String> {
+    run(app, repo, &["add", "--all"]).await?;
+    if run(app, repo, &["status", "--porcelain"]).await?.is_empty() {
+        return Ok(None);
+    }
+    let message = format!("nubo: the changes of member {member_id}");
+    run(app, repo, &["commit", "--quiet", "-m", &message]).await?;
+    let branch = default_branch(app, repo).await?;
+    let target = format!("HEAD:refs/heads/{branch}");
+    if run(app, repo, &["push", "--quiet", "origin", &target])
+        .await
+        .is_err()
+    {
+        run(app, repo, &["fetch", "--quiet", "origin", &branch]).await?;
+        if let Err(e) = run(app, repo, &["rebase", "--quiet", "FETCH_HEAD"]).await {
+            let _ = run(app, repo, &["rebase", "--abort"]).await;
+            return Err(format!(
+                "the changes conflict with the repository's `{branch}`: kept here, not pushed ({e})"
+            ));
+        }
+        run(app, repo, &["push", "--quiet", "origin", &target]).await?;
+    }
+    head(app, repo).await.map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +326,55 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("git fetch failed"), "{err}");
+        // Commit-back: what the workload wrote goes to the repository's default branch, even
+        // when the branch moved meanwhile (a rebase, then the push).
+        let bare = dir.path().join("bare.git");
+        sh(
+            dir.path(),
+            &format!(
+                "git clone -q --bare {} {}",
+                origin.display(),
+                bare.display()
+            ),
+        );
+        let shared = Repository {
+            repo_url: format!("file://{}", bare.display()),
+            ..repo.clone()
+        };
+        let app2 = dir.path().join("m2/app");
+        std::fs::create_dir_all(&app2).unwrap();
+        checkout(&app2, &shared).await.unwrap();
+        assert_eq!(default_branch(&app2, &shared).await.unwrap(), "main");
+        assert_eq!(
+            commit_back(&app2, &shared, "m2").await.unwrap(),
+            None,
+            "nothing changed"
+        );
+        let elsewhere = dir.path().join("elsewhere");
+        sh(
+            dir.path(),
+            &format!("git clone -q {} {}", bare.display(), elsewhere.display()),
+        );
+        sh(
+            &elsewhere,
+            "echo other > other.txt && git add . && git commit -qm other && git push -q origin main",
+        );
+        std::fs::write(app2.join("uploaded.txt"), "from the workload").unwrap();
+        let pushed = commit_back(&app2, &shared, "m2").await.unwrap().unwrap();
+        sh(&elsewhere, "git pull -q origin main");
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.join("uploaded.txt")).unwrap(),
+            "from the workload"
+        );
+        assert!(elsewhere.join("other.txt").exists());
+        let log = std::process::Command::new("git")
+            .args(["log", "-1", "--format=%H %s"])
+            .current_dir(&elsewhere)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&log.stdout);
+        assert!(log.starts_with(&pushed), "{log}");
+        assert!(log.contains("the changes of member m2"), "{log}");
         // Credentials never show in a Debug of the repository.
         let private = Repository {
             repo_password: Some("hunter2".into()),

@@ -326,6 +326,81 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         });
     }
 
+    // Git work (updates, commit-back) one at a time.
+    let git_lock = Arc::new(tokio::sync::Mutex::new(()));
+    // Stratos' commit-back: the cluster's committer commits what the workload changed in its
+    // artifacts and pushes it, every `artifactUpdateInterval` seconds.
+    if repository.is_some()
+        && p.parameters.get("COMMIT_ENABLED").map(String::as_str) == Some("true")
+    {
+        let every = p
+            .parameters
+            .get("ARTIFACT_UPDATE_INTERVAL")
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map_or(Duration::from_secs(15), Duration::from_secs);
+        let (p, app_dir, events, me, shipper, lock) = (
+            p.clone(),
+            app_dir.clone(),
+            events.clone(),
+            me.clone(),
+            shipper.clone(),
+            git_lock.clone(),
+        );
+        tokio::spawn(async move {
+            let alias = p
+                .parameters
+                .get("CARTRIDGE_ALIAS")
+                .cloned()
+                .unwrap_or_default();
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Ok(rows) = members::fetch(&p).await else {
+                    continue;
+                };
+                if !members::is_committer(&rows, &p.member_id, &alias) {
+                    continue;
+                }
+                let _one = lock.lock().await;
+                let result = match artifacts::repository(&p).await {
+                    Ok(Some(repo)) => artifacts::commit_back(&app_dir, &repo, &p.member_id).await,
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(format!("cannot get the member's repository: {e:#}")),
+                };
+                match result {
+                    Ok(None) => {}
+                    Ok(Some(commit)) => {
+                        tracing::info!(member = %p.member_id, %commit, "changes committed back");
+                        publish(
+                            &events,
+                            Event::InstanceArtifactUpdated {
+                                instance: me.clone(),
+                                commit: Some(commit),
+                                error: None,
+                            },
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        tracing::error!(member = %p.member_id, error = %e, "commit-back failed");
+                        shipper.note(&format!("[nubo] commit-back failed: {e}"));
+                        publish(
+                            &events,
+                            Event::InstanceArtifactUpdated {
+                                instance: me.clone(),
+                                commit: None,
+                                error: Some(e),
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+        });
+    }
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     let mut meter = Meter::new();
@@ -336,13 +411,15 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let (updated_tx, mut updated_rx) = tokio::sync::mpsc::channel::<Result<String, String>>(1);
     let (mut updating, mut again) = (false, false);
     let start_update = |tx: tokio::sync::mpsc::Sender<Result<String, String>>| {
-        let (p, app_dir, env, ext) = (
+        let (p, app_dir, env, ext, lock) = (
             p.clone(),
             app_dir.clone(),
             hook_env.clone(),
             extensions.clone(),
+            git_lock.clone(),
         );
         tokio::spawn(async move {
+            let _one = lock.lock().await;
             let _ = tx
                 .send(update_artifacts(&p, &app_dir, env, ext.as_deref()).await)
                 .await;
@@ -505,6 +582,20 @@ async fn update_artifacts(
         .await
         .map_err(|e| format!("cannot get the member's repository: {e:#}"))?
         .ok_or_else(|| "the member has no repository".to_owned())?;
+    // With commit-back, the cluster's committer pushes what its workload changed first, so that
+    // the update does not throw it away.
+    if p.parameters.get("COMMIT_ENABLED").map(String::as_str) == Some("true") {
+        let alias = p
+            .parameters
+            .get("CARTRIDGE_ALIAS")
+            .cloned()
+            .unwrap_or_default();
+        if let Ok(rows) = members::fetch(p).await
+            && members::is_committer(&rows, &p.member_id, &alias)
+        {
+            artifacts::commit_back(app_dir, &repo, &p.member_id).await?;
+        }
+    }
     let commit = artifacts::update(app_dir, &repo).await?;
     if let Some(script) = hooks::hook(extensions, "ArtifactUpdatedEvent") {
         for (k, v) in [

@@ -52,6 +52,19 @@ pub async fn fetch(p: &AgentPayload) -> anyhow::Result<Vec<MemberRow>> {
         .context("the platform's API answered something else than a member list")
 }
 
+/// Whether `me` commits its cluster's changes back (one committer per cluster, so that members
+/// never push over each other): the Active member of its cluster (`alias`) with the lowest id, as
+/// the API lists them. Every member of the cluster decides the same from the same list; while
+/// lists differ (a member just came or went) two may push, and git refuses the later push until
+/// it is rebased.
+pub fn is_committer(rows: &[MemberRow], me: &str, alias: &str) -> bool {
+    rows.iter()
+        .filter(|r| r.alias == alias && r.member.status == MemberStatus::Active)
+        .map(|r| r.member.member_id.as_str())
+        .min()
+        == Some(me)
+}
+
 /// The application's members last seen, by id.
 pub struct AppView {
     me: String,
@@ -178,6 +191,21 @@ mod tests {
 
     fn hooks(fired: &[(&'static str, BTreeMap<String, String>)]) -> Vec<&'static str> {
         fired.iter().map(|(h, _)| *h).collect()
+    }
+
+    #[test]
+    fn one_committer_per_cluster_the_lowest_active_id() {
+        let rows = vec![
+            row("web", "shop.web-2", MemberStatus::Active),
+            row("web", "shop.web-1", MemberStatus::Starting),
+            row("web", "shop.web-3", MemberStatus::Active),
+            row("db", "shop.db-1", MemberStatus::Active),
+        ];
+        assert!(is_committer(&rows, "shop.web-2", "web"));
+        assert!(!is_committer(&rows, "shop.web-3", "web"));
+        assert!(!is_committer(&rows, "shop.web-1", "web"), "not Active");
+        assert!(is_committer(&rows, "shop.db-1", "db"));
+        assert!(!is_committer(&[], "shop.web-2", "web"));
     }
 
     #[test]

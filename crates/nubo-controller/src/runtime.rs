@@ -840,6 +840,8 @@ pub fn parameters(
         ("readinessPath", "READINESS_PATH"),
         ("livenessPath", "LIVENESS_PATH"),
         ("extensionsDir", "EXTENSIONS_DIR"),
+        ("commitEnabled", "COMMIT_ENABLED"),
+        ("artifactUpdateInterval", "ARTIFACT_UPDATE_INTERVAL"),
     ] {
         if let Some(path) = cluster.properties.get(property) {
             p.insert(parameter.to_owned(), path.clone());

@@ -201,6 +201,20 @@ fn check_properties(p: &mut Problems, field: &str, props: &Option<Vec<Property>>
                 ),
             );
         }
+        if prop.name == "commitEnabled" && !matches!(prop.value.trim(), "true" | "false") {
+            p.add(
+                format!("{field}[{i}].value"),
+                "property `commitEnabled` is `true` or `false`",
+            );
+        }
+        if prop.name == "artifactUpdateInterval"
+            && !matches!(prop.value.trim().parse::<u64>(), Ok(1..=86_400))
+        {
+            p.add(
+                format!("{field}[{i}].value"),
+                "property `artifactUpdateInterval` is a whole number of seconds from 1 to 86400",
+            );
+        }
         if !seen.insert(prop.name.as_str()) {
             p.add(
                 format!("{field}[{i}].name"),

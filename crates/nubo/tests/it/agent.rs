@@ -885,3 +885,82 @@ async fn member_event_hooks_run_for_the_application_s_other_members() {
             .contains("MemberTerminatedEvent.sh failed")
     );
 }
+
+/// Stratos' commit-back: with `commitEnabled`, the cluster's committer (its Active member with the
+/// lowest id, one per cluster so that members never push over each other) commits what its
+/// workload wrote in its artifacts and pushes it to the repository's default branch, with the
+/// repository's credentials; the other member's changes are not pushed.
+#[tokio::test]
+async fn commit_back_pushes_the_committer_s_changes_only() {
+    const PASSWORD: &str = "push-Secret-77";
+    let dir = tempfile::tempdir().unwrap();
+    let git = crate::gitserver::GitServer::start(&dir.path().join("git"), "deployer", PASSWORD)
+        .await;
+    let work = dir.path().join("work");
+    git.repository("private/site.git", &[("index.html", "v1")], &work);
+    let server = ServerProcess::start(&dir.path().join("nubo"));
+    let api = Api::new(&server);
+    api.add_all(&basics()).await;
+    api.add_all(&[
+        ("cartridges", json!({"type": "writer", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
+            "property": [{"name": "commitEnabled", "value": "true"}, {"name": "artifactUpdateInterval", "value": "1"}],
+            "iaasProvider": [{"type": "local", "imageId": "echo $NUBO_MEMBER_ID > written-$NUBO_MEMBER_ID.txt && exec python3 -m http.server $PORT --bind 127.0.0.1"}]})),
+        ("applications", json!({"applicationId": "wiki", "components": {"cartridges": [
+            {"type": "writer", "cartridgeMin": 2, "cartridgeMax": 2,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp",
+                "artifactRepository": {"privateRepo": true, "repoUrl": format!("{}/private/site.git", git.url),
+                    "repoUsername": "deployer", "repoPassword": PASSWORD}}}]}})),
+    ])
+    .await;
+    // A bad value is refused naming the property.
+    let (status, body) = api
+        .post("/api/cartridges", json!({"type": "bad", "category": "x", "host": "localhost",
+            "property": [{"name": "commitEnabled", "value": "yes"}],
+            "iaasProvider": [{"type": "local", "imageId": "true"}]}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("commitEnabled"), "{body}");
+    let (status, body) = api.post("/api/applications/wiki/deploy/ap", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let mut ids: Vec<String> = eventually(60, "two members Active", || async {
+        let m = api.active("wiki", "web").await;
+        (m.len() == 2).then_some(m)
+    })
+    .await
+    .iter()
+    .map(|m| m["memberId"].as_str().unwrap().to_owned())
+    .collect();
+    ids.sort();
+    let bare = git.root.join("private/site.git");
+    let files = eventually(30, "the committer's file pushed", || async {
+        let out = std::process::Command::new("git")
+            .args(["ls-tree", "--name-only", "main"])
+            .current_dir(&bare)
+            .output()
+            .unwrap();
+        let names = String::from_utf8_lossy(&out.stdout).into_owned();
+        names.contains("written-").then_some(names)
+    })
+    .await;
+    assert!(files.contains(&format!("written-{}.txt", ids[0])), "{files}");
+    assert!(!files.contains(&format!("written-{}.txt", ids[1])), "{files}");
+    let head = crate::gitserver::git(&bare, &["rev-parse", "main"]);
+    let message = crate::gitserver::git(&bare, &["log", "-1", "--format=%s", "main"]);
+    assert_eq!(message, format!("nubo: the changes of member {}", ids[0]));
+    // The committer shows the commit it pushed; the push was authenticated.
+    eventually(30, "the committer's commit in the runtime view", || async {
+        api.members("wiki")
+            .await
+            .iter()
+            .any(|(_, m)| m["memberId"] == ids[0].as_str() && m["artifactCommit"] == head.as_str())
+            .then_some(())
+    })
+    .await;
+    assert!(git.served().iter().any(|s| s.path.ends_with("git-receive-pack")
+        && s.user.as_deref() == Some("deployer")
+        && s.status == 200));
+    // A second round with nothing new pushes nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(crate::gitserver::git(&bare, &["rev-parse", "main"]), head);
+}
