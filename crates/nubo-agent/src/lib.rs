@@ -34,6 +34,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a draining member keeps serving after announcing maintenance, so that load balancers
 /// stop routing to it before its workload stops.
 pub const DRAIN_DELAY: Duration = Duration::from_millis(500);
+/// How long a member may stay unhealthy (out of the load balancers) before it reports itself down
+/// and is replaced, where the cartridge's `unhealthyTimeout` says nothing.
+pub const UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often health statistics are published.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -405,7 +408,14 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     let mut meter = Meter::new();
     let mut liveness = health::Liveness::default();
-    let mut was_live = true;
+    // Unhealthy (since when): taken out of the load balancers at once, reported down (and so
+    // replaced) only if it does not recover within the cartridge's unhealthyTimeout.
+    let mut unhealthy_since: Option<Instant> = None;
+    let unhealthy_timeout = p
+        .parameters
+        .get("UNHEALTHY_TIMEOUT")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(UNHEALTHY_TIMEOUT, Duration::from_secs);
     // Artifact updates run beside the loop (health keeps being reported); one at a time, and
     // one more when asked during one.
     let (updated_tx, mut updated_rx) = tokio::sync::mpsc::channel::<Result<String, String>>(1);
@@ -553,16 +563,35 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                     Some((path, port)) if !stopped => liveness.record(health::http_ok(port, path).await),
                     _ => true,
                 };
-                let live = !stopped && answers && ports_open(&p).await;
-                if live != was_live {
-                    if live {
-                        tracing::info!(member = %p.member_id, "healthy again");
-                    } else {
-                        tracing::warn!(member = %p.member_id, stopped, answers, "unhealthy: reported to the platform");
+                let open = stopped || !answers || ports_open(&p).await;
+                let live = !stopped && answers && open;
+                match (live, unhealthy_since) {
+                    (false, None) => {
+                        let reason = if stopped {
+                            "its workload is stopped (SIGSTOP)".to_owned()
+                        } else if !answers {
+                            format!(
+                                "its liveness path {} failed {} times in a row",
+                                liveness_path.map(|(path, _)| path.as_str()).unwrap_or("?"),
+                                health::LIVENESS_FAILURES
+                            )
+                        } else {
+                            "its ports do not accept connections".to_owned()
+                        };
+                        tracing::warn!(member = %p.member_id, %reason, "unhealthy: taken out of the load balancers");
+                        unhealthy_since = Some(Instant::now());
+                        publish(&events, Event::InstanceHealth { instance: me.clone(), healthy: false, reason: Some(reason) }).await;
                     }
-                    was_live = live;
+                    (true, Some(_)) => {
+                        tracing::info!(member = %p.member_id, "healthy again: back in the load balancers");
+                        unhealthy_since = None;
+                        publish(&events, Event::InstanceHealth { instance: me.clone(), healthy: true, reason: None }).await;
+                    }
+                    _ => {}
                 }
-                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: live, at_ms: nubo_bus::now_ms() };
+                // Down (the platform replaces it) once unhealthy for longer than the timeout.
+                let down = unhealthy_since.is_some_and(|t| t.elapsed() >= unhealthy_timeout);
+                let stat = MemberHealth { instance: me.clone(), memory_consumption: Some(memory), load_average: Some(load), ports_open: !down, at_ms: nubo_bus::now_ms() };
                 publish(&events, Event::MemberHealthStat(stat)).await;
             }
         }

@@ -185,6 +185,7 @@ mod tests {
                 failure: None,
                 artifact_commit: None,
                 artifact_error: None,
+                unhealthy: None,
             },
         }
     }

@@ -842,6 +842,7 @@ pub fn parameters(
         ("extensionsDir", "EXTENSIONS_DIR"),
         ("commitEnabled", "COMMIT_ENABLED"),
         ("artifactUpdateInterval", "ARTIFACT_UPDATE_INTERVAL"),
+        ("unhealthyTimeout", "UNHEALTHY_TIMEOUT"),
     ] {
         if let Some(path) = cluster.properties.get(property) {
             p.insert(parameter.to_owned(), path.clone());

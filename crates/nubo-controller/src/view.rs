@@ -170,6 +170,7 @@ fn member_view(m: &nubo_events::Member) -> MemberView {
             .properties
             .get(crate::state::ARTIFACT_ERROR_PROPERTY)
             .cloned(),
+        unhealthy: m.properties.get(crate::state::UNHEALTHY_PROPERTY).cloned(),
     }
 }
 

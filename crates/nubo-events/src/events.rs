@@ -322,6 +322,9 @@ pub enum Event {
     MemberActivated(MemberChange),
     /// It is draining: route no more to it.
     MemberMaintenanceMode(MemberChange),
+    /// Its health changed while Active (Nubo's): with the member property `unhealthy` (why), route
+    /// no more to it until it recovers; without, route to it again.
+    MemberHealthChanged(MemberChange),
     /// It may be terminated.
     MemberReadyToShutdown(MemberChange),
     /// It is gone.
@@ -358,6 +361,17 @@ pub enum Event {
         instance: InstanceRef,
         /// Why.
         reason: String,
+    },
+    /// The workload stopped answering its health checks (`healthy: false`, with why), or answers
+    /// again: taken out of the load balancers, then put back (Nubo addition). A member that stays
+    /// unhealthy reports itself down in its statistics, and is replaced.
+    InstanceHealth {
+        /// Who.
+        instance: InstanceRef,
+        /// Whether it answers.
+        healthy: bool,
+        /// Why not.
+        reason: Option<String>,
     },
     /// The member's artifacts (its git repository's checkout) are at `commit`, after the first
     /// checkout or an update; `error` when an update failed (the member keeps what it had).
@@ -661,6 +675,7 @@ impl Event {
             Event::MemberStarted(_) => "MemberStarted",
             Event::MemberActivated(_) => "MemberActivated",
             Event::MemberMaintenanceMode(_) => "MemberMaintenanceMode",
+            Event::MemberHealthChanged(_) => "MemberHealthChanged",
             Event::MemberReadyToShutdown(_) => "MemberReadyToShutdown",
             Event::MemberTerminated(_) => "MemberTerminated",
             Event::ApplicationInstanceStatusChanged { .. } => "ApplicationInstanceStatusChanged",
@@ -670,6 +685,7 @@ impl Event {
             Event::InstanceReadyToShutdown(_) => "InstanceReadyToShutdown",
             Event::InstanceFailed { .. } => "InstanceFailed",
             Event::InstanceArtifactUpdated { .. } => "InstanceArtifactUpdated",
+            Event::InstanceHealth { .. } => "InstanceHealth",
             Event::InstanceArtifactUpdate { .. } => "InstanceArtifactUpdate",
             Event::InstanceCleanupMember { .. } => "InstanceCleanupMember",
             Event::InstanceCleanupCluster { .. } => "InstanceCleanupCluster",
@@ -713,7 +729,8 @@ impl Event {
             | Event::InstanceMaintenanceMode(r)
             | Event::InstanceReadyToShutdown(r)
             | Event::InstanceFailed { instance: r, .. }
-            | Event::InstanceArtifactUpdated { instance: r, .. } => r.member_id == member_id,
+            | Event::InstanceArtifactUpdated { instance: r, .. }
+            | Event::InstanceHealth { instance: r, .. } => r.member_id == member_id,
             Event::MemberHealthStat(h) => h.instance.member_id == member_id,
             Event::InstanceLog(b) => b.member_id == member_id,
             Event::CompleteTopologyRequest {} => true,
@@ -735,6 +752,7 @@ impl Event {
             | Event::MemberStarted(_)
             | Event::MemberActivated(_)
             | Event::MemberMaintenanceMode(_)
+            | Event::MemberHealthChanged(_)
             | Event::MemberReadyToShutdown(_)
             | Event::MemberTerminated(_) => Category::Topology,
             Event::ApplicationInstanceStatusChanged { .. } => Category::Application,
@@ -743,7 +761,8 @@ impl Event {
             | Event::InstanceMaintenanceMode(_)
             | Event::InstanceReadyToShutdown(_)
             | Event::InstanceFailed { .. }
-            | Event::InstanceArtifactUpdated { .. } => Category::InstanceStatus,
+            | Event::InstanceArtifactUpdated { .. }
+            | Event::InstanceHealth { .. } => Category::InstanceStatus,
             Event::InstanceCleanupMember { .. }
             | Event::InstanceCleanupCluster { .. }
             | Event::InstanceArtifactUpdate { .. } => Category::InstanceNotifier,
@@ -984,6 +1003,7 @@ mod catalogue {
             Event::MemberMaintenanceMode(change(MemberStatus::InMaintenance)),
             Event::MemberReadyToShutdown(change(MemberStatus::ReadyToShutdown)),
             Event::MemberTerminated(change(MemberStatus::Terminated)),
+            Event::MemberHealthChanged(change(MemberStatus::Active)),
             Event::ApplicationInstanceStatusChanged {
                 application_id: "shop".into(),
                 instance_id: "shop-1".into(),
@@ -1002,6 +1022,11 @@ mod catalogue {
                 instance: instance(),
                 commit: Some("0f1e2d3c".into()),
                 error: None,
+            },
+            Event::InstanceHealth {
+                instance: instance(),
+                healthy: false,
+                reason: Some("its liveness path /alive failed 3 times in a row".into()),
             },
             Event::InstanceLog(LogBatch {
                 member_id: "shop.web.php-1".into(),
@@ -1179,6 +1204,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 41, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 43, "one example per event variant: {names:?}");
     }
 }

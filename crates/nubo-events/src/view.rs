@@ -154,6 +154,9 @@ pub struct MemberView {
     /// Why its last artifact update failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_error: Option<String>,
+    /// Why it is unhealthy (it gets no request until it recovers, or is replaced), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
 }
 
 /// A member with where it belongs: a row of `GET /api/applications/{id}/members` and of

@@ -36,6 +36,9 @@ pub struct Routes {
     pub by_host: HashMap<(String, u16), Route>,
 }
 
+/// The member property that says an Active member is unhealthy (and why).
+pub const UNHEALTHY: &str = "unhealthy";
+
 /// The routes of one cluster: one per (lower-case host name, proxy port) of its HTTP(S) port
 /// mappings, to its Active members on the matching port.
 pub fn cluster_routes(c: &Cluster) -> Vec<((String, u16), Route)> {
@@ -50,7 +53,9 @@ pub fn cluster_routes(c: &Cluster) -> Vec<((String, u16), Route)> {
         let mut backends: Vec<Backend> = c
             .members
             .values()
-            .filter(|m| m.status == MemberStatus::Active)
+            // Active, and answering its health checks (an unhealthy member gets no request
+            // until it recovers, or is replaced).
+            .filter(|m| m.status == MemberStatus::Active && !m.properties.contains_key(UNHEALTHY))
             .filter_map(|m| {
                 let ip = m.default_private_ip.as_deref()?.parse().ok()?;
                 let mp = m.ports.iter().find(|p| p.name == port.name)?;
@@ -227,6 +232,7 @@ pub fn apply(t: &mut Topology, e: &Event) -> Change {
         | Event::MemberStarted(m)
         | Event::MemberActivated(m)
         | Event::MemberMaintenanceMode(m)
+        | Event::MemberHealthChanged(m)
         | Event::MemberReadyToShutdown(m)
         | Event::MemberTerminated(m) => {
             let Some(c) = t.clusters.get_mut(&m.member.cluster_id) else {

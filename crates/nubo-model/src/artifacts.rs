@@ -207,6 +207,14 @@ fn check_properties(p: &mut Problems, field: &str, props: &Option<Vec<Property>>
                 "property `commitEnabled` is `true` or `false`",
             );
         }
+        if prop.name == "unhealthyTimeout"
+            && !matches!(prop.value.trim().parse::<u64>(), Ok(0..=86_400))
+        {
+            p.add(
+                format!("{field}[{i}].value"),
+                "property `unhealthyTimeout` is a whole number of seconds from 0 to 86400",
+            );
+        }
         if prop.name == "artifactUpdateInterval"
             && !matches!(prop.value.trim().parse::<u64>(), Ok(1..=86_400))
         {

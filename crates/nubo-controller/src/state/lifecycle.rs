@@ -31,6 +31,28 @@ impl ControllerState {
                     });
                 }
             }
+            Event::InstanceHealth {
+                instance,
+                healthy,
+                reason,
+            } => {
+                if let Some(m) = self.member_mut(&instance.member_id)
+                    && m.status == MemberStatus::Active
+                    && healthy == m.properties.contains_key(UNHEALTHY_PROPERTY)
+                {
+                    if healthy {
+                        m.properties.remove(UNHEALTHY_PROPERTY);
+                        tracing::info!(member = %instance.member_id, "healthy again: routed to again");
+                    } else {
+                        let why = reason.unwrap_or_else(|| "unhealthy".to_owned());
+                        tracing::warn!(member = %instance.member_id, reason = %why, "unhealthy: routed to no more");
+                        m.properties.insert(UNHEALTHY_PROPERTY.to_owned(), why);
+                    }
+                    let change = nubo_events::MemberChange { member: m.clone() };
+                    out.push(Action::Publish(Event::MemberHealthChanged(change)));
+                    out.push(Action::Persist);
+                }
+            }
             Event::InstanceArtifactUpdated {
                 instance,
                 commit,

@@ -27,6 +27,9 @@ use nubo_plan::{
     scope_instance,
 };
 
+/// The member property that says an Active member does not answer its health checks (and why):
+/// load balancers route no request to it (`nubo_lb`'s `UNHEALTHY`, the same name).
+pub const UNHEALTHY_PROPERTY: &str = "unhealthy";
 /// How long a member may drain (maintenance → ready to shut down) before it is terminated anyway.
 pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
 /// The failure a scaled-down member carries (it is not replaced).
@@ -471,9 +474,8 @@ impl ControllerState {
                 | Event::InstanceMaintenanceMode(r)
                 | Event::InstanceReadyToShutdown(r)
                 | Event::InstanceFailed { instance: r, .. }
-                | Event::InstanceArtifactUpdated { instance: r, .. } => {
-                    Some(r.application_id.clone())
-                }
+                | Event::InstanceArtifactUpdated { instance: r, .. }
+                | Event::InstanceHealth { instance: r, .. } => Some(r.application_id.clone()),
                 Event::MemberProcessExited { member_id, .. } => of_member(member_id),
                 _ => None,
             },

@@ -714,7 +714,7 @@ async fn a_stopped_member_under_load_is_replaced_with_no_failed_request() {
         2,
         "0.05",
         proxy,
-        json!([{"name": "livenessPath", "value": "/"}]),
+        json!([{"name": "livenessPath", "value": "/"}, {"name": "unhealthyTimeout", "value": "1"}]),
     )
     .await;
     let victim = api.active("steady", "web").await[0]["memberId"]
@@ -894,8 +894,8 @@ async fn member_event_hooks_run_for_the_application_s_other_members() {
 async fn commit_back_pushes_the_committer_s_changes_only() {
     const PASSWORD: &str = "push-Secret-77";
     let dir = tempfile::tempdir().unwrap();
-    let git = crate::gitserver::GitServer::start(&dir.path().join("git"), "deployer", PASSWORD)
-        .await;
+    let git =
+        crate::gitserver::GitServer::start(&dir.path().join("git"), "deployer", PASSWORD).await;
     let work = dir.path().join("work");
     git.repository("private/site.git", &[("index.html", "v1")], &work);
     let server = ServerProcess::start(&dir.path().join("nubo"));
@@ -915,13 +915,18 @@ async fn commit_back_pushes_the_committer_s_changes_only() {
     .await;
     // A bad value is refused naming the property.
     let (status, body) = api
-        .post("/api/cartridges", json!({"type": "bad", "category": "x", "host": "localhost",
+        .post(
+            "/api/cartridges",
+            json!({"type": "bad", "category": "x", "host": "localhost",
             "property": [{"name": "commitEnabled", "value": "yes"}],
-            "iaasProvider": [{"type": "local", "imageId": "true"}]}))
+            "iaasProvider": [{"type": "local", "imageId": "true"}]}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("commitEnabled"), "{body}");
-    let (status, body) = api.post("/api/applications/wiki/deploy/ap", json!({})).await;
+    let (status, body) = api
+        .post("/api/applications/wiki/deploy/ap", json!({}))
+        .await;
     assert_eq!(status, 202, "{body}");
     let mut ids: Vec<String> = eventually(60, "two members Active", || async {
         let m = api.active("wiki", "web").await;
@@ -943,8 +948,14 @@ async fn commit_back_pushes_the_committer_s_changes_only() {
         names.contains("written-").then_some(names)
     })
     .await;
-    assert!(files.contains(&format!("written-{}.txt", ids[0])), "{files}");
-    assert!(!files.contains(&format!("written-{}.txt", ids[1])), "{files}");
+    assert!(
+        files.contains(&format!("written-{}.txt", ids[0])),
+        "{files}"
+    );
+    assert!(
+        !files.contains(&format!("written-{}.txt", ids[1])),
+        "{files}"
+    );
     let head = crate::gitserver::git(&bare, &["rev-parse", "main"]);
     let message = crate::gitserver::git(&bare, &["log", "-1", "--format=%s", "main"]);
     assert_eq!(message, format!("nubo: the changes of member {}", ids[0]));
@@ -957,10 +968,117 @@ async fn commit_back_pushes_the_committer_s_changes_only() {
             .then_some(())
     })
     .await;
-    assert!(git.served().iter().any(|s| s.path.ends_with("git-receive-pack")
-        && s.user.as_deref() == Some("deployer")
-        && s.status == 200));
+    assert!(
+        git.served()
+            .iter()
+            .any(|s| s.path.ends_with("git-receive-pack")
+                && s.user.as_deref() == Some("deployer")
+                && s.status == 200)
+    );
     // A second round with nothing new pushes nothing more.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(crate::gitserver::git(&bare, &["rev-parse", "main"]), head);
+}
+
+/// A member whose liveness path fails for a while is taken out of the load balancer at once
+/// (every request goes to the other member), and put back when it answers again, without being
+/// replaced; the runtime view says why meanwhile.
+#[tokio::test]
+async fn an_unhealthy_member_is_taken_out_of_the_load_balancer_and_back_when_it_recovers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = crate::support::free_port();
+    let sick = dir.path().join("sick-{member}");
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    api.add_all(&basics()).await;
+    api.add_all(&[
+        ("cartridges", json!({"type": "who", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "property": [{"name": "livenessPath", "value": "/alive"}, {"name": "unhealthyTimeout", "value": "60"}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "who", "components": {"cartridges": [
+            {"type": "who", "cartridgeMin": 2, "cartridgeMax": 2,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp",
+               "property": [{"name": "payload_parameter.SICK_FILE", "value": sick.display().to_string()}]}}]}})),
+    ])
+    .await;
+    let (status, body) = api.post("/api/applications/who/deploy/ap", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let ids: Vec<String> = eventually(60, "two members Active", || async {
+        let m = api.active("who", "web").await;
+        (m.len() == 2).then_some(m)
+    })
+    .await
+    .iter()
+    .map(|m| m["memberId"].as_str().unwrap().to_owned())
+    .collect();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = clients(proxy, "who.web.localhost", 3, stop.clone());
+    // The first member is sick: out at once, saying why; every request goes to the other.
+    let sick_one = dir.path().join(format!("sick-{}", ids[0]));
+    std::fs::write(&sick_one, "x").unwrap();
+    eventually(
+        20,
+        "the sick member out of the load balancer, saying why",
+        || async {
+            api.members("who")
+                .await
+                .iter()
+                .any(|(_, m)| {
+                    m["memberId"] == ids[0].as_str()
+                        && m["status"] == "Active"
+                        && m["unhealthy"]
+                            .as_str()
+                            .is_some_and(|w| w.contains("liveness path /alive failed"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        let who = through(proxy, "who.web.localhost").await.unwrap();
+        assert!(
+            who.starts_with(&ids[1]),
+            "{who}: only the healthy member serves"
+        );
+    }
+    std::fs::remove_file(&sick_one).unwrap();
+    eventually(20, "back, healthy, and served from again", || async {
+        let healthy = api
+            .members("who")
+            .await
+            .iter()
+            .all(|(_, m)| m["status"] == "Active" && m.get("unhealthy").is_none());
+        let mut served = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            if let Some(w) = through(proxy, "who.web.localhost").await {
+                served.insert(w.split(' ').next().unwrap_or("").to_owned());
+            }
+        }
+        (healthy && served.contains(&ids[0])).then_some(())
+    })
+    .await;
+    // Not replaced: the same two members.
+    let mut now: Vec<String> = api
+        .active("who", "web")
+        .await
+        .iter()
+        .map(|m| m["memberId"].as_str().unwrap().to_owned())
+        .collect();
+    now.sort();
+    let mut before = ids.clone();
+    before.sort();
+    assert_eq!(now, before, "recovered members are kept");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = 0;
+    for c in load {
+        failures += c.await.unwrap().0;
+    }
+    assert_eq!(
+        failures, 0,
+        "no request failed while the member was out and back"
+    );
 }

@@ -751,7 +751,7 @@ async fn a_stopped_workload_is_found_unhealthy_and_replaced() {
     api.add_all(&[
         ("cartridges", json!({"type": "probed", "category": "framework", "host": "localhost",
             "portMapping": [{"name": "http", "protocol": "http", "port": "8080"}],
-            "property": [{"name": "readinessPath", "value": "/ready"}, {"name": "livenessPath", "value": "/alive"}],
+            "property": [{"name": "readinessPath", "value": "/ready"}, {"name": "livenessPath", "value": "/alive"}, {"name": "unhealthyTimeout", "value": "1"}],
             "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
         ("applications", json!({"applicationId": "probed", "components": {"cartridges": [
             {"type": "probed", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
