@@ -264,6 +264,29 @@ async fn an_api_server_without_a_controller_drives_the_controller_of_another() {
         assert!(agent_pid(dir_a.path(), id).is_some_and(alive), "{id}");
         assert!(agent_pid(dir_c.path(), id).is_none(), "{id}");
     }
+    // Their output reaches the API-only server over the bus, owned as the controller's topology
+    // says.
+    eventually(
+        30,
+        "each member's first line read through the API-only server",
+        || async {
+            let (_, lines) = api.get("/api/applications/split/logs").await;
+            let starts: std::collections::BTreeSet<&str> = lines
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| {
+                    l["text"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("slow: serving on")
+                })
+                .filter_map(|l| l["memberId"].as_str())
+                .collect();
+            (starts.len() == 2).then_some(())
+        },
+    )
+    .await;
     let (code, answer) = api
         .post("/api/applications/split/undeploy", json!({}))
         .await;
