@@ -24,6 +24,7 @@ use nubo_iaas::{API_CA_PARAMETER, AgentPayload, proc};
 use tokio::process::Child;
 
 mod artifacts;
+mod container;
 mod health;
 mod hooks;
 mod logs;
@@ -209,9 +210,16 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
 
     // Its output goes to the platform too.
     let shipper = logs::Shipper::start(events.clone(), p.member_id.clone());
-    let (mut workload, mut output) = start_workload(&p, &workdir, Some(shipper.clone()))?;
-    let pgid = workload.id().map(|x| x as i32).unwrap_or(0);
-    tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
+    let mut workload = match Work::start(&p, &workdir, Some(shipper.clone())).await {
+        Ok(w) => w,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::error!(member = %p.member_id, %reason, "cannot start the workload");
+            report_failure(&events, &me, reason).await;
+            linger().await;
+            return Ok(2);
+        }
+    };
 
     // How long the workload has from SIGTERM to its end (the cartridge's terminationTimeout).
     let stop_grace = p
@@ -242,10 +250,9 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         {
             break;
         }
-        if let Ok(Some(status)) = workload.try_wait() {
-            flush(&mut output).await;
+        if let Some(ended) = workload.exited().await {
             let reason = format!(
-                "the workload exited ({status}) before its ports opened; last output: {}",
+                "{ended} before its ports opened; last output: {}",
                 tail(&workdir.join("workload.log"))
             );
             publish(
@@ -269,7 +276,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 port_check.as_secs()
             );
             report_failure(&events, &me, reason).await;
-            stop_workload(&mut workload, pgid, stop_grace).await;
+            workload.stop(stop_grace).await;
             linger().await;
             return Ok(2);
         }
@@ -281,7 +288,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     {
         tracing::error!(member = %p.member_id, %reason, "activation hook failed");
         report_failure(&events, &me, reason).await;
-        stop_workload(&mut workload, pgid, stop_grace).await;
+        workload.stop(stop_grace).await;
         linger().await;
         return Ok(2);
     }
@@ -494,15 +501,11 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                     start_update(updated_tx.clone());
                 }
             }
-            status = workload.wait() => {
-                flush(&mut output).await;
-                let reason = match status {
-                    Ok(s) => format!("the workload exited ({s}); last output: {}", tail(&workdir.join("workload.log"))),
-                    Err(e) => format!("lost the workload: {e}"),
-                };
+            ended = workload.wait() => {
+                let reason = format!("{ended}; last output: {}", tail(&workdir.join("workload.log")));
                 tracing::error!(member = %p.member_id, %reason, "workload ended");
                 publish(&events, Event::InstanceFailed { instance: me.clone(), reason }).await;
-                proc::kill_session(pgid, libc::SIGKILL);
+                workload.clean_up_after_exit().await;
                 linger().await;
                 return Ok(3);
             }
@@ -539,7 +542,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                     {
                         tracing::error!(member = %p.member_id, %reason, "clean hook failed");
                     }
-                    stop_workload(&mut workload, pgid, stop_grace).await;
+                    workload.stop(stop_grace).await;
                     publish(&events, Event::InstanceReadyToShutdown(me.clone())).await;
                     tracing::info!(member = %p.member_id, "drained and stopped");
                     linger().await;
@@ -548,17 +551,15 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
             _ = term.recv() => {
                 tracing::info!(member = %p.member_id, "SIGTERM: stopping the workload");
-                stop_workload(&mut workload, pgid, stop_grace).await;
+                workload.stop(stop_grace).await;
                 return Ok(0);
             }
             _ = health.tick() => {
-                // One scan of /proc a tick, for the meter and the health check.
-                let pids = if pgid > 0 { proc::group_members(pgid) } else { Vec::new() };
-                let (memory, load) = meter.sample(&pids);
-                // Alive: its ports open, not stopped (a stopped process still completes TCP
-                // handshakes), and answering its liveness path when it has one. Reported as
-                // `portsOpen: false` otherwise: the platform takes it for faulty and replaces it.
-                let stopped = health::stopped(&pids);
+                // Its use and whether it is stopped (a stopped process, or a paused container,
+                // still completes TCP handshakes), in one look a tick.
+                let (memory, load, stopped) = workload.sample(&mut meter).await;
+                // Alive: its ports open, not stopped, and answering its liveness path when it
+                // has one.
                 let answers = match liveness_path {
                     Some((path, port)) if !stopped => liveness.record(health::http_ok(port, path).await),
                     _ => true,
@@ -727,16 +728,122 @@ async fn flush(output: &mut [tokio::task::JoinHandle<()>]) {
     }
 }
 
-/// Starts the workload; returns it and the tasks writing its output to `workload.log` (bounded).
+/// The member's workload: a process group on this host (`local`), or a container of an engine
+/// (`docker`, when the payload's `NUBO_RUNTIME` says so).
+enum Work {
+    Process {
+        child: Child,
+        pgid: i32,
+        output: Vec<tokio::task::JoinHandle<()>>,
+        ended: Option<String>,
+    },
+    Container(container::Container),
+}
+
+impl Work {
+    /// Starts it, its output going to `workload.log` (bounded) and to the platform.
+    async fn start(
+        p: &AgentPayload,
+        workdir: &Path,
+        shipper: Option<logs::Shipper>,
+    ) -> anyhow::Result<Work> {
+        let log = Arc::new(Mutex::new(logs::RotatingLog::open(
+            &workdir.join("workload.log"),
+            logs::WORKLOAD_LOG_MAX,
+        )?));
+        if p.parameters.get("NUBO_RUNTIME").map(String::as_str) == Some("docker") {
+            let c = container::Container::start(p, log, shipper).await?;
+            tracing::info!(member = %p.member_id, image = %p.command, "container started");
+            return Ok(Work::Container(c));
+        }
+        let (child, output) = start_workload(p, workdir, log, shipper)?;
+        let pgid = child.id().map(|x| x as i32).unwrap_or(0);
+        tracing::info!(member = %p.member_id, pid = pgid, command = %p.command, "workload started");
+        Ok(Work::Process {
+            child,
+            pgid,
+            output,
+            ended: None,
+        })
+    }
+
+    /// Why it ended, if it did (without waiting).
+    async fn exited(&mut self) -> Option<String> {
+        match self {
+            Work::Process {
+                child,
+                output,
+                ended,
+                ..
+            } => {
+                if ended.is_none()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    flush(output).await;
+                    *ended = Some(format!("the workload exited ({status})"));
+                }
+                ended.clone()
+            }
+            Work::Container(c) => c.exited(),
+        }
+    }
+
+    /// Waits for its end; why it ended.
+    async fn wait(&mut self) -> String {
+        match self {
+            Work::Process { child, output, .. } => {
+                let status = child.wait().await;
+                flush(output).await;
+                match status {
+                    Ok(s) => format!("the workload exited ({s})"),
+                    Err(e) => format!("lost the workload: {e}"),
+                }
+            }
+            Work::Container(c) => c.wait().await,
+        }
+    }
+
+    /// Stops it: SIGTERM (then SIGCONT), SIGKILL after `grace`; a container is removed.
+    async fn stop(&mut self, grace: Duration) {
+        match self {
+            Work::Process { child, pgid, .. } => stop_workload(child, *pgid, grace).await,
+            Work::Container(c) => c.stop(grace).await,
+        }
+    }
+
+    /// What it left once it ended: the rest of its process group, or its container.
+    async fn clean_up_after_exit(&self) {
+        match self {
+            Work::Process { pgid, .. } => proc::kill_session(*pgid, libc::SIGKILL),
+            Work::Container(c) => c.remove().await,
+        }
+    }
+
+    /// Memory, load and whether it is stopped, now.
+    async fn sample(&mut self, meter: &mut Meter) -> (f64, f64, bool) {
+        match self {
+            Work::Process { pgid, .. } => {
+                // One scan of /proc, for the meter and the stopped check.
+                let pids = if *pgid > 0 {
+                    proc::group_members(*pgid)
+                } else {
+                    Vec::new()
+                };
+                let (memory, load) = meter.sample(&pids);
+                (memory, load, health::stopped(&pids))
+            }
+            Work::Container(c) => c.sample().await,
+        }
+    }
+}
+
+/// Starts the workload as a process; returns it and the tasks writing its output to `log`.
 fn start_workload(
     p: &AgentPayload,
     workdir: &Path,
+    log: Arc<Mutex<logs::RotatingLog>>,
     shipper: Option<logs::Shipper>,
 ) -> anyhow::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
-    let log = Arc::new(Mutex::new(logs::RotatingLog::open(
-        &workdir.join("workload.log"),
-        logs::WORKLOAD_LOG_MAX,
-    )?));
     let mut cmd = tokio::process::Command::new("sh");
     // An explicit environment: where programs are, the member's ports and parameters, and
     // nothing of the agent's own.

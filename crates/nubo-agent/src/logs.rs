@@ -114,6 +114,11 @@ impl Shipper {
         self.ship(LogStream::Stderr, text.as_bytes());
     }
 
+    /// Ships one line of `stream` (without its end).
+    pub fn ship_line(&self, stream: LogStream, text: &[u8]) {
+        self.ship(stream, text);
+    }
+
     fn ship(&self, stream: LogStream, text: &[u8]) {
         let text = String::from_utf8_lossy(text);
         let line = LogLine {

@@ -595,25 +595,39 @@ impl Runner {
                     provider,
                     image,
                     cluster,
-                } => starts.entry(provider).or_default().push(MemberSpec {
-                    parameters: {
-                        let mut p = parameters(&member, &cluster, self.config.timeouts);
-                        if let Some(api) = &self.config.platform_api {
-                            add_platform_api(&mut p, api);
-                        }
-                        p
-                    },
-                    run_as: cluster
-                        .placements
-                        .iter()
-                        .find(|p| p.network_partition_id == member.network_partition_id)
-                        .and_then(|p| p.partitions.iter().find(|q| q.id == member.partition_id))
-                        .and_then(|q| q.run_as.clone()),
-                    member,
-                    image,
-                    ports: cluster.ports.clone(),
-                    bus_url: self.config.bus_url.clone(),
-                }),
+                } => starts
+                    .entry(provider.clone())
+                    .or_default()
+                    .push(MemberSpec {
+                        parameters: {
+                            let mut p = parameters(&member, &cluster, self.config.timeouts);
+                            if let Some(api) = &self.config.platform_api {
+                                add_platform_api(&mut p, api);
+                            }
+                            if provider == "docker" {
+                                let engine = cluster
+                                    .placements
+                                    .iter()
+                                    .find(|q| q.network_partition_id == member.network_partition_id)
+                                    .and_then(|q| {
+                                        q.partitions.iter().find(|x| x.id == member.partition_id)
+                                    })
+                                    .and_then(|x| x.engine.clone());
+                                add_container(&mut p, &cluster, engine);
+                            }
+                            p
+                        },
+                        run_as: cluster
+                            .placements
+                            .iter()
+                            .find(|p| p.network_partition_id == member.network_partition_id)
+                            .and_then(|p| p.partitions.iter().find(|q| q.id == member.partition_id))
+                            .and_then(|q| q.run_as.clone()),
+                        member,
+                        image,
+                        ports: cluster.ports.clone(),
+                        bus_url: self.config.bus_url.clone(),
+                    }),
                 Action::Terminate {
                     member_id,
                     provider,
@@ -916,6 +930,29 @@ pub fn add_platform_api(p: &mut BTreeMap<String, String>, api: &PlatformApi) {
     );
     if let Some(pem) = &api.ca_pem {
         p.insert(nubo_iaas::API_CA_PARAMETER.to_owned(), pem.clone());
+    }
+}
+
+/// The default engine of the `docker` provider.
+pub const DEFAULT_ENGINE: &str = "unix:///var/run/docker.sock";
+
+/// What the agent of a member of the `docker` provider needs: that its workload is a container,
+/// the engine (its partition's `endpoint`), and the cartridge's `memoryLimit` (`256m`, bytes)
+/// and `cpuLimit` (cores, `0.5`).
+pub fn add_container(
+    p: &mut BTreeMap<String, String>,
+    cluster: &ClusterPlan,
+    engine: Option<String>,
+) {
+    p.insert("NUBO_RUNTIME".to_owned(), "docker".to_owned());
+    p.insert(
+        "NUBO_DOCKER_ENDPOINT".to_owned(),
+        engine.unwrap_or_else(|| DEFAULT_ENGINE.to_owned()),
+    );
+    for (property, parameter) in [("memoryLimit", "MEMORY_LIMIT"), ("cpuLimit", "CPU_LIMIT")] {
+        if let Some(v) = cluster.properties.get(property) {
+            p.insert(parameter.to_owned(), v.clone());
+        }
     }
 }
 

@@ -51,6 +51,10 @@ pub struct PlacementPartition {
     /// providers that run processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<RunAs>,
+    /// The container engine its members run on (the partition's `endpoint` property, for the
+    /// `docker` provider: `unix:///run/docker.sock`, a Podman socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// Who a member's processes run as.
@@ -424,6 +428,10 @@ pub fn plan(
                             .and_then(|q| q.property.clone())
                             .unwrap_or_default();
                         Ok(PlacementPartition {
+                            engine: props
+                                .iter()
+                                .find(|x| x.name == "endpoint")
+                                .map(|x| x.value.clone()),
                             id: p.id.clone(),
                             max: p.partition_max,
                             run_as: RunAs::from_properties(&props).map_err(|e| {

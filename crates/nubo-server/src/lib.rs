@@ -492,6 +492,8 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
                     .context("cannot follow the node supervisor on the bus")?;
                 tracing::info!(%node, "local members run on a node supervisor reached through the bus");
                 providers.insert("local".into(), remote.clone());
+                // Containers too: the node's agents drive its engines.
+                providers.insert("docker".into(), remote.clone());
                 remote_node = Some(remote);
             }
             None => {
@@ -501,7 +503,9 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
                     events.clone(),
                 )
                 .context("cannot start the node supervisor")?;
-                providers.insert("local".into(), supervisor);
+                providers.insert("local".into(), supervisor.clone());
+                // Containers too: each member's agent drives its partition's engine.
+                providers.insert("docker".into(), supervisor);
             }
         }
         mock = match &config.mock {

@@ -22,7 +22,7 @@ const PURE_MAY_USE: [&str; 7] = [
 ];
 
 /// Each heavy or sensitive dependency, and the only crates that may depend on it directly.
-const ONLY_IN: [(&str, &[&str]); 12] = [
+const ONLY_IN: [(&str, &[&str]); 13] = [
     ("sqlx", &["nubo-store"]),
     ("rumqttc", &["nubo-bus"]),
     ("async-nats", &["nubo-bus"]),
@@ -33,6 +33,8 @@ const ONLY_IN: [(&str, &[&str]); 12] = [
     ("reqwest", &["nubo-cli", "nubo-agent"]),
     ("argon2", &["nubo-manager"]),
     ("roxmltree", &["nubo-mock"]),
+    // The container engines' API: the agent drives its member's container.
+    ("bollard", &["nubo-agent"]),
     ("rcgen", &["nubo-server"]),
     ("tokio-rustls", &["nubo-server"]),
 ];

@@ -6,6 +6,7 @@ mod architecture;
 mod autoscale;
 mod bus;
 mod cli;
+mod containers;
 mod gitserver;
 mod ha;
 mod lb;

@@ -1,0 +1,407 @@
+//! A member's workload as a container (the `docker` provider): the agent runs beside it, on the
+//! host, and drives a Docker Engine (or Podman's Docker-compatible API) through its socket. The
+//! image's own entrypoint is the workload; it listens on the cartridge's ports inside the
+//! container, each published on the loopback port the platform chose for the member, where the
+//! agent checks it and load balancers reach it. The container runs unprivileged: every capability
+//! dropped, no new privileges, a pids limit, the bridge network (never the host's), no host mount,
+//! and the memory and CPU limits of the cartridge's properties. Labels name its member, so that
+//! what a restarted agent finds is its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, LogsOptions, RemoveContainerOptions,
+    StatsOptions, StopContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use nubo_events::LogStream;
+use nubo_iaas::AgentPayload;
+
+use crate::logs::{RotatingLog, Shipper};
+
+/// The label that names a container's member.
+pub const MEMBER_LABEL: &str = "io.nubo.member";
+
+/// Connects to an engine: `unix:///run/docker.sock` (a Podman socket too).
+pub async fn connect(endpoint: &str) -> anyhow::Result<Docker> {
+    let path = endpoint.strip_prefix("unix://").with_context(|| {
+        format!("engine endpoint `{endpoint}`: only unix:// sockets are supported yet")
+    })?;
+    let docker = Docker::connect_with_unix(
+        path,
+        60,
+        &bollard::ClientVersion {
+            major_version: 1,
+            minor_version: 41,
+        },
+    )
+    .with_context(|| format!("cannot use the engine at {endpoint}"))?;
+    docker
+        .negotiate_version()
+        .await
+        .with_context(|| format!("the engine at {endpoint} does not answer"))
+}
+
+/// Bytes from `256m`, `1g`, `512k` or a number of bytes.
+pub fn parse_bytes(text: &str) -> Option<i64> {
+    let t = text.trim().to_ascii_lowercase();
+    let (n, mult) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    let n: i64 = n.parse().ok()?;
+    (n > 0).then(|| n.checked_mul(mult)).flatten()
+}
+
+/// The container ports of the cartridge's port mappings, by name (`PORT_MAPPINGS` of the
+/// payload: `NAME:x|PROTOCOL:y|PORT:n|…;…`).
+pub fn container_ports(mappings: &str) -> Vec<(String, u16)> {
+    mappings
+        .split(';')
+        .filter_map(|m| {
+            let field = |k: &str| {
+                m.split('|')
+                    .find_map(|f| f.strip_prefix(k).and_then(|v| v.strip_prefix(':')))
+            };
+            Some((field("NAME")?.to_owned(), field("PORT")?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A running container of a member.
+pub struct Container {
+    docker: Docker,
+    id: String,
+    exited: Arc<Mutex<Option<String>>>,
+    done: Arc<tokio::sync::Notify>,
+    cpu_last: Option<(u64, u64)>,
+}
+
+impl Container {
+    /// Creates and starts the member's container, its output going to `log` and `shipper`.
+    pub async fn start(
+        p: &AgentPayload,
+        log: Arc<Mutex<RotatingLog>>,
+        shipper: Option<Shipper>,
+    ) -> anyhow::Result<Container> {
+        let endpoint = p
+            .parameters
+            .get("NUBO_DOCKER_ENDPOINT")
+            .map(String::as_str)
+            .unwrap_or("unix:///var/run/docker.sock");
+        let docker = connect(endpoint).await?;
+        let name = format!(
+            "nubo-{}",
+            p.member_id
+                .chars()
+                .map(
+                    |c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                )
+                .collect::<String>()
+        );
+        // What an earlier agent of this member left (it was killed): gone first.
+        let _ = docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let inside = container_ports(p.parameters.get("PORT_MAPPINGS").map_or("", String::as_str));
+        let mut env: Vec<String> = p
+            .parameters
+            .iter()
+            .filter(|(k, _)| k.as_str() != nubo_iaas::API_CA_PARAMETER)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut exposed = HashMap::new();
+        let mut bindings = HashMap::new();
+        for (i, port) in p.ports.iter().enumerate() {
+            let cport = inside
+                .iter()
+                .find(|(n, _)| *n == port.name)
+                .map_or(port.port, |(_, c)| *c);
+            let proto = if port.protocol == "udp" { "udp" } else { "tcp" };
+            let key = format!("{cport}/{proto}");
+            exposed.insert(key.clone(), HashMap::new());
+            bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(port.port.to_string()),
+                }]),
+            );
+            if i == 0 {
+                env.push(format!("PORT={cport}"));
+            }
+            env.push(format!("PORT_{i}={cport}"));
+            env.push(format!("{}={cport}", crate::port_env_name(&port.name)));
+        }
+        env.push(format!("NUBO_MEMBER_ID={}", p.member_id));
+        env.push("HOST=0.0.0.0".into());
+        let mut labels = HashMap::new();
+        labels.insert(MEMBER_LABEL.to_owned(), p.member_id.clone());
+        labels.insert("io.nubo.application".to_owned(), p.application_id.clone());
+        labels.insert("io.nubo.cluster".to_owned(), p.cluster_id.clone());
+        let memory = p
+            .parameters
+            .get("MEMORY_LIMIT")
+            .and_then(|m| parse_bytes(m));
+        let nano_cpus = p
+            .parameters
+            .get("CPU_LIMIT")
+            .and_then(|c| c.trim().parse::<f64>().ok())
+            .filter(|c| *c > 0.0)
+            .map(|c| (c * 1e9) as i64);
+        let body = ContainerCreateBody {
+            image: Some(p.command.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                network_mode: Some("bridge".into()),
+                pids_limit: Some(1024),
+                memory,
+                nano_cpus,
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    platform: String::new(),
+                }),
+                body,
+            )
+            .await
+            .with_context(|| format!("cannot create the container of image `{}`", p.command))?;
+        let id = created.id;
+        if let Err(e) = docker
+            .start_container(
+                &id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            let _ = docker
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            return Err(e)
+                .with_context(|| format!("cannot start the container of `{}`", p.command));
+        }
+        // Its output, as the workload's.
+        let mut logs = docker.logs(
+            &id,
+            Some(LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        tokio::spawn(async move {
+            let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+            while let Some(Ok(out)) = logs.next().await {
+                let (stream, bytes) = match out {
+                    bollard::container::LogOutput::StdErr { message } => {
+                        (LogStream::Stderr, message)
+                    }
+                    bollard::container::LogOutput::StdOut { message }
+                    | bollard::container::LogOutput::Console { message } => {
+                        (LogStream::Stdout, message)
+                    }
+                    bollard::container::LogOutput::StdIn { .. } => continue,
+                };
+                if let Ok(mut l) = log.lock() {
+                    let _ = l.write(&bytes);
+                }
+                let buf = &mut partial[usize::from(stream == LogStream::Stderr)];
+                for &b in bytes.iter() {
+                    if b == b'\n' {
+                        if let Some(s) = &shipper {
+                            s.ship_line(stream, buf);
+                        }
+                        buf.clear();
+                    } else {
+                        buf.push(b);
+                    }
+                }
+            }
+        });
+        // Its end, once.
+        let exited = Arc::new(Mutex::new(None));
+        let done = Arc::new(tokio::sync::Notify::new());
+        {
+            let (docker, id, exited, done) =
+                (docker.clone(), id.clone(), exited.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
+                let reason = match wait.next().await {
+                    Some(Ok(r)) => format!("the container exited (status {})", r.status_code),
+                    Some(Err(bollard::errors::Error::DockerContainerWaitError {
+                        code, ..
+                    })) => {
+                        format!("the container exited (status {code})")
+                    }
+                    Some(Err(e)) => format!("lost the container: {e}"),
+                    None => "lost the container".to_owned(),
+                };
+                if let Ok(mut x) = exited.lock() {
+                    *x = Some(reason);
+                }
+                done.notify_waiters();
+                done.notify_one();
+            });
+        }
+        Ok(Container {
+            docker,
+            id,
+            exited,
+            done,
+            cpu_last: None,
+        })
+    }
+
+    /// Why it ended, if it did.
+    pub fn exited(&self) -> Option<String> {
+        self.exited.lock().ok().and_then(|x| x.clone())
+    }
+
+    /// Waits for its end; why it ended.
+    pub async fn wait(&self) -> String {
+        loop {
+            if let Some(r) = self.exited() {
+                return r;
+            }
+            let notified = self.done.notified();
+            if let Some(r) = self.exited() {
+                return r;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after `grace`) and removes it: a member leaves no
+    /// container.
+    pub async fn stop(&self, grace: Duration) {
+        let _ = self
+            .docker
+            .stop_container(
+                &self.id,
+                Some(StopContainerOptions {
+                    t: Some(grace.as_secs().clamp(1, 3600) as i32),
+                    signal: None,
+                }),
+            )
+            .await;
+        self.remove().await;
+    }
+
+    /// Removes it (forced).
+    pub async fn remove(&self) {
+        let _ = self
+            .docker
+            .remove_container(
+                &self.id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+
+    /// Memory as a percentage of its limit (the host's when it has none), CPU as a percentage of
+    /// the cores it may use, and whether it is paused (the container's SIGSTOP).
+    pub async fn sample(&mut self) -> (f64, f64, bool) {
+        let paused = self
+            .docker
+            .inspect_container(&self.id, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.paused)
+            .unwrap_or(false);
+        let stats = self
+            .docker
+            .stats(
+                &self.id,
+                Some(StatsOptions {
+                    stream: false,
+                    one_shot: true,
+                }),
+            )
+            .next()
+            .await;
+        let Some(Ok(s)) = stats else {
+            return (0.0, 0.0, paused);
+        };
+        let memory = s
+            .memory_stats
+            .as_ref()
+            .and_then(|m| Some((m.usage? as f64, m.limit? as f64)))
+            .filter(|(_, limit)| *limit > 0.0)
+            .map_or(0.0, |(usage, limit)| {
+                (usage / limit * 100.0).clamp(0.0, 100.0)
+            });
+        let cpu = s.cpu_stats.as_ref().and_then(|c| {
+            let total = c.cpu_usage.as_ref()?.total_usage?;
+            let system = c.system_cpu_usage?;
+            Some((total, system))
+        });
+        let load = match (cpu, self.cpu_last) {
+            (Some((t, sys)), Some((t0, sys0))) if sys > sys0 => {
+                ((t.saturating_sub(t0)) as f64 / (sys - sys0) as f64 * 100.0).clamp(0.0, 100.0)
+            }
+            _ => 0.0,
+        };
+        self.cpu_last = cpu;
+        (memory, load, paused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_ports_read_as_documented() {
+        assert_eq!(parse_bytes("256m"), Some(256 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1 << 30));
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("-1m"), None);
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(
+            container_ports(
+                "NAME:http|PROTOCOL:http|PORT:8080|PROXY_PORT:8280|TYPE:ClusterIP;NAME:admin|PROTOCOL:tcp|PORT:9000|PROXY_PORT:0|TYPE:ClusterIP"
+            ),
+            [("http".to_owned(), 8080), ("admin".to_owned(), 9000)]
+        );
+        assert!(container_ports("").is_empty());
+    }
+}

@@ -1,0 +1,201 @@
+//! Containers (issue 14): the `docker` provider on a real Docker daemon (`NUBO_TEST_DOCKER_HOST`,
+//! which the full test run starts), with an image built from busybox (no registry is reachable).
+
+use serde_json::{Value, json};
+
+use crate::support::{Api, ServerProcess, eventually, free_port};
+
+/// `docker -H HOST ARGS…`: its standard output (panics on failure).
+fn docker(host: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .arg("-H")
+        .arg(host)
+        .args(args)
+        .output()
+        .expect("the docker command");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// An image of busybox's httpd serving `text` on `$PORT`, logging each request: a root file
+/// system of one static binary, imported (built here: no registry).
+fn build_image(host: &str, tag: &str, text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    for link in ["sh", "httpd"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(link)).unwrap();
+    }
+    std::fs::write(root.join("www/index.html"), text).unwrap();
+    let tar = dir.path().join("root.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    docker(
+        host,
+        &[
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh", "-c", "exec /bin/httpd -f -v -p $PORT -h /www"]"#,
+            tar.to_str().unwrap(),
+            tag,
+        ],
+    );
+}
+
+/// The containers of nubo's members on `host`.
+fn member_containers(host: &str) -> Vec<String> {
+    docker(
+        host,
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            "label=io.nubo.member",
+            "--format",
+            "{{.Names}}",
+        ],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Removes the containers of an application's members when dropped, whatever happened (the
+/// server's members are killed by process at the end of a test; their containers are not).
+struct Containers<'a> {
+    host: &'a str,
+    application: &'a str,
+}
+
+impl Drop for Containers<'_> {
+    fn drop(&mut self) {
+        let label = format!("label=io.nubo.application={}", self.application);
+        let ids = std::process::Command::new("docker")
+            .args(["-H", self.host, "ps", "-aq", "--filter", &label])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.lines() {
+            let _ = std::process::Command::new("docker")
+                .args(["-H", self.host, "rm", "-f", id])
+                .output();
+        }
+    }
+}
+
+/// An application of two members in containers: Active once their published ports answer,
+/// served through the load balancer, unprivileged with the cartridge's memory limit, their
+/// output in `nubo logs`; undeployed, no container is left.
+#[tokio::test]
+async fn a_container_application_is_served_and_leaves_no_container() {
+    let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") else {
+        return;
+    };
+    build_image(&host, "nubo-test/hello:1", "hello from a container");
+    let _cleanup = Containers {
+        host: &host,
+        application: "boxed",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
+        ("networkPartitions", json!({"id": "engine", "provider": "docker",
+            "partitions": [{"id": "p1", "property": [{"name": "endpoint", "value": host}]}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engine", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engine"]})),
+        ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "property": [{"name": "memoryLimit", "value": "64m"}],
+            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello:1"}]})),
+        ("applications", json!({"applicationId": "boxed", "components": {"cartridges": [
+            {"type": "hello", "cartridgeMin": 2, "cartridgeMax": 2,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/boxed/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let members: Vec<Value> = eventually(60, "two container members Active", || async {
+        let m = api.active("boxed", "web").await;
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    let body = eventually(20, "served through the load balancer", || async {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{proxy}/"))
+            .header("host", "boxed.web.localhost")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r.text().await.ok()?)
+    })
+    .await;
+    assert_eq!(body, "hello from a container");
+    // One container per member, named for it, unprivileged, limited, published on loopback only.
+    let names = member_containers(&host);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let id = members[0]["memberId"].as_str().unwrap();
+    let name = names
+        .iter()
+        .find(|n| n.ends_with(id))
+        .unwrap_or_else(|| panic!("{id} in {names:?}"));
+    let inspect: Value = serde_json::from_str(&docker(&host, &["inspect", name])).unwrap();
+    let hc = &inspect[0]["HostConfig"];
+    assert_eq!(hc["CapDrop"], json!(["ALL"]), "{hc}");
+    assert_eq!(hc["Memory"], json!(64 << 20), "{hc}");
+    assert_eq!(hc["NetworkMode"], "bridge");
+    assert_eq!(hc["Privileged"], false);
+    assert!(
+        hc["SecurityOpt"].to_string().contains("no-new-privileges"),
+        "{hc}"
+    );
+    let bound = hc["PortBindings"]["8080/tcp"][0].clone();
+    assert_eq!(bound["HostIp"], "127.0.0.1", "{hc}");
+    let port = members[0]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        bound["HostPort"],
+        port.to_string(),
+        "published on the member's port"
+    );
+    // Its output reaches `nubo logs` (busybox httpd logs each answer on stderr).
+    eventually(30, "a request in the members' logs", || async {
+        let (_, lines) = api.get("/api/applications/boxed/logs").await;
+        lines
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| {
+                l["stream"] == "stderr" && l["text"].as_str().unwrap_or("").contains("response:200")
+            })
+            .then_some(())
+    })
+    .await;
+    // Undeployed: the containers are stopped and removed.
+    let (status, body) = api
+        .post("/api/applications/boxed/undeploy", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(60, "undeployed, no container left", || async {
+        let gone = api.get("/api/applications/boxed/runtime").await.0 == 404;
+        (gone && member_containers(&host).is_empty()).then_some(())
+    })
+    .await;
+}
