@@ -229,7 +229,7 @@ fn the_cli_manages_artifacts_and_explains_errors() {
         .env_remove("NUBO_PASSWORD")
         .output()
         .unwrap();
-    assert_eq!(text(&o).0, "local\nmock\n", "{:?}", text(&o));
+    assert_eq!(text(&o).0, "local\ndocker\nmock\n", "{:?}", text(&o));
 }
 
 #[test]
