@@ -202,6 +202,17 @@ fn users(caller: i64, refs: Vec<Ref>) -> Vec<(Kind, String)> {
 /// A network partition's `runAsUser` / `runAsUidRange` properties choose which user of the
 /// platform's hosts runs members (root included): the platform administrator's choice only.
 fn run_as_is_for_the_platform(np: &Value) -> Result<(), ManagerError> {
+    // A container engine's socket is the host's root: the `docker` provider's partitions (their
+    // engines, and which images they allow) are the platform administrator's.
+    if np
+        .get("provider")
+        .and_then(Value::as_str)
+        .is_some_and(|p| p.eq_ignore_ascii_case("docker"))
+    {
+        return Err(ManagerError::Forbidden(
+            "provider: a `docker` network partition names a container engine of the platform's hosts (whose socket is their root) and the images it allows; only the platform's administrator (the super tenant's admin) may define one: use one of the platform's global network partitions".into(),
+        ));
+    }
     let names = |v: Option<&Value>| -> Option<usize> {
         v.and_then(Value::as_array)?.iter().position(|prop| {
             prop.get("name")

@@ -57,6 +57,21 @@ pub struct PlacementPartition {
     pub engine: Option<String>,
 }
 
+/// Whether `image` is one a partition's `allowedImages` property allows: a comma-separated list
+/// of images, each exact or ending in `*` (a prefix); no property, any image.
+pub fn image_allowed(allowed: Option<&str>, image: &str) -> bool {
+    let Some(list) = allowed else {
+        return true;
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .any(|p| match p.strip_suffix('*') {
+            Some(prefix) => image.starts_with(prefix),
+            None => image == p,
+        })
+}
+
 /// Who a member's processes run as.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -427,6 +442,33 @@ pub fn plan(
                             .find(|q| q.id == p.id)
                             .and_then(|q| q.property.clone())
                             .unwrap_or_default();
+                        if np.provider == "docker" {
+                            let image = cartridge
+                                .iaas_provider
+                                .iter()
+                                .flatten()
+                                .find(|i| i.iaas_type == "docker")
+                                .and_then(|i| i.image_id.clone())
+                                .ok_or_else(|| {
+                                    PlanError(format!(
+                                        "cartridge `{}` has no `docker` iaasProvider (its image) for network partition `{}`",
+                                        c.cartridge_type, r.id
+                                    ))
+                                })?;
+                            let allowed = props
+                                .iter()
+                                .find(|x| x.name == "allowedImages")
+                                .map(|x| x.value.as_str());
+                            if !image_allowed(allowed, &image) {
+                                return Err(PlanError(format!(
+                                    "image `{image}` of cartridge `{}` is not allowed on network partition `{}`, partition `{}` (its allowedImages: {}): ask the platform's administrator",
+                                    c.cartridge_type,
+                                    r.id,
+                                    p.id,
+                                    allowed.unwrap_or_default()
+                                )));
+                            }
+                        }
                         Ok(PlacementPartition {
                             engine: props
                                 .iter()
@@ -820,6 +862,24 @@ mod runtime_id_tests {
         assert_eq!(
             split_runtime_id("a.b.t1"),
             (nubo_model::SUPER_TENANT_ID, "a.b.t1")
+        );
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    #[test]
+    fn allowed_images_are_exact_or_prefixes() {
+        use super::image_allowed;
+        assert!(image_allowed(None, "anything:1"));
+        let list = Some("registry.local/shop/*, busybox:1.36");
+        assert!(image_allowed(list, "registry.local/shop/web:2"));
+        assert!(image_allowed(list, "busybox:1.36"));
+        assert!(!image_allowed(list, "busybox:latest"));
+        assert!(!image_allowed(list, "registry.local/other/x:1"));
+        assert!(
+            !image_allowed(Some(""), "busybox:1.36"),
+            "an empty list allows nothing"
         );
     }
 }

@@ -216,3 +216,47 @@ async fn served_and_cleaned(host: String, app: &str) {
     })
     .await;
 }
+
+/// Which images run is the platform administrator's: a `docker` network partition (its engine,
+/// whose socket is the host's root, and its `allowedImages`) is the super tenant admin's alone,
+/// and a deployment whose image a partition does not allow is refused, naming both.
+#[tokio::test]
+async fn only_the_administrator_s_partitions_and_allowed_images_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let np = |id: &str, allowed: &str| {
+        json!({"id": id, "provider": "docker", "partitions": [{"id": "p1", "property": [
+            {"name": "endpoint", "value": "unix:///var/run/docker.sock"},
+            {"name": "allowedImages", "value": allowed}]}]})
+    };
+    // A tenant's admin may not define one.
+    let t = json!({"admin": "alice", "firstName": "A", "lastName": "A", "adminPassword": "s3cret!", "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
+    assert_eq!(api.post("/api/tenants", t).await.0, 201);
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let (status, body) = alice.post("/api/networkPartitions", np("mine", "*")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("docker"), "{body}");
+    api.add_all(&[
+        ("networkPartitions", np("engine", "registry.local/approved/*")),
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engine", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engine"]})),
+        ("cartridges", json!({"type": "rogue", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
+            "iaasProvider": [{"type": "docker", "imageId": "registry.local/other/miner:1"}]})),
+        ("applications", json!({"applicationId": "rogue", "components": {"cartridges": [
+            {"type": "rogue", "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/rogue/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("registry.local/other/miner:1") && text.contains("allowedImages"),
+        "{text}"
+    );
+}
