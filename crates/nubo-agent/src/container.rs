@@ -47,6 +47,51 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<Docker> {
         .with_context(|| format!("the engine at {endpoint} does not answer"))
 }
 
+/// The container's name: `nubo-<member id>` (characters an engine refuses as `_`).
+pub fn container_name(member_id: &str) -> String {
+    let safe: String = member_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("nubo-{safe}")
+}
+
+/// Removes the container of the member a payload describes, if it is a container member (its
+/// agent died, and the node supervisor cleans up after it): whether it was one.
+pub async fn remove_for(p: &AgentPayload) -> anyhow::Result<bool> {
+    if p.parameters.get("NUBO_RUNTIME").map(String::as_str) != Some("docker") {
+        return Ok(false);
+    }
+    let endpoint = p
+        .parameters
+        .get("NUBO_DOCKER_ENDPOINT")
+        .map(String::as_str)
+        .unwrap_or("unix:///var/run/docker.sock");
+    let docker = connect(endpoint).await?;
+    match docker
+        .remove_container(
+            &container_name(&p.member_id),
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+    {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(true),
+        Err(e) => Err(e).context("cannot remove the member's container"),
+    }
+}
+
 /// Bytes from `256m`, `1g`, `512k` or a number of bytes.
 pub fn parse_bytes(text: &str) -> Option<i64> {
     let t = text.trim().to_ascii_lowercase();
@@ -97,19 +142,7 @@ impl Container {
             .map(String::as_str)
             .unwrap_or("unix:///var/run/docker.sock");
         let docker = connect(endpoint).await?;
-        let name = format!(
-            "nubo-{}",
-            p.member_id
-                .chars()
-                .map(
-                    |c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                        c
-                    } else {
-                        '_'
-                    }
-                )
-                .collect::<String>()
-        );
+        let name = container_name(&p.member_id);
         // What an earlier agent of this member left (it was killed): gone first.
         let _ = docker
             .remove_container(

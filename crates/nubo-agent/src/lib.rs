@@ -59,6 +59,16 @@ pub fn port_env_name(name: &str) -> String {
     format!("PORT_{s}")
 }
 
+/// Removes the container of the member `payload_file` describes (`nubo agent --remove-container`,
+/// run by the node supervisor after the member's agent died): whether it was a container member.
+pub async fn remove_container(payload_file: &Path) -> anyhow::Result<bool> {
+    let text = std::fs::read(payload_file)
+        .with_context(|| format!("cannot read the payload {}", payload_file.display()))?;
+    let p: AgentPayload = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not an agent payload", payload_file.display()))?;
+    container::remove_for(&p).await
+}
+
 /// Runs the agent until the member is stopped. Returns the process exit code.
 pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let text = std::fs::read(payload_file)

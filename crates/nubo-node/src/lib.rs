@@ -155,6 +155,39 @@ pub fn ended_dir(members: &Path) -> PathBuf {
 
 /// An ended member's directory goes: its logs move to [`ended_dir`] (kept for [`ENDED_FOR`], the
 /// [`ENDED_KEPT`] most recent), the rest (its payload with its key, its files) is removed.
+/// Removes the container a dead agent's member left (its payload says whether it is a container
+/// member), through the agent program (`agent --remove-container`), within 30 s.
+async fn remove_container_after(agent: &AgentCommand, payload: &Path) {
+    let container = read_json::<AgentPayload>(payload)
+        .is_some_and(|p| p.parameters.get("NUBO_RUNTIME").map(String::as_str) == Some("docker"));
+    if !container {
+        return;
+    }
+    let mut cmd = tokio::process::Command::new(&agent.program);
+    cmd.args(&agent.args)
+        .arg("--remove-container")
+        .arg("--payload")
+        .arg(payload)
+        .env_clear()
+        .envs(nubo_iaas::base_environment())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+        Ok(Ok(out)) if out.status.success() => {
+            tracing::info!(payload = %payload.display(), "the dead agent's container removed");
+        }
+        Ok(Ok(out)) => tracing::warn!(
+            payload = %payload.display(),
+            error = %String::from_utf8_lossy(&out.stderr).trim(),
+            "cannot remove the dead agent's container"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot run the agent to remove a container"),
+        Err(_) => tracing::warn!("removing the dead agent's container took more than 30 s"),
+    }
+}
+
 fn retire(dir: &Path, member_id: &str) {
     let from = dir.join(member_id);
     if !from.is_dir() {
@@ -541,8 +574,13 @@ impl Provider for NodeSupervisor {
         let dir = self.dir.clone();
         let events = self.events.clone();
         let member_id = m.member_id.clone();
+        let agent = self.agent.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            // An agent that did not end cleanly may have left its container.
+            if !status.as_ref().is_ok_and(|s| s.success()) {
+                remove_container_after(&agent, &dir.join(&member_id).join("payload.json")).await;
+            }
             Self::exited(&members, &dir, &member_id, pid, start_time);
             use std::os::unix::process::ExitStatusExt;
             let (code, signal) = match &status {

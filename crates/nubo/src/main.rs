@@ -34,6 +34,9 @@ enum Top {
         /// The member's payload file
         #[arg(long, value_name = "FILE")]
         payload: PathBuf,
+        /// Only remove the member's container (its agent died), then exit
+        #[arg(long)]
+        remove_container: bool,
     },
     /// Run a load balancer on its own, following the topology on the bus
     Lb(LbArgs),
@@ -561,7 +564,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Top::Agent { payload } = &cli.command {
+    if let Top::Agent {
+        payload,
+        remove_container,
+    } = &cli.command
+    {
+        if *remove_container {
+            return match rt.block_on(nubo_agent::remove_container(payload)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         return agent(payload);
     }
     let result = rt.block_on(async {

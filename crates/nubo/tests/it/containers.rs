@@ -205,6 +205,20 @@ async fn served_and_cleaned(host: String, app: &str) {
             .then_some(())
     })
     .await;
+    // An agent killed (`kill -9`): its member is replaced, and the container it left is removed.
+    let victim = members[1]["memberId"].as_str().unwrap().to_owned();
+    let agent = crate::support::agent_pid(dir.path(), &victim).expect("the agent's pid");
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    eventually(60, "replaced, and its container gone", || async {
+        let active = api.active(app, "web").await;
+        let names = member_containers(&host);
+        (active.len() == 2
+            && active.iter().all(|m| m["memberId"] != victim.as_str())
+            && names.len() == 2
+            && !names.iter().any(|n| n.ends_with(&victim)))
+        .then_some(())
+    })
+    .await;
     // Undeployed: the containers are stopped and removed.
     let (status, body) = api
         .post(&format!("/api/applications/{app}/undeploy"), json!({}))
