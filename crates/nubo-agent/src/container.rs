@@ -3,9 +3,10 @@
 //! image's own entrypoint is the workload; it listens on the cartridge's ports inside the
 //! container, each published on the loopback port the platform chose for the member, where the
 //! agent checks it and load balancers reach it. The container runs unprivileged: every capability
-//! dropped, no new privileges, a pids limit, the bridge network (never the host's), no host mount,
-//! and the memory and CPU limits of the cartridge's properties. Labels name its member, so that
-//! what a restarted agent finds is its own.
+//! dropped, no new privileges, a pids limit, the bridge network (never the host's), the memory
+//! and CPU limits of the cartridge's properties, and no host mount but one: a member with a
+//! repository gets its checkout (on the host, kept current by the agent) at `/app`. Labels name
+//! its member, so that what a restarted agent finds is its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,9 @@ use nubo_events::LogStream;
 use nubo_iaas::AgentPayload;
 
 use crate::logs::{RotatingLog, Shipper};
+
+/// Where a container member's artifacts are, inside its container.
+pub const APP_MOUNT: &str = "/app";
 
 /// The label that names a container's member.
 pub const MEMBER_LABEL: &str = "io.nubo.member";
@@ -133,6 +137,7 @@ impl Container {
     /// Creates and starts the member's container, its output going to `log` and `shipper`.
     pub async fn start(
         p: &AgentPayload,
+        app_dir: &std::path::Path,
         log: Arc<Mutex<RotatingLog>>,
         shipper: Option<Shipper>,
     ) -> anyhow::Result<Container> {
@@ -185,6 +190,14 @@ impl Container {
         }
         env.push(format!("NUBO_MEMBER_ID={}", p.member_id));
         env.push("HOST=0.0.0.0".into());
+        // The member's artifacts (its repository's checkout, kept current by the agent) are the
+        // container's `/app`: the platform's own mount, the only one.
+        let binds = if p.parameters.contains_key("REPO_URL") {
+            env.push(format!("APPLICATION_PATH={APP_MOUNT}"));
+            Some(vec![format!("{}:{APP_MOUNT}", app_dir.display())])
+        } else {
+            None
+        };
         let mut labels = HashMap::new();
         labels.insert(MEMBER_LABEL.to_owned(), p.member_id.clone());
         labels.insert("io.nubo.application".to_owned(), p.application_id.clone());
@@ -206,6 +219,7 @@ impl Container {
             exposed_ports: Some(exposed),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
+                binds,
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 network_mode: Some("bridge".into()),

@@ -762,7 +762,7 @@ impl Work {
             logs::WORKLOAD_LOG_MAX,
         )?));
         if p.parameters.get("NUBO_RUNTIME").map(String::as_str) == Some("docker") {
-            let c = container::Container::start(p, log, shipper).await?;
+            let c = container::Container::start(p, &workdir.join("app"), log, shipper).await?;
             tracing::info!(member = %p.member_id, image = %p.command, "container started");
             return Ok(Work::Container(c));
         }

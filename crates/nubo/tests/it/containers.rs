@@ -24,6 +24,11 @@ fn docker(host: &str, args: &[&str]) -> String {
 /// An image of busybox's httpd serving `text` on `$PORT`, logging each request: a root file
 /// system of one static binary, imported (built here: no registry).
 fn build_image(host: &str, tag: &str, text: &str) {
+    build_image_serving(host, tag, text, "/www");
+}
+
+/// The same, serving the directory `serve` of the container.
+fn build_image_serving(host: &str, tag: &str, text: &str, serve: &str) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -49,7 +54,7 @@ fn build_image(host: &str, tag: &str, text: &str) {
         &[
             "import",
             "--change",
-            r#"CMD ["/bin/sh", "-c", "exec /bin/httpd -f -v -p $PORT -h /www"]"#,
+            &format!(r#"CMD ["/bin/sh", "-c", "exec /bin/httpd -f -v -p $PORT -h {serve}"]"#),
             tar.to_str().unwrap(),
             tag,
         ],
@@ -273,4 +278,82 @@ async fn only_the_administrator_s_partitions_and_allowed_images_run() {
         text.contains("registry.local/other/miner:1") && text.contains("allowedImages"),
         "{text}"
     );
+}
+
+/// A container member serves its application's git repository, mounted at `/app`, and an update
+/// (Stratos' webhook) reaches it in place.
+#[tokio::test]
+async fn a_container_serves_its_git_artifacts_and_their_update() {
+    let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") else {
+        return;
+    };
+    build_image_serving(&host, "nubo-test/app:1", "unused", "/app");
+    let _cleanup = Containers {
+        host: &host,
+        application: "gitbox",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let git = crate::gitserver::GitServer::start(&dir.path().join("git"), "u", "p").await;
+    let site = git.repository(
+        "site.git",
+        &[("index.html", "version 1")],
+        &dir.path().join("work"),
+    );
+    let server = ServerProcess::start(&dir.path().join("nubo"));
+    let api = Api::new(&server);
+    let proxy = free_port();
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
+        ("networkPartitions", json!({"id": "engine", "provider": "docker",
+            "partitions": [{"id": "p1", "property": [{"name": "endpoint", "value": host}]}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engine", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engine"]})),
+        ("cartridges", json!({"type": "site", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/app:1"}]})),
+        ("applications", json!({"applicationId": "gitbox", "components": {"cartridges": [
+            {"type": "site", "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp",
+                "artifactRepository": {"repoUrl": format!("{}/site.git", git.url)}}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/gitbox/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let get = || async {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{proxy}/"))
+            .header("host", "gitbox.web.localhost")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r.text().await.ok()?)
+    };
+    let v1 = eventually(60, "version 1 from the container", || async { get().await }).await;
+    assert_eq!(v1, "version 1");
+    git.push(&site, "site.git", &[("index.html", "version 2")], "v2");
+    let (status, body) = api
+        .post(
+            "/api/repo/notify",
+            json!({"repository": {"url": format!("{}/site.git", git.url)}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(30, "version 2 from the container", || async {
+        get().await.filter(|b| b == "version 2")
+    })
+    .await;
+    let (status, _) = api
+        .post("/api/applications/gitbox/undeploy", json!({}))
+        .await;
+    assert_eq!(status, 202);
+    eventually(60, "no container left", || async {
+        (api.get("/api/applications/gitbox/runtime").await.0 == 404
+            && !member_containers(&host)
+                .iter()
+                .any(|n| n.contains("gitbox")))
+        .then_some(())
+    })
+    .await;
 }
