@@ -157,6 +157,7 @@ fn main() {
                 next_instance: 1,
                 group_status: BTreeMap::new(),
                 rollouts: Default::default(),
+                failing_partitions: Default::default(),
             },
         );
     }

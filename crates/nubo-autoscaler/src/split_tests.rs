@@ -139,6 +139,7 @@ fn state() -> ControllerState {
             next_instance: 1,
             group_status: BTreeMap::new(),
             rollouts: Default::default(),
+            failing_partitions: Default::default(),
         },
     );
     state

@@ -252,6 +252,32 @@ impl ControllerState {
             tracing::warn!(cluster = %plan.cluster_id, provider = %placement.provider, "the cartridge has no iaasProvider entry for this provider");
             return false;
         };
+        // Partitions whose members keep failing to start are avoided while others remain.
+        let failing = |p: &nubo_plan::PlacementPartition| {
+            d.failing_partitions
+                .get(&partition_key(&inst.network_partition_id, &p.id))
+                .is_some_and(|f| {
+                    f.in_a_row >= PARTITION_FAILURES
+                        && now_ms.saturating_sub(f.last_ms) < PARTITION_AVOID_MS
+                })
+        };
+        let healthy;
+        let placement = if placement.partitions.iter().any(failing)
+            && placement.partitions.iter().any(|p| !failing(p))
+        {
+            healthy = nubo_plan::Placement {
+                partitions: placement
+                    .partitions
+                    .iter()
+                    .filter(|p| !failing(p))
+                    .cloned()
+                    .collect(),
+                ..placement.clone()
+            };
+            &healthy
+        } else {
+            placement
+        };
         for _ in live_count..target {
             let Some(partition) = choose_partition(placement, &per_partition) else {
                 tracing::warn!(cluster = %plan.cluster_id, "no partition has room for another member: raise partitionMax in the deployment policy");

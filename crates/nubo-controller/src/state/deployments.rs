@@ -71,6 +71,7 @@ impl ControllerState {
                 instances,
                 group_status: BTreeMap::new(),
                 rollouts: BTreeMap::new(),
+                failing_partitions: BTreeMap::new(),
             },
         );
         out.push(Action::ApplicationStatus {

@@ -126,8 +126,11 @@ impl ControllerState {
                 m.failure = None;
                 let key = InstanceKey::new(&m.cluster_id, &m.cluster_instance_id);
                 let app = m.application_id.clone();
+                let part = partition_key(&m.network_partition_id, &m.partition_id);
                 if let Some(d) = self.deployments.get_mut(&app) {
                     d.backoff.remove(&key);
+                    // The partition works.
+                    d.failing_partitions.remove(&part);
                 }
             }
             self.since_ms.insert(r.member_id.clone(), now_ms);
@@ -190,6 +193,15 @@ impl ControllerState {
             let delay = b.not_before_ms - now_ms;
             b.last_reason = m.failure.clone().or(reason.clone());
             retry = Some((b.failures, delay));
+            let f = d
+                .failing_partitions
+                .entry(partition_key(&m.network_partition_id, &m.partition_id))
+                .or_default();
+            f.in_a_row += 1;
+            f.last_ms = now_ms;
+            if f.in_a_row == PARTITION_FAILURES {
+                tracing::warn!(network_partition = %m.network_partition_id, partition = %m.partition_id, "members keep failing to start in this partition: new ones go to the others for a while");
+            }
         }
         let how = if prev == MemberStatus::ReadyToShutdown {
             Ending::Drained

@@ -112,6 +112,30 @@ pub struct Deployment {
     /// Artifact updates under way, by cluster id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rollouts: BTreeMap<String, Rollout>,
+    /// Partitions whose members keep failing to start (an engine or host that does not answer),
+    /// by [`partition_key`]: new members go to the others while one is failing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failing_partitions: BTreeMap<String, PartitionFailures>,
+}
+
+/// A partition's members failing to start in a row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionFailures {
+    /// Members that failed to start there in a row (since one became Active there).
+    pub in_a_row: u32,
+    /// When the last one failed (ms).
+    pub last_ms: u64,
+}
+
+/// Failures in a row after which a partition is avoided.
+pub const PARTITION_FAILURES: u32 = 2;
+/// How long a failing partition is avoided before a member is tried there again.
+pub const PARTITION_AVOID_MS: u64 = 60_000;
+
+/// The key of a partition of a network partition.
+pub fn partition_key(network_partition: &str, partition: &str) -> String {
+    format!("{network_partition}|{partition}")
 }
 
 /// The key of a group instance's status: its group path and its id (group instance 1 shares

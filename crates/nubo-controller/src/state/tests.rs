@@ -1204,3 +1204,56 @@ fn an_artifact_update_goes_member_after_member_and_records_each_commit() {
         s.deployments["app"].rollouts
     );
 }
+
+#[test]
+fn a_partition_whose_members_keep_failing_to_start_is_avoided_for_a_while() {
+    let mut s = ControllerState::default();
+    // Two partitions, round-robin: the first members go one to each.
+    let out = s.step(0, Input::Deploy(deployment(2, "round-robin", None)));
+    let first = starts(&out);
+    assert_eq!(first.len(), 2);
+    let on_p1 = |ms: &[Member]| ms.iter().filter(|m| m.partition_id == "p1").count();
+    assert_eq!(on_p1(&first), 1);
+    // p1's engine does not answer: its members fail to start, twice in a row.
+    let mut now = 10;
+    let mut failing = first
+        .iter()
+        .find(|m| m.partition_id == "p1")
+        .unwrap()
+        .clone();
+    let healthy = first
+        .iter()
+        .find(|m| m.partition_id == "p2")
+        .unwrap()
+        .clone();
+    activate(&mut s, now, &healthy);
+    let mut replacements = Vec::new();
+    for _ in 0..PARTITION_FAILURES {
+        let out = s.step(
+            now,
+            Input::StartFailed {
+                member_id: failing.member_id.clone(),
+                reason: "the engine does not answer".into(),
+            },
+        );
+        assert!(starts(&out).is_empty(), "backoff first");
+        now += MAX_BACKOFF_MS;
+        let out = s.step(now, Input::Tick);
+        let next = starts(&out);
+        assert_eq!(next.len(), 1);
+        replacements.push(next[0].partition_id.clone());
+        failing = next[0].clone();
+    }
+    // The first replacement was tried in p1 again (round-robin); after the second failure in a
+    // row, the next goes to p2, the partition still alive.
+    assert_eq!(replacements[0], "p1");
+    assert_eq!(replacements[1], "p2", "{replacements:?}");
+    assert!(
+        s.deployments["app"].failing_partitions[&partition_key("np", "p1")].in_a_row
+            >= PARTITION_FAILURES
+    );
+    // Once the avoidance ends, p1 is tried again; a member Active there clears it.
+    activate(&mut s, now, &failing);
+    let m = s.topology.member(&failing.member_id).unwrap().clone();
+    assert_eq!(m.partition_id, "p2");
+}

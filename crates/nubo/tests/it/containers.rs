@@ -357,3 +357,62 @@ async fn a_container_serves_its_git_artifacts_and_their_update() {
     })
     .await;
 }
+
+/// A partition whose engine does not answer: its members fail to start, and after two in a row
+/// new members go to the partition still alive; the application ends with its members there.
+#[tokio::test]
+async fn members_go_to_the_partition_whose_engine_answers() {
+    let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") else {
+        return;
+    };
+    build_image(&host, "nubo-test/hello:1", "hello from a container");
+    let _cleanup = Containers {
+        host: &host,
+        application: "survivor",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let dead = format!("unix://{}/no-engine.sock", dir.path().display());
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
+        ("networkPartitions", json!({"id": "engines", "provider": "docker", "partitions": [
+            {"id": "dead", "property": [{"name": "endpoint", "value": dead}]},
+            {"id": "live", "property": [{"name": "endpoint", "value": host}]}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engines", "partitionAlgo": "round-robin",
+            "partitions": [{"id": "dead"}, {"id": "live"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engines"]})),
+        ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
+            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello:1"}]})),
+        ("applications", json!({"applicationId": "survivor", "components": {"cartridges": [
+            {"type": "hello", "cartridgeMin": 2, "cartridgeMax": 2,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/survivor/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let active = eventually(60, "two members Active in the live partition", || async {
+        let a = api.active("survivor", "web").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    assert!(
+        active.iter().all(|m| m["partitionId"] == "live"),
+        "{active:?}"
+    );
+    let (status, _) = api
+        .post("/api/applications/survivor/undeploy", json!({}))
+        .await;
+    assert_eq!(status, 202);
+    eventually(60, "no container left", || async {
+        (api.get("/api/applications/survivor/runtime").await.0 == 404
+            && !member_containers(&host)
+                .iter()
+                .any(|n| n.contains("survivor")))
+        .then_some(())
+    })
+    .await;
+}
