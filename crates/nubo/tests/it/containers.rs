@@ -421,3 +421,82 @@ async fn members_go_to_the_partition_whose_engine_answers() {
     })
     .await;
 }
+
+/// Distributed: the controller's server has no node of its own; `nubo node` in another process
+/// runs the container members' agents, which drive the engine.
+#[tokio::test]
+async fn a_node_supervisor_in_another_process_runs_container_members() {
+    let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") else {
+        return;
+    };
+    build_image(&host, "nubo-test/hello:1", "hello from a container");
+    let _cleanup = Containers {
+        host: &host,
+        application: "afar",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--insecure-http",
+            "--components",
+            "api,controller,autoscaler,event-processor,lb",
+            "--node",
+            "n1",
+        ],
+    );
+    let _node = crate::node::NodeProcess::start(&server.bus_credentials, "n1", node_dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
+        ("networkPartitions", json!({"id": "engine", "provider": "docker",
+            "partitions": [{"id": "p1", "property": [{"name": "endpoint", "value": host}]}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engine", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engine"]})),
+        ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello:1"}]})),
+        ("applications", json!({"applicationId": "afar", "components": {"cartridges": [
+            {"type": "hello", "cartridgeMin": 2, "cartridgeMax": 2,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = api
+        .post("/api/applications/afar/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let members = eventually(60, "two container members Active", || async {
+        let m = api.active("afar", "web").await;
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    // Their agents run under the node's directory.
+    for m in &members {
+        let id = m["memberId"].as_str().unwrap();
+        assert!(
+            crate::support::agent_pid(node_dir.path(), id).is_some(),
+            "{id} on the node"
+        );
+    }
+    let body = eventually(20, "served through the load balancer", || async {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{proxy}/"))
+            .header("host", "afar.web.localhost")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r.text().await.ok()?)
+    })
+    .await;
+    assert_eq!(body, "hello from a container");
+    let (status, _) = api.post("/api/applications/afar/undeploy", json!({})).await;
+    assert_eq!(status, 202);
+    eventually(60, "no container left", || async {
+        (api.get("/api/applications/afar/runtime").await.0 == 404
+            && !member_containers(&host).iter().any(|n| n.contains("afar")))
+        .then_some(())
+    })
+    .await;
+}
