@@ -31,24 +31,64 @@ pub const APP_MOUNT: &str = "/app";
 /// The label that names a container's member.
 pub const MEMBER_LABEL: &str = "io.nubo.member";
 
-/// Connects to an engine: `unix:///run/docker.sock` (a Podman socket too).
-pub async fn connect(endpoint: &str) -> anyhow::Result<Docker> {
-    let path = endpoint.strip_prefix("unix://").with_context(|| {
-        format!("engine endpoint `{endpoint}`: only unix:// sockets are supported yet")
-    })?;
-    let docker = Docker::connect_with_unix(
-        path,
-        60,
-        &bollard::ClientVersion {
-            major_version: 1,
-            minor_version: 41,
-        },
-    )
-    .with_context(|| format!("cannot use the engine at {endpoint}"))?;
+/// The files of a TLS engine's client: the authority to trust, the client's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineTls {
+    /// The certificate authority (PEM file).
+    pub ca: std::path::PathBuf,
+    /// The client's certificate (PEM file).
+    pub cert: std::path::PathBuf,
+    /// The client's key (PEM file).
+    pub key: std::path::PathBuf,
+}
+
+impl EngineTls {
+    /// From the payload (`NUBO_DOCKER_TLS_CA`, `_CERT`, `_KEY`: the partition's `tlsCa`,
+    /// `tlsCert` and `tlsKey` properties), when all three are there.
+    pub fn of(p: &AgentPayload) -> Option<EngineTls> {
+        let file = |k: &str| p.parameters.get(k).map(std::path::PathBuf::from);
+        Some(EngineTls {
+            ca: file("NUBO_DOCKER_TLS_CA")?,
+            cert: file("NUBO_DOCKER_TLS_CERT")?,
+            key: file("NUBO_DOCKER_TLS_KEY")?,
+        })
+    }
+}
+
+/// Connects to an engine: `unix:///run/docker.sock` (a Podman socket too), or
+/// `tcp://HOST:PORT` with TLS (the engine's `--tlsverify`), both ways checked.
+pub async fn connect_with(endpoint: &str, tls: Option<&EngineTls>) -> anyhow::Result<Docker> {
+    let version = bollard::ClientVersion {
+        major_version: 1,
+        minor_version: 41,
+    };
+    let docker = if let Some(addr) = endpoint.strip_prefix("tcp://") {
+        let tls = tls.with_context(|| {
+            format!("engine endpoint `{endpoint}`: a tcp:// engine needs the partition's tlsCa, tlsCert and tlsKey properties (an engine without TLS is the host's root for anyone who reaches it)")
+        })?;
+        Docker::connect_with_ssl(addr, &tls.key, &tls.cert, &tls.ca, 60, &version)
+            .with_context(|| format!("cannot use the engine at {endpoint} with its TLS files"))?
+    } else {
+        let path = endpoint.strip_prefix("unix://").with_context(|| {
+            format!("engine endpoint `{endpoint}`: unix:///PATH or tcp://HOST:PORT")
+        })?;
+        Docker::connect_with_unix(path, 60, &version)
+            .with_context(|| format!("cannot use the engine at {endpoint}"))?
+    };
     docker
         .negotiate_version()
         .await
         .with_context(|| format!("the engine at {endpoint} does not answer"))
+}
+
+/// The engine of a member's payload.
+pub async fn connect(p: &AgentPayload) -> anyhow::Result<Docker> {
+    let endpoint = p
+        .parameters
+        .get("NUBO_DOCKER_ENDPOINT")
+        .map(String::as_str)
+        .unwrap_or("unix:///var/run/docker.sock");
+    connect_with(endpoint, EngineTls::of(p).as_ref()).await
 }
 
 /// The container's name: `nubo-<member id>` (characters an engine refuses as `_`).
@@ -72,12 +112,7 @@ pub async fn remove_for(p: &AgentPayload) -> anyhow::Result<bool> {
     if p.parameters.get("NUBO_RUNTIME").map(String::as_str) != Some("docker") {
         return Ok(false);
     }
-    let endpoint = p
-        .parameters
-        .get("NUBO_DOCKER_ENDPOINT")
-        .map(String::as_str)
-        .unwrap_or("unix:///var/run/docker.sock");
-    let docker = connect(endpoint).await?;
+    let docker = connect(p).await?;
     match docker
         .remove_container(
             &container_name(&p.member_id),
@@ -141,12 +176,7 @@ impl Container {
         log: Arc<Mutex<RotatingLog>>,
         shipper: Option<Shipper>,
     ) -> anyhow::Result<Container> {
-        let endpoint = p
-            .parameters
-            .get("NUBO_DOCKER_ENDPOINT")
-            .map(String::as_str)
-            .unwrap_or("unix:///var/run/docker.sock");
-        let docker = connect(endpoint).await?;
+        let docker = connect(p).await?;
         let name = container_name(&p.member_id);
         // What an earlier agent of this member left (it was killed): gone first.
         let _ = docker

@@ -605,15 +605,27 @@ impl Runner {
                                 add_platform_api(&mut p, api);
                             }
                             if provider == "docker" {
-                                let engine = cluster
+                                let part = cluster
                                     .placements
                                     .iter()
                                     .find(|q| q.network_partition_id == member.network_partition_id)
                                     .and_then(|q| {
                                         q.partitions.iter().find(|x| x.id == member.partition_id)
-                                    })
-                                    .and_then(|x| x.engine.clone());
-                                add_container(&mut p, &cluster, engine);
+                                    });
+                                add_container(
+                                    &mut p,
+                                    &cluster,
+                                    part.and_then(|x| x.engine.clone()),
+                                );
+                                for (property, parameter) in [
+                                    ("tlsCa", "NUBO_DOCKER_TLS_CA"),
+                                    ("tlsCert", "NUBO_DOCKER_TLS_CERT"),
+                                    ("tlsKey", "NUBO_DOCKER_TLS_KEY"),
+                                ] {
+                                    if let Some(v) = part.and_then(|x| x.engine_tls.get(property)) {
+                                        p.insert(parameter.to_owned(), v.clone());
+                                    }
+                                }
                             }
                             p
                         },

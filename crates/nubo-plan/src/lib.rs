@@ -55,6 +55,10 @@ pub struct PlacementPartition {
     /// `docker` provider: `unix:///run/docker.sock`, a Podman socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// The engine's TLS files on the hosts (the partition's `tlsCa`, `tlsCert` and `tlsKey`
+    /// properties), for a `tcp://` engine.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engine_tls: BTreeMap<String, String>,
 }
 
 /// Whether `image` is one a partition's `allowedImages` property allows: a comma-separated list
@@ -470,6 +474,11 @@ pub fn plan(
                             }
                         }
                         Ok(PlacementPartition {
+                            engine_tls: props
+                                .iter()
+                                .filter(|x| matches!(x.name.as_str(), "tlsCa" | "tlsCert" | "tlsKey"))
+                                .map(|x| (x.name.clone(), x.value.clone()))
+                                .collect(),
                             engine: props
                                 .iter()
                                 .find(|x| x.name == "endpoint")

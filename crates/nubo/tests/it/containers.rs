@@ -500,3 +500,97 @@ async fn a_node_supervisor_in_another_process_runs_container_members() {
     })
     .await;
 }
+
+/// An engine on TCP with TLS (both ways checked): the partition names the authority and the
+/// client's certificate and key (files on the hosts); a tcp:// engine without them is refused by
+/// the agent, which says what is missing.
+#[tokio::test]
+async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
+    let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") else {
+        return;
+    };
+    let Some(url) =
+        nubo_testing::service("NUBO_TEST_DOCKER_TLS_URL", "containers on Docker over TLS")
+    else {
+        return;
+    };
+    let Some(tls) =
+        nubo_testing::service("NUBO_TEST_DOCKER_TLS_DIR", "containers on Docker over TLS")
+    else {
+        return;
+    };
+    build_image(&host, "nubo-test/hello:1", "hello over tls");
+    let _cleanup = Containers {
+        host: &host,
+        application: "sealed",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    api.add_all(&[
+        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
+        ("networkPartitions", json!({"id": "remote", "provider": "docker", "partitions": [
+            {"id": "p1", "property": [{"name": "endpoint", "value": url},
+                {"name": "tlsCa", "value": format!("{tls}/ca.pem")},
+                {"name": "tlsCert", "value": format!("{tls}/client.pem")},
+                {"name": "tlsKey", "value": format!("{tls}/client.key")}]}]})),
+        ("networkPartitions", json!({"id": "bare", "provider": "docker", "partitions": [
+            {"id": "p1", "property": [{"name": "endpoint", "value": url}]}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "remote", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("deploymentPolicies", json!({"id": "dp-bare", "networkPartitions": [{"id": "bare", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["remote"]})),
+        ("applicationPolicies", json!({"id": "ap-bare", "algorithm": "one-after-another", "networkPartitions": ["bare"]})),
+        ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello:1"}]})),
+        ("applications", json!({"applicationId": "sealed", "components": {"cartridges": [
+            {"type": "hello", "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+        ("applications", json!({"applicationId": "bare", "components": {"cartridges": [
+            {"type": "hello", "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp-bare"}}]}})),
+    ])
+    .await;
+    for (app, policy) in [("sealed", "ap"), ("bare", "ap-bare")] {
+        let (status, body) = api
+            .post(
+                &format!("/api/applications/{app}/deploy/{policy}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let body = eventually(60, "served from the engine on TCP", || async {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{proxy}/"))
+            .header("host", "sealed.web.localhost")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r.text().await.ok()?)
+    })
+    .await;
+    assert_eq!(body, "hello over tls");
+    eventually(
+        60,
+        "the engine without TLS files refused, saying why",
+        || async {
+            let (_, view) = api.get("/api/applications/bare/runtime").await;
+            view.to_string().contains("tlsCa").then_some(())
+        },
+    )
+    .await;
+    let (status, _) = api
+        .post("/api/applications/sealed/undeploy", json!({}))
+        .await;
+    assert_eq!(status, 202);
+    eventually(60, "no container left", || async {
+        (api.get("/api/applications/sealed/runtime").await.0 == 404
+            && !member_containers(&host)
+                .iter()
+                .any(|n| n.contains("sealed")))
+        .then_some(())
+    })
+    .await;
+}
