@@ -61,18 +61,12 @@ fn build_image_serving(host: &str, tag: &str, text: &str, serve: &str) {
     );
 }
 
-/// The containers of nubo's members on `host`.
-fn member_containers(host: &str) -> Vec<String> {
+/// The containers of an application's members on `host` (tests share the engine).
+fn member_containers(host: &str, app: &str) -> Vec<String> {
+    let label = format!("label=io.nubo.application={app}");
     docker(
         host,
-        &[
-            "ps",
-            "-a",
-            "--filter",
-            "label=io.nubo.member",
-            "--format",
-            "{{.Names}}",
-        ],
+        &["ps", "-a", "--filter", &label, "--format", "{{.Names}}"],
     )
     .lines()
     .map(str::to_owned)
@@ -167,7 +161,7 @@ async fn served_and_cleaned(host: String, app: &str) {
     .await;
     assert_eq!(body, "hello from a container");
     // One container per member, named for it, unprivileged, limited, published on loopback only.
-    let names = member_containers(&host);
+    let names = member_containers(&host, app);
     assert_eq!(names.len(), 2, "{names:?}");
     let id = members[0]["memberId"].as_str().unwrap();
     let name = names
@@ -221,7 +215,7 @@ async fn served_and_cleaned(host: String, app: &str) {
     unsafe { libc::kill(agent, libc::SIGKILL) };
     eventually(60, "replaced, and its container gone", || async {
         let active = api.active(app, "web").await;
-        let names = member_containers(&host);
+        let names = member_containers(&host, app);
         (active.len() == 2
             && active.iter().all(|m| m["memberId"] != victim.as_str())
             && names.len() == 2
@@ -236,7 +230,7 @@ async fn served_and_cleaned(host: String, app: &str) {
     assert_eq!(status, 202, "{body}");
     eventually(60, "undeployed, no container left", || async {
         let gone = api.get(&format!("/api/applications/{app}/runtime")).await.0 == 404;
-        (gone && member_containers(&host).is_empty()).then_some(())
+        (gone && member_containers(&host, app).is_empty()).then_some(())
     })
     .await;
 }
@@ -355,9 +349,7 @@ async fn a_container_serves_its_git_artifacts_and_their_update() {
     assert_eq!(status, 202);
     eventually(60, "no container left", || async {
         (api.get("/api/applications/gitbox/runtime").await.0 == 404
-            && !member_containers(&host)
-                .iter()
-                .any(|n| n.contains("gitbox")))
+            && member_containers(&host, "gitbox").is_empty())
         .then_some(())
     })
     .await;
@@ -414,9 +406,7 @@ async fn members_go_to_the_partition_whose_engine_answers() {
     assert_eq!(status, 202);
     eventually(60, "no container left", || async {
         (api.get("/api/applications/survivor/runtime").await.0 == 404
-            && !member_containers(&host)
-                .iter()
-                .any(|n| n.contains("survivor")))
+            && member_containers(&host, "survivor").is_empty())
         .then_some(())
     })
     .await;
@@ -495,7 +485,7 @@ async fn a_node_supervisor_in_another_process_runs_container_members() {
     assert_eq!(status, 202);
     eventually(60, "no container left", || async {
         (api.get("/api/applications/afar/runtime").await.0 == 404
-            && !member_containers(&host).iter().any(|n| n.contains("afar")))
+            && member_containers(&host, "afar").is_empty())
         .then_some(())
     })
     .await;
@@ -519,7 +509,7 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
     else {
         return;
     };
-    build_image(&host, "nubo-test/hello:1", "hello over tls");
+    build_image(&host, "nubo-test/hello-tls:1", "hello over tls");
     let _cleanup = Containers {
         host: &host,
         application: "sealed",
@@ -543,7 +533,7 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
         ("applicationPolicies", json!({"id": "ap-bare", "algorithm": "one-after-another", "networkPartitions": ["bare"]})),
         ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
             "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello:1"}]})),
+            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello-tls:1"}]})),
         ("applications", json!({"applicationId": "sealed", "components": {"cartridges": [
             {"type": "hello", "cartridgeMin": 1, "cartridgeMax": 1,
              "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
@@ -587,9 +577,7 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
     assert_eq!(status, 202);
     eventually(60, "no container left", || async {
         (api.get("/api/applications/sealed/runtime").await.0 == 404
-            && !member_containers(&host)
-                .iter()
-                .any(|n| n.contains("sealed")))
+            && member_containers(&host, "sealed").is_empty())
         .then_some(())
     })
     .await;
