@@ -1037,6 +1037,21 @@ async fn an_unhealthy_member_is_taken_out_of_the_load_balancer_and_back_when_it_
         },
     )
     .await;
+    // The load balancer follows the topology a moment after the API shows it.
+    eventually(
+        10,
+        "the load balancer routes to the healthy member only",
+        || async {
+            let mut all = true;
+            for _ in 0..6 {
+                all &= through(proxy, "who.web.localhost")
+                    .await
+                    .is_some_and(|w| w.starts_with(&ids[1]));
+            }
+            all.then_some(())
+        },
+    )
+    .await;
     for _ in 0..10 {
         let who = through(proxy, "who.web.localhost").await.unwrap();
         assert!(
