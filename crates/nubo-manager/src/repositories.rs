@@ -217,6 +217,84 @@ impl Manager {
         }))
     }
 
+    /// Seals again, with the current secrets key, every application's repository secrets (in
+    /// every tenant) still sealed with the previous one of a rotation; how many. Run at each
+    /// start, as [`Manager::reseal_secrets`] is for the platform's own secrets, so that the
+    /// previous key can be dropped once every server has started with the new one.
+    pub async fn reseal_repository_secrets(&self) -> Result<usize, ManagerError> {
+        let unavailable = |e: nubo_store::StoreError| ManagerError::Unavailable(e.to_string());
+        let mut tenants = vec![nubo_model::SUPER_TENANT_ID];
+        for t in self
+            .store
+            .list(
+                nubo_model::SUPER_TENANT_ID,
+                nubo_model::Kind::Tenant.as_str(),
+            )
+            .await
+            .map_err(unavailable)?
+        {
+            if let Some(id) = t.body.get("tenantId").and_then(Value::as_i64) {
+                tenants.push(id);
+            }
+        }
+        let mut resealed = 0;
+        for tenant in tenants {
+            let apps = self
+                .store
+                .list(tenant, nubo_model::Kind::Application.as_str())
+                .await
+                .map_err(unavailable)?;
+            for rec in apps {
+                let app = rec.key.id.clone();
+                let mut body = rec.body.clone();
+                let mut changed = 0;
+                let mut failure = None;
+                each_repository(&mut body, &mut |alias, repo| {
+                    for field in SECRET_FIELDS {
+                        let Some(Value::String(sealed)) = repo.get(field).cloned() else {
+                            continue;
+                        };
+                        let ctx = context(tenant, &app, alias, field);
+                        match self.secrets_key.open(&ctx, &sealed) {
+                            Ok((plain, true)) => match self.secrets_key.seal(&ctx, &plain) {
+                                Ok(again) => {
+                                    repo.insert(field.to_owned(), Value::String(again));
+                                    changed += 1;
+                                }
+                                Err(e) => failure = Some(e.to_string()),
+                            },
+                            Ok((_, false)) => {}
+                            Err(e) => failure = Some(e.to_string()),
+                        }
+                    }
+                });
+                if let Some(e) = failure {
+                    return Err(ManagerError::Unavailable(format!(
+                        "the repository secrets of application `{app}` (tenant {tenant}) do not open: {e}; start with the key they were sealed with as --secrets-key-previous"
+                    )));
+                }
+                if changed == 0 {
+                    continue;
+                }
+                let bytes = serde_json::to_vec(&body)
+                    .map_err(|e| ManagerError::Unavailable(e.to_string()))?;
+                let (_, mut write) = self
+                    .checked::<nubo_model::Application>(tenant, &bytes)
+                    .await?;
+                write.body = body;
+                match self.store.update_if(write, rec.version).await {
+                    Ok(_) => resealed += changed,
+                    // Changed meanwhile: sealed by whoever wrote it, with the current key.
+                    Err(
+                        nubo_store::StoreError::Stale { .. } | nubo_store::StoreError::NotFound(_),
+                    ) => {}
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+        }
+        Ok(resealed)
+    }
+
     /// The webhook secret of the repository of cartridge `alias` of an application, opened.
     pub async fn webhook_secret(
         &self,
@@ -235,6 +313,91 @@ impl Manager {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn repository_secrets_are_sealed_again_with_the_new_key_of_a_rotation() {
+        use crate::SecretsKey;
+        use nubo_model::{
+            Application, AutoscalingPolicy, Cartridge, DeploymentPolicy, NetworkPartition,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let manager = |key: [u8; 32], previous: Option<[u8; 32]>| {
+            let path = path.clone();
+            async move {
+                Manager::new(
+                    std::sync::Arc::new(nubo_store::SqliteStore::open(&path).await.unwrap()),
+                    vec!["local".into()],
+                    SecretsKey::from_bytes(key, previous).unwrap(),
+                )
+            }
+        };
+        let old = manager([1; 32], None).await;
+        let t = nubo_model::SUPER_TENANT_ID;
+        let add = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+        old.add::<AutoscalingPolicy>(
+            t,
+            &add(json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 90}}})),
+        )
+        .await
+        .unwrap();
+        old.add::<NetworkPartition>(
+            t,
+            &add(json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        )
+        .await
+        .unwrap();
+        old.add::<DeploymentPolicy>(t, &add(json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]}))).await.unwrap();
+        old.add::<Cartridge>(
+            t,
+            &add(json!({"type": "web", "category": "x", "host": "localhost",
+            "iaasProvider": [{"type": "local", "imageId": "true"}]})),
+        )
+        .await
+        .unwrap();
+        old.add::<Application>(t, &add(json!({"applicationId": "app", "components": {"cartridges": [
+            {"type": "web", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "web",
+              "autoscalingPolicy": "asp", "deploymentPolicy": "dp",
+              "artifactRepository": {"repoUrl": "https://git.local/x.git", "repoUsername": "u",
+                "repoPassword": "pw-1", "webhookSecret": "hook-1"}}}]}}))).await.unwrap();
+        // The new key, the old one still given: the secrets open, and are sealed again.
+        let rotating = manager([2; 32], Some([1; 32])).await;
+        let access = rotating
+            .repository_access(t, "app", "web")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(access.repo_password.as_deref(), Some("pw-1"));
+        assert_eq!(rotating.reseal_repository_secrets().await.unwrap(), 2);
+        assert_eq!(
+            rotating.reseal_repository_secrets().await.unwrap(),
+            0,
+            "once"
+        );
+        // The old key dropped: they still open.
+        let new = manager([2; 32], None).await;
+        let access = new
+            .repository_access(t, "app", "web")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(access.repo_password.as_deref(), Some("pw-1"));
+        assert_eq!(
+            new.webhook_secret(t, "app", "web")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("hook-1")
+        );
+        // A server with neither key says what to do.
+        let lost = manager([3; 32], None).await;
+        let e = lost
+            .reseal_repository_secrets()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--secrets-key-previous"), "{e}");
+    }
 
     #[test]
     fn every_repository_is_found_groups_included() {

@@ -414,6 +414,16 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
             "stored secrets sealed again with the current secrets key"
         );
     }
+    let resealed = manager
+        .reseal_repository_secrets()
+        .await
+        .context("cannot open the applications' repository secrets in the store")?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "repository secrets sealed again with the current secrets key"
+        );
+    }
     let generated_password = manager
         .ensure_admin(config.admin_password.as_deref())
         .await
