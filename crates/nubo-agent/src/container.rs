@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use nubo_events::LogStream;
 use nubo_iaas::AgentPayload;
 
-use crate::logs::{RotatingLog, Shipper};
+use crate::logs::{LineCutter, RotatingLog, Shipper, keep};
 
 /// Where a container member's artifacts are, inside its container.
 pub const APP_MOUNT: &str = "/app";
@@ -302,7 +302,7 @@ impl Container {
             }),
         );
         tokio::spawn(async move {
-            let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+            let mut lines = [LineCutter::default(), LineCutter::default()];
             while let Some(Ok(out)) = logs.next().await {
                 let (stream, bytes) = match out {
                     bollard::container::LogOutput::StdErr { message } => {
@@ -314,19 +314,9 @@ impl Container {
                     }
                     bollard::container::LogOutput::StdIn { .. } => continue,
                 };
-                if let Ok(mut l) = log.lock() {
-                    let _ = l.write(&bytes);
-                }
-                let buf = &mut partial[usize::from(stream == LogStream::Stderr)];
-                for &b in bytes.iter() {
-                    if b == b'\n' {
-                        if let Some(s) = &shipper {
-                            s.ship_line(stream, buf);
-                        }
-                        buf.clear();
-                    } else {
-                        buf.push(b);
-                    }
+                keep(&log, &bytes);
+                if let Some(s) = &shipper {
+                    lines[usize::from(stream == LogStream::Stderr)].take(&bytes, stream, s);
                 }
             }
         });

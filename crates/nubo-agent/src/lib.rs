@@ -144,9 +144,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     if let Some(script) = hooks::hook(extensions.as_deref(), "InstanceStartedEvent")
         && let Err(reason) = hooks::run(&script, "InstanceStartedEvent", &hook_env, &app_dir).await
     {
-        tracing::error!(member = %p.member_id, %reason, "start hook failed");
-        report_failure(&events, &me, reason).await;
-        linger().await;
+        fail(&events, &me, "start hook failed", reason).await;
         return Ok(2);
     }
     // The hooks of other members' events, when the cartridge has any: topology events (which a
@@ -160,20 +158,10 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let mut view_sub = if member_hooks.is_empty() {
         None
     } else {
+        // What a member accepts from the platform unchecked: exactly these hints.
         Some(
             events
-                .subscribe_only(
-                    Category::Topology,
-                    &[
-                        "CompleteTopology",
-                        "MemberInitialized",
-                        "MemberStarted",
-                        "MemberActivated",
-                        "MemberMaintenanceMode",
-                        "MemberReadyToShutdown",
-                        "MemberTerminated",
-                    ],
-                )
+                .subscribe_only(Category::Topology, nubo_bus::MEMBER_UNCHECKED)
                 .await?,
         )
     };
@@ -188,9 +176,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         Ok(r) => r,
         Err(e) => {
             let reason = format!("cannot get the member's repository: {e:#}");
-            tracing::error!(member = %p.member_id, %reason, "no artifacts");
-            report_failure(&events, &me, reason).await;
-            linger().await;
+            fail(&events, &me, "no artifacts", reason).await;
             return Ok(2);
         }
     };
@@ -210,9 +196,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
             Err(reason) => {
                 let reason = format!("cannot check out {}: {reason}", repo.repo_url);
-                tracing::error!(member = %p.member_id, %reason, "no artifacts");
-                report_failure(&events, &me, reason).await;
-                linger().await;
+                fail(&events, &me, "no artifacts", reason).await;
                 return Ok(2);
             }
         }
@@ -224,9 +208,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         Ok(w) => w,
         Err(e) => {
             let reason = format!("{e:#}");
-            tracing::error!(member = %p.member_id, %reason, "cannot start the workload");
-            report_failure(&events, &me, reason).await;
-            linger().await;
+            fail(&events, &me, "cannot start the workload", reason).await;
             return Ok(2);
         }
     };
@@ -265,16 +247,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 "{ended} before its ports opened; last output: {}",
                 tail(&workdir.join("workload.log"))
             );
-            publish(
-                &events,
-                Event::InstanceFailed {
-                    instance: me.clone(),
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            tracing::error!(member = %p.member_id, %reason, "workload failed");
-            linger().await;
+            fail(&events, &me, "workload failed", reason).await;
             return Ok(2);
         }
         if started.elapsed() > port_check {
@@ -285,9 +258,8 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 )),
                 port_check.as_secs()
             );
-            report_failure(&events, &me, reason).await;
+            fail(&events, &me, "ports did not open", reason).await;
             workload.stop(stop_grace).await;
-            linger().await;
             return Ok(2);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -296,10 +268,8 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         && let Err(reason) =
             hooks::run(&script, "InstanceActivatedEvent", &hook_env, &app_dir).await
     {
-        tracing::error!(member = %p.member_id, %reason, "activation hook failed");
-        report_failure(&events, &me, reason).await;
+        fail(&events, &me, "activation hook failed", reason).await;
         workload.stop(stop_grace).await;
-        linger().await;
         return Ok(2);
     }
     publish(&events, Event::InstanceActivated(me.clone())).await;
@@ -350,9 +320,7 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
     let git_lock = Arc::new(tokio::sync::Mutex::new(()));
     // Stratos' commit-back: the cluster's committer commits what the workload changed in its
     // artifacts and pushes it, every `artifactUpdateInterval` seconds.
-    if repository.is_some()
-        && p.parameters.get("COMMIT_ENABLED").map(String::as_str) == Some("true")
-    {
+    if repository.is_some() && members::commits_back(&p) {
         let every = p
             .parameters
             .get("ARTIFACT_UPDATE_INTERVAL")
@@ -368,19 +336,11 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             git_lock.clone(),
         );
         tokio::spawn(async move {
-            let alias = p
-                .parameters
-                .get("CARTRIDGE_ALIAS")
-                .cloned()
-                .unwrap_or_default();
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Ok(rows) = members::fetch(&p).await else {
-                    continue;
-                };
-                if !members::is_committer(&rows, &p.member_id, &alias) {
+                if !members::am_committer(&p).await {
                     continue;
                 }
                 let _one = lock.lock().await;
@@ -624,17 +584,8 @@ async fn update_artifacts(
         .ok_or_else(|| "the member has no repository".to_owned())?;
     // With commit-back, the cluster's committer pushes what its workload changed first, so that
     // the update does not throw it away.
-    if p.parameters.get("COMMIT_ENABLED").map(String::as_str) == Some("true") {
-        let alias = p
-            .parameters
-            .get("CARTRIDGE_ALIAS")
-            .cloned()
-            .unwrap_or_default();
-        if let Ok(rows) = members::fetch(p).await
-            && members::is_committer(&rows, &p.member_id, &alias)
-        {
-            artifacts::commit_back(app_dir, &repo, &p.member_id).await?;
-        }
+    if members::commits_back(p) && members::am_committer(p).await {
+        artifacts::commit_back(app_dir, &repo, &p.member_id).await?;
     }
     let commit = artifacts::update(app_dir, &repo).await?;
     if let Some(script) = hooks::hook(extensions, "ArtifactUpdatedEvent") {
@@ -688,8 +639,10 @@ async fn drain_connections(p: &AgentPayload, stop_grace: Duration) {
     }
 }
 
-/// Reports the member failed, with `reason` (its agent ends after this).
-async fn report_failure(events: &EventBus, me: &InstanceRef, reason: String) {
+/// Logs (`what`) and reports the member failed, with `reason`, and lets the report go out: its
+/// agent ends after this.
+async fn fail(events: &EventBus, me: &InstanceRef, what: &str, reason: String) {
+    tracing::error!(member = %me.member_id, %reason, "{what}");
     publish(
         events,
         Event::InstanceFailed {
@@ -698,6 +651,7 @@ async fn report_failure(events: &EventBus, me: &InstanceRef, reason: String) {
         },
     )
     .await;
+    linger().await;
 }
 
 /// Gives the MQTT connection a moment to send what was published before the process exits.

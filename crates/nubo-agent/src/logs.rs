@@ -114,11 +114,6 @@ impl Shipper {
         self.ship(LogStream::Stderr, text.as_bytes());
     }
 
-    /// Ships one line of `stream` (without its end).
-    pub fn ship_line(&self, stream: LogStream, text: &[u8]) {
-        self.ship(stream, text);
-    }
-
     fn ship(&self, stream: LogStream, text: &[u8]) {
         let text = String::from_utf8_lossy(text);
         let line = LogLine {
@@ -132,6 +127,48 @@ impl Shipper {
     }
 }
 
+/// Writes a piece of the workload's output to its log file.
+pub fn keep(log: &Mutex<RotatingLog>, bytes: &[u8]) {
+    if let Ok(mut l) = log.lock()
+        && let Err(e) = l.write(bytes)
+    {
+        tracing::warn!(error = %e, "cannot write the workload's output");
+    }
+}
+
+/// One stream's output cut into lines to ship: a line without its end waits for the rest, one
+/// longer than [`MAX_LINE`] is cut there.
+#[derive(Default)]
+pub struct LineCutter {
+    partial: Vec<u8>,
+}
+
+impl LineCutter {
+    /// Ships each line `bytes` completes.
+    pub fn take(&mut self, bytes: &[u8], stream: LogStream, shipper: &Shipper) {
+        for &b in bytes {
+            if b == b'\n' {
+                shipper.ship(stream, &self.partial);
+                self.partial.clear();
+            } else {
+                self.partial.push(b);
+                if self.partial.len() >= MAX_LINE {
+                    shipper.ship(stream, &self.partial);
+                    self.partial.clear();
+                }
+            }
+        }
+    }
+
+    /// Ships what is left (the output ended without a line end).
+    pub fn finish(&mut self, stream: LogStream, shipper: &Shipper) {
+        if !self.partial.is_empty() {
+            shipper.ship(stream, &self.partial);
+            self.partial.clear();
+        }
+    }
+}
+
 /// Copies `from` (a workload's standard output or error) into `log` until it ends, and ships
 /// each line with `shipper`.
 pub async fn pump(
@@ -141,35 +178,19 @@ pub async fn pump(
     shipper: Option<Shipper>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut partial: Vec<u8> = Vec::new();
+    let mut lines = LineCutter::default();
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                if let Some(s) = &shipper
-                    && !partial.is_empty()
-                {
-                    s.ship(stream, &partial);
+                if let Some(s) = &shipper {
+                    lines.finish(stream, s);
                 }
                 return;
             }
             Ok(n) => {
-                if let Ok(mut l) = log.lock()
-                    && let Err(e) = l.write(&buf[..n])
-                {
-                    tracing::warn!(error = %e, "cannot write the workload's output");
-                }
-                let Some(s) = &shipper else { continue };
-                for &b in &buf[..n] {
-                    if b == b'\n' {
-                        s.ship(stream, &partial);
-                        partial.clear();
-                    } else {
-                        partial.push(b);
-                        if partial.len() >= MAX_LINE {
-                            s.ship(stream, &partial);
-                            partial.clear();
-                        }
-                    }
+                keep(&log, &buf[..n]);
+                if let Some(s) = &shipper {
+                    lines.take(&buf[..n], stream, s);
                 }
             }
         }

@@ -65,6 +65,24 @@ pub fn is_committer(rows: &[MemberRow], me: &str, alias: &str) -> bool {
         == Some(me)
 }
 
+/// Whether the member's cartridge commits its changes back (`commitEnabled`).
+pub fn commits_back(p: &AgentPayload) -> bool {
+    p.parameters.get("COMMIT_ENABLED").map(String::as_str) == Some("true")
+}
+
+/// Whether this member is its cluster's committer now ([`is_committer`] over the API's member
+/// list; `false` when the API cannot say).
+pub async fn am_committer(p: &AgentPayload) -> bool {
+    let alias = p
+        .parameters
+        .get("CARTRIDGE_ALIAS")
+        .map_or("", String::as_str);
+    match fetch(p).await {
+        Ok(rows) => is_committer(&rows, &p.member_id, alias),
+        Err(_) => false,
+    }
+}
+
 /// The application's members last seen, by id.
 pub struct AppView {
     me: String,

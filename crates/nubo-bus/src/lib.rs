@@ -35,7 +35,7 @@ pub use memory::MemoryBus;
 pub use mqtt::{MqttBus, MqttConfig};
 pub use nats::{NatsBus, NatsConfig};
 use nubo_envelope as auth;
-pub use nubo_envelope::{BusAuth, BusKey, MAX_SKEW_MS, Refusal};
+pub use nubo_envelope::{BusAuth, BusKey, MAX_SKEW_MS, MEMBER_UNCHECKED, Refusal};
 
 /// A message on a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -174,7 +174,7 @@ impl Refusal {
 /// member to show in the topology (it waits at most a few seconds anyway); the other member
 /// events only make an agent with member-event hooks read its application's members from the
 /// platform's API (with its token, over TLS), which it believes instead.
-const MEMBER_UNCHECKED: &[&str] = &[
+pub const MEMBER_UNCHECKED: &[&str] = &[
     "CompleteTopology",
     "MemberInitialized",
     "MemberStarted",

@@ -209,7 +209,7 @@ fn clients(
 }
 
 /// Through the load balancer.
-async fn through(proxy: u16, host: &str) -> Option<String> {
+pub(crate) async fn through(proxy: u16, host: &str) -> Option<String> {
     let r = crate::support::client()
         .get(format!("http://127.0.0.1:{proxy}/"))
         .header("host", host)

@@ -96,6 +96,96 @@ impl Drop for Containers<'_> {
     }
 }
 
+/// A container application: `min` members of a cartridge `{app}-box` running `image` (behind
+/// proxy port `proxy`, with the cartridge's `props` and the subscription's extra fields `sub`),
+/// on a `docker` network partition `{app}-np` of `partitions` (`[{"id", "property"}]`),
+/// round-robin; deployed with the application policy `{app}-ap` ([`deploy`]).
+fn docker_app(
+    app: &str,
+    image: &str,
+    partitions: Value,
+    proxy: Option<u16>,
+    min: u32,
+    props: Value,
+    sub: Value,
+) -> Vec<(&'static str, Value)> {
+    let ids: Vec<Value> = partitions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| json!({"id": p["id"]}))
+        .collect();
+    let mut port = json!({"name": "http", "protocol": "http", "port": 8080});
+    if let Some(proxy) = proxy {
+        port["proxyPort"] = json!(proxy);
+    }
+    let mut info = json!({"alias": "web", "autoscalingPolicy": format!("{app}-asp"),
+        "deploymentPolicy": format!("{app}-dp")});
+    for (k, v) in sub.as_object().into_iter().flatten() {
+        info[k] = v.clone();
+    }
+    vec![
+        (
+            "autoscalingPolicies",
+            json!({"id": format!("{app}-asp"), "loadThresholds": {"memoryConsumption": {"threshold": 95}}}),
+        ),
+        (
+            "networkPartitions",
+            json!({"id": format!("{app}-np"), "provider": "docker", "partitions": partitions}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": format!("{app}-dp"), "networkPartitions": [
+            {"id": format!("{app}-np"), "partitionAlgo": "round-robin", "partitions": ids}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": format!("{app}-ap"), "algorithm": "one-after-another",
+            "networkPartitions": [format!("{app}-np")]}),
+        ),
+        (
+            "cartridges",
+            json!({"type": format!("{app}-box"), "category": "framework", "host": "localhost",
+            "portMapping": [port], "property": props,
+            "iaasProvider": [{"type": "docker", "imageId": image}]}),
+        ),
+        (
+            "applications",
+            json!({"applicationId": app, "components": {"cartridges": [
+            {"type": format!("{app}-box"), "cartridgeMin": min, "cartridgeMax": min, "subscribableInfo": info}]}}),
+        ),
+    ]
+}
+
+/// One partition `p1` on the engine `endpoint`.
+fn on_engine(endpoint: &str) -> Value {
+    json!([{"id": "p1", "property": [{"name": "endpoint", "value": endpoint}]}])
+}
+
+/// Deploys a [`docker_app`].
+async fn deploy(api: &Api, app: &str) {
+    let (status, body) = api
+        .post(
+            &format!("/api/applications/{app}/deploy/{app}-ap"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+}
+
+/// Undeploys `app` and waits until it is gone and no container of it is left on `host`.
+async fn undeploy_leaving_no_container(api: &Api, host: &str, app: &str) {
+    let (status, body) = api
+        .post(&format!("/api/applications/{app}/undeploy"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(60, "undeployed, no container left", || async {
+        let gone = api.get(&format!("/api/applications/{app}/runtime")).await.0 == 404;
+        (gone && member_containers(host, app).is_empty()).then_some(())
+    })
+    .await;
+}
+
 /// On Docker Engine.
 #[tokio::test]
 async fn a_container_application_is_served_and_leaves_no_container_on_docker() {
@@ -125,38 +215,25 @@ async fn served_and_cleaned(host: String, app: &str) {
     let server = ServerProcess::start(dir.path());
     let api = Api::new(&server);
     let proxy = free_port();
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
-        ("networkPartitions", json!({"id": "engine", "provider": "docker",
-            "partitions": [{"id": "p1", "property": [{"name": "endpoint", "value": host}]}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engine", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engine"]})),
-        ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "property": [{"name": "memoryLimit", "value": "64m"}],
-            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello:1"}]})),
-        ("applications", json!({"applicationId": app, "components": {"cartridges": [
-            {"type": "hello", "cartridgeMin": 2, "cartridgeMax": 2,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
+    api.add_all(&docker_app(
+        app,
+        "nubo-test/hello:1",
+        on_engine(&host),
+        Some(proxy),
+        2,
+        json!([{"name": "memoryLimit", "value": "64m"}]),
+        json!({}),
+    ))
     .await;
-    let (status, body) = api
-        .post(&format!("/api/applications/{app}/deploy/ap"), json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
+    deploy(&api, app).await;
     let members: Vec<Value> = eventually(60, "two container members Active", || async {
         let m = api.active(app, "web").await;
         (m.len() == 2).then_some(m)
     })
     .await;
-    let body = eventually(20, "served through the load balancer", || async {
-        let r = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{proxy}/"))
-            .header("host", format!("{app}.web.localhost"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(r.text().await.ok()?)
+    let host_name = format!("{app}.web.localhost");
+    let body = eventually(20, "served through the load balancer", || {
+        crate::agent::through(proxy, &host_name)
     })
     .await;
     assert_eq!(body, "hello from a container");
@@ -224,15 +301,7 @@ async fn served_and_cleaned(host: String, app: &str) {
     })
     .await;
     // Undeployed: the containers are stopped and removed.
-    let (status, body) = api
-        .post(&format!("/api/applications/{app}/undeploy"), json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    eventually(60, "undeployed, no container left", || async {
-        let gone = api.get(&format!("/api/applications/{app}/runtime")).await.0 == 404;
-        (gone && member_containers(&host, app).is_empty()).then_some(())
-    })
-    .await;
+    undeploy_leaving_no_container(&api, &host, app).await;
 }
 
 /// Which images run is the platform administrator's: a `docker` network partition (its engine,
@@ -301,34 +370,18 @@ async fn a_container_serves_its_git_artifacts_and_their_update() {
     let server = ServerProcess::start(&dir.path().join("nubo"));
     let api = Api::new(&server);
     let proxy = free_port();
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
-        ("networkPartitions", json!({"id": "engine", "provider": "docker",
-            "partitions": [{"id": "p1", "property": [{"name": "endpoint", "value": host}]}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engine", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engine"]})),
-        ("cartridges", json!({"type": "site", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/app:1"}]})),
-        ("applications", json!({"applicationId": "gitbox", "components": {"cartridges": [
-            {"type": "site", "cartridgeMin": 1, "cartridgeMax": 1,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp",
-                "artifactRepository": {"repoUrl": format!("{}/site.git", git.url)}}}]}})),
-    ])
+    api.add_all(&docker_app(
+        "gitbox",
+        "nubo-test/app:1",
+        on_engine(&host),
+        Some(proxy),
+        1,
+        json!([]),
+        json!({"artifactRepository": {"repoUrl": format!("{}/site.git", git.url)}}),
+    ))
     .await;
-    let (status, body) = api
-        .post("/api/applications/gitbox/deploy/ap", json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let get = || async {
-        let r = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{proxy}/"))
-            .header("host", "gitbox.web.localhost")
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(r.text().await.ok()?)
-    };
+    deploy(&api, "gitbox").await;
+    let get = || crate::agent::through(proxy, "gitbox.web.localhost");
     let v1 = eventually(60, "version 1 from the container", || async { get().await }).await;
     assert_eq!(v1, "version 1");
     git.push(&site, "site.git", &[("index.html", "version 2")], "v2");
@@ -343,16 +396,7 @@ async fn a_container_serves_its_git_artifacts_and_their_update() {
         get().await.filter(|b| b == "version 2")
     })
     .await;
-    let (status, _) = api
-        .post("/api/applications/gitbox/undeploy", json!({}))
-        .await;
-    assert_eq!(status, 202);
-    eventually(60, "no container left", || async {
-        (api.get("/api/applications/gitbox/runtime").await.0 == 404
-            && member_containers(&host, "gitbox").is_empty())
-        .then_some(())
-    })
-    .await;
+    undeploy_leaving_no_container(&api, &host, "gitbox").await;
 }
 
 /// A partition whose engine does not answer: its members fail to start, and after two in a row
@@ -371,26 +415,19 @@ async fn members_go_to_the_partition_whose_engine_answers() {
     let server = ServerProcess::start(dir.path());
     let api = Api::new(&server);
     let dead = format!("unix://{}/no-engine.sock", dir.path().display());
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
-        ("networkPartitions", json!({"id": "engines", "provider": "docker", "partitions": [
+    api.add_all(&docker_app(
+        "survivor",
+        "nubo-test/hello:1",
+        json!([
             {"id": "dead", "property": [{"name": "endpoint", "value": dead}]},
-            {"id": "live", "property": [{"name": "endpoint", "value": host}]}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engines", "partitionAlgo": "round-robin",
-            "partitions": [{"id": "dead"}, {"id": "live"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engines"]})),
-        ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
-            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello:1"}]})),
-        ("applications", json!({"applicationId": "survivor", "components": {"cartridges": [
-            {"type": "hello", "cartridgeMin": 2, "cartridgeMax": 2,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
+            {"id": "live", "property": [{"name": "endpoint", "value": host}]}]),
+        None,
+        2,
+        json!([]),
+        json!({}),
+    ))
     .await;
-    let (status, body) = api
-        .post("/api/applications/survivor/deploy/ap", json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
+    deploy(&api, "survivor").await;
     let active = eventually(60, "two members Active in the live partition", || async {
         let a = api.active("survivor", "web").await;
         (a.len() == 2).then_some(a)
@@ -400,16 +437,7 @@ async fn members_go_to_the_partition_whose_engine_answers() {
         active.iter().all(|m| m["partitionId"] == "live"),
         "{active:?}"
     );
-    let (status, _) = api
-        .post("/api/applications/survivor/undeploy", json!({}))
-        .await;
-    assert_eq!(status, 202);
-    eventually(60, "no container left", || async {
-        (api.get("/api/applications/survivor/runtime").await.0 == 404
-            && member_containers(&host, "survivor").is_empty())
-        .then_some(())
-    })
-    .await;
+    undeploy_leaving_no_container(&api, &host, "survivor").await;
 }
 
 /// Distributed: the controller's server has no node of its own; `nubo node` in another process
@@ -439,24 +467,17 @@ async fn a_node_supervisor_in_another_process_runs_container_members() {
     let _node = crate::node::NodeProcess::start(&server.bus_credentials, "n1", node_dir.path());
     let api = Api::new(&server);
     let proxy = free_port();
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
-        ("networkPartitions", json!({"id": "engine", "provider": "docker",
-            "partitions": [{"id": "p1", "property": [{"name": "endpoint", "value": host}]}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "engine", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["engine"]})),
-        ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello:1"}]})),
-        ("applications", json!({"applicationId": "afar", "components": {"cartridges": [
-            {"type": "hello", "cartridgeMin": 2, "cartridgeMax": 2,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
+    api.add_all(&docker_app(
+        "afar",
+        "nubo-test/hello:1",
+        on_engine(&host),
+        Some(proxy),
+        2,
+        json!([]),
+        json!({}),
+    ))
     .await;
-    let (status, body) = api
-        .post("/api/applications/afar/deploy/ap", json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
+    deploy(&api, "afar").await;
     let members = eventually(60, "two container members Active", || async {
         let m = api.active("afar", "web").await;
         (m.len() == 2).then_some(m)
@@ -470,25 +491,12 @@ async fn a_node_supervisor_in_another_process_runs_container_members() {
             "{id} on the node"
         );
     }
-    let body = eventually(20, "served through the load balancer", || async {
-        let r = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{proxy}/"))
-            .header("host", "afar.web.localhost")
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(r.text().await.ok()?)
+    let body = eventually(20, "served through the load balancer", || {
+        crate::agent::through(proxy, "afar.web.localhost")
     })
     .await;
     assert_eq!(body, "hello from a container");
-    let (status, _) = api.post("/api/applications/afar/undeploy", json!({})).await;
-    assert_eq!(status, 202);
-    eventually(60, "no container left", || async {
-        (api.get("/api/applications/afar/runtime").await.0 == 404
-            && member_containers(&host, "afar").is_empty())
-        .then_some(())
-    })
-    .await;
+    undeploy_leaving_no_container(&api, &host, "afar").await;
 }
 
 /// An engine on TCP with TLS (both ways checked): the partition names the authority and the
@@ -518,47 +526,34 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
     let server = ServerProcess::start(dir.path());
     let api = Api::new(&server);
     let proxy = free_port();
-    api.add_all(&[
-        ("autoscalingPolicies", json!({"id": "asp", "loadThresholds": {"memoryConsumption": {"threshold": 95}}})),
-        ("networkPartitions", json!({"id": "remote", "provider": "docker", "partitions": [
-            {"id": "p1", "property": [{"name": "endpoint", "value": url},
-                {"name": "tlsCa", "value": format!("{tls}/ca.pem")},
-                {"name": "tlsCert", "value": format!("{tls}/client.pem")},
-                {"name": "tlsKey", "value": format!("{tls}/client.key")}]}]})),
-        ("networkPartitions", json!({"id": "bare", "provider": "docker", "partitions": [
-            {"id": "p1", "property": [{"name": "endpoint", "value": url}]}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "remote", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("deploymentPolicies", json!({"id": "dp-bare", "networkPartitions": [{"id": "bare", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["remote"]})),
-        ("applicationPolicies", json!({"id": "ap-bare", "algorithm": "one-after-another", "networkPartitions": ["bare"]})),
-        ("cartridges", json!({"type": "hello", "category": "framework", "host": "localhost",
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "docker", "imageId": "nubo-test/hello-tls:1"}]})),
-        ("applications", json!({"applicationId": "sealed", "components": {"cartridges": [
-            {"type": "hello", "cartridgeMin": 1, "cartridgeMax": 1,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-        ("applications", json!({"applicationId": "bare", "components": {"cartridges": [
-            {"type": "hello", "cartridgeMin": 1, "cartridgeMax": 1,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp-bare"}}]}})),
-    ])
-    .await;
-    for (app, policy) in [("sealed", "ap"), ("bare", "ap-bare")] {
-        let (status, body) = api
-            .post(
-                &format!("/api/applications/{app}/deploy/{policy}"),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-    }
-    let body = eventually(60, "served from the engine on TCP", || async {
-        let r = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{proxy}/"))
-            .header("host", "sealed.web.localhost")
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(r.text().await.ok()?)
+    let tls_files = json!([{"id": "p1", "property": [{"name": "endpoint", "value": url},
+        {"name": "tlsCa", "value": format!("{tls}/ca.pem")},
+        {"name": "tlsCert", "value": format!("{tls}/client.pem")},
+        {"name": "tlsKey", "value": format!("{tls}/client.key")}]}]);
+    let image = "nubo-test/hello-tls:1";
+    let mut artifacts = docker_app(
+        "sealed",
+        image,
+        tls_files,
+        Some(proxy),
+        1,
+        json!([]),
+        json!({}),
+    );
+    artifacts.extend(docker_app(
+        "bare",
+        image,
+        on_engine(&url),
+        None,
+        1,
+        json!([]),
+        json!({}),
+    ));
+    api.add_all(&artifacts).await;
+    deploy(&api, "sealed").await;
+    deploy(&api, "bare").await;
+    let body = eventually(60, "served from the engine on TCP", || {
+        crate::agent::through(proxy, "sealed.web.localhost")
     })
     .await;
     assert_eq!(body, "hello over tls");
@@ -571,14 +566,5 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
         },
     )
     .await;
-    let (status, _) = api
-        .post("/api/applications/sealed/undeploy", json!({}))
-        .await;
-    assert_eq!(status, 202);
-    eventually(60, "no container left", || async {
-        (api.get("/api/applications/sealed/runtime").await.0 == 404
-            && member_containers(&host, "sealed").is_empty())
-        .then_some(())
-    })
-    .await;
+    undeploy_leaving_no_container(&api, &host, "sealed").await;
 }
