@@ -155,14 +155,62 @@ pub fn ended_dir(members: &Path) -> PathBuf {
 
 /// An ended member's directory goes: its logs move to [`ended_dir`] (kept for [`ENDED_FOR`], the
 /// [`ENDED_KEPT`] most recent), the rest (its payload with its key, its files) is removed.
-/// Removes the container a dead agent's member left (its payload says whether it is a container
-/// member), through the agent program (`agent --remove-container`), within 30 s.
-async fn remove_container_after(agent: &AgentCommand, payload: &Path) {
-    let container = read_json::<AgentPayload>(payload)
+/// Where the payloads of container members wait until their container is removed: `removals/`
+/// beside the members' directory (kept across a restart of the node supervisor).
+fn removals_dir(members: &Path) -> PathBuf {
+    members
+        .parent()
+        .map(|p| p.join("removals"))
+        .unwrap_or_else(|| members.join(".removals"))
+}
+
+/// When a container member's agent has ended: its payload is kept in [`removals_dir`] (before
+/// the member's directory is retired) for [`remove_until_gone`]. `None` for a process member.
+fn keep_for_removal(dir: &Path, member_id: &str) -> Option<PathBuf> {
+    let payload = dir.join(member_id).join("payload.json");
+    let container = read_json::<AgentPayload>(&payload)
         .is_some_and(|p| p.parameters.get("NUBO_RUNTIME").map(String::as_str) == Some("docker"));
     if !container {
-        return;
+        return None;
     }
+    let to = removals_dir(dir);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&to)
+        .ok()?;
+    let file = to.join(format!("{member_id}.json"));
+    write_private(&file, &std::fs::read(&payload).ok()?).ok()?;
+    Some(file)
+}
+
+/// How long a container's removal is retried before it waits for the next start of the node
+/// supervisor (its engine may be down for longer).
+const REMOVAL_FOR: Duration = Duration::from_secs(3600);
+
+/// Removes the container a member left, whatever ended its agent (killed, or its engine stopped
+/// answering), through the agent program (`agent --remove-container`): tried again, 1 s then up
+/// to every 30 s, until the engine says it is gone; then its kept payload goes. A member leaves
+/// no container, even on an engine that was down when it ended.
+async fn remove_until_gone(agent: AgentCommand, file: PathBuf) {
+    let deadline = tokio::time::Instant::now() + REMOVAL_FOR;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        if remove_container(&agent, &file).await {
+            let _ = std::fs::remove_file(&file);
+            return;
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            tracing::warn!(payload = %file.display(), "a member's container could not be removed for an hour: tried again at the node's next start");
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One attempt (within 30 s): whether the container is gone.
+async fn remove_container(agent: &AgentCommand, payload: &Path) -> bool {
     let mut cmd = tokio::process::Command::new(&agent.program);
     cmd.args(&agent.args)
         .arg("--remove-container")
@@ -176,15 +224,25 @@ async fn remove_container_after(agent: &AgentCommand, payload: &Path) {
         .kill_on_drop(true);
     match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
         Ok(Ok(out)) if out.status.success() => {
-            tracing::info!(payload = %payload.display(), "the dead agent's container removed");
+            tracing::info!(payload = %payload.display(), "the ended member's container is gone");
+            true
         }
-        Ok(Ok(out)) => tracing::warn!(
-            payload = %payload.display(),
-            error = %String::from_utf8_lossy(&out.stderr).trim(),
-            "cannot remove the dead agent's container"
-        ),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot run the agent to remove a container"),
-        Err(_) => tracing::warn!("removing the dead agent's container took more than 30 s"),
+        Ok(Ok(out)) => {
+            tracing::warn!(
+                payload = %payload.display(),
+                error = %String::from_utf8_lossy(&out.stderr).trim(),
+                "cannot remove an ended member's container yet"
+            );
+            false
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot run the agent to remove a container");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("removing an ended member's container took more than 30 s");
+            false
+        }
     }
 }
 
@@ -274,8 +332,23 @@ impl NodeSupervisor {
             tracing::info!(member = %rec.member_id, pid = rec.pid, "a recorded member is no longer running: cleaning up");
             proc::signal_recorded_session(rec.pid, rec.start_time, libc::SIGKILL);
             let _ = std::fs::remove_file(&path);
+            keep_for_removal(&dir, &rec.member_id);
             retire(&dir, &rec.member_id);
             gone.push(rec.member_id);
+        }
+        // The containers of members that ended while it was down, or whose engine did not
+        // answer before: removed now (tried until their engine answers).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            for entry in std::fs::read_dir(removals_dir(&dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let file = entry.path();
+                if file.extension().is_some_and(|e| e == "json") {
+                    rt.spawn(remove_until_gone(sup.agent.clone(), file));
+                }
+            }
         }
         // Said on the bus, for a controller in another process that cannot see this directory.
         if let (false, Ok(rt)) = (gone.is_empty(), tokio::runtime::Handle::try_current()) {
@@ -322,9 +395,13 @@ impl NodeSupervisor {
         let members = self.members.clone();
         let dir = self.dir.clone();
         let events = self.events.clone();
+        let agent = self.agent.clone();
         tokio::spawn(async move {
             while proc::start_time(pid) == Some(start_time) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if let Some(file) = keep_for_removal(&dir, &member_id) {
+                tokio::spawn(remove_until_gone(agent, file));
             }
             Self::exited(&members, &dir, &member_id, pid, start_time);
             let e = Event::MemberProcessExited {
@@ -577,9 +654,9 @@ impl Provider for NodeSupervisor {
         let agent = self.agent.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
-            // An agent that did not end cleanly may have left its container.
-            if !status.as_ref().is_ok_and(|s| s.success()) {
-                remove_container_after(&agent, &dir.join(&member_id).join("payload.json")).await;
+            // Its container goes too, whatever ended the agent (killed, or its engine lost).
+            if let Some(file) = keep_for_removal(&dir, &member_id) {
+                tokio::spawn(remove_until_gone(agent, file));
             }
             Self::exited(&members, &dir, &member_id, pid, start_time);
             use std::os::unix::process::ExitStatusExt;

@@ -173,7 +173,7 @@ async fn two_cartridges_exchange_an_address_through_the_metadata_service() {
 
 /// Clients sending requests through the load balancer to `host` until `stop`: each returns its
 /// failed requests and the bodies it saw.
-fn clients(
+pub(crate) fn clients(
     proxy: u16,
     host: &'static str,
     n: usize,

@@ -568,3 +568,260 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
     .await;
     undeploy_leaving_no_container(&api, &host, "sealed").await;
 }
+
+/// The ids and names of an application's containers on `host`, sorted.
+fn container_ids(host: &str, app: &str) -> Vec<String> {
+    let label = format!("label=io.nubo.application={app}");
+    let mut ids: Vec<String> = docker(
+        host,
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            &label,
+            "--format",
+            "{{.ID}} {{.Names}}",
+        ],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    ids.sort();
+    ids
+}
+
+/// `docker kill` of a member's container under load: the member is replaced and no client
+/// request fails. Then the server is killed and started again: the members' containers are
+/// adopted (the same containers, none started twice).
+#[tokio::test]
+async fn a_killed_container_is_replaced_with_no_failed_request_and_a_restarted_server_adopts_the_rest()
+ {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") else {
+        return;
+    };
+    build_image(&host, "nubo-test/hello:1", "hello from a container");
+    let _cleanup = Containers {
+        host: &host,
+        application: "sturdy",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let proxy = free_port();
+    api.add_all(&docker_app(
+        "sturdy",
+        "nubo-test/hello:1",
+        on_engine(&host),
+        Some(proxy),
+        2,
+        json!([]),
+        json!({}),
+    ))
+    .await;
+    deploy(&api, "sturdy").await;
+    let members = eventually(60, "two container members Active", || async {
+        let m = api.active("sturdy", "web").await;
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    eventually(20, "served through the load balancer", || {
+        crate::agent::through(proxy, "sturdy.web.localhost")
+    })
+    .await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = crate::agent::clients(proxy, "sturdy.web.localhost", 4, stop.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let victim = members[0]["memberId"].as_str().unwrap().to_owned();
+    docker(&host, &["kill", &format!("nubo-{victim}")]);
+    let after = eventually(60, "replaced, its container gone", || async {
+        let active = api.active("sturdy", "web").await;
+        let names = member_containers(&host, "sturdy");
+        (active.len() == 2
+            && active.iter().all(|m| m["memberId"] != victim.as_str())
+            && names.len() == 2
+            && !names.iter().any(|n| n.ends_with(&victim)))
+        .then_some(active)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = 0;
+    for c in load {
+        failed += c.await.unwrap().0;
+    }
+    assert_eq!(failed, 0, "failed requests while a container was killed");
+    // The server killed (its members' agents outlive it) and started again.
+    let before = container_ids(&host, "sturdy");
+    let mut ids: Vec<&str> = after
+        .iter()
+        .map(|m| m["memberId"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    server.kill9();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    eventually(60, "the same two members Active again", || async {
+        let mut now: Vec<String> = api
+            .active("sturdy", "web")
+            .await
+            .iter()
+            .map(|m| m["memberId"].as_str().unwrap().to_owned())
+            .collect();
+        now.sort();
+        (now == ids).then_some(())
+    })
+    .await;
+    let body = eventually(20, "served after the restart", || {
+        crate::agent::through(proxy, "sturdy.web.localhost")
+    })
+    .await;
+    assert_eq!(body, "hello from a container");
+    crate::support::holds(
+        std::time::Duration::from_secs(2),
+        "the same containers, none started twice",
+        || async { container_ids(&host, "sturdy") == before },
+    )
+    .await;
+    undeploy_leaving_no_container(&api, &host, "sturdy").await;
+}
+
+/// A door to an engine's socket: it forwards every connection to the engine until it is shut,
+/// when it cuts them all and stops answering, as a stopped engine does (the engines themselves
+/// are shared by the run's tests).
+struct Door {
+    shut: tokio::sync::watch::Sender<bool>,
+    path: std::path::PathBuf,
+}
+
+impl Door {
+    fn open(path: &std::path::Path, engine: &str) -> Door {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let engine = engine.trim_start_matches("unix://").to_owned();
+        let (shut, rx) = tokio::sync::watch::channel(false);
+        let mut stop = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut a, _) = tokio::select! {
+                    c = listener.accept() => match c { Ok(c) => c, Err(_) => return },
+                    _ = stop.changed() => return,
+                };
+                let engine = engine.clone();
+                let mut stop = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut b) = tokio::net::UnixStream::connect(&engine).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+        Door {
+            shut,
+            path: path.to_owned(),
+        }
+    }
+
+    fn shut(&self) {
+        let _ = self.shut.send(true);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for Door {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// Two engines, dockerd and Podman, as two partitions (round-robin): the members spread across
+/// both. Podman stops answering: its member is replaced on dockerd. When it answers again, the
+/// container its member left there is removed.
+#[tokio::test]
+async fn members_spread_over_two_engines_and_leave_the_one_that_stops() {
+    let Some(dockerd) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker")
+    else {
+        return;
+    };
+    let Some(podman) = nubo_testing::service("NUBO_TEST_PODMAN_HOST", "containers on Podman")
+    else {
+        return;
+    };
+    build_image(&dockerd, "nubo-test/hello:1", "hello from a container");
+    build_image(&podman, "nubo-test/hello:1", "hello from a container");
+    let _on_dockerd = Containers {
+        host: &dockerd,
+        application: "spread",
+    };
+    let _on_podman = Containers {
+        host: &podman,
+        application: "spread",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let door_path = dir.path().join("podman-door.sock");
+    let door = Door::open(&door_path, &podman);
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    api.add_all(&docker_app(
+        "spread",
+        "nubo-test/hello:1",
+        json!([
+            {"id": "dockerd", "property": [{"name": "endpoint", "value": dockerd}]},
+            {"id": "podman", "property": [{"name": "endpoint",
+                "value": format!("unix://{}", door_path.display())}]}]),
+        None,
+        2,
+        json!([]),
+        json!({}),
+    ))
+    .await;
+    deploy(&api, "spread").await;
+    let members = eventually(60, "two members Active", || async {
+        let m = api.active("spread", "web").await;
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    let mut partitions: Vec<&str> = members
+        .iter()
+        .map(|m| m["partitionId"].as_str().unwrap())
+        .collect();
+    partitions.sort();
+    assert_eq!(
+        partitions,
+        ["dockerd", "podman"],
+        "one member on each engine"
+    );
+    assert_eq!(member_containers(&dockerd, "spread").len(), 1);
+    assert_eq!(member_containers(&podman, "spread").len(), 1);
+    let lost = members
+        .iter()
+        .find(|m| m["partitionId"] == "podman")
+        .unwrap()["memberId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Podman stops answering.
+    door.shut();
+    eventually(60, "both members on dockerd", || async {
+        let a = api.active("spread", "web").await;
+        (a.len() == 2 && a.iter().all(|m| m["partitionId"] == "dockerd")).then_some(())
+    })
+    .await;
+    assert_eq!(member_containers(&dockerd, "spread").len(), 2);
+    // What the lost member left on Podman is still there while Podman does not answer ...
+    let left = member_containers(&podman, "spread");
+    assert!(left.iter().any(|n| n.ends_with(&lost)), "{left:?}");
+    // ... and removed once it answers again.
+    let _door = Door::open(&door_path, &podman);
+    eventually(60, "the lost member's container removed", || async {
+        member_containers(&podman, "spread")
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    undeploy_leaving_no_container(&api, &dockerd, "spread").await;
+}
