@@ -29,12 +29,23 @@ fn build_image(host: &str, tag: &str, text: &str) {
 
 /// The same, serving the directory `serve` of the container.
 fn build_image_serving(host: &str, tag: &str, text: &str, serve: &str) {
+    build_image_running(
+        host,
+        tag,
+        text,
+        &format!("exec /bin/httpd -f -v -p $PORT -h {serve}"),
+    );
+}
+
+/// An image of busybox (its `sh`, `httpd`, `head`, `tr` and `sleep`) running the shell command
+/// `cmd`, with `text` in `/www/index.html`.
+fn build_image_running(host: &str, tag: &str, text: &str, cmd: &str) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("www")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
-    for link in ["sh", "httpd"] {
+    for link in ["sh", "httpd", "head", "tr", "sleep"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(link)).unwrap();
     }
     std::fs::write(root.join("www/index.html"), text).unwrap();
@@ -54,7 +65,7 @@ fn build_image_serving(host: &str, tag: &str, text: &str, serve: &str) {
         &[
             "import",
             "--change",
-            &format!(r#"CMD ["/bin/sh", "-c", "exec /bin/httpd -f -v -p $PORT -h {serve}"]"#),
+            &format!(r#"CMD ["/bin/sh", "-c", "{cmd}"]"#),
             tar.to_str().unwrap(),
             tag,
         ],
@@ -824,4 +835,61 @@ async fn members_spread_over_two_engines_and_leave_the_one_that_stops() {
     })
     .await;
     undeploy_leaving_no_container(&api, &dockerd, "spread").await;
+}
+
+/// Memory is reported as a share of the container's limit: a workload holding about 12 MB
+/// under a 48 MiB limit (a quarter; 0.05 % of this host's memory) is over a 10 % threshold,
+/// and its cluster scales out to its maximum.
+#[tokio::test]
+async fn memory_is_reported_as_a_share_of_the_container_s_limit() {
+    let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") else {
+        return;
+    };
+    build_image_running(
+        &host,
+        "nubo-test/holder:1",
+        "holding",
+        r#"/bin/httpd -p $PORT -h /www; held=$(head -c 12000000 /dev/zero | tr '\\0' a); trap 'exit 0' TERM; sleep 100000 & wait"#,
+    );
+    let _cleanup = Containers {
+        host: &host,
+        application: "holder",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--insecure-http",
+            "--scale-window",
+            "2",
+            "--scale-up-cooldown",
+            "1",
+        ],
+    );
+    let api = Api::new(&server);
+    let mut artifacts = docker_app(
+        "holder",
+        "nubo-test/holder:1",
+        on_engine(&host),
+        None,
+        1,
+        json!([{"name": "memoryLimit", "value": "48m"}]),
+        json!({}),
+    );
+    for (kind, body) in &mut artifacts {
+        match *kind {
+            "autoscalingPolicies" => {
+                body["loadThresholds"]["memoryConsumption"]["threshold"] = json!(10)
+            }
+            "applications" => body["components"]["cartridges"][0]["cartridgeMax"] = json!(2),
+            _ => {}
+        }
+    }
+    api.add_all(&artifacts).await;
+    deploy(&api, "holder").await;
+    eventually(90, "scaled out to two members on memory", || async {
+        (api.active("holder", "web").await.len() == 2).then_some(())
+    })
+    .await;
+    undeploy_leaving_no_container(&api, &host, "holder").await;
 }
