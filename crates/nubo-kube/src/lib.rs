@@ -10,7 +10,12 @@
 )]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod manifests;
 
 #[cfg(test)]
 mod stratos_samples;
+
+#[cfg(any(test, feature = "fake"))]
+#[allow(clippy::expect_used)]
+pub mod fake;
