@@ -268,6 +268,16 @@ impl KubeCluster {
         Ok(list.items.iter().filter_map(pod_state).collect())
     }
 
+    /// The members' pods now, whole (their annotations say whose they are).
+    pub async fn pod_objects(&self) -> Result<Vec<Pod>, KubeError> {
+        Ok(self
+            .pods
+            .list(&ListParams::default().labels(&managed()))
+            .await
+            .map_err(api_error)?
+            .items)
+    }
+
     /// Makes the cluster's services that are missing (one per port mapping), their node ports
     /// taken from `range` beside those of the namespace's other services; returns the node port
     /// of each port mapping (`None` for a `ClusterIP` one).
@@ -441,6 +451,9 @@ mod tests {
             application_id: "shop".into(),
             cluster_id: "shop.web".into(),
             cluster_instance_id: "shop-1".into(),
+            service_name: "web".into(),
+            network_partition_id: "np".into(),
+            partition_id: "p1".into(),
             image: "web:1".into(),
             env: BTreeMap::new(),
             ports: vec![PortSpec {

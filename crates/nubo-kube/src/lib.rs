@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod manifests;
+pub mod provider;
 
 #[cfg(test)]
 mod stratos_samples;

@@ -30,6 +30,14 @@ pub const CLUSTER_ANNOTATION: &str = "nubo.io/cluster-id";
 pub const APPLICATION_ANNOTATION: &str = "nubo.io/application-id";
 /// The port mapping's name, on a service.
 pub const PORT_ANNOTATION: &str = "nubo.io/port-name";
+/// The cluster instance id, whole.
+pub const CLUSTER_INSTANCE_ANNOTATION: &str = "nubo.io/cluster-instance-id";
+/// The cartridge type.
+pub const SERVICE_ANNOTATION: &str = "nubo.io/service-name";
+/// The network partition.
+pub const NETWORK_PARTITION_ANNOTATION: &str = "nubo.io/network-partition-id";
+/// The partition.
+pub const PARTITION_ANNOTATION: &str = "nubo.io/partition-id";
 
 /// A port of a cartridge's port mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +65,12 @@ pub struct PodInput {
     pub cluster_id: String,
     /// Its cluster instance.
     pub cluster_instance_id: String,
+    /// Its cartridge type.
+    pub service_name: String,
+    /// Its network partition.
+    pub network_partition_id: String,
+    /// Its partition.
+    pub partition_id: String,
     /// The image (the cartridge's `imageId` for `kubernetes`).
     pub image: String,
     /// Its environment: the member's launch parameters.
@@ -366,6 +380,10 @@ pub fn pod(input: &PodInput) -> Pod {
                 (MEMBER_ANNOTATION, &input.member_id),
                 (CLUSTER_ANNOTATION, &input.cluster_id),
                 (APPLICATION_ANNOTATION, &input.application_id),
+                (CLUSTER_INSTANCE_ANNOTATION, &input.cluster_instance_id),
+                (SERVICE_ANNOTATION, &input.service_name),
+                (NETWORK_PARTITION_ANNOTATION, &input.network_partition_id),
+                (PARTITION_ANNOTATION, &input.partition_id),
             ])),
             ..Default::default()
         },
