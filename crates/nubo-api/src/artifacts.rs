@@ -111,7 +111,9 @@ async fn list<T: Artifact>(
     State(s): S,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<Vec<T>>, ApiError> {
-    Ok(Json(s.manager.list::<T>(p.tenant_id).await?))
+    let mut all = s.manager.list::<T>(p.tenant_id).await?;
+    all.iter_mut().for_each(T::redact_secrets);
+    Ok(Json(all))
 }
 
 async fn get_one<T: Artifact>(
@@ -119,7 +121,9 @@ async fn get_one<T: Artifact>(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<T>, ApiError> {
-    Ok(Json(s.manager.get::<T>(p.tenant_id, &id).await?))
+    let mut one = s.manager.get::<T>(p.tenant_id, &id).await?;
+    one.redact_secrets();
+    Ok(Json(one))
 }
 
 async fn remove<T: Artifact>(

@@ -627,6 +627,20 @@ impl Runner {
                                     }
                                 }
                             }
+                            if provider == "kubernetes" {
+                                let part = cluster
+                                    .placements
+                                    .iter()
+                                    .find(|q| q.network_partition_id == member.network_partition_id)
+                                    .and_then(|q| {
+                                        q.partitions.iter().find(|x| x.id == member.partition_id)
+                                    });
+                                add_kubernetes(
+                                    &mut p,
+                                    &cluster,
+                                    part.and_then(|x| x.kube_cluster.clone()),
+                                );
+                            }
                             p
                         },
                         run_as: cluster
@@ -964,6 +978,36 @@ pub fn add_container(
     for (property, parameter) in [("memoryLimit", "MEMORY_LIMIT"), ("cpuLimit", "CPU_LIMIT")] {
         if let Some(v) = cluster.properties.get(property) {
             p.insert(parameter.to_owned(), v.clone());
+        }
+    }
+}
+
+/// The cartridge properties the `kubernetes` provider reads (its pods' limits, pull settings and
+/// services' session affinity), given as `CARTRIDGE_PROPERTY_<name>` parameters.
+pub const KUBERNETES_PROPERTIES: [&str; 7] = [
+    "KUBERNETES_CONTAINER_CPU",
+    "KUBERNETES_CONTAINER_MEMORY",
+    "KUBERNETES_SERVICE_SESSION_AFFINITY",
+    "IMAGE_PULL_SECRETS",
+    "IMAGE_PULL_POLICY",
+    "cpuLimit",
+    "memoryLimit",
+];
+
+/// What the `kubernetes` provider needs for a member: its partition's Kubernetes cluster (the
+/// platform's, by id: never its credentials) and the cartridge's [`KUBERNETES_PROPERTIES`].
+pub fn add_kubernetes(
+    p: &mut BTreeMap<String, String>,
+    cluster: &ClusterPlan,
+    kube_cluster: Option<String>,
+) {
+    p.insert("NUBO_RUNTIME".to_owned(), "kubernetes".to_owned());
+    if let Some(k) = kube_cluster {
+        p.insert("NUBO_KUBE_CLUSTER".to_owned(), k);
+    }
+    for property in KUBERNETES_PROPERTIES {
+        if let Some(v) = cluster.properties.get(property) {
+            p.insert(format!("CARTRIDGE_PROPERTY_{property}"), v.clone());
         }
     }
 }

@@ -55,6 +55,9 @@ pub trait Clusters: Send + Sync + 'static {
     async fn ids(&self) -> Result<Vec<String>, String>;
 }
 
+/// How long a restarted controller waits for a cluster's list of pods.
+const ADOPTION_LIST: Duration = Duration::from_secs(10);
+
 /// Timing.
 #[derive(Debug, Clone, Copy)]
 pub struct KubeTimeouts {
@@ -611,14 +614,27 @@ impl Core {
         let ids = self.clusters.ids().await.map_err(IaasError::Failed)?;
         let mut out = Vec::new();
         for id in ids {
-            let c = match self.cluster(&id).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(cluster = %id, error = %e, "cannot reach a Kubernetes cluster to adopt its members");
-                    return Err(e);
+            // Listed first with a client of its own, within a bound: a registered cluster that
+            // does not answer (or has no member) is not watched for nothing.
+            let settings = self.clusters.get(&id).await.map_err(IaasError::Failed)?;
+            let client = KubeCluster::connect(&settings.access, settings.namespace.as_deref())
+                .await
+                .map_err(failed)?;
+            let pods = match tokio::time::timeout(ADOPTION_LIST, client.pod_objects()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(cluster = %id, error = %e, "cannot list a Kubernetes cluster's pods to adopt its members");
+                    return Err(failed(e));
+                }
+                Err(_) => {
+                    tracing::warn!(cluster = %id, "a Kubernetes cluster did not answer the list of its pods");
+                    return Err(IaasError::Failed(format!(
+                        "Kubernetes cluster `{id}` did not answer within {} s",
+                        ADOPTION_LIST.as_secs()
+                    )));
                 }
             };
-            let pods = c.client.pod_objects().await.map_err(failed)?;
+            let mut adopted = false;
             for pod in pods {
                 if let Some(s) = crate::cluster::pod_state(&pod) {
                     if matches!(s.phase, Phase::Ended(_)) {
@@ -626,7 +642,11 @@ impl Core {
                     }
                     self.adopt(&id, &pod, &s);
                     out.push(s.member_id);
+                    adopted = true;
                 }
+            }
+            if adopted {
+                self.cluster(&id).await?;
             }
         }
         Ok(out)

@@ -124,3 +124,156 @@ impl Manager {
         .await
     }
 }
+
+/// How the `kubernetes` provider reaches a registered cluster: the cluster's properties, its
+/// credentials opened.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KubernetesAccess {
+    /// `apiServer`, else `https://<master's private address, else host name>:6443`.
+    pub api_server: String,
+    /// `namespace` (else the kubeconfig's, else `default`).
+    pub namespace: Option<String>,
+    /// `token`: a bearer token (opened).
+    pub token: Option<String>,
+    /// `caCert`: the API server's authority (PEM).
+    pub ca_cert: Option<String>,
+    /// `kubeconfig`: a kubeconfig's text (opened); it wins over the three above.
+    pub kubeconfig: Option<String>,
+    /// The node ports services may take (`portRange`, else Kubernetes' 30000-32767).
+    pub port_range: (u16, u16),
+}
+
+impl std::fmt::Debug for KubernetesAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesAccess")
+            .field("api_server", &self.api_server)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sealing context of a cluster's credential: a sealed value copied elsewhere does not open.
+fn context(tenant: i64, cluster_id: &str, property: &str) -> String {
+    format!("kubernetesCluster/{tenant}/{cluster_id}/{property}")
+}
+
+impl Manager {
+    /// Seals a Kubernetes cluster document's credentials (`token`, `kubeconfig`) in place
+    /// before it is stored; one left out keeps the stored version's.
+    pub(crate) fn seal_kubernetes_secrets(
+        &self,
+        tenant: i64,
+        cluster_id: &str,
+        body: &mut serde_json::Value,
+        previous: Option<&serde_json::Value>,
+    ) -> Result<(), ManagerError> {
+        use serde_json::Value;
+        let props = body.as_object_mut().map(|o| {
+            o.entry("property")
+                .or_insert_with(|| Value::Array(Vec::new()))
+        });
+        let Some(Value::Array(props)) = props else {
+            return Ok(());
+        };
+        for p in props.iter_mut() {
+            let Some(name) = p.get("name").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            if !nubo_model::KUBERNETES_SECRET_PROPERTIES.contains(&name.as_str()) {
+                continue;
+            }
+            let plain = p
+                .get("value")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let sealed = self
+                .secrets_key
+                .seal(&context(tenant, cluster_id, &name), &plain)
+                .map_err(|e| ManagerError::Unavailable(format!("cannot seal `{name}`: {e}")))?;
+            p["value"] = Value::String(sealed);
+        }
+        let present: Vec<String> = props
+            .iter()
+            .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        for old in previous
+            .and_then(|b| b.get("property"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = old.get("name").and_then(Value::as_str)
+                && nubo_model::KUBERNETES_SECRET_PROPERTIES.contains(&name)
+                && !present.iter().any(|p| p == name)
+            {
+                props.push(old.clone());
+            }
+        }
+        if props.is_empty() {
+            body.as_object_mut().map(|o| o.remove("property"));
+        }
+        Ok(())
+    }
+
+    /// The ids of the platform's Kubernetes clusters (the super tenant's: the `kubernetes`
+    /// provider runs members on those only).
+    pub async fn kubernetes_cluster_ids(&self) -> Result<Vec<String>, ManagerError> {
+        Ok(self
+            .list::<KubernetesCluster>(nubo_model::SUPER_TENANT_ID)
+            .await?
+            .into_iter()
+            .filter(|c| !c.cluster_id.is_empty())
+            .map(|c| c.cluster_id)
+            .collect())
+    }
+
+    /// How to reach the platform's Kubernetes cluster `cluster_id`, its credentials opened.
+    pub async fn kubernetes_access(
+        &self,
+        cluster_id: &str,
+    ) -> Result<KubernetesAccess, ManagerError> {
+        let tenant = nubo_model::SUPER_TENANT_ID;
+        let c: KubernetesCluster = self.get(tenant, cluster_id).await?;
+        let prop = |name: &str| {
+            c.property
+                .iter()
+                .flatten()
+                .find(|p| p.name == name)
+                .map(|p| p.value.clone())
+                .filter(|v| !v.is_empty())
+        };
+        let open = |name: &str| -> Result<Option<String>, ManagerError> {
+            match prop(name) {
+                Some(sealed) => Ok(Some(
+                    self.secrets_key
+                        .open(&context(tenant, cluster_id, name), &sealed)
+                        .map_err(|e| {
+                            ManagerError::Unavailable(format!(
+                                "the {name} of kubernetes cluster `{cluster_id}` does not open: {e}"
+                            ))
+                        })?
+                        .0,
+                )),
+                None => Ok(None),
+            }
+        };
+        let master = &c.kubernetes_master;
+        let host = master
+            .private_ip_address
+            .clone()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| master.hostname.clone());
+        Ok(KubernetesAccess {
+            api_server: prop("apiServer").unwrap_or_else(|| format!("https://{host}:6443")),
+            namespace: prop("namespace"),
+            token: open("token")?,
+            ca_cert: prop("caCert"),
+            kubeconfig: open("kubeconfig")?,
+            port_range: c
+                .port_range
+                .as_ref()
+                .map_or((30000, 32767), |r| (r.lower, r.upper)),
+        })
+    }
+}

@@ -30,6 +30,7 @@ mod secrets;
 mod tenants;
 
 pub use auth::{CACHE_TTL, Principal, Role, constant_time_eq};
+pub use kubernetes::KubernetesAccess;
 pub use repositories::RepositoryAccess;
 pub use sealing::{SealError, SecretsKey};
 pub use secrets::{
@@ -463,6 +464,9 @@ impl Manager {
         if T::KIND == Kind::Application {
             self.seal_repositories(tenant, artifact.id(), &mut write.body, None)?;
         }
+        if T::KIND == Kind::KubernetesCluster {
+            self.seal_kubernetes_secrets(tenant, artifact.id(), &mut write.body, None)?;
+        }
         if tenant != SHARED
             && T::KIND.is_shared()
             && self
@@ -503,6 +507,19 @@ impl Manager {
                 .await
                 .map_err(|e| store_err(T::KIND, e))?;
             self.seal_repositories(
+                tenant,
+                artifact.id(),
+                &mut write.body,
+                previous.as_ref().map(|r| &r.body),
+            )?;
+        }
+        if T::KIND == Kind::KubernetesCluster {
+            let previous = self
+                .store
+                .get(tenant, &write.key)
+                .await
+                .map_err(|e| store_err(T::KIND, e))?;
+            self.seal_kubernetes_secrets(
                 tenant,
                 artifact.id(),
                 &mut write.body,

@@ -140,6 +140,8 @@ pub trait Artifact: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
     fn check_references(&self, catalog: &Catalog, p: &mut Problems) {
         catalog.check_exist(&self.references(), p);
     }
+    /// Removes what is kept sealed and never served (passwords, tokens): what the API serves.
+    fn redact_secrets(&mut self) {}
 }
 
 /// A `{"name": ..., "value": ...}` pair, as Stratos writes properties.
@@ -1718,6 +1720,9 @@ fn children_of(
 
 impl Artifact for Application {
     const KIND: Kind = Kind::Application;
+    fn redact_secrets(&mut self) {
+        Application::redact_secrets(self);
+    }
     const ID_FIELD: &'static str = "applicationId";
     fn id(&self) -> &str {
         &self.application_id
@@ -2028,8 +2033,17 @@ pub struct PortRange {
     pub extra: Extra,
 }
 
+/// The properties of a Kubernetes cluster that are credentials: sealed in the store, never
+/// served back (a change that leaves one out keeps the stored one).
+pub const KUBERNETES_SECRET_PROPERTIES: [&str; 2] = ["token", "kubeconfig"];
+
 impl Artifact for KubernetesCluster {
     const KIND: Kind = Kind::KubernetesCluster;
+    fn redact_secrets(&mut self) {
+        if let Some(props) = self.property.as_mut() {
+            props.retain(|p| !KUBERNETES_SECRET_PROPERTIES.contains(&p.name.as_str()));
+        }
+    }
     const ID_FIELD: &'static str = "clusterId";
     fn id(&self) -> &str {
         &self.cluster_id

@@ -59,6 +59,10 @@ pub struct PlacementPartition {
     /// properties), for a `tcp://` engine.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub engine_tls: BTreeMap<String, String>,
+    /// The platform's Kubernetes cluster its members run on (the partition's `cluster`
+    /// property, Stratos' name), for the `kubernetes` provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_cluster: Option<String>,
 }
 
 /// Whether `image` is one a partition's `allowedImages` property allows: a comma-separated list
@@ -446,17 +450,17 @@ pub fn plan(
                             .find(|q| q.id == p.id)
                             .and_then(|q| q.property.clone())
                             .unwrap_or_default();
-                        if np.provider == "docker" {
+                        if np.provider == "docker" || np.provider == "kubernetes" {
                             let image = cartridge
                                 .iaas_provider
                                 .iter()
                                 .flatten()
-                                .find(|i| i.iaas_type == "docker")
+                                .find(|i| i.iaas_type == np.provider)
                                 .and_then(|i| i.image_id.clone())
                                 .ok_or_else(|| {
                                     PlanError(format!(
-                                        "cartridge `{}` has no `docker` iaasProvider (its image) for network partition `{}`",
-                                        c.cartridge_type, r.id
+                                        "cartridge `{}` has no `{}` iaasProvider (its image) for network partition `{}`",
+                                        c.cartridge_type, np.provider, r.id
                                     ))
                                 })?;
                             let allowed = props
@@ -473,7 +477,18 @@ pub fn plan(
                                 )));
                             }
                         }
+                        let kube_cluster = props
+                            .iter()
+                            .find(|x| x.name == "cluster")
+                            .map(|x| x.value.clone());
+                        if np.provider == "kubernetes" && kube_cluster.is_none() {
+                            return Err(PlanError(format!(
+                                "network partition `{}`, partition `{}`: a `kubernetes` partition names its Kubernetes cluster with the property `cluster`",
+                                r.id, p.id
+                            )));
+                        }
                         Ok(PlacementPartition {
+                            kube_cluster,
                             engine_tls: props
                                 .iter()
                                 .filter(|x| matches!(x.name.as_str(), "tlsCa" | "tlsCert" | "tlsKey"))

@@ -442,10 +442,14 @@ impl Settings {
             // What the controller of this process can place members on; none without one (an
             // API-only server takes the providers the controller published in the store).
             providers: if controller {
-                ["local".to_owned(), "docker".to_owned()]
-                    .into_iter()
-                    .chain(mock.is_some().then(|| "mock".to_owned()))
-                    .collect()
+                [
+                    "local".to_owned(),
+                    "docker".to_owned(),
+                    "kubernetes".to_owned(),
+                ]
+                .into_iter()
+                .chain(mock.is_some().then(|| "mock".to_owned()))
+                .collect()
             } else {
                 Vec::new()
             },

@@ -531,6 +531,18 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
             }
             None => None,
         };
+        // Kubernetes: the platform's registered clusters (their credentials opened from the store).
+        let kube = nubo_kube::provider::KubeProvider::start(
+            events.clone(),
+            Arc::new(KubeClusters(manager.clone())),
+            nubo_kube::provider::KubeTimeouts {
+                pod_running: Duration::from_secs(config.timeouts.activation.unwrap_or(120)),
+                termination_grace: Duration::from_secs(config.timeouts.termination.unwrap_or(10)),
+            },
+        )
+        .await
+        .context("cannot start the kubernetes provider on the bus")?;
+        providers.insert("kubernetes".into(), Arc::new(kube));
         let parts = ControllerParts {
             platform_api: platform_api.clone(),
             timeouts: config.timeouts,
@@ -977,6 +989,43 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The `kubernetes` provider's registered clusters: the platform's (the super tenant's), read
+/// from the store with their credentials opened at each use (a change applies at once).
+struct KubeClusters(Arc<Manager>);
+
+#[async_trait::async_trait]
+impl nubo_kube::provider::Clusters for KubeClusters {
+    async fn get(&self, id: &str) -> Result<nubo_kube::provider::ClusterSettings, String> {
+        use nubo_kube::cluster::Access;
+        let a = self.0.kubernetes_access(id).await.map_err(|e| match e {
+            nubo_manager::ManagerError::NotFound { .. } => format!(
+                "no Kubernetes cluster `{id}` is registered on the platform (POST /api/kubernetesClusters as the platform's administrator)"
+            ),
+            e => e.to_string(),
+        })?;
+        let access = match a.kubeconfig {
+            Some(k) => Access::Kubeconfig(k),
+            None => Access::Server {
+                url: a.api_server,
+                token: a.token,
+                ca_pem: a.ca_cert,
+            },
+        };
+        Ok(nubo_kube::provider::ClusterSettings {
+            access,
+            namespace: a.namespace,
+            port_range: a.port_range,
+        })
+    }
+
+    async fn ids(&self) -> Result<Vec<String>, String> {
+        self.0
+            .kubernetes_cluster_ids()
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

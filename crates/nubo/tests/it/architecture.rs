@@ -22,12 +22,16 @@ const PURE_MAY_USE: [&str; 7] = [
 ];
 
 /// Each heavy or sensitive dependency, and the only crates that may depend on it directly.
-const ONLY_IN: [(&str, &[&str]); 13] = [
+const ONLY_IN: [(&str, &[&str]); 15] = [
     ("sqlx", &["nubo-store"]),
     ("rumqttc", &["nubo-bus"]),
     ("async-nats", &["nubo-bus"]),
     ("rumqttd", &["nubo-broker"]),
-    ("axum", &["nubo-api", "nubo-server"]),
+    // nubo-kube: its in-process fake Kubernetes API server, for tests (feature `fake`).
+    ("axum", &["nubo-api", "nubo-server", "nubo-kube"]),
+    // The Kubernetes API: the kubernetes provider alone.
+    ("kube", &["nubo-kube"]),
+    ("k8s-openapi", &["nubo-kube"]),
     ("hyper", &["nubo-server"]),
     ("hyper-util", &["nubo-server"]),
     ("reqwest", &["nubo-cli", "nubo-agent"]),
@@ -40,7 +44,7 @@ const ONLY_IN: [(&str, &[&str]); 13] = [
 ];
 
 /// Crates that must not depend, even through others, on these.
-const NEVER: [(&str, &[&str]); 12] = [
+const NEVER: [(&str, &[&str]); 13] = [
     // Small and fuzzed: HTTP/1 on the bytes, the bus envelope's proof.
     ("nubo-h1", &["tokio", "nubo-bus", "nubo-events"]),
     (
@@ -58,6 +62,11 @@ const NEVER: [(&str, &[&str]); 12] = [
         &["nubo-controller", "nubo-node", "nubo-store", "sqlx"],
     ),
     ("nubo-lb", &["nubo-controller", "nubo-store", "sqlx"]),
+    // The kubernetes provider reads its clusters through a trait the server implements.
+    (
+        "nubo-kube",
+        &["nubo-controller", "nubo-manager", "nubo-store", "sqlx"],
+    ),
     // The log store knows members by the owners it is told, not by the controller's state.
     (
         "nubo-logs",
@@ -74,7 +83,7 @@ const NEVER: [(&str, &[&str]); 12] = [
 
 /// Source files and folders that must stay pure (beyond the pure crates): no runtime, clock or
 /// I/O outside their tests.
-const PURE_FILES: [&str; 7] = [
+const PURE_FILES: [&str; 8] = [
     "crates/nubo-h1/src",
     "crates/nubo-envelope/src",
     "crates/nubo-autoscaler/src/cep.rs",
@@ -82,6 +91,7 @@ const PURE_FILES: [&str; 7] = [
     "crates/nubo-autoscaler/src/faults.rs",
     "crates/nubo-controller/src/state",
     "crates/nubo-logs/src/store.rs",
+    "crates/nubo-kube/src/manifests.rs",
 ];
 
 /// What pure code must not name.

@@ -229,7 +229,12 @@ fn the_cli_manages_artifacts_and_explains_errors() {
         .env_remove("NUBO_PASSWORD")
         .output()
         .unwrap();
-    assert_eq!(text(&o).0, "local\ndocker\nmock\n", "{:?}", text(&o));
+    assert_eq!(
+        text(&o).0,
+        "local\ndocker\nkubernetes\nmock\n",
+        "{:?}",
+        text(&o)
+    );
 }
 
 #[test]

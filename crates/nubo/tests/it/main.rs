@@ -9,6 +9,7 @@ mod cli;
 mod containers;
 mod gitserver;
 mod ha;
+mod kubernetes;
 mod lb;
 mod mock;
 mod node;

@@ -1061,7 +1061,7 @@ async fn an_api_only_server_shows_the_decisions_of_the_autoscaler_of_another() {
     // The controller's providers, as it published them in the store.
     assert_eq!(
         api.get("/api/iaasProviders").await.1,
-        json!({"iaasProviders": ["local", "docker", "mock"]})
+        json!({"iaasProviders": ["local", "docker", "kubernetes", "mock"]})
     );
     api.add_all(&c7_artifacts()).await;
     let (_, events) = api.get("/api/applications/c7/scalingEvents").await;

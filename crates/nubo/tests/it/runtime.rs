@@ -649,7 +649,10 @@ async fn a_partition_of_a_provider_this_platform_lacks_is_refused() {
     let api = Api::new(&server);
     assert_eq!(
         api.get("/api/iaasProviders").await,
-        (200, json!({"iaasProviders": ["local", "docker"]}))
+        (
+            200,
+            json!({"iaasProviders": ["local", "docker", "kubernetes"]})
+        )
     );
     let np = json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]});
     let (status, body) = api.post("/api/networkPartitions", np).await;
