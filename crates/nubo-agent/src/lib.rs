@@ -41,23 +41,7 @@ pub const UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often health statistics are published.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The environment variable name for a port mapping name: upper-cased, other characters as `_`.
-pub fn port_env_name(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() {
-        s.push('_');
-    }
-    format!("PORT_{s}")
-}
+pub use nubo_iaas::port_env_name;
 
 /// Removes the container of the member `payload_file` describes (`nubo agent --remove-container`,
 /// run by the node supervisor after the member's agent died): whether it was a container member.

@@ -595,65 +595,54 @@ impl Runner {
                     provider,
                     image,
                     cluster,
-                } => starts
-                    .entry(provider.clone())
-                    .or_default()
-                    .push(MemberSpec {
-                        parameters: {
-                            let mut p = parameters(&member, &cluster, self.config.timeouts);
-                            if let Some(api) = &self.config.platform_api {
-                                add_platform_api(&mut p, api);
+                } => {
+                    // The member's partition: its engine, Kubernetes cluster, user.
+                    let part = cluster
+                        .placements
+                        .iter()
+                        .find(|q| q.network_partition_id == member.network_partition_id)
+                        .and_then(|q| q.partitions.iter().find(|x| x.id == member.partition_id))
+                        .cloned();
+                    let mut p = parameters(&member, &cluster, self.config.timeouts);
+                    if let Some(api) = &self.config.platform_api {
+                        add_platform_api(&mut p, api);
+                    }
+                    if provider == "docker" {
+                        add_container(
+                            &mut p,
+                            &cluster,
+                            part.as_ref().and_then(|x| x.engine.clone()),
+                        );
+                        for (property, parameter) in [
+                            ("tlsCa", "NUBO_DOCKER_TLS_CA"),
+                            ("tlsCert", "NUBO_DOCKER_TLS_CERT"),
+                            ("tlsKey", "NUBO_DOCKER_TLS_KEY"),
+                        ] {
+                            if let Some(v) = part.as_ref().and_then(|x| x.engine_tls.get(property))
+                            {
+                                p.insert(parameter.to_owned(), v.clone());
                             }
-                            if provider == "docker" {
-                                let part = cluster
-                                    .placements
-                                    .iter()
-                                    .find(|q| q.network_partition_id == member.network_partition_id)
-                                    .and_then(|q| {
-                                        q.partitions.iter().find(|x| x.id == member.partition_id)
-                                    });
-                                add_container(
-                                    &mut p,
-                                    &cluster,
-                                    part.and_then(|x| x.engine.clone()),
-                                );
-                                for (property, parameter) in [
-                                    ("tlsCa", "NUBO_DOCKER_TLS_CA"),
-                                    ("tlsCert", "NUBO_DOCKER_TLS_CERT"),
-                                    ("tlsKey", "NUBO_DOCKER_TLS_KEY"),
-                                ] {
-                                    if let Some(v) = part.and_then(|x| x.engine_tls.get(property)) {
-                                        p.insert(parameter.to_owned(), v.clone());
-                                    }
-                                }
-                            }
-                            if provider == "kubernetes" {
-                                let part = cluster
-                                    .placements
-                                    .iter()
-                                    .find(|q| q.network_partition_id == member.network_partition_id)
-                                    .and_then(|q| {
-                                        q.partitions.iter().find(|x| x.id == member.partition_id)
-                                    });
-                                add_kubernetes(
-                                    &mut p,
-                                    &cluster,
-                                    part.and_then(|x| x.kube_cluster.clone()),
-                                );
-                            }
-                            p
-                        },
-                        run_as: cluster
-                            .placements
-                            .iter()
-                            .find(|p| p.network_partition_id == member.network_partition_id)
-                            .and_then(|p| p.partitions.iter().find(|q| q.id == member.partition_id))
-                            .and_then(|q| q.run_as.clone()),
-                        member,
-                        image,
-                        ports: cluster.ports.clone(),
-                        bus_url: self.config.bus_url.clone(),
-                    }),
+                        }
+                    }
+                    if provider == "kubernetes" {
+                        add_kubernetes(
+                            &mut p,
+                            &cluster,
+                            part.as_ref().and_then(|x| x.kube_cluster.clone()),
+                        );
+                    }
+                    starts
+                        .entry(provider.clone())
+                        .or_default()
+                        .push(MemberSpec {
+                            parameters: p,
+                            run_as: part.and_then(|q| q.run_as),
+                            member,
+                            image,
+                            ports: cluster.ports.clone(),
+                            bus_url: self.config.bus_url.clone(),
+                        });
+                }
                 Action::Terminate {
                     member_id,
                     provider,

@@ -79,3 +79,21 @@ pub trait Provider: Send + Sync + 'static {
     /// tell (a remote node that has not answered): its members are then left as they are.
     async fn running(&self) -> Result<Vec<String>, IaasError>;
 }
+
+/// The environment variable name for a port mapping name: upper-cased, other characters as `_`.
+pub fn port_env_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        s.push('_');
+    }
+    format!("PORT_{s}")
+}

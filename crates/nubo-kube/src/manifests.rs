@@ -238,21 +238,6 @@ pub fn service_name(cluster_id: &str, port_name: &str) -> String {
     dns_label("nubo", &format!("{cluster_id}-{port_name}"))
 }
 
-/// The environment variable name of a port (`PORT_HTTP_80`), as the agent's.
-fn port_env(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("PORT_{s}")
-}
-
 /// A CPU limit from Stratos' `KUBERNETES_CONTAINER_CPU` (cores; `0`: none) or Nubo's `cpuLimit`
 /// (cores, fractions allowed): a quantity in millicores.
 pub fn cpu_quantity(name: &str, value: &str) -> Result<Option<String>, ManifestError> {
@@ -331,7 +316,7 @@ pub fn pod(input: &PodInput) -> Pod {
         extra.insert("PORT".to_owned(), first.port.to_string());
     }
     for p in &input.ports {
-        extra.insert(port_env(&p.name), p.port.to_string());
+        extra.insert(nubo_iaas::port_env_name(&p.name), p.port.to_string());
     }
     extra.insert("NUBO_MEMBER_ID".to_owned(), input.member_id.clone());
     for (k, v) in extra {
