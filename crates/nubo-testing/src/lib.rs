@@ -63,6 +63,22 @@ pub fn skipped(message: &str) {
     say_skipped(suite, why);
 }
 
+/// The value of `var` for a suite whose service the full test run cannot start here (a
+/// Kubernetes cluster: no API server can be installed on these machines); `None` (the suite
+/// skipped, and said so, even in the full run) when it is not set.
+pub fn optional_service(var: &str, suite: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            say_skipped(
+                suite,
+                &format!("{var} is not set (the full test run cannot provide it on this machine)"),
+            );
+            None
+        }
+    }
+}
+
 /// The value of the environment variable `var` that points `suite` at its service; `None` (the
 /// suite skipped, and said so) when it is not set. Fails in the full test run.
 pub fn service(var: &str, suite: &str) -> Option<String> {

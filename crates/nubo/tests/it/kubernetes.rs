@@ -171,3 +171,80 @@ async fn members_run_as_pods_are_replaced_adopted_and_removed() {
     })
     .await;
 }
+
+/// The live suite, on the cluster `NUBO_TEST_KUBECONFIG` names (a kubeconfig file), in the
+/// namespace `NUBO_TEST_KUBE_NAMESPACE` (default `default`), with the image
+/// `NUBO_TEST_KUBE_IMAGE` (default `nginxinc/nginx-unprivileged:alpine`, which serves on 8080
+/// without privileges): a member runs as a pod and becomes Active when its port answers the
+/// kubelet; its pod deleted behind the platform's back, it is replaced; undeployed, nothing of
+/// it is left. Never run on this project's machines (no Kubernetes API server installs here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_members_run_as_pods_on_a_real_cluster() {
+    let Some(path) = nubo_testing::optional_service("NUBO_TEST_KUBECONFIG", "Kubernetes, live")
+    else {
+        return;
+    };
+    let kubeconfig =
+        std::fs::read_to_string(&path).expect("the kubeconfig NUBO_TEST_KUBECONFIG names");
+    let namespace = std::env::var("NUBO_TEST_KUBE_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let image = std::env::var("NUBO_TEST_KUBE_IMAGE")
+        .unwrap_or_else(|_| "nginxinc/nginx-unprivileged:alpine".into());
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    let mut artifacts = kube_app("klive", "https://unused.invalid", 1);
+    for (kind, body) in &mut artifacts {
+        match *kind {
+            "kubernetesClusters" => {
+                body["property"] = json!([{"name": "kubeconfig", "value": kubeconfig},
+                    {"name": "namespace", "value": namespace}]);
+            }
+            "cartridges" => {
+                body["iaasProvider"][0]["imageId"] = json!(image);
+                body["portMapping"][0]["kubernetesPortType"] = json!("ClusterIP");
+            }
+            _ => {}
+        }
+    }
+    api.add_all(&artifacts).await;
+    let (status, body) = api
+        .post("/api/applications/klive/deploy/klive-ap", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let first = eventually(300, "a member Active on the cluster", || async {
+        let m = api.active("klive", "web").await;
+        (m.len() == 1).then_some(m)
+    })
+    .await;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let k8s = nubo_kube::cluster::KubeCluster::connect(
+        &nubo_kube::cluster::Access::Kubeconfig(kubeconfig.clone()),
+        Some(&namespace),
+    )
+    .await
+    .unwrap();
+    let victim = first[0]["memberId"].as_str().unwrap().to_owned();
+    let pods = k8s.pods().await.unwrap();
+    assert!(pods.iter().any(|p| p.member_id == victim), "{pods:?}");
+    k8s.delete_pod(
+        &nubo_kube::manifests::pod_name(&victim),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    eventually(300, "the deleted pod's member replaced", || async {
+        let m = api.active("klive", "web").await;
+        (m.len() == 1 && m[0]["memberId"] != victim.as_str()).then_some(())
+    })
+    .await;
+    let (status, _) = api
+        .post("/api/applications/klive/undeploy", json!({}))
+        .await;
+    assert_eq!(status, 202);
+    eventually(120, "undeployed, no pod left", || async {
+        let gone = api.get("/api/applications/klive/runtime").await.0 == 404;
+        let left = k8s.pods().await.unwrap_or_default();
+        (gone && !left.iter().any(|p| p.member_id.starts_with("klive."))).then_some(())
+    })
+    .await;
+}
