@@ -277,3 +277,149 @@ impl Manager {
         })
     }
 }
+
+impl Manager {
+    /// Seals again, with the current secrets key, the credentials of the platform's Kubernetes
+    /// clusters still sealed with the previous one of a rotation; how many (run at each start,
+    /// as [`Manager::reseal_repository_secrets`]).
+    pub async fn reseal_kubernetes_secrets(&self) -> Result<usize, ManagerError> {
+        use serde_json::Value;
+        let tenant = nubo_model::SUPER_TENANT_ID;
+        let unavailable = |e: nubo_store::StoreError| ManagerError::Unavailable(e.to_string());
+        let mut resealed = 0;
+        for rec in self
+            .store
+            .list(tenant, Kind::KubernetesCluster.as_str())
+            .await
+            .map_err(unavailable)?
+        {
+            let id = rec.key.id.clone();
+            let mut body = rec.body.clone();
+            let mut changed = 0;
+            for p in body
+                .get_mut("property")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let Some(name) = p.get("name").and_then(Value::as_str).map(str::to_owned) else {
+                    continue;
+                };
+                if !nubo_model::KUBERNETES_SECRET_PROPERTIES.contains(&name.as_str()) {
+                    continue;
+                }
+                let Some(sealed) = p.get("value").and_then(Value::as_str).map(str::to_owned) else {
+                    continue;
+                };
+                let ctx = context(tenant, &id, &name);
+                match self.secrets_key.open(&ctx, &sealed) {
+                    Ok((plain, true)) => {
+                        let again = self
+                            .secrets_key
+                            .seal(&ctx, &plain)
+                            .map_err(|e| ManagerError::Unavailable(e.to_string()))?;
+                        p["value"] = Value::String(again);
+                        changed += 1;
+                    }
+                    Ok((_, false)) => {}
+                    Err(e) => {
+                        return Err(ManagerError::Unavailable(format!(
+                            "the {name} of kubernetes cluster `{id}` does not open: {e}; start with the key it was sealed with as --secrets-key-previous"
+                        )));
+                    }
+                }
+            }
+            if changed == 0 {
+                continue;
+            }
+            let bytes =
+                serde_json::to_vec(&body).map_err(|e| ManagerError::Unavailable(e.to_string()))?;
+            let (_, mut write) = self.checked::<KubernetesCluster>(tenant, &bytes).await?;
+            write.body = body;
+            match self.store.update_if(write, rec.version).await {
+                Ok(_) => resealed += changed,
+                Err(nubo_store::StoreError::Stale { .. } | nubo_store::StoreError::NotFound(_)) => {
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(resealed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::{Manager, SecretsKey};
+
+    #[tokio::test]
+    async fn a_cluster_s_credentials_are_sealed_kept_and_sealed_again_after_a_rotation() {
+        use nubo_model::KubernetesCluster;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let manager = |key: [u8; 32], previous: Option<[u8; 32]>| {
+            let path = path.clone();
+            async move {
+                Manager::new(
+                    std::sync::Arc::new(nubo_store::SqliteStore::open(&path).await.unwrap()),
+                    vec!["kubernetes".into()],
+                    SecretsKey::from_bytes(key, previous).unwrap(),
+                )
+            }
+        };
+        let t = nubo_model::SUPER_TENANT_ID;
+        let body = |props: serde_json::Value| {
+            serde_json::to_vec(&json!({"clusterId": "k1",
+                "kubernetesMaster": {"hostId": "m", "hostname": "m.local", "privateIPAddress": "10.0.0.1"},
+                "property": props}))
+            .unwrap()
+        };
+        let old = manager([1; 32], None).await;
+        old.add::<KubernetesCluster>(
+            t,
+            &body(
+                json!([{"name": "token", "value": "t-1"}, {"name": "namespace", "value": "apps"}]),
+            ),
+        )
+        .await
+        .unwrap();
+        // Sealed in the store; opened for the provider; the API's view has no token.
+        let stored = old
+            .store
+            .get(
+                t,
+                &nubo_store::Key {
+                    kind: "kubernetesCluster".into(),
+                    id: "k1".into(),
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!stored.body.to_string().contains("t-1"), "{}", stored.body);
+        let access = old.kubernetes_access("k1").await.unwrap();
+        assert_eq!(access.token.as_deref(), Some("t-1"));
+        assert_eq!(access.api_server, "https://10.0.0.1:6443");
+        assert_eq!(access.namespace.as_deref(), Some("apps"));
+        let mut served: KubernetesCluster = old.get(t, "k1").await.unwrap();
+        nubo_model::Artifact::redact_secrets(&mut served);
+        assert!(!serde_json::to_string(&served).unwrap().contains("token"));
+        // An update that leaves the token out keeps it.
+        old.update::<KubernetesCluster>(t, &body(json!([{"name": "namespace", "value": "other"}])))
+            .await
+            .unwrap();
+        let access = old.kubernetes_access("k1").await.unwrap();
+        assert_eq!(access.token.as_deref(), Some("t-1"));
+        assert_eq!(access.namespace.as_deref(), Some("other"));
+        // A rotation: sealed again once, then opened with the new key alone.
+        let rotating = manager([2; 32], Some([1; 32])).await;
+        assert_eq!(rotating.reseal_kubernetes_secrets().await.unwrap(), 1);
+        assert_eq!(rotating.reseal_kubernetes_secrets().await.unwrap(), 0);
+        let new = manager([2; 32], None).await;
+        assert_eq!(
+            new.kubernetes_access("k1").await.unwrap().token.as_deref(),
+            Some("t-1")
+        );
+    }
+}

@@ -415,6 +415,16 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
         );
     }
     let resealed = manager
+        .reseal_kubernetes_secrets()
+        .await
+        .context("cannot open the Kubernetes clusters' credentials in the store")?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "Kubernetes credentials sealed again with the current secrets key"
+        );
+    }
+    let resealed = manager
         .reseal_repository_secrets()
         .await
         .context("cannot open the applications' repository secrets in the store")?;
