@@ -256,21 +256,31 @@ impl Container {
                 pids_limit: Some(1024),
                 memory,
                 nano_cpus,
-                init: Some(false),
+                // The engine's small init is the container's first process, so that a workload
+                // that never handles SIGTERM (as PID 1 it would ignore it) still stops at once.
+                init: Some(true),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    platform: String::new(),
-                }),
-                body,
-            )
-            .await
-            .with_context(|| format!("cannot create the container of image `{}`", p.command))?;
+        let options = || {
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                platform: String::new(),
+            })
+        };
+        let created = match docker.create_container(options(), body.clone()).await {
+            // Podman without `catatonit` has no init: the workload is then PID 1.
+            Err(e) if e.to_string().contains("init binary not found") => {
+                let mut body = body;
+                if let Some(h) = body.host_config.as_mut() {
+                    h.init = Some(false);
+                }
+                docker.create_container(options(), body).await
+            }
+            other => other,
+        }
+        .with_context(|| format!("cannot create the container of image `{}`", p.command))?;
         let id = created.id;
         if let Err(e) = docker
             .start_container(
