@@ -75,10 +75,13 @@ pub async fn connect_with(endpoint: &str, tls: Option<&EngineTls>) -> anyhow::Re
         Docker::connect_with_unix(path, 60, &version)
             .with_context(|| format!("cannot use the engine at {endpoint}"))?
     };
+    // API 1.41 (Docker 20.10, Podman 3 and later speak it): a ping, not a version negotiation,
+    // which costs Podman a few hundred milliseconds (it runs its tools to report their versions).
     docker
-        .negotiate_version()
+        .ping()
         .await
-        .with_context(|| format!("the engine at {endpoint} does not answer"))
+        .with_context(|| format!("the engine at {endpoint} does not answer"))?;
+    Ok(docker)
 }
 
 /// The engine of a member's payload.
