@@ -603,7 +603,8 @@ fn container_ids(host: &str, app: &str) -> Vec<String> {
 
 /// `docker kill` of a member's container under load: the member is replaced and no client
 /// request fails. Then the server is killed and started again: the members' containers are
-/// adopted (the same containers, none started twice).
+/// adopted (the same containers, none started twice). Then the server is killed with every
+/// agent: started again, it removes their containers and replaces their members.
 #[tokio::test]
 async fn a_killed_container_is_replaced_with_no_failed_request_and_a_restarted_server_adopts_the_rest()
  {
@@ -693,6 +694,28 @@ async fn a_killed_container_is_replaced_with_no_failed_request_and_a_restarted_s
         "the same containers, none started twice",
         || async { container_ids(&host, "sturdy") == before },
     )
+    .await;
+    // The server killed with every agent (a host's crash, say): started again, it removes the
+    // containers the dead agents left, and their members are replaced.
+    let mut server = server;
+    server.kill9();
+    for id in &ids {
+        let pid = crate::support::agent_pid(dir.path(), id).expect("the agent's pid");
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let server = ServerProcess::start(dir.path());
+    let api = Api::new(&server);
+    eventually(60, "replaced, the dead agents' containers gone", || async {
+        let active = api.active("sturdy", "web").await;
+        let names = member_containers(&host, "sturdy");
+        (active.len() == 2
+            && active
+                .iter()
+                .all(|m| !ids.iter().any(|i| m["memberId"] == *i))
+            && names.len() == 2
+            && !names.iter().any(|n| ids.iter().any(|i| n.ends_with(*i))))
+        .then_some(())
+    })
     .await;
     undeploy_leaving_no_container(&api, &host, "sturdy").await;
 }
