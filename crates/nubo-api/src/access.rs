@@ -10,6 +10,7 @@
 //! | changes to definitions, deploy, undeploy, Kubernetes hosts | yes | yes (own tenant) | no |
 //! | a cartridge with a `local` iaasProvider (its `imageId` is a command line run by the platform) | yes | no | no |
 //! | `/users` | yes | yes (own tenant) | no |
+//! | `/login`, `/logout`, `/session`, `/tokens` (one's own; a tenant admin lists and revokes the tenant's) | yes | yes | yes |
 //! | `/tenants`, `/platform` (the bus key, the broker's password), `/metrics`, `/mock-iaas` | yes | no | no |
 //! | `/health` | anyone, unauthenticated | | |
 
@@ -68,6 +69,10 @@ pub fn required(method: &Method, route: &str) -> Access {
         .or_else(|| route.strip_prefix("/api"))
         .unwrap_or(route);
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    // One's own session and tokens (what a token may do is the manager's to check).
+    if under("/tokens") || path == "/login" || path == "/logout" || path == "/session" {
+        return Access::User;
+    }
     if under("/tenants") || under("/mock-iaas") || under("/platform") || path == "/metrics" {
         Access::SuperAdmin
     } else if under("/users") {
@@ -131,6 +136,13 @@ mod tests {
             Access::TenantAdmin
         );
         assert_eq!(required(&get, "/api/users"), Access::TenantAdmin);
+        assert_eq!(required(&post, "/api/tokens"), Access::User);
+        assert_eq!(
+            required(&Method::DELETE, "/api/v4.1/tokens/{id}"),
+            Access::User
+        );
+        assert_eq!(required(&post, "/api/login"), Access::User);
+        assert_eq!(required(&get, "/api/session"), Access::User);
         assert_eq!(required(&get, "/api/tenants"), Access::SuperAdmin);
         assert_eq!(
             required(&Method::PUT, "/api/v4.1/tenants/activate/{domain}"),

@@ -11,16 +11,38 @@ use http::{StatusCode, header};
 use crate::AppState;
 use crate::error::ApiError;
 
-/// Checks the `Authorization: Basic …` header and puts the [`nubo_manager::Principal`] into the
-/// request's extensions.
-pub async fn require_basic(
+/// Checks the `Authorization` header (`Basic …`, or `Bearer <token>` of a session or an API
+/// token) and puts the [`nubo_manager::Principal`] and how it proved itself
+/// ([`crate::tokens::Proof`]) into the request's extensions.
+pub async fn require_auth(
     State(state): State<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let credentials = basic_credentials(&req)?;
-    let principal = basic_principal(&state, credentials).await?;
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned());
+    let (principal, proof) = match bearer {
+        Some(token) => {
+            let (p, info) = state.manager.authenticate_token(&token).await?;
+            (p, crate::tokens::Proof::Token(info))
+        }
+        None => {
+            let credentials = basic_credentials(&req)?;
+            (
+                basic_principal(&state, credentials).await?,
+                crate::tokens::Proof::Password,
+            )
+        }
+    };
     req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(proof);
     Ok(next.run(req).await)
 }
 
@@ -40,7 +62,7 @@ pub fn basic_credentials(req: &Request) -> Result<(String, String, String), ApiE
     let missing = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "authentication required: send HTTP Basic credentials (user `admin`, password from NUBO_ADMIN_PASSWORD or printed at first start)",
+            "authentication required: send HTTP Basic credentials (user `admin`, password from NUBO_ADMIN_PASSWORD or printed at first start), or a token as `Authorization: Bearer TOKEN` (POST /api/login)",
         )
     };
     let header = req

@@ -35,6 +35,7 @@ mod mock;
 pub mod openapi;
 mod platform;
 pub mod repo;
+pub mod tokens;
 
 use error::{ApiError, Message};
 
@@ -65,8 +66,13 @@ pub struct AppState {
     bus: OnceLock<nubo_bus::EventBus>,
     /// Workloads' logs, kept by this process.
     logs: OnceLock<Arc<nubo_logs::Logs>>,
+    /// The longest life of a login's session, in seconds (`--session-ttl`).
+    session_ttl: std::sync::atomic::AtomicU64,
     metrics: metrics::ApiMetrics,
 }
+
+/// A session's life unless the server says otherwise: 12 hours.
+pub const DEFAULT_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 /// Something attached to an [`AppState`] a second time.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +94,7 @@ impl AppState {
             controller,
             scaling: OnceLock::new(),
             registry: RwLock::new(registry),
+            session_ttl: std::sync::atomic::AtomicU64::new(DEFAULT_SESSION_TTL.as_secs()),
             mock: OnceLock::new(),
             bus: OnceLock::new(),
             logs: OnceLock::new(),
@@ -172,6 +179,17 @@ impl AppState {
             .map(|l| l.holder)
     }
 
+    /// Sets the longest life of a login's session.
+    pub fn set_session_ttl(&self, ttl: std::time::Duration) {
+        self.session_ttl
+            .store(ttl.as_secs().max(60), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The longest life of a login's session.
+    pub fn session_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.session_ttl.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// The answer to a request that only the leader can serve, on a standby: 503 naming the
     /// leader.
     pub async fn standby_error(&self, what: &str) -> ApiError {
@@ -193,6 +211,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = artifacts::routes()
         .merge(platform::routes())
         .merge(mock::routes())
+        .merge(tokens::routes())
         .route("/init", get(init))
         .route("/iaasProviders", get(iaas_providers));
     let authed = Router::new()
@@ -201,7 +220,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics_text))
         .route_layer(from_fn_with_state(state.clone(), access::authorize))
-        .layer(from_fn_with_state(state.clone(), auth::require_basic));
+        .layer(from_fn_with_state(state.clone(), auth::require_auth));
     Router::new()
         .route("/health", get(health))
         .route("/api/health", get(health))

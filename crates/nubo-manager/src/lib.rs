@@ -28,6 +28,7 @@ mod repositories;
 mod sealing;
 mod secrets;
 mod tenants;
+pub mod tokens;
 
 pub use auth::{CACHE_TTL, Principal, Role, constant_time_eq};
 pub use kubernetes::KubernetesAccess;

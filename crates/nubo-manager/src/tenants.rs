@@ -223,6 +223,10 @@ impl Manager {
             ));
         }
         self.put_user(tenant, &u, pw.as_deref(), false).await?;
+        // A new password ends the user's sessions (its API tokens stay: revoke them by hand).
+        if pw.is_some() {
+            self.revoke_tokens_of(tenant, &u.user_name, true).await?;
+        }
         Ok(User {
             credential: None,
             ..u
@@ -247,6 +251,7 @@ impl Manager {
             }
         }
         self.drop_password(tenant, name).await?;
+        self.revoke_tokens_of(tenant, name, false).await?;
         self.store
             .delete(tenant, &Key::new(Kind::User.as_str(), name))
             .await

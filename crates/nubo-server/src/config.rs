@@ -228,6 +228,8 @@ pub struct Settings {
     pub drain_timeout: Option<u64>,
     /// Seconds a workload has from SIGTERM to its end.
     pub termination_timeout: Option<u64>,
+    /// The longest life of a login's session, in seconds.
+    pub session_ttl: Option<u64>,
     /// The mock IaaS's patterns (`-`: the defaults).
     pub mock_iaas: Option<PathBuf>,
     /// The mock clock's speed.
@@ -303,6 +305,7 @@ impl Settings {
             port_check_timeout,
             drain_timeout,
             termination_timeout,
+            session_ttl,
             mock_iaas,
             mock_speed,
             mock_stats_interval,
@@ -414,7 +417,17 @@ impl Settings {
                 bail!("{flag}: a whole number of seconds from 1 to 86400");
             }
         }
+        if self
+            .session_ttl
+            .is_some_and(|s| !(60..=30 * 86_400).contains(&s))
+        {
+            bail!("--session-ttl: a whole number of seconds from 60 to 2592000 (30 days)");
+        }
         Ok(ServerConfig {
+            session_ttl: std::time::Duration::from_secs(
+                self.session_ttl
+                    .unwrap_or(nubo_api::DEFAULT_SESSION_TTL.as_secs()),
+            ),
             timeouts: nubo_controller::Timeouts {
                 activation: self.activation_timeout,
                 port_check: self.port_check_timeout,
@@ -592,6 +605,8 @@ pub struct HaConfig {
 pub struct ServerConfig {
     /// Where state lives.
     pub data_dir: PathBuf,
+    /// The longest life of a login's session (`--session-ttl`).
+    pub session_ttl: std::time::Duration,
     /// Members' timeouts where a cartridge's properties set none.
     pub timeouts: nubo_controller::Timeouts,
     /// The file of the key that seals the stored secrets (created when missing).

@@ -670,6 +670,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     };
     let mut state =
         AppState::new(manager, Some(control), scaling, registry).with_bus(events.clone());
+    state.set_session_ttl(config.session_ttl);
     if let Some(logs) = logs {
         state = state.with_logs(logs);
     }

@@ -173,6 +173,9 @@ struct ServerArgs {
     /// Seconds a workload has from SIGTERM to its end before it is killed; a cartridge's `terminationTimeout` property wins [default: 10]
     #[arg(long, env = "NUBO_TERMINATION_TIMEOUT", value_name = "SECONDS")]
     termination_timeout: Option<u64>,
+    /// The longest life of a login's session (`POST /api/login`), in seconds [default: 43200, 12 hours]
+    #[arg(long, env = "NUBO_SESSION_TTL", value_name = "SECONDS")]
+    session_ttl: Option<u64>,
     /// Offer the `mock` IaaS provider, with the health-statistics patterns of this Stratos mock-iaas.xml (`-` for the defaults: memory 20, load 20, requests 1)
     #[arg(long, env = "NUBO_MOCK_IAAS", value_name = "FILE")]
     mock_iaas: Option<PathBuf>,
@@ -323,6 +326,7 @@ impl ServerArgs {
             port_check_timeout: self.port_check_timeout,
             drain_timeout: self.drain_timeout,
             termination_timeout: self.termination_timeout,
+            session_ttl: self.session_ttl,
             mock_iaas: self.mock_iaas,
             mock_speed: self.mock_speed,
             mock_stats_interval: self.mock_stats_interval,

@@ -18,4 +18,5 @@ mod samples;
 mod server;
 mod store;
 mod support;
+mod tenancy;
 mod trust;

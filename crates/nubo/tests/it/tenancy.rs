@@ -1,0 +1,209 @@
+//! Tenancy (issue 16): sessions and API tokens.
+
+use serde_json::{Value, json};
+
+use crate::support::{Api, ServerProcess};
+
+/// A call with `Authorization: Bearer TOKEN`.
+async fn bearer(
+    api: &Api,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = api
+        .http
+        .request(method, format!("{}{path}", api.url))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(api: &Api, token: &str, path: &str) -> (u16, Value) {
+    bearer(api, token, reqwest::Method::GET, path, None).await
+}
+
+async fn post(api: &Api, token: &str, path: &str, body: Value) -> (u16, Value) {
+    bearer(api, token, reqwest::Method::POST, path, Some(body)).await
+}
+
+fn policy(id: &str) -> Value {
+    json!({"id": id, "loadThresholds": {"memoryConsumption": {"threshold": 80}}})
+}
+
+/// A login gives a session token that acts as its user until it is ended; API tokens are made
+/// from a password or a session (never from another API token), are listed without their
+/// secret, may be read-only, and are revoked by their user or the tenant's admin; a removed
+/// user's tokens stop at once, a new password ends the user's sessions; Basic credentials still
+/// work for Stratos' scripts.
+#[tokio::test]
+async fn sessions_and_api_tokens_act_as_their_user_until_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--no-lb"]);
+    let root = Api::new(&server);
+    let t = json!({"admin": "alice", "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
+        "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
+    assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let (status, body) = alice
+        .post(
+            "/api/users",
+            json!({"userName": "carol", "role": "user", "credential": "carol-pw1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let carol = Api::as_user(&server, "carol@a.com", "carol-pw1");
+
+    // A login: a bearer token with an expiry; it acts as alice, an admin of a.com.
+    let (status, login) = alice.post("/api/login", json!({"expiresIn": 600})).await;
+    assert_eq!(status, 201, "{login}");
+    let session = login["token"].as_str().unwrap().to_owned();
+    assert_eq!(login["expiresIn"], 600);
+    let (status, me) = get(&alice, &session, "/api/session").await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"], "alice");
+    assert_eq!(me["role"], "admin");
+    assert_eq!(me["authenticatedBy"], "session");
+    assert_eq!(
+        post(&alice, &session, "/api/autoscalingPolicies", policy("p1"))
+            .await
+            .0,
+        201
+    );
+    // Basic still works (and says so).
+    assert_eq!(
+        alice.get("/api/session").await.1["authenticatedBy"],
+        "password"
+    );
+    // A session longer than the server allows is refused, naming the field.
+    let (status, body) = alice
+        .post("/api/login", json!({"expiresIn": 999_999}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("expiresIn"), "{body}");
+
+    // An API token, read-only: reads, never writes, never makes tokens or sessions.
+    let (status, made) = post(
+        &alice,
+        &session,
+        "/api/tokens",
+        json!({"name": "ci", "scope": "read", "expiresInDays": 7}),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let reader = made["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get(&alice, &reader, "/api/autoscalingPolicies/p1").await.0,
+        200
+    );
+    assert_eq!(
+        post(&alice, &reader, "/api/autoscalingPolicies", policy("p2"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        post(&alice, &reader, "/api/tokens", json!({"name": "more"}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(post(&alice, &reader, "/api/login", json!({})).await.0, 403);
+    // Listed without secrets.
+    let (_, list) = alice.get("/api/tokens").await;
+    let text = list.to_string();
+    assert!(
+        text.contains("\"ci\"") && !text.contains(&reader[reader.len() - 20..]),
+        "{text}"
+    );
+    assert!(!text.contains("digest"), "{text}");
+
+    // carol's token: she sees her own only; alice (her tenant's admin) sees and revokes it.
+    let (_, c) = carol.post("/api/tokens", json!({"name": "carol-ci"})).await;
+    let carols = c["token"].as_str().unwrap().to_owned();
+    let carol_id = c["id"].as_str().unwrap().to_owned();
+    let (_, theirs) = carol.get("/api/tokens").await;
+    assert_eq!(theirs.as_array().unwrap().len(), 1, "{theirs}");
+    let (_, all) = alice.get("/api/tokens").await;
+    assert!(all.to_string().contains("carol-ci"), "{all}");
+    // carol's token writes only what carol may (a user: no definitions).
+    assert_eq!(
+        post(&alice, &carols, "/api/autoscalingPolicies", policy("p3"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        get(&alice, &carols, "/api/autoscalingPolicies/p1").await.0,
+        200
+    );
+    // Another tenant's admin cannot revoke it (404, as for no token).
+    assert_eq!(root.delete(&format!("/api/tokens/{carol_id}")).await.0, 404);
+    assert_eq!(
+        alice.delete(&format!("/api/tokens/{carol_id}")).await.0,
+        200
+    );
+    assert_eq!(get(&alice, &carols, "/api/session").await.0, 401);
+
+    // Forged, altered or foreign tokens: 401, saying what to do.
+    let mut altered = session.clone();
+    altered.pop();
+    altered.push(if session.ends_with('A') { 'B' } else { 'A' });
+    let other_tenant = session.replacen(".", ".-1234x", 1);
+    for bad in [
+        altered.as_str(),
+        other_tenant.as_str(),
+        "nubo.1.2.3",
+        "garbage",
+    ] {
+        let (status, body) = get(&alice, bad, "/api/session").await;
+        assert_eq!(status, 401, "{bad}: {body}");
+    }
+    let (_, body) = get(&alice, &altered, "/api/session").await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("log in again"),
+        "{body}"
+    );
+
+    // A new password ends alice's sessions; her API token stays.
+    let (status, body) = alice
+        .send(
+            reqwest::Method::PUT,
+            "/api/users",
+            Some(json!({"userName": "alice", "role": "admin", "credential": "n3w-s3cret"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(&alice, &session, "/api/session").await.0, 401);
+    assert_eq!(get(&alice, &reader, "/api/session").await.0, 200);
+    let alice = Api::as_user(&server, "alice@a.com", "n3w-s3cret");
+
+    // Logout ends a session.
+    let (_, login) = carol.post("/api/login", json!({})).await;
+    let carol_session = login["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post(&alice, &carol_session, "/api/logout", json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(get(&alice, &carol_session, "/api/session").await.0, 401);
+
+    // A removed user's tokens stop at once.
+    let (_, login) = carol.post("/api/login", json!({})).await;
+    let carol_session = login["token"].as_str().unwrap().to_owned();
+    assert_eq!(alice.delete("/api/users/carol").await.0, 200);
+    assert_eq!(get(&alice, &carol_session, "/api/session").await.0, 401);
+    // Nothing of a token is in clear in the data directory.
+    let leaked =
+        crate::agent::files_containing(dir.path(), reader.rsplit('.').next().unwrap().as_bytes());
+    assert!(leaked.is_empty(), "{leaked:?}");
+}
