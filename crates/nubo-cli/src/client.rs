@@ -76,17 +76,21 @@ impl ApiClient {
         })
     }
 
+    /// The request with the connection's credentials: its password (Basic), else its token
+    /// (Bearer).
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match (&self.conn.password, &self.conn.token) {
+            (None, Some(token)) => req.bearer_auth(token),
+            (password, _) => req.basic_auth(&self.conn.user, password.as_deref()),
+        }
+    }
+
     /// Reads a streamed answer (newline-delimited), calling `line` with each line as it comes,
     /// until the server ends it.
     pub async fn follow(&self, path: &str, mut line: impl FnMut(&str)) -> anyhow::Result<()> {
         let url = format!("{}{path}", self.conn.url);
-        let mut resp = match self
-            .streaming
-            .get(&url)
-            .basic_auth(&self.conn.user, self.conn.password.as_deref())
-            .send()
-            .await
-        {
+        let req = self.streaming.get(&url);
+        let mut resp = match self.authorized(req).send().await {
             Ok(r) => r,
             Err(e) => return Err(self.transport_error(e)),
         };
@@ -141,10 +145,7 @@ impl ApiClient {
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.conn.url);
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut req = self
-            .http
-            .request(method, &url)
-            .basic_auth(&self.conn.user, self.conn.password.as_deref());
+        let mut req = self.authorized(self.http.request(method, &url));
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
         }

@@ -73,8 +73,12 @@ pub struct ConfigFile {
     pub url: Option<String>,
     /// User name.
     pub user: Option<String>,
-    /// Password.
+    /// Password (older config files; `nubo login` now saves a session token instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// A session's bearer token (`nubo login`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// CA certificate.
     pub ca_cert: Option<PathBuf>,
     /// Skip certificate checks.
@@ -450,8 +454,38 @@ pub enum Command {
     /// The IaaS providers network partitions may use
     #[command(name = "iaas-providers")]
     IaasProviders,
-    /// Check the connection settings and save them to the config file
+    /// Log in: a session token (not your password) saved with the connection settings
     Login,
+    /// End the saved session and forget its token
+    Logout,
+    /// Who you are on the server, and how you proved it
+    Whoami,
+    /// API tokens for automation (`NUBO_TOKEN=… nubo …`)
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// API token commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Make an API token (shown once)
+    Create {
+        /// A name to know it by
+        name: String,
+        /// `write` (what you may do) or `read` (reads only)
+        #[arg(long, default_value = "write")]
+        scope: String,
+        /// Days until it expires (1-366)
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+    },
+    /// Your tokens (a tenant admin: the tenant's), never their secrets
+    List,
+    /// Revoke a token
+    Revoke {
+        /// Its id
+        id: String,
+    },
 }
 
 /// Resolved connection settings.
@@ -463,6 +497,8 @@ pub struct Connection {
     pub user: String,
     /// Password.
     pub password: Option<String>,
+    /// A bearer token (a session's, or an API token's): used when no password is given.
+    pub token: Option<String>,
     /// CA certificate.
     pub ca_cert: Option<PathBuf>,
     /// Skip certificate checks.
@@ -494,6 +530,11 @@ impl Connection {
                 .clone()
                 .or(file.user)
                 .unwrap_or_else(|| "admin".to_owned()),
+            // A password given now wins over a saved token; `NUBO_TOKEN` over both.
+            token: std::env::var("NUBO_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or_else(|| file.token.clone().filter(|_| g.password.is_none())),
             password: g.password.clone().or(file.password),
             ca_cert,
             insecure: g.insecure || file.insecure.unwrap_or(false),
@@ -695,14 +736,17 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Login => {
-            let v = client.send("GET", "/api/init", None).await?;
+            let v = client
+                .send("POST", "/api/login", Some(b"{}".to_vec()))
+                .await?;
             let Some(path) = ConfigFile::path() else {
                 bail!("cannot tell where to save the config: set HOME or NUBO_CONFIG");
             };
             let file = ConfigFile {
                 url: Some(conn.url.clone()),
                 user: Some(conn.user.clone()),
-                password: conn.password.clone(),
+                password: None,
+                token: v.get("token").and_then(Value::as_str).map(str::to_owned),
                 ca_cert: conn.ca_cert.clone(),
                 insecure: conn.insecure.then_some(true),
             };
@@ -711,10 +755,46 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             write_private(&path, toml::to_string(&file)?.as_bytes())?;
-            render::message(out, &v);
-            eprintln!("saved the connection settings to {}", path.display());
+            match out {
+                Output::Json => {
+                    let mut shown = v.clone();
+                    shown["token"] = Value::String("(saved)".into());
+                    render::json(&shown);
+                }
+                Output::Table => println!(
+                    "logged in as {} until {}",
+                    conn.user,
+                    v.get("expires").and_then(Value::as_str).unwrap_or("?")
+                ),
+            }
+            eprintln!(
+                "saved the connection settings and a session token (not your password) to {}",
+                path.display()
+            );
             Ok(())
         }
+        Command::Logout => {
+            let v = client
+                .send("POST", "/api/logout", Some(b"{}".to_vec()))
+                .await?;
+            if let Some(path) = ConfigFile::path()
+                && let Ok(mut file) = ConfigFile::load()
+                && file.token.take().is_some()
+            {
+                write_private(&path, toml::to_string(&file)?.as_bytes())?;
+            }
+            render::message(out, &v);
+            Ok(())
+        }
+        Command::Whoami => {
+            let v = client.send("GET", "/api/session", None).await?;
+            match out {
+                Output::Json => render::json(&v),
+                Output::Table => render::describe(out, &v),
+            }
+            Ok(())
+        }
+        Command::Token(c) => token(&client, out, c).await,
     }
 }
 
@@ -840,6 +920,49 @@ async fn tenant(client: &ApiClient, out: Output, c: &TenantCommand) -> anyhow::R
                 .send(
                     "PUT",
                     &format!("/api/tenants/deactivate/{}", client::escape(domain)),
+                    None,
+                )
+                .await?,
+        ),
+    }
+    Ok(())
+}
+
+async fn token(client: &ApiClient, out: Output, c: &TokenCommand) -> anyhow::Result<()> {
+    match c {
+        TokenCommand::Create { name, scope, days } => {
+            let body = serde_json::json!({"name": name, "scope": scope, "expiresInDays": days});
+            let v = client
+                .send("POST", "/api/tokens", Some(serde_json::to_vec(&body)?))
+                .await?;
+            match out {
+                Output::Json => render::json(&v),
+                Output::Table => {
+                    println!(
+                        "{}",
+                        v.get("token").and_then(Value::as_str).unwrap_or_default()
+                    );
+                    eprintln!(
+                        "token {} ({}, {}) until {}: shown once, keep it secret; use it as NUBO_TOKEN or `Authorization: Bearer`",
+                        v.get("id").and_then(Value::as_str).unwrap_or_default(),
+                        name,
+                        scope,
+                        v.get("expires").and_then(Value::as_str).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        TokenCommand::List => render::list(
+            out,
+            "tokens",
+            &client.send("GET", "/api/tokens", None).await?,
+        ),
+        TokenCommand::Revoke { id } => render::message(
+            out,
+            &client
+                .send(
+                    "DELETE",
+                    &format!("/api/tokens/{}", client::escape(id)),
                     None,
                 )
                 .await?,

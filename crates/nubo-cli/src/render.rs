@@ -169,6 +169,14 @@ fn columns(collection: &str) -> Vec<Column> {
             ("ROLE", |v| s(v, "role")),
             ("EMAIL", |v| s(v, "email")),
         ],
+        "tokens" => vec![
+            ("ID", |v| s(v, "id")),
+            ("NAME", |v| s(v, "name")),
+            ("USER", |v| s(v, "user")),
+            ("KIND", |v| s(v, "kind")),
+            ("SCOPE", |v| s(v, "scope")),
+            ("EXPIRES", |v| s(v, "expires")),
+        ],
         _ => vec![("VALUE", |v| v.to_string())],
     }
 }

@@ -235,6 +235,45 @@ fn the_cli_manages_artifacts_and_explains_errors() {
         "{:?}",
         text(&o)
     );
+    // The saved settings hold a session's token, not the password.
+    let saved = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        saved.contains("token = \"nubo.") && !saved.contains(PASSWORD),
+        "{saved}"
+    );
+    let with_config = |args: &[&str], token: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nubo"));
+        c.args(args)
+            .env("NUBO_CONFIG", &cfg)
+            .env_remove("NUBO_URL")
+            .env_remove("NUBO_PASSWORD")
+            .env_remove("NUBO_TOKEN");
+        if let Some(t) = token {
+            c.env("NUBO_TOKEN", t);
+        }
+        let o = c.output().unwrap();
+        (o.status.success(), text(&o))
+    };
+    let (ok, (out, err)) = with_config(&["whoami", "-o", "json"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"session\""), "{out}");
+    // An API token for automation, read-only, used through NUBO_TOKEN.
+    let (ok, (token, err)) = with_config(
+        &["token", "create", "ci", "--scope", "read", "--days", "3"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("shown once"), "{err}");
+    let (ok, (out, _)) = with_config(&["whoami", "-o", "json"], Some(token.trim()));
+    assert!(ok && out.contains("\"apiToken\""), "{out}");
+    let (ok, (out, _)) = with_config(&["token", "list"], None);
+    assert!(ok && out.contains("ci") && out.contains("read"), "{out}");
+    // Logged out: the saved token is gone and refused; the API token still works.
+    let (ok, (_, err)) = with_config(&["logout"], None);
+    assert!(ok, "{err}");
+    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("token"));
+    let (ok, _) = with_config(&["iaas-providers"], Some(token.trim()));
+    assert!(ok);
 }
 
 #[test]
