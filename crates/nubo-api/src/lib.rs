@@ -26,6 +26,7 @@ use tower_http::trace::TraceLayer;
 
 pub mod access;
 pub mod artifacts;
+pub mod audit;
 mod auth;
 pub mod error;
 pub mod logs;
@@ -212,6 +213,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(platform::routes())
         .merge(mock::routes())
         .merge(tokens::routes())
+        .merge(audit::routes())
         .route("/init", get(init))
         .route("/iaasProviders", get(iaas_providers));
     let authed = Router::new()
@@ -220,6 +222,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics_text))
         .route_layer(from_fn_with_state(state.clone(), access::authorize))
+        // Outside the role check: a refused change is recorded too.
+        .route_layer(from_fn_with_state(state.clone(), audit::record))
         .layer(from_fn_with_state(state.clone(), auth::require_auth));
     Router::new()
         .route("/health", get(health))

@@ -430,6 +430,14 @@ pub fn document() -> OpenApi {
             ],
         ),
         (
+            "/api/audit",
+            HttpMethod::Get,
+            "audit_log",
+            "The audit log: every change through the API (who, how proved, from where, method, path, status), oldest first; `?after=SEQ&limit=1-1000&user=NAME`. A tenant's admin reads its tenant's, the platform's administrator every tenant's",
+            "audit",
+            &[("200", "Entries"), ("403", "Not an admin")],
+        ),
+        (
             "/api/login",
             HttpMethod::Post,
             "login",

@@ -21,6 +21,7 @@ use nubo_model::{
 use nubo_store::{Key, Record, Ref, Store, StoreError, Write};
 use serde_json::Value;
 
+pub mod audit;
 mod auth;
 pub mod kubernetes;
 pub mod metadata;

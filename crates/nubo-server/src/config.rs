@@ -230,6 +230,8 @@ pub struct Settings {
     pub termination_timeout: Option<u64>,
     /// The longest life of a login's session, in seconds.
     pub session_ttl: Option<u64>,
+    /// Days the audit log keeps an entry.
+    pub audit_retention_days: Option<u64>,
     /// The mock IaaS's patterns (`-`: the defaults).
     pub mock_iaas: Option<PathBuf>,
     /// The mock clock's speed.
@@ -306,6 +308,7 @@ impl Settings {
             drain_timeout,
             termination_timeout,
             session_ttl,
+            audit_retention_days,
             mock_iaas,
             mock_speed,
             mock_stats_interval,
@@ -423,7 +426,16 @@ impl Settings {
         {
             bail!("--session-ttl: a whole number of seconds from 60 to 2592000 (30 days)");
         }
+        if self
+            .audit_retention_days
+            .is_some_and(|d| !(1..=3650).contains(&d))
+        {
+            bail!("--audit-retention-days: a whole number of days from 1 to 3650");
+        }
         Ok(ServerConfig {
+            audit_retention: std::time::Duration::from_secs(
+                self.audit_retention_days.unwrap_or(90) * 86_400,
+            ),
             session_ttl: std::time::Duration::from_secs(
                 self.session_ttl
                     .unwrap_or(nubo_api::DEFAULT_SESSION_TTL.as_secs()),
@@ -607,6 +619,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The longest life of a login's session (`--session-ttl`).
     pub session_ttl: std::time::Duration,
+    /// How long the audit log keeps an entry (`--audit-retention-days`).
+    pub audit_retention: std::time::Duration,
     /// Members' timeouts where a cartridge's properties set none.
     pub timeouts: nubo_controller::Timeouts,
     /// The file of the key that seals the stored secrets (created when missing).

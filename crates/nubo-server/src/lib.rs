@@ -671,6 +671,24 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     let mut state =
         AppState::new(manager, Some(control), scaling, registry).with_bus(events.clone());
     state.set_session_ttl(config.session_ttl);
+    // The audit log keeps its retention: trimmed at the start, then every hour.
+    {
+        let manager = state.manager.clone();
+        let retention = config.audit_retention;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                let before = std::time::SystemTime::now()
+                    .checked_sub(retention)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64);
+                if let Err(e) = manager.trim_audit(before).await {
+                    tracing::warn!(error = %e, "cannot trim the audit log");
+                }
+            }
+        });
+    }
     if let Some(logs) = logs {
         state = state.with_logs(logs);
     }

@@ -176,6 +176,9 @@ struct ServerArgs {
     /// The longest life of a login's session (`POST /api/login`), in seconds [default: 43200, 12 hours]
     #[arg(long, env = "NUBO_SESSION_TTL", value_name = "SECONDS")]
     session_ttl: Option<u64>,
+    /// Days the audit log (`GET /api/audit`: every change through the API) keeps an entry [default: 90]
+    #[arg(long, env = "NUBO_AUDIT_RETENTION_DAYS", value_name = "DAYS")]
+    audit_retention_days: Option<u64>,
     /// Offer the `mock` IaaS provider, with the health-statistics patterns of this Stratos mock-iaas.xml (`-` for the defaults: memory 20, load 20, requests 1)
     #[arg(long, env = "NUBO_MOCK_IAAS", value_name = "FILE")]
     mock_iaas: Option<PathBuf>,
@@ -327,6 +330,7 @@ impl ServerArgs {
             drain_timeout: self.drain_timeout,
             termination_timeout: self.termination_timeout,
             session_ttl: self.session_ttl,
+            audit_retention_days: self.audit_retention_days,
             mock_iaas: self.mock_iaas,
             mock_speed: self.mock_speed,
             mock_stats_interval: self.mock_stats_interval,

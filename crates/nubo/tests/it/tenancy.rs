@@ -207,3 +207,118 @@ async fn sessions_and_api_tokens_act_as_their_user_until_revoked() {
         crate::agent::files_containing(dir.path(), reader.rsplit('.').next().unwrap().as_bytes());
     assert!(leaked.is_empty(), "{leaked:?}");
 }
+
+/// Every change of a scripted session is in the audit log (who, how proved, from where, what,
+/// and how it ended, refusals included), readable by the tenant's admin (its tenant's only) and
+/// the platform's administrator, not by a user; kept across a restart.
+#[tokio::test]
+async fn every_change_of_a_scripted_session_is_in_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--no-lb"]);
+    let root = Api::new(&server);
+    let t = json!({"admin": "alice", "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
+        "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
+    assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    assert_eq!(
+        alice
+            .post(
+                "/api/users",
+                json!({"userName": "carol", "role": "user", "credential": "carol-pw1"})
+            )
+            .await
+            .0,
+        201
+    );
+    let carol = Api::as_user(&server, "carol@a.com", "carol-pw1");
+    // The session: a login, a definition by the session's token, a token made and revoked, a
+    // definition removed, and carol's refused change.
+    let (_, login) = alice.post("/api/login", json!({})).await;
+    let session = login["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post(
+            &alice,
+            &session,
+            "/api/autoscalingPolicies",
+            policy("audited")
+        )
+        .await
+        .0,
+        201
+    );
+    let (_, made) = post(&alice, &session, "/api/tokens", json!({"name": "ci"})).await;
+    let id = made["id"].as_str().unwrap().to_owned();
+    assert_eq!(alice.delete(&format!("/api/tokens/{id}")).await.0, 200);
+    assert_eq!(
+        alice.delete("/api/autoscalingPolicies/audited").await.0,
+        200
+    );
+    assert_eq!(
+        carol
+            .post("/api/autoscalingPolicies", policy("nope"))
+            .await
+            .0,
+        403
+    );
+    let script = [
+        ("alice", "POST", "/api/users", 201, "password"),
+        ("alice", "POST", "/api/login", 201, "password"),
+        ("alice", "POST", "/api/autoscalingPolicies", 201, "session"),
+        ("alice", "POST", "/api/tokens", 201, "session"),
+        (
+            "alice",
+            "DELETE",
+            &format!("/api/tokens/{id}"),
+            200,
+            "password",
+        ),
+        (
+            "alice",
+            "DELETE",
+            "/api/autoscalingPolicies/audited",
+            200,
+            "password",
+        ),
+        ("carol", "POST", "/api/autoscalingPolicies", 403, "password"),
+    ];
+    let check = |log: &Value| {
+        let entries = log.as_array().expect("a list");
+        for (user, method, path, status, via) in &script {
+            assert!(
+                entries.iter().any(|e| e["user"] == *user
+                    && e["method"] == *method
+                    && e["path"] == *path
+                    && e["status"] == *status
+                    && e["via"] == *via
+                    && e["client"] == "127.0.0.1"
+                    && e["tenantId"].as_i64().unwrap() > 0
+                    && e["at"].as_str().is_some_and(|a| a.starts_with("20"))),
+                "{user} {method} {path} {status} {via} not in {log}"
+            );
+        }
+        // Reads are not changes.
+        assert!(!entries.iter().any(|e| e["method"] == "GET"), "{log}");
+    };
+    let (status, log) = alice.get("/api/audit").await;
+    assert_eq!(status, 200, "{log}");
+    check(&log);
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["tenantId"] == log[0]["tenantId"]),
+        "a tenant's admin reads its tenant's entries only: {log}"
+    );
+    // The platform's administrator sees them and its own (the tenant's creation).
+    let (_, all) = root.get("/api/audit?limit=1000").await;
+    check(&all);
+    assert!(all.to_string().contains("\"/api/tenants\""), "{all}");
+    assert_eq!(carol.get("/api/audit").await.0, 403);
+    let (_, only) = alice.get("/api/audit?user=carol").await;
+    assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
+    // Kept across a restart.
+    server.kill9();
+    let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--no-lb"]);
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    check(&alice.get("/api/audit").await.1);
+}
