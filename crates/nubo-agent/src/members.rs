@@ -204,6 +204,7 @@ mod tests {
                 artifact_commit: None,
                 artifact_error: None,
                 unhealthy: None,
+                init_time: 0,
             },
         }
     }

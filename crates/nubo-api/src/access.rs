@@ -9,7 +9,7 @@
 //! | `GET` of definitions, runtime, scaling events, `/init`, `/iaasProviders`, `/openapi.json` | yes | yes (own tenant) | yes (own tenant) |
 //! | changes to definitions, deploy, undeploy, Kubernetes hosts | yes | yes (own tenant) | no |
 //! | a cartridge with a `local` iaasProvider (its `imageId` is a command line run by the platform) | yes | no | no |
-//! | `/users`, `/audit` (the audit log) | yes | yes (own tenant) | no |
+//! | `/users`, `/audit` (the audit log), `/usage` (metering) | yes | yes (own tenant) | no |
 //! | `/login`, `/logout`, `/session`, `/tokens` (one's own; a tenant admin lists and revokes the tenant's) | yes | yes | yes |
 //! | `/tenants`, `/platform` (the bus key, the broker's password), `/metrics`, `/mock-iaas` | yes | no | no |
 //! | `/health` | anyone, unauthenticated | | |
@@ -75,7 +75,7 @@ pub fn required(method: &Method, route: &str) -> Access {
     }
     if under("/tenants") || under("/mock-iaas") || under("/platform") || path == "/metrics" {
         Access::SuperAdmin
-    } else if under("/users") || under("/audit") {
+    } else if under("/users") || under("/audit") || under("/usage") {
         Access::TenantAdmin
     } else if method == Method::GET || method == Method::HEAD {
         Access::User

@@ -37,6 +37,7 @@ pub mod openapi;
 mod platform;
 pub mod repo;
 pub mod tokens;
+pub mod usage;
 
 use error::{ApiError, Message};
 
@@ -214,6 +215,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(mock::routes())
         .merge(tokens::routes())
         .merge(audit::routes())
+        .merge(usage::routes())
         .route("/init", get(init))
         .route("/iaasProviders", get(iaas_providers));
     let authed = Router::new()

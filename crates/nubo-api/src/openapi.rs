@@ -430,6 +430,20 @@ pub fn document() -> OpenApi {
             ],
         ),
         (
+            "/api/usage",
+            HttpMethod::Get,
+            "usage",
+            "Metering: instance-seconds per tenant, application and cartridge, from each member's creation to its end (the live ones until now); `?application=ID`, and `?tenant=ID` for the platform's administrator (a tenant's admin reads its own)",
+            "usage",
+            &[
+                (
+                    "200",
+                    "`{asOf, usage: [{tenantId, applicationId, cartridge, instanceSeconds, instanceMs, liveMembers, endedMembers}], total}`",
+                ),
+                ("403", "Not an admin"),
+            ],
+        ),
+        (
             "/api/audit",
             HttpMethod::Get,
             "audit_log",

@@ -463,6 +463,27 @@ pub enum Command {
     /// API tokens for automation (`NUBO_TOKEN=… nubo …`)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Instance-seconds per tenant, application and cartridge (metering)
+    Usage {
+        /// One application's only
+        #[arg(long, short = 'a')]
+        application: Option<String>,
+        /// One tenant's only (the platform's administrator)
+        #[arg(long)]
+        tenant: Option<i64>,
+    },
+    /// The audit log: every change through the API (admins)
+    Audit {
+        /// One user's only
+        #[arg(long)]
+        user: Option<String>,
+        /// Entries after this one (its SEQ)
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many (1-1000)
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// API token commands.
@@ -795,6 +816,45 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(c) => token(&client, out, c).await,
+        Command::Usage {
+            application,
+            tenant,
+        } => {
+            let mut q = Vec::new();
+            if let Some(a) = application {
+                q.push(format!("application={}", client::escape(a)));
+            }
+            if let Some(t) = tenant {
+                q.push(format!("tenant={t}"));
+            }
+            let path = if q.is_empty() {
+                "/api/usage".to_owned()
+            } else {
+                format!("/api/usage?{}", q.join("&"))
+            };
+            let v = client.send("GET", &path, None).await?;
+            match out {
+                Output::Json => render::json(&v),
+                Output::Table => {
+                    render::list(out, "usage", v.get("usage").unwrap_or(&Value::Null));
+                    println!(
+                        "total: {} instance-seconds (as of {})",
+                        v["total"]["instanceSeconds"],
+                        v.get("asOf").and_then(Value::as_str).unwrap_or("?")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Audit { user, after, limit } => {
+            let mut path = format!("/api/audit?after={after}&limit={limit}");
+            if let Some(u) = user {
+                path.push_str(&format!("&user={}", client::escape(u)));
+            }
+            let v = client.send("GET", &path, None).await?;
+            render::list(out, "audit", &v);
+            Ok(())
+        }
     }
 }
 

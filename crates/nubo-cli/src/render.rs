@@ -169,6 +169,26 @@ fn columns(collection: &str) -> Vec<Column> {
             ("ROLE", |v| s(v, "role")),
             ("EMAIL", |v| s(v, "email")),
         ],
+        "usage" => vec![
+            ("TENANT", |v| v["tenantId"].to_string()),
+            ("APPLICATION", |v| s(v, "applicationId")),
+            ("CARTRIDGE", |v| s(v, "cartridge")),
+            ("INSTANCE-SECONDS", |v| v["instanceSeconds"].to_string()),
+            ("LIVE", |v| v["liveMembers"].to_string()),
+            ("ENDED", |v| v["endedMembers"].to_string()),
+        ],
+        "audit" => vec![
+            ("SEQ", |v| v["seq"].to_string()),
+            ("AT", |v| s(v, "at")),
+            ("TENANT", |v| v["tenantId"].to_string()),
+            ("USER", |v| s(v, "user")),
+            ("VIA", |v| s(v, "via")),
+            ("FROM", |v| s(v, "client")),
+            ("REQUEST", |v| {
+                format!("{} {}", s(v, "method"), s(v, "path"))
+            }),
+            ("STATUS", |v| v["status"].to_string()),
+        ],
         "tokens" => vec![
             ("ID", |v| s(v, "id")),
             ("NAME", |v| s(v, "name")),

@@ -171,6 +171,7 @@ fn member_view(m: &nubo_events::Member) -> MemberView {
             .get(crate::state::ARTIFACT_ERROR_PROPERTY)
             .cloned(),
         unhealthy: m.properties.get(crate::state::UNHEALTHY_PROPERTY).cloned(),
+        init_time: m.init_time,
     }
 }
 

@@ -157,6 +157,10 @@ pub struct MemberView {
     /// Why it is unhealthy (it gets no request until it recovers, or is replaced), when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy: Option<String>,
+    /// When it was created, milliseconds since the epoch (Stratos' `initTime`; metering counts
+    /// from it).
+    #[serde(default)]
+    pub init_time: u64,
 }
 
 /// A member with where it belongs: a row of `GET /api/applications/{id}/members` and of

@@ -157,6 +157,7 @@ impl ControllerState {
         let Some(mut m) = cluster.members.remove(member_id) else {
             return;
         };
+        self.meter_ended(now_ms, &m);
         let prev = m.status;
         let was_active = matches!(
             prev,

@@ -15,6 +15,7 @@ mod artifacts;
 mod convergence;
 mod deployments;
 mod lifecycle;
+pub mod metering;
 mod scaling;
 #[cfg(test)]
 mod tests;
@@ -335,6 +336,9 @@ pub struct ControllerState {
     pub next_member: u64,
     /// When each member entered its current status (ms), for timeouts.
     pub since_ms: BTreeMap<String, u64>,
+    /// Instance time of ended members per tenant, application and cartridge ([`metering`]).
+    #[serde(default)]
+    pub usage: BTreeMap<String, metering::Usage>,
     /// The server's timeouts, where a cluster's properties set none (not persisted: the
     /// configuration's; unset, [`ACTIVATION_TIMEOUT_MS`] and [`DRAIN_TIMEOUT_MS`]).
     #[serde(skip)]

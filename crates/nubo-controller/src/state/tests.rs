@@ -1257,3 +1257,48 @@ fn a_partition_whose_members_keep_failing_to_start_is_avoided_for_a_while() {
     let m = s.topology.member(&failing.member_id).unwrap().clone();
     assert_eq!(m.partition_id, "p2");
 }
+
+#[test]
+fn instance_time_is_metered_from_creation_to_the_end_and_kept() {
+    let mut s = ControllerState::default();
+    let out = s.step(
+        1_000,
+        Input::Deploy(deployment(1, "one-after-another", None)),
+    );
+    let db = starts(&out)[0].clone();
+    assert_eq!(db.init_time, 1_000);
+    activate(&mut s, 1_500, &db);
+    // Live: counted until now.
+    let live = s.usage(4_000, None);
+    let row = live
+        .iter()
+        .find(|u| u.cartridge == db.service_name)
+        .unwrap();
+    assert_eq!((row.live_ms, row.live_members, row.ended_ms), (3_000, 1, 0));
+    // Ended at 61 s: 60 s, kept in the state (and its serialization).
+    s.step(
+        61_000,
+        Input::Event(Event::MemberProcessExited {
+            member_id: db.member_id.clone(),
+            code: None,
+            signal: Some(9),
+            reason: "killed".into(),
+        }),
+    );
+    let s: ControllerState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    let rows = s.usage(61_000, None);
+    let row = rows
+        .iter()
+        .find(|u| u.cartridge == db.service_name)
+        .unwrap();
+    assert_eq!(row.ended_ms, 60_000);
+    assert_eq!(row.ended_members, 1);
+    assert_eq!(row.tenant_id, nubo_model::SUPER_TENANT_ID);
+    assert_eq!(row.application_id, "app");
+    // Another tenant's view has none of it.
+    assert!(s.usage(61_000, Some(7)).is_empty());
+    assert_eq!(
+        super::metering::tenant_of("shop.t7"),
+        (7, "shop".to_owned())
+    );
+}

@@ -322,3 +322,125 @@ async fn every_change_of_a_scripted_session_is_in_the_audit_log() {
     let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
     check(&alice.get("/api/audit").await.1);
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Metering: a tenant's instance-seconds per application and cartridge equal its members'
+/// lifetimes (from their creation, `initTime`) to the millisecond while they run, and within
+/// the undeploy's own duration once they ended; kept after the undeploy; a tenant reads its
+/// own, the platform's administrator any tenant's.
+#[tokio::test]
+async fn metering_totals_equal_the_members_lifetimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &["--insecure-http", "--no-lb", "--mock-iaas", "-"],
+    );
+    let root = Api::new(&server);
+    let t = json!({"admin": "alice", "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
+        "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
+    assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let artifacts = [
+        ("autoscalingPolicies", policy("asp")),
+        (
+            "networkPartitions",
+            json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]}),
+        ),
+        (
+            "deploymentPolicies",
+            json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]}),
+        ),
+        (
+            "applicationPolicies",
+            json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]}),
+        ),
+        (
+            "cartridges",
+            json!({"type": "metered", "category": "framework", "host": "meter.test",
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
+            "iaasProvider": [{"type": "mock", "imageId": "mock"}]}),
+        ),
+        (
+            "applications",
+            json!({"applicationId": "shop", "components": {"cartridges": [
+            {"type": "metered", "cartridgeMin": 2, "cartridgeMax": 2,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}}),
+        ),
+    ];
+    alice.add_all(&artifacts).await;
+    assert_eq!(
+        alice
+            .post("/api/applications/shop/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let members = crate::support::eventually(30, "two members Active", || async {
+        let a = alice.active("shop", "web").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    let inits: Vec<u64> = members
+        .iter()
+        .map(|m| m["initTime"].as_u64().unwrap())
+        .collect();
+    assert!(inits.iter().all(|i| *i > 0), "{members:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // While they run: exactly their lifetimes until the answer's moment.
+    let (status, u) = alice.get("/api/usage?application=shop").await;
+    assert_eq!(status, 200, "{u}");
+    let at = u["asOfMs"].as_u64().unwrap();
+    let lifetimes: u64 = inits.iter().map(|i| at - i).sum();
+    assert_eq!(
+        u["usage"][0]["instanceMs"].as_u64().unwrap(),
+        lifetimes,
+        "{u}"
+    );
+    assert_eq!(u["usage"][0]["cartridge"], "metered");
+    assert_eq!(u["usage"][0]["liveMembers"], 2);
+    // Undeployed: their ends fall between the undeploy call and their absence.
+    let before = now_ms();
+    assert_eq!(
+        alice
+            .post("/api/applications/shop/undeploy", json!({}))
+            .await
+            .0,
+        202
+    );
+    crate::support::eventually(30, "undeployed", || async {
+        (alice.get("/api/applications/shop/runtime").await.0 == 404).then_some(())
+    })
+    .await;
+    let after = now_ms();
+    let (_, u) = alice.get("/api/usage").await;
+    let row = &u["usage"][0];
+    assert_eq!(row["endedMembers"], 2, "{u}");
+    assert_eq!(row["liveMembers"], 0, "{u}");
+    let ms = row["instanceMs"].as_u64().unwrap();
+    let low: u64 = inits.iter().map(|i| before - i).sum();
+    let high: u64 = inits.iter().map(|i| after - i).sum();
+    assert!(low <= ms && ms <= high + 1000, "{low} <= {ms} <= {high}");
+    assert_eq!(u["total"]["instanceSeconds"].as_u64().unwrap(), ms / 1000);
+    // The platform's administrator reads it by tenant; its own usage has none of alice's.
+    let tenant = row["tenantId"].as_i64().unwrap();
+    let (_, theirs) = root.get(&format!("/api/usage?tenant={tenant}")).await;
+    assert_eq!(theirs["usage"][0]["instanceMs"], ms, "{theirs}");
+    let (_, own) = root.get("/api/usage?tenant=-1234").await;
+    assert!(own["usage"].as_array().unwrap().is_empty(), "{own}");
+    // A tenant cannot ask for another's.
+    let (_, forced) = alice.get("/api/usage?tenant=-1234").await;
+    assert!(
+        forced["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["tenantId"] == tenant),
+        "{forced}"
+    );
+}
