@@ -11,7 +11,7 @@
 //! | a cartridge with a `local` iaasProvider (its `imageId` is a command line run by the platform) | yes | no | no |
 //! | `/users`, `/audit` (the audit log), `/usage` (metering) | yes | yes (own tenant) | no |
 //! | `/login`, `/logout`, `/session`, `/tokens` (one's own; a tenant admin lists and revokes the tenant's) | yes | yes | yes |
-//! | `/tenants`, `/platform` (the bus key, the broker's password), `/metrics`, `/mock-iaas` | yes | no | no |
+//! | `/tenants`, `/quotas`, `/platform` (the bus key, the broker's password), `/metrics`, `/mock-iaas` | yes | no | no |
 //! | `/health` | anyone, unauthenticated | | |
 
 use std::sync::Arc;
@@ -73,7 +73,12 @@ pub fn required(method: &Method, route: &str) -> Access {
     if under("/tokens") || path == "/login" || path == "/logout" || path == "/session" {
         return Access::User;
     }
-    if under("/tenants") || under("/mock-iaas") || under("/platform") || path == "/metrics" {
+    if under("/tenants")
+        || under("/quotas")
+        || under("/mock-iaas")
+        || under("/platform")
+        || path == "/metrics"
+    {
         Access::SuperAdmin
     } else if under("/users") || under("/audit") || under("/usage") {
         Access::TenantAdmin

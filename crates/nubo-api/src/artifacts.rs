@@ -200,11 +200,44 @@ async fn deploy(
     Extension(p): Extension<Principal>,
     Path((id, policy)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    within_instance_quota(&s, p.tenant_id, &id, &policy).await?;
     s.deployments.deploy(p.tenant_id, &id, &policy).await?;
     let msg = Message::success(format!(
         "Application deployed successfully: [application-id] {id}"
     ));
     Ok((StatusCode::ACCEPTED, Json(msg)).into_response())
+}
+
+/// Refuses a deploy that would take the tenant beyond its `instances` quota: the members its
+/// applications run now, and the new one's minimum (each cluster's, per application instance).
+async fn within_instance_quota(
+    s: &AppState,
+    tenant: i64,
+    id: &str,
+    policy: &str,
+) -> Result<(), ApiError> {
+    if tenant == nubo_model::SUPER_TENANT_ID || s.manager.quota(tenant).await?.instances.is_none() {
+        return Ok(());
+    }
+    let plan = s.manager.deployment_plan(tenant, id, policy).await?;
+    let more: u32 =
+        plan.clusters.iter().map(|c| c.min).sum::<u32>() * (plan.instances.len().max(1) as u32);
+    let used = match s.controller.as_ref() {
+        Some(c) => c.state().await.map_or(0, |state| {
+            state
+                .topology
+                .clusters
+                .values()
+                .flat_map(|c| c.members.values())
+                .filter(|m| {
+                    nubo_controller::state::metering::tenant_of(&m.application_id).0 == tenant
+                })
+                .count() as u32
+        }),
+        None => 0,
+    };
+    s.manager.within_instance_quota(tenant, used, more).await?;
+    Ok(())
 }
 
 /// `?force=` of undeploy.

@@ -66,7 +66,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::Conflict { .. }
             | ManagerError::InUse { .. }
             | ManagerError::StateConflict(_) => StatusCode::CONFLICT,
-            ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ManagerError::Forbidden(_) | ManagerError::Quota { .. } => StatusCode::FORBIDDEN,
             ManagerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ManagerError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ManagerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

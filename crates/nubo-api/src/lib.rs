@@ -35,6 +35,7 @@ pub mod metrics;
 mod mock;
 pub mod openapi;
 mod platform;
+pub mod quotas;
 pub mod repo;
 pub mod tokens;
 pub mod usage;
@@ -216,6 +217,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(tokens::routes())
         .merge(audit::routes())
         .merge(usage::routes())
+        .merge(quotas::routes())
         .route("/init", get(init))
         .route("/iaasProviders", get(iaas_providers));
     let authed = Router::new()

@@ -168,6 +168,8 @@ pub enum Decision {
     },
     /// Already at the maximum and more are required: only the parent can help.
     AtMax,
+    /// More are required, but the tenant's instance quota is reached: held there.
+    AtQuota,
     /// Stop one member (the least loaded).
     ScaleDown,
     /// Fewer are required than the minimum allows: the parent may shrink.
@@ -544,5 +546,69 @@ mod tests {
             prop_assert!(ups <= n / up + 1, "{ups} scale-ups in {n} ticks with a cool-down of {up}");
             prop_assert!(downs <= n / down + 1, "{downs} scale-downs in {n} ticks with a cool-down of {down}");
         }
+    }
+}
+
+/// Holds scale-ups within the tenants' instance quotas: `tenant_of` names each decision's
+/// tenant, `used` counts each tenant's members now, `quotas` bounds them. Decisions are taken in
+/// order: a scale-up gets what is left of its tenant's quota (its `add` cut down), and none left
+/// turns it into [`Decision::AtQuota`]. Scale-ups beyond the maximum (`AtMax`) are held too once
+/// the quota is reached (no new group instance nor burst).
+pub fn within_quotas(
+    decisions: &mut [(i64, Decision)],
+    used: &std::collections::BTreeMap<i64, u32>,
+    quotas: &std::collections::BTreeMap<i64, u32>,
+) {
+    let mut used = used.clone();
+    for (tenant, d) in decisions.iter_mut() {
+        let Some(quota) = quotas.get(tenant) else {
+            continue;
+        };
+        let n = used.entry(*tenant).or_insert(0);
+        let left = quota.saturating_sub(*n);
+        match d {
+            Decision::ScaleUp { add, .. } if left == 0 => *d = Decision::AtQuota,
+            Decision::ScaleUp { add, .. } => {
+                *add = (*add).min(left);
+                *n += *add;
+            }
+            Decision::AtMax if left == 0 => *d = Decision::AtQuota,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn scale_ups_get_what_is_left_of_their_tenant_s_quota() {
+        let up = |add| Decision::ScaleUp {
+            add,
+            beyond_max: false,
+        };
+        let mut d = vec![
+            (1, up(3)),
+            (1, up(2)),
+            (2, up(5)),
+            (1, Decision::AtMax),
+            (3, up(4)),
+        ];
+        let used = BTreeMap::from([(1, 4), (2, 0)]);
+        let quotas = BTreeMap::from([(1, 6), (2, 10)]);
+        within_quotas(&mut d, &used, &quotas);
+        assert_eq!(
+            d,
+            [
+                (1, up(2)),
+                (1, Decision::AtQuota),
+                (2, up(5)),
+                (1, Decision::AtQuota),
+                (3, up(4))
+            ]
+        );
     }
 }

@@ -25,6 +25,7 @@ pub mod audit;
 mod auth;
 pub mod kubernetes;
 pub mod metadata;
+pub mod quotas;
 mod repositories;
 mod sealing;
 mod secrets;
@@ -116,6 +117,20 @@ pub enum ManagerError {
         /// Every problem found.
         errors: Vec<FieldError>,
     },
+    /// A tenant's quota is reached.
+    #[error("quota `{quota}` of tenant {tenant}: {used} used of {limit}; {what}")]
+    Quota {
+        /// Which quota (`applications`, `instances`).
+        quota: &'static str,
+        /// The tenant (its domain).
+        tenant: String,
+        /// The quota.
+        limit: u32,
+        /// What is used (with what was asked, for a deploy).
+        used: u32,
+        /// What to do.
+        what: String,
+    },
     /// The store is unavailable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -139,6 +154,12 @@ impl ManagerError {
             ManagerError::Invalid { errors, .. } | ManagerError::BadRequest { errors, .. } => {
                 errors.clone()
             }
+            ManagerError::Quota {
+                quota, limit, used, ..
+            } => vec![FieldError {
+                field: format!("quota.{quota}"),
+                reason: format!("{used} of {limit}"),
+            }],
             _ => Vec::new(),
         }
     }
@@ -464,6 +485,7 @@ impl Manager {
     pub async fn add<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
         let (artifact, mut write) = self.checked::<T>(tenant, body).await?;
         if T::KIND == Kind::Application {
+            self.within_application_quota(tenant).await?;
             self.seal_repositories(tenant, artifact.id(), &mut write.body, None)?;
         }
         if T::KIND == Kind::KubernetesCluster {

@@ -2080,6 +2080,26 @@ impl Artifact for KubernetesCluster {
 
 // === Tenants and users (§6.11) ===
 
+/// The store's kind of tenants' quotas (the super tenant's documents, one per tenant, by id).
+pub const QUOTA_KIND: &str = "quota";
+
+/// A tenant's quotas, set by the platform's administrator (`PUT /api/quotas/{domain}`):
+/// absent, no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantQuota {
+    /// The tenant (set by the platform).
+    #[serde(default)]
+    pub tenant_id: i64,
+    /// Applications it may define at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applications: Option<u32>,
+    /// Members (instances) its applications may run at once at most: deploys beyond it are
+    /// refused, and the autoscaler holds there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+}
+
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -127,6 +127,8 @@ pub struct Engine {
     hold_until_ms: u64,
     /// When the last round ran (ms; 0 before the first).
     last_round_ms: u64,
+    /// The tenants' instance quotas (the platform's administrator's setting).
+    quotas: BTreeMap<i64, u32>,
 }
 
 /// Why fault detection is held in a round.
@@ -153,6 +155,7 @@ impl Engine {
             last_lag_ms: 0,
             hold_until_ms: 0,
             last_round_ms: 0,
+            quotas: BTreeMap::new(),
         }
     }
 
@@ -172,6 +175,7 @@ impl Engine {
             last_lag_ms: 0,
             hold_until_ms: 0,
             last_round_ms: 0,
+            quotas: BTreeMap::new(),
         }
     }
 
@@ -282,7 +286,10 @@ impl Engine {
         self.last_round_ms = now;
         let faults = self.predictions_fresh(now) && !self.faults_held(now);
         let mut commands = self.liveness_commands(state, now, faults);
-        let events = evaluate(state, &mut self.w, config, now);
+        let mut events = evaluate(state, &mut self.w, config, now);
+        if !self.quotas.is_empty() {
+            hold_within_quotas(state, &mut events, &self.quotas);
+        }
         for e in &events {
             if let Some(c) = self.command(state, e, now) {
                 commands.push(c);
@@ -312,6 +319,11 @@ impl Engine {
             self.w.first_seen.retain(|k, _| live.contains(k));
         }
         Round { events, commands }
+    }
+
+    /// Sets the tenants' instance quotas (tenant id → members at most).
+    pub fn set_quotas(&mut self, quotas: BTreeMap<i64, u32>) {
+        self.quotas = quotas;
     }
 
     /// Faulty Active members, and starting members whose statistics prove them active.
@@ -405,6 +417,33 @@ impl Engine {
             }),
             _ => None,
         }
+    }
+}
+
+/// Holds a round's scale-ups within the tenants' instance quotas (their members now, every
+/// status but Terminated, counted from the topology), logging each one held.
+fn hold_within_quotas(
+    state: &ControllerState,
+    events: &mut [ScalingEvent],
+    quotas: &BTreeMap<i64, u32>,
+) {
+    let tenant = |app: &str| nubo_controller::state::metering::tenant_of(app).0;
+    let mut used: BTreeMap<i64, u32> = BTreeMap::new();
+    for c in state.topology.clusters.values() {
+        for m in c.members.values() {
+            *used.entry(tenant(&m.application_id)).or_default() += 1;
+        }
+    }
+    let mut decisions: Vec<(i64, Decision)> = events
+        .iter()
+        .map(|e| (tenant(&e.application_id), e.decision))
+        .collect();
+    rules::within_quotas(&mut decisions, &used, quotas);
+    for (e, (t, d)) in events.iter_mut().zip(decisions) {
+        if d == Decision::AtQuota && e.decision != Decision::AtQuota {
+            tracing::info!(cluster = %e.cluster_id, instance = %e.instance_id, tenant = t, quota = quotas.get(&t).copied().unwrap_or(0), "scale-up held: the tenant's instance quota is reached");
+        }
+        e.decision = d;
     }
 }
 
@@ -711,6 +750,7 @@ pub(super) fn evaluate(
                 Decision::ScaleUp { .. } => Some("scale_up"),
                 Decision::ScaleDown => Some("scale_down"),
                 Decision::AtMax => Some("at_max"),
+                Decision::AtQuota => Some("at_quota"),
                 _ => None,
             };
             if let Some(decision) = decision {

@@ -284,6 +284,7 @@ pub async fn start(
         Statistics::Remote => events.subscribe(Category::Predictions).await?,
     };
     let log = ScalingLog::default();
+    let quota_store = store.clone();
     if let Some(store) = store {
         log.load(store.as_ref()).await;
         let log = log.clone();
@@ -313,6 +314,21 @@ pub async fn start(
                 },
                 _ = tick.tick() => {
                     let now = nubo_bus::now_ms();
+                    // The tenants' instance quotas, as they are now (a small read a round).
+                    if let Some(store) = &quota_store {
+                        match store
+                            .list(nubo_model::SUPER_TENANT_ID, nubo_model::QUOTA_KIND)
+                            .await
+                        {
+                            Ok(rows) => engine.set_quotas(
+                                rows.into_iter()
+                                    .filter_map(|r| serde_json::from_value::<nubo_model::TenantQuota>(r.body).ok())
+                                    .filter_map(|q| Some((q.tenant_id, q.instances?)))
+                                    .collect(),
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "cannot read the tenants' quotas: the last ones read hold"),
+                        }
+                    }
                     if stats.dropped() > dropped {
                         dropped = stats.dropped();
                         engine.statistics_dropped(now);
@@ -336,7 +352,7 @@ pub async fn start(
                     };
                     nubo_telemetry::statistics_path(engine.statistics_lag_ms(), engine.faults_held(now));
                     for e in round.events {
-                        if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown | Decision::AtMax) {
+                        if matches!(e.decision, Decision::ScaleUp { .. } | Decision::ScaleDown | Decision::AtMax | Decision::AtQuota) {
                             log.push(e);
                         }
                     }

@@ -1277,15 +1277,22 @@ fn documented(caller: Caller, method: &Method, path: &str) -> Option<StatusCode>
         return Some(StatusCode::UNAUTHORIZED);
     }
     let platform = path.starts_with("/api/tenants")
+        || path.starts_with("/api/quotas")
         || path.starts_with("/api/platform")
         || path.starts_with("/api/mock-iaas")
         || path == "/metrics";
-    let users = path.starts_with("/api/users");
+    let users = path.starts_with("/api/users")
+        || path.starts_with("/api/audit")
+        || path.starts_with("/api/usage");
+    // One's own session and tokens: any user, reads and writes.
+    let own = ["/api/login", "/api/logout", "/api/session", "/api/tokens"]
+        .iter()
+        .any(|p| path.starts_with(p));
     let read = method == Method::GET;
     let allowed = match caller {
         Caller::SuperAdmin => true,
         Caller::AAdmin | Caller::BAdmin => !platform,
-        Caller::SuperUser | Caller::AUser => read && !platform && !users,
+        Caller::SuperUser | Caller::AUser => own || (read && !platform && !users),
         Caller::Anonymous => false,
     };
     (!allowed).then_some(StatusCode::FORBIDDEN)

@@ -444,3 +444,106 @@ async fn metering_totals_equal_the_members_lifetimes() {
         "{forced}"
     );
 }
+
+/// Quotas: the platform's administrator sets a tenant's; an application beyond `applications`
+/// and a deploy beyond `instances` are refused with a 403 naming the quota; the autoscaler holds
+/// the tenant at its instance quota and records the decision (`AtQuota`).
+#[tokio::test]
+async fn quotas_refuse_what_is_beyond_them_and_the_autoscaler_holds_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--insecure-http",
+            "--no-lb",
+            "--mock-iaas",
+            "-",
+            "--scale-window",
+            "2",
+            "--scale-up-cooldown",
+            "1",
+        ],
+    );
+    let root = Api::new(&server);
+    let t = json!({"admin": "alice", "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
+        "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
+    assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    // Only the platform's administrator sets quotas.
+    let quota = json!({"applications": 2, "instances": 3});
+    assert_eq!(
+        alice
+            .send(
+                reqwest::Method::PUT,
+                "/api/quotas/a.com",
+                Some(quota.clone())
+            )
+            .await
+            .0,
+        403
+    );
+    let (status, body) = root
+        .send(reqwest::Method::PUT, "/api/quotas/a.com", Some(quota))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let app = |id: &str, min: u32| {
+        json!({"applicationId": id, "components": {"cartridges": [
+            {"type": "hungry", "cartridgeMin": min, "cartridgeMax": 10,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "hot", "deploymentPolicy": "dp"}}]}})
+    };
+    alice
+        .add_all(&[
+            // The mock's members report a load of 20: far above 1, they want all 10.
+            ("autoscalingPolicies", json!({"id": "hot", "loadThresholds": {"loadAverage": {"threshold": 1}}})),
+            ("networkPartitions", json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]})),
+            ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+            ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+            ("cartridges", json!({"type": "hungry", "category": "framework", "host": "quota.test",
+                "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
+                "iaasProvider": [{"type": "mock", "imageId": "mock"}]})),
+            ("applications", app("one", 1)),
+            ("applications", app("two", 1)),
+        ])
+        .await;
+    // A third application: refused, naming the quota.
+    let (status, body) = alice.post("/api/applications", app("three", 1)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("quota.applications"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("2 used of 2"),
+        "{body}"
+    );
+    // The first scales out as far as the quota lets it, and holds there.
+    assert_eq!(
+        alice
+            .post("/api/applications/one/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    crate::support::eventually(30, "three members (the quota)", || async {
+        (alice.active("one", "web").await.len() == 3).then_some(())
+    })
+    .await;
+    crate::support::holds(
+        std::time::Duration::from_secs(3),
+        "held at the quota",
+        || async { alice.members("one").await.len() == 3 },
+    )
+    .await;
+    let (_, events) = alice.get("/api/applications/one/scalingEvents").await;
+    assert!(events.to_string().contains("AtQuota"), "{events}");
+    // The second cannot deploy: its minimum is beyond what is left.
+    let (status, body) = alice
+        .post("/api/applications/two/deploy/ap", json!({}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("quota.instances"), "{body}");
+    let (_, mine) = alice.get("/api/quota").await;
+    assert_eq!(mine["instances"], json!({"limit": 3, "used": 3}), "{mine}");
+    assert_eq!(
+        mine["applications"],
+        json!({"limit": 2, "used": 2}),
+        "{mine}"
+    );
+}
