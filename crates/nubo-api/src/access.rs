@@ -73,6 +73,10 @@ pub fn required(method: &Method, route: &str) -> Access {
     if under("/tokens") || path == "/login" || path == "/logout" || path == "/session" {
         return Access::User;
     }
+    // The platform's administrator signing a tenant up, or off.
+    if path.starts_with("/applications/") && path.ends_with("/signup/{tenantDomain}") {
+        return Access::SuperAdmin;
+    }
     if under("/tenants")
         || under("/quotas")
         || under("/mock-iaas")

@@ -155,7 +155,11 @@ async fn decorate(s: &AppState, tenant: i64, app: &mut Application) -> Result<()
         }
         .to_owned(),
     );
-    app.sign_ups_exist = Some(false);
+    app.sign_ups_exist = Some(
+        tenant == nubo_model::SUPER_TENANT_ID
+            && app.multi_tenant == Some(true)
+            && s.manager.signups_exist(&app.application_id).await?,
+    );
     // Repository passwords and webhook secrets are sealed in the store, and never served.
     app.redact_secrets();
     Ok(())

@@ -37,6 +37,7 @@ pub mod openapi;
 mod platform;
 pub mod quotas;
 pub mod repo;
+pub mod signups;
 pub mod tokens;
 pub mod usage;
 
@@ -218,6 +219,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(audit::routes())
         .merge(usage::routes())
         .merge(quotas::routes())
+        .merge(signups::routes())
         .route("/init", get(init))
         .route("/iaasProviders", get(iaas_providers));
     let authed = Router::new()

@@ -29,6 +29,7 @@ pub mod quotas;
 mod repositories;
 mod sealing;
 mod secrets;
+pub mod signups;
 mod tenants;
 pub mod tokens;
 

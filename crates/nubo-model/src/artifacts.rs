@@ -2291,7 +2291,29 @@ impl DomainMappings {
                     ),
                 );
             }
-            p.require_text(&format!("domainMappings[{i}].domainName"), &m.domain_name);
+            if !valid_domain_name(&m.domain_name) {
+                p.add(
+                    format!("domainMappings[{i}].domainName"),
+                    format!(
+                        "`{}` is not a domain name (lower-case labels of letters, digits and `-`, at least two)",
+                        m.domain_name
+                    ),
+                );
+            }
+            if let Some(c) = &m.context_path
+                && (!c.starts_with('/')
+                    || c.len() > 256
+                    || c.chars()
+                        .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '?' || ch == '#'))
+            {
+                p.add(
+                    format!("domainMappings[{i}].contextPath"),
+                    "a path starting with `/`, without spaces, `?` or `#` (at most 256)",
+                );
+            }
+        }
+        if self.domain_mappings.is_empty() {
+            p.add("domainMappings", "at least one mapping is required");
         }
     }
 }
@@ -2325,8 +2347,33 @@ impl ApplicationSignup {
                     "an alias is required",
                 ),
             }
+            match &r.repo_url {
+                Some(url) => {
+                    check_repository_url(&format!("artifactRepositories[{i}].repoUrl"), url, p)
+                }
+                None => p.add(
+                    format!("artifactRepositories[{i}].repoUrl"),
+                    "a repository URL is required",
+                ),
+            }
         }
     }
+}
+
+/// Whether `name` is a domain name a tenant may map: lower-case letters, digits and `-` in
+/// labels of 1 to 63 (not starting or ending with `-`), at least two labels, at most 253 in all.
+pub fn valid_domain_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 #[cfg(test)]

@@ -547,3 +547,208 @@ async fn quotas_refuse_what_is_beyond_them_and_the_autoscaler_holds_there() {
         "{mine}"
     );
 }
+
+/// Signups and domain mappings: two tenants sign up to the platform's multi-tenant application,
+/// each with its own repository (the password sealed, never served); each maps its own domain,
+/// a domain is mapped once across the platform, the platform's own host names cannot be mapped;
+/// neither tenant sees or changes the other's signup or mapping; a removed signup takes its
+/// mappings along.
+#[tokio::test]
+async fn tenants_sign_up_to_a_shared_application_and_map_their_own_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &["--insecure-http", "--no-lb", "--mock-iaas", "-"],
+    );
+    let root = Api::new(&server);
+    for (admin, domain) in [("alice", "a.com"), ("bob", "b.com")] {
+        let t = json!({"admin": admin, "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
+            "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
+        assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    }
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let bob = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let app = |id: &str, multi: bool| {
+        json!({"applicationId": id, "multiTenant": multi, "components": {"cartridges": [
+            {"type": "shared", "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})
+    };
+    root.add_all(&[
+        ("autoscalingPolicies", policy("asp")),
+        ("networkPartitions", json!({"id": "np", "provider": "mock", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "shared", "category": "framework", "host": "shared.test", "multiTenant": true,
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080}],
+            "iaasProvider": [{"type": "mock", "imageId": "mock"}]})),
+        ("applications", app("mt", true)),
+        ("applications", app("solo", false)),
+    ])
+    .await;
+    assert_eq!(
+        root.post("/api/applications/mt/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    let repo = |who: &str| {
+        json!({"artifactRepositories": [{"alias": "web", "privateRepo": true,
+            "repoUrl": format!("https://git.example/{who}.git"), "repoUsername": who,
+            "repoPassword": format!("{who}-repo-s3cret")}]})
+    };
+    // Each tenant signs up with its own repository.
+    let (status, body) = alice
+        .post("/api/applications/mt/signup", repo("alice"))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(!body.to_string().contains("s3cret"), "{body}");
+    assert_eq!(
+        alice
+            .post("/api/applications/mt/signup", repo("alice"))
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        bob.get("/api/applications/mt/signup").await.0,
+        404,
+        "bob has none yet"
+    );
+    assert_eq!(
+        bob.post("/api/applications/mt/signup", repo("bob")).await.0,
+        201
+    );
+    let (_, mine) = alice.get("/api/applications/mt/signup").await;
+    assert!(
+        mine.to_string().contains("alice.git") && !mine.to_string().contains("bob"),
+        "{mine}"
+    );
+    assert!(!mine.to_string().contains("s3cret"), "{mine}");
+    // Only multi-tenant applications, only their aliases.
+    assert_eq!(
+        alice
+            .post("/api/applications/solo/signup", repo("alice"))
+            .await
+            .0,
+        404
+    );
+    let mut bad = repo("alice");
+    bad["artifactRepositories"][0]["alias"] = json!("nope");
+    let (status, body) = alice.post("/api/applications/mt/signup", bad).await;
+    assert!(status == 400 || status == 409, "{status} {body}");
+    // The super tenant's admin sees that signups exist.
+    assert_eq!(
+        root.get("/api/applications/mt").await.1["signUpsExist"],
+        true
+    );
+
+    // Domains: each its own, once across the platform, none of the platform's host names.
+    let map = |domain: &str| json!({"domainMappings": [{"cartridgeAlias": "web", "domainName": domain, "contextPath": "/"}]});
+    assert_eq!(
+        alice
+            .post(
+                "/api/applications/mt/domainMappings",
+                map("shop.alice.example")
+            )
+            .await
+            .0,
+        201
+    );
+    let (status, body) = bob
+        .post(
+            "/api/applications/mt/domainMappings",
+            map("shop.alice.example"),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        bob.post(
+            "/api/applications/mt/domainMappings",
+            map("web.bob.example")
+        )
+        .await
+        .0,
+        201
+    );
+    // The multi-tenant cluster's host name (`<app>.<cartridge host>`), routed once deployed.
+    let host = "mt.shared.test".to_owned();
+    crate::support::eventually(30, "the application deployed", || async {
+        (root.get("/api/applications/mt/runtime").await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, body) = alice
+        .post("/api/applications/mt/domainMappings", map(&host))
+        .await;
+    assert_eq!(status, 409, "{host}: {body}");
+    let (status, body) = alice
+        .post("/api/applications/mt/domainMappings", map("Not A Domain"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("domainMappings[0].domainName"),
+        "{body}"
+    );
+    // Neither sees nor removes the other's.
+    let (_, list) = alice.get("/api/applications/mt/domainMappings").await;
+    assert!(
+        list.to_string().contains("shop.alice.example") && !list.to_string().contains("bob"),
+        "{list}"
+    );
+    assert_eq!(
+        alice
+            .delete("/api/applications/mt/domainMappings/web.bob.example")
+            .await
+            .0,
+        404
+    );
+    // A tenant not signed up cannot map.
+    let t = json!({"admin": "carl", "firstName": "C", "lastName": "L", "adminPassword": "s3cret!",
+        "tenantDomain": "c.com", "email": "carl@c.com", "active": "true"});
+    assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    let carl = Api::as_user(&server, "carl@c.com", "s3cret!");
+    assert_eq!(
+        carl.post("/api/applications/mt/domainMappings", map("carl.example"))
+            .await
+            .0,
+        409
+    );
+    // Bob leaves: his mapping goes with his signup, and the domain is free again.
+    assert_eq!(bob.delete("/api/applications/mt/signup").await.0, 200);
+    assert_eq!(
+        carl.post("/api/applications/mt/signup", repo("carl"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        carl.post(
+            "/api/applications/mt/domainMappings",
+            map("web.bob.example")
+        )
+        .await
+        .0,
+        201
+    );
+    // The platform's administrator signs a tenant up, and off.
+    assert_eq!(
+        alice
+            .post("/api/applications/mt/signup/b.com", repo("bob"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        root.post("/api/applications/mt/signup/b.com", repo("bob"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(bob.get("/api/applications/mt/signup").await.0, 200);
+    assert_eq!(
+        root.delete("/api/applications/mt/signup/b.com").await.0,
+        200
+    );
+    // The repositories' passwords are sealed: in clear in no file of the data directory.
+    let leaked = crate::agent::files_containing(dir.path(), b"alice-repo-s3cret");
+    assert!(leaked.is_empty(), "{leaked:?}");
+}

@@ -1,0 +1,147 @@
+//! Stratos' application signups (`/applications/{id}/signup`, and `…/signup/{tenantDomain}` for
+//! the platform's administrator acting for a tenant) and domain mappings
+//! (`/applications/{id}/domainMappings`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Extension, Json, Router};
+use http::StatusCode;
+use nubo_manager::Principal;
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+async fn add(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let signup = s.manager.add_signup(p.tenant_id, &id, &body?).await?;
+    Ok((StatusCode::CREATED, Json(signup)).into_response())
+}
+
+async fn get(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<nubo_model::ApplicationSignup>, ApiError> {
+    Ok(Json(s.manager.signup(p.tenant_id, &id).await?))
+}
+
+async fn remove(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.manager.remove_signup(p.tenant_id, &id).await?;
+    Ok(Json(
+        json!({"status": "success", "message": format!("Application signup removed successfully: [application-id] {id}")}),
+    ))
+}
+
+/// The tenant of a domain (for the platform's administrator acting for it).
+async fn tenant_of(s: &AppState, domain: &str) -> Result<i64, ApiError> {
+    let t: nubo_model::Tenant = s.manager.get(nubo_model::SUPER_TENANT_ID, domain).await?;
+    Ok(t.tenant_id.unwrap_or_default())
+}
+
+async fn add_for(
+    State(s): State<Arc<AppState>>,
+    Path((id, domain)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&s, &domain).await?;
+    let signup = s.manager.add_signup(tenant, &id, &body?).await?;
+    Ok((StatusCode::CREATED, Json(signup)).into_response())
+}
+
+async fn remove_for(
+    State(s): State<Arc<AppState>>,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant_of(&s, &domain).await?;
+    s.manager.remove_signup(tenant, &id).await?;
+    Ok(Json(
+        json!({"status": "success", "message": format!("Application signup removed successfully: [application-id] {id} [tenant] {domain}")}),
+    ))
+}
+
+/// The platform's own host names (every deployed cluster's), which no tenant may map.
+async fn platform_hosts(s: &AppState) -> Vec<String> {
+    match s.controller.as_ref() {
+        Some(c) => c.state().await.map_or_else(Vec::new, |state| {
+            state
+                .topology
+                .clusters
+                .values()
+                .flat_map(|c| c.host_names.iter().cloned())
+                .collect()
+        }),
+        None => Vec::new(),
+    }
+}
+
+async fn add_mappings(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let taken = platform_hosts(&s).await;
+    let made = s
+        .manager
+        .add_domain_mappings(p.tenant_id, &id, &body, &taken)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"domainMappings": made}))).into_response())
+}
+
+async fn list_mappings(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = s.manager.domain_mappings(p.tenant_id, &id).await?;
+    Ok(Json(json!({"domainMappings": list})))
+}
+
+async fn remove_mapping(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.manager
+        .remove_domain_mapping(p.tenant_id, &id, &domain)
+        .await?;
+    Ok(Json(
+        json!({"status": "success", "message": format!("Domain mapping removed successfully: [domain-name] {domain}")}),
+    ))
+}
+
+/// The routes, relative to `/api`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/applications/{id}/signup",
+            post(add).get(get).delete(remove),
+        )
+        .route(
+            "/applications/{id}/signup/{tenantDomain}",
+            post(add_for).delete(remove_for),
+        )
+        .route(
+            "/applications/{id}/domainMappings",
+            post(add_mappings).get(list_mappings),
+        )
+        .route(
+            "/applications/{id}/domainMappings/{domainName}",
+            delete(remove_mapping),
+        )
+}

@@ -1,0 +1,321 @@
+//! Tenants' signups to the platform's multi-tenant applications (Stratos §6.8) and their domain
+//! mappings (§6.9). A signup is the tenant's (kind `applicationSignup`, by application id) with
+//! its artifact repositories' passwords sealed; a domain mapping is the platform's (kind
+//! `domainMapping` under the super tenant, by domain name), so that a domain is mapped once
+//! across the platform, and names its tenant.
+
+use nubo_model::{
+    Application, ApplicationSignup, DomainMapping, DomainMappings, Kind, Problems, SUPER_TENANT_ID,
+};
+use nubo_store::{Key, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::{Manager, ManagerError, store_err};
+
+/// A stored domain mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MappedDomain {
+    /// The domain name.
+    pub domain_name: String,
+    /// The context path (`/` when none was given).
+    pub context_path: String,
+    /// The cartridge alias it routes to.
+    pub cartridge_alias: String,
+    /// The application (the super tenant's for a signup; the tenant's own otherwise).
+    pub application_id: String,
+    /// Whose application it is.
+    pub application_tenant_id: i64,
+    /// The tenant that mapped it.
+    pub tenant_id: i64,
+}
+
+fn context(tenant: i64, application: &str, alias: &str) -> String {
+    format!("applicationSignup/{tenant}/{application}/{alias}/repoPassword")
+}
+
+fn invalid(kind: Kind, errors: Vec<nubo_model::FieldError>) -> ManagerError {
+    ManagerError::Invalid { kind, errors }
+}
+
+impl Manager {
+    /// The application a tenant's signup or mapping is for: the platform's multi-tenant one of
+    /// that id (the super tenant: its own application).
+    async fn signup_application(
+        &self,
+        tenant: i64,
+        id: &str,
+    ) -> Result<(i64, Application), ManagerError> {
+        let app: Application = self.get(SUPER_TENANT_ID, id).await.map_err(|e| match e {
+            ManagerError::NotFound { .. } => ManagerError::NotFound {
+                kind: Kind::Application,
+                id: format!("{id} (no multi-tenant application of the platform has this id)"),
+            },
+            e => e,
+        })?;
+        if tenant != SUPER_TENANT_ID && app.multi_tenant != Some(true) {
+            return Err(ManagerError::NotFound {
+                kind: Kind::Application,
+                id: format!("{id} (no multi-tenant application of the platform has this id)"),
+            });
+        }
+        Ok((SUPER_TENANT_ID, app))
+    }
+
+    /// Signs `tenant` up to the multi-tenant application `id` with its artifact repositories
+    /// (their passwords sealed); 409 when it is signed up already.
+    pub async fn add_signup(
+        &self,
+        tenant: i64,
+        id: &str,
+        body: &[u8],
+    ) -> Result<ApplicationSignup, ManagerError> {
+        let (_, app) = self.signup_application(tenant, id).await?;
+        let mut signup: ApplicationSignup =
+            nubo_model::json::from_slice(body).map_err(|error| ManagerError::Parse {
+                kind: Kind::ApplicationSignup,
+                error,
+            })?;
+        let mut p = Problems::default();
+        signup.validate_for(&app, &mut p);
+        p.into_result()
+            .map_err(|errors| invalid(Kind::ApplicationSignup, errors))?;
+        signup.application_id = Some(id.to_owned());
+        signup.tenant_id = Some(tenant);
+        for r in signup.artifact_repositories.iter_mut().flatten() {
+            if let (Some(alias), Some(pw)) = (r.alias.clone(), r.repo_password.clone())
+                && !pw.is_empty()
+            {
+                r.repo_password = Some(
+                    self.secrets_key
+                        .seal(&context(tenant, id, &alias), &pw)
+                        .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+                );
+            } else {
+                r.repo_password = None;
+            }
+        }
+        self.store
+            .create(Write {
+                tenant,
+                key: Key::new(Kind::ApplicationSignup.as_str(), id),
+                body: serde_json::to_value(&signup)
+                    .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+                refs: Vec::new(),
+            })
+            .await
+            .map_err(|e| store_err(Kind::ApplicationSignup, e))?;
+        tracing::info!(tenant, application = id, "application signup added");
+        Ok(redacted(signup))
+    }
+
+    /// A tenant's signup to application `id` (passwords left out).
+    pub async fn signup(&self, tenant: i64, id: &str) -> Result<ApplicationSignup, ManagerError> {
+        let rec = self
+            .store
+            .get(tenant, &Key::new(Kind::ApplicationSignup.as_str(), id))
+            .await
+            .map_err(|e| store_err(Kind::ApplicationSignup, e))?
+            .ok_or_else(|| ManagerError::NotFound {
+                kind: Kind::ApplicationSignup,
+                id: id.to_owned(),
+            })?;
+        let s: ApplicationSignup = serde_json::from_value(rec.body)
+            .map_err(|e| ManagerError::Unavailable(e.to_string()))?;
+        Ok(redacted(s))
+    }
+
+    /// Whether any tenant signed up to application `id`.
+    pub async fn signups_exist(&self, id: &str) -> Result<bool, ManagerError> {
+        Ok(self.signup_count(id).await? > 0)
+    }
+
+    async fn signup_count(&self, id: &str) -> Result<usize, ManagerError> {
+        let mut n = 0;
+        let mut tenants: Vec<i64> = self
+            .list::<nubo_model::Tenant>(SUPER_TENANT_ID)
+            .await?
+            .into_iter()
+            .filter_map(|t| t.tenant_id)
+            .collect();
+        tenants.push(SUPER_TENANT_ID);
+        for t in tenants {
+            if self
+                .store
+                .get(t, &Key::new(Kind::ApplicationSignup.as_str(), id))
+                .await
+                .map_err(|e| store_err(Kind::ApplicationSignup, e))?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes a tenant's signup and its domain mappings for that application.
+    pub async fn remove_signup(&self, tenant: i64, id: &str) -> Result<(), ManagerError> {
+        self.store
+            .delete(tenant, &Key::new(Kind::ApplicationSignup.as_str(), id))
+            .await
+            .map_err(|e| store_err(Kind::ApplicationSignup, e))?;
+        for m in self.domain_mappings(tenant, id).await? {
+            self.remove_domain_mapping(tenant, id, &m.domain_name)
+                .await?;
+        }
+        tracing::info!(tenant, application = id, "application signup removed");
+        Ok(())
+    }
+
+    /// Every domain mapping of the platform (for the load balancers' routes).
+    pub async fn all_domain_mappings(&self) -> Result<Vec<MappedDomain>, ManagerError> {
+        Ok(self
+            .store
+            .list(SUPER_TENANT_ID, Kind::DomainMapping.as_str())
+            .await
+            .map_err(|e| store_err(Kind::DomainMapping, e))?
+            .into_iter()
+            .filter_map(|r| serde_json::from_value(r.body).ok())
+            .collect())
+    }
+
+    /// A tenant's domain mappings for application `id`.
+    pub async fn domain_mappings(
+        &self,
+        tenant: i64,
+        id: &str,
+    ) -> Result<Vec<MappedDomain>, ManagerError> {
+        Ok(self
+            .all_domain_mappings()
+            .await?
+            .into_iter()
+            .filter(|m| m.tenant_id == tenant && m.application_id == id)
+            .collect())
+    }
+
+    /// Maps domains of `tenant` onto cartridge aliases of application `id` (a tenant: one it
+    /// signed up to). A domain mapped already (by anyone) or one of `taken` (the platform's own
+    /// host names) is refused with 409, and nothing is mapped.
+    pub async fn add_domain_mappings(
+        &self,
+        tenant: i64,
+        id: &str,
+        body: &[u8],
+        taken: &[String],
+    ) -> Result<Vec<MappedDomain>, ManagerError> {
+        let (app_tenant, app) = self.signup_application(tenant, id).await?;
+        if tenant != SUPER_TENANT_ID {
+            self.signup(tenant, id).await.map_err(|_| {
+                ManagerError::StateConflict(format!(
+                    "tenant is not signed up to application `{id}`: sign up first (POST /api/applications/{id}/signup)"
+                ))
+            })?;
+        }
+        let mappings: DomainMappings =
+            nubo_model::json::from_slice(body).map_err(|error| ManagerError::Parse {
+                kind: Kind::DomainMapping,
+                error,
+            })?;
+        let mut p = Problems::default();
+        mappings.validate_for(&app, &mut p);
+        p.into_result()
+            .map_err(|errors| invalid(Kind::DomainMapping, errors))?;
+        let mut seen = std::collections::HashSet::new();
+        for m in &mappings.domain_mappings {
+            if !seen.insert(m.domain_name.as_str()) {
+                return Err(ManagerError::StateConflict(format!(
+                    "domain `{}` is given twice",
+                    m.domain_name
+                )));
+            }
+            if taken.iter().any(|t| t.eq_ignore_ascii_case(&m.domain_name)) {
+                return Err(ManagerError::Conflict {
+                    kind: Kind::DomainMapping,
+                    id: format!("{} (a host name of the platform's own)", m.domain_name),
+                });
+            }
+        }
+        let mut out = Vec::new();
+        let mut made: Vec<String> = Vec::new();
+        for m in &mappings.domain_mappings {
+            let mapped = mapped(m, &app.application_id, app_tenant, tenant);
+            let created = self
+                .store
+                .create(Write {
+                    tenant: SUPER_TENANT_ID,
+                    key: Key::new(Kind::DomainMapping.as_str(), &m.domain_name),
+                    body: serde_json::to_value(&mapped)
+                        .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+                    refs: Vec::new(),
+                })
+                .await;
+            if let Err(e) = created {
+                // All or nothing: the ones made in this call go.
+                for d in &made {
+                    let _ = self
+                        .store
+                        .delete(SUPER_TENANT_ID, &Key::new(Kind::DomainMapping.as_str(), d))
+                        .await;
+                }
+                return Err(match e {
+                    nubo_store::StoreError::Conflict(_) => ManagerError::Conflict {
+                        kind: Kind::DomainMapping,
+                        id: format!("{} (mapped already)", m.domain_name),
+                    },
+                    e => store_err(Kind::DomainMapping, e),
+                });
+            }
+            made.push(m.domain_name.clone());
+            out.push(mapped);
+        }
+        tracing::info!(tenant, application = id, domains = ?made, "domain mappings added");
+        Ok(out)
+    }
+
+    /// Removes a tenant's domain mapping (404 for another tenant's, as for none).
+    pub async fn remove_domain_mapping(
+        &self,
+        tenant: i64,
+        id: &str,
+        domain: &str,
+    ) -> Result<(), ManagerError> {
+        let key = Key::new(Kind::DomainMapping.as_str(), domain);
+        let not_found = || ManagerError::NotFound {
+            kind: Kind::DomainMapping,
+            id: domain.to_owned(),
+        };
+        let m: MappedDomain = self
+            .store
+            .get(SUPER_TENANT_ID, &key)
+            .await
+            .map_err(|e| store_err(Kind::DomainMapping, e))?
+            .and_then(|r| serde_json::from_value(r.body).ok())
+            .ok_or_else(not_found)?;
+        if m.tenant_id != tenant || m.application_id != id {
+            return Err(not_found());
+        }
+        self.store
+            .delete(SUPER_TENANT_ID, &key)
+            .await
+            .map_err(|e| store_err(Kind::DomainMapping, e))
+    }
+}
+
+fn mapped(m: &DomainMapping, application: &str, app_tenant: i64, tenant: i64) -> MappedDomain {
+    MappedDomain {
+        domain_name: m.domain_name.clone(),
+        context_path: m.context_path.clone().unwrap_or_else(|| "/".into()),
+        cartridge_alias: m.cartridge_alias.clone(),
+        application_id: application.to_owned(),
+        application_tenant_id: app_tenant,
+        tenant_id: tenant,
+    }
+}
+
+/// A signup as it is served: without its repositories' passwords.
+fn redacted(mut s: ApplicationSignup) -> ApplicationSignup {
+    for r in s.artifact_repositories.iter_mut().flatten() {
+        r.repo_password = None;
+    }
+    s
+}
