@@ -41,6 +41,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     s.manager.remove_signup(p.tenant_id, &id).await?;
+    push_routes(&s).await;
     Ok(Json(
         json!({"status": "success", "message": format!("Application signup removed successfully: [application-id] {id}")}),
     ))
@@ -68,6 +69,7 @@ async fn remove_for(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant_of(&s, &domain).await?;
     s.manager.remove_signup(tenant, &id).await?;
+    push_routes(&s).await;
     Ok(Json(
         json!({"status": "success", "message": format!("Application signup removed successfully: [application-id] {id} [tenant] {domain}")}),
     ))
@@ -100,6 +102,7 @@ async fn add_mappings(
         .manager
         .add_domain_mappings(p.tenant_id, &id, &body, &taken)
         .await?;
+    push_routes(&s).await;
     Ok((StatusCode::CREATED, Json(json!({"domainMappings": made}))).into_response())
 }
 
@@ -120,9 +123,44 @@ async fn remove_mapping(
     s.manager
         .remove_domain_mapping(p.tenant_id, &id, &domain)
         .await?;
+    push_routes(&s).await;
     Ok(Json(
         json!({"status": "success", "message": format!("Domain mapping removed successfully: [domain-name] {domain}")}),
     ))
+}
+
+/// Gives the controller every domain mapping of the platform as routes, for the load balancers
+/// (after each change, and at a server's start). A failure is logged: the mappings are kept, and
+/// go out with the next change or start.
+pub async fn push_routes(s: &AppState) {
+    let Some(control) = s.controller.as_ref() else {
+        return;
+    };
+    let mappings = match s.manager.all_domain_mappings().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the domain mappings");
+            return;
+        }
+    };
+    let mut routes = Vec::with_capacity(mappings.len());
+    for m in mappings {
+        let tenant_domain = match s.manager.domain_of(m.tenant_id).await {
+            Ok(d) => d,
+            Err(_) => continue,
+        };
+        routes.push(nubo_events::DomainRoute {
+            domain: m.domain_name,
+            context_path: m.context_path,
+            application_id: nubo_controller::runtime_id(m.application_tenant_id, &m.application_id),
+            alias: m.cartridge_alias,
+            tenant_id: m.tenant_id,
+            tenant_domain,
+        });
+    }
+    if let Err(e) = control.domain_routes(routes).await {
+        tracing::warn!(error = %e, "the load balancers could not be given the domain mappings yet");
+    }
 }
 
 /// The routes, relative to `/api`.

@@ -101,6 +101,16 @@ pub trait ControlPlane: Send + Sync + 'static {
             "this controller cannot change a tenant's routing".into(),
         ))
     }
+    /// Sets the tenants' domain routes (the whole set).
+    async fn domain_routes(
+        &self,
+        routes: Vec<nubo_events::DomainRoute>,
+    ) -> Result<(), ControlError> {
+        let _ = routes;
+        Err(ControlError::Unavailable(
+            "this controller cannot route tenants' domains".into(),
+        ))
+    }
     /// Updates the artifacts of clusters of a deployed application, member after member.
     async fn update_artifacts(
         &self,
@@ -282,6 +292,12 @@ impl ControlPlane for ControllerHandle {
     }
     async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
         ControllerHandle::tenant_routing(self, tenant_id, suspended).await
+    }
+    async fn domain_routes(
+        &self,
+        routes: Vec<nubo_events::DomainRoute>,
+    ) -> Result<(), ControlError> {
+        ControllerHandle::domain_routes(self, routes).await
     }
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         self.read(|s| s.deployments.get(application_id).map(|d| d.status))
@@ -538,6 +554,20 @@ impl ControlPlane for RemoteControl {
         .await
     }
 
+    async fn domain_routes(
+        &self,
+        mut routes: Vec<nubo_events::DomainRoute>,
+    ) -> Result<(), ControlError> {
+        routes.sort();
+        routes.dedup();
+        self.send(Event::ControlDomainRoutes {
+            routes: routes.clone(),
+        })
+        .await?;
+        self.until("domain routes", |s| s.topology.domain_routes == routes)
+            .await
+    }
+
     async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
         self.send(Event::ControlTenantRouting {
             tenant_id,
@@ -664,6 +694,12 @@ impl ControlPlane for SwitchableControl {
             },
             ok => ok,
         }
+    }
+    async fn domain_routes(
+        &self,
+        routes: Vec<nubo_events::DomainRoute>,
+    ) -> Result<(), ControlError> {
+        self.current().domain_routes(routes).await
     }
     async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
         self.current().tenant_routing(tenant_id, suspended).await

@@ -166,6 +166,15 @@ impl ControllerHandle {
         .await
     }
 
+    /// Sets the tenants' domain routes (the whole set); returns once the controller has taken
+    /// them in.
+    pub async fn domain_routes(
+        &self,
+        routes: Vec<nubo_events::DomainRoute>,
+    ) -> Result<(), ControlError> {
+        self.command(Input::DomainRoutes(routes)).await
+    }
+
     /// Updates the artifacts of clusters of a deployed application, member after member;
     /// returns once the controller has taken it in.
     pub async fn update_artifacts(
@@ -436,6 +445,7 @@ fn command_from(e: Event) -> Option<Input> {
             tenant_id,
             suspended,
         }),
+        Event::ControlDomainRoutes { routes } => Some(Input::DomainRoutes(routes)),
         Event::ControlUpdateArtifacts {
             application_id,
             cluster_ids,

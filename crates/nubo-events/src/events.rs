@@ -276,6 +276,11 @@ pub enum Event {
         /// No traffic to its applications.
         suspended: bool,
     },
+    /// The tenants' domains mapped onto clusters changed: the whole set.
+    DomainRoutes {
+        /// Every route.
+        routes: Vec<crate::topology::DomainRoute>,
+    },
     /// Clusters of an application were created.
     ApplicationClustersCreated {
         /// Application.
@@ -546,6 +551,11 @@ pub enum Event {
         /// No traffic to its applications.
         suspended: bool,
     },
+    /// Set the tenants' domain routes (from an API-only server or a standby).
+    ControlDomainRoutes {
+        /// Every route.
+        routes: Vec<crate::topology::DomainRoute>,
+    },
     /// Update the artifacts of these clusters of a deployed application, member after member.
     ControlUpdateArtifacts {
         /// Application.
@@ -666,6 +676,7 @@ impl Event {
         match self {
             Event::CompleteTopology { .. } => "CompleteTopology",
             Event::TenantRouting { .. } => "TenantRouting",
+            Event::DomainRoutes { .. } => "DomainRoutes",
             Event::ApplicationClustersCreated { .. } => "ApplicationClustersCreated",
             Event::ApplicationClustersRemoved { .. } => "ApplicationClustersRemoved",
             Event::ClusterInstanceCreated { .. } => "ClusterInstanceCreated",
@@ -706,6 +717,7 @@ impl Event {
             Event::ControlUpdatePlan { .. } => "ControlUpdatePlan",
             Event::ControlScale { .. } => "ControlScale",
             Event::ControlTenantRouting { .. } => "ControlTenantRouting",
+            Event::ControlDomainRoutes { .. } => "ControlDomainRoutes",
             Event::ControlUpdateArtifacts { .. } => "ControlUpdateArtifacts",
         }
     }
@@ -743,6 +755,7 @@ impl Event {
         match self {
             Event::CompleteTopology { .. }
             | Event::TenantRouting { .. }
+            | Event::DomainRoutes { .. }
             | Event::ApplicationClustersCreated { .. }
             | Event::ApplicationClustersRemoved { .. }
             | Event::ClusterInstanceCreated { .. }
@@ -782,6 +795,7 @@ impl Event {
             | Event::ControlUpdatePlan { .. }
             | Event::ControlScale { .. }
             | Event::ControlTenantRouting { .. }
+            | Event::ControlDomainRoutes { .. }
             | Event::ControlUpdateArtifacts { .. } => Category::Control,
         }
     }
@@ -965,6 +979,14 @@ mod catalogue {
                 topology: Topology {
                     clusters: BTreeMap::from([("shop.web.php.domain".to_owned(), cluster())]),
                     suspended_tenants: [3].into(),
+                    domain_routes: vec![crate::topology::DomainRoute {
+                        domain: "shop.a.example".into(),
+                        context_path: "/".into(),
+                        application_id: "mt".into(),
+                        alias: "web".into(),
+                        tenant_id: 3,
+                        tenant_domain: "a.com".into(),
+                    }],
                 },
                 part: None,
             },
@@ -972,6 +994,7 @@ mod catalogue {
                 topology: Topology {
                     clusters: BTreeMap::from([("shop.web.php.domain".to_owned(), cluster())]),
                     suspended_tenants: Default::default(),
+                    domain_routes: Vec::new(),
                 },
                 part: Some(TopologyPart {
                     snapshot: 1_763_800_000_000,

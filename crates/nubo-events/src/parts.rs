@@ -37,6 +37,7 @@ pub fn split(mut topology: Topology, snapshot: u64, max_bytes: usize) -> Vec<Eve
     let mut parts: Vec<Topology> = Vec::new();
     let mut current = Topology {
         suspended_tenants: std::mem::take(&mut topology.suspended_tenants),
+        domain_routes: std::mem::take(&mut topology.domain_routes),
         ..Topology::default()
     };
     let mut size = 0usize;
@@ -180,6 +181,7 @@ impl Assembler {
         p.topology
             .suspended_tenants
             .extend(topology.suspended_tenants);
+        p.topology.domain_routes.extend(topology.domain_routes);
         for (id, cluster) in topology.clusters {
             match p.topology.clusters.get_mut(&id) {
                 Some(c) => c.members.extend(cluster.members),

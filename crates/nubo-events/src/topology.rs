@@ -215,6 +215,28 @@ pub struct Topology {
     /// running, the load balancers route nothing to them).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub suspended_tenants: BTreeSet<i64>,
+    /// Tenants' domains mapped onto clusters (their signups' domain mappings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domain_routes: Vec<DomainRoute>,
+}
+
+/// A tenant's domain mapped onto a cluster of an application: the load balancers route it to
+/// the cluster's members and tell them the tenant (`X-Tenant-Domain`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainRoute {
+    /// The domain name.
+    pub domain: String,
+    /// The context path (`/`: the whole domain).
+    pub context_path: String,
+    /// The application's runtime id.
+    pub application_id: String,
+    /// The cluster's alias in it.
+    pub alias: String,
+    /// The tenant that mapped it.
+    pub tenant_id: i64,
+    /// Its domain (what the members are told).
+    pub tenant_domain: String,
 }
 
 impl Topology {

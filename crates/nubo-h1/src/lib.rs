@@ -311,6 +311,12 @@ pub fn parse_request(
             {
                 continue;
             }
+        } else if name.eq_ignore_ascii_case(b"x-tenant-domain")
+            || name.eq_ignore_ascii_case(b"x-tenant-id")
+        {
+            // The load balancer tells the members the tenant of a mapped domain; a client's
+            // own claim is never passed on.
+            continue;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade_header = true;
             if meta.upgrade_token {
@@ -684,6 +690,14 @@ mod tests {
             .expect("valid")
             .expect("complete");
         (head, String::from_utf8(out).expect("utf-8"))
+    }
+
+    #[test]
+    fn a_client_s_claim_of_a_tenant_is_not_passed_on() {
+        let raw =
+            "GET / HTTP/1.1\r\nHost: a.example\r\nX-Tenant-Domain: b.com\r\nx-tenant-id: 7\r\n\r\n";
+        let (_, out) = request(raw);
+        assert!(!out.to_ascii_lowercase().contains("x-tenant"), "{out}");
     }
 
     #[test]

@@ -118,6 +118,8 @@ struct MemberCounters {
 struct CompiledRoute {
     cluster_id: String,
     network_partition_id: String,
+    /// A tenant's mapped domain: the tenant, told to the members.
+    tenant: Option<String>,
     counters: Arc<ClusterCounters>,
     targets: Vec<Target>,
 }
@@ -154,6 +156,7 @@ fn plain(r: &CompiledRoute) -> table::Route {
     table::Route {
         cluster_id: r.cluster_id.clone(),
         network_partition_id: r.network_partition_id.clone(),
+        tenant: r.tenant.clone(),
         backends: r
             .targets
             .iter()
@@ -303,7 +306,7 @@ impl LoadBalancer {
                     .clusters
                     .get(id)
                     .filter(|c| t.routed(c))
-                    .map(table::cluster_routes)
+                    .map(|c| table::cluster_routes(t, c))
                     .unwrap_or_default();
                 for (port, host) in keys.remove(id).unwrap_or_default() {
                     if let Some(hosts) = next.by_port.get_mut(&port)
@@ -379,6 +382,7 @@ impl LoadBalancer {
                         Arc::new(CompiledRoute {
                             cluster_id: route.cluster_id,
                             network_partition_id: route.network_partition_id,
+                            tenant: route.tenant,
                             counters,
                             targets,
                         }),

@@ -273,6 +273,7 @@ impl<C: Stream, K: Connect> Conn<C, K> {
         let mut stale_retries = 1;
         let mut holding = false;
         let mut deadline: Option<Instant> = None;
+        let mut tenant_told = false;
         let next = loop {
             if self.routes.has_changed().unwrap_or(false) {
                 self.table = self.routes.borrow_and_update().clone();
@@ -286,6 +287,14 @@ impl<C: Stream, K: Connect> Conn<C, K> {
                     .answer(404, msg, false, keep_after_answer, head.minor)
                     .await;
             };
+            // A tenant's mapped domain: the members are told whose it is (once; a client's own
+            // `X-Tenant-*` headers were dropped when the head was read).
+            if !tenant_told {
+                tenant_told = true;
+                if let Some(tenant) = &route.tenant {
+                    tell_tenant(&mut self.out, tenant);
+                }
+            }
             let candidates = route.targets.iter().filter(|t| !tried(&failed, t)).count();
             if candidates == 0 || failed.len() >= MAX_ATTEMPTS {
                 // No member can take it now. A request that can still be sent waits (bounded) for
@@ -795,6 +804,22 @@ impl Exchange<'_> {
             client.write_all(&buf[..head.head_len + body]).await
         };
         r.map_err(|_| Failure::Broken)
+    }
+}
+
+/// Adds `X-Tenant-Domain: TENANT` to the request head at the start of `out` (before the blank
+/// line that ends it: the first in `out`, as no header holds one). A domain of other characters
+/// than a host name's is not told.
+fn tell_tenant(out: &mut Vec<u8>, tenant: &str) {
+    if !tenant
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return;
+    }
+    if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+        let line = format!("X-Tenant-Domain: {tenant}\r\n");
+        out.splice(end + 2..end + 2, line.bytes());
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Route {
     pub network_partition_id: String,
     /// Active members, ordered by id.
     pub backends: Vec<Backend>,
+    /// The tenant whose domain this is (a domain mapping): told to the members in
+    /// `X-Tenant-Domain`.
+    pub tenant: Option<String>,
 }
 
 /// The table.
@@ -40,8 +43,9 @@ pub struct Routes {
 pub const UNHEALTHY: &str = "unhealthy";
 
 /// The routes of one cluster: one per (lower-case host name, proxy port) of its HTTP(S) port
-/// mappings, to its Active members on the matching port.
-pub fn cluster_routes(c: &Cluster) -> Vec<((String, u16), Route)> {
+/// mappings, to its Active members on the matching port; and one per tenant's domain mapped
+/// onto it (the topology's `domain_routes`), naming the tenant.
+pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> {
     let mut out = Vec::new();
     for port in &c.ports {
         let Some(proxy) = port.proxy_port else {
@@ -83,6 +87,22 @@ pub fn cluster_routes(c: &Cluster) -> Vec<((String, u16), Route)> {
                     cluster_id: c.cluster_id.clone(),
                     network_partition_id: np.clone(),
                     backends: backends.clone(),
+                    tenant: None,
+                },
+            ));
+        }
+        for d in t
+            .domain_routes
+            .iter()
+            .filter(|d| d.application_id == c.application_id && d.alias == c.alias)
+        {
+            out.push((
+                (d.domain.to_ascii_lowercase(), proxy),
+                Route {
+                    cluster_id: c.cluster_id.clone(),
+                    network_partition_id: np.clone(),
+                    backends: backends.clone(),
+                    tenant: Some(d.tenant_domain.clone()),
                 },
             ));
         }
@@ -98,7 +118,7 @@ impl Routes {
                 .clusters
                 .values()
                 .filter(|c| t.routed(c))
-                .flat_map(cluster_routes)
+                .flat_map(|c| cluster_routes(t, c))
                 .collect(),
         }
     }
@@ -176,6 +196,25 @@ pub fn apply(t: &mut Topology, e: &Event) -> Change {
             Change::Clusters(changed)
         }
         Event::CompleteTopology { part: Some(_), .. } => Change::None,
+        Event::DomainRoutes { routes } => {
+            if t.domain_routes == *routes {
+                return Change::None;
+            }
+            // The clusters of the routes that went and of those that came.
+            let changed: BTreeSet<String> = t
+                .clusters
+                .values()
+                .filter(|c| {
+                    t.domain_routes
+                        .iter()
+                        .chain(routes.iter())
+                        .any(|d| d.application_id == c.application_id && d.alias == c.alias)
+                })
+                .map(|c| c.cluster_id.clone())
+                .collect();
+            t.domain_routes.clone_from(routes);
+            Change::Clusters(changed)
+        }
         Event::TenantRouting {
             tenant_id,
             suspended,
@@ -405,6 +444,7 @@ mod tests {
         Topology {
             clusters: BTreeMap::from([("c".to_owned(), c)]),
             suspended_tenants: Default::default(),
+            domain_routes: Vec::new(),
         }
     }
 

@@ -671,6 +671,11 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     let mut state =
         AppState::new(manager, Some(control), scaling, registry).with_bus(events.clone());
     state.set_session_ttl(config.session_ttl);
+    // The tenants' domain mappings, to the controller (and through it the load balancers).
+    {
+        let state = state.clone();
+        tokio::spawn(async move { nubo_api::signups::push_routes(&state).await });
+    }
     // The audit log keeps its retention: trimmed at the start, then every hour.
     {
         let manager = state.manager.clone();

@@ -278,6 +278,8 @@ pub enum Input {
         /// No traffic to its applications.
         suspended: bool,
     },
+    /// The tenants' domain mappings (the whole set).
+    DomainRoutes(Vec<nubo_events::DomainRoute>),
     /// The artifacts of these clusters changed (a repository's webhook): their members fetch
     /// them again, one after another.
     UpdateArtifacts {
@@ -434,6 +436,15 @@ impl ControllerState {
                     out.push(Action::Persist);
                 }
             }
+            Input::DomainRoutes(mut routes) => {
+                routes.sort();
+                routes.dedup();
+                if self.topology.domain_routes != routes {
+                    self.topology.domain_routes = routes.clone();
+                    out.push(Action::Publish(Event::DomainRoutes { routes }));
+                    out.push(Action::Persist);
+                }
+            }
             Input::UpdateArtifacts {
                 application_id,
                 cluster_ids,
@@ -522,7 +533,7 @@ impl ControllerState {
                 ScaleCommand::MemberFault { member_id, .. } => of_member(member_id),
                 ScaleCommand::MemberActive { instance } => Some(instance.application_id.clone()),
             },
-            Input::Tick | Input::TenantRouting { .. } => None,
+            Input::Tick | Input::TenantRouting { .. } | Input::DomainRoutes(_) => None,
         }
     }
 

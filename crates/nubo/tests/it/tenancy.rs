@@ -752,3 +752,112 @@ async fn tenants_sign_up_to_a_shared_application_and_map_their_own_domains() {
     let leaked = crate::agent::files_containing(dir.path(), b"alice-repo-s3cret");
     assert!(leaked.is_empty(), "{leaked:?}");
 }
+
+/// A request to the load balancer with a Host and, maybe, a forged tenant header: the body.
+async fn via_lb(proxy: u16, host: &str, forged: Option<&str>) -> Option<(u16, String)> {
+    let mut req = crate::support::client()
+        .get(format!("http://127.0.0.1:{proxy}/page"))
+        .header("host", host);
+    if let Some(f) = forged {
+        req = req.header("X-Tenant-Domain", f);
+    }
+    let r = req.send().await.ok()?;
+    Some((r.status().as_u16(), r.text().await.ok()?))
+}
+
+/// Tenant-aware routing: each tenant's mapped domain reaches the shared application's members,
+/// which are told the tenant (`X-Tenant-Domain`); a client cannot claim a tenant; the
+/// platform's own host name names none; a removed mapping is routed no more.
+#[tokio::test]
+async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let root = Api::new(&server);
+    for (admin, domain) in [("alice", "a.com"), ("bob", "b.com")] {
+        let t = json!({"admin": admin, "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
+            "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
+        assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    }
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let bob = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let proxy = crate::support::free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
+    root.add_all(&[
+        ("autoscalingPolicies", policy("asp")),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "shared", "category": "framework", "host": "shared.test", "multiTenant": true,
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "mt", "multiTenant": true, "components": {"cartridges": [
+            {"type": "shared", "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    assert_eq!(
+        root.post("/api/applications/mt/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    crate::support::eventually(60, "the shared member Active", || async {
+        (root.active("mt", "web").await.len() == 1).then_some(())
+    })
+    .await;
+    let repo =
+        json!({"artifactRepositories": [{"alias": "web", "repoUrl": "https://git.example/x.git"}]});
+    let map = |d: &str| json!({"domainMappings": [{"cartridgeAlias": "web", "domainName": d}]});
+    for (who, domain) in [(&alice, "shop.alice.example"), (&bob, "web.bob.example")] {
+        assert_eq!(
+            who.post("/api/applications/mt/signup", repo.clone())
+                .await
+                .0,
+            201
+        );
+        assert_eq!(
+            who.post("/api/applications/mt/domainMappings", map(domain))
+                .await
+                .0,
+            201
+        );
+    }
+    let body = crate::support::eventually(20, "alice's domain routed", || async {
+        via_lb(proxy, "shop.alice.example", None)
+            .await
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b)
+    })
+    .await;
+    assert!(body.ends_with(" tenant=a.com"), "{body}");
+    let (_, body) = via_lb(proxy, "web.bob.example", Some("a.com"))
+        .await
+        .unwrap();
+    assert!(
+        body.ends_with(" tenant=b.com"),
+        "a forged header is not passed on: {body}"
+    );
+    let (_, body) = via_lb(proxy, "mt.shared.test", Some("a.com"))
+        .await
+        .unwrap();
+    assert!(
+        !body.contains("tenant="),
+        "the platform's host names no tenant: {body}"
+    );
+    // Alice's mapping removed: her domain is served no more; bob's still is.
+    assert_eq!(
+        alice
+            .delete("/api/applications/mt/domainMappings/shop.alice.example")
+            .await
+            .0,
+        200
+    );
+    crate::support::eventually(20, "alice's domain no more routed", || async {
+        via_lb(proxy, "shop.alice.example", None)
+            .await
+            .filter(|(s, _)| *s == 404)
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(via_lb(proxy, "web.bob.example", None).await.unwrap().0, 200);
+}
