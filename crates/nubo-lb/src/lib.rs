@@ -30,7 +30,7 @@ pub mod io;
 mod proxy;
 pub mod table;
 
-pub use table::{Routes, Strategy, static_topology};
+pub use table::{Routes, Strategy, TenantSet, static_topology};
 
 /// How long a request that no member can take now waits for one (a member becoming Active, or a
 /// replacement) before it is answered 502 or 503.
@@ -62,6 +62,9 @@ pub struct LbConfig {
     pub stats_interval: Duration,
     /// How long a request no member can take waits for one ([`HOLD`]).
     pub hold: Duration,
+    /// The tenants it serves (its routes to others' clusters and domains are left out: their
+    /// requests get 404).
+    pub tenants: table::TenantSet,
 }
 
 impl Default for LbConfig {
@@ -74,6 +77,7 @@ impl Default for LbConfig {
             request_timeout: Duration::from_secs(60),
             stats_interval: Duration::from_secs(1),
             hold: HOLD,
+            tenants: table::TenantSet::all(),
         }
     }
 }
@@ -120,6 +124,8 @@ struct CompiledRoute {
     network_partition_id: String,
     /// A tenant's mapped domain: the tenant, told to the members.
     tenant: Option<String>,
+    /// The route's tenant.
+    tenant_id: i64,
     counters: Arc<ClusterCounters>,
     targets: Vec<Target>,
 }
@@ -157,6 +163,7 @@ fn plain(r: &CompiledRoute) -> table::Route {
         cluster_id: r.cluster_id.clone(),
         network_partition_id: r.network_partition_id.clone(),
         tenant: r.tenant.clone(),
+        tenant_id: r.tenant_id,
         backends: r
             .targets
             .iter()
@@ -307,7 +314,10 @@ impl LoadBalancer {
                     .get(id)
                     .filter(|c| t.routed(c))
                     .map(|c| table::cluster_routes(t, c))
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, r)| self.config.tenants.contains(r.tenant_id))
+                    .collect::<Vec<_>>();
                 for (port, host) in keys.remove(id).unwrap_or_default() {
                     if let Some(hosts) = next.by_port.get_mut(&port)
                         && hosts.get(&host).is_some_and(|r| r.cluster_id == *id)
@@ -383,6 +393,7 @@ impl LoadBalancer {
                             cluster_id: route.cluster_id,
                             network_partition_id: route.network_partition_id,
                             tenant: route.tenant,
+                            tenant_id: route.tenant_id,
                             counters,
                             targets,
                         }),

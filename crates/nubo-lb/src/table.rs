@@ -30,6 +30,70 @@ pub struct Route {
     /// The tenant whose domain this is (a domain mapping): told to the members in
     /// `X-Tenant-Domain`.
     pub tenant: Option<String>,
+    /// The route's tenant: the cluster's for its own host names, the mapping's for a mapped
+    /// domain (what a load balancer serving a subset of tenants selects by).
+    pub tenant_id: i64,
+}
+
+/// The tenants a load balancer serves (`--tenants`): `*` (all), or a comma-separated list of
+/// tenant ids, ranges `A-B`, and `super` (the super tenant, -1234), as WSO2 Stratos' tenant-aware
+/// load balancers were given theirs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TenantSet {
+    all: bool,
+    ranges: Vec<(i64, i64)>,
+}
+
+impl TenantSet {
+    /// Every tenant.
+    pub fn all() -> Self {
+        TenantSet {
+            all: true,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Reads `*`, or a list of `N`, `A-B` and `super`; what is wrong, said.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(Self::all());
+        }
+        let mut ranges = Vec::new();
+        for item in text.split(',').map(str::trim) {
+            let bad = || format!("`{item}`: a tenant id, a range A-B, `super` or `*`");
+            if item == "super" {
+                let s = nubo_model_super();
+                ranges.push((s, s));
+            } else if let Some((a, b)) = item.split_once('-') {
+                let (a, b): (i64, i64) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b || a < 0 {
+                    return Err(bad());
+                }
+                ranges.push((a, b));
+            } else {
+                let n: i64 = item.parse().map_err(|_| bad())?;
+                ranges.push((n, n));
+            }
+        }
+        if ranges.is_empty() {
+            return Err("no tenant given".into());
+        }
+        Ok(TenantSet { all: false, ranges })
+    }
+
+    /// Whether the set holds `tenant`.
+    pub fn contains(&self, tenant: i64) -> bool {
+        self.all || self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&tenant))
+    }
+}
+
+/// The super tenant's id (Stratos' -1234).
+const fn nubo_model_super() -> i64 {
+    -1234
 }
 
 /// The table.
@@ -88,6 +152,7 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                     network_partition_id: np.clone(),
                     backends: backends.clone(),
                     tenant: None,
+                    tenant_id: c.tenant_id,
                 },
             ));
         }
@@ -103,6 +168,7 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                     network_partition_id: np.clone(),
                     backends: backends.clone(),
                     tenant: Some(d.tenant_domain.clone()),
+                    tenant_id: d.tenant_id,
                 },
             ));
         }
@@ -379,6 +445,22 @@ pub fn choose(
     match strategy {
         Strategy::RoundRobin => order.into_iter().next(),
         Strategy::LeastOutstanding => order.min_by_key(|i| outstanding[*i]),
+    }
+}
+
+#[cfg(test)]
+mod tenant_set_tests {
+    use super::*;
+
+    #[test]
+    fn tenant_sets_read_ranges_lists_and_the_super_tenant() {
+        let s = TenantSet::parse("1-100, 250,super").unwrap();
+        assert!(s.contains(1) && s.contains(100) && s.contains(250) && s.contains(-1234));
+        assert!(!s.contains(101) && !s.contains(0) && !s.contains(249));
+        assert!(TenantSet::parse("*").unwrap().contains(77));
+        for bad in ["", "a", "5-2", "-3-4", "1,,2"] {
+            assert!(TenantSet::parse(bad).is_err(), "{bad}");
+        }
     }
 }
 

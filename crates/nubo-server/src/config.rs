@@ -200,6 +200,8 @@ pub struct Settings {
     pub lb_bind: Option<IpAddr>,
     /// `round-robin` or `least-outstanding`.
     pub lb_strategy: Option<String>,
+    /// The tenants the load balancer serves (`*`, ids, ranges, `super`).
+    pub lb_tenants: Option<String>,
     /// No load balancer in this process.
     pub no_lb: Option<bool>,
     /// The components (names of Nubo's or Stratos').
@@ -293,6 +295,7 @@ impl Settings {
             bus,
             lb_bind,
             lb_strategy,
+            lb_tenants,
             no_lb,
             components,
             node,
@@ -405,9 +408,16 @@ impl Settings {
         } else {
             None
         };
+        let tenants = match self.lb_tenants.as_deref() {
+            None => nubo_lb::TenantSet::all(),
+            Some(t) => {
+                nubo_lb::TenantSet::parse(t).map_err(|e| anyhow::anyhow!("--lb-tenants: {e}"))?
+            }
+        };
         let lb = components.has(Component::Lb).then(|| nubo_lb::LbConfig {
             bind: self.lb_bind.unwrap_or([127, 0, 0, 1].into()),
             strategy,
+            tenants,
             ..Default::default()
         });
         for (flag, v) in [

@@ -126,6 +126,9 @@ struct ServerArgs {
     /// How the load balancer picks a member
     #[arg(long, env = "NUBO_LB_STRATEGY", value_enum)]
     lb_strategy: Option<LbStrategy>,
+    /// The tenants this server's load balancer serves: `*`, or tenant ids, ranges `A-B` and `super`, comma-separated [default: *]
+    #[arg(long, env = "NUBO_LB_TENANTS", value_name = "SET")]
+    lb_tenants: Option<String>,
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
@@ -280,6 +283,9 @@ struct LbArgs {
     /// This load balancer's id in statistics [default: lb-<bind address>]
     #[arg(long)]
     id: Option<String>,
+    /// The tenants it serves: `*`, or tenant ids, ranges `A-B` and `super`, comma-separated (the others' host names and domains get 404)
+    #[arg(long, env = "NUBO_LB_TENANTS", default_value = "*", value_name = "SET")]
+    tenants: String,
 }
 
 fn init_logging(format: nubo_server::config::LogFormat) {
@@ -315,6 +321,7 @@ impl ServerArgs {
             bus: self.bus.or(self.bus_url),
             lb_bind: self.lb_bind,
             lb_strategy: self.lb_strategy.map(|s| s.name().to_owned()),
+            lb_tenants: self.lb_tenants,
             no_lb: self.no_lb.then_some(true),
             components: self.components,
             node: self.node,
@@ -469,6 +476,8 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
         bind: args.bind,
         strategy: args.strategy.into(),
         id: args.id.unwrap_or_else(|| format!("lb-{}", args.bind)),
+        tenants: nubo_lb::TenantSet::parse(&args.tenants)
+            .map_err(|e| anyhow::anyhow!("--tenants: {e}"))?,
         ..Default::default()
     };
     let config_id = config.id.clone();

@@ -755,8 +755,18 @@ async fn tenants_sign_up_to_a_shared_application_and_map_their_own_domains() {
 
 /// A request to the load balancer with a Host and, maybe, a forged tenant header: the body.
 async fn via_lb(proxy: u16, host: &str, forged: Option<&str>) -> Option<(u16, String)> {
+    via_lb_at("127.0.0.1", proxy, host, forged).await
+}
+
+/// The same, to the load balancer bound to `ip`.
+async fn via_lb_at(
+    ip: &str,
+    proxy: u16,
+    host: &str,
+    forged: Option<&str>,
+) -> Option<(u16, String)> {
     let mut req = crate::support::client()
-        .get(format!("http://127.0.0.1:{proxy}/page"))
+        .get(format!("http://{ip}:{proxy}/page"))
         .header("host", host);
     if let Some(f) = forged {
         req = req.header("X-Tenant-Domain", f);
@@ -767,11 +777,15 @@ async fn via_lb(proxy: u16, host: &str, forged: Option<&str>) -> Option<(u16, St
 
 /// Tenant-aware routing: each tenant's mapped domain reaches the shared application's members,
 /// which are told the tenant (`X-Tenant-Domain`); a client cannot claim a tenant; the
-/// platform's own host name names none; a removed mapping is routed no more.
+/// platform's own host name names none; a removed mapping is routed no more. Two load
+/// balancers each serve their own tenants: the server's the super tenant and alice's (1), a
+/// `nubo lb` bob's (2); each routes its own and refuses the others'.
 #[tokio::test]
 async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
+    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path());
+    let server =
+        ServerProcess::start_with(dir.path(), &["--insecure-http", "--lb-tenants", "super,1"]);
     let root = Api::new(&server);
     for (admin, domain) in [("alice", "a.com"), ("bob", "b.com")] {
         let t = json!({"admin": admin, "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
@@ -780,6 +794,45 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
     }
     let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
     let bob = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let (_, tenants) = root.get("/api/tenants").await;
+    let id_of = |d: &str| {
+        tenants
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tenantDomain"] == d)
+            .unwrap()["tenantId"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!((id_of("a.com"), id_of("b.com")), (1, 2), "{tenants}");
+    // Bob's load balancer, on another loopback address.
+    let lb = std::process::Command::new(env!("CARGO_BIN_EXE_nubo"))
+        .args([
+            "lb",
+            "--bus-credentials",
+            &server.bus_credentials,
+            "--bind",
+            "127.0.0.3",
+            "--id",
+            "lb-bob",
+            "--tenants",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    /// Stops bob's load balancer (its process group) and reaps it, whatever happens.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::killpg(self.0.id() as i32, libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
+    let _lb = Kill(lb);
     let proxy = crate::support::free_port();
     let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
     root.add_all(&[
@@ -830,19 +883,40 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
     })
     .await;
     assert!(body.ends_with(" tenant=a.com"), "{body}");
-    let (_, body) = via_lb(proxy, "web.bob.example", Some("a.com"))
-        .await
-        .unwrap();
-    assert!(
-        body.ends_with(" tenant=b.com"),
-        "a forged header is not passed on: {body}"
-    );
     let (_, body) = via_lb(proxy, "mt.shared.test", Some("a.com"))
         .await
         .unwrap();
     assert!(
         !body.contains("tenant="),
         "the platform's host names no tenant: {body}"
+    );
+    // Bob's domain: refused by the server's load balancer, served by bob's (which refuses
+    // alice's domain and the super tenant's host name).
+    assert_eq!(via_lb(proxy, "web.bob.example", None).await.unwrap().0, 404);
+    let body = crate::support::eventually(30, "bob's domain on bob's load balancer", || async {
+        via_lb_at("127.0.0.3", proxy, "web.bob.example", Some("a.com"))
+            .await
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b)
+    })
+    .await;
+    assert!(
+        body.ends_with(" tenant=b.com"),
+        "a forged header is not passed on: {body}"
+    );
+    assert_eq!(
+        via_lb_at("127.0.0.3", proxy, "shop.alice.example", None)
+            .await
+            .unwrap()
+            .0,
+        404
+    );
+    assert_eq!(
+        via_lb_at("127.0.0.3", proxy, "mt.shared.test", None)
+            .await
+            .unwrap()
+            .0,
+        404
     );
     // Alice's mapping removed: her domain is served no more; bob's still is.
     assert_eq!(
@@ -859,5 +933,11 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
             .map(|_| ())
     })
     .await;
-    assert_eq!(via_lb(proxy, "web.bob.example", None).await.unwrap().0, 200);
+    assert_eq!(
+        via_lb_at("127.0.0.3", proxy, "web.bob.example", None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
 }
