@@ -24,6 +24,7 @@ async fn add(
     body: Body,
 ) -> Result<Response, ApiError> {
     let signup = s.manager.add_signup(p.tenant_id, &id, &body?).await?;
+    push_routes(&s).await;
     Ok((StatusCode::CREATED, Json(signup)).into_response())
 }
 
@@ -60,6 +61,7 @@ async fn add_for(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&s, &domain).await?;
     let signup = s.manager.add_signup(tenant, &id, &body?).await?;
+    push_routes(&s).await;
     Ok((StatusCode::CREATED, Json(signup)).into_response())
 }
 
@@ -129,7 +131,7 @@ async fn remove_mapping(
     ))
 }
 
-/// Gives the controller every domain mapping of the platform as routes, for the load balancers
+/// Gives the controller every domain mapping and signup of the platform, for the load balancers
 /// (after each change, and at a server's start). A failure is logged: the mappings are kept, and
 /// go out with the next change or start.
 pub async fn push_routes(s: &AppState) {
@@ -158,7 +160,26 @@ pub async fn push_routes(s: &AppState) {
             tenant_domain,
         });
     }
-    if let Err(e) = control.domain_routes(routes).await {
+    let mut signups = Vec::new();
+    match s.manager.all_signups().await {
+        Ok(all) => {
+            for (tenant, application) in all {
+                if let Ok(tenant_domain) = s.manager.domain_of(tenant).await {
+                    signups.push(nubo_events::TenantSignup {
+                        // Signups are to the platform's (the super tenant's) applications.
+                        application_id: nubo_controller::runtime_id(
+                            nubo_model::SUPER_TENANT_ID,
+                            &application,
+                        ),
+                        tenant_id: tenant,
+                        tenant_domain,
+                    });
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the signups"),
+    }
+    if let Err(e) = control.domain_routes(routes, signups).await {
         tracing::warn!(error = %e, "the load balancers could not be given the domain mappings yet");
     }
 }

@@ -105,8 +105,9 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn domain_routes(
         &self,
         routes: Vec<nubo_events::DomainRoute>,
+        signups: Vec<nubo_events::TenantSignup>,
     ) -> Result<(), ControlError> {
-        let _ = routes;
+        let _ = (routes, signups);
         Err(ControlError::Unavailable(
             "this controller cannot route tenants' domains".into(),
         ))
@@ -296,8 +297,9 @@ impl ControlPlane for ControllerHandle {
     async fn domain_routes(
         &self,
         routes: Vec<nubo_events::DomainRoute>,
+        signups: Vec<nubo_events::TenantSignup>,
     ) -> Result<(), ControlError> {
-        ControllerHandle::domain_routes(self, routes).await
+        ControllerHandle::domain_routes(self, routes, signups).await
     }
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         self.read(|s| s.deployments.get(application_id).map(|d| d.status))
@@ -557,15 +559,21 @@ impl ControlPlane for RemoteControl {
     async fn domain_routes(
         &self,
         mut routes: Vec<nubo_events::DomainRoute>,
+        mut signups: Vec<nubo_events::TenantSignup>,
     ) -> Result<(), ControlError> {
         routes.sort();
         routes.dedup();
+        signups.sort();
+        signups.dedup();
         self.send(Event::ControlDomainRoutes {
             routes: routes.clone(),
+            signups: signups.clone(),
         })
         .await?;
-        self.until("domain routes", |s| s.topology.domain_routes == routes)
-            .await
+        self.until("domain routes", |s| {
+            s.topology.domain_routes == routes && s.topology.tenant_signups == signups
+        })
+        .await
     }
 
     async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
@@ -698,8 +706,9 @@ impl ControlPlane for SwitchableControl {
     async fn domain_routes(
         &self,
         routes: Vec<nubo_events::DomainRoute>,
+        signups: Vec<nubo_events::TenantSignup>,
     ) -> Result<(), ControlError> {
-        self.current().domain_routes(routes).await
+        self.current().domain_routes(routes, signups).await
     }
     async fn tenant_routing(&self, tenant_id: i64, suspended: bool) -> Result<(), ControlError> {
         self.current().tenant_routing(tenant_id, suspended).await

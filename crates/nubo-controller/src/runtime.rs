@@ -171,8 +171,9 @@ impl ControllerHandle {
     pub async fn domain_routes(
         &self,
         routes: Vec<nubo_events::DomainRoute>,
+        signups: Vec<nubo_events::TenantSignup>,
     ) -> Result<(), ControlError> {
-        self.command(Input::DomainRoutes(routes)).await
+        self.command(Input::DomainRoutes(routes, signups)).await
     }
 
     /// Updates the artifacts of clusters of a deployed application, member after member;
@@ -445,7 +446,9 @@ fn command_from(e: Event) -> Option<Input> {
             tenant_id,
             suspended,
         }),
-        Event::ControlDomainRoutes { routes } => Some(Input::DomainRoutes(routes)),
+        Event::ControlDomainRoutes { routes, signups } => {
+            Some(Input::DomainRoutes(routes, signups))
+        }
         Event::ControlUpdateArtifacts {
             application_id,
             cluster_ids,

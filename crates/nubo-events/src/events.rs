@@ -280,6 +280,9 @@ pub enum Event {
     DomainRoutes {
         /// Every route.
         routes: Vec<crate::topology::DomainRoute>,
+        /// Every tenant's signup to a multi-tenant application.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        signups: Vec<crate::topology::TenantSignup>,
     },
     /// Clusters of an application were created.
     ApplicationClustersCreated {
@@ -555,6 +558,9 @@ pub enum Event {
     ControlDomainRoutes {
         /// Every route.
         routes: Vec<crate::topology::DomainRoute>,
+        /// Every tenant's signup to a multi-tenant application.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        signups: Vec<crate::topology::TenantSignup>,
     },
     /// Update the artifacts of these clusters of a deployed application, member after member.
     ControlUpdateArtifacts {
@@ -987,6 +993,11 @@ mod catalogue {
                         tenant_id: 3,
                         tenant_domain: "a.com".into(),
                     }],
+                    tenant_signups: vec![crate::topology::TenantSignup {
+                        application_id: "mt".into(),
+                        tenant_id: 3,
+                        tenant_domain: "a.com".into(),
+                    }],
                 },
                 part: None,
             },
@@ -995,6 +1006,7 @@ mod catalogue {
                     clusters: BTreeMap::from([("shop.web.php.domain".to_owned(), cluster())]),
                     suspended_tenants: Default::default(),
                     domain_routes: Vec::new(),
+                    tenant_signups: Vec::new(),
                 },
                 part: Some(TopologyPart {
                     snapshot: 1_763_800_000_000,

@@ -38,6 +38,7 @@ pub fn split(mut topology: Topology, snapshot: u64, max_bytes: usize) -> Vec<Eve
     let mut current = Topology {
         suspended_tenants: std::mem::take(&mut topology.suspended_tenants),
         domain_routes: std::mem::take(&mut topology.domain_routes),
+        tenant_signups: std::mem::take(&mut topology.tenant_signups),
         ..Topology::default()
     };
     let mut size = 0usize;
@@ -182,6 +183,7 @@ impl Assembler {
             .suspended_tenants
             .extend(topology.suspended_tenants);
         p.topology.domain_routes.extend(topology.domain_routes);
+        p.topology.tenant_signups.extend(topology.tenant_signups);
         for (id, cluster) in topology.clusters {
             match p.topology.clusters.get_mut(&id) {
                 Some(c) => c.members.extend(cluster.members),

@@ -218,6 +218,22 @@ pub struct Topology {
     /// Tenants' domains mapped onto clusters (their signups' domain mappings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domain_routes: Vec<DomainRoute>,
+    /// Tenants signed up to multi-tenant applications (their `t/<tenant-domain>/` paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenant_signups: Vec<TenantSignup>,
+}
+
+/// A tenant signed up to a multi-tenant application: requests for `/t/<tenant-domain>/…` on the
+/// application's own host names are its, and the members are told so.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSignup {
+    /// The application's runtime id.
+    pub application_id: String,
+    /// The tenant.
+    pub tenant_id: i64,
+    /// Its domain.
+    pub tenant_domain: String,
 }
 
 /// A tenant's domain mapped onto a cluster of an application: the load balancers route it to

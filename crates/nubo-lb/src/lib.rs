@@ -126,6 +126,9 @@ struct CompiledRoute {
     tenant: Option<String>,
     /// The route's tenant.
     tenant_id: i64,
+    /// The tenants whose requests come as `/t/<tenant-domain>/…` (their domains; those this
+    /// load balancer serves).
+    path_tenants: Vec<(i64, String)>,
     counters: Arc<ClusterCounters>,
     targets: Vec<Target>,
 }
@@ -164,6 +167,7 @@ fn plain(r: &CompiledRoute) -> table::Route {
         network_partition_id: r.network_partition_id.clone(),
         tenant: r.tenant.clone(),
         tenant_id: r.tenant_id,
+        path_tenants: r.path_tenants.clone(),
         backends: r
             .targets
             .iter()
@@ -394,6 +398,11 @@ impl LoadBalancer {
                             network_partition_id: route.network_partition_id,
                             tenant: route.tenant,
                             tenant_id: route.tenant_id,
+                            path_tenants: route
+                                .path_tenants
+                                .into_iter()
+                                .filter(|(t, _)| self.config.tenants.contains(*t))
+                                .collect(),
                             counters,
                             targets,
                         }),

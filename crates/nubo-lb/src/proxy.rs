@@ -293,6 +293,10 @@ impl<C: Stream, K: Connect> Conn<C, K> {
                 tenant_told = true;
                 if let Some(tenant) = &route.tenant {
                     tell_tenant(&mut self.out, tenant);
+                } else if let Some(tenant) = path_tenant(&self.out, &route.path_tenants) {
+                    // `/t/<tenant-domain>/…` on a multi-tenant application: a tenant signed
+                    // up to it (another's path names no tenant).
+                    tell_tenant(&mut self.out, &tenant);
                 }
             }
             let candidates = route.targets.iter().filter(|t| !tried(&failed, t)).count();
@@ -805,6 +809,27 @@ impl Exchange<'_> {
         };
         r.map_err(|_| Failure::Broken)
     }
+}
+
+/// The tenant a request's path names (`/t/<tenant-domain>` or `/t/<tenant-domain>/…`), when it
+/// is one of `tenants` (the request head is at the start of `out`: `METHOD PATH HTTP/1.1`).
+fn path_tenant(out: &[u8], tenants: &[(i64, String)]) -> Option<String> {
+    if tenants.is_empty() {
+        return None;
+    }
+    let line = &out[..out.iter().position(|b| *b == b'\r')?];
+    let mut parts = line.split(|b| *b == b' ');
+    let _method = parts.next()?;
+    let path = parts.next()?.strip_prefix(b"/t/")?;
+    let end = path
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(path.len());
+    let domain = std::str::from_utf8(&path[..end]).ok()?;
+    tenants
+        .iter()
+        .find(|(_, d)| d.eq_ignore_ascii_case(domain))
+        .map(|(_, d)| d.clone())
 }
 
 /// Adds `X-Tenant-Domain: TENANT` to the request head at the start of `out` (before the blank

@@ -33,6 +33,9 @@ pub struct Route {
     /// The route's tenant: the cluster's for its own host names, the mapping's for a mapped
     /// domain (what a load balancer serving a subset of tenants selects by).
     pub tenant_id: i64,
+    /// On a multi-tenant application's own host names: the tenants signed up to it, whose
+    /// requests come as `/t/<tenant-domain>/…` (id, domain).
+    pub path_tenants: Vec<(i64, String)>,
 }
 
 /// The tenants a load balancer serves (`--tenants`): `*` (all), or a comma-separated list of
@@ -153,6 +156,12 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                     backends: backends.clone(),
                     tenant: None,
                     tenant_id: c.tenant_id,
+                    path_tenants: t
+                        .tenant_signups
+                        .iter()
+                        .filter(|s| s.application_id == c.application_id)
+                        .map(|s| (s.tenant_id, s.tenant_domain.clone()))
+                        .collect(),
                 },
             ));
         }
@@ -169,6 +178,7 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                     backends: backends.clone(),
                     tenant: Some(d.tenant_domain.clone()),
                     tenant_id: d.tenant_id,
+                    path_tenants: Vec::new(),
                 },
             ));
         }
@@ -262,11 +272,11 @@ pub fn apply(t: &mut Topology, e: &Event) -> Change {
             Change::Clusters(changed)
         }
         Event::CompleteTopology { part: Some(_), .. } => Change::None,
-        Event::DomainRoutes { routes } => {
-            if t.domain_routes == *routes {
+        Event::DomainRoutes { routes, signups } => {
+            if t.domain_routes == *routes && t.tenant_signups == *signups {
                 return Change::None;
             }
-            // The clusters of the routes that went and of those that came.
+            // The clusters of the routes and signups that went and of those that came.
             let changed: BTreeSet<String> = t
                 .clusters
                 .values()
@@ -275,10 +285,15 @@ pub fn apply(t: &mut Topology, e: &Event) -> Change {
                         .iter()
                         .chain(routes.iter())
                         .any(|d| d.application_id == c.application_id && d.alias == c.alias)
+                        || t.tenant_signups
+                            .iter()
+                            .chain(signups.iter())
+                            .any(|s| s.application_id == c.application_id)
                 })
                 .map(|c| c.cluster_id.clone())
                 .collect();
             t.domain_routes.clone_from(routes);
+            t.tenant_signups.clone_from(signups);
             Change::Clusters(changed)
         }
         Event::TenantRouting {
@@ -527,6 +542,7 @@ mod tests {
             clusters: BTreeMap::from([("c".to_owned(), c)]),
             suspended_tenants: Default::default(),
             domain_routes: Vec::new(),
+            tenant_signups: Vec::new(),
         }
     }
 

@@ -167,6 +167,30 @@ impl Manager {
         Ok(())
     }
 
+    /// Every signup of the platform: (tenant, application id), for the load balancers'
+    /// `t/<tenant-domain>/` paths.
+    pub async fn all_signups(&self) -> Result<Vec<(i64, String)>, ManagerError> {
+        let mut tenants: Vec<i64> = self
+            .list::<nubo_model::Tenant>(SUPER_TENANT_ID)
+            .await?
+            .into_iter()
+            .filter_map(|t| t.tenant_id)
+            .collect();
+        tenants.push(SUPER_TENANT_ID);
+        let mut out = Vec::new();
+        for t in tenants {
+            for r in self
+                .store
+                .list(t, Kind::ApplicationSignup.as_str())
+                .await
+                .map_err(|e| store_err(Kind::ApplicationSignup, e))?
+            {
+                out.push((t, r.key.id));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every domain mapping of the platform (for the load balancers' routes).
     pub async fn all_domain_mappings(&self) -> Result<Vec<MappedDomain>, ManagerError> {
         Ok(self

@@ -279,7 +279,10 @@ pub enum Input {
         suspended: bool,
     },
     /// The tenants' domain mappings (the whole set).
-    DomainRoutes(Vec<nubo_events::DomainRoute>),
+    DomainRoutes(
+        Vec<nubo_events::DomainRoute>,
+        Vec<nubo_events::TenantSignup>,
+    ),
     /// The artifacts of these clusters changed (a repository's webhook): their members fetch
     /// them again, one after another.
     UpdateArtifacts {
@@ -436,12 +439,16 @@ impl ControllerState {
                     out.push(Action::Persist);
                 }
             }
-            Input::DomainRoutes(mut routes) => {
+            Input::DomainRoutes(mut routes, mut signups) => {
                 routes.sort();
                 routes.dedup();
-                if self.topology.domain_routes != routes {
+                signups.sort();
+                signups.dedup();
+                if self.topology.domain_routes != routes || self.topology.tenant_signups != signups
+                {
                     self.topology.domain_routes = routes.clone();
-                    out.push(Action::Publish(Event::DomainRoutes { routes }));
+                    self.topology.tenant_signups = signups.clone();
+                    out.push(Action::Publish(Event::DomainRoutes { routes, signups }));
                     out.push(Action::Persist);
                 }
             }
@@ -533,7 +540,7 @@ impl ControllerState {
                 ScaleCommand::MemberFault { member_id, .. } => of_member(member_id),
                 ScaleCommand::MemberActive { instance } => Some(instance.application_id.clone()),
             },
-            Input::Tick | Input::TenantRouting { .. } | Input::DomainRoutes(_) => None,
+            Input::Tick | Input::TenantRouting { .. } | Input::DomainRoutes(..) => None,
         }
     }
 

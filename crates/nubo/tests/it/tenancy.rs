@@ -765,8 +765,19 @@ async fn via_lb_at(
     host: &str,
     forged: Option<&str>,
 ) -> Option<(u16, String)> {
+    via_lb_path(ip, proxy, host, "/page", forged).await
+}
+
+/// The same, for `path`.
+async fn via_lb_path(
+    ip: &str,
+    proxy: u16,
+    host: &str,
+    path: &str,
+    forged: Option<&str>,
+) -> Option<(u16, String)> {
     let mut req = crate::support::client()
-        .get(format!("http://{ip}:{proxy}/page"))
+        .get(format!("http://{ip}:{proxy}{path}"))
         .header("host", host);
     if let Some(f) = forged {
         req = req.header("X-Tenant-Domain", f);
@@ -890,6 +901,20 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
         !body.contains("tenant="),
         "the platform's host names no tenant: {body}"
     );
+    // `/t/<tenant-domain>/` on the application's own host name: a tenant signed up to it,
+    // and one this load balancer serves, is named; another is not.
+    crate::support::eventually(20, "alice's path routed", || async {
+        via_lb_path("127.0.0.1", proxy, "mt.shared.test", "/t/a.com/page", None)
+            .await
+            .filter(|(_, b)| b.ends_with(" /t/a.com/page tenant=a.com"))
+    })
+    .await;
+    for path in ["/t/b.com/page", "/t/nobody.org/page", "/x/t/a.com/"] {
+        let (_, body) = via_lb_path("127.0.0.1", proxy, "mt.shared.test", path, None)
+            .await
+            .unwrap();
+        assert!(!body.contains("tenant="), "{path}: {body}");
+    }
     // Bob's domain: refused by the server's load balancer, served by bob's (which refuses
     // alice's domain and the super tenant's host name).
     assert_eq!(via_lb(proxy, "web.bob.example", None).await.unwrap().0, 404);
