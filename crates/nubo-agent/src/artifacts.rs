@@ -90,6 +90,90 @@ pub async fn repository(p: &AgentPayload) -> anyhow::Result<Option<Repository>> 
     }
 }
 
+/// A tenant's repository, for a member of a multi-tenant application.
+#[derive(Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantRepository {
+    /// The tenant.
+    pub tenant_domain: String,
+    /// Its repository.
+    #[serde(flatten)]
+    pub repo: Repository,
+}
+
+/// The repositories the tenants signed up to the member's multi-tenant application with, read
+/// from the platform's API with the member's token.
+pub async fn signups(p: &AgentPayload) -> anyhow::Result<Vec<TenantRepository>> {
+    let (Some(base), Some(token)) = (api_base(p), p.parameters.get("TOKEN")) else {
+        anyhow::bail!("no way to the platform's API in the payload (METADATA_SERVICE_URL, TOKEN)");
+    };
+    let answer = api_client(p, Duration::from_secs(30))?
+        .get(format!("{base}/agent/api/signups"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the platform's API at {base}"))?;
+    anyhow::ensure!(
+        answer.status().is_success(),
+        "the platform's API refused the signups ({})",
+        answer.status()
+    );
+    answer
+        .json()
+        .await
+        .context("the platform's API answered something else than signups")
+}
+
+/// Whether `domain` can name a directory of `tenants/` (a domain name's characters only).
+fn tenant_dir_name(domain: &str) -> bool {
+    !domain.is_empty()
+        && !domain.starts_with('.')
+        && domain.len() <= 253
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+}
+
+/// Brings `app/tenants/` in line with the tenants signed up: each one's repository checked out
+/// (or fetched again) in `tenants/<tenant-domain>/`, the directories of tenants no longer signed
+/// up removed. Returns the tenants served.
+pub async fn sync_tenants(app: &Path, p: &AgentPayload) -> anyhow::Result<Vec<String>> {
+    let list = signups(p).await?;
+    let root = app.join("tenants");
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot make {}", root.display()))?;
+    let mut served = Vec::new();
+    for t in &list {
+        if !tenant_dir_name(&t.tenant_domain) {
+            tracing::warn!(tenant = %t.tenant_domain, "a tenant domain that cannot name a directory: skipped");
+            continue;
+        }
+        let dir = root.join(&t.tenant_domain);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot make {}", dir.display()))?;
+        let result = if dir.join(".git").exists() {
+            update(&dir, &t.repo).await
+        } else {
+            checkout_with(&dir, &t.repo, Duration::from_millis(500)).await
+        };
+        match result {
+            Ok(commit) => {
+                tracing::debug!(tenant = %t.tenant_domain, %commit, "tenant's artifacts current");
+                served.push(t.tenant_domain.clone());
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %t.tenant_domain, error = %e, "cannot check a tenant's repository out")
+            }
+        }
+    }
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !list.iter().any(|t| t.tenant_domain == name) {
+            let _ = std::fs::remove_dir_all(entry.path());
+            tracing::info!(tenant = %name, "a tenant's artifacts removed: no longer signed up");
+        }
+    }
+    Ok(served)
+}
+
 /// A client of the platform's API that trusts its certificate (`METADATA_SERVICE_CA`).
 pub(crate) fn api_client(p: &AgentPayload, timeout: Duration) -> anyhow::Result<reqwest::Client> {
     let mut client = reqwest::Client::builder().timeout(timeout).use_rustls_tls();

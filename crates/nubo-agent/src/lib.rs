@@ -38,6 +38,8 @@ pub const DRAIN_DELAY: Duration = Duration::from_millis(500);
 /// How long a member may stay unhealthy (out of the load balancers) before it reports itself down
 /// and is replaced, where the cartridge's `unhealthyTimeout` says nothing.
 pub const UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a multi-tenant member brings its tenants' artifacts in line with the signups.
+pub const TENANT_SYNC: Duration = Duration::from_secs(3);
 /// How often health statistics are published.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -184,6 +186,29 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
                 return Ok(2);
             }
         }
+    }
+    // A member of a multi-tenant application serves every signed-up tenant's artifacts, each in
+    // `app/tenants/<tenant-domain>/`, kept in line with the signups while it runs.
+    if p.parameters.get("MULTITENANT").map(String::as_str) == Some("true")
+        && p.parameters.contains_key("TOKEN")
+    {
+        match artifacts::sync_tenants(&app_dir, &p).await {
+            Ok(served) => {
+                tracing::info!(member = %p.member_id, tenants = served.len(), "tenants' artifacts checked out")
+            }
+            Err(e) => {
+                tracing::warn!(member = %p.member_id, error = %format!("{e:#}"), "cannot read the tenants' signups yet")
+            }
+        }
+        let (app, payload) = (app_dir.clone(), p.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TENANT_SYNC).await;
+                if let Err(e) = artifacts::sync_tenants(&app, &payload).await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read the tenants' signups");
+                }
+            }
+        });
     }
 
     // Its output goes to the platform too.

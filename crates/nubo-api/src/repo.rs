@@ -273,6 +273,46 @@ async fn repository(
     Ok(resp)
 }
 
+/// `GET /agent/api/signups`: the repositories the tenants signed up to the calling member's
+/// multi-tenant application with, for its cartridge (credentials included), by tenant domain.
+async fn signups(State(s): S, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    let Caller::Member {
+        member_id,
+        application_id,
+        tenant_id,
+        alias,
+    } = caller
+    else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only a member (with its payload's TOKEN) reads its application's signups",
+        ));
+    };
+    // Signups are to the platform's (the super tenant's) applications.
+    let list = if tenant_id == nubo_model::SUPER_TENANT_ID {
+        s.manager
+            .signup_repositories(&application_id, &alias)
+            .await?
+    } else {
+        Vec::new()
+    };
+    tracing::info!(member = %member_id, signups = list.len(), "signups' repositories read by a member");
+    let body: Vec<serde_json::Value> = list
+        .into_iter()
+        .map(|(domain, access)| {
+            let mut v = serde_json::to_value(&access).unwrap_or_default();
+            v["tenantDomain"] = serde_json::Value::String(domain);
+            v
+        })
+        .collect();
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
 /// `GET /agent/api/members`: the calling member's application's members (what its agent's
 /// member-event hooks are given), its own application's only.
 async fn members(State(s): S, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
@@ -324,6 +364,7 @@ pub fn webhook_routes() -> Router<Arc<AppState>> {
 pub fn agent_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/repository", get(repository))
+        .route("/signups", get(signups))
         .route("/members", get(members))
         .route_layer(axum::middleware::from_fn_with_state(state, members_only))
 }

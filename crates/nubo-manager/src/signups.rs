@@ -167,6 +167,62 @@ impl Manager {
         Ok(())
     }
 
+    /// The repositories the tenants signed up to the platform's application `id` with, for its
+    /// cartridge `alias`: (tenant domain, repository, its password opened), for the members'
+    /// checkouts.
+    pub async fn signup_repositories(
+        &self,
+        id: &str,
+        alias: &str,
+    ) -> Result<Vec<(String, crate::RepositoryAccess)>, ManagerError> {
+        let mut out = Vec::new();
+        for (tenant, application) in self.all_signups().await? {
+            if application != id {
+                continue;
+            }
+            let Some(rec) = self
+                .store
+                .get(tenant, &Key::new(Kind::ApplicationSignup.as_str(), id))
+                .await
+                .map_err(|e| store_err(Kind::ApplicationSignup, e))?
+            else {
+                continue;
+            };
+            let Ok(signup) = serde_json::from_value::<ApplicationSignup>(rec.body) else {
+                continue;
+            };
+            let Some(r) = signup
+                .artifact_repositories
+                .into_iter()
+                .flatten()
+                .find(|r| r.alias.as_deref() == Some(alias))
+            else {
+                continue;
+            };
+            let Some(repo_url) = r.repo_url else {
+                continue;
+            };
+            let repo_password = match r.repo_password {
+                Some(sealed) => Some(
+                    self.secrets_key
+                        .open(&context(tenant, id, alias), &sealed)
+                        .map_err(|e| ManagerError::Unavailable(e.to_string()))?
+                        .0,
+                ),
+                None => None,
+            };
+            out.push((
+                self.domain_of(tenant).await?,
+                crate::RepositoryAccess {
+                    repo_url,
+                    repo_username: r.repo_username.filter(|u| !u.is_empty()),
+                    repo_password,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
     /// Every signup of the platform: (tenant, application id), for the load balancers'
     /// `t/<tenant-domain>/` paths.
     pub async fn all_signups(&self) -> Result<Vec<(i64, String)>, ManagerError> {

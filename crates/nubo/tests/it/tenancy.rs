@@ -966,3 +966,129 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
         200
     );
 }
+
+/// Two tenants sign up to one multi-tenant application, each with its own repository (bob's
+/// private); the shared member checks each out in `tenants/<domain>/`; each tenant's domain, and
+/// its `/t/<domain>/` path, serves that tenant's content.
+#[tokio::test]
+async fn each_tenant_s_domain_serves_its_own_repository() {
+    const BOB_PASSWORD: &str = "bob-git-pw-never-shown";
+    let dir = tempfile::tempdir().unwrap();
+    let git =
+        crate::gitserver::GitServer::start(&dir.path().join("git"), "bob", BOB_PASSWORD).await;
+    let work = dir.path().join("work");
+    git.repository("alice.git", &[("index.html", "alice's shop")], &work);
+    git.repository("private/bob.git", &[("index.html", "bob's blog")], &work);
+    let data = dir.path().join("nubo");
+    let server = ServerProcess::start(&data);
+    let root = Api::new(&server);
+    for (admin, domain) in [("alice", "a.com"), ("bob", "b.com")] {
+        let t = json!({"admin": admin, "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
+            "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
+        assert_eq!(root.post("/api/tenants", t).await.0, 201);
+    }
+    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let bob = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let proxy = crate::support::free_port();
+    let script = crate::support::manifest_dir().join("tests/it/fixtures/tenant_site.py");
+    root.add_all(&[
+        ("autoscalingPolicies", policy("asp")),
+        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": "sites", "category": "framework", "host": "sites.test", "multiTenant": true,
+            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
+            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
+        ("applications", json!({"applicationId": "sites", "multiTenant": true, "components": {"cartridges": [
+            {"type": "sites", "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    assert_eq!(
+        root.post("/api/applications/sites/deploy/ap", json!({}))
+            .await
+            .0,
+        202
+    );
+    crate::support::eventually(60, "the shared member Active", || async {
+        (root.active("sites", "web").await.len() == 1).then_some(())
+    })
+    .await;
+    let signup = |url: String, user: Option<&str>, pw: Option<&str>| {
+        let mut r = json!({"alias": "web", "repoUrl": url});
+        if let (Some(u), Some(p)) = (user, pw) {
+            r["privateRepo"] = json!(true);
+            r["repoUsername"] = json!(u);
+            r["repoPassword"] = json!(p);
+        }
+        json!({"artifactRepositories": [r]})
+    };
+    let map = |d: &str| json!({"domainMappings": [{"cartridgeAlias": "web", "domainName": d}]});
+    assert_eq!(
+        alice
+            .post(
+                "/api/applications/sites/signup",
+                signup(format!("{}/alice.git", git.url), None, None)
+            )
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        bob.post(
+            "/api/applications/sites/signup",
+            signup(
+                format!("{}/private/bob.git", git.url),
+                Some("bob"),
+                Some(BOB_PASSWORD)
+            )
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        alice
+            .post(
+                "/api/applications/sites/domainMappings",
+                map("shop.alice.example")
+            )
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        bob.post(
+            "/api/applications/sites/domainMappings",
+            map("blog.bob.example")
+        )
+        .await
+        .0,
+        201
+    );
+    for (host, path, text) in [
+        ("shop.alice.example", "/", "alice's shop"),
+        ("blog.bob.example", "/", "bob's blog"),
+        ("sites.sites.test", "/t/a.com/", "alice's shop"),
+        ("sites.sites.test", "/t/b.com/index.html", "bob's blog"),
+    ] {
+        crate::support::eventually(
+            30,
+            &format!("{host}{path} serving its tenant's content"),
+            || async {
+                via_lb_path("127.0.0.1", proxy, host, path, None)
+                    .await
+                    .filter(|(s, b)| *s == 200 && b == text)
+            },
+        )
+        .await;
+    }
+    // A forged tenant on alice's domain still gets alice's content.
+    let (_, body) = via_lb_path("127.0.0.1", proxy, "shop.alice.example", "/", Some("b.com"))
+        .await
+        .unwrap();
+    assert_eq!(body, "alice's shop");
+    // Bob's password is in clear in no file of the platform's data directory.
+    let leaked = crate::agent::files_containing(&data, BOB_PASSWORD.as_bytes());
+    assert!(leaked.is_empty(), "{leaked:?}");
+}
