@@ -170,15 +170,7 @@ mod tests {
     #[tokio::test]
     async fn admins_read_their_tenant_s_entries_and_old_ones_are_trimmed() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Manager::new(
-            std::sync::Arc::new(
-                nubo_store::SqliteStore::open(&dir.path().join("db"))
-                    .await
-                    .unwrap(),
-            ),
-            vec!["local".into()],
-            crate::SecretsKey::from_bytes([7; 32], None).unwrap(),
-        );
+        let m = crate::test_manager(dir.path()).await;
         for (i, (t, u)) in [(1, "alice"), (2, "bob"), (1, "carol"), (1, "alice")]
             .into_iter()
             .enumerate()

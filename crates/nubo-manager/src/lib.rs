@@ -904,3 +904,17 @@ impl nubo_plan::Planner for Manager {
             .map(|_| ())
     }
 }
+
+/// A manager on a fresh SQLite store in `dir` (tests).
+#[cfg(test)]
+pub(crate) async fn test_manager(dir: &std::path::Path) -> Manager {
+    Manager::new(
+        Arc::new(
+            nubo_store::SqliteStore::open(&dir.join("db"))
+                .await
+                .expect("a store"),
+        ),
+        vec!["local".into()],
+        SecretsKey::from_bytes([7; 32], None).expect("a key"),
+    )
+}

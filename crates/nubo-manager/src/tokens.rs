@@ -340,15 +340,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_token_is_refused_saying_so_and_goes_at_the_next_issue() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Manager::new(
-            std::sync::Arc::new(
-                nubo_store::SqliteStore::open(&dir.path().join("db"))
-                    .await
-                    .unwrap(),
-            ),
-            vec!["local".into()],
-            crate::SecretsKey::from_bytes([7; 32], None).unwrap(),
-        );
+        let m = crate::test_manager(dir.path()).await;
         m.ensure_admin(Some("pw-admin")).await.unwrap();
         let p = m.authenticate("c", "admin", "pw-admin").await.unwrap();
         let (old, _) = m

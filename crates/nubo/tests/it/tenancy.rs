@@ -32,6 +32,52 @@ async fn post(api: &Api, token: &str, path: &str, body: Value) -> (u16, Value) {
     bearer(api, token, reqwest::Method::POST, path, Some(body)).await
 }
 
+/// Adds the tenant `domain` with its admin `admin` (password `s3cret!`); the admin's client.
+async fn tenant(server: &ServerProcess, root: &Api, admin: &str, domain: &str) -> Api {
+    let t = json!({"admin": admin, "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
+        "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
+    let (status, body) = root.post("/api/tenants", t).await;
+    assert_eq!(status, 201, "{body}");
+    Api::as_user(server, &format!("{admin}@{domain}"), "s3cret!")
+}
+
+/// The platform's multi-tenant application `app` (one member of cartridge `ty`, host `host`,
+/// alias `web`) on `provider` with `image`, behind proxy port `proxy`: deployed, and Active.
+async fn shared_app(
+    root: &Api,
+    app: &str,
+    ty: &str,
+    host: &str,
+    provider: &str,
+    image: &str,
+    proxy: Option<u16>,
+) {
+    let mut port = json!({"name": "http", "protocol": "http", "port": 8080});
+    if let Some(p) = proxy {
+        port["proxyPort"] = json!(p);
+    }
+    root.add_all(&[
+        ("autoscalingPolicies", policy("asp")),
+        ("networkPartitions", json!({"id": "np", "provider": provider, "partitions": [{"id": "p1"}]})),
+        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
+        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
+        ("cartridges", json!({"type": ty, "category": "framework", "host": host, "multiTenant": true,
+            "portMapping": [port], "iaasProvider": [{"type": provider, "imageId": image}]})),
+        ("applications", json!({"applicationId": app, "multiTenant": true, "components": {"cartridges": [
+            {"type": ty, "cartridgeMin": 1, "cartridgeMax": 1,
+             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
+    ])
+    .await;
+    let (status, body) = root
+        .post(&format!("/api/applications/{app}/deploy/ap"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    crate::support::eventually(60, "the shared member Active", || async {
+        (root.active(app, "web").await.len() == 1).then_some(())
+    })
+    .await;
+}
+
 fn policy(id: &str) -> Value {
     json!({"id": id, "loadThresholds": {"memoryConsumption": {"threshold": 80}}})
 }
@@ -46,10 +92,7 @@ async fn sessions_and_api_tokens_act_as_their_user_until_revoked() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--no-lb"]);
     let root = Api::new(&server);
-    let t = json!({"admin": "alice", "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
-        "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
-    assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let alice = tenant(&server, &root, "alice", "a.com").await;
     let (status, body) = alice
         .post(
             "/api/users",
@@ -216,10 +259,7 @@ async fn every_change_of_a_scripted_session_is_in_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start_with(dir.path(), &["--insecure-http", "--no-lb"]);
     let root = Api::new(&server);
-    let t = json!({"admin": "alice", "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
-        "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
-    assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let alice = tenant(&server, &root, "alice", "a.com").await;
     assert_eq!(
         alice
             .post(
@@ -342,10 +382,7 @@ async fn metering_totals_equal_the_members_lifetimes() {
         &["--insecure-http", "--no-lb", "--mock-iaas", "-"],
     );
     let root = Api::new(&server);
-    let t = json!({"admin": "alice", "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
-        "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
-    assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let alice = tenant(&server, &root, "alice", "a.com").await;
     let artifacts = [
         ("autoscalingPolicies", policy("asp")),
         (
@@ -465,10 +502,7 @@ async fn quotas_refuse_what_is_beyond_them_and_the_autoscaler_holds_there() {
         ],
     );
     let root = Api::new(&server);
-    let t = json!({"admin": "alice", "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
-        "tenantDomain": "a.com", "email": "alice@a.com", "active": "true"});
-    assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
+    let alice = tenant(&server, &root, "alice", "a.com").await;
     // Only the platform's administrator sets quotas.
     let quota = json!({"applications": 2, "instances": 3});
     assert_eq!(
@@ -561,13 +595,8 @@ async fn tenants_sign_up_to_a_shared_application_and_map_their_own_domains() {
         &["--insecure-http", "--no-lb", "--mock-iaas", "-"],
     );
     let root = Api::new(&server);
-    for (admin, domain) in [("alice", "a.com"), ("bob", "b.com")] {
-        let t = json!({"admin": admin, "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
-            "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
-        assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    }
-    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
-    let bob = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let alice = tenant(&server, &root, "alice", "a.com").await;
+    let bob = tenant(&server, &root, "bob", "b.com").await;
     let app = |id: &str, multi: bool| {
         json!({"applicationId": id, "multiTenant": multi, "components": {"cartridges": [
             {"type": "shared", "cartridgeMin": 1, "cartridgeMax": 1,
@@ -702,10 +731,7 @@ async fn tenants_sign_up_to_a_shared_application_and_map_their_own_domains() {
         404
     );
     // A tenant not signed up cannot map.
-    let t = json!({"admin": "carl", "firstName": "C", "lastName": "L", "adminPassword": "s3cret!",
-        "tenantDomain": "c.com", "email": "carl@c.com", "active": "true"});
-    assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    let carl = Api::as_user(&server, "carl@c.com", "s3cret!");
+    let carl = tenant(&server, &root, "carl", "c.com").await;
     assert_eq!(
         carl.post("/api/applications/mt/domainMappings", map("carl.example"))
             .await
@@ -798,13 +824,8 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
     let server =
         ServerProcess::start_with(dir.path(), &["--insecure-http", "--lb-tenants", "super,1"]);
     let root = Api::new(&server);
-    for (admin, domain) in [("alice", "a.com"), ("bob", "b.com")] {
-        let t = json!({"admin": admin, "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
-            "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
-        assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    }
-    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
-    let bob = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let alice = tenant(&server, &root, "alice", "a.com").await;
+    let bob = tenant(&server, &root, "bob", "b.com").await;
     let (_, tenants) = root.get("/api/tenants").await;
     let id_of = |d: &str| {
         tenants
@@ -846,28 +867,16 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
     let _lb = Kill(lb);
     let proxy = crate::support::free_port();
     let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
-    root.add_all(&[
-        ("autoscalingPolicies", policy("asp")),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "shared", "category": "framework", "host": "shared.test", "multiTenant": true,
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "mt", "multiTenant": true, "components": {"cartridges": [
-            {"type": "shared", "cartridgeMin": 1, "cartridgeMax": 1,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
-    assert_eq!(
-        root.post("/api/applications/mt/deploy/ap", json!({}))
-            .await
-            .0,
-        202
-    );
-    crate::support::eventually(60, "the shared member Active", || async {
-        (root.active("mt", "web").await.len() == 1).then_some(())
-    })
+    let image = format!("exec python3 {}", script.display());
+    shared_app(
+        &root,
+        "mt",
+        "shared",
+        "shared.test",
+        "local",
+        &image,
+        Some(proxy),
+    )
     .await;
     let repo =
         json!({"artifactRepositories": [{"alias": "web", "repoUrl": "https://git.example/x.git"}]});
@@ -982,37 +991,20 @@ async fn each_tenant_s_domain_serves_its_own_repository() {
     let data = dir.path().join("nubo");
     let server = ServerProcess::start(&data);
     let root = Api::new(&server);
-    for (admin, domain) in [("alice", "a.com"), ("bob", "b.com")] {
-        let t = json!({"admin": admin, "firstName": "A", "lastName": "L", "adminPassword": "s3cret!",
-            "tenantDomain": domain, "email": format!("{admin}@{domain}"), "active": "true"});
-        assert_eq!(root.post("/api/tenants", t).await.0, 201);
-    }
-    let alice = Api::as_user(&server, "alice@a.com", "s3cret!");
-    let bob = Api::as_user(&server, "bob@b.com", "s3cret!");
+    let alice = tenant(&server, &root, "alice", "a.com").await;
+    let bob = tenant(&server, &root, "bob", "b.com").await;
     let proxy = crate::support::free_port();
     let script = crate::support::manifest_dir().join("tests/it/fixtures/tenant_site.py");
-    root.add_all(&[
-        ("autoscalingPolicies", policy("asp")),
-        ("networkPartitions", json!({"id": "np", "provider": "local", "partitions": [{"id": "p1"}]})),
-        ("deploymentPolicies", json!({"id": "dp", "networkPartitions": [{"id": "np", "partitionAlgo": "round-robin", "partitions": [{"id": "p1"}]}]})),
-        ("applicationPolicies", json!({"id": "ap", "algorithm": "one-after-another", "networkPartitions": ["np"]})),
-        ("cartridges", json!({"type": "sites", "category": "framework", "host": "sites.test", "multiTenant": true,
-            "portMapping": [{"name": "http", "protocol": "http", "port": 8080, "proxyPort": proxy}],
-            "iaasProvider": [{"type": "local", "imageId": format!("exec python3 {}", script.display())}]})),
-        ("applications", json!({"applicationId": "sites", "multiTenant": true, "components": {"cartridges": [
-            {"type": "sites", "cartridgeMin": 1, "cartridgeMax": 1,
-             "subscribableInfo": {"alias": "web", "autoscalingPolicy": "asp", "deploymentPolicy": "dp"}}]}})),
-    ])
-    .await;
-    assert_eq!(
-        root.post("/api/applications/sites/deploy/ap", json!({}))
-            .await
-            .0,
-        202
-    );
-    crate::support::eventually(60, "the shared member Active", || async {
-        (root.active("sites", "web").await.len() == 1).then_some(())
-    })
+    let image = format!("exec python3 {}", script.display());
+    shared_app(
+        &root,
+        "sites",
+        "sites",
+        "sites.test",
+        "local",
+        &image,
+        Some(proxy),
+    )
     .await;
     let signup = |url: String, user: Option<&str>, pw: Option<&str>| {
         let mut r = json!({"alias": "web", "repoUrl": url});
