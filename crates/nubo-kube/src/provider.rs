@@ -94,6 +94,9 @@ struct Tracked {
     started: bool,
     announced_started: bool,
     announced_active: bool,
+    /// The watch has seen its pod: only then can a list without it mean the pod is gone (a
+    /// list taken while the pod was being created does not have it yet).
+    seen: bool,
 }
 
 #[derive(Default)]
@@ -262,12 +265,15 @@ impl Core {
                 for s in states {
                     self.on_pod(s).await;
                 }
-                // Members of this cluster whose pods went while the watch was lost.
+                // Members of this cluster whose pods went while the watch was lost (seen
+                // before: a pod still being created is in no list yet).
                 let lost: Vec<String> = self
                     .with(|i| {
                         i.members
                             .iter()
-                            .filter(|(id, t)| t.cluster == cluster && !present.contains(*id))
+                            .filter(|(id, t)| {
+                                t.cluster == cluster && t.seen && !present.contains(*id)
+                            })
                             .map(|(id, _)| id.clone())
                             .collect()
                     })
@@ -295,6 +301,7 @@ impl Core {
         let to_say = self
             .with(|i| {
                 let t = i.members.get_mut(&s.member_id)?;
+                t.seen = true;
                 t.phase = s.phase.clone();
                 t.ip = s.ip.clone().or(t.ip.take());
                 Some(Self::answers(t))
@@ -438,6 +445,7 @@ impl Core {
                 started: true,
                 announced_started: true,
                 announced_active: s.phase == Phase::Ready,
+                seen: true,
             });
         });
     }
@@ -537,6 +545,7 @@ impl Core {
                     started: false,
                     announced_started: false,
                     announced_active: false,
+                    seen: false,
                 },
             )
         });
@@ -866,5 +875,49 @@ mod tests {
             .insert(CLUSTER_PARAMETER.into(), "nowhere".into());
         let e = k.start(s).await.unwrap_err();
         assert!(e.to_string().contains("`nowhere`"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_list_taken_before_a_pod_was_created_does_not_end_its_member() {
+        let fake = FakeApiServer::start().await;
+        let events = EventBus::new(Arc::new(MemoryBus::new()));
+        let mut all = events.subscribe_filter("#").await.unwrap();
+        let k = provider(&fake, &events, Duration::from_secs(10)).await;
+        // A member being started: tracked, its pod not seen by the watch yet (the watch's
+        // first list was taken before the pod was created).
+        let tracked = Tracked {
+            cluster: "k1".into(),
+            instance: InstanceRef::from(&member("shop.web.m9")),
+            pod: "nubo-m9".into(),
+            phase: Phase::Pending,
+            ip: None,
+            initialized: false,
+            started: false,
+            announced_started: false,
+            announced_active: false,
+            seen: false,
+        };
+        k.0.with(|i| i.members.insert("shop.web.m9".into(), tracked));
+        k.0.on_pods("k1", PodEvent::Listed(vec![])).await;
+        assert_eq!(
+            k.0.with(|i| i.members.contains_key("shop.web.m9")),
+            Some(true),
+            "still starting"
+        );
+        // Seen once, then missing from a list (the watch was lost meanwhile): gone.
+        k.0.with(|i| {
+            if let Some(t) = i.members.get_mut("shop.web.m9") {
+                t.seen = true;
+            }
+        });
+        k.0.on_pods("k1", PodEvent::Listed(vec![])).await;
+        assert_eq!(
+            k.0.with(|i| i.members.contains_key("shop.web.m9")),
+            Some(false)
+        );
+        match next_of(&mut all, &["MemberProcessExited"]).await {
+            Event::MemberProcessExited { member_id, .. } => assert_eq!(member_id, "shop.web.m9"),
+            e => panic!("{e:?}"),
+        }
     }
 }
