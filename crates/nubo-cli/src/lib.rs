@@ -269,6 +269,76 @@ pub struct TenantArgs {
     pub admin_password: Option<String>,
 }
 
+/// Signup commands (the caller's tenant).
+#[derive(Debug, Clone, Subcommand)]
+pub enum SignupCommand {
+    /// Sign up to a multi-tenant application, with your repositories from a JSON file
+    /// (`{"artifactRepositories": [{alias, repoUrl, repoUsername, repoPassword}]}`)
+    Add {
+        /// The application
+        application: String,
+        /// The signup's JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Your signup (without passwords)
+    Describe {
+        /// The application
+        application: String,
+    },
+    /// Remove your signup (and its domain mappings)
+    Remove {
+        /// The application
+        application: String,
+    },
+}
+
+/// Domain mapping commands (the caller's tenant).
+#[derive(Debug, Clone, Subcommand)]
+pub enum DomainMappingCommand {
+    /// Map domains from a JSON file (`{"domainMappings": [{cartridgeAlias, domainName, contextPath}]}`)
+    Add {
+        /// The application
+        application: String,
+        /// The mappings' JSON file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Your domains mapped onto an application
+    List {
+        /// The application
+        application: String,
+    },
+    /// Remove one of your domain mappings
+    Remove {
+        /// The application
+        application: String,
+        /// The domain
+        domain: String,
+    },
+}
+
+/// Quota commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum QuotaCommand {
+    /// Set a tenant's quotas (the platform's administrator); a quota left out has no limit
+    Set {
+        /// The tenant's domain
+        domain: String,
+        /// Applications it may define at most
+        #[arg(long)]
+        applications: Option<u32>,
+        /// Members its applications may run at once at most
+        #[arg(long)]
+        instances: Option<u32>,
+    },
+    /// Your tenant's quotas and what it uses; a tenant's (the platform's administrator)
+    Show {
+        /// The tenant's domain (the platform's administrator)
+        domain: Option<String>,
+    },
+}
+
 /// User commands (the caller's tenant).
 #[derive(Debug, Clone, Subcommand)]
 pub enum UserCommand {
@@ -451,6 +521,15 @@ pub enum Command {
     /// Users of your tenant
     #[command(subcommand)]
     User(UserCommand),
+    /// Your tenant's signups to the platform's multi-tenant applications
+    #[command(subcommand)]
+    Signup(SignupCommand),
+    /// Your tenant's domains mapped onto applications it signed up to
+    #[command(subcommand, name = "domain-mapping")]
+    DomainMapping(DomainMappingCommand),
+    /// Tenants' quotas (set: the platform's administrator; show: your own)
+    #[command(subcommand)]
+    Quota(QuotaCommand),
     /// The IaaS providers network partitions may use
     #[command(name = "iaas-providers")]
     IaasProviders,
@@ -816,6 +895,116 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(c) => token(&client, out, c).await,
+        Command::Signup(c) => {
+            let (method, path, body) = match c {
+                SignupCommand::Add { application, file } => (
+                    "POST",
+                    format!("/api/applications/{}/signup", client::escape(application)),
+                    Some(read_file(file)?),
+                ),
+                SignupCommand::Describe { application } => (
+                    "GET",
+                    format!("/api/applications/{}/signup", client::escape(application)),
+                    None,
+                ),
+                SignupCommand::Remove { application } => (
+                    "DELETE",
+                    format!("/api/applications/{}/signup", client::escape(application)),
+                    None,
+                ),
+            };
+            let v = client.send(method, &path, body).await?;
+            match c {
+                SignupCommand::Remove { .. } => render::message(out, &v),
+                _ => render::describe(out, &v),
+            }
+            Ok(())
+        }
+        Command::DomainMapping(c) => {
+            match c {
+                DomainMappingCommand::Add { application, file } => {
+                    let v = client
+                        .send(
+                            "POST",
+                            &format!(
+                                "/api/applications/{}/domainMappings",
+                                client::escape(application)
+                            ),
+                            Some(read_file(file)?),
+                        )
+                        .await?;
+                    render::list(
+                        out,
+                        "domainMappings",
+                        v.get("domainMappings").unwrap_or(&Value::Null),
+                    );
+                }
+                DomainMappingCommand::List { application } => {
+                    let v = client
+                        .send(
+                            "GET",
+                            &format!(
+                                "/api/applications/{}/domainMappings",
+                                client::escape(application)
+                            ),
+                            None,
+                        )
+                        .await?;
+                    render::list(
+                        out,
+                        "domainMappings",
+                        v.get("domainMappings").unwrap_or(&Value::Null),
+                    );
+                }
+                DomainMappingCommand::Remove {
+                    application,
+                    domain,
+                } => render::message(
+                    out,
+                    &client
+                        .send(
+                            "DELETE",
+                            &format!(
+                                "/api/applications/{}/domainMappings/{}",
+                                client::escape(application),
+                                client::escape(domain)
+                            ),
+                            None,
+                        )
+                        .await?,
+                ),
+            }
+            Ok(())
+        }
+        Command::Quota(c) => {
+            let v = match c {
+                QuotaCommand::Set {
+                    domain,
+                    applications,
+                    instances,
+                } => {
+                    let body =
+                        serde_json::json!({"applications": applications, "instances": instances});
+                    client
+                        .send(
+                            "PUT",
+                            &format!("/api/quotas/{}", client::escape(domain)),
+                            Some(serde_json::to_vec(&body)?),
+                        )
+                        .await?
+                }
+                QuotaCommand::Show { domain: Some(d) } => {
+                    client
+                        .send("GET", &format!("/api/quotas/{}", client::escape(d)), None)
+                        .await?
+                }
+                QuotaCommand::Show { domain: None } => {
+                    client.send("GET", "/api/quota", None).await?
+                }
+            };
+            render::describe(out, &v);
+            Ok(())
+        }
         Command::Usage {
             application,
             tenant,

@@ -189,6 +189,12 @@ fn columns(collection: &str) -> Vec<Column> {
             }),
             ("STATUS", |v| v["status"].to_string()),
         ],
+        "domainMappings" => vec![
+            ("DOMAIN", |v| s(v, "domainName")),
+            ("CONTEXT PATH", |v| s(v, "contextPath")),
+            ("ALIAS", |v| s(v, "cartridgeAlias")),
+            ("APPLICATION", |v| s(v, "applicationId")),
+        ],
         "tokens" => vec![
             ("ID", |v| s(v, "id")),
             ("NAME", |v| s(v, "name")),

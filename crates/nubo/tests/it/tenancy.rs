@@ -1084,3 +1084,85 @@ async fn each_tenant_s_domain_serves_its_own_repository() {
     let leaked = crate::agent::files_containing(&data, BOB_PASSWORD.as_bytes());
     assert!(leaked.is_empty(), "{leaked:?}");
 }
+
+/// The CLI of tenancy: a tenant signs up, maps a domain, reads and removes it, and reads its
+/// quota; the platform's administrator sets the quota.
+#[tokio::test]
+async fn signups_mappings_and_quotas_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &["--insecure-http", "--no-lb", "--mock-iaas", "-"],
+    );
+    let root = Api::new(&server);
+    let _alice = tenant(&server, &root, "alice", "a.com").await;
+    shared_app(&root, "mt", "shared", "shared.test", "mock", "mock", None).await;
+    let as_alice = |args: &[&str]| {
+        let o = crate::cli::nubo(
+            &server,
+            &[&["--user", "alice@a.com", "--password", "s3cret!"], args].concat(),
+        );
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let signup = dir.path().join("signup.json");
+    std::fs::write(&signup, json!({"artifactRepositories": [{"alias": "web",
+        "repoUrl": "https://git.example/a.git", "repoUsername": "a", "repoPassword": "cli-pw-secret"}]}).to_string()).unwrap();
+    let mapping = dir.path().join("mapping.json");
+    std::fs::write(
+        &mapping,
+        json!({"domainMappings": [{"cartridgeAlias": "web", "domainName": "cli.alice.example"}]})
+            .to_string(),
+    )
+    .unwrap();
+    let (ok, _, err) = as_alice(&["signup", "add", "mt", "-f", signup.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = as_alice(&["signup", "describe", "mt", "-o", "json"]);
+    assert!(
+        ok && out.contains("a.git") && !out.contains("cli-pw-secret"),
+        "{out} {err}"
+    );
+    let (ok, out, err) = as_alice(&[
+        "domain-mapping",
+        "add",
+        "mt",
+        "-f",
+        mapping.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("cli.alice.example"), "{out} {err}");
+    let (ok, out, _) = as_alice(&["domain-mapping", "list", "mt"]);
+    assert!(
+        ok && out.contains("cli.alice.example") && out.contains("DOMAIN"),
+        "{out}"
+    );
+    let (ok, _, err) = as_alice(&["domain-mapping", "remove", "mt", "cli.alice.example"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = as_alice(&["domain-mapping", "list", "mt"]);
+    assert!(!out.contains("cli.alice.example"), "{out}");
+    // Quotas: refused to the tenant, set by the administrator, read by both.
+    let (ok, _, err) = as_alice(&["quota", "set", "a.com", "--applications", "3"]);
+    assert!(!ok && err.contains("administrator"), "{err}");
+    let o = crate::cli::nubo(
+        &server,
+        &[
+            "quota",
+            "set",
+            "a.com",
+            "--applications",
+            "3",
+            "--instances",
+            "5",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (ok, out, _) = as_alice(&["quota", "show", "-o", "json"]);
+    assert!(
+        ok && out.contains("\"limit\": 5") && out.contains("\"limit\": 3"),
+        "{out}"
+    );
+    let (ok, _, err) = as_alice(&["signup", "remove", "mt"]);
+    assert!(ok, "{err}");
+}
