@@ -104,24 +104,37 @@ pub struct TenantRepository {
 /// The repositories the tenants signed up to the member's multi-tenant application with, read
 /// from the platform's API with the member's token.
 pub async fn signups(p: &AgentPayload) -> anyhow::Result<Vec<TenantRepository>> {
+    agent_api_get(p, "signups", "the signups", Duration::from_secs(30)).await
+}
+
+/// `GET <api>/agent/api/<path>` with the member's token, read as JSON (`what` names it in
+/// errors).
+pub(crate) async fn agent_api_get<T: serde::de::DeserializeOwned>(
+    p: &AgentPayload,
+    path: &str,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<T> {
     let (Some(base), Some(token)) = (api_base(p), p.parameters.get("TOKEN")) else {
-        anyhow::bail!("no way to the platform's API in the payload (METADATA_SERVICE_URL, TOKEN)");
+        anyhow::bail!(
+            "the platform gave this member no way to its API (no METADATA_SERVICE_URL or TOKEN)"
+        );
     };
-    let answer = api_client(p, Duration::from_secs(30))?
-        .get(format!("{base}/agent/api/signups"))
+    let answer = api_client(p, timeout)?
+        .get(format!("{base}/agent/api/{path}"))
         .bearer_auth(token)
         .send()
         .await
         .with_context(|| format!("cannot reach the platform's API at {base}"))?;
     anyhow::ensure!(
         answer.status().is_success(),
-        "the platform's API refused the signups ({})",
+        "the platform's API refused {what} ({})",
         answer.status()
     );
     answer
         .json()
         .await
-        .context("the platform's API answered something else than signups")
+        .with_context(|| format!("the platform's API answered something else than {what}"))
 }
 
 /// Whether `domain` can name a directory of `tenants/` (a domain name's characters only).

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use nubo_events::MemberStatus;
 use nubo_events::view::MemberRow;
 use nubo_iaas::AgentPayload;
@@ -28,28 +27,7 @@ pub const HOOKS: [&str; 5] = [
 
 /// The application's members, as the platform's API gives them (`GET /agent/api/members`).
 pub async fn fetch(p: &AgentPayload) -> anyhow::Result<Vec<MemberRow>> {
-    let (Some(base), Some(token)) = (crate::artifacts::api_base(p), p.parameters.get("TOKEN"))
-    else {
-        anyhow::bail!(
-            "the platform gave this member no way to its API (no METADATA_SERVICE_URL or TOKEN)"
-        );
-    };
-    let client = crate::artifacts::api_client(p, Duration::from_secs(10))?;
-    let answer = client
-        .get(format!("{base}/agent/api/members"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the platform's API at {base}"))?;
-    anyhow::ensure!(
-        answer.status().is_success(),
-        "the platform's API refused the member list ({})",
-        answer.status()
-    );
-    answer
-        .json()
-        .await
-        .context("the platform's API answered something else than a member list")
+    crate::artifacts::agent_api_get(p, "members", "the member list", Duration::from_secs(10)).await
 }
 
 /// Whether `me` commits its cluster's changes back (one committer per cluster, so that members

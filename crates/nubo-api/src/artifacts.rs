@@ -229,14 +229,10 @@ async fn within_instance_quota(
     let used = match s.controller.as_ref() {
         Some(c) => c.state().await.map_or(0, |state| {
             state
-                .topology
-                .clusters
-                .values()
-                .flat_map(|c| c.members.values())
-                .filter(|m| {
-                    nubo_controller::state::metering::tenant_of(&m.application_id).0 == tenant
-                })
-                .count() as u32
+                .members_per_tenant()
+                .get(&tenant)
+                .copied()
+                .unwrap_or(0)
         }),
         None => 0,
     };

@@ -40,14 +40,10 @@ async fn own(
     let instances = match s.controller.as_ref() {
         Some(c) => c.state().await.map(|state| {
             state
-                .topology
-                .clusters
-                .values()
-                .flat_map(|c| c.members.values())
-                .filter(|m| {
-                    nubo_controller::state::metering::tenant_of(&m.application_id).0 == p.tenant_id
-                })
-                .count()
+                .members_per_tenant()
+                .get(&p.tenant_id)
+                .copied()
+                .unwrap_or(0)
         }),
         None => None,
     };

@@ -48,18 +48,12 @@ async fn remove(
     ))
 }
 
-/// The tenant of a domain (for the platform's administrator acting for it).
-async fn tenant_of(s: &AppState, domain: &str) -> Result<i64, ApiError> {
-    let t: nubo_model::Tenant = s.manager.get(nubo_model::SUPER_TENANT_ID, domain).await?;
-    Ok(t.tenant_id.unwrap_or_default())
-}
-
 async fn add_for(
     State(s): State<Arc<AppState>>,
     Path((id, domain)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(&s, &domain).await?;
+    let tenant = s.manager.tenant_id_of(&domain).await?;
     let signup = s.manager.add_signup(tenant, &id, &body?).await?;
     push_routes(&s).await;
     Ok((StatusCode::CREATED, Json(signup)).into_response())
@@ -69,7 +63,7 @@ async fn remove_for(
     State(s): State<Arc<AppState>>,
     Path((id, domain)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let tenant = tenant_of(&s, &domain).await?;
+    let tenant = s.manager.tenant_id_of(&domain).await?;
     s.manager.remove_signup(tenant, &id).await?;
     push_routes(&s).await;
     Ok(Json(
@@ -145,40 +139,42 @@ pub async fn push_routes(s: &AppState) {
             return;
         }
     };
-    let mut routes = Vec::with_capacity(mappings.len());
-    for m in mappings {
-        let tenant_domain = match s.manager.domain_of(m.tenant_id).await {
-            Ok(d) => d,
-            Err(_) => continue,
-        };
-        routes.push(nubo_events::DomainRoute {
+    let domains = match s.manager.tenant_domains().await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the tenants");
+            return;
+        }
+    };
+    let routes = mappings
+        .into_iter()
+        .map(|m| nubo_events::DomainRoute {
+            tenant_domain: nubo_manager::quotas::domain_in(&domains, m.tenant_id),
             domain: m.domain_name,
             context_path: m.context_path,
             application_id: nubo_controller::runtime_id(m.application_tenant_id, &m.application_id),
             alias: m.cartridge_alias,
             tenant_id: m.tenant_id,
-            tenant_domain,
-        });
-    }
-    let mut signups = Vec::new();
-    match s.manager.all_signups().await {
-        Ok(all) => {
-            for (tenant, application) in all {
-                if let Ok(tenant_domain) = s.manager.domain_of(tenant).await {
-                    signups.push(nubo_events::TenantSignup {
-                        // Signups are to the platform's (the super tenant's) applications.
-                        application_id: nubo_controller::runtime_id(
-                            nubo_model::SUPER_TENANT_ID,
-                            &application,
-                        ),
-                        tenant_id: tenant,
-                        tenant_domain,
-                    });
-                }
-            }
+        })
+        .collect();
+    let signups = match s.manager.all_signups().await {
+        Ok(all) => all
+            .into_iter()
+            .map(|(tenant, application)| nubo_events::TenantSignup {
+                // Signups are to the platform's (the super tenant's) applications.
+                application_id: nubo_controller::runtime_id(
+                    nubo_model::SUPER_TENANT_ID,
+                    &application,
+                ),
+                tenant_id: tenant,
+                tenant_domain: nubo_manager::quotas::domain_in(&domains, tenant),
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the signups");
+            Vec::new()
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read the signups"),
-    }
+    };
     if let Err(e) = control.domain_routes(routes, signups).await {
         tracing::warn!(error = %e, "the load balancers could not be given the domain mappings yet");
     }

@@ -10,7 +10,7 @@ use crate::{Manager, ManagerError, store_err};
 
 impl Manager {
     /// The tenant of a domain: its id.
-    async fn tenant_id_of(&self, domain: &str) -> Result<i64, ManagerError> {
+    pub async fn tenant_id_of(&self, domain: &str) -> Result<i64, ManagerError> {
         let t: Tenant = self.get(SUPER_TENANT_ID, domain).await?;
         t.tenant_id.ok_or_else(|| ManagerError::NotFound {
             kind: Kind::Tenant,
@@ -71,15 +71,20 @@ impl Manager {
 
     /// A tenant's domain, for messages (the super tenant's: `carbon.super`).
     pub async fn domain_of(&self, tenant: i64) -> Result<String, ManagerError> {
-        if tenant == SUPER_TENANT_ID {
-            return Ok("carbon.super".into());
-        }
+        Ok(domain_in(&self.tenant_domains().await?, tenant))
+    }
+
+    /// Every tenant's domain by id (the super tenant's not among them): one read, for who
+    /// needs the domains of many.
+    pub async fn tenant_domains(
+        &self,
+    ) -> Result<std::collections::BTreeMap<i64, String>, ManagerError> {
         Ok(self
             .list::<Tenant>(SUPER_TENANT_ID)
             .await?
             .into_iter()
-            .find(|t| t.tenant_id == Some(tenant))
-            .map_or_else(|| tenant.to_string(), |t| t.tenant_domain))
+            .filter_map(|t| Some((t.tenant_id?, t.tenant_domain)))
+            .collect())
     }
 
     /// The applications a tenant defined (its own).
@@ -139,4 +144,16 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// A tenant's domain in `domains` ([`Manager::tenant_domains`]); the super tenant's is
+/// `carbon.super`, an unknown tenant's its id.
+pub fn domain_in(domains: &std::collections::BTreeMap<i64, String>, tenant: i64) -> String {
+    if tenant == SUPER_TENANT_ID {
+        return "carbon.super".into();
+    }
+    domains
+        .get(&tenant)
+        .cloned()
+        .unwrap_or_else(|| tenant.to_string())
 }

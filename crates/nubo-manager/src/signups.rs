@@ -132,14 +132,7 @@ impl Manager {
 
     async fn signup_count(&self, id: &str) -> Result<usize, ManagerError> {
         let mut n = 0;
-        let mut tenants: Vec<i64> = self
-            .list::<nubo_model::Tenant>(SUPER_TENANT_ID)
-            .await?
-            .into_iter()
-            .filter_map(|t| t.tenant_id)
-            .collect();
-        tenants.push(SUPER_TENANT_ID);
-        for t in tenants {
+        for t in self.tenant_ids().await? {
             if self
                 .store
                 .get(t, &Key::new(Kind::ApplicationSignup.as_str(), id))
@@ -151,6 +144,13 @@ impl Manager {
             }
         }
         Ok(n)
+    }
+
+    /// Every tenant that may hold signups: the tenants, and the super tenant.
+    async fn tenant_ids(&self) -> Result<Vec<i64>, ManagerError> {
+        let mut ids: Vec<i64> = self.tenant_domains().await?.into_keys().collect();
+        ids.push(SUPER_TENANT_ID);
+        Ok(ids)
     }
 
     /// Removes a tenant's signup and its domain mappings for that application.
@@ -175,6 +175,7 @@ impl Manager {
         id: &str,
         alias: &str,
     ) -> Result<Vec<(String, crate::RepositoryAccess)>, ManagerError> {
+        let domains = self.tenant_domains().await?;
         let mut out = Vec::new();
         for (tenant, application) in self.all_signups().await? {
             if application != id {
@@ -212,7 +213,7 @@ impl Manager {
                 None => None,
             };
             out.push((
-                self.domain_of(tenant).await?,
+                crate::quotas::domain_in(&domains, tenant),
                 crate::RepositoryAccess {
                     repo_url,
                     repo_username: r.repo_username.filter(|u| !u.is_empty()),
@@ -226,13 +227,7 @@ impl Manager {
     /// Every signup of the platform: (tenant, application id), for the load balancers'
     /// `t/<tenant-domain>/` paths.
     pub async fn all_signups(&self) -> Result<Vec<(i64, String)>, ManagerError> {
-        let mut tenants: Vec<i64> = self
-            .list::<nubo_model::Tenant>(SUPER_TENANT_ID)
-            .await?
-            .into_iter()
-            .filter_map(|t| t.tenant_id)
-            .collect();
-        tenants.push(SUPER_TENANT_ID);
+        let tenants = self.tenant_ids().await?;
         let mut out = Vec::new();
         for t in tenants {
             for r in self

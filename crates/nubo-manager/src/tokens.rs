@@ -119,18 +119,6 @@ fn unauthenticated() -> ManagerError {
 }
 
 impl Manager {
-    async fn tenant_domain(&self, tenant: i64) -> Result<Option<String>, ManagerError> {
-        if tenant == SUPER_TENANT_ID {
-            return Ok(None);
-        }
-        Ok(self
-            .list::<Tenant>(SUPER_TENANT_ID)
-            .await?
-            .into_iter()
-            .find(|t| t.tenant_id == Some(tenant))
-            .map(|t| t.tenant_domain))
-    }
-
     async fn rows(&self, tenant: i64) -> Result<Vec<Row>, ManagerError> {
         Ok(self
             .store
@@ -214,7 +202,8 @@ impl Manager {
         let row = Row {
             info: info.clone(),
             digest: digest(&secret),
-            tenant_domain: self.tenant_domain(p.tenant_id).await?,
+            // The super tenant is in no tenant list (it is never deactivated).
+            tenant_domain: self.tenant_domains().await?.remove(&p.tenant_id),
         };
         self.store
             .create(Write {

@@ -428,12 +428,7 @@ fn hold_within_quotas(
     quotas: &BTreeMap<i64, u32>,
 ) {
     let tenant = |app: &str| nubo_controller::state::metering::tenant_of(app).0;
-    let mut used: BTreeMap<i64, u32> = BTreeMap::new();
-    for c in state.topology.clusters.values() {
-        for m in c.members.values() {
-            *used.entry(tenant(&m.application_id)).or_default() += 1;
-        }
-    }
+    let used = state.members_per_tenant();
     let mut decisions: Vec<(i64, Decision)> = events
         .iter()
         .map(|e| (tenant(&e.application_id), e.decision))

@@ -70,6 +70,16 @@ impl ControllerState {
         row.ended_members += 1;
     }
 
+    /// Each tenant's members now (every status but Terminated), counted per cluster: what its
+    /// instance quota bounds.
+    pub fn members_per_tenant(&self) -> BTreeMap<i64, u32> {
+        let mut out = BTreeMap::new();
+        for c in self.topology.clusters.values() {
+            *out.entry(tenant_of(&c.application_id).0).or_default() += c.members.len() as u32;
+        }
+        out
+    }
+
     /// The instance time of every (tenant, application, cartridge) until `now_ms`, the live
     /// members' included; `tenant`: one tenant's only.
     pub fn usage(&self, now_ms: u64, tenant: Option<i64>) -> Vec<Usage> {
