@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let fwd = Forwarded {
         peer_ip: b"203.0.113.9",
         port: b"8280",
+        secure: data.first().is_some_and(|b| b & 1 == 1),
     };
     let mut out = Vec::new();
     let parsed = parse_request(data, fwd, &mut out);

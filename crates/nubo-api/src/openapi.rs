@@ -481,7 +481,7 @@ pub fn document() -> OpenApi {
             "/api/applications/{id}/domainMappings",
             HttpMethod::Post,
             "add_domain_mappings",
-            "Map the caller's tenant's domains onto cartridge aliases of an application it signed up to: `{domainMappings: [{cartridgeAlias, domainName, contextPath}]}`; a domain is mapped once across the platform, and the platform's own host names cannot be mapped (409)",
+            "Map the caller's tenant's domains onto cartridge aliases of an application it signed up to: `{domainMappings: [{cartridgeAlias, domainName, contextPath, certificate, privateKey, redirectHttps}]}` (the last three Nubo's: a PEM certificate chain for the domain and its key, presented by the load balancers over HTTPS, the key sealed and never served; plain HTTP redirected to HTTPS); a domain is mapped once across the platform, and the platform's own host names cannot be mapped (409)",
             "signups",
             &[
                 ("201", "Mapped"),
@@ -504,6 +504,35 @@ pub fn document() -> OpenApi {
             "Remove one of the caller's tenant's domain mappings",
             "signups",
             &[("200", "Removed"), ("404", "No such mapping of the tenant")],
+        ),
+        (
+            "/api/applications/{id}/domainMappings/{domainName}/certificate",
+            HttpMethod::Put,
+            "set_domain_certificate",
+            "Put a certificate on one of the caller's tenant's mapped domains, replacing any: `{certificate, privateKey}` (PEM; the chain's first certificate must be valid for the domain and current, the key its own). The key is sealed and never served; the load balancers present the certificate to HTTPS clients naming the domain",
+            "signups",
+            &[
+                (
+                    "200",
+                    "The mapping, with its certificate's fingerprint and dates",
+                ),
+                (
+                    "400",
+                    "Not a certificate for the domain, or not its key (the field and why)",
+                ),
+                ("404", "No such mapping of the tenant"),
+            ],
+        ),
+        (
+            "/api/applications/{id}/domainMappings/{domainName}/certificate",
+            HttpMethod::Delete,
+            "remove_domain_certificate",
+            "Remove a mapped domain's certificate (the load balancers' default one is presented for it)",
+            "signups",
+            &[
+                ("200", "Removed"),
+                ("404", "No such mapping, or no certificate"),
+            ],
         ),
         (
             "/api/quotas/{domain}",

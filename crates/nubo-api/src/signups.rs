@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, post, put};
 use axum::{Extension, Json, Router};
 use http::StatusCode;
 use nubo_manager::Principal;
@@ -99,6 +99,12 @@ async fn add_mappings(
         .add_domain_mappings(p.tenant_id, &id, &body, &taken)
         .await?;
     push_routes(&s).await;
+    let with_tls: Vec<String> = made
+        .iter()
+        .filter(|m| m.tls.is_some())
+        .map(|m| m.domain_name.clone())
+        .collect();
+    push_certificates(&s, &with_tls).await;
     Ok((StatusCode::CREATED, Json(json!({"domainMappings": made}))).into_response())
 }
 
@@ -120,9 +126,130 @@ async fn remove_mapping(
         .remove_domain_mapping(p.tenant_id, &id, &domain)
         .await?;
     push_routes(&s).await;
+    push_certificates(&s, std::slice::from_ref(&domain)).await;
     Ok(Json(
         json!({"status": "success", "message": format!("Domain mapping removed successfully: [domain-name] {domain}")}),
     ))
+}
+
+async fn set_certificate(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path((id, domain)): Path<(String, String)>,
+    body: Body,
+) -> Result<Json<nubo_manager::signups::MappedDomain>, ApiError> {
+    let m = s
+        .manager
+        .set_domain_certificate(p.tenant_id, &id, &domain, &body?)
+        .await?;
+    push_certificates(&s, std::slice::from_ref(&domain)).await;
+    Ok(Json(m))
+}
+
+async fn remove_certificate(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.manager
+        .remove_domain_certificate(p.tenant_id, &id, &domain)
+        .await?;
+    push_certificates(&s, std::slice::from_ref(&domain)).await;
+    Ok(Json(
+        json!({"status": "success", "message": format!("Certificate removed: [domain-name] {domain}")}),
+    ))
+}
+
+/// How many certificates go in one message of a complete set (a few KiB each).
+const CERTIFICATES_PER_MESSAGE: usize = 64;
+
+fn certificate_event(
+    c: nubo_manager::certificates::DomainCertificate,
+) -> nubo_events::TlsCertificate {
+    nubo_events::TlsCertificate {
+        domain: c.domain,
+        certificate: c.certificate,
+        private_key: c.private_key,
+    }
+}
+
+/// Tells the load balancers the certificates of `domains` as they are now (a domain without
+/// one, or no longer mapped, loses its own). Sealed on the bus; a failure is logged, and the
+/// load balancers get the whole set again when they start.
+pub async fn push_certificates(s: &AppState, domains: &[String]) {
+    let Some(bus) = s.bus() else {
+        return;
+    };
+    if domains.is_empty() {
+        return;
+    }
+    let mut certificates = Vec::new();
+    let mut removed = Vec::new();
+    for d in domains {
+        match s.manager.domain_certificate(d).await {
+            Ok(Some(c)) => certificates.push(certificate_event(c)),
+            Ok(None) => removed.push(d.clone()),
+            Err(e) => tracing::warn!(domain = %d, error = %e, "cannot read a domain's certificate"),
+        }
+    }
+    let event = nubo_events::Event::TlsCertificates {
+        complete: false,
+        certificates,
+        removed,
+    };
+    if let Err(e) = bus.publish(&event).await {
+        tracing::warn!(error = %e, "the load balancers could not be given the certificates yet");
+    }
+}
+
+/// Gives the load balancers every domain's certificate, replacing what they hold (in answer
+/// to a `TlsCertificatesRequest`, and at a server's start): several messages for many.
+pub async fn push_all_certificates(s: &AppState) {
+    let Some(bus) = s.bus() else {
+        return;
+    };
+    let all = match s.manager.domain_certificates().await {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the domains' certificates");
+            return;
+        }
+    };
+    let mut all = all.into_iter().map(certificate_event).peekable();
+    let mut complete = true;
+    while complete || all.peek().is_some() {
+        let certificates: Vec<_> = all.by_ref().take(CERTIFICATES_PER_MESSAGE).collect();
+        let event = nubo_events::Event::TlsCertificates {
+            complete,
+            certificates,
+            removed: Vec::new(),
+        };
+        complete = false;
+        if let Err(e) = bus.publish(&event).await {
+            tracing::warn!(error = %e, "the load balancers could not be given the certificates yet");
+            return;
+        }
+    }
+}
+
+/// Answers the load balancers' requests for the certificates, as long as the bus is open.
+pub async fn serve_certificates(s: Arc<AppState>) {
+    let Some(bus) = s.bus().cloned() else {
+        return;
+    };
+    let mut requests = match bus.subscribe(nubo_events::Category::Initializer).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot take the load balancers' requests for certificates: HTTPS presents default certificates only");
+            return;
+        }
+    };
+    push_all_certificates(&s).await;
+    while let Some(e) = requests.recv().await {
+        if matches!(e, nubo_events::Event::TlsCertificatesRequest {}) {
+            push_all_certificates(&s).await;
+        }
+    }
 }
 
 /// Gives the controller every domain mapping and signup of the platform, for the load balancers
@@ -155,6 +282,7 @@ pub async fn push_routes(s: &AppState) {
             application_id: nubo_controller::runtime_id(m.application_tenant_id, &m.application_id),
             alias: m.cartridge_alias,
             tenant_id: m.tenant_id,
+            redirect_https: m.redirect_https,
         })
         .collect();
     let signups = match s.manager.all_signups().await {
@@ -198,5 +326,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/applications/{id}/domainMappings/{domainName}",
             delete(remove_mapping),
+        )
+        .route(
+            "/applications/{id}/domainMappings/{domainName}/certificate",
+            put(set_certificate).delete(remove_certificate),
         )
 }

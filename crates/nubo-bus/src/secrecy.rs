@@ -2,7 +2,7 @@
 //! password, and nothing stops it from subscribing to every topic (the embedded broker has no
 //! per-topic access control): so the commands that carry what another tenant's members must not
 //! see (a deployment plan's launch parameters and command lines on `control`, a member's
-//! parameters on `node`) are sealed with AES-256-GCM under a key derived from the platform's
+//! parameters on `node`, the domains' private keys on `tls`) are sealed with AES-256-GCM under a key derived from the platform's
 //! key (`BusKey::secrecy_key`), which members never hold.
 //!
 //! On the wire such an event is `{"v":1,"event":"NAME","sealed":"BASE64"}` (the name stays
@@ -19,7 +19,7 @@ use rand::RngCore;
 
 /// Whether events of `category` are kept secret from members.
 pub fn is_secret(category: Category) -> bool {
-    matches!(category, Category::Control | Category::Node)
+    matches!(category, Category::Control | Category::Node | Category::Tls)
 }
 
 /// The keys a platform process seals and opens secret events with (the current one first;

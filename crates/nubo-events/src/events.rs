@@ -36,6 +36,9 @@ pub enum Category {
     Predictions,
     /// Workloads' output (publisher: agents; consumers: the API servers' log stores).
     Logs,
+    /// The certificates of the tenants' domains, with their private keys (publisher: the API
+    /// servers; consumers: the load balancers). Sealed: members never read them.
+    Tls,
 }
 
 impl Category {
@@ -54,6 +57,7 @@ impl Category {
             Category::Control => "control",
             Category::Predictions => "predictions",
             Category::Logs => "logs",
+            Category::Tls => "tls",
         }
     }
 
@@ -436,6 +440,24 @@ pub enum Event {
     // === initializer ===
     /// Ask the controller for the whole topology.
     CompleteTopologyRequest {},
+    /// Ask the API servers for every domain's certificate (a load balancer starting).
+    TlsCertificatesRequest {},
+
+    // === TLS (sealed) ===
+    /// Domains' certificates for the load balancers: `complete` replaces every certificate the
+    /// load balancer holds (the first part of an answer to `TlsCertificatesRequest`; the parts
+    /// after it add); otherwise these are added or replaced, and `removed` go.
+    TlsCertificates {
+        /// Replace all (the first part of a complete set).
+        #[serde(default)]
+        complete: bool,
+        /// Certificates to add or replace.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        certificates: Vec<crate::topology::TlsCertificate>,
+        /// Domains whose certificate goes.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<String>,
+    },
 
     // === node supervisor ===
     /// A member's process exited (or could not be started).
@@ -711,6 +733,8 @@ impl Event {
             Event::InFlightRequests(_) => "InFlightRequests",
             Event::PredictedStatistics(_) => "PredictedStatistics",
             Event::CompleteTopologyRequest {} => "CompleteTopologyRequest",
+            Event::TlsCertificatesRequest {} => "TlsCertificatesRequest",
+            Event::TlsCertificates { .. } => "TlsCertificates",
             Event::MemberProcessExited { .. } => "MemberProcessExited",
             Event::NodeMemberStarted { .. } => "NodeMemberStarted",
             Event::NodeMemberStartFailed { .. } => "NodeMemberStartFailed",
@@ -788,7 +812,10 @@ impl Event {
             Event::MemberHealthStat(_) | Event::InFlightRequests(_) => Category::HealthStats,
             Event::InstanceLog(_) => Category::Logs,
             Event::PredictedStatistics(_) => Category::Predictions,
-            Event::CompleteTopologyRequest {} => Category::Initializer,
+            Event::CompleteTopologyRequest {} | Event::TlsCertificatesRequest {} => {
+                Category::Initializer
+            }
+            Event::TlsCertificates { .. } => Category::Tls,
             Event::MemberProcessExited { .. }
             | Event::NodeMemberStarted { .. }
             | Event::NodeMemberStartFailed { .. }
@@ -992,6 +1019,7 @@ mod catalogue {
                         alias: "web".into(),
                         tenant_id: 3,
                         tenant_domain: "a.com".into(),
+                        redirect_https: true,
                     }],
                     tenant_signups: vec![crate::topology::TenantSignup {
                         application_id: "mt".into(),
@@ -1112,6 +1140,18 @@ mod catalogue {
                 }],
             }),
             Event::CompleteTopologyRequest {},
+            Event::TlsCertificatesRequest {},
+            Event::TlsCertificates {
+                complete: false,
+                certificates: vec![crate::topology::TlsCertificate {
+                    domain: "shop.alice.example".into(),
+                    certificate: "-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n"
+                        .into(),
+                    private_key: "-----BEGIN PRIVATE KEY-----\n…\n-----END PRIVATE KEY-----\n"
+                        .into(),
+                }],
+                removed: vec!["blog.bob.example".into()],
+            },
             Event::MemberProcessExited {
                 member_id: "shop.web.php-1".into(),
                 code: None,
@@ -1239,6 +1279,6 @@ mod catalogue {
     #[test]
     fn every_event_has_an_example() {
         let names: std::collections::BTreeSet<&str> = examples().iter().map(Event::name).collect();
-        assert_eq!(names.len(), 43, "one example per event variant: {names:?}");
+        assert_eq!(names.len(), 45, "one example per event variant: {names:?}");
     }
 }

@@ -253,6 +253,31 @@ pub struct DomainRoute {
     pub tenant_id: i64,
     /// Its domain (what the members are told).
     pub tenant_domain: String,
+    /// Plain HTTP requests for the domain are redirected to HTTPS (on the same proxy port).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_https: bool,
+}
+
+/// A domain's certificate for the load balancers, with its private key (only ever sent sealed:
+/// [`crate::Category::Tls`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCertificate {
+    /// The domain name (a tenant's mapped domain).
+    pub domain: String,
+    /// The certificate chain, PEM, the domain's certificate first.
+    pub certificate: String,
+    /// Its private key, PEM.
+    pub private_key: String,
+}
+
+impl std::fmt::Debug for TlsCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCertificate")
+            .field("domain", &self.domain)
+            .field("private_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Topology {

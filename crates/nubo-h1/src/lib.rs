@@ -92,6 +92,8 @@ pub struct Forwarded<'a> {
     pub peer_ip: &'a [u8],
     /// The proxy port the request came in on.
     pub port: &'a [u8],
+    /// Whether the client's connection is TLS (`X-Forwarded-Proto: https`).
+    pub secure: bool,
 }
 
 const HOP_BY_HOP: [&[u8]; 8] = [
@@ -357,7 +359,11 @@ pub fn parse_request(
         }
     }
     out.extend_from_slice(fwd.peer_ip);
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    out.extend_from_slice(if fwd.secure {
+        b"\r\nX-Forwarded-Proto: https\r\n"
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\n"
+    });
     if !host.is_empty() {
         put_header(out, b"X-Forwarded-Host", &buf[host.clone()]);
     }
@@ -632,6 +638,7 @@ impl Chunked {
 
 fn reason(status: u16) -> &'static str {
     match status {
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",
@@ -665,14 +672,51 @@ pub fn answer(
     if retry_after {
         out.extend_from_slice(b"retry-after: 1\r\n");
     }
+    end_own_head(out, keep_alive, minor);
+    out.extend_from_slice(message.as_bytes());
+    out.push(b'\n');
+}
+
+/// The request target of a request head as [`parse_request`] wrote it for the member (its
+/// first line's second word).
+pub fn target(head: &[u8]) -> &[u8] {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    line.split(|&b| b == b' ').nth(1).unwrap_or(b"/")
+}
+
+/// The load balancer's redirect of a plain HTTP request to HTTPS: `308 Permanent Redirect` (the
+/// method and body are kept) to `https://<host><target>`, the target taken from `head` (as
+/// [`parse_request`] wrote it); `host` is the request's `Host` value, port included (the proxy
+/// port serves both).
+pub fn redirect_https(out: &mut Vec<u8>, host: &[u8], head: &[u8], keep_alive: bool, minor: u8) {
+    let mut target = target(head);
+    // An absolute-form target keeps only its path.
+    if let Some(rest) = target.strip_prefix(b"http://") {
+        target = rest
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(b"/", |i| &rest[i..]);
+    }
+    if !target.starts_with(b"/") {
+        target = b"/";
+    }
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 308 Permanent Redirect\r\nlocation: https://");
+    out.extend_from_slice(host);
+    out.extend_from_slice(target);
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\nx-nubo-lb: 1\r\n");
+    end_own_head(out, keep_alive, minor);
+}
+
+/// Ends the head of an answer of the load balancer's own: the connection's fate where the
+/// client's version does not imply it, and the blank line.
+fn end_own_head(out: &mut Vec<u8>, keep_alive: bool, minor: u8) {
     if !keep_alive && minor >= 1 {
         out.extend_from_slice(b"connection: close\r\n");
     } else if keep_alive && minor == 0 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(message.as_bytes());
-    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -682,6 +726,7 @@ mod tests {
     const FWD: Forwarded<'static> = Forwarded {
         peer_ip: b"10.0.0.9",
         port: b"8280",
+        secure: false,
     };
 
     fn request(raw: &str) -> (RequestHead, String) {

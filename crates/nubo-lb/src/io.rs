@@ -72,6 +72,23 @@ impl Stream for TcpStream {
     }
 }
 
+/// In-memory pipes: an HTTP/2 request on its way to the HTTP/1 proxy ([`crate::h2`]), and the
+/// proxy's tests.
+impl Stream for tokio::io::DuplexStream {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut tokio::io::DuplexStream>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut tokio::io::DuplexStream>;
+
+    fn split(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+
+    /// A pipe cannot tell without reading: a write to a closed one fails, and the proxy
+    /// then tries a fresh connection.
+    fn still_open(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod memory {
     //! An in-memory network for the proxy's tests: members listen on made-up addresses, and
@@ -126,21 +143,6 @@ pub(crate) mod memory {
             let (ours, theirs) = tokio::io::duplex(PIPE);
             tx.send(theirs).map_err(|_| refused())?;
             Ok(ours)
-        }
-    }
-
-    impl Stream for DuplexStream {
-        type Read<'a> = tokio::io::ReadHalf<&'a mut DuplexStream>;
-        type Write<'a> = tokio::io::WriteHalf<&'a mut DuplexStream>;
-
-        fn split(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-            tokio::io::split(self)
-        }
-
-        /// A pipe cannot tell without reading: a write to a closed one fails, and the proxy
-        /// then tries a fresh connection.
-        fn still_open(&self) -> bool {
-            true
         }
     }
 }

@@ -26,9 +26,11 @@ use nubo_bus::EventBus;
 use nubo_events::{Category, Event, RequestsInFlight, Topology};
 
 pub use nubo_h1 as h1;
+mod h2;
 pub mod io;
 mod proxy;
 pub mod table;
+pub mod tls;
 
 pub use table::{Routes, Strategy, TenantSet, static_topology};
 
@@ -129,6 +131,8 @@ struct CompiledRoute {
     /// The tenants whose requests come as `/t/<tenant-domain>/…` (their domains; those this
     /// load balancer serves).
     path_tenants: Vec<(i64, String)>,
+    /// Plain HTTP gets a redirect to HTTPS.
+    redirect_https: bool,
     counters: Arc<ClusterCounters>,
     targets: Vec<Target>,
 }
@@ -168,6 +172,7 @@ fn plain(r: &CompiledRoute) -> table::Route {
         tenant: r.tenant.clone(),
         tenant_id: r.tenant_id,
         path_tenants: r.path_tenants.clone(),
+        redirect_https: r.redirect_https,
         backends: r
             .targets
             .iter()
@@ -240,12 +245,17 @@ pub struct LoadBalancer {
     outstanding: Mutex<HashMap<String, Arc<MemberCounters>>>,
     listening: Mutex<HashSet<u16>>,
     turn: AtomicUsize,
+    certificates: Arc<tls::Certificates>,
+    tls: Arc<rustls::ServerConfig>,
 }
 
 impl LoadBalancer {
     /// A load balancer with an empty table (fed with [`LoadBalancer::set_topology`] or [`LoadBalancer::follow`]).
     pub fn new(config: LbConfig) -> Arc<Self> {
+        let certificates = Arc::new(tls::Certificates::default());
         Arc::new(LoadBalancer {
+            tls: tls::server_config(certificates.clone()),
+            certificates,
             config,
             routes: tokio::sync::watch::Sender::new(Arc::new(Compiled::default())),
             keys: Mutex::new(HashMap::new()),
@@ -255,6 +265,12 @@ impl LoadBalancer {
             listening: Mutex::new(HashSet::new()),
             turn: AtomicUsize::new(0),
         })
+    }
+
+    /// The certificates it presents to HTTPS clients (the default one is set here; the
+    /// domains' come on the bus).
+    pub fn certificates(&self) -> &Arc<tls::Certificates> {
+        &self.certificates
     }
 
     /// The current table.
@@ -403,6 +419,7 @@ impl LoadBalancer {
                                 .into_iter()
                                 .filter(|(t, _)| self.config.tenants.contains(*t))
                                 .collect(),
+                            redirect_https: route.redirect_https,
                             counters,
                             targets,
                         }),
@@ -423,7 +440,26 @@ impl LoadBalancer {
     /// requests in flight. Runs in the background.
     pub async fn follow(self: &Arc<Self>, events: EventBus) -> Result<(), nubo_bus::BusError> {
         let mut stream = events.subscribe(Category::Topology).await?;
+        let mut certificates = events.subscribe(Category::Tls).await?;
         events.publish(&Event::CompleteTopologyRequest {}).await?;
+        events.publish(&Event::TlsCertificatesRequest {}).await?;
+        let lb = self.clone();
+        tokio::spawn(async move {
+            while let Some(e) = certificates.recv().await {
+                if let Event::TlsCertificates {
+                    complete,
+                    certificates,
+                    removed,
+                } = e
+                {
+                    lb.certificates.apply(complete, &certificates, &removed);
+                    tracing::debug!(
+                        domains = lb.certificates.len(),
+                        "domains' certificates updated"
+                    );
+                }
+            }
+        });
         let lb = self.clone();
         tokio::spawn(async move {
             let mut topology = Topology::default();
@@ -516,9 +552,44 @@ impl LoadBalancer {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(proxy::serve(self.clone(), port, stream, peer, io::Tcp));
+                tokio::spawn(self.clone().accept(port, stream, peer));
             }
         });
+    }
+
+    /// Serves one client connection: TLS (then HTTP/2 or HTTP/1 by ALPN) when its first byte
+    /// opens a TLS handshake and a certificate is held, plain HTTP/1 otherwise.
+    async fn accept(self: Arc<Self>, port: u16, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        if self.certificates.enabled() {
+            let Some(first) = tls::first_byte(&stream, HEADER_READ_TIMEOUT).await else {
+                return;
+            };
+            if tls::is_tls(first) {
+                let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+                let handshake =
+                    tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        self.certificates.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        self.certificates.failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                self.certificates.handshakes.fetch_add(1, Ordering::Relaxed);
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    h2::serve(self, port, stream, peer).await;
+                } else {
+                    proxy::serve(self, port, stream, peer, io::Tcp, true).await;
+                }
+                return;
+            }
+        }
+        proxy::serve(self, port, stream, peer, io::Tcp, false).await;
     }
 }
 

@@ -89,6 +89,7 @@ pub(crate) async fn serve<C: Stream, K: Connect>(
     client: C,
     peer: SocketAddr,
     connect: K,
+    secure: bool,
 ) {
     let routes = lb.routes.subscribe();
     let table = routes.borrow().clone();
@@ -96,6 +97,7 @@ pub(crate) async fn serve<C: Stream, K: Connect>(
         port,
         port_text: port.to_string(),
         peer_ip: peer.ip().to_string(),
+        secure,
         client,
         inbuf: BytesMut::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(1024),
@@ -119,6 +121,8 @@ struct Conn<C: Stream, K: Connect> {
     port: u16,
     port_text: String,
     peer_ip: String,
+    /// The client's connection is TLS.
+    secure: bool,
     client: C,
     /// What the client sent and is not handled yet.
     inbuf: BytesMut,
@@ -170,6 +174,7 @@ impl<C: Stream, K: Connect> Conn<C, K> {
                 let fwd = Forwarded {
                     peer_ip: self.peer_ip.as_bytes(),
                     port: self.port_text.as_bytes(),
+                    secure: self.secure,
                 };
                 match h1::parse_request(&self.inbuf, fwd, &mut self.out) {
                     Ok(Some(h)) => return Ok(Some(h)),
@@ -287,6 +292,19 @@ impl<C: Stream, K: Connect> Conn<C, K> {
                     .answer(404, msg, false, keep_after_answer, head.minor)
                     .await;
             };
+            if route.redirect_https && !self.secure {
+                h1::redirect_https(
+                    &mut self.rout,
+                    self.host.as_bytes(),
+                    &self.out,
+                    keep_after_answer,
+                    head.minor,
+                );
+                break match self.client.write_all(&self.rout).await {
+                    Ok(()) if keep_after_answer => Next::KeepAlive,
+                    _ => Next::Close,
+                };
+            }
             // A tenant's mapped domain: the members are told whose it is (once; a client's own
             // `X-Tenant-*` headers were dropped when the head was read).
             if !tenant_told {
@@ -1058,7 +1076,7 @@ mod tests {
     /// A client connection to the load balancer on the in-memory network.
     fn client(lb: &Arc<LoadBalancer>, net: &Net) -> tokio::io::DuplexStream {
         let (ours, theirs) = Net::pipe();
-        tokio::spawn(serve(lb.clone(), PORT, theirs, PEER, net.clone()));
+        tokio::spawn(serve(lb.clone(), PORT, theirs, PEER, net.clone(), false));
         ours
     }
 

@@ -36,6 +36,9 @@ pub struct Route {
     /// On a multi-tenant application's own host names: the tenants signed up to it, whose
     /// requests come as `/t/<tenant-domain>/…` (id, domain).
     pub path_tenants: Vec<(i64, String)>,
+    /// Plain HTTP requests get a redirect to HTTPS on the same port: an `https` port mapping's
+    /// routes, and a domain mapped with `redirectHttps`.
+    pub redirect_https: bool,
 }
 
 /// The tenants a load balancer serves (`--tenants`): `*` (all), or a comma-separated list of
@@ -162,6 +165,7 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                         .filter(|s| s.application_id == c.application_id)
                         .map(|s| (s.tenant_id, s.tenant_domain.clone()))
                         .collect(),
+                    redirect_https: port.protocol == "https",
                 },
             ));
         }
@@ -179,6 +183,7 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                     tenant: Some(d.tenant_domain.clone()),
                     tenant_id: d.tenant_id,
                     path_tenants: Vec::new(),
+                    redirect_https: d.redirect_https || port.protocol == "https",
                 },
             ));
         }

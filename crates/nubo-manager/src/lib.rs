@@ -23,6 +23,7 @@ use serde_json::Value;
 
 pub mod audit;
 mod auth;
+pub mod certificates;
 pub mod kubernetes;
 pub mod metadata;
 pub mod quotas;

@@ -28,6 +28,12 @@ pub struct MappedDomain {
     pub application_tenant_id: i64,
     /// The tenant that mapped it.
     pub tenant_id: i64,
+    /// Plain HTTP requests for it are redirected to HTTPS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_https: bool,
+    /// Its certificate, if it has one (the key sealed; served without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::certificates::MappedTls>,
 }
 
 fn context(tenant: i64, application: &str, alias: &str) -> String {
@@ -265,6 +271,7 @@ impl Manager {
             .await?
             .into_iter()
             .filter(|m| m.tenant_id == tenant && m.application_id == id)
+            .map(MappedDomain::served)
             .collect())
     }
 
@@ -310,10 +317,23 @@ impl Manager {
                 });
             }
         }
+        let mut certificates = Vec::new();
+        for (i, m) in mappings.domain_mappings.iter().enumerate() {
+            certificates.push(match (&m.certificate, &m.private_key) {
+                (Some(c), Some(k)) => Some(self.sealed_certificate(
+                    &format!("domainMappings[{i}]."),
+                    &m.domain_name,
+                    c,
+                    k,
+                )?),
+                _ => None,
+            });
+        }
         let mut out = Vec::new();
         let mut made: Vec<String> = Vec::new();
-        for m in &mappings.domain_mappings {
-            let mapped = mapped(m, &app.application_id, app_tenant, tenant);
+        for (m, tls) in mappings.domain_mappings.iter().zip(certificates) {
+            let mut mapped = mapped(m, &app.application_id, app_tenant, tenant);
+            mapped.tls = tls;
             let created = self
                 .store
                 .create(Write {
@@ -341,7 +361,7 @@ impl Manager {
                 });
             }
             made.push(m.domain_name.clone());
-            out.push(mapped);
+            out.push(mapped.served());
         }
         tracing::info!(tenant, application = id, domains = ?made, "domain mappings added");
         Ok(out)
@@ -384,6 +404,8 @@ fn mapped(m: &DomainMapping, application: &str, app_tenant: i64, tenant: i64) ->
         application_id: application.to_owned(),
         application_tenant_id: app_tenant,
         tenant_id: tenant,
+        redirect_https: m.redirect_https == Some(true),
+        tls: None,
     }
 }
 

@@ -2267,6 +2267,16 @@ pub struct DomainMapping {
     /// Context path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_path: Option<String>,
+    /// The domain's certificate chain (PEM, the domain's certificate first), presented by the
+    /// load balancers to HTTPS clients naming the domain (Nubo). Given with `privateKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The certificate's private key (PEM): sealed in the store, never served (Nubo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// Plain HTTP requests for the domain are redirected to HTTPS (Nubo; default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_https: Option<bool>,
     /// Unknown fields, kept verbatim.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -2310,6 +2320,17 @@ impl DomainMappings {
                     format!("domainMappings[{i}].contextPath"),
                     "a path starting with `/`, without spaces, `?` or `#` (at most 256)",
                 );
+            }
+            match (&m.certificate, &m.private_key) {
+                (Some(_), None) => p.add(
+                    format!("domainMappings[{i}].privateKey"),
+                    "the certificate's private key (PEM) is required with `certificate`",
+                ),
+                (None, Some(_)) => p.add(
+                    format!("domainMappings[{i}].certificate"),
+                    "the certificate chain (PEM) is required with `privateKey`",
+                ),
+                _ => {}
             }
         }
         if self.domain_mappings.is_empty() {

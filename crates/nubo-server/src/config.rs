@@ -202,6 +202,10 @@ pub struct Settings {
     pub lb_strategy: Option<String>,
     /// The tenants the load balancer serves (`*`, ids, ranges, `super`).
     pub lb_tenants: Option<String>,
+    /// The load balancer's default certificate chain for HTTPS (PEM).
+    pub lb_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub lb_tls_key: Option<PathBuf>,
     /// No load balancer in this process.
     pub no_lb: Option<bool>,
     /// The components (names of Nubo's or Stratos').
@@ -296,6 +300,8 @@ impl Settings {
             lb_bind,
             lb_strategy,
             lb_tenants,
+            lb_tls_cert,
+            lb_tls_key,
             no_lb,
             components,
             node,
@@ -472,6 +478,11 @@ impl Settings {
                 None => None,
             },
             tls,
+            lb_certificate: match (self.lb_tls_cert.clone(), self.lb_tls_key.clone()) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => bail!("--lb-tls-cert and --lb-tls-key go together: give both or neither"),
+            },
             admin_password: env.admin_password.filter(|p| !p.is_empty()),
             bus_key: env.bus_key,
             // What the controller of this process can place members on; none without one (an
@@ -658,6 +669,9 @@ pub struct ServerConfig {
     pub agent: nubo_node::AgentCommand,
     /// The built-in load balancer (`Some` exactly when [`Component::Lb`] runs).
     pub lb: Option<nubo_lb::LbConfig>,
+    /// The load balancer's default certificate and key files (`None`: a self-signed one is
+    /// generated into `<data-dir>/lb-tls/`).
+    pub lb_certificate: Option<(PathBuf, PathBuf)>,
     /// The autoscaler's tick, window and cool-downs.
     pub autoscaler: nubo_autoscaler::monitor::MonitorConfig,
     /// The `mock` IaaS provider (`None`: not offered).

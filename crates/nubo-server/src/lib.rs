@@ -425,6 +425,16 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
         );
     }
     let resealed = manager
+        .reseal_domain_certificates()
+        .await
+        .context("cannot open the domains' private keys in the store")?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "domains' private keys sealed again with the current secrets key"
+        );
+    }
+    let resealed = manager
         .reseal_repository_secrets()
         .await
         .context("cannot open the applications' repository secrets in the store")?;
@@ -652,6 +662,12 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     }
     if let Some(lb) = &config.lb {
         let lb = nubo_lb::LoadBalancer::new(lb.clone());
+        let (cert, key) = match &config.lb_certificate {
+            Some(files) => files.clone(),
+            None => tls::ensure_self_signed(&config.data_dir.join("lb-tls"))?,
+        };
+        lb.certificates()
+            .set_default(Some(tls::lb_certificate(&cert, &key)?));
         lb.register_metrics(&mut registry);
         lb.follow(events.clone())
             .await
@@ -671,10 +687,14 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
     let mut state =
         AppState::new(manager, Some(control), scaling, registry).with_bus(events.clone());
     state.set_session_ttl(config.session_ttl);
-    // The tenants' domain mappings, to the controller (and through it the load balancers).
+    // The tenants' domain mappings, to the controller (and through it the load balancers);
+    // their certificates, to the load balancers (now, and whenever one asks).
     {
         let state = state.clone();
         tokio::spawn(async move { nubo_api::signups::push_routes(&state).await });
+    }
+    if config.runs(Component::Api) {
+        tokio::spawn(nubo_api::signups::serve_certificates(state.clone()));
     }
     // The audit log keeps its retention: trimmed at the start, then every hour.
     {

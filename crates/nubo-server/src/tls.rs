@@ -64,3 +64,17 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// The load balancer's default certificate from PEM files.
+pub fn lb_certificate(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    nubo_lb::tls::load(&read(cert)?, &read(key)?).map_err(|e| {
+        anyhow!(
+            "the load balancer's certificate {} with key {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}

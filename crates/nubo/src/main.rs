@@ -129,6 +129,22 @@ struct ServerArgs {
     /// The tenants this server's load balancer serves: `*`, or tenant ids, ranges `A-B` and `super`, comma-separated [default: *]
     #[arg(long, env = "NUBO_LB_TENANTS", value_name = "SET")]
     lb_tenants: Option<String>,
+    /// The load balancer's default certificate chain for HTTPS (PEM), presented to clients naming no domain with a certificate of its own [default: a self-signed one generated into the data directory]
+    #[arg(
+        long,
+        env = "NUBO_LB_TLS_CERT",
+        requires = "lb_tls_key",
+        value_name = "FILE"
+    )]
+    lb_tls_cert: Option<PathBuf>,
+    /// The private key of --lb-tls-cert (PEM)
+    #[arg(
+        long,
+        env = "NUBO_LB_TLS_KEY",
+        requires = "lb_tls_cert",
+        value_name = "FILE"
+    )]
+    lb_tls_key: Option<PathBuf>,
     /// Do not run the built-in load balancer
     #[arg(long, env = "NUBO_NO_LB")]
     no_lb: bool,
@@ -286,6 +302,22 @@ struct LbArgs {
     /// The tenants it serves: `*`, or tenant ids, ranges `A-B` and `super`, comma-separated (the others' host names and domains get 404)
     #[arg(long, env = "NUBO_LB_TENANTS", default_value = "*", value_name = "SET")]
     tenants: String,
+    /// The default certificate chain for HTTPS (PEM): presented to clients naming no domain with a certificate of its own (the tenants' domains' come on the bus). Without it, only those domains are served over HTTPS
+    #[arg(
+        long,
+        env = "NUBO_LB_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(
+        long,
+        env = "NUBO_LB_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 fn init_logging(format: nubo_server::config::LogFormat) {
@@ -322,6 +354,8 @@ impl ServerArgs {
             lb_bind: self.lb_bind,
             lb_strategy: self.lb_strategy.map(|s| s.name().to_owned()),
             lb_tenants: self.lb_tenants,
+            lb_tls_cert: self.lb_tls_cert,
+            lb_tls_key: self.lb_tls_key,
             no_lb: self.no_lb.then_some(true),
             components: self.components,
             node: self.node,
@@ -482,6 +516,10 @@ async fn lb(args: LbArgs) -> anyhow::Result<()> {
     };
     let config_id = config.id.clone();
     let lb = nubo_lb::LoadBalancer::new(config);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        lb.certificates()
+            .set_default(Some(nubo_server::tls::lb_certificate(cert, key)?));
+    }
     if !args.route.is_empty() {
         let topology = nubo_lb::static_topology(&args.route).map_err(anyhow::Error::msg)?;
         lb.set_topology(&topology).await;

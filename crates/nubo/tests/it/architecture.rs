@@ -32,15 +32,17 @@ const ONLY_IN: [(&str, &[&str]); 15] = [
     // The Kubernetes API: the kubernetes provider alone.
     ("kube", &["nubo-kube"]),
     ("k8s-openapi", &["nubo-kube"]),
-    ("hyper", &["nubo-server"]),
-    ("hyper-util", &["nubo-server"]),
+    // The API's server, and HTTP/2 toward the load balancer's clients.
+    ("hyper", &["nubo-server", "nubo-lb"]),
+    ("hyper-util", &["nubo-server", "nubo-lb"]),
     ("reqwest", &["nubo-cli", "nubo-agent"]),
     ("argon2", &["nubo-manager"]),
     ("roxmltree", &["nubo-mock"]),
     // The container engines' API: the agent drives its member's container.
     ("bollard", &["nubo-agent"]),
     ("rcgen", &["nubo-server"]),
-    ("tokio-rustls", &["nubo-server"]),
+    // TLS for the API and at the load balancer.
+    ("tokio-rustls", &["nubo-server", "nubo-lb"]),
 ];
 
 /// Crates that must not depend, even through others, on these.

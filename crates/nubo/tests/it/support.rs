@@ -480,6 +480,10 @@ impl Api {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
     /// The Prometheus exposition of `/metrics`.
     pub async fn metrics(&self) -> String {
         let r = self

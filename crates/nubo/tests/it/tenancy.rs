@@ -980,7 +980,7 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
 /// private); the shared member checks each out in `tenants/<domain>/`; each tenant's domain, and
 /// its `/t/<domain>/` path, serves that tenant's content.
 #[tokio::test]
-async fn each_tenant_s_domain_serves_its_own_repository() {
+async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_certificate() {
     const BOB_PASSWORD: &str = "bob-git-pw-never-shown";
     let dir = tempfile::tempdir().unwrap();
     let git =
@@ -1015,7 +1015,6 @@ async fn each_tenant_s_domain_serves_its_own_repository() {
         }
         json!({"artifactRepositories": [r]})
     };
-    let map = |d: &str| json!({"domainMappings": [{"cartridgeAlias": "web", "domainName": d}]});
     assert_eq!(
         alice
             .post(
@@ -1039,27 +1038,103 @@ async fn each_tenant_s_domain_serves_its_own_repository() {
         .0,
         201
     );
-    assert_eq!(
-        alice
-            .post(
-                "/api/applications/sites/domainMappings",
-                map("shop.alice.example")
-            )
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        bob.post(
+    // Alice maps her domain with its certificate, and wants plain HTTP sent to HTTPS; Bob maps
+    // his, then puts a certificate on it.
+    let alice_cert = Cert::new("shop.alice.example");
+    let bob_cert = Cert::new("blog.bob.example");
+    let (status, body) = alice
+        .post(
             "/api/applications/sites/domainMappings",
-            map("blog.bob.example")
+            json!({"domainMappings": [{"cartridgeAlias": "web", "domainName": "shop.alice.example",
+                "certificate": alice_cert.pem, "privateKey": alice_cert.key, "redirectHttps": true}]}),
         )
-        .await
-        .0,
-        201
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["domainMappings"][0]["tls"]["fingerprint"],
+        alice_cert.fingerprint.as_str(),
+        "{body}"
     );
+    let (status, body) = bob
+        .post(
+            "/api/applications/sites/domainMappings",
+            json!({"domainMappings": [{"cartridgeAlias": "web", "domainName": "blog.bob.example"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let cert_path = "/api/applications/sites/domainMappings/blog.bob.example/certificate";
+    // A certificate for another name, or another certificate's key: refused, naming the field.
+    let (status, body) = bob
+        .put(
+            cert_path,
+            json!({"certificate": alice_cert.pem, "privateKey": alice_cert.key}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "certificate", "{body}");
+    let (status, body) = bob
+        .put(
+            cert_path,
+            json!({"certificate": bob_cert.pem, "privateKey": alice_cert.key}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "privateKey", "{body}");
+    let (status, body) = bob
+        .put(
+            cert_path,
+            json!({"certificate": bob_cert.pem, "privateKey": bob_cert.key}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tls"]["fingerprint"], bob_cert.fingerprint.as_str());
+    assert!(body["tls"]["notAfter"].as_str().is_some(), "{body}");
+    // Neither sees nor changes the other's mapping or certificate.
+    let (status, _) = bob
+        .put(
+            "/api/applications/sites/domainMappings/shop.alice.example/certificate",
+            json!({"certificate": bob_cert.pem, "privateKey": bob_cert.key}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = bob
+        .delete("/api/applications/sites/domainMappings/shop.alice.example/certificate")
+        .await;
+    assert_eq!(status, 404);
+    let (status, list) = bob.get("/api/applications/sites/domainMappings").await;
+    assert_eq!(status, 200);
+    let listed = list.to_string();
+    assert!(
+        listed.contains("blog.bob.example") && !listed.contains("alice"),
+        "{list}"
+    );
+    assert!(
+        !listed.contains("PRIVATE KEY") && !listed.contains("sealedKey"),
+        "{list}"
+    );
+    // Each domain over HTTPS with its own certificate (a client trusting that one alone), and
+    // the tenants over the application's own host name's `/t/<domain>/` paths.
+    for (host, cert, text) in [
+        ("shop.alice.example", &alice_cert, "alice's shop"),
+        ("blog.bob.example", &bob_cert, "bob's blog"),
+    ] {
+        let client = cert.client(host, proxy);
+        crate::support::eventually(
+            30,
+            &format!("https://{host} serving its tenant's content with its certificate"),
+            || async {
+                let r = client
+                    .get(format!("https://{host}:{proxy}/"))
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == 200).then_some(())?;
+                (r.text().await.ok()? == text).then_some(())
+            },
+        )
+        .await;
+    }
     for (host, path, text) in [
-        ("shop.alice.example", "/", "alice's shop"),
         ("blog.bob.example", "/", "bob's blog"),
         ("sites.sites.test", "/t/a.com/", "alice's shop"),
         ("sites.sites.test", "/t/b.com/index.html", "bob's blog"),
@@ -1075,14 +1150,98 @@ async fn each_tenant_s_domain_serves_its_own_repository() {
         )
         .await;
     }
-    // A forged tenant on alice's domain still gets alice's content.
-    let (_, body) = via_lb_path("127.0.0.1", proxy, "shop.alice.example", "/", Some("b.com"))
+    // Alice's domain over plain HTTP: sent to HTTPS, on the same port.
+    let r = alice_cert
+        .client("shop.alice.example", proxy)
+        .get(format!("http://shop.alice.example:{proxy}/index.html?x=1"))
+        .send()
         .await
         .unwrap();
-    assert_eq!(body, "alice's shop");
-    // Bob's password is in clear in no file of the platform's data directory.
-    let leaked = crate::agent::files_containing(&data, BOB_PASSWORD.as_bytes());
-    assert!(leaked.is_empty(), "{leaked:?}");
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://shop.alice.example:{proxy}/index.html?x=1").as_str()
+    );
+    // A forged tenant on alice's domain still gets alice's content.
+    let r = alice_cert
+        .client("shop.alice.example", proxy)
+        .get(format!("https://shop.alice.example:{proxy}/"))
+        .header("X-Tenant-Domain", "b.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "alice's shop");
+    // Bob removes his certificate: his domain gets the load balancer's default one again.
+    let (status, body) = bob.delete(cert_path).await;
+    assert_eq!(status, 200, "{body}");
+    let bob_client = bob_cert.client("blog.bob.example", proxy);
+    crate::support::eventually(
+        30,
+        "bob's domain no longer presenting his certificate",
+        || async {
+            bob_client
+                .get(format!("https://blog.bob.example:{proxy}/"))
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    // Neither Bob's password nor a private key is in clear in any file of the platform's data
+    // directory.
+    for secret in [BOB_PASSWORD, alice_cert.key_line(), bob_cert.key_line()] {
+        let leaked = crate::agent::files_containing(&data, secret.as_bytes());
+        assert!(leaked.is_empty(), "{leaked:?}");
+    }
+}
+
+/// A self-signed certificate for a domain, and a client that trusts it alone.
+struct Cert {
+    pem: String,
+    key: String,
+    der: rustls::pki_types::CertificateDer<'static>,
+    fingerprint: String,
+}
+
+impl Cert {
+    fn new(domain: &str) -> Cert {
+        use sha2::Digest;
+        let c = rcgen::generate_simple_self_signed(vec![domain.to_owned()]).unwrap();
+        let der = c.cert.der().clone();
+        Cert {
+            pem: c.cert.pem(),
+            key: c.key_pair.serialize_pem(),
+            fingerprint: hex::encode(sha2::Sha256::digest(&der)),
+            der,
+        }
+    }
+
+    /// A line of the key's PEM (what a leak of it would hold).
+    fn key_line(&self) -> &str {
+        self.key.lines().nth(1).unwrap()
+    }
+
+    /// A client reaching `domain` at the load balancer's `proxy` port, trusting this
+    /// certificate only, following no redirect.
+    fn client(&self, domain: &str, proxy: u16) -> reqwest::Client {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .use_preconfigured_tls(config)
+            .resolve(domain, std::net::SocketAddr::from(([127, 0, 0, 1], proxy)))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
 }
 
 /// The CLI of tenancy: a tenant signs up, maps a domain, reads and removes it, and reads its

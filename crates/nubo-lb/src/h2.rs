@@ -1,0 +1,108 @@
+//! HTTP/2 toward clients (a TLS client that chose `h2` by ALPN): hyper speaks HTTP/2 on the
+//! connection, and each of its requests goes through the same HTTP/1 proxy as any other
+//! ([`crate::proxy::serve`], over an in-memory pipe), so routing, tenants, retries, holding,
+//! redirects and the counters are the same whichever protocol the client speaks. Members are
+//! spoken to in HTTP/1.1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::LoadBalancer;
+
+/// Most requests in flight on one HTTP/2 connection.
+pub const MAX_STREAMS: u32 = 256;
+
+/// The pipe between a request's HTTP/2 stream and the HTTP/1 proxy.
+const PIPE: usize = 64 * 1024;
+
+type Body = Either<Incoming, Full<Bytes>>;
+
+/// Serves one HTTP/2 connection until it closes.
+pub(crate) async fn serve<S>(lb: Arc<LoadBalancer>, port: u16, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| forward(lb.clone(), port, peer, req));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(crate::h1::MAX_HEAD as u32);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::trace!(%peer, error = %e, "HTTP/2 connection ended");
+    }
+}
+
+/// One request: written as HTTP/1.1 into a pipe the proxy serves, its answer read back.
+async fn forward(
+    lb: Arc<LoadBalancer>,
+    port: u16,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    // HTTP/2 names the host in `:authority`; HTTP/1.1 in `Host`.
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(v) = http::HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    match http::Uri::try_from(target) {
+        Ok(u) => *req.uri_mut() = u,
+        Err(_) => return Ok(own(StatusCode::BAD_REQUEST, "nubo: bad request target")),
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    let (ours, theirs) = tokio::io::duplex(PIPE);
+    tokio::spawn(crate::proxy::serve(
+        lb,
+        port,
+        theirs,
+        peer,
+        crate::io::Tcp,
+        true,
+    ));
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(ours)).await {
+        Ok(x) => x,
+        Err(_) => return Ok(own(StatusCode::BAD_GATEWAY, "nubo: internal pipe failed")),
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    match sender.send_request(req).await {
+        Ok(res) => Ok(res.map(Either::Left)),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "an HTTP/2 request got no answer through the proxy");
+            Ok(own(
+                StatusCode::BAD_GATEWAY,
+                "nubo: the request could not be passed on",
+            ))
+        }
+    }
+}
+
+/// The load balancer's own answer.
+fn own(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "{message}\n"
+    )))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("x-nubo-lb", http::HeaderValue::from_static("1"));
+    r
+}
