@@ -2,11 +2,13 @@
 //! connection, and each of its requests goes through the same HTTP/1 proxy as any other
 //! ([`crate::proxy::serve`], over an in-memory pipe), so routing, tenants, retries, holding,
 //! redirects and the counters are the same whichever protocol the client speaks. Members are
-//! spoken to in HTTP/1.1.
+//! spoken to in HTTP/1.1. The pipes of a connection are kept and reused once their exchange is
+//! over (each with its proxy connection and that connection's kept-alive member connections), so
+//! a busy HTTP/2 client costs a pipe per request in flight, not a member connection per request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -25,12 +27,39 @@ const PIPE: usize = 64 * 1024;
 
 type Body = Either<Incoming, Full<Bytes>>;
 
+type Pipe = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// One HTTP/2 connection's idle pipes to the proxy.
+#[derive(Default)]
+struct Pipes(Mutex<Vec<Pipe>>);
+
+impl Pipes {
+    /// A pipe ready for a request (its last exchange over), if one is idle.
+    fn take(&self) -> Option<Pipe> {
+        let mut idle = self.0.lock().ok()?;
+        idle.retain(|p| !p.is_closed());
+        let i = idle.iter().position(|p| p.is_ready())?;
+        Some(idle.swap_remove(i))
+    }
+
+    /// Keeps a pipe for a later request (it becomes ready when its answer has been read).
+    fn put(&self, pipe: Pipe) {
+        if let Ok(mut idle) = self.0.lock()
+            && idle.len() < MAX_STREAMS as usize
+        {
+            idle.push(pipe);
+        }
+    }
+}
+
 /// Serves one HTTP/2 connection until it closes.
 pub(crate) async fn serve<S>(lb: Arc<LoadBalancer>, port: u16, io: S, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| forward(lb.clone(), port, peer, req));
+    let pipes = Arc::new(Pipes::default());
+    let service =
+        hyper::service::service_fn(move |req| forward(lb.clone(), pipes.clone(), port, peer, req));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .max_concurrent_streams(MAX_STREAMS)
@@ -43,6 +72,7 @@ where
 /// One request: written as HTTP/1.1 into a pipe the proxy serves, its answer read back.
 async fn forward(
     lb: Arc<LoadBalancer>,
+    pipes: Arc<Pipes>,
     port: u16,
     peer: SocketAddr,
     mut req: Request<Incoming>,
@@ -64,23 +94,16 @@ async fn forward(
         Err(_) => return Ok(own(StatusCode::BAD_REQUEST, "nubo: bad request target")),
     }
     *req.version_mut() = http::Version::HTTP_11;
-    let (ours, theirs) = tokio::io::duplex(PIPE);
-    tokio::spawn(crate::proxy::serve(
-        lb,
-        port,
-        theirs,
-        peer,
-        crate::io::Tcp,
-        true,
-    ));
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(ours)).await {
-        Ok(x) => x,
-        Err(_) => return Ok(own(StatusCode::BAD_GATEWAY, "nubo: internal pipe failed")),
+    let mut pipe = match pipes.take() {
+        Some(p) => p,
+        None => match open(lb, port, peer).await {
+            Some(p) => p,
+            None => return Ok(own(StatusCode::BAD_GATEWAY, "nubo: internal pipe failed")),
+        },
     };
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    match sender.send_request(req).await {
+    let answer = pipe.send_request(req).await;
+    pipes.put(pipe);
+    match answer {
         Ok(res) => Ok(res.map(Either::Left)),
         Err(e) => {
             tracing::debug!(%peer, error = %e, "an HTTP/2 request got no answer through the proxy");
@@ -90,6 +113,26 @@ async fn forward(
             ))
         }
     }
+}
+
+/// A new pipe to a new proxy connection.
+async fn open(lb: Arc<LoadBalancer>, port: u16, peer: SocketAddr) -> Option<Pipe> {
+    let (ours, theirs) = tokio::io::duplex(PIPE);
+    tokio::spawn(crate::proxy::serve(
+        lb,
+        port,
+        theirs,
+        peer,
+        crate::io::Tcp,
+        true,
+    ));
+    let (pipe, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(pipe)
 }
 
 /// The load balancer's own answer.

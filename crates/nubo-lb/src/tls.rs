@@ -302,12 +302,16 @@ mod tests {
         assert!(certs.is_empty());
     }
 
-    /// A member answering every request with the `X-Forwarded-Proto` it was sent.
-    async fn member() -> SocketAddr {
+    /// A member answering every request with the `X-Forwarded-Proto` it was sent; and how many
+    /// connections it took.
+    async fn member() -> (SocketAddr, Arc<AtomicU64>) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -336,7 +340,7 @@ mod tests {
                 });
             }
         });
-        addr
+        (addr, accepted)
     }
 
     fn free_port() -> u16 {
@@ -396,7 +400,7 @@ mod tests {
     /// ALPN; a route that wants HTTPS redirects plain requests to it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_proxy_port_serves_tls_by_server_name_http2_and_plain_http() {
-        let backend = member().await;
+        let (backend, accepted) = member().await;
         let port = free_port();
         let lb = LoadBalancer::new(LbConfig::default());
         let (d, dk) = cert(&["default.example"]);
@@ -500,6 +504,7 @@ mod tests {
         .await
         .expect("h2");
         tokio::spawn(conn);
+        let before = accepted.load(Ordering::Relaxed);
         let mut answers = Vec::new();
         for _ in 0..3 {
             let req = http::Request::builder()
@@ -515,6 +520,21 @@ mod tests {
             let body = res.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(&body[..], b"https");
         }
+        // Requests one after the other reuse a pipe, and its member connection.
+        for _ in 0..10 {
+            let req = http::Request::builder()
+                .uri(format!("https://shop.a.example:{port}/again"))
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let res = sender.send_request(req).await.expect("answer");
+            assert_eq!(res.status(), 200);
+            res.into_body().collect().await.expect("body");
+        }
+        let opened = accepted.load(Ordering::Relaxed) - before;
+        assert!(
+            opened <= 3,
+            "{opened} member connections for 13 HTTP/2 requests, 3 at most at once"
+        );
         assert!(lb.certificates().handshakes.load(Ordering::Relaxed) >= 3);
     }
 }
