@@ -133,6 +133,8 @@ struct CompiledRoute {
     path_tenants: Vec<(i64, String)>,
     /// Plain HTTP gets a redirect to HTTPS.
     redirect_https: bool,
+    /// Put before each request's path (a domain mapping's context path).
+    context_path: Option<Box<str>>,
     counters: Arc<ClusterCounters>,
     targets: Vec<Target>,
 }
@@ -173,6 +175,7 @@ fn plain(r: &CompiledRoute) -> table::Route {
         tenant_id: r.tenant_id,
         path_tenants: r.path_tenants.clone(),
         redirect_https: r.redirect_https,
+        context_path: r.context_path.as_deref().map(str::to_owned),
         backends: r
             .targets
             .iter()
@@ -420,6 +423,7 @@ impl LoadBalancer {
                                 .filter(|(t, _)| self.config.tenants.contains(*t))
                                 .collect(),
                             redirect_https: route.redirect_https,
+                            context_path: route.context_path.map(String::into_boxed_str),
                             counters,
                             targets,
                         }),
@@ -530,7 +534,7 @@ impl LoadBalancer {
 
     async fn listen(self: Arc<Self>, port: u16) {
         let addr = SocketAddr::new(self.config.bind, port);
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let listener = match listener(addr) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot listen on a proxy port: is it taken? the cluster is not reachable through this load balancer");
@@ -591,6 +595,22 @@ impl LoadBalancer {
         }
         proxy::serve(self, port, stream, peer, io::Tcp, false).await;
     }
+}
+
+/// Connections a proxy port holds before they are accepted (as HAProxy's and nginx's are raised
+/// for busy sites; the kernel caps it at `net.core.somaxconn`): a burst of new connections
+/// waits there instead of having its SYNs dropped and retried a second later.
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
+fn listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Exposes the load balancer's counters to Prometheus (read at scrape time; nothing is added to

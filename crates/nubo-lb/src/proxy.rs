@@ -305,6 +305,10 @@ impl<C: Stream, K: Connect> Conn<C, K> {
                     _ => Next::Close,
                 };
             }
+            // A domain mapped with a context path: its root is that path of the application.
+            if !tenant_told && let Some(context) = &route.context_path {
+                prefix_target(&mut self.out, context);
+            }
             // A tenant's mapped domain: the members are told whose it is (once; a client's own
             // `X-Tenant-*` headers were dropped when the head was read).
             if !tenant_told {
@@ -848,6 +852,18 @@ fn path_tenant(out: &[u8], tenants: &[(i64, String)]) -> Option<String> {
         .iter()
         .find(|(_, d)| d.eq_ignore_ascii_case(domain))
         .map(|(_, d)| d.clone())
+}
+
+/// Puts `context` before the request target of the head at the start of `out` (`GET /x` →
+/// `GET /abc/app/x`); a target not starting with `/` (`OPTIONS *`) is left as it is. The
+/// context path was checked when the domain was mapped (a path without spaces, `?` or `#`).
+fn prefix_target(out: &mut Vec<u8>, context: &str) {
+    let Some(space) = out.iter().position(|b| *b == b' ') else {
+        return;
+    };
+    if out.get(space + 1) == Some(&b'/') {
+        out.splice(space + 1..space + 1, context.bytes());
+    }
 }
 
 /// Adds `X-Tenant-Domain: TENANT` to the request head at the start of `out` (before the blank
@@ -1440,5 +1456,18 @@ mod tests {
         )
         .await;
         assert_eq!(r.status, 404);
+    }
+
+    #[test]
+    fn a_context_path_goes_before_the_request_path() {
+        let mut out = b"GET /index.html?x=1 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        prefix_target(&mut out, "/abc/app");
+        assert_eq!(
+            out,
+            b"GET /abc/app/index.html?x=1 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()
+        );
+        let mut out = b"OPTIONS * HTTP/1.1\r\n\r\n".to_vec();
+        prefix_target(&mut out, "/abc");
+        assert_eq!(out, b"OPTIONS * HTTP/1.1\r\n\r\n".to_vec());
     }
 }

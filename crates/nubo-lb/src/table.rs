@@ -39,6 +39,9 @@ pub struct Route {
     /// Plain HTTP requests get a redirect to HTTPS on the same port: an `https` port mapping's
     /// routes, and a domain mapped with `redirectHttps`.
     pub redirect_https: bool,
+    /// A domain mapping's context path (without a trailing `/`; `None` for `/`): the domain's
+    /// root is this path of the application, put before every request's path.
+    pub context_path: Option<String>,
 }
 
 /// The tenants a load balancer serves (`--tenants`): `*` (all), or a comma-separated list of
@@ -166,6 +169,7 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                         .map(|s| (s.tenant_id, s.tenant_domain.clone()))
                         .collect(),
                     redirect_https: port.protocol == "https",
+                    context_path: None,
                 },
             ));
         }
@@ -184,6 +188,9 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                     tenant_id: d.tenant_id,
                     path_tenants: Vec::new(),
                     redirect_https: d.redirect_https || port.protocol == "https",
+                    context_path: Some(d.context_path.trim_end_matches('/'))
+                        .filter(|c| c.starts_with('/'))
+                        .map(str::to_owned),
                 },
             ));
         }

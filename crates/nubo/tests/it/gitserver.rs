@@ -100,6 +100,9 @@ impl GitServer {
         std::fs::create_dir_all(&w).unwrap();
         git(&w, &["init", "--quiet", "-b", "main"]);
         for (path, text) in files {
+            if let Some(dir) = w.join(path).parent() {
+                std::fs::create_dir_all(dir).unwrap();
+            }
             std::fs::write(w.join(path), text).unwrap();
         }
         git(&w, &["add", "."]);
@@ -111,6 +114,9 @@ impl GitServer {
     /// Commits `files` in the working clone `w` and pushes them; returns the new commit.
     pub fn push(&self, w: &Path, name: &str, files: &[(&str, &str)], message: &str) -> String {
         for (path, text) in files {
+            if let Some(dir) = w.join(path).parent() {
+                std::fs::create_dir_all(dir).unwrap();
+            }
             std::fs::write(w.join(path), text).unwrap();
         }
         git(w, &["commit", "--quiet", "-am", message]);

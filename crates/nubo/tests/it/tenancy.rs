@@ -986,7 +986,14 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
     let git =
         crate::gitserver::GitServer::start(&dir.path().join("git"), "bob", BOB_PASSWORD).await;
     let work = dir.path().join("work");
-    git.repository("alice.git", &[("index.html", "alice's shop")], &work);
+    git.repository(
+        "alice.git",
+        &[
+            ("index.html", "alice's shop"),
+            ("v1/index.html", "alice's old shop"),
+        ],
+        &work,
+    );
     git.repository("private/bob.git", &[("index.html", "bob's blog")], &work);
     let data = dir.path().join("nubo");
     let server = ServerProcess::start(&data);
@@ -1038,6 +1045,21 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
         .0,
         201
     );
+    // A domain mapped with a context path: its root is that path of the tenant's content.
+    let (status, body) = alice
+        .post(
+            "/api/applications/sites/domainMappings",
+            json!({"domainMappings": [{"cartridgeAlias": "web", "domainName": "old.alice.example",
+                "contextPath": "/v1/"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    crate::support::eventually(30, "old.alice.example serving /v1", || async {
+        via_lb_path("127.0.0.1", proxy, "old.alice.example", "/index.html", None)
+            .await
+            .filter(|(s, b)| *s == 200 && b == "alice's old shop")
+    })
+    .await;
     // Alice maps her domain with its certificate, and wants plain HTTP sent to HTTPS; Bob maps
     // his, then puts a certificate on it.
     let alice_cert = Cert::new("shop.alice.example");
