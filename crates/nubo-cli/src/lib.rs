@@ -296,7 +296,7 @@ pub enum SignupCommand {
 /// Domain mapping commands (the caller's tenant).
 #[derive(Debug, Clone, Subcommand)]
 pub enum DomainMappingCommand {
-    /// Map domains from a JSON file (`{"domainMappings": [{cartridgeAlias, domainName, contextPath}]}`)
+    /// Map domains from a JSON file (`{"domainMappings": [{cartridgeAlias, domainName, contextPath, certificate, privateKey, redirectHttps}]}`)
     Add {
         /// The application
         application: String,
@@ -311,6 +311,26 @@ pub enum DomainMappingCommand {
     },
     /// Remove one of your domain mappings
     Remove {
+        /// The application
+        application: String,
+        /// The domain
+        domain: String,
+    },
+    /// Put a certificate on one of your mapped domains (replacing any): the load balancers present it to HTTPS clients naming the domain; the key is sealed and never shown again
+    SetCertificate {
+        /// The application
+        application: String,
+        /// The domain
+        domain: String,
+        /// The certificate chain (PEM, the domain's certificate first)
+        #[arg(long = "cert", value_name = "FILE")]
+        cert: PathBuf,
+        /// Its private key (PEM)
+        #[arg(long = "key", value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Remove a mapped domain's certificate (the load balancers' default one is presented for it)
+    RemoveCertificate {
         /// The application
         application: String,
         /// The domain
@@ -956,6 +976,48 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
                         v.get("domainMappings").unwrap_or(&Value::Null),
                     );
                 }
+                DomainMappingCommand::SetCertificate {
+                    application,
+                    domain,
+                    cert,
+                    key,
+                } => {
+                    let pem = |f: &PathBuf| -> anyhow::Result<String> {
+                        String::from_utf8(read_file(f)?)
+                            .with_context(|| format!("{} is not a PEM file", f.display()))
+                    };
+                    let body =
+                        serde_json::json!({"certificate": pem(cert)?, "privateKey": pem(key)?});
+                    let v = client
+                        .send(
+                            "PUT",
+                            &format!(
+                                "/api/applications/{}/domainMappings/{}/certificate",
+                                client::escape(application),
+                                client::escape(domain)
+                            ),
+                            Some(serde_json::to_vec(&body)?),
+                        )
+                        .await?;
+                    render::describe(out, &v);
+                }
+                DomainMappingCommand::RemoveCertificate {
+                    application,
+                    domain,
+                } => render::message(
+                    out,
+                    &client
+                        .send(
+                            "DELETE",
+                            &format!(
+                                "/api/applications/{}/domainMappings/{}/certificate",
+                                client::escape(application),
+                                client::escape(domain)
+                            ),
+                            None,
+                        )
+                        .await?,
+                ),
                 DomainMappingCommand::Remove {
                     application,
                     domain,

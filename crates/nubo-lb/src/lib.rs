@@ -682,6 +682,28 @@ impl prometheus_client::collector::Collector for LbCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.0.held.load(Ordering::Relaxed) as i64).encode(held)?;
+        let certs = &self.0.certificates;
+        let handshakes = encoder.encode_descriptor(
+            "nubo_lb_tls_handshakes",
+            "TLS handshakes completed",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(certs.handshakes.load(Ordering::Relaxed)).encode(handshakes)?;
+        let failed = encoder.encode_descriptor(
+            "nubo_lb_tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(certs.failed.load(Ordering::Relaxed)).encode(failed)?;
+        let domains = encoder.encode_descriptor(
+            "nubo_lb_tls_certificates",
+            "Domains with a certificate of their own",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(certs.len() as i64).encode(domains)?;
         Ok(())
     }
 }

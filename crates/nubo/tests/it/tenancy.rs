@@ -1156,6 +1156,15 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
         )
         .await;
     }
+    let metrics = root.metrics().await;
+    assert!(
+        metrics.contains("nubo_lb_tls_certificates 2\n"),
+        "the load balancer holds both domains' certificates: {metrics}"
+    );
+    assert!(
+        !metrics.contains("nubo_lb_tls_handshakes_total 0\n"),
+        "{metrics}"
+    );
     for (host, path, text) in [
         ("blog.bob.example", "/", "bob's blog"),
         ("sites.sites.test", "/t/a.com/", "alice's shop"),
@@ -1319,6 +1328,45 @@ async fn signups_mappings_and_quotas_from_the_cli() {
         ok && out.contains("cli.alice.example") && out.contains("DOMAIN"),
         "{out}"
     );
+    // A certificate from PEM files: set (the key never shown), then removed.
+    let c = Cert::new("cli.alice.example");
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, &c.pem).unwrap();
+    std::fs::write(&key, &c.key).unwrap();
+    let (ok, out, err) = as_alice(&[
+        "domain-mapping",
+        "set-certificate",
+        "mt",
+        "cli.alice.example",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        ok && out.contains(&c.fingerprint) && !out.contains("PRIVATE KEY"),
+        "{out} {err}"
+    );
+    let (ok, out, err) = as_alice(&[
+        "domain-mapping",
+        "set-certificate",
+        "mt",
+        "cli.alice.example",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("privateKey"), "{out} {err}");
+    let (ok, _, err) = as_alice(&[
+        "domain-mapping",
+        "remove-certificate",
+        "mt",
+        "cli.alice.example",
+    ]);
+    assert!(ok, "{err}");
     let (ok, _, err) = as_alice(&["domain-mapping", "remove", "mt", "cli.alice.example"]);
     assert!(ok, "{err}");
     let (_, out, _) = as_alice(&["domain-mapping", "list", "mt"]);
