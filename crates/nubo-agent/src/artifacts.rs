@@ -147,10 +147,14 @@ fn tenant_dir_name(domain: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
 }
 
-/// Brings `app/tenants/` in line with the tenants signed up: each one's repository checked out
-/// (or fetched again) in `tenants/<tenant-domain>/`, the directories of tenants no longer signed
-/// up removed. Returns the tenants served.
-pub async fn sync_tenants(app: &Path, p: &AgentPayload) -> anyhow::Result<Vec<String>> {
+/// Brings `app/tenants/` in line with the tenants signed up: each new one's repository checked
+/// out in `tenants/<tenant-domain>/` (and, when `fetch`, the others' fetched again), the
+/// directories of tenants no longer signed up removed. Returns the tenants served.
+pub async fn sync_tenants(
+    app: &Path,
+    p: &AgentPayload,
+    fetch: bool,
+) -> anyhow::Result<Vec<String>> {
     let list = signups(p).await?;
     let root = app.join("tenants");
     std::fs::create_dir_all(&root).with_context(|| format!("cannot make {}", root.display()))?;
@@ -163,6 +167,10 @@ pub async fn sync_tenants(app: &Path, p: &AgentPayload) -> anyhow::Result<Vec<St
         let dir = root.join(&t.tenant_domain);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot make {}", dir.display()))?;
         let result = if dir.join(".git").exists() {
+            if !fetch {
+                served.push(t.tenant_domain.clone());
+                continue;
+            }
             update(&dir, &t.repo).await
         } else {
             checkout_with(&dir, &t.repo, Duration::from_millis(500)).await

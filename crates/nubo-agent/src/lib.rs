@@ -38,8 +38,12 @@ pub const DRAIN_DELAY: Duration = Duration::from_millis(500);
 /// How long a member may stay unhealthy (out of the load balancers) before it reports itself down
 /// and is replaced, where the cartridge's `unhealthyTimeout` says nothing.
 pub const UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a multi-tenant member brings its tenants' artifacts in line with the signups.
+/// How often a multi-tenant member brings its tenants' artifacts in line with the signups (new
+/// tenants checked out, those gone removed: one call to the API).
 pub const TENANT_SYNC: Duration = Duration::from_secs(3);
+/// How often it fetches every tenant's repository again, without a push to its webhook (which
+/// updates at once).
+pub const TENANT_FETCH: Duration = Duration::from_secs(60);
 /// How often health statistics are published.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -187,12 +191,14 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
         }
     }
+    // Git work (updates, commit-back, the tenants' checkouts) one at a time.
+    let git_lock = Arc::new(tokio::sync::Mutex::new(()));
     // A member of a multi-tenant application serves every signed-up tenant's artifacts, each in
     // `app/tenants/<tenant-domain>/`, kept in line with the signups while it runs.
     if p.parameters.get("MULTITENANT").map(String::as_str) == Some("true")
         && p.parameters.contains_key("TOKEN")
     {
-        match artifacts::sync_tenants(&app_dir, &p).await {
+        match artifacts::sync_tenants(&app_dir, &p, true).await {
             Ok(served) => {
                 tracing::info!(member = %p.member_id, tenants = served.len(), "tenants' artifacts checked out")
             }
@@ -201,11 +207,19 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
             }
         }
         let (app, payload) = (app_dir.clone(), p.clone());
+        let lock = git_lock.clone();
         tokio::spawn(async move {
+            let mut fetched = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(TENANT_SYNC).await;
-                if let Err(e) = artifacts::sync_tenants(&app, &payload).await {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot read the tenants' signups");
+                let fetch = fetched.elapsed() >= TENANT_FETCH;
+                let _one = lock.lock().await;
+                match artifacts::sync_tenants(&app, &payload, fetch).await {
+                    Ok(_) if fetch => fetched = tokio::time::Instant::now(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot read the tenants' signups")
+                    }
                 }
             }
         });
@@ -325,8 +339,6 @@ pub async fn run(payload_file: &Path) -> anyhow::Result<i32> {
         });
     }
 
-    // Git work (updates, commit-back) one at a time.
-    let git_lock = Arc::new(tokio::sync::Mutex::new(()));
     // Stratos' commit-back: the cluster's committer commits what the workload changed in its
     // artifacts and pushes it, every `artifactUpdateInterval` seconds.
     if repository.is_some() && members::commits_back(&p) {
@@ -587,10 +599,24 @@ async fn update_artifacts(
     mut env: std::collections::BTreeMap<String, String>,
     extensions: Option<&Path>,
 ) -> Result<String, String> {
+    // A multi-tenant member: the tenants' repositories first (a push to one of them is an
+    // update of the application's members).
+    let tenants = if p.parameters.get("MULTITENANT").map(String::as_str) == Some("true") {
+        let served = artifacts::sync_tenants(app_dir, p, true)
+            .await
+            .map_err(|e| format!("cannot update the tenants' artifacts: {e:#}"))?;
+        Some(served.len())
+    } else {
+        None
+    };
     let repo = artifacts::repository(p)
         .await
-        .map_err(|e| format!("cannot get the member's repository: {e:#}"))?
-        .ok_or_else(|| "the member has no repository".to_owned())?;
+        .map_err(|e| format!("cannot get the member's repository: {e:#}"))?;
+    let repo = match (repo, tenants) {
+        (Some(r), _) => r,
+        (None, Some(n)) => return Ok(format!("tenants: {n}")),
+        (None, None) => return Err("the member has no repository".to_owned()),
+    };
     // With commit-back, the cluster's committer pushes what its workload changed first, so that
     // the update does not throw it away.
     if members::commits_back(p) && members::am_committer(p).await {

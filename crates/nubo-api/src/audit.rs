@@ -25,18 +25,11 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
     }
     let principal = req.extensions().get::<Principal>().cloned();
     let proof = req.extensions().get::<Proof>().cloned();
-    let client = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "local".to_owned());
+    let client = client_of(&req);
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let response = next.run(req).await;
     if let Some(p) = principal {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         let (via, token_id) = match proof {
             Some(Proof::Token(t)) => (
                 match t.kind {
@@ -47,30 +40,68 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
             ),
             _ => ("password", None),
         };
-        let entry = AuditEntry {
-            seq: 0,
-            at: time::OffsetDateTime::from_unix_timestamp(now.as_secs() as i64)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default(),
-            at_ms: now.as_millis() as u64,
-            tenant_id: p.tenant_id,
-            user: p.user,
-            via: via.to_owned(),
-            token_id,
+        let mut entry = entry(
+            p.tenant_id,
+            p.user,
+            via,
             client,
             method,
             path,
-            status: response.status().as_u16(),
-        };
-        if let Err(e) = state.manager.audit(&entry).await {
-            tracing::error!(error = %e, path = %entry.path, user = %entry.user, "a change could not be written to the audit log");
-        }
+            response.status().as_u16(),
+        );
+        entry.token_id = token_id;
+        write(&state, &entry).await;
     }
     response
+}
+
+/// An audit entry made now.
+pub(crate) fn entry(
+    tenant_id: i64,
+    user: String,
+    via: &str,
+    client: String,
+    method: String,
+    path: String,
+    status: u16,
+) -> AuditEntry {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    AuditEntry {
+        seq: 0,
+        at: time::OffsetDateTime::from_unix_timestamp(now.as_secs() as i64)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default(),
+        at_ms: now.as_millis() as u64,
+        tenant_id,
+        user,
+        via: via.to_owned(),
+        token_id: None,
+        client,
+        method,
+        path,
+        status,
+    }
+}
+
+/// Writes an entry (a failure is logged, not the caller's).
+pub(crate) async fn write(state: &AppState, entry: &AuditEntry) {
+    if let Err(e) = state.manager.audit(entry).await {
+        tracing::error!(error = %e, path = %entry.path, user = %entry.user, "a change could not be written to the audit log");
+    }
+}
+
+/// The client's address of a request, for the audit log.
+pub(crate) fn client_of(req: &Request) -> String {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "local".to_owned())
 }
 
 /// `GET /api/audit`'s query.

@@ -333,5 +333,40 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
             "/applications/{app}/clusters/{cluster}/properties/{name}",
             get(cluster_property),
         )
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(axum::middleware::from_fn_with_state(state, authenticate))
+}
+
+/// Records a write to the metadata service in its tenant's audit log (after [`authenticate`]):
+/// a member's by its id (`via` `memberToken`), a user's by name.
+async fn audit(State(state): S, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        return next.run(req).await;
+    }
+    let caller = req.extensions().get::<Caller>().cloned();
+    let client = crate::audit::client_of(&req);
+    let method = req.method().to_string();
+    // The whole path (the router is nested under `/metadata/api`).
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_owned(), |u| u.path().to_owned());
+    let response = next.run(req).await;
+    if let Some(c) = caller {
+        let (user, via) = match &c {
+            Caller::Member { member_id, .. } => (member_id.clone(), "memberToken"),
+            Caller::User(p) => (p.user.clone(), "password"),
+        };
+        let e = crate::audit::entry(
+            c.tenant(),
+            user,
+            via,
+            client,
+            method,
+            path,
+            response.status().as_u16(),
+        );
+        crate::audit::write(&state, &e).await;
+    }
+    response
 }

@@ -111,6 +111,8 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
 /// `POST /api/repo/notify`.
 async fn notify(State(s): S, req: Request) -> Result<Response, ApiError> {
     let headers = req.headers().clone();
+    let client = crate::audit::client_of(&req);
+    let path = req.uri().path().to_owned();
     let proof = if let Some(sig) = header_text(&headers, "x-hub-signature-256") {
         Proof::GitHub(sig)
     } else if let Some(token) = header_text(&headers, "x-gitlab-token") {
@@ -168,40 +170,80 @@ async fn notify(State(s): S, req: Request) -> Result<Response, ApiError> {
             }
         }
     }
+    let proves = |secret: &str| match &proof {
+        Proof::GitHub(sig) => github_signature_ok(secret, &bytes, sig),
+        Proof::GitLab(token) => gitlab_token_ok(secret, token),
+        Proof::User(_) => false,
+    };
+    // Whom the call was proved for (the audit log's tenants), and the clusters to update.
+    let mut tenants: Vec<i64> = Vec::new();
     let mut proved = Vec::new();
-    match &proof {
-        Proof::User(p) => proved.extend(
-            candidates
-                .into_iter()
-                .filter(|c| c.tenant_id == p.tenant_id),
-        ),
-        Proof::GitHub(_) | Proof::GitLab(_) => {
-            for c in candidates {
-                let Some(secret) = s
-                    .manager
-                    .webhook_secret(c.tenant_id, &c.application_id, &c.alias)
-                    .await?
-                else {
-                    continue;
+    for c in candidates {
+        let ok = match &proof {
+            Proof::User(p) => c.tenant_id == p.tenant_id,
+            _ => match s
+                .manager
+                .webhook_secret(c.tenant_id, &c.application_id, &c.alias)
+                .await?
+            {
+                Some(secret) => proves(&secret),
+                None => false,
+            },
+        };
+        if ok {
+            tenants.push(c.tenant_id);
+            proved.push(c);
+        }
+    }
+    // Tenants' repositories signed up to a multi-tenant application: a push updates the
+    // checkouts of that tenant in the application's members (the clusters of the alias).
+    let wanted: Vec<String> = urls
+        .iter()
+        .map(|u| nubo_controller::normalize_repository_url(u))
+        .collect();
+    let hooks = s
+        .manager
+        .signup_hooks(|u| wanted.contains(&nubo_controller::normalize_repository_url(u)))
+        .await?;
+    if !hooks.is_empty() {
+        let state = control.state().await;
+        for h in hooks {
+            let ok = match &proof {
+                Proof::User(p) => h.tenant_id == p.tenant_id,
+                _ => h.webhook_secret.as_deref().is_some_and(proves),
+            };
+            if !ok {
+                continue;
+            }
+            tenants.push(h.tenant_id);
+            let app = nubo_controller::runtime_id(nubo_model::SUPER_TENANT_ID, &h.application_id);
+            for c in state.iter().flat_map(|st| st.topology.clusters.values()) {
+                let c = RepositoryCluster {
+                    tenant_id: nubo_model::SUPER_TENANT_ID,
+                    application_id: app.clone(),
+                    cluster_id: c.cluster_id.clone(),
+                    alias: c.alias.clone(),
                 };
-                let ok = match &proof {
-                    Proof::GitHub(sig) => github_signature_ok(&secret, &bytes, sig),
-                    Proof::GitLab(token) => gitlab_token_ok(&secret, token),
-                    Proof::User(_) => false,
-                };
-                if ok {
+                if c.alias == h.alias && c.application_id == app && !proved.contains(&c) {
                     proved.push(c);
                 }
             }
-            // The same answer whether no repository matched or no secret proved the call:
-            // a caller learns nothing of what is deployed.
-            if proved.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "no deployed application's repository has a webhookSecret that proves this call",
-                ));
-            }
         }
+    }
+    tenants.sort_unstable();
+    tenants.dedup();
+    let (user, via) = match &proof {
+        Proof::User(p) => (p.user.clone(), "password"),
+        Proof::GitHub(_) => ("webhook".to_owned(), "github"),
+        Proof::GitLab(_) => ("webhook".to_owned(), "gitlab"),
+    };
+    // The same answer whether no repository matched or no secret proved the call: a caller
+    // learns nothing of what is deployed.
+    if tenants.is_empty() && !matches!(proof, Proof::User(_)) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "no deployed application's repository has a webhookSecret that proves this call",
+        ));
     }
     if event.as_deref().is_some_and(|e| e != "push") {
         return Ok(Json(Message::success(format!(
@@ -209,6 +251,18 @@ async fn notify(State(s): S, req: Request) -> Result<Response, ApiError> {
             event.unwrap_or_default()
         )))
         .into_response());
+    }
+    for t in &tenants {
+        let e = crate::audit::entry(
+            *t,
+            user.clone(),
+            via,
+            client.clone(),
+            "POST".into(),
+            path.clone(),
+            StatusCode::ACCEPTED.as_u16(),
+        );
+        crate::audit::write(&s, &e).await;
     }
     let mut by_app: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in &proved {

@@ -292,7 +292,8 @@ impl Manager {
                 }
             }
         }
-        Ok(resealed)
+        // The tenants' repositories signed up to multi-tenant applications.
+        Ok(resealed + self.reseal_signup_secrets().await?)
     }
 
     /// The webhook secret of the repository of cartridge `alias` of an application, opened.
@@ -355,20 +356,43 @@ mod tests {
         )
         .await
         .unwrap();
-        old.add::<Application>(t, &add(json!({"applicationId": "app", "components": {"cartridges": [
+        old.add::<Application>(t, &add(json!({"applicationId": "app", "multiTenant": true, "components": {"cartridges": [
             {"type": "web", "cartridgeMin": 1, "cartridgeMax": 1, "subscribableInfo": {"alias": "web",
               "autoscalingPolicy": "asp", "deploymentPolicy": "dp",
               "artifactRepository": {"repoUrl": "https://git.local/x.git", "repoUsername": "u",
                 "repoPassword": "pw-1", "webhookSecret": "hook-1"}}}]}}))).await.unwrap();
+        // A signup's repository secrets, and a mapped domain's private key.
+        old.add_signup(
+            t,
+            "app",
+            &add(json!({"artifactRepositories": [{"alias": "web",
+            "repoUrl": "https://git.local/t.git", "repoUsername": "t", "repoPassword": "pw-t",
+            "webhookSecret": "hook-t"}]})),
+        )
+        .await
+        .unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["shop.t.example".to_owned()]).unwrap();
+        let key_pem = c.key_pair.serialize_pem();
+        old.add_domain_mappings(
+            t,
+            "app",
+            &add(json!({"domainMappings": [{"cartridgeAlias": "web",
+            "domainName": "shop.t.example", "certificate": c.cert.pem(), "privateKey": key_pem}]})),
+            &[],
+        )
+        .await
+        .unwrap();
         // The new key, the old one still given: the secrets open, and are sealed again.
         let rotating = manager([2; 32], Some([1; 32])).await;
+        assert_eq!(rotating.reseal_domain_certificates().await.unwrap(), 1);
+        assert_eq!(rotating.reseal_domain_certificates().await.unwrap(), 0);
         let access = rotating
             .repository_access(t, "app", "web")
             .await
             .unwrap()
             .unwrap();
         assert_eq!(access.repo_password.as_deref(), Some("pw-1"));
-        assert_eq!(rotating.reseal_repository_secrets().await.unwrap(), 2);
+        assert_eq!(rotating.reseal_repository_secrets().await.unwrap(), 4);
         assert_eq!(
             rotating.reseal_repository_secrets().await.unwrap(),
             0,
@@ -389,6 +413,16 @@ mod tests {
                 .as_deref(),
             Some("hook-1")
         );
+        let signed = new.signup_repositories("app", "web").await.unwrap();
+        assert_eq!(signed[0].1.repo_password.as_deref(), Some("pw-t"));
+        let hooks = new.signup_hooks(|u| u.ends_with("/t.git")).await.unwrap();
+        assert_eq!(hooks[0].webhook_secret.as_deref(), Some("hook-t"));
+        let cert = new
+            .domain_certificate("shop.t.example")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cert.private_key, key_pem);
         // A server with neither key says what to do.
         let lost = manager([3; 32], None).await;
         let e = lost

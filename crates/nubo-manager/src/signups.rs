@@ -37,7 +37,26 @@ pub struct MappedDomain {
 }
 
 fn context(tenant: i64, application: &str, alias: &str) -> String {
-    format!("applicationSignup/{tenant}/{application}/{alias}/repoPassword")
+    sealing_context(tenant, application, alias, "repoPassword")
+}
+
+/// The sealing context of a signup repository's secret `field`: a sealed value copied elsewhere
+/// does not open.
+fn sealing_context(tenant: i64, application: &str, alias: &str, field: &str) -> String {
+    format!("applicationSignup/{tenant}/{application}/{alias}/{field}")
+}
+
+/// A tenant's signup repository a push to which updates the members' checkouts of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignupHook {
+    /// The tenant signed up.
+    pub tenant_id: i64,
+    /// The platform's (super tenant's) multi-tenant application.
+    pub application_id: String,
+    /// The cartridge alias the repository is for.
+    pub alias: String,
+    /// The repository's `webhookSecret`, opened (`None`: none was given).
+    pub webhook_secret: Option<String>,
 }
 
 fn invalid(kind: Kind, errors: Vec<nubo_model::FieldError>) -> ManagerError {
@@ -89,16 +108,19 @@ impl Manager {
         signup.application_id = Some(id.to_owned());
         signup.tenant_id = Some(tenant);
         for r in signup.artifact_repositories.iter_mut().flatten() {
-            if let (Some(alias), Some(pw)) = (r.alias.clone(), r.repo_password.clone())
-                && !pw.is_empty()
-            {
-                r.repo_password = Some(
-                    self.secrets_key
-                        .seal(&context(tenant, id, &alias), &pw)
-                        .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
-                );
-            } else {
-                r.repo_password = None;
+            let alias = r.alias.clone().unwrap_or_default();
+            for (field, value) in [
+                ("repoPassword", &mut r.repo_password),
+                ("webhookSecret", &mut r.webhook_secret),
+            ] {
+                *value = match value.take().filter(|v| !v.is_empty()) {
+                    Some(plain) => Some(
+                        self.secrets_key
+                            .seal(&sealing_context(tenant, id, &alias, field), &plain)
+                            .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+                    ),
+                    None => None,
+                };
             }
         }
         self.store
@@ -228,6 +250,122 @@ impl Manager {
             ));
         }
         Ok(out)
+    }
+
+    /// The tenants' signup repositories whose URL is `url` (compared by `same`), with their
+    /// webhook secrets opened: what a push to that repository updates.
+    pub async fn signup_hooks(
+        &self,
+        same: impl Fn(&str) -> bool,
+    ) -> Result<Vec<SignupHook>, ManagerError> {
+        let mut out = Vec::new();
+        for (tenant, id) in self.all_signups().await? {
+            let Some(rec) = self
+                .store
+                .get(tenant, &Key::new(Kind::ApplicationSignup.as_str(), &id))
+                .await
+                .map_err(|e| store_err(Kind::ApplicationSignup, e))?
+            else {
+                continue;
+            };
+            let Ok(signup) = serde_json::from_value::<ApplicationSignup>(rec.body) else {
+                continue;
+            };
+            for r in signup.artifact_repositories.into_iter().flatten() {
+                let (Some(alias), Some(url)) = (r.alias, r.repo_url) else {
+                    continue;
+                };
+                if !same(&url) {
+                    continue;
+                }
+                let webhook_secret = match r.webhook_secret {
+                    Some(sealed) => Some(
+                        self.secrets_key
+                            .open(
+                                &sealing_context(tenant, &id, &alias, "webhookSecret"),
+                                &sealed,
+                            )
+                            .map_err(|e| ManagerError::Unavailable(e.to_string()))?
+                            .0,
+                    ),
+                    None => None,
+                };
+                out.push(SignupHook {
+                    tenant_id: tenant,
+                    application_id: id.clone(),
+                    alias,
+                    webhook_secret,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Seals again, with the current secrets key, the signups' repository secrets still sealed
+    /// with the previous one of a rotation; how many (part of
+    /// [`Manager::reseal_repository_secrets`]).
+    pub(crate) async fn reseal_signup_secrets(&self) -> Result<usize, ManagerError> {
+        let mut resealed = 0;
+        for (tenant, id) in self.all_signups().await? {
+            let key = Key::new(Kind::ApplicationSignup.as_str(), &id);
+            let Some(rec) = self
+                .store
+                .get(tenant, &key)
+                .await
+                .map_err(|e| store_err(Kind::ApplicationSignup, e))?
+            else {
+                continue;
+            };
+            let Ok(mut signup) = serde_json::from_value::<ApplicationSignup>(rec.body) else {
+                continue;
+            };
+            let mut changed = 0;
+            for r in signup.artifact_repositories.iter_mut().flatten() {
+                let alias = r.alias.clone().unwrap_or_default();
+                for (field, value) in [
+                    ("repoPassword", &mut r.repo_password),
+                    ("webhookSecret", &mut r.webhook_secret),
+                ] {
+                    let Some(sealed) = value.as_deref() else {
+                        continue;
+                    };
+                    let ctx = sealing_context(tenant, &id, &alias, field);
+                    match self.secrets_key.open(&ctx, sealed) {
+                        Ok((plain, true)) => {
+                            *value = Some(
+                                self.secrets_key
+                                    .seal(&ctx, &plain)
+                                    .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+                            );
+                            changed += 1;
+                        }
+                        Ok((_, false)) => {}
+                        Err(e) => {
+                            return Err(ManagerError::Unavailable(format!(
+                                "the repository secrets of tenant {tenant}'s signup to `{id}` do not open: {e}; start with the key they were sealed with as --secrets-key-previous"
+                            )));
+                        }
+                    }
+                }
+            }
+            if changed == 0 {
+                continue;
+            }
+            let write = Write {
+                tenant,
+                key,
+                body: serde_json::to_value(&signup)
+                    .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
+                refs: Vec::new(),
+            };
+            match self.store.update_if(write, rec.version).await {
+                Ok(_) => resealed += changed,
+                Err(nubo_store::StoreError::Stale { .. } | nubo_store::StoreError::NotFound(_)) => {
+                }
+                Err(e) => return Err(store_err(Kind::ApplicationSignup, e)),
+            }
+        }
+        Ok(resealed)
     }
 
     /// Every signup of the platform: (tenant, application id), for the load balancers'
@@ -413,6 +551,7 @@ fn mapped(m: &DomainMapping, application: &str, app_tenant: i64, tenant: i64) ->
 fn redacted(mut s: ApplicationSignup) -> ApplicationSignup {
     for r in s.artifact_repositories.iter_mut().flatten() {
         r.repo_password = None;
+        r.webhook_secret = None;
     }
     s
 }

@@ -144,6 +144,20 @@ async fn two_cartridges_exchange_an_address_through_the_metadata_service() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
+    // Members' writes are in the audit log, under their ids: the db member's, and the refused
+    // one of the other member.
+    let (_, log) = api.get("/api/audit?limit=1000").await;
+    let entries = log.as_array().unwrap();
+    let db_member = db["memberId"].as_str().unwrap();
+    for (member, status) in [(db_member, 201), (other["memberId"].as_str().unwrap(), 403)] {
+        assert!(
+            entries.iter().any(|e| e["user"] == member
+                && e["via"] == "memberToken"
+                && e["path"] == "/metadata/api/applications/shop/properties"
+                && e["status"] == status),
+            "{member} {status}: {log}"
+        );
+    }
     // Its own application's, it can.
     let (status, body) =
         as_member(&api, Some(&other_token), "/applications/other/properties").await;

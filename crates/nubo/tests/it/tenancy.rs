@@ -986,7 +986,7 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
     let git =
         crate::gitserver::GitServer::start(&dir.path().join("git"), "bob", BOB_PASSWORD).await;
     let work = dir.path().join("work");
-    git.repository(
+    let alice_work = git.repository(
         "alice.git",
         &[
             ("index.html", "alice's shop"),
@@ -1022,16 +1022,18 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
         }
         json!({"artifactRepositories": [r]})
     };
+    const ALICE_HOOK: &str = "alice-hook-secret-never-shown";
+    let mut alice_signup = signup(format!("{}/alice.git", git.url), None, None);
+    alice_signup["artifactRepositories"][0]["webhookSecret"] = json!(ALICE_HOOK);
     assert_eq!(
         alice
-            .post(
-                "/api/applications/sites/signup",
-                signup(format!("{}/alice.git", git.url), None, None)
-            )
+            .post("/api/applications/sites/signup", alice_signup)
             .await
             .0,
         201
     );
+    let (_, read) = alice.get("/api/applications/sites/signup").await;
+    assert!(!read.to_string().contains(ALICE_HOOK), "{read}");
     assert_eq!(
         bob.post(
             "/api/applications/sites/signup",
@@ -1181,6 +1183,62 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
         )
         .await;
     }
+    // Alice pushes, and her repository's webhook (GitHub's form, signed with her signup's
+    // secret) updates her checkout in the members at once, not at the next periodic fetch.
+    let second = git.push(
+        &alice_work,
+        "alice.git",
+        &[("index.html", "alice's shop, v2")],
+        "v2",
+    );
+    let payload = json!({"ref": "refs/heads/main", "after": second,
+        "repository": {"clone_url": format!("{}/alice.git", git.url)}})
+    .to_string();
+    let sign = |secret: &str| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(payload.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let hook = |signature: String| {
+        crate::support::client()
+            .post(format!("{}/api/repo/notify", server.url))
+            .header("x-github-event", "push")
+            .header("x-hub-signature-256", signature)
+            .header("content-type", "application/json")
+            .body(payload.clone())
+            .send()
+    };
+    assert_eq!(hook(sign("guess")).await.unwrap().status().as_u16(), 401);
+    let r = hook(sign(ALICE_HOOK)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+    let alice_client = alice_cert.client("shop.alice.example", proxy);
+    crate::support::eventually(
+        20,
+        "alice's new page, well before a periodic fetch",
+        || async {
+            let r = alice_client
+                .get(format!("https://shop.alice.example:{proxy}/"))
+                .send()
+                .await
+                .ok()?;
+            (r.text().await.ok()? == "alice's shop, v2").then_some(())
+        },
+    )
+    .await;
+    // In alice's audit log (and not bob's): the webhook's call.
+    let (_, log) = alice.get("/api/audit").await;
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["user"] == "webhook"
+                && e["via"] == "github"
+                && e["path"] == "/api/repo/notify"),
+        "{log}"
+    );
+    let (_, log) = bob.get("/api/audit").await;
+    assert!(!log.to_string().contains("/api/repo/notify"), "{log}");
     // Alice's domain over plain HTTP: sent to HTTPS, on the same port.
     let r = alice_cert
         .client("shop.alice.example", proxy)
@@ -1201,7 +1259,7 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
         .send()
         .await
         .unwrap();
-    assert_eq!(r.text().await.unwrap(), "alice's shop");
+    assert_eq!(r.text().await.unwrap(), "alice's shop, v2");
     // Bob removes his certificate: his domain gets the load balancer's default one again.
     let (status, body) = bob.delete(cert_path).await;
     assert_eq!(status, 200, "{body}");
@@ -1221,7 +1279,12 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
     .await;
     // Neither Bob's password nor a private key is in clear in any file of the platform's data
     // directory.
-    for secret in [BOB_PASSWORD, alice_cert.key_line(), bob_cert.key_line()] {
+    for secret in [
+        BOB_PASSWORD,
+        ALICE_HOOK,
+        alice_cert.key_line(),
+        bob_cert.key_line(),
+    ] {
         let leaked = crate::agent::files_containing(&data, secret.as_bytes());
         assert!(leaked.is_empty(), "{leaked:?}");
     }
