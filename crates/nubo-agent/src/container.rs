@@ -262,6 +262,9 @@ impl Container {
                 // The engine's small init is the container's first process, so that a workload
                 // that never handles SIGTERM (as PID 1 it would ignore it) still stops at once.
                 init: Some(true),
+                // The partition's `userNamespace`: `auto` gives the container a private range of
+                // user ids (Podman; Docker maps user ids daemon-wide, with `userns-remap`).
+                userns_mode: p.parameters.get("NUBO_DOCKER_USERNS").cloned(),
                 ..Default::default()
             }),
             ..Default::default()

@@ -636,6 +636,9 @@ impl Runner {
                                 p.insert(parameter.to_owned(), v.clone());
                             }
                         }
+                        if let Some(u) = part.as_ref().and_then(|x| x.user_namespace.clone()) {
+                            p.insert("NUBO_DOCKER_USERNS".to_owned(), u);
+                        }
                     }
                     if provider == "kubernetes" {
                         add_kubernetes(

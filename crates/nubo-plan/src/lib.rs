@@ -63,7 +63,15 @@ pub struct PlacementPartition {
     /// property, Stratos' name), for the `kubernetes` provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_cluster: Option<String>,
+    /// The user namespace of its members' containers (the partition's `userNamespace`
+    /// property: `auto`, a private range of ids per container, which Podman offers; `host`,
+    /// none), for the `docker` provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_namespace: Option<String>,
 }
+
+/// The values of a `docker` partition's `userNamespace` property.
+pub const USER_NAMESPACES: [&str; 2] = ["auto", "host"];
 
 /// Whether `image` is one a partition's `allowedImages` property allows: a comma-separated list
 /// of images, each exact or ending in `*` (a prefix); no property, any image.
@@ -487,8 +495,23 @@ pub fn plan(
                                 r.id, p.id
                             )));
                         }
+                        let user_namespace = props
+                            .iter()
+                            .find(|x| x.name == "userNamespace")
+                            .map(|x| x.value.clone());
+                        if let Some(u) = &user_namespace
+                            && !USER_NAMESPACES.contains(&u.as_str())
+                        {
+                            return Err(PlanError(format!(
+                                "network partition `{}`, partition `{}`: userNamespace `{u}` is not one of {}",
+                                r.id,
+                                p.id,
+                                USER_NAMESPACES.join(", ")
+                            )));
+                        }
                         Ok(PlacementPartition {
                             kube_cluster,
+                            user_namespace,
                             engine_tls: props
                                 .iter()
                                 .filter(|x| matches!(x.name.as_str(), "tlsCa" | "tlsCert" | "tlsKey"))

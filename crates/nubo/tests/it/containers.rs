@@ -201,22 +201,24 @@ async fn undeploy_leaving_no_container(api: &Api, host: &str, app: &str) {
 #[tokio::test]
 async fn a_container_application_is_served_and_leaves_no_container_on_docker() {
     if let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") {
-        served_and_cleaned(host, "boxed").await;
+        served_and_cleaned(host, "boxed", None).await;
     }
 }
 
-/// The same on Podman, through its Docker-compatible API.
+/// The same on Podman, through its Docker-compatible API, each container in a user namespace of
+/// its own (the partition's `userNamespace: auto`).
 #[tokio::test]
 async fn a_container_application_is_served_and_leaves_no_container_on_podman() {
     if let Some(host) = nubo_testing::service("NUBO_TEST_PODMAN_HOST", "containers on Podman") {
-        served_and_cleaned(host, "podded").await;
+        served_and_cleaned(host, "podded", Some("auto")).await;
     }
 }
 
 /// An application of two members in containers: Active once their published ports answer,
-/// served through the load balancer, unprivileged with the cartridge's memory limit, their
-/// output in `nubo logs`; undeployed, no container is left.
-async fn served_and_cleaned(host: String, app: &str) {
+/// served through the load balancer, unprivileged with the cartridge's memory limit (and, with
+/// `userns`, root in the container is no user of the host), their output in `nubo logs`;
+/// undeployed, no container is left.
+async fn served_and_cleaned(host: String, app: &str, userns: Option<&str>) {
     build_image(&host, "nubo-test/hello:1", "hello from a container");
     let _cleanup = Containers {
         host: &host,
@@ -226,10 +228,17 @@ async fn served_and_cleaned(host: String, app: &str) {
     let server = ServerProcess::start(dir.path());
     let api = Api::new(&server);
     let proxy = free_port();
+    let mut partitions = on_engine(&host);
+    if let Some(u) = userns {
+        partitions[0]["property"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "userNamespace", "value": u}));
+    }
     api.add_all(&docker_app(
         app,
         "nubo-test/hello:1",
-        on_engine(&host),
+        partitions,
         Some(proxy),
         2,
         json!([{"name": "memoryLimit", "value": "64m"}]),
@@ -269,6 +278,22 @@ async fn served_and_cleaned(host: String, app: &str) {
         .unwrap_or_default()
         .to_owned();
     assert!(caps.ends_with("0000000000000000"), "{caps}");
+    // Its user ids: the host's (no user namespace), or a private range of its own, where its
+    // root is no user of the host.
+    let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let first: Vec<u64> = uid_map
+        .split_whitespace()
+        .take(3)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    if userns.is_some() {
+        assert!(
+            first[0] == 0 && first[1] != 0 && first[2] < 1 << 20,
+            "root inside maps to a high id outside: {uid_map}"
+        );
+    } else {
+        assert_eq!(first, [0, 0, 4294967295], "{uid_map}");
+    }
     assert_eq!(hc["Memory"], json!(64 << 20), "{hc}");
     assert_eq!(hc["NetworkMode"], "bridge");
     assert_eq!(hc["Privileged"], false);
