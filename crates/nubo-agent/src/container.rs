@@ -9,6 +9,7 @@
 //! its member, so that what a restarted agent finds is its own.
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,15 +45,47 @@ pub struct EngineTls {
 
 impl EngineTls {
     /// From the payload (`NUBO_DOCKER_TLS_CA`, `_CERT`, `_KEY`: the partition's `tlsCa`,
-    /// `tlsCert` and `tlsKey` properties), when all three are there.
-    pub fn of(p: &AgentPayload) -> Option<EngineTls> {
-        let file = |k: &str| p.parameters.get(k).map(std::path::PathBuf::from);
-        Some(EngineTls {
-            ca: file("NUBO_DOCKER_TLS_CA")?,
-            cert: file("NUBO_DOCKER_TLS_CERT")?,
-            key: file("NUBO_DOCKER_TLS_KEY")?,
-        })
+    /// `tlsCert` and `tlsKey` properties), when all three are there: each a file on this host,
+    /// or the PEM itself (the key kept sealed in the platform's store, opened for this payload),
+    /// which is written into `dir` (readable by the agent alone; never a directory the
+    /// container sees) for the engine's client to read.
+    pub fn of(p: &AgentPayload, dir: &std::path::Path) -> anyhow::Result<Option<EngineTls>> {
+        let mut files = Vec::new();
+        for (parameter, name) in [
+            ("NUBO_DOCKER_TLS_CA", "engine-ca.pem"),
+            ("NUBO_DOCKER_TLS_CERT", "engine-cert.pem"),
+            ("NUBO_DOCKER_TLS_KEY", "engine-key.pem"),
+        ] {
+            let Some(v) = p.parameters.get(parameter) else {
+                return Ok(None);
+            };
+            if v.trim_start().starts_with("-----BEGIN") {
+                let file = dir.join(name);
+                write_private(&file, v.as_bytes())?;
+                files.push(file);
+            } else {
+                files.push(std::path::PathBuf::from(v));
+            }
+        }
+        let [ca, cert, key] = <[std::path::PathBuf; 3]>::try_from(files)
+            .map_err(|_| anyhow::anyhow!("three TLS files"))?;
+        Ok(Some(EngineTls { ca, cert, key }))
     }
+}
+
+/// Writes `data` to `file`, readable and writable by its owner alone.
+fn write_private(file: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// Connects to an engine: `unix:///run/docker.sock` (a Podman socket too), or
@@ -84,14 +117,14 @@ pub async fn connect_with(endpoint: &str, tls: Option<&EngineTls>) -> anyhow::Re
     Ok(docker)
 }
 
-/// The engine of a member's payload.
-pub async fn connect(p: &AgentPayload) -> anyhow::Result<Docker> {
+/// The engine of a member's payload (its TLS files, when given in place, written into `dir`).
+pub async fn connect(p: &AgentPayload, dir: &std::path::Path) -> anyhow::Result<Docker> {
     let endpoint = p
         .parameters
         .get("NUBO_DOCKER_ENDPOINT")
         .map(String::as_str)
         .unwrap_or("unix:///var/run/docker.sock");
-    connect_with(endpoint, EngineTls::of(p).as_ref()).await
+    connect_with(endpoint, EngineTls::of(p, dir)?.as_ref()).await
 }
 
 /// The container's name: `nubo-<member id>` (characters an engine refuses as `_`).
@@ -115,7 +148,21 @@ pub async fn remove_for(p: &AgentPayload) -> anyhow::Result<bool> {
     if p.parameters.get("NUBO_RUNTIME").map(String::as_str) != Some("docker") {
         return Ok(false);
     }
-    let docker = connect(p).await?;
+    // The engine's TLS files, when given in place, in a directory of this process's own, gone
+    // when it is done.
+    let dir = std::env::temp_dir().join(format!(
+        "nubo-removal-{}-{}",
+        std::process::id(),
+        container_name(&p.member_id)
+    ));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot make {}", dir.display()))?;
+    let docker = connect(p, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let docker = docker?;
     match docker
         .remove_container(
             &container_name(&p.member_id),
@@ -179,7 +226,9 @@ impl Container {
         log: Arc<Mutex<RotatingLog>>,
         shipper: Option<Shipper>,
     ) -> anyhow::Result<Container> {
-        let docker = connect(p).await?;
+        // The member's directory (the agent's own; the container sees only `app/` in it).
+        let dir = app_dir.parent().unwrap_or(app_dir);
+        let docker = connect(p, dir).await?;
         let name = container_name(&p.member_id);
         // What an earlier agent of this member left (it was killed): gone first.
         let _ = docker
@@ -195,7 +244,11 @@ impl Container {
         let mut env: Vec<String> = p
             .parameters
             .iter()
-            .filter(|(k, _)| k.as_str() != nubo_iaas::API_CA_PARAMETER)
+            // Not the platform's own: the engine's endpoint and TLS material (its key is the
+            // host's root) stay with the agent.
+            .filter(|(k, _)| {
+                k.as_str() != nubo_iaas::API_CA_PARAMETER && !k.starts_with("NUBO_DOCKER_")
+            })
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let mut exposed = HashMap::new();

@@ -1018,6 +1018,7 @@ mod tests {
             fence: None,
             timeouts: Default::default(),
             platform_api: None,
+            secrets: None,
         };
         let controller = crate::Controller::start(store.clone(), events.clone(), config)
             .await

@@ -26,5 +26,7 @@ pub use nubo_plan::{
     DeploymentPlan, DeploymentStatus, PlanError, PlanInputs, Planner, Thresholds, Timeouts,
     runtime_id,
 };
-pub use runtime::{Controller, ControllerConfig, ControllerHandle, Fence, PlatformApi};
+pub use runtime::{
+    Controller, ControllerConfig, ControllerHandle, Fence, OpenSecrets, PlatformApi,
+};
 pub use state::{Action, ControllerState, Input};

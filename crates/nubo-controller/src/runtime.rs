@@ -63,6 +63,17 @@ pub struct ControllerConfig {
     /// Where members reach the platform's API (the metadata service): `None`, no metadata
     /// service for members (no `METADATA_SERVICE_URL` nor `TOKEN` in their payloads).
     pub platform_api: Option<PlatformApi>,
+    /// Opens the secrets the definitions keep sealed, for members' payloads (`None`: none
+    /// opens, and a member that needs one fails to start, saying so).
+    pub secrets: Option<Arc<dyn OpenSecrets>>,
+}
+
+/// Opens what the platform's definitions keep sealed, for a member's payload (which travels
+/// sealed on the bus and is written where the member's workload cannot read it). The controller
+/// knows where such a value is, not how it is sealed.
+pub trait OpenSecrets: Send + Sync {
+    /// The client key (PEM) of the engine of a `docker` partition, from its sealed form.
+    fn engine_key(&self, network_partition: &str, partition: &str, sealed: &str) -> Option<String>;
 }
 
 /// How members reach the platform's API.
@@ -631,10 +642,27 @@ impl Runner {
                             ("tlsCert", "NUBO_DOCKER_TLS_CERT"),
                             ("tlsKey", "NUBO_DOCKER_TLS_KEY"),
                         ] {
-                            if let Some(v) = part.as_ref().and_then(|x| x.engine_tls.get(property))
-                            {
-                                p.insert(parameter.to_owned(), v.clone());
-                            }
+                            let Some(v) = part.as_ref().and_then(|x| x.engine_tls.get(property))
+                            else {
+                                continue;
+                            };
+                            // A key given in place is sealed in the definition: opened for the
+                            // payload (a file path is passed as it is).
+                            let v = if property == "tlsKey" && !v.starts_with('/') {
+                                match self.config.secrets.as_ref().and_then(|o| {
+                                    o.engine_key(
+                                        &member.network_partition_id,
+                                        &member.partition_id,
+                                        v,
+                                    )
+                                }) {
+                                    Some(key) => key,
+                                    None => continue,
+                                }
+                            } else {
+                                v.clone()
+                            };
+                            p.insert(parameter.to_owned(), v);
                         }
                         if let Some(u) = part.as_ref().and_then(|x| x.user_namespace.clone()) {
                             p.insert("NUBO_DOCKER_USERNS".to_owned(), u);

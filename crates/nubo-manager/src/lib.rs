@@ -24,6 +24,7 @@ use serde_json::Value;
 pub mod audit;
 mod auth;
 pub mod certificates;
+mod engines;
 pub mod kubernetes;
 pub mod metadata;
 pub mod quotas;
@@ -493,6 +494,9 @@ impl Manager {
         if T::KIND == Kind::KubernetesCluster {
             self.seal_kubernetes_secrets(tenant, artifact.id(), &mut write.body, None)?;
         }
+        if T::KIND == Kind::NetworkPartition {
+            self.seal_engine_keys(tenant, artifact.id(), &mut write.body, None)?;
+        }
         if tenant != SHARED
             && T::KIND.is_shared()
             && self
@@ -546,6 +550,19 @@ impl Manager {
                 .await
                 .map_err(|e| store_err(T::KIND, e))?;
             self.seal_kubernetes_secrets(
+                tenant,
+                artifact.id(),
+                &mut write.body,
+                previous.as_ref().map(|r| &r.body),
+            )?;
+        }
+        if T::KIND == Kind::NetworkPartition {
+            let previous = self
+                .store
+                .get(tenant, &write.key)
+                .await
+                .map_err(|e| store_err(T::KIND, e))?;
+            self.seal_engine_keys(
                 tenant,
                 artifact.id(),
                 &mut write.body,

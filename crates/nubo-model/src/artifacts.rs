@@ -285,8 +285,24 @@ pub struct Partition {
     pub extra: Extra,
 }
 
+/// A `docker` partition's property holding its engine's client key: a file on the hosts (an
+/// absolute path), or the key itself (PEM), which is sealed in the store and never served.
+pub const ENGINE_KEY_PROPERTY: &str = "tlsKey";
+
+/// Whether a property value is a key given in place (not a file path): sealed, never served.
+pub fn engine_key_in_place(value: &str) -> bool {
+    !value.starts_with('/')
+}
+
 impl Artifact for NetworkPartition {
     const KIND: Kind = Kind::NetworkPartition;
+    fn redact_secrets(&mut self) {
+        for part in &mut self.partitions {
+            if let Some(props) = part.property.as_mut() {
+                props.retain(|p| p.name != ENGINE_KEY_PROPERTY || !engine_key_in_place(&p.value));
+            }
+        }
+    }
     const ID_FIELD: &'static str = "id";
     fn id(&self) -> &str {
         &self.id

@@ -104,6 +104,7 @@ struct ControllerParts {
     autoscaler: nubo_autoscaler::monitor::MonitorConfig,
     timeouts: nubo_controller::Timeouts,
     platform_api: Option<nubo_controller::PlatformApi>,
+    secrets: Arc<dyn nubo_controller::OpenSecrets>,
 }
 
 impl ControllerParts {
@@ -131,6 +132,7 @@ impl ControllerParts {
                 fence,
                 timeouts: self.timeouts,
                 platform_api: self.platform_api,
+                secrets: Some(self.secrets),
             },
         )
         .await
@@ -425,6 +427,16 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
         );
     }
     let resealed = manager
+        .reseal_engine_keys()
+        .await
+        .context("cannot open the container engines' keys in the store")?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "container engines' keys sealed again with the current secrets key"
+        );
+    }
+    let resealed = manager
         .reseal_domain_certificates()
         .await
         .context("cannot open the domains' private keys in the store")?;
@@ -564,6 +576,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<Platform> {
         .context("cannot start the kubernetes provider on the bus")?;
         providers.insert("kubernetes".into(), Arc::new(kube));
         let parts = ControllerParts {
+            secrets: Arc::new(ManagerSecrets(manager.clone())),
             platform_api: platform_api.clone(),
             timeouts: config.timeouts,
             store: store.clone(),
@@ -1043,6 +1056,15 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The sealed secrets members' payloads need, opened by the manager (with the secrets key).
+struct ManagerSecrets(Arc<Manager>);
+
+impl nubo_controller::OpenSecrets for ManagerSecrets {
+    fn engine_key(&self, network_partition: &str, partition: &str, sealed: &str) -> Option<String> {
+        self.0.open_engine_key(network_partition, partition, sealed)
     }
 }
 

@@ -535,9 +535,11 @@ async fn a_node_supervisor_in_another_process_runs_container_members() {
     undeploy_leaving_no_container(&api, &host, "afar").await;
 }
 
-/// An engine on TCP with TLS (both ways checked): the partition names the authority and the
-/// client's certificate and key (files on the hosts); a tcp:// engine without them is refused by
-/// the agent, which says what is missing.
+/// An engine on TCP with TLS (both ways checked): the partition gives the authority and the
+/// client's certificate and key in place (PEM; the key sealed in the store, never served, in
+/// clear in no file once its members are gone), and its member's container is removed with them
+/// after its agent is killed; a tcp:// engine without them is refused by the agent, which says
+/// what is missing.
 #[tokio::test]
 async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
     let Some(host) = nubo_testing::service("NUBO_TEST_DOCKER_HOST", "containers on Docker") else {
@@ -562,10 +564,13 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
     let server = ServerProcess::start(dir.path());
     let api = Api::new(&server);
     let proxy = free_port();
+    let pem = |f: &str| std::fs::read_to_string(format!("{tls}/{f}")).unwrap();
+    let key = pem("client.key");
+    let key_line = key.lines().nth(1).unwrap().to_owned();
     let tls_files = json!([{"id": "p1", "property": [{"name": "endpoint", "value": url},
-        {"name": "tlsCa", "value": format!("{tls}/ca.pem")},
-        {"name": "tlsCert", "value": format!("{tls}/client.pem")},
-        {"name": "tlsKey", "value": format!("{tls}/client.key")}]}]);
+        {"name": "tlsCa", "value": pem("ca.pem")},
+        {"name": "tlsCert", "value": pem("client.pem")},
+        {"name": "tlsKey", "value": key}]}]);
     let image = "nubo-test/hello-tls:1";
     let mut artifacts = docker_app(
         "sealed",
@@ -593,6 +598,30 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
     })
     .await;
     assert_eq!(body, "hello over tls");
+    // The key is never served.
+    let (_, np) = api.get("/api/networkPartitions/sealed-np").await;
+    assert!(
+        !np.to_string().contains("tlsKey") && np.to_string().contains("tlsCert"),
+        "{np}"
+    );
+    // The agent killed: its member is replaced, and its container removed with the key given
+    // in place.
+    let victim = api.active("sealed", "web").await[0]["memberId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = crate::support::agent_pid(dir.path(), &victim).expect("the agent's pid");
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    eventually(60, "replaced, and its container gone", || async {
+        let active = api.active("sealed", "web").await;
+        let names = member_containers(&host, "sealed");
+        (active.len() == 1
+            && active[0]["memberId"] != victim.as_str()
+            && names.len() == 1
+            && !names.iter().any(|n| n.ends_with(&victim)))
+        .then_some(())
+    })
+    .await;
     eventually(
         60,
         "the engine without TLS files refused, saying why",
@@ -603,6 +632,16 @@ async fn an_engine_on_tcp_is_reached_with_its_tls_files() {
     )
     .await;
     undeploy_leaving_no_container(&api, &host, "sealed").await;
+    eventually(
+        30,
+        "the key in clear in no file once its members are gone",
+        || async {
+            crate::agent::files_containing(dir.path(), key_line.as_bytes())
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// The ids and names of an application's containers on `host`, sorted.
