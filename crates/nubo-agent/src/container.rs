@@ -17,8 +17,8 @@ use anyhow::Context;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, LogsOptions, RemoveContainerOptions,
-    StatsOptions, StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, LogsOptions,
+    RemoveContainerOptions, StatsOptions, StopContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use nubo_events::LogStream;
@@ -215,7 +215,122 @@ pub struct Container {
     id: String,
     exited: Arc<Mutex<Option<String>>>,
     done: Arc<tokio::sync::Notify>,
-    cpu_last: Option<(u64, u64)>,
+    usage: Arc<Mutex<Usage>>,
+    /// The tasks following its statistics and its pauses (stopped with it).
+    followers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        for t in &self.followers {
+            t.abort();
+        }
+    }
+}
+
+/// A container's use as the engine last reported it: memory as a share of its limit, CPU as a
+/// share of the host, and whether it is paused.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Usage {
+    memory: f64,
+    load: f64,
+    paused: bool,
+}
+
+/// Memory and CPU shares from one of the engine's statistics (CPU from its own previous
+/// reading, which a stream carries).
+fn usage_of(s: &bollard::models::ContainerStatsResponse) -> (f64, f64) {
+    let memory = s
+        .memory_stats
+        .as_ref()
+        .and_then(|m| Some((m.usage? as f64, m.limit? as f64)))
+        .filter(|(_, limit)| *limit > 0.0)
+        .map_or(0.0, |(usage, limit)| {
+            (usage / limit * 100.0).clamp(0.0, 100.0)
+        });
+    let cpu = |c: Option<&bollard::models::ContainerCpuStats>| {
+        let c = c?;
+        Some((c.cpu_usage.as_ref()?.total_usage?, c.system_cpu_usage?))
+    };
+    let load = match (cpu(s.cpu_stats.as_ref()), cpu(s.precpu_stats.as_ref())) {
+        (Some((t, sys)), Some((t0, sys0))) if sys > sys0 && sys0 > 0 => {
+            ((t.saturating_sub(t0)) as f64 / (sys - sys0) as f64 * 100.0).clamp(0.0, 100.0)
+        }
+        _ => 0.0,
+    };
+    (memory, load)
+}
+
+/// Follows a container's statistics and its pauses on two long-lived requests to its engine
+/// (rather than a call or two a second), followed again a second after either ends while the
+/// container runs.
+fn follow_usage(
+    docker: &Docker,
+    id: &str,
+    usage: &Arc<Mutex<Usage>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let stats = {
+        let (docker, id, usage) = (docker.clone(), id.to_owned(), usage.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut stream = docker.stats(
+                    &id,
+                    Some(StatsOptions {
+                        stream: true,
+                        one_shot: false,
+                    }),
+                );
+                while let Some(Ok(s)) = stream.next().await {
+                    let (memory, load) = usage_of(&s);
+                    if let Ok(mut u) = usage.lock() {
+                        u.memory = memory;
+                        u.load = load;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let pauses = {
+        let (docker, id, usage) = (docker.clone(), id.to_owned(), usage.clone());
+        tokio::spawn(async move {
+            loop {
+                let filters = HashMap::from([
+                    ("container".to_owned(), vec![id.clone()]),
+                    (
+                        "event".to_owned(),
+                        vec!["pause".to_owned(), "unpause".to_owned()],
+                    ),
+                ]);
+                let mut events = docker.events(Some(EventsOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                }));
+                // Subscribed: what it is now (a pause before this is not an event of it).
+                let paused = docker
+                    .inspect_container(&id, None::<InspectContainerOptions>)
+                    .await
+                    .ok()
+                    .and_then(|i| i.state)
+                    .and_then(|s| s.paused)
+                    .unwrap_or(false);
+                if let Ok(mut u) = usage.lock() {
+                    u.paused = paused;
+                }
+                while let Some(Ok(e)) = events.next().await {
+                    if let Ok(mut u) = usage.lock() {
+                        match e.action.as_deref() {
+                            Some("pause") => u.paused = true,
+                            Some("unpause") => u.paused = false,
+                            _ => {}
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    vec![stats, pauses]
 }
 
 impl Container {
@@ -414,12 +529,15 @@ impl Container {
                 done.notify_one();
             });
         }
+        let usage = Arc::new(Mutex::new(Usage::default()));
+        let followers = follow_usage(&docker, &id, &usage);
         Ok(Container {
             docker,
             id,
             exited,
             done,
-            cpu_last: None,
+            usage,
+            followers,
         })
     }
 
@@ -472,58 +590,49 @@ impl Container {
             .await;
     }
 
-    /// Memory as a percentage of its limit (the host's when it has none), CPU as a percentage of
-    /// the cores it may use, and whether it is paused (the container's SIGSTOP).
+    /// Memory (a share of its limit), CPU (a share of the host) and whether it is paused, as
+    /// the engine last reported them.
     pub async fn sample(&mut self) -> (f64, f64, bool) {
-        let paused = self
-            .docker
-            .inspect_container(&self.id, None::<InspectContainerOptions>)
-            .await
-            .ok()
-            .and_then(|i| i.state)
-            .and_then(|s| s.paused)
-            .unwrap_or(false);
-        let stats = self
-            .docker
-            .stats(
-                &self.id,
-                Some(StatsOptions {
-                    stream: false,
-                    one_shot: true,
-                }),
-            )
-            .next()
-            .await;
-        let Some(Ok(s)) = stats else {
-            return (0.0, 0.0, paused);
-        };
-        let memory = s
-            .memory_stats
-            .as_ref()
-            .and_then(|m| Some((m.usage? as f64, m.limit? as f64)))
-            .filter(|(_, limit)| *limit > 0.0)
-            .map_or(0.0, |(usage, limit)| {
-                (usage / limit * 100.0).clamp(0.0, 100.0)
-            });
-        let cpu = s.cpu_stats.as_ref().and_then(|c| {
-            let total = c.cpu_usage.as_ref()?.total_usage?;
-            let system = c.system_cpu_usage?;
-            Some((total, system))
-        });
-        let load = match (cpu, self.cpu_last) {
-            (Some((t, sys)), Some((t0, sys0))) if sys > sys0 => {
-                ((t.saturating_sub(t0)) as f64 / (sys - sys0) as f64 * 100.0).clamp(0.0, 100.0)
-            }
-            _ => 0.0,
-        };
-        self.cpu_last = cpu;
-        (memory, load, paused)
+        let u = self.usage.lock().map(|u| *u).unwrap_or_default();
+        (u.memory, u.load, u.paused)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_s_statistics_give_memory_and_cpu_shares() {
+        use bollard::models::{
+            ContainerCpuStats, ContainerCpuUsage, ContainerMemoryStats, ContainerStatsResponse,
+        };
+        let cpu = |total: u64, system: u64| ContainerCpuStats {
+            cpu_usage: Some(ContainerCpuUsage {
+                total_usage: Some(total),
+                ..Default::default()
+            }),
+            system_cpu_usage: Some(system),
+            ..Default::default()
+        };
+        let s = ContainerStatsResponse {
+            memory_stats: Some(ContainerMemoryStats {
+                usage: Some(12 << 20),
+                limit: Some(48 << 20),
+                ..Default::default()
+            }),
+            cpu_stats: Some(cpu(3_000, 20_000)),
+            precpu_stats: Some(cpu(1_000, 10_000)),
+            ..Default::default()
+        };
+        assert_eq!(usage_of(&s), (25.0, 20.0));
+        // A stream's first reading has no previous one: no CPU figure yet.
+        let first = ContainerStatsResponse {
+            precpu_stats: Some(cpu(0, 0)),
+            ..s
+        };
+        assert_eq!(usage_of(&first), (25.0, 0.0));
+    }
 
     #[test]
     fn limits_and_ports_read_as_documented() {

@@ -241,7 +241,7 @@ async fn served_and_cleaned(host: String, app: &str, userns: Option<&str>) {
         partitions,
         Some(proxy),
         2,
-        json!([{"name": "memoryLimit", "value": "64m"}]),
+        json!([{"name": "memoryLimit", "value": "64m"}, {"name": "unhealthyTimeout", "value": "1"}]),
         json!({}),
     ))
     .await;
@@ -335,6 +335,29 @@ async fn served_and_cleaned(host: String, app: &str, userns: Option<&str>) {
             && !names.iter().any(|n| n.ends_with(&victim)))
         .then_some(())
     })
+    .await;
+    // A paused container (the engine still accepts connections on its published port, so a
+    // port check would not see it) is found unhealthy from the engine's pause event, and its
+    // member replaced.
+    let paused = members[0]["memberId"].as_str().unwrap().to_owned();
+    let name = member_containers(&host, app)
+        .into_iter()
+        .find(|n| n.ends_with(&paused))
+        .expect("the member's container");
+    docker(&host, &["pause", &name]);
+    eventually(
+        60,
+        "the paused member replaced, its container gone",
+        || async {
+            let active = api.active(app, "web").await;
+            let names = member_containers(&host, app);
+            (active.len() == 2
+                && active.iter().all(|m| m["memberId"] != paused.as_str())
+                && names.len() == 2
+                && !names.iter().any(|n| n.ends_with(&paused)))
+            .then_some(())
+        },
+    )
     .await;
     // Undeployed: the containers are stopped and removed.
     undeploy_leaving_no_container(&api, &host, app).await;
