@@ -1004,37 +1004,22 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
                 DomainMappingCommand::RemoveCertificate {
                     application,
                     domain,
-                } => render::message(
-                    out,
-                    &client
-                        .send(
-                            "DELETE",
-                            &format!(
-                                "/api/applications/{}/domainMappings/{}/certificate",
-                                client::escape(application),
-                                client::escape(domain)
-                            ),
-                            None,
-                        )
-                        .await?,
-                ),
-                DomainMappingCommand::Remove {
+                }
+                | DomainMappingCommand::Remove {
                     application,
                     domain,
-                } => render::message(
-                    out,
-                    &client
-                        .send(
-                            "DELETE",
-                            &format!(
-                                "/api/applications/{}/domainMappings/{}",
-                                client::escape(application),
-                                client::escape(domain)
-                            ),
-                            None,
-                        )
-                        .await?,
-                ),
+                } => {
+                    let what = match c {
+                        DomainMappingCommand::RemoveCertificate { .. } => "/certificate",
+                        _ => "",
+                    };
+                    let path = format!(
+                        "/api/applications/{}/domainMappings/{}{what}",
+                        client::escape(application),
+                        client::escape(domain)
+                    );
+                    render::message(out, &client.send("DELETE", &path, None).await?)
+                }
             }
             Ok(())
         }

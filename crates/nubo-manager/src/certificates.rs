@@ -414,14 +414,9 @@ impl Manager {
             let Some(tls) = m.tls.as_mut() else {
                 continue;
             };
-            match self.secrets_key.open(&ctx, &tls.sealed_key) {
-                Ok((plain, true)) => {
-                    tls.sealed_key = self
-                        .secrets_key
-                        .seal(&ctx, &plain)
-                        .map_err(|e| ManagerError::Unavailable(e.to_string()))?;
-                }
-                Ok((_, false)) => continue,
+            match self.secrets_key.reseal(&ctx, &tls.sealed_key) {
+                Ok(Some(again)) => tls.sealed_key = again,
+                Ok(None) => continue,
                 Err(e) => {
                     return Err(ManagerError::Unavailable(format!(
                         "the private key of domain `{}` does not open: {e}; start with the key it was sealed with as --secrets-key-previous",

@@ -129,16 +129,12 @@ impl Manager {
                         continue;
                     }
                     let ctx = context(SUPER_TENANT_ID, &np, &id);
-                    match self.secrets_key.open(&ctx, &sealed) {
-                        Ok((plain, true)) => {
-                            p["value"] = Value::String(
-                                self.secrets_key
-                                    .seal(&ctx, &plain)
-                                    .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
-                            );
+                    match self.secrets_key.reseal(&ctx, &sealed) {
+                        Ok(Some(again)) => {
+                            p["value"] = Value::String(again);
                             changed += 1;
                         }
-                        Ok((_, false)) => {}
+                        Ok(None) => {}
                         Err(e) => {
                             return Err(ManagerError::Unavailable(format!(
                                 "the engine key of network partition `{np}`, partition `{id}` does not open: {e}; start with the key it was sealed with as --secrets-key-previous"
@@ -172,7 +168,7 @@ mod tests {
     use nubo_model::NetworkPartition;
     use serde_json::json;
 
-    use crate::{Manager, SecretsKey};
+    use crate::Manager;
 
     #[tokio::test]
     async fn an_engine_key_given_in_place_is_sealed_kept_and_sealed_again_after_a_rotation() {
@@ -180,13 +176,7 @@ mod tests {
         let path = dir.path().join("db");
         let manager = |key: [u8; 32], previous: Option<[u8; 32]>| {
             let path = path.clone();
-            async move {
-                Manager::new(
-                    std::sync::Arc::new(nubo_store::SqliteStore::open(&path).await.unwrap()),
-                    vec!["docker".into()],
-                    SecretsKey::from_bytes(key, previous).unwrap(),
-                )
-            }
+            async move { crate::keyed_manager(&path, "docker", key, previous).await }
         };
         const KEY: &str =
             "-----BEGIN PRIVATE KEY-----\nengine-key-never-shown\n-----END PRIVATE KEY-----\n";

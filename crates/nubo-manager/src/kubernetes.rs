@@ -312,16 +312,12 @@ impl Manager {
                     continue;
                 };
                 let ctx = context(tenant, &id, &name);
-                match self.secrets_key.open(&ctx, &sealed) {
-                    Ok((plain, true)) => {
-                        let again = self
-                            .secrets_key
-                            .seal(&ctx, &plain)
-                            .map_err(|e| ManagerError::Unavailable(e.to_string()))?;
+                match self.secrets_key.reseal(&ctx, &sealed) {
+                    Ok(Some(again)) => {
                         p["value"] = Value::String(again);
                         changed += 1;
                     }
-                    Ok((_, false)) => {}
+                    Ok(None) => {}
                     Err(e) => {
                         return Err(ManagerError::Unavailable(format!(
                             "the {name} of kubernetes cluster `{id}` does not open: {e}; start with the key it was sealed with as --secrets-key-previous"
@@ -351,8 +347,6 @@ impl Manager {
 mod tests {
     use serde_json::json;
 
-    use crate::{Manager, SecretsKey};
-
     #[tokio::test]
     async fn a_cluster_s_credentials_are_sealed_kept_and_sealed_again_after_a_rotation() {
         use nubo_model::KubernetesCluster;
@@ -360,13 +354,7 @@ mod tests {
         let path = dir.path().join("db");
         let manager = |key: [u8; 32], previous: Option<[u8; 32]>| {
             let path = path.clone();
-            async move {
-                Manager::new(
-                    std::sync::Arc::new(nubo_store::SqliteStore::open(&path).await.unwrap()),
-                    vec!["kubernetes".into()],
-                    SecretsKey::from_bytes(key, previous).unwrap(),
-                )
-            }
+            async move { crate::keyed_manager(&path, "kubernetes", key, previous).await }
         };
         let t = nubo_model::SUPER_TENANT_ID;
         let body = |props: serde_json::Value| {

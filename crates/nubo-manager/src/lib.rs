@@ -923,6 +923,22 @@ impl nubo_plan::Planner for Manager {
     }
 }
 
+/// A manager on the SQLite store at `path` offering `provider`, with the secrets key `key` (and
+/// the `previous` one of a rotation): tests of sealing and of rotations.
+#[cfg(test)]
+pub(crate) async fn keyed_manager(
+    path: &std::path::Path,
+    provider: &str,
+    key: [u8; 32],
+    previous: Option<[u8; 32]>,
+) -> Manager {
+    Manager::new(
+        Arc::new(nubo_store::SqliteStore::open(path).await.expect("a store")),
+        vec![provider.to_owned()],
+        SecretsKey::from_bytes(key, previous).expect("a key"),
+    )
+}
+
 /// A manager on a fresh SQLite store in `dir` (tests).
 #[cfg(test)]
 pub(crate) async fn test_manager(dir: &std::path::Path) -> Manager {

@@ -317,7 +317,6 @@ mod tests {
 
     #[tokio::test]
     async fn repository_secrets_are_sealed_again_with_the_new_key_of_a_rotation() {
-        use crate::SecretsKey;
         use nubo_model::{
             Application, AutoscalingPolicy, Cartridge, DeploymentPolicy, NetworkPartition,
         };
@@ -325,13 +324,7 @@ mod tests {
         let path = dir.path().join("db");
         let manager = |key: [u8; 32], previous: Option<[u8; 32]>| {
             let path = path.clone();
-            async move {
-                Manager::new(
-                    std::sync::Arc::new(nubo_store::SqliteStore::open(&path).await.unwrap()),
-                    vec!["local".into()],
-                    SecretsKey::from_bytes(key, previous).unwrap(),
-                )
-            }
+            async move { crate::keyed_manager(&path, "local", key, previous).await }
         };
         let old = manager([1; 32], None).await;
         let t = nubo_model::SUPER_TENANT_ID;

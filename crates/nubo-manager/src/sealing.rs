@@ -146,6 +146,15 @@ impl SecretsKey {
         Ok(format!("v1:{}:{}", self.current.id, STANDARD.encode(out)))
     }
 
+    /// The value sealed again with the current key when it was sealed with the previous one of
+    /// a rotation (`None`: current already); an error when neither key opens it.
+    pub fn reseal(&self, context: &str, sealed: &str) -> Result<Option<String>, SealError> {
+        match self.open(context, sealed)? {
+            (plain, true) => self.seal(context, &plain).map(Some),
+            (_, false) => Ok(None),
+        }
+    }
+
     /// Opens a value [`Self::seal`] made, with the current or the previous key. Also says whether
     /// it should be sealed again (it was sealed with the previous key).
     pub fn open(&self, context: &str, sealed: &str) -> Result<(String, bool), SealError> {

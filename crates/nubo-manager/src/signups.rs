@@ -209,15 +209,7 @@ impl Manager {
             if application != id {
                 continue;
             }
-            let Some(rec) = self
-                .store
-                .get(tenant, &Key::new(Kind::ApplicationSignup.as_str(), id))
-                .await
-                .map_err(|e| store_err(Kind::ApplicationSignup, e))?
-            else {
-                continue;
-            };
-            let Ok(signup) = serde_json::from_value::<ApplicationSignup>(rec.body) else {
+            let Some((signup, _)) = self.stored_signup(tenant, id).await? else {
                 continue;
             };
             let Some(r) = signup
@@ -252,6 +244,24 @@ impl Manager {
         Ok(out)
     }
 
+    /// A tenant's signup to `id` as stored (its secrets sealed), with its version.
+    async fn stored_signup(
+        &self,
+        tenant: i64,
+        id: &str,
+    ) -> Result<Option<(ApplicationSignup, i64)>, ManagerError> {
+        let rec = self
+            .store
+            .get(tenant, &Key::new(Kind::ApplicationSignup.as_str(), id))
+            .await
+            .map_err(|e| store_err(Kind::ApplicationSignup, e))?;
+        Ok(rec.and_then(|r| {
+            serde_json::from_value::<ApplicationSignup>(r.body)
+                .ok()
+                .map(|s| (s, r.version))
+        }))
+    }
+
     /// The tenants' signup repositories whose URL is `url` (compared by `same`), with their
     /// webhook secrets opened: what a push to that repository updates.
     pub async fn signup_hooks(
@@ -260,15 +270,7 @@ impl Manager {
     ) -> Result<Vec<SignupHook>, ManagerError> {
         let mut out = Vec::new();
         for (tenant, id) in self.all_signups().await? {
-            let Some(rec) = self
-                .store
-                .get(tenant, &Key::new(Kind::ApplicationSignup.as_str(), &id))
-                .await
-                .map_err(|e| store_err(Kind::ApplicationSignup, e))?
-            else {
-                continue;
-            };
-            let Ok(signup) = serde_json::from_value::<ApplicationSignup>(rec.body) else {
+            let Some((signup, _)) = self.stored_signup(tenant, &id).await? else {
                 continue;
             };
             for r in signup.artifact_repositories.into_iter().flatten() {
@@ -308,15 +310,7 @@ impl Manager {
         let mut resealed = 0;
         for (tenant, id) in self.all_signups().await? {
             let key = Key::new(Kind::ApplicationSignup.as_str(), &id);
-            let Some(rec) = self
-                .store
-                .get(tenant, &key)
-                .await
-                .map_err(|e| store_err(Kind::ApplicationSignup, e))?
-            else {
-                continue;
-            };
-            let Ok(mut signup) = serde_json::from_value::<ApplicationSignup>(rec.body) else {
+            let Some((mut signup, version)) = self.stored_signup(tenant, &id).await? else {
                 continue;
             };
             let mut changed = 0;
@@ -330,16 +324,12 @@ impl Manager {
                         continue;
                     };
                     let ctx = sealing_context(tenant, &id, &alias, field);
-                    match self.secrets_key.open(&ctx, sealed) {
-                        Ok((plain, true)) => {
-                            *value = Some(
-                                self.secrets_key
-                                    .seal(&ctx, &plain)
-                                    .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
-                            );
+                    match self.secrets_key.reseal(&ctx, sealed) {
+                        Ok(Some(again)) => {
+                            *value = Some(again);
                             changed += 1;
                         }
-                        Ok((_, false)) => {}
+                        Ok(None) => {}
                         Err(e) => {
                             return Err(ManagerError::Unavailable(format!(
                                 "the repository secrets of tenant {tenant}'s signup to `{id}` do not open: {e}; start with the key they were sealed with as --secrets-key-previous"
@@ -358,7 +348,7 @@ impl Manager {
                     .map_err(|e| ManagerError::Unavailable(e.to_string()))?,
                 refs: Vec::new(),
             };
-            match self.store.update_if(write, rec.version).await {
+            match self.store.update_if(write, version).await {
                 Ok(_) => resealed += changed,
                 Err(nubo_store::StoreError::Stale { .. } | nubo_store::StoreError::NotFound(_)) => {
                 }
