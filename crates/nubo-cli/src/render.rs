@@ -194,6 +194,17 @@ fn columns(collection: &str) -> Vec<Column> {
             ("CONTEXT PATH", |v| s(v, "contextPath")),
             ("ALIAS", |v| s(v, "cartridgeAlias")),
             ("APPLICATION", |v| s(v, "applicationId")),
+            ("HTTPS", |v| {
+                let redirect = if v["redirectHttps"] == true {
+                    ", http redirected"
+                } else {
+                    ""
+                };
+                match v.get("tls") {
+                    Some(t) => format!("own certificate until {}{redirect}", s(t, "notAfter")),
+                    None => format!("default certificate{redirect}"),
+                }
+            }),
         ],
         "tokens" => vec![
             ("ID", |v| s(v, "id")),

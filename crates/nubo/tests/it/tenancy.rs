@@ -1412,6 +1412,8 @@ async fn signups_mappings_and_quotas_from_the_cli() {
         ok && out.contains(&c.fingerprint) && !out.contains("PRIVATE KEY"),
         "{out} {err}"
     );
+    let (ok, out, _) = as_alice(&["domain-mapping", "list", "mt"]);
+    assert!(ok && out.contains("own certificate until 4096-"), "{out}");
     let (ok, out, err) = as_alice(&[
         "domain-mapping",
         "set-certificate",
