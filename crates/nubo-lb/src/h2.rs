@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use crate::LoadBalancer;
 
@@ -52,20 +54,77 @@ impl Pipes {
     }
 }
 
-/// Serves one HTTP/2 connection until it closes.
+/// A connection's requests waiting for their answer, and when the last one got it.
+struct Activity {
+    waiting: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn idle_since(&self) -> Option<Instant> {
+        (self.waiting.load(Ordering::Relaxed) == 0).then(|| {
+            self.last
+                .lock()
+                .map(|l| *l)
+                .unwrap_or_else(|_| Instant::now())
+        })
+    }
+}
+
+/// Serves one HTTP/2 connection until it closes; one with no request for the load balancer's
+/// idle timeout is closed gracefully (GOAWAY; answers still on their way complete), as an idle
+/// HTTP/1 connection is.
 pub(crate) async fn serve<S>(lb: Arc<LoadBalancer>, port: u16, io: S, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let idle = lb.config.idle_timeout;
     let pipes = Arc::new(Pipes::default());
-    let service =
-        hyper::service::service_fn(move |req| forward(lb.clone(), pipes.clone(), port, peer, req));
+    let activity = Arc::new(Activity {
+        waiting: AtomicUsize::new(0),
+        last: Mutex::new(Instant::now()),
+    });
+    let seen = activity.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (lb, pipes, seen) = (lb.clone(), pipes.clone(), seen.clone());
+        async move {
+            seen.waiting.fetch_add(1, Ordering::Relaxed);
+            let answer = forward(lb, pipes, port, peer, req).await;
+            seen.waiting.fetch_sub(1, Ordering::Relaxed);
+            if let Ok(mut l) = seen.last.lock() {
+                *l = Instant::now();
+            }
+            answer
+        }
+    });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(crate::h1::MAX_HEAD as u32);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
-        tracing::trace!(%peer, error = %e, "HTTP/2 connection ended");
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let mut check = Instant::now() + idle;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!(%peer, error = %e, "HTTP/2 connection ended");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(check), if !closing => {
+                match activity.idle_since() {
+                    Some(since) if since.elapsed() >= idle => {
+                        tracing::trace!(%peer, "idle HTTP/2 connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    Some(since) => check = since + idle,
+                    None => check = Instant::now() + idle,
+                }
+            }
+        }
     }
 }
 

@@ -67,6 +67,9 @@ pub struct LbConfig {
     /// The tenants it serves (its routes to others' clusters and domains are left out: their
     /// requests get 404).
     pub tenants: table::TenantSet,
+    /// How long an HTTP/2 client connection may stay without a request before it is closed
+    /// ([`HEADER_READ_TIMEOUT`], as an HTTP/1 connection waits for its next request head).
+    pub idle_timeout: Duration,
 }
 
 impl Default for LbConfig {
@@ -80,6 +83,7 @@ impl Default for LbConfig {
             stats_interval: Duration::from_secs(1),
             hold: HOLD,
             tenants: table::TenantSet::all(),
+            idle_timeout: HEADER_READ_TIMEOUT,
         }
     }
 }

@@ -537,4 +537,51 @@ mod tests {
         );
         assert!(lb.certificates().handshakes.load(Ordering::Relaxed) >= 3);
     }
+
+    /// An HTTP/2 connection without a request for the idle timeout is closed (GOAWAY), as an
+    /// idle HTTP/1 one is; one with requests is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_http2_connection_is_closed() {
+        let (backend, _) = member().await;
+        let port = free_port();
+        let lb = LoadBalancer::new(LbConfig {
+            idle_timeout: Duration::from_millis(400),
+            ..LbConfig::default()
+        });
+        let (a, ak) = cert(&["shop.a.example"]);
+        lb.certificates()
+            .set_default(Some(load(&a, &ak).expect("default")));
+        let t =
+            crate::static_topology(&[format!("shop.a.example:{port}={backend}")]).expect("routes");
+        lb.set_topology(&t).await;
+        let tls_h2 = client(&[&a], &[b"h2"]);
+        let name = rustls::pki_types::ServerName::try_from("shop.a.example").expect("name");
+        let s = tls_h2
+            .connect(name, connect(port).await)
+            .await
+            .expect("handshake");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(s),
+        )
+        .await
+        .expect("h2");
+        let ended = tokio::spawn(conn);
+        // Requests every 100 ms for a second keep it open.
+        for _ in 0..10 {
+            let req = http::Request::builder()
+                .uri(format!("https://shop.a.example:{port}/"))
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let res = sender
+                .send_request(req)
+                .await
+                .expect("kept open while used");
+            res.into_body().collect().await.expect("body");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Then idle: closed by the load balancer.
+        let closed = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert!(closed.is_ok(), "the idle connection was not closed");
+    }
 }
