@@ -160,8 +160,10 @@ async fn remove_certificate(
     ))
 }
 
-/// How many certificates go in one message of a complete set (a few KiB each).
-const CERTIFICATES_PER_MESSAGE: usize = 64;
+/// How many certificates go in one message of a complete set: a chain and its key are a few
+/// KiB (up to about 10 with intermediates), sealed a third more, and NATS takes 1 MiB a message
+/// by default.
+const CERTIFICATES_PER_MESSAGE: usize = 32;
 
 fn certificate_event(
     c: nubo_manager::certificates::DomainCertificate,
