@@ -535,6 +535,32 @@ pub fn document() -> OpenApi {
             ],
         ),
         (
+            "/api/applications/{id}/domainMappings/{domainName}/acme-challenges/{token}",
+            HttpMethod::Put,
+            "set_acme_challenge",
+            "Answer an ACME HTTP-01 challenge for one of the caller's tenant's mapped domains: the body is the key authorization (`<token>.<thumbprint>`, as text or `{keyAuthorization}`); the load balancers answer `GET /.well-known/acme-challenge/{token}` for the domain with it, over plain HTTP too, for an hour. Then put the certificate obtained with `PUT …/certificate`",
+            "signups",
+            &[
+                ("200", "Answered"),
+                (
+                    "400",
+                    "Not a token or key authorization (the field and why)",
+                ),
+                ("404", "No such mapping of the tenant"),
+            ],
+        ),
+        (
+            "/api/applications/{id}/domainMappings/{domainName}/acme-challenges/{token}",
+            HttpMethod::Delete,
+            "remove_acme_challenge",
+            "Stop answering an ACME challenge",
+            "signups",
+            &[
+                ("200", "Removed"),
+                ("404", "No such mapping, or no such challenge"),
+            ],
+        ),
+        (
             "/api/quotas/{domain}",
             HttpMethod::Put,
             "set_quota",

@@ -160,6 +160,45 @@ async fn remove_certificate(
     ))
 }
 
+async fn set_acme_challenge(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path((id, domain, token)): Path<(String, String, String)>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body?;
+    // The key authorization as text, or `{"keyAuthorization": "…"}`.
+    let ka = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => v
+            .get("keyAuthorization")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(&body).into_owned(),
+    };
+    s.manager
+        .set_acme_challenge(p.tenant_id, &id, &domain, &token, &ka)
+        .await?;
+    push_routes(&s).await;
+    Ok(Json(json!({"status": "success", "message": format!(
+        "ACME challenge {token} answered at http://{domain}/.well-known/acme-challenge/{token} for an hour"
+    )})))
+}
+
+async fn remove_acme_challenge(
+    State(s): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path((id, domain, token)): Path<(String, String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.manager
+        .remove_acme_challenge(p.tenant_id, &id, &domain, &token)
+        .await?;
+    push_routes(&s).await;
+    Ok(Json(
+        json!({"status": "success", "message": format!("ACME challenge {token} removed")}),
+    ))
+}
+
 /// How many certificates go in one message of a complete set: a chain and its key are a few
 /// KiB (up to about 10 with intermediates), sealed a third more, and NATS takes 1 MiB a message
 /// by default.
@@ -275,6 +314,9 @@ pub async fn push_routes(s: &AppState) {
             return;
         }
     };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let routes = mappings
         .into_iter()
         .map(|m| nubo_events::DomainRoute {
@@ -285,6 +327,12 @@ pub async fn push_routes(s: &AppState) {
             alias: m.cartridge_alias,
             tenant_id: m.tenant_id,
             redirect_https: m.redirect_https,
+            acme_challenges: m
+                .acme_challenges
+                .into_iter()
+                .filter(|(_, (_, until))| *until > now_ms)
+                .map(|(token, (ka, _))| (token, ka))
+                .collect(),
         })
         .collect();
     let signups = match s.manager.all_signups().await {
@@ -332,5 +380,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/applications/{id}/domainMappings/{domainName}/certificate",
             put(set_certificate).delete(remove_certificate),
+        )
+        .route(
+            "/applications/{id}/domainMappings/{domainName}/acme-challenges/{token}",
+            put(set_acme_challenge).delete(remove_acme_challenge),
         )
 }

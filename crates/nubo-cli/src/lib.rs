@@ -336,6 +336,26 @@ pub enum DomainMappingCommand {
         /// The domain
         domain: String,
     },
+    /// Have the load balancers answer an ACME HTTP-01 challenge for one of your domains, for an hour (certbot: --manual-auth-hook 'nubo domain-mapping acme-challenge APP "$CERTBOT_DOMAIN" "$CERTBOT_TOKEN" "$CERTBOT_VALIDATION"')
+    AcmeChallenge {
+        /// The application
+        application: String,
+        /// The domain
+        domain: String,
+        /// The challenge's token
+        token: String,
+        /// Its key authorization (`<token>.<thumbprint>`)
+        key_authorization: String,
+    },
+    /// Stop answering an ACME challenge
+    RemoveAcmeChallenge {
+        /// The application
+        application: String,
+        /// The domain
+        domain: String,
+        /// The challenge's token
+        token: String,
+    },
 }
 
 /// Quota commands.
@@ -1000,6 +1020,37 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
                         )
                         .await?;
                     render::describe(out, &v);
+                }
+                DomainMappingCommand::AcmeChallenge {
+                    application,
+                    domain,
+                    token,
+                    key_authorization,
+                } => {
+                    let path = format!(
+                        "/api/applications/{}/domainMappings/{}/acme-challenges/{}",
+                        client::escape(application),
+                        client::escape(domain),
+                        client::escape(token)
+                    );
+                    let body = serde_json::json!({"keyAuthorization": key_authorization});
+                    let v = client
+                        .send("PUT", &path, Some(serde_json::to_vec(&body)?))
+                        .await?;
+                    render::message(out, &v);
+                }
+                DomainMappingCommand::RemoveAcmeChallenge {
+                    application,
+                    domain,
+                    token,
+                } => {
+                    let path = format!(
+                        "/api/applications/{}/domainMappings/{}/acme-challenges/{}",
+                        client::escape(application),
+                        client::escape(domain),
+                        client::escape(token)
+                    );
+                    render::message(out, &client.send("DELETE", &path, None).await?);
                 }
                 DomainMappingCommand::RemoveCertificate {
                     application,

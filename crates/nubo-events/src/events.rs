@@ -1020,6 +1020,10 @@ mod catalogue {
                         tenant_id: 3,
                         tenant_domain: "a.com".into(),
                         redirect_https: true,
+                        acme_challenges: BTreeMap::from([(
+                            "tok-1".to_owned(),
+                            "tok-1.thumbprint".to_owned(),
+                        )]),
                     }],
                     tenant_signups: vec![crate::topology::TenantSignup {
                         application_id: "mt".into(),

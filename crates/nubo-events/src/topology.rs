@@ -256,6 +256,10 @@ pub struct DomainRoute {
     /// Plain HTTP requests for the domain are redirected to HTTPS (on the same proxy port).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub redirect_https: bool,
+    /// ACME HTTP-01 challenges the load balancers answer for the domain: token → key
+    /// authorization (public: a CA reads it over plain HTTP).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub acme_challenges: std::collections::BTreeMap<String, String>,
 }
 
 /// A domain's certificate for the load balancers, with its private key (only ever sent sealed:

@@ -139,6 +139,8 @@ struct CompiledRoute {
     redirect_https: bool,
     /// Put before each request's path (a domain mapping's context path).
     context_path: Option<Box<str>>,
+    /// ACME HTTP-01 challenges answered for the domain (token, key authorization).
+    acme_challenges: Vec<(String, String)>,
     counters: Arc<ClusterCounters>,
     targets: Vec<Target>,
 }
@@ -180,6 +182,7 @@ fn plain(r: &CompiledRoute) -> table::Route {
         path_tenants: r.path_tenants.clone(),
         redirect_https: r.redirect_https,
         context_path: r.context_path.as_deref().map(str::to_owned),
+        acme_challenges: r.acme_challenges.clone(),
         backends: r
             .targets
             .iter()
@@ -428,6 +431,7 @@ impl LoadBalancer {
                                 .collect(),
                             redirect_https: route.redirect_https,
                             context_path: route.context_path.map(String::into_boxed_str),
+                            acme_challenges: route.acme_challenges,
                             counters,
                             targets,
                         }),

@@ -292,6 +292,14 @@ impl<C: Stream, K: Connect> Conn<C, K> {
                     .answer(404, msg, false, keep_after_answer, head.minor)
                     .await;
             };
+            // An ACME HTTP-01 challenge for a mapped domain: answered here, over plain HTTP
+            // too (before any redirect), whoever the members are.
+            if let Some(ka) = acme_answer(&self.out, &route.acme_challenges) {
+                let ka = ka.to_owned();
+                break self
+                    .answer(200, ka, false, keep_after_answer, head.minor)
+                    .await;
+            }
             if route.redirect_https && !self.secure {
                 h1::redirect_https(
                     &mut self.rout,
@@ -852,6 +860,19 @@ fn path_tenant(out: &[u8], tenants: &[(i64, String)]) -> Option<String> {
         .iter()
         .find(|(_, d)| d.eq_ignore_ascii_case(domain))
         .map(|(_, d)| d.clone())
+}
+
+/// The key authorization of the ACME challenge a request's target names, when it is one of
+/// `challenges` (`GET /.well-known/acme-challenge/<token>`).
+fn acme_answer<'a>(out: &[u8], challenges: &'a [(String, String)]) -> Option<&'a str> {
+    if challenges.is_empty() {
+        return None;
+    }
+    let token = h1::target(out).strip_prefix(b"/.well-known/acme-challenge/")?;
+    challenges
+        .iter()
+        .find(|(t, _)| t.as_bytes() == token)
+        .map(|(_, ka)| ka.as_str())
 }
 
 /// Puts `context` before the request target of the head at the start of `out` (`GET /x` →
@@ -1469,5 +1490,28 @@ mod tests {
         let mut out = b"OPTIONS * HTTP/1.1\r\n\r\n".to_vec();
         prefix_target(&mut out, "/abc");
         assert_eq!(out, b"OPTIONS * HTTP/1.1\r\n\r\n".to_vec());
+    }
+
+    #[test]
+    fn an_acme_challenge_is_answered_by_its_token_only() {
+        let challenges = vec![("tok".to_owned(), "tok.thumb".to_owned())];
+        let head = |t: &str| format!("GET {t} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes();
+        assert_eq!(
+            acme_answer(&head("/.well-known/acme-challenge/tok"), &challenges),
+            Some("tok.thumb")
+        );
+        assert_eq!(
+            acme_answer(&head("/.well-known/acme-challenge/other"), &challenges),
+            None
+        );
+        assert_eq!(
+            acme_answer(&head("/.well-known/acme-challenge/tok/x"), &challenges),
+            None
+        );
+        assert_eq!(acme_answer(&head("/tok"), &challenges), None);
+        assert_eq!(
+            acme_answer(&head("/.well-known/acme-challenge/tok"), &[]),
+            None
+        );
     }
 }

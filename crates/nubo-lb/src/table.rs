@@ -42,6 +42,8 @@ pub struct Route {
     /// A domain mapping's context path (without a trailing `/`; `None` for `/`): the domain's
     /// root is this path of the application, put before every request's path.
     pub context_path: Option<String>,
+    /// ACME HTTP-01 challenges answered for the domain (token, key authorization).
+    pub acme_challenges: Vec<(String, String)>,
 }
 
 /// The tenants a load balancer serves (`--tenants`): `*` (all), or a comma-separated list of
@@ -170,6 +172,7 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                         .collect(),
                     redirect_https: port.protocol == "https",
                     context_path: None,
+                    acme_challenges: Vec::new(),
                 },
             ));
         }
@@ -191,6 +194,11 @@ pub fn cluster_routes(t: &Topology, c: &Cluster) -> Vec<((String, u16), Route)> 
                     context_path: Some(d.context_path.trim_end_matches('/'))
                         .filter(|c| c.starts_with('/'))
                         .map(str::to_owned),
+                    acme_challenges: d
+                        .acme_challenges
+                        .iter()
+                        .map(|(t, k)| (t.clone(), k.clone()))
+                        .collect(),
                 },
             ));
         }

@@ -385,7 +385,16 @@ mod tests {
         s: &mut S,
         host: &str,
     ) -> String {
-        let req = format!("GET /x?y=1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        get_path(s, host, "/x?y=1").await
+    }
+
+    /// The same, for `path`.
+    async fn get_path<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        s: &mut S,
+        host: &str,
+        path: &str,
+    ) -> String {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("write");
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out).await;
@@ -429,6 +438,7 @@ mod tests {
             tenant_id: 0,
             tenant_domain: "t.example".into(),
             redirect_https: true,
+            acme_challenges: [("tok-1".to_owned(), "tok-1.thumb".to_owned())].into(),
         });
         lb.set_topology(&t).await;
 
@@ -489,6 +499,15 @@ mod tests {
             )),
             "{text}"
         );
+        // Its ACME challenge is answered over plain HTTP all the same.
+        let mut s = connect(port).await;
+        let got = get_path(
+            &mut s,
+            "forced.example",
+            "/.well-known/acme-challenge/tok-1",
+        )
+        .await;
+        assert_eq!(got, "HTTP/1.1 200 OK | tok-1.thumb\n");
         // HTTP/2 through ALPN.
         let tls_h2 = client(&[&a], &[b"h2", b"http/1.1"]);
         let name = rustls::pki_types::ServerName::try_from("shop.a.example").expect("name");

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::signups::MappedDomain;
 use crate::{Manager, ManagerError, store_err};
 
+/// How long an ACME challenge is answered (an ACME client validates within minutes).
+pub const ACME_CHALLENGE_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Longest certificate chain accepted (PEM).
 pub const MAX_CHAIN: usize = 64 * 1024;
 /// Longest private key accepted (PEM).
@@ -355,6 +358,79 @@ impl Manager {
         self.store_mapping(&m, version).await?;
         tracing::info!(tenant, domain, "domain certificate removed");
         Ok(())
+    }
+
+    /// Puts an ACME HTTP-01 challenge on a tenant's mapped domain: the load balancers answer
+    /// `GET /.well-known/acme-challenge/<token>` for the domain (over plain HTTP too) with
+    /// `key_authorization`, for [`ACME_CHALLENGE_FOR`]; an ACME client (certbot's manual hook,
+    /// lego's exec provider, …) then puts the certificate it obtained with
+    /// [`Manager::set_domain_certificate`].
+    pub async fn set_acme_challenge(
+        &self,
+        tenant: i64,
+        id: &str,
+        domain: &str,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<MappedDomain, ManagerError> {
+        let bad = |field: &str, reason: &str| ManagerError::Invalid {
+            kind: Kind::DomainMapping,
+            errors: vec![FieldError {
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+            }],
+        };
+        let b64url = |t: &str| {
+            t.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        };
+        if token.is_empty() || token.len() > 128 || !b64url(token) {
+            return Err(bad(
+                "token",
+                "1 to 128 characters of base64url (letters, digits, `-`, `_`)",
+            ));
+        }
+        let ka = key_authorization.trim();
+        let ok = ka
+            .split_once('.')
+            .is_some_and(|(t, thumb)| t == token && !thumb.is_empty() && b64url(thumb));
+        if !ok || ka.len() > 512 {
+            return Err(bad(
+                "keyAuthorization",
+                "`<token>.<base64url thumbprint of the account key>` (RFC 8555 §8.1)",
+            ));
+        }
+        let (mut m, version) = self.own_mapping(tenant, id, domain).await?;
+        let now = now_secs() * 1000;
+        m.acme_challenges.retain(|_, (_, until)| *until > now);
+        if m.acme_challenges.len() >= 16 && !m.acme_challenges.contains_key(token) {
+            return Err(bad("token", "16 challenges at once at most for a domain"));
+        }
+        m.acme_challenges.insert(
+            token.to_owned(),
+            (ka.to_owned(), now + ACME_CHALLENGE_FOR.as_millis() as u64),
+        );
+        self.store_mapping(&m, version).await?;
+        Ok(m.served())
+    }
+
+    /// Removes an ACME challenge of a tenant's mapped domain (404 when it has none of that
+    /// token).
+    pub async fn remove_acme_challenge(
+        &self,
+        tenant: i64,
+        id: &str,
+        domain: &str,
+        token: &str,
+    ) -> Result<(), ManagerError> {
+        let (mut m, version) = self.own_mapping(tenant, id, domain).await?;
+        if m.acme_challenges.remove(token).is_none() {
+            return Err(ManagerError::NotFound {
+                kind: Kind::DomainMapping,
+                id: format!("{domain} (no ACME challenge {token})"),
+            });
+        }
+        self.store_mapping(&m, version).await
     }
 
     /// A mapping's certificate with its key opened (`None`: none, or it does not open, logged).

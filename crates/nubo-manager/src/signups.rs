@@ -34,6 +34,10 @@ pub struct MappedDomain {
     /// Its certificate, if it has one (the key sealed; served without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::certificates::MappedTls>,
+    /// ACME HTTP-01 challenges the load balancers answer for it: token → (key authorization,
+    /// until when, in milliseconds since the epoch).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub acme_challenges: std::collections::BTreeMap<String, (String, u64)>,
 }
 
 fn context(tenant: i64, application: &str, alias: &str) -> String {
@@ -534,6 +538,7 @@ fn mapped(m: &DomainMapping, application: &str, app_tenant: i64, tenant: i64) ->
         tenant_id: tenant,
         redirect_https: m.redirect_https == Some(true),
         tls: None,
+        acme_challenges: Default::default(),
     }
 }
 

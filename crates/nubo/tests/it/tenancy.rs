@@ -1251,6 +1251,51 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
         r.headers()["location"],
         format!("https://shop.alice.example:{proxy}/index.html?x=1").as_str()
     );
+    // An ACME HTTP-01 challenge: alice's ACME client has the load balancers answer it, over
+    // plain HTTP despite her redirect; bob cannot answer one for her domain; a malformed one is
+    // refused naming the field.
+    let challenge = "/api/applications/sites/domainMappings/shop.alice.example/acme-challenges";
+    let (status, body) = alice
+        .put(
+            &format!("{challenge}/tok-123"),
+            json!({"keyAuthorization": "tok-123.thumb_print-1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = bob
+        .put(
+            &format!("{challenge}/tok-999"),
+            json!({"keyAuthorization": "tok-999.x"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = alice
+        .put(
+            &format!("{challenge}/tok-124"),
+            json!({"keyAuthorization": "another.x"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "keyAuthorization", "{body}");
+    let plain = alice_cert.client("shop.alice.example", proxy);
+    crate::support::eventually(
+        30,
+        "the ACME challenge answered over plain HTTP",
+        || async {
+            let r = plain
+                .get(format!(
+                    "http://shop.alice.example:{proxy}/.well-known/acme-challenge/tok-123"
+                ))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200 && r.text().await.ok()?.trim_end() == "tok-123.thumb_print-1")
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, _) = alice.delete(&format!("{challenge}/tok-123")).await;
+    assert_eq!(status, 200);
     // A forged tenant on alice's domain still gets alice's content.
     let r = alice_cert
         .client("shop.alice.example", proxy)
@@ -1263,12 +1308,13 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
     // Bob removes his certificate: his domain gets the load balancer's default one again.
     let (status, body) = bob.delete(cert_path).await;
     assert_eq!(status, 200, "{body}");
-    let bob_client = bob_cert.client("blog.bob.example", proxy);
     crate::support::eventually(
         30,
         "bob's domain no longer presenting his certificate",
         || async {
-            bob_client
+            // A new client each time: a kept-alive connection would keep the old certificate.
+            bob_cert
+                .client("blog.bob.example", proxy)
                 .get(format!("https://blog.bob.example:{proxy}/"))
                 .send()
                 .await
@@ -1430,6 +1476,23 @@ async fn signups_mappings_and_quotas_from_the_cli() {
         "remove-certificate",
         "mt",
         "cli.alice.example",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = as_alice(&[
+        "domain-mapping",
+        "acme-challenge",
+        "mt",
+        "cli.alice.example",
+        "tok-7",
+        "tok-7.thumb",
+    ]);
+    assert!(ok && out.contains("acme-challenge/tok-7"), "{out} {err}");
+    let (ok, _, err) = as_alice(&[
+        "domain-mapping",
+        "remove-acme-challenge",
+        "mt",
+        "cli.alice.example",
+        "tok-7",
     ]);
     assert!(ok, "{err}");
     let (ok, _, err) = as_alice(&["domain-mapping", "remove", "mt", "cli.alice.example"]);
