@@ -693,6 +693,16 @@ fn is_loopback(url: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "[" | "") || url.contains("://[::1]")
 }
 
+/// The API path of a mapped domain's ACME challenge.
+fn acme_path(application: &str, domain: &str, token: &str) -> String {
+    format!(
+        "/api/applications/{}/domainMappings/{}/acme-challenges/{}",
+        client::escape(application),
+        client::escape(domain),
+        client::escape(token)
+    )
+}
+
 fn read_file(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     if path.as_os_str() == "-" {
         let mut buf = Vec::new();
@@ -1027,12 +1037,7 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
                     token,
                     key_authorization,
                 } => {
-                    let path = format!(
-                        "/api/applications/{}/domainMappings/{}/acme-challenges/{}",
-                        client::escape(application),
-                        client::escape(domain),
-                        client::escape(token)
-                    );
+                    let path = acme_path(application, domain, token);
                     let body = serde_json::json!({"keyAuthorization": key_authorization});
                     let v = client
                         .send("PUT", &path, Some(serde_json::to_vec(&body)?))
@@ -1044,12 +1049,7 @@ pub async fn run(g: &Global, cmd: &Command) -> anyhow::Result<()> {
                     domain,
                     token,
                 } => {
-                    let path = format!(
-                        "/api/applications/{}/domainMappings/{}/acme-challenges/{}",
-                        client::escape(application),
-                        client::escape(domain),
-                        client::escape(token)
-                    );
+                    let path = acme_path(application, domain, token);
                     render::message(out, &client.send("DELETE", &path, None).await?);
                 }
                 DomainMappingCommand::RemoveCertificate {
