@@ -5,10 +5,10 @@
 //! controller's payloads use: they travel sealed on the bus and are written where the member's
 //! workload cannot read them), and sealed again after a rotation of the secrets key.
 
-use nubo_model::{ENGINE_KEY_PROPERTY, Kind, SUPER_TENANT_ID, engine_key_in_place};
+use nubo_model::{ENGINE_KEY_PROPERTY, SUPER_TENANT_ID, engine_key_in_place};
 use serde_json::Value;
 
-use crate::{Manager, ManagerError, store_err};
+use crate::{Manager, ManagerError};
 
 /// The sealing context of a partition's engine key: a sealed key copied onto another partition
 /// does not open.
@@ -108,58 +108,24 @@ impl Manager {
     /// Seals again with the current secrets key the engine keys still sealed with the previous
     /// one of a rotation; how many (run at each start).
     pub async fn reseal_engine_keys(&self) -> Result<usize, ManagerError> {
-        let kind = Kind::NetworkPartition;
-        let mut resealed = 0;
-        for rec in self
-            .store
-            .list(SUPER_TENANT_ID, kind.as_str())
-            .await
-            .map_err(|e| store_err(kind, e))?
-        {
-            let np = rec.key.id.clone();
-            let mut body = rec.body.clone();
+        self.reseal_stored::<nubo_model::NetworkPartition>(SUPER_TENANT_ID, |np, body| {
             let mut changed = 0;
-            for (id, props) in partitions(&mut body) {
+            for (id, props) in partitions(body) {
                 for p in props.iter_mut().filter(|p| is_key(p)) {
-                    let Some(sealed) = p.get("value").and_then(Value::as_str).map(str::to_owned)
-                    else {
-                        continue;
-                    };
-                    if !engine_key_in_place(&sealed) {
+                    if !p["value"].as_str().is_some_and(engine_key_in_place) {
                         continue;
                     }
-                    let ctx = context(SUPER_TENANT_ID, &np, &id);
-                    match self.secrets_key.reseal(&ctx, &sealed) {
-                        Ok(Some(again)) => {
-                            p["value"] = Value::String(again);
-                            changed += 1;
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            return Err(ManagerError::Unavailable(format!(
-                                "the engine key of network partition `{np}`, partition `{id}` does not open: {e}; start with the key it was sealed with as --secrets-key-previous"
-                            )));
-                        }
-                    }
+                    let ctx = context(SUPER_TENANT_ID, np, &id);
+                    changed += usize::from(self.reseal_value(&mut p["value"], &ctx).map_err(|e| {
+                        ManagerError::Unavailable(format!(
+                            "the engine key of network partition `{np}`, partition `{id}` does not open: {e}; start with the key it was sealed with as --secrets-key-previous"
+                        ))
+                    })?);
                 }
             }
-            if changed == 0 {
-                continue;
-            }
-            let bytes =
-                serde_json::to_vec(&body).map_err(|e| ManagerError::Unavailable(e.to_string()))?;
-            let (_, mut write) = self
-                .checked::<nubo_model::NetworkPartition>(SUPER_TENANT_ID, &bytes)
-                .await?;
-            write.body = body;
-            match self.store.update_if(write, rec.version).await {
-                Ok(_) => resealed += changed,
-                Err(nubo_store::StoreError::Stale { .. } | nubo_store::StoreError::NotFound(_)) => {
-                }
-                Err(e) => return Err(store_err(kind, e)),
-            }
-        }
-        Ok(resealed)
+            Ok(changed)
+        })
+        .await
     }
 }
 

@@ -285,16 +285,7 @@ impl Manager {
     pub async fn reseal_kubernetes_secrets(&self) -> Result<usize, ManagerError> {
         use serde_json::Value;
         let tenant = nubo_model::SUPER_TENANT_ID;
-        let unavailable = |e: nubo_store::StoreError| ManagerError::Unavailable(e.to_string());
-        let mut resealed = 0;
-        for rec in self
-            .store
-            .list(tenant, Kind::KubernetesCluster.as_str())
-            .await
-            .map_err(unavailable)?
-        {
-            let id = rec.key.id.clone();
-            let mut body = rec.body.clone();
+        self.reseal_stored::<KubernetesCluster>(tenant, |id, body| {
             let mut changed = 0;
             for p in body
                 .get_mut("property")
@@ -308,38 +299,16 @@ impl Manager {
                 if !nubo_model::KUBERNETES_SECRET_PROPERTIES.contains(&name.as_str()) {
                     continue;
                 }
-                let Some(sealed) = p.get("value").and_then(Value::as_str).map(str::to_owned) else {
-                    continue;
-                };
-                let ctx = context(tenant, &id, &name);
-                match self.secrets_key.reseal(&ctx, &sealed) {
-                    Ok(Some(again)) => {
-                        p["value"] = Value::String(again);
-                        changed += 1;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        return Err(ManagerError::Unavailable(format!(
-                            "the {name} of kubernetes cluster `{id}` does not open: {e}; start with the key it was sealed with as --secrets-key-previous"
-                        )));
-                    }
-                }
+                let ctx = context(tenant, id, &name);
+                changed += usize::from(self.reseal_value(&mut p["value"], &ctx).map_err(|e| {
+                    ManagerError::Unavailable(format!(
+                        "the {name} of kubernetes cluster `{id}` does not open: {e}; start with the key it was sealed with as --secrets-key-previous"
+                    ))
+                })?);
             }
-            if changed == 0 {
-                continue;
-            }
-            let bytes =
-                serde_json::to_vec(&body).map_err(|e| ManagerError::Unavailable(e.to_string()))?;
-            let (_, mut write) = self.checked::<KubernetesCluster>(tenant, &bytes).await?;
-            write.body = body;
-            match self.store.update_if(write, rec.version).await {
-                Ok(_) => resealed += changed,
-                Err(nubo_store::StoreError::Stale { .. } | nubo_store::StoreError::NotFound(_)) => {
-                }
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        Ok(resealed)
+            Ok(changed)
+        })
+        .await
     }
 }
 

@@ -484,6 +484,55 @@ impl Manager {
         Ok(())
     }
 
+    /// Seals again with the current secrets key what the stored `T`s of `tenant` hold sealed
+    /// with the previous one of a rotation: `edit` reseals a document's values in place (with
+    /// [`Manager::reseal_value`]) and says how many; a changed document is written back (one
+    /// changed meanwhile was sealed by its writer, with the current key). How many values.
+    pub(crate) async fn reseal_stored<T: Artifact>(
+        &self,
+        tenant: i64,
+        mut edit: impl FnMut(&str, &mut Value) -> Result<usize, ManagerError>,
+    ) -> Result<usize, ManagerError> {
+        let mut resealed = 0;
+        for rec in self
+            .store
+            .list(tenant, T::KIND.as_str())
+            .await
+            .map_err(|e| store_err(T::KIND, e))?
+        {
+            let mut body = rec.body;
+            let changed = edit(&rec.key.id, &mut body)?;
+            if changed == 0 {
+                continue;
+            }
+            let bytes =
+                serde_json::to_vec(&body).map_err(|e| ManagerError::Unavailable(e.to_string()))?;
+            let (_, mut write) = self.checked::<T>(tenant, &bytes).await?;
+            write.body = body;
+            match self.store.update_if(write, rec.version).await {
+                Ok(_) => resealed += changed,
+                Err(StoreError::Stale { .. } | StoreError::NotFound(_)) => {}
+                Err(e) => return Err(store_err(T::KIND, e)),
+            }
+        }
+        Ok(resealed)
+    }
+
+    /// Seals the sealed string at `value` again with the current key when the previous one
+    /// sealed it: whether it did (anything but a string is left alone).
+    pub(crate) fn reseal_value(&self, value: &mut Value, context: &str) -> Result<bool, SealError> {
+        let Some(sealed) = value.as_str() else {
+            return Ok(false);
+        };
+        match self.secrets_key.reseal(context, sealed)? {
+            Some(again) => {
+                *value = Value::String(again);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Adds a new artifact.
     pub async fn add<T: Artifact>(&self, tenant: i64, body: &[u8]) -> Result<T, ManagerError> {
         let (artifact, mut write) = self.checked::<T>(tenant, body).await?;

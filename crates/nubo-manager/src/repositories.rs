@@ -239,58 +239,29 @@ impl Manager {
         }
         let mut resealed = 0;
         for tenant in tenants {
-            let apps = self
-                .store
-                .list(tenant, nubo_model::Kind::Application.as_str())
-                .await
-                .map_err(unavailable)?;
-            for rec in apps {
-                let app = rec.key.id.clone();
-                let mut body = rec.body.clone();
-                let mut changed = 0;
-                let mut failure = None;
-                each_repository(&mut body, &mut |alias, repo| {
-                    for field in SECRET_FIELDS {
-                        let Some(Value::String(sealed)) = repo.get(field).cloned() else {
-                            continue;
-                        };
-                        let ctx = context(tenant, &app, alias, field);
-                        match self.secrets_key.open(&ctx, &sealed) {
-                            Ok((plain, true)) => match self.secrets_key.seal(&ctx, &plain) {
-                                Ok(again) => {
-                                    repo.insert(field.to_owned(), Value::String(again));
-                                    changed += 1;
-                                }
+            resealed += self
+                .reseal_stored::<nubo_model::Application>(tenant, |app, body| {
+                    let mut changed = 0;
+                    let mut failure = None;
+                    each_repository(body, &mut |alias, repo| {
+                        for field in SECRET_FIELDS {
+                            let Some(value) = repo.get_mut(field) else {
+                                continue;
+                            };
+                            match self.reseal_value(value, &context(tenant, app, alias, field)) {
+                                Ok(again) => changed += usize::from(again),
                                 Err(e) => failure = Some(e.to_string()),
-                            },
-                            Ok((_, false)) => {}
-                            Err(e) => failure = Some(e.to_string()),
+                            }
                         }
+                    });
+                    match failure {
+                        Some(e) => Err(ManagerError::Unavailable(format!(
+                            "the repository secrets of application `{app}` (tenant {tenant}) do not open: {e}; start with the key they were sealed with as --secrets-key-previous"
+                        ))),
+                        None => Ok(changed),
                     }
-                });
-                if let Some(e) = failure {
-                    return Err(ManagerError::Unavailable(format!(
-                        "the repository secrets of application `{app}` (tenant {tenant}) do not open: {e}; start with the key they were sealed with as --secrets-key-previous"
-                    )));
-                }
-                if changed == 0 {
-                    continue;
-                }
-                let bytes = serde_json::to_vec(&body)
-                    .map_err(|e| ManagerError::Unavailable(e.to_string()))?;
-                let (_, mut write) = self
-                    .checked::<nubo_model::Application>(tenant, &bytes)
-                    .await?;
-                write.body = body;
-                match self.store.update_if(write, rec.version).await {
-                    Ok(_) => resealed += changed,
-                    // Changed meanwhile: sealed by whoever wrote it, with the current key.
-                    Err(
-                        nubo_store::StoreError::Stale { .. } | nubo_store::StoreError::NotFound(_),
-                    ) => {}
-                    Err(e) => return Err(unavailable(e)),
-                }
-            }
+                })
+                .await?;
         }
         // The tenants' repositories signed up to multi-tenant applications.
         Ok(resealed + self.reseal_signup_secrets().await?)
