@@ -11,6 +11,18 @@ use http::{StatusCode, header};
 use crate::AppState;
 use crate::error::ApiError;
 
+/// The bearer token of a request's `Authorization` header, if it has one.
+pub(crate) fn bearer_token(req: &Request) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+}
+
 /// Checks the `Authorization` header (`Basic …`, or `Bearer <token>` of a session or an API
 /// token) and puts the [`nubo_manager::Principal`] and how it proved itself
 /// ([`crate::tokens::Proof`]) into the request's extensions.
@@ -19,16 +31,7 @@ pub async fn require_auth(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned());
-    let (principal, proof) = match bearer {
+    let (principal, proof) = match bearer_token(&req) {
         Some(token) => {
             let (p, info) = state.manager.authenticate_token(&token).await?;
             (p, crate::tokens::Proof::Token(info))

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
-use http::{StatusCode, header};
+use http::StatusCode;
 use nubo_manager::metadata::{Property, Scope};
 use nubo_manager::{Principal, Role};
 use nubo_model::Application;
@@ -57,16 +57,7 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned());
-    let caller = match bearer {
+    let caller = match crate::auth::bearer_token(&req) {
         Some(token) => member_caller(&state, &token).await?,
         None => {
             let credentials = crate::auth::basic_credentials(&req)?;

@@ -291,6 +291,15 @@ async fn notify(State(s): S, req: Request) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, Json(Message::success(msg))).into_response())
 }
 
+/// An answer holding credentials: no cache keeps it (`Cache-Control: no-store`).
+fn not_kept(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
 /// `GET /agent/api/repository`: the calling member's repository and its credentials.
 async fn repository(
     State(s): S,
@@ -319,12 +328,7 @@ async fn repository(
             )
         })?;
     tracing::info!(member = %member_id, url = %access.repo_url, private = access.repo_password.is_some(), "repository read by its member");
-    let mut resp = Json(access).into_response();
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    Ok(resp)
+    Ok(not_kept(Json(access).into_response()))
 }
 
 /// `GET /agent/api/signups`: the repositories the tenants signed up to the calling member's
@@ -359,12 +363,7 @@ async fn signups(State(s): S, Extension(caller): Extension<Caller>) -> Result<Re
             v
         })
         .collect();
-    let mut resp = Json(body).into_response();
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    Ok(resp)
+    Ok(not_kept(Json(body).into_response()))
 }
 
 /// `GET /agent/api/members`: the calling member's application's members (what its agent's

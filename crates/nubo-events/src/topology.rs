@@ -118,6 +118,18 @@ pub struct MemberPort {
     pub proxy_port: Option<u16>,
 }
 
+impl MemberPort {
+    /// A cluster's port as one member listens on it, on `port`.
+    pub fn of(cluster_port: &ClusterPort, port: u16) -> MemberPort {
+        MemberPort {
+            name: cluster_port.name.clone(),
+            protocol: cluster_port.protocol.clone(),
+            port,
+            proxy_port: cluster_port.proxy_port,
+        }
+    }
+}
+
 /// One instance of a workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -114,6 +114,27 @@ impl Inner {
 
 type Shared = Arc<Mutex<Inner>>;
 
+/// The server's state for a request, which it records (`request`), when its bearer token is
+/// the one the server wants; else the answer (401).
+fn admit<'a>(
+    s: &'a Shared,
+    headers: &HeaderMap,
+    request: String,
+) -> Result<std::sync::MutexGuard<'a, Inner>, Box<Response>> {
+    let Ok(mut inner) = s.lock() else {
+        return Err(Box::new(StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+    };
+    inner.requests.push(request);
+    if !authorized(&inner, headers) {
+        return Err(Box::new(status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized".into(),
+        )));
+    }
+    Ok(inner)
+}
+
 fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {
     match &inner.token {
         None => true,
@@ -133,17 +154,10 @@ async fn collection(
     let Some(kind) = kind_of(&plural) else {
         return status(StatusCode::NOT_FOUND, "NotFound", format!("no {plural}"));
     };
-    let Ok(mut inner) = s.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let mut inner = match admit(&s, &headers, format!("GET {plural}")) {
+        Ok(i) => i,
+        Err(r) => return *r,
     };
-    inner.requests.push(format!("GET {plural}"));
-    if !authorized(&inner, &headers) {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized".into(),
-        );
-    }
     let sel = selector(&q);
     if q.get("watch").is_some_and(|w| w == "1" || w == "true") {
         let from: u64 = q
@@ -195,17 +209,10 @@ async fn create(
     if kind_of(&plural).is_none() {
         return status(StatusCode::NOT_FOUND, "NotFound", format!("no {plural}"));
     }
-    let Ok(mut inner) = s.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let mut inner = match admit(&s, &headers, format!("POST {plural}")) {
+        Ok(i) => i,
+        Err(r) => return *r,
     };
-    inner.requests.push(format!("POST {plural}"));
-    if !authorized(&inner, &headers) {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized".into(),
-        );
-    }
     let Some(name) = obj["metadata"]["name"].as_str().map(str::to_owned) else {
         return status(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -295,17 +302,10 @@ async fn one(
     Path((ns, plural, name)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let Ok(mut inner) = s.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let inner = match admit(&s, &headers, format!("GET {plural}/{name}")) {
+        Ok(i) => i,
+        Err(r) => return *r,
     };
-    if !authorized(&inner, &headers) {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized".into(),
-        );
-    }
-    inner.requests.push(format!("GET {plural}/{name}"));
     match inner.objects.get(&(plural.clone(), ns, name.clone())) {
         Some(o) => axum::Json(o.clone()).into_response(),
         None => status(
@@ -321,17 +321,10 @@ async fn delete(
     Path((ns, plural, name)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let Ok(mut inner) = s.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let mut inner = match admit(&s, &headers, format!("DELETE {plural}/{name}")) {
+        Ok(i) => i,
+        Err(r) => return *r,
     };
-    if !authorized(&inner, &headers) {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized".into(),
-        );
-    }
-    inner.requests.push(format!("DELETE {plural}/{name}"));
     match inner.objects.remove(&(plural.clone(), ns, name.clone())) {
         Some(mut o) => {
             inner.changed(&plural, "DELETED", &mut o);

@@ -99,6 +99,24 @@ struct Tracked {
     seen: bool,
 }
 
+impl Tracked {
+    /// A member whose pod is being made: nothing seen or said of it yet.
+    fn pending(cluster: String, instance: InstanceRef, pod: String) -> Tracked {
+        Tracked {
+            cluster,
+            instance,
+            pod,
+            phase: Phase::Pending,
+            ip: None,
+            initialized: false,
+            started: false,
+            announced_started: false,
+            announced_active: false,
+            seen: false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     clusters: HashMap<String, Arc<Connected>>,
@@ -535,18 +553,7 @@ impl Core {
             i.waiting.insert(m.member_id.clone(), tx);
             i.members.insert(
                 m.member_id.clone(),
-                Tracked {
-                    cluster: cluster_id.clone(),
-                    instance: InstanceRef::from(m),
-                    pod: pod_name.clone(),
-                    phase: Phase::Pending,
-                    ip: None,
-                    initialized: false,
-                    started: false,
-                    announced_started: false,
-                    announced_active: false,
-                    seen: false,
-                },
+                Tracked::pending(cluster_id.clone(), InstanceRef::from(m), pod_name.clone()),
             )
         });
         let outcome = async {
@@ -582,12 +589,7 @@ impl Core {
                 ports: spec
                     .ports
                     .iter()
-                    .map(|p| MemberPort {
-                        name: p.name.clone(),
-                        protocol: p.protocol.clone(),
-                        port: p.port,
-                        proxy_port: p.proxy_port,
-                    })
+                    .map(|p| MemberPort::of(p, p.port))
                     .collect(),
             }),
             Err(e) => {
@@ -885,18 +887,11 @@ mod tests {
         let k = provider(&fake, &events, Duration::from_secs(10)).await;
         // A member being started: tracked, its pod not seen by the watch yet (the watch's
         // first list was taken before the pod was created).
-        let tracked = Tracked {
-            cluster: "k1".into(),
-            instance: InstanceRef::from(&member("shop.web.m9")),
-            pod: "nubo-m9".into(),
-            phase: Phase::Pending,
-            ip: None,
-            initialized: false,
-            started: false,
-            announced_started: false,
-            announced_active: false,
-            seen: false,
-        };
+        let tracked = Tracked::pending(
+            "k1".into(),
+            InstanceRef::from(&member("shop.web.m9")),
+            "nubo-m9".into(),
+        );
         k.0.with(|i| i.members.insert("shop.web.m9".into(), tracked));
         k.0.on_pods("k1", PodEvent::Listed(vec![])).await;
         assert_eq!(

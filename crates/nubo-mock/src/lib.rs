@@ -651,12 +651,7 @@ impl MockIaas {
             ports: req
                 .ports
                 .iter()
-                .map(|p| MemberPort {
-                    name: p.name.clone(),
-                    protocol: p.protocol.clone(),
-                    port: p.port,
-                    proxy_port: p.proxy_port,
-                })
+                .map(|p| MemberPort::of(p, p.port))
                 .collect(),
         };
         (Ok(started), Some(line))

@@ -476,12 +476,7 @@ impl NodeSupervisor {
                 .map_err(|e| IaasError::Failed(e.to_string()))?
                 .port();
             held.push(l);
-            out.push(MemberPort {
-                name: p.name.clone(),
-                protocol: p.protocol.clone(),
-                port,
-                proxy_port: p.proxy_port,
-            });
+            out.push(MemberPort::of(p, port));
         }
         Ok(out)
     }
