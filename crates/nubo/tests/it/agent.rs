@@ -271,7 +271,6 @@ async fn commits(api: &Api, app: &str) -> Vec<String> {
 /// sealed store.
 #[tokio::test]
 async fn a_git_artifact_is_updated_by_its_webhook_member_after_member_with_no_failed_request() {
-    use hmac::Mac;
     use std::sync::atomic::{AtomicBool, Ordering};
     const PASSWORD: &str = "pw-Zx81-never-shown";
     const HOOK_SECRET: &str = "hook-secret-for-site";
@@ -342,11 +341,7 @@ async fn a_git_artifact_is_updated_by_its_webhook_member_after_member_with_no_fa
     let payload = json!({"ref": "refs/heads/main", "after": second,
         "repository": {"url": format!("{}/site", git.url), "clone_url": format!("{}/site.git", git.url)}})
     .to_string();
-    let sign = |secret: &str| {
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(payload.as_bytes());
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let sign = |secret: &str| crate::support::github_signature(secret, &payload);
     let hook = |signature: String| {
         api.http
             .post(format!("{}/api/repo/notify", api.url))

@@ -6,45 +6,16 @@
 //! load balancers serve throughout, and the standby's API keeps answering, from its own
 //! controller.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::node::NodeProcess;
 use crate::support::{
-    Api, ServerProcess, bus_credentials_file, eventually, free_port, holds, web_app,
+    Api, Proc, ServerProcess, bus_credentials_file, eventually, free_port, holds, web_app,
     web_app_artifacts,
 };
-
-/// A process of the test's own (broker, load balancer), in its own process group, killed on drop.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        use std::os::unix::process::CommandExt;
-        Proc(Some(
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("spawn"),
-        ))
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            unsafe { libc::killpg(c.id() as i32, libc::SIGKILL) };
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 async fn get(addr: &str, host: &str) -> u16 {
     reqwest::Client::builder()

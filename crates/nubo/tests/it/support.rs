@@ -705,3 +705,40 @@ pub fn dropped(metrics: &str, reason: &str) -> u64 {
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// A process of the test's own (broker, load balancer), in its own process group, killed on drop.
+pub struct Proc(Option<std::process::Child>);
+
+impl Proc {
+    pub fn spawn(cmd: &mut std::process::Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        Proc(Some(
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("spawn"),
+        ))
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            unsafe { libc::killpg(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// GitHub's `X-Hub-Signature-256` of `payload` with `secret`.
+pub fn github_signature(secret: &str, payload: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(payload.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}

@@ -819,7 +819,6 @@ async fn via_lb_path(
 /// `nubo lb` bob's (2); each routes its own and refuses the others'.
 #[tokio::test]
 async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let server =
         ServerProcess::start_with(dir.path(), &["--insecure-http", "--lb-tenants", "super,1"]);
@@ -839,8 +838,8 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
     };
     assert_eq!((id_of("a.com"), id_of("b.com")), (1, 2), "{tenants}");
     // Bob's load balancer, on another loopback address.
-    let lb = std::process::Command::new(env!("CARGO_BIN_EXE_nubo"))
-        .args([
+    let _lb = crate::support::Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_nubo")).args([
             "lb",
             "--bus-credentials",
             &server.bus_credentials,
@@ -850,21 +849,8 @@ async fn each_tenant_s_domain_reaches_the_shared_members_naming_the_tenant() {
             "lb-bob",
             "--tenants",
             "2",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    /// Stops bob's load balancer (its process group) and reaps it, whatever happens.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            unsafe { libc::killpg(self.0.id() as i32, libc::SIGKILL) };
-            let _ = self.0.wait();
-        }
-    }
-    let _lb = Kill(lb);
+        ]),
+    );
     let proxy = crate::support::free_port();
     let script = crate::support::manifest_dir().join("tests/it/fixtures/whoami.py");
     let image = format!("exec python3 {}", script.display());
@@ -1088,22 +1074,16 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
     assert_eq!(status, 201, "{body}");
     let cert_path = "/api/applications/sites/domainMappings/blog.bob.example/certificate";
     // A certificate for another name, or another certificate's key: refused, naming the field.
-    let (status, body) = bob
-        .put(
-            cert_path,
-            json!({"certificate": alice_cert.pem, "privateKey": alice_cert.key}),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["errors"][0]["field"], "certificate", "{body}");
-    let (status, body) = bob
-        .put(
-            cert_path,
-            json!({"certificate": bob_cert.pem, "privateKey": alice_cert.key}),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["errors"][0]["field"], "privateKey", "{body}");
+    for (cert, field) in [(&alice_cert, "certificate"), (&bob_cert, "privateKey")] {
+        let (status, body) = bob
+            .put(
+                cert_path,
+                json!({"certificate": cert.pem, "privateKey": alice_cert.key}),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+    }
     let (status, body) = bob
         .put(
             cert_path,
@@ -1194,12 +1174,7 @@ async fn each_tenant_s_domain_serves_its_own_repository_over_https_with_its_own_
     let payload = json!({"ref": "refs/heads/main", "after": second,
         "repository": {"clone_url": format!("{}/alice.git", git.url)}})
     .to_string();
-    let sign = |secret: &str| {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(payload.as_bytes());
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let sign = |secret: &str| crate::support::github_signature(secret, &payload);
     let hook = |signature: String| {
         crate::support::client()
             .post(format!("{}/api/repo/notify", server.url))
