@@ -206,7 +206,8 @@ async fn notify(State(s): S, req: Request) -> Result<Response, ApiError> {
         .signup_hooks(|u| wanted.contains(&nubo_controller::normalize_repository_url(u)))
         .await?;
     if !hooks.is_empty() {
-        let state = control.state().await;
+        // Signups are to the platform's (the super tenant's) applications.
+        let plans = control.deployments(nubo_model::SUPER_TENANT_ID).await?;
         for h in hooks {
             let ok = match &proof {
                 Proof::User(p) => h.tenant_id == p.tenant_id,
@@ -217,14 +218,19 @@ async fn notify(State(s): S, req: Request) -> Result<Response, ApiError> {
             }
             tenants.push(h.tenant_id);
             let app = nubo_controller::runtime_id(nubo_model::SUPER_TENANT_ID, &h.application_id);
-            for c in state.iter().flat_map(|st| st.topology.clusters.values()) {
+            let clusters = plans
+                .iter()
+                .filter(|d| d.plan.application_id == app)
+                .flat_map(|d| &d.plan.clusters)
+                .filter(|c| c.alias == h.alias);
+            for c in clusters {
                 let c = RepositoryCluster {
                     tenant_id: nubo_model::SUPER_TENANT_ID,
                     application_id: app.clone(),
                     cluster_id: c.cluster_id.clone(),
                     alias: c.alias.clone(),
                 };
-                if c.alias == h.alias && c.application_id == app && !proved.contains(&c) {
+                if !proved.contains(&c) {
                     proved.push(c);
                 }
             }

@@ -72,17 +72,10 @@ async fn remove_for(
 }
 
 /// The platform's own host names (every deployed cluster's), which no tenant may map.
-async fn platform_hosts(s: &AppState) -> Vec<String> {
+async fn platform_hosts(s: &AppState) -> Result<Vec<String>, ApiError> {
     match s.controller.as_ref() {
-        Some(c) => c.state().await.map_or_else(Vec::new, |state| {
-            state
-                .topology
-                .clusters
-                .values()
-                .flat_map(|c| c.host_names.iter().cloned())
-                .collect()
-        }),
-        None => Vec::new(),
+        Some(c) => Ok(c.host_names().await?),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -93,7 +86,7 @@ async fn add_mappings(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = body?;
-    let taken = platform_hosts(&s).await;
+    let taken = platform_hosts(&s).await?;
     let made = s
         .manager
         .add_domain_mappings(p.tenant_id, &id, &body, &taken)

@@ -132,6 +132,11 @@ pub trait ControlPlane: Send + Sync + 'static {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(clusters_of_repository(&s, url))
     }
+    /// Every deployed cluster's host names (the platform's own, which no tenant may map).
+    async fn host_names(&self) -> Result<Vec<String>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(host_names(&s))
+    }
     /// An application's deployment status (`None`: not deployed).
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         let s = self.state().await.ok_or_else(unreadable)?;
@@ -217,6 +222,14 @@ pub fn normalize_repository_url(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+fn host_names(s: &ControllerState) -> Vec<String> {
+    s.topology
+        .clusters
+        .values()
+        .flat_map(|c| c.host_names.iter().cloned())
+        .collect()
 }
 
 fn clusters_of_repository(s: &ControllerState, url: &str) -> Vec<RepositoryCluster> {
@@ -343,6 +356,9 @@ impl ControlPlane for ControllerHandle {
     ) -> Result<Vec<RepositoryCluster>, ControlError> {
         self.read(|s| clusters_of_repository(s, url))
             .ok_or_else(unreadable)
+    }
+    async fn host_names(&self) -> Result<Vec<String>, ControlError> {
+        self.read(host_names).ok_or_else(unreadable)
     }
     async fn runtime(
         &self,
@@ -485,6 +501,10 @@ impl ControlPlane for RemoteControl {
         self.read(|s, _| clusters_of_repository(s, url))
             .await
             .ok_or_else(unreadable)
+    }
+
+    async fn host_names(&self) -> Result<Vec<String>, ControlError> {
+        self.read(|s, _| host_names(s)).await.ok_or_else(unreadable)
     }
 
     async fn update_artifacts(
@@ -770,6 +790,9 @@ impl ControlPlane for SwitchableControl {
         url: &str,
     ) -> Result<Vec<RepositoryCluster>, ControlError> {
         self.current().clusters_of_repository(url).await
+    }
+    async fn host_names(&self) -> Result<Vec<String>, ControlError> {
+        self.current().host_names().await
     }
     async fn runtime(
         &self,
