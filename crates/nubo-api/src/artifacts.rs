@@ -227,13 +227,7 @@ async fn within_instance_quota(
     let more: u32 =
         plan.clusters.iter().map(|c| c.min).sum::<u32>() * (plan.instances.len().max(1) as u32);
     let used = match s.controller.as_ref() {
-        Some(c) => c.state().await.map_or(0, |state| {
-            state
-                .members_per_tenant()
-                .get(&tenant)
-                .copied()
-                .unwrap_or(0)
-        }),
+        Some(c) => c.tenant_members(tenant).await.unwrap_or(0),
         None => 0,
     };
     s.manager.within_instance_quota(tenant, used, more).await?;

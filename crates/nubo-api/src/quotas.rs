@@ -38,13 +38,7 @@ async fn own(
     let q = s.manager.quota(p.tenant_id).await?;
     let applications = s.manager.applications_of(p.tenant_id).await?;
     let instances = match s.controller.as_ref() {
-        Some(c) => c.state().await.map(|state| {
-            state
-                .members_per_tenant()
-                .get(&p.tenant_id)
-                .copied()
-                .unwrap_or(0)
-        }),
+        Some(c) => c.tenant_members(p.tenant_id).await.ok(),
         None => None,
     };
     Ok(Json(json!({

@@ -35,12 +35,6 @@ async fn usage(
             "no controller is reachable: usage comes from its state",
         ));
     };
-    let Some(state) = control.state().await else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the controller's state cannot be read now: try again",
-        ));
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -49,8 +43,16 @@ async fn usage(
     } else {
         Some(p.tenant_id)
     };
-    let rows: Vec<Value> = state
+    let usage = control
         .usage(now.as_millis() as u64, tenant)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the controller's state cannot be read now: try again",
+            )
+        })?;
+    let rows: Vec<Value> = usage
         .into_iter()
         .filter(|u| {
             f.application

@@ -137,6 +137,21 @@ pub trait ControlPlane: Send + Sync + 'static {
         let s = self.state().await.ok_or_else(unreadable)?;
         Ok(host_names(&s))
     }
+    /// A tenant's members now, counted per cluster (what its instance quota bounds).
+    async fn tenant_members(&self, tenant: i64) -> Result<u32, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(tenant_members(&s, tenant))
+    }
+    /// The instance time of every (tenant, application, cartridge) until `now_ms`
+    /// ([`ControllerState::usage`]).
+    async fn usage(
+        &self,
+        now_ms: u64,
+        tenant: Option<i64>,
+    ) -> Result<Vec<crate::state::metering::Usage>, ControlError> {
+        let s = self.state().await.ok_or_else(unreadable)?;
+        Ok(s.usage(now_ms, tenant))
+    }
     /// An application's deployment status (`None`: not deployed).
     async fn status(&self, application_id: &str) -> Result<Option<DeploymentStatus>, ControlError> {
         let s = self.state().await.ok_or_else(unreadable)?;
@@ -222,6 +237,10 @@ pub fn normalize_repository_url(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+fn tenant_members(s: &ControllerState, tenant: i64) -> u32 {
+    s.members_per_tenant().get(&tenant).copied().unwrap_or(0)
 }
 
 fn host_names(s: &ControllerState) -> Vec<String> {
@@ -359,6 +378,18 @@ impl ControlPlane for ControllerHandle {
     }
     async fn host_names(&self) -> Result<Vec<String>, ControlError> {
         self.read(host_names).ok_or_else(unreadable)
+    }
+    async fn tenant_members(&self, tenant: i64) -> Result<u32, ControlError> {
+        self.read(|s| tenant_members(s, tenant))
+            .ok_or_else(unreadable)
+    }
+    async fn usage(
+        &self,
+        now_ms: u64,
+        tenant: Option<i64>,
+    ) -> Result<Vec<crate::state::metering::Usage>, ControlError> {
+        self.read(|s| s.usage(now_ms, tenant))
+            .ok_or_else(unreadable)
     }
     async fn runtime(
         &self,
@@ -505,6 +536,22 @@ impl ControlPlane for RemoteControl {
 
     async fn host_names(&self) -> Result<Vec<String>, ControlError> {
         self.read(|s, _| host_names(s)).await.ok_or_else(unreadable)
+    }
+
+    async fn tenant_members(&self, tenant: i64) -> Result<u32, ControlError> {
+        self.read(|s, _| tenant_members(s, tenant))
+            .await
+            .ok_or_else(unreadable)
+    }
+
+    async fn usage(
+        &self,
+        now_ms: u64,
+        tenant: Option<i64>,
+    ) -> Result<Vec<crate::state::metering::Usage>, ControlError> {
+        self.read(|s, _| s.usage(now_ms, tenant))
+            .await
+            .ok_or_else(unreadable)
     }
 
     async fn update_artifacts(
@@ -793,6 +840,16 @@ impl ControlPlane for SwitchableControl {
     }
     async fn host_names(&self) -> Result<Vec<String>, ControlError> {
         self.current().host_names().await
+    }
+    async fn tenant_members(&self, tenant: i64) -> Result<u32, ControlError> {
+        self.current().tenant_members(tenant).await
+    }
+    async fn usage(
+        &self,
+        now_ms: u64,
+        tenant: Option<i64>,
+    ) -> Result<Vec<crate::state::metering::Usage>, ControlError> {
+        self.current().usage(now_ms, tenant).await
     }
     async fn runtime(
         &self,
