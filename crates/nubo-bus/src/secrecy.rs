@@ -158,4 +158,42 @@ mod tests {
         let got = tokio::time::timeout(Duration::from_millis(200), by_stranger.recv()).await;
         assert!(got.is_err(), "{got:?}");
     }
+
+    /// The domains' private keys go to the load balancers sealed: a member subscribed to the
+    /// certificates' topic reads none, and cannot send certificates of its own.
+    #[tokio::test]
+    async fn domains_private_keys_are_sealed_from_members() {
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        let key = BusKey::generate();
+        let platform = EventBus::with_auth(bus.clone(), BusAuth::Platform(key.clone()));
+        let member = EventBus::with_auth(
+            bus.clone(),
+            BusAuth::Member {
+                member_id: "m1".into(),
+                key: key.member_key("m1"),
+            },
+        );
+        let mut raw = bus.subscribe(&Category::Tls.filter()).await.unwrap();
+        let mut by_platform = platform.subscribe(Category::Tls).await.unwrap();
+        let mut by_member = member.subscribe(Category::Tls).await.unwrap();
+        let certificates = Event::TlsCertificates {
+            complete: true,
+            certificates: vec![nubo_events::TlsCertificate {
+                domain: "shop.a.example".into(),
+                certificate: "CERT".into(),
+                private_key: "private-key-of-tenant-a".into(),
+            }],
+            removed: Vec::new(),
+        };
+        platform.publish(&certificates).await.unwrap();
+        let wire = raw.recv().await.unwrap().payload;
+        assert!(!String::from_utf8_lossy(&wire).contains("private-key-of-tenant-a"));
+        assert_eq!(by_platform.recv().await, Some(certificates.clone()));
+        let got = tokio::time::timeout(Duration::from_millis(200), by_member.recv()).await;
+        assert!(got.is_err(), "a member cannot open it: {got:?}");
+        // A member's own certificates are not taken.
+        let _ = member.publish(&certificates).await;
+        let got = tokio::time::timeout(Duration::from_millis(200), by_platform.recv()).await;
+        assert!(got.is_err(), "{got:?}");
+    }
 }
